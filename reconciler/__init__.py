@@ -1,0 +1,3 @@
+"""reconciler: a declarative state reconciler for virtual machines on libvirt."""
+
+__version__ = "0.1.0"

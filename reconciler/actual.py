@@ -1,0 +1,86 @@
+"""Actual state: frozen dataclasses observed fresh on every pass. Read-only facts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PowerState(enum.StrEnum):
+    """A domain's run state, as libvirt reports it (simplified)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    SHUTDOWN = "shutting-down"
+    CRASHED = "crashed"
+    SUSPENDED = "pmsuspended"
+    OTHER = "other"
+
+    @property
+    def active(self) -> bool:
+        """True while a QEMU process exists for the domain."""
+        return self in (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipMarker:
+    """The project's element in a domain's <metadata>."""
+
+    manifest: str
+    spec_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainDefinition:
+    """What a domain's XML says (persistent or live)."""
+
+    name: str
+    uuid: str
+    domain_type: str
+    vcpus: int
+    memory_kib: int
+    disk_paths: tuple[tuple[str, str], ...]  # (target dev, source file)
+    marker: OwnershipMarker | None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFacts:
+    """One libvirt domain: its state and its persistent (and, when running, live) definition."""
+
+    name: str
+    uuid: str
+    state: PowerState
+    state_reason: str
+    persistent: bool
+    definition: DomainDefinition
+    live_definition: DomainDefinition | None
+
+    @property
+    def marker(self) -> OwnershipMarker | None:
+        return self.definition.marker
+
+    @property
+    def owned(self) -> bool:
+        return self.definition.marker is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFacts:
+    """A disk file as its header describes it."""
+
+    path: str
+    format: str
+    virtual_size: int
+    backing_file: str | None
+    backing_format: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceActual:
+    """Everything observed that matters to one instance."""
+
+    domain: DomainFacts | None
+    overlay: DiskFacts | None
+    overlay_problem: str | None  # the overlay exists but could not be read as ours
+    base_cached: bool

@@ -1,0 +1,165 @@
+"""Read disk image headers in Python: format detection and qcow2 facts, no qemu-img.
+
+Used two ways: to inspect untrusted base images before qemu-img ever sees them (detect every
+format whose signature matches), and to observe our own overlays cheaply on every pass (read
+the qcow2 header of a file we know is qcow2; guest-writable disks are never format-probed).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_EXT_END = 0x00000000
+QCOW2_EXT_BACKING_FORMAT = 0xE2792ACA
+QCOW2_EXT_FEATURE_TABLE = 0x6803F857
+QCOW2_EXT_BITMAPS = 0x23852875
+QCOW2_EXT_FULL_DISK_ENCRYPTION = 0x0537BE77
+QCOW2_EXT_EXTERNAL_DATA_FILE = 0x44415441
+QCOW2_INCOMPAT_DIRTY = 1 << 0
+QCOW2_INCOMPAT_CORRUPT = 1 << 1
+QCOW2_INCOMPAT_EXTERNAL_DATA = 1 << 2
+QCOW2_INCOMPAT_COMPRESSION = 1 << 3
+QCOW2_INCOMPAT_EXTENDED_L2 = 1 << 4
+QCOW2_KNOWN_INCOMPAT = (
+    QCOW2_INCOMPAT_DIRTY
+    | QCOW2_INCOMPAT_CORRUPT
+    | QCOW2_INCOMPAT_EXTERNAL_DATA
+    | QCOW2_INCOMPAT_COMPRESSION
+    | QCOW2_INCOMPAT_EXTENDED_L2
+)
+HEADER_READ_BYTES = 64 * 1024
+MAX_BACKING_NAME = 1023
+
+
+class HeaderError(Exception):
+    """The file's header is not what it must be."""
+
+
+@dataclass(frozen=True, slots=True)
+class Qcow2Header:
+    """The facts a qcow2 header states."""
+
+    version: int
+    virtual_size: int
+    cluster_bits: int
+    encrypted: bool
+    incompatible_features: int
+    backing_file: str | None
+    backing_format: str | None
+    external_data_file: str | None
+
+
+def read_head(path: str, size: int = HEADER_READ_BYTES) -> bytes:
+    """The first `size` bytes of the file (fewer if it is shorter)."""
+    with open(path, "rb") as stream:
+        return stream.read(size)
+
+
+def parse_qcow2_header(head: bytes) -> Qcow2Header:
+    """Parse a qcow2 header (versions 2 and 3) and its extensions from the file's first bytes."""
+    if len(head) < 72 or head[:4] != QCOW2_MAGIC:
+        raise HeaderError("not a qcow2 file (bad magic)")
+    (version, backing_offset, backing_size, cluster_bits, virtual_size, crypt_method) = (
+        struct.unpack_from(">IQIIQI", head, 4)
+    )
+    if version not in (2, 3):
+        raise HeaderError(f"unknown qcow2 version {version}")
+    incompatible = 0
+    header_length = 72
+    if version == 3:
+        if len(head) < 104:
+            raise HeaderError("truncated qcow2 v3 header")
+        incompatible = struct.unpack_from(">Q", head, 72)[0]
+        header_length = struct.unpack_from(">I", head, 100)[0]
+        if header_length < 104 or header_length > len(head):
+            raise HeaderError(f"bad qcow2 header length {header_length}")
+    backing_file = None
+    if backing_offset:
+        if backing_size > MAX_BACKING_NAME or backing_offset + backing_size > len(head):
+            raise HeaderError("qcow2 backing file name out of bounds")
+        raw_name = head[backing_offset : backing_offset + backing_size]
+        backing_file = raw_name.decode("utf-8", errors="replace")
+    extensions = _parse_extensions(head, header_length, backing_offset or len(head))
+    return Qcow2Header(
+        version=version,
+        virtual_size=virtual_size,
+        cluster_bits=cluster_bits,
+        encrypted=crypt_method != 0,
+        incompatible_features=incompatible,
+        backing_file=backing_file,
+        backing_format=extensions.get(QCOW2_EXT_BACKING_FORMAT),
+        external_data_file=extensions.get(QCOW2_EXT_EXTERNAL_DATA_FILE),
+    )
+
+
+def _parse_extensions(head: bytes, offset: int, limit: int) -> dict[int, str]:
+    """Header extensions that carry strings, by type (others are skipped)."""
+    found: dict[int, str] = {}
+    limit = min(limit, len(head))
+    while offset + 8 <= limit:
+        ext_type, ext_length = struct.unpack_from(">II", head, offset)
+        offset += 8
+        if ext_type == QCOW2_EXT_END:
+            break
+        if offset + ext_length > len(head):
+            raise HeaderError("qcow2 header extension out of bounds")
+        if ext_type in (QCOW2_EXT_BACKING_FORMAT, QCOW2_EXT_EXTERNAL_DATA_FILE):
+            found[ext_type] = head[offset : offset + ext_length].decode("utf-8", "replace")
+        offset += (ext_length + 7) & ~7
+    return found
+
+
+# Signatures of formats we detect. Everything but raw and qcow2 is refused as a base.
+def _is_vmdk(head: bytes) -> bool:
+    return head[:4] == b"KDMV" or head[:4] == b"COWD" or b"# Disk DescriptorFile" in head[:1024]
+
+
+def _is_vhd(head: bytes, tail: bytes) -> bool:
+    return head[:8] == b"conectix" or tail[-512:-504] == b"conectix"
+
+
+def detect_formats(path: str) -> list[str]:
+    """Every format whose signature the file carries. Raw is what remains when none match.
+
+    A file can match several (a polyglot); callers must insist on exactly one.
+    """
+    head = read_head(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as stream:
+        stream.seek(max(0, size - 512))
+        tail = stream.read(512)
+    found = []
+    if head[:4] == QCOW2_MAGIC:
+        found.append("qcow2")
+    if _is_vmdk(head):
+        found.append("vmdk")
+    if head[:8] == b"vhdxfile":
+        found.append("vhdx")
+    if _is_vhd(head, tail):
+        found.append("vpc")
+    if len(head) >= 0x44 and head[0x40:0x44] == b"\x7f\x10\xda\xbe":
+        found.append("vdi")
+    if head[:4] == b"QED\x00":
+        found.append("qed")
+    if head[:6] == b"LUKS\xba\xbe":
+        found.append("luks")
+    if head[:4] == b"QEVM":
+        found.append("qemu-savevm")
+    if head[:4] == b"OOOM":
+        found.append("cloop")
+    if head[:16] == b"WithoutFreeSpace" or head[:16] == b"WithouFreSpacExt":
+        found.append("parallels")
+    if head[:32].startswith(b"Bochs Virtual HD Image"):
+        found.append("bochs")
+    if _is_iso9660(path):
+        found.append("iso")
+    return found or ["raw"]
+
+
+def _is_iso9660(path: str) -> bool:
+    with open(path, "rb") as stream:
+        stream.seek(0x8001)
+        return stream.read(5) == b"CD001"

@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the seam between the reconciler and whatever runs the domains."""

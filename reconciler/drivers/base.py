@@ -1,0 +1,77 @@
+"""The driver interface: everything the reconciler asks of a hypervisor, and nothing more.
+
+As in Nova's ComputeDriver, the rest of the code reaches libvirt only through this; a second
+driver (QEMU over QMP, for hosts without libvirt) can slot in behind the same methods. Every
+method raises reconciler.errors.DriverError (never the client library's own exceptions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.accel import KvmSupport
+from reconciler.actual import PowerState
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRecord:
+    """A domain as the driver reports it: state plus raw XML (parsed by the pure core)."""
+
+    name: str
+    uuid: str
+    state: PowerState
+    state_reason: str
+    persistent: bool
+    inactive_xml: str
+    live_xml: str | None  # only while the domain is active
+
+
+class Driver(Protocol):
+    """Operations on domains, by name."""
+
+    uri: str
+
+    def kvm_support(self) -> KvmSupport:
+        """Whether KVM can run guests where this driver runs them."""
+        ...
+
+    def list_domains(self) -> list[DomainRecord]:
+        """Every domain the connection sees, ours or not."""
+        ...
+
+    def lookup(self, name: str) -> DomainRecord | None:
+        """One domain by name, or None when there is none."""
+        ...
+
+    def define(self, xml: str) -> None:
+        """Create or replace a persistent definition (takes effect at the next start)."""
+        ...
+
+    def start(self, name: str) -> None:
+        """Start a defined, inactive domain."""
+        ...
+
+    def request_shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI power button); returns at once."""
+        ...
+
+    def force_stop(self, name: str) -> None:
+        """Stop the domain's emulator now (pulling the plug)."""
+        ...
+
+    def undefine(self, name: str) -> None:
+        """Remove the persistent definition of an inactive domain."""
+        ...
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        """Grow a running domain's disk (the guest sees the new size at once)."""
+        ...
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        """The size in bytes of a domain's disk as the hypervisor sees it."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...

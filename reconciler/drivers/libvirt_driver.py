@@ -1,0 +1,312 @@
+"""The libvirt driver: the only module that imports `libvirt`.
+
+With no URI it opens libvirt's embedded QEMU driver rooted in the state directory
+(qemu:///embed?root=STATE/libvirt), which needs no daemon: it writes the root's qemu.conf,
+runs libvirt's event loop in a thread and routes libvirt's own log lines to a file.
+Every libvirtError is wrapped here, once, into a DriverError.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from reconciler.accel import KvmSupport, probe_local_kvm
+from reconciler.actual import PowerState
+from reconciler.drivers.base import DomainRecord
+from reconciler.errors import DriverError, StateDirBusy
+
+LOG = logging.getLogger(__name__)
+
+EMBEDDED_QEMU_CONF = """\
+# Written by reconciler for libvirt's embedded QEMU driver; rewritten on every open.
+# QEMU runs as the invoking user (root on a host install) so it can open /dev/kvm.
+user = "{user}"
+group = "{group}"
+# No virtlogd daemon: the embedded driver writes QEMU's output to <root>/log/qemu/NAME.log.
+stdio_handler = "file"
+"""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def embedded_uri(libvirt_root: Path) -> str:
+    """The URI of libvirt's embedded QEMU driver rooted at `libvirt_root`."""
+    return f"qemu:///embed?root={libvirt_root}"
+
+
+def prepare_embedded_root(libvirt_root: Path) -> None:
+    """Create the root and write its qemu.conf (idempotent)."""
+    import grp
+    import pwd
+
+    etc = libvirt_root / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    text = EMBEDDED_QEMU_CONF.format(
+        user=pwd.getpwuid(os.getuid()).pw_name, group=grp.getgrgid(os.getgid()).gr_name
+    )
+    conf = etc / "qemu.conf"
+    if not conf.exists() or conf.read_text() != text:
+        temporary = conf.with_name(f".qemu.conf.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, conf)
+
+
+def _route_libvirt_logs(log_file: Path | None) -> None:
+    """Keep libvirt's own log lines off the user's terminal (unless they asked otherwise).
+
+    Must run before `libvirt` is imported: the library reads the variable when it initialises.
+    """
+    if "LIBVIRT_LOG_OUTPUTS" in os.environ:
+        return
+    if log_file is None:
+        os.environ["LIBVIRT_LOG_OUTPUTS"] = "4:file:/dev/null"
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_file}"
+
+
+def _libvirt() -> Any:
+    import libvirt
+
+    return libvirt
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop, run forever in a daemon thread (once per process)."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt = _libvirt()
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run_forever() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run_forever, name="libvirt-events", daemon=True).start()
+        # libvirt prints every error to stderr by default; we report them ourselves.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        _event_loop_started = True
+
+
+def _wrap_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Turn libvirtError raised by the decorated method into DriverError naming `action`."""
+
+    def decorate(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(*args, **kwargs)
+            except _libvirt().libvirtError as err:
+                name = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+                subject = f"{action} {name}".strip() if len(name) < 64 else action
+                raise DriverError(subject, err.get_error_message() or str(err)) from err
+
+        return wrapper
+
+    return decorate
+
+
+_STATES = {
+    1: PowerState.RUNNING,
+    2: PowerState.RUNNING,  # blocked on a resource: still running
+    3: PowerState.PAUSED,
+    4: PowerState.SHUTDOWN,
+    5: PowerState.SHUTOFF,
+    6: PowerState.CRASHED,
+    7: PowerState.SUSPENDED,
+}
+_PAUSED_REASONS = (
+    "unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from-snapshot",
+    "shutting-down", "snapshot", "crashed", "starting-up", "postcopy", "postcopy-failed",
+    "api-error",
+)  # fmt: skip
+_SHUTOFF_REASONS = (
+    "unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+    "from-snapshot", "daemon",
+)  # fmt: skip
+_RUNNING_REASONS = (
+    "unknown", "booted", "migrated", "restored", "from-snapshot", "unpaused",
+    "migration-canceled", "save-canceled", "wakeup", "crashed", "postcopy",
+)  # fmt: skip
+
+
+def _reason_name(state: PowerState, reason: int) -> str:
+    table = {
+        PowerState.PAUSED: _PAUSED_REASONS,
+        PowerState.SHUTOFF: _SHUTOFF_REASONS,
+        PowerState.RUNNING: _RUNNING_REASONS,
+    }.get(state, ())
+    return table[reason] if 0 <= reason < len(table) else str(reason)
+
+
+class LibvirtDriver:
+    """Driver over one libvirt connection (any URI, embedded QEMU by default)."""
+
+    def __init__(self, uri: str, connection: Any, embedded_root: Path | None) -> None:
+        self.uri = uri
+        self._conn = connection
+        self._embedded_root = embedded_root
+
+    @classmethod
+    def open(cls, uri: str | None, state_dir: Path) -> LibvirtDriver:
+        """Open `uri`, or the embedded QEMU driver rooted in `state_dir` when it is None.
+
+        Raises StateDirBusy when another process holds the embedded root, DriverError when the
+        connection cannot be opened.
+        """
+        embedded_root = None
+        if uri is None:
+            embedded_root = state_dir / "libvirt"
+            prepare_embedded_root(embedded_root)
+            uri = embedded_uri(embedded_root)
+        _route_libvirt_logs(state_dir / "libvirt.log" if state_dir.is_dir() else None)
+        _start_event_loop()
+        libvirt = _libvirt()
+        try:
+            connection = libvirt.open(uri)
+        except libvirt.libvirtError as err:
+            message = err.get_error_message() or str(err)
+            if embedded_root is not None and "Failed to acquire pid file" in message:
+                raise StateDirBusy(
+                    f"state directory {state_dir} is in use by another process "
+                    f"({_embedded_holder(embedded_root)})",
+                    "only one process at a time can hold libvirt's embedded driver",
+                ) from err
+            raise DriverError(f"cannot open libvirt connection {uri}", message) from err
+        return cls(uri, connection, embedded_root)
+
+    def kvm_support(self) -> KvmSupport:
+        scheme = urlsplit(self.uri).scheme
+        parts = urlsplit(self.uri)
+        if scheme.startswith("test"):
+            return KvmSupport(False, "libvirt's test driver runs no guests")
+        if parts.hostname in (None, "", "localhost") and "+" not in scheme:
+            return probe_local_kvm()
+        return self._remote_kvm_support(parts.hostname or "")
+
+    def _remote_kvm_support(self, host: str) -> KvmSupport:
+        libvirt = _libvirt()
+        try:
+            self._conn.getDomainCapabilities(None, "x86_64", None, "kvm")
+        except libvirt.libvirtError as err:
+            return KvmSupport(False, f"libvirt on {host} offers no kvm: {err.get_error_message()}")
+        return KvmSupport(True, f"libvirt on {host} offers kvm")
+
+    @_wrap_errors("list domains")
+    def list_domains(self) -> list[DomainRecord]:
+        return [self._record(domain) for domain in self._conn.listAllDomains(0)]
+
+    @_wrap_errors("read domain")
+    def lookup(self, name: str) -> DomainRecord | None:
+        domain = self._find(name)
+        return None if domain is None else self._record(domain)
+
+    def _record(self, domain: Any) -> DomainRecord:
+        libvirt = _libvirt()
+        state_code, reason_code = domain.state()
+        state = _STATES.get(state_code, PowerState.OTHER)
+        active = state.active
+        return DomainRecord(
+            name=domain.name(),
+            uuid=domain.UUIDString(),
+            state=state,
+            state_reason=_reason_name(state, reason_code),
+            persistent=bool(domain.isPersistent()),
+            inactive_xml=domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+            live_xml=domain.XMLDesc(0) if active else None,
+        )
+
+    def _find(self, name: str) -> Any:
+        libvirt = _libvirt()
+        try:
+            return self._conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise DriverError(f"look up {name}", err.get_error_message()) from err
+
+    def _require(self, name: str) -> Any:
+        domain = self._find(name)
+        if domain is None:
+            raise DriverError(f"domain {name}", "no such domain (undefined meanwhile?)")
+        return domain
+
+    @_wrap_errors("define")
+    def define(self, xml: str) -> None:
+        self._conn.defineXML(xml)
+
+    @_wrap_errors("start")
+    def start(self, name: str) -> None:
+        self._require(name).create()
+
+    @_wrap_errors("shut down")
+    def request_shutdown(self, name: str) -> None:
+        libvirt = _libvirt()
+        self._require(name).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    @_wrap_errors("stop")
+    def force_stop(self, name: str) -> None:
+        libvirt = _libvirt()
+        domain = self._require(name)
+        try:
+            domain.destroy()
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not domain.isActive():
+                return  # it stopped on its own meanwhile
+            raise
+
+    @_wrap_errors("undefine")
+    def undefine(self, name: str) -> None:
+        libvirt = _libvirt()
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
+        self._require(name).undefineFlags(flags)
+
+    @_wrap_errors("resize disk of")
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        libvirt = _libvirt()
+        self._require(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    @_wrap_errors("read disk of")
+    def disk_capacity(self, name: str, target: str) -> int:
+        capacity, _allocation, _physical = self._require(name).blockInfo(target)
+        return int(capacity)
+
+    def close(self) -> None:
+        libvirt = _libvirt()
+        try:
+            self._conn.close()
+        except libvirt.libvirtError as err:
+            LOG.debug("closing %s: %s", self.uri, err)
+
+
+def _embedded_holder(libvirt_root: Path) -> str:
+    """Who holds the embedded root, from libvirt's own pid file."""
+    try:
+        pid = (libvirt_root / "run" / "qemu" / "driver.pid").read_text().strip()
+    except OSError:
+        return "holder unknown"
+    if not pid.isdigit():
+        return "holder unknown"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return f"pid {pid}"
+    return f"pid {pid}: {command[:120]}"

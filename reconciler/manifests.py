@@ -1,0 +1,356 @@
+"""Load instance manifests from files into Desired state, collecting every user error. Pure
+apart from reading the files.
+
+Each file is read whole; each YAML document in it is validated against
+schemas/instance.schema.json, and every problem is reported with file:line:column, the JSON
+pointer of the field and what was expected. Valid instances of other files are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import jsonschema
+
+from reconciler.desired import (
+    Accelerator,
+    CpuMode,
+    CpuSpec,
+    DesiredState,
+    ImageFormat,
+    ImageSource,
+    InstanceSpec,
+)
+from reconciler.errors import ManifestError, SourceLocation
+from reconciler.sizes import parse_size, round_up
+from reconciler.yamlsource import YamlDocument, YamlSyntaxError, parse_documents
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+MAX_MANIFEST_BYTES = 1024 * 1024
+MIN_MEMORY_BYTES = 16 * 1024**2
+DISK_ALIGNMENT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """Instances that loaded cleanly, every error found, and the names that invalid
+    documents claim (so that nothing acts on those instances this pass)."""
+
+    instances: tuple[InstanceSpec, ...]
+    errors: tuple[ManifestError, ...]
+    files: tuple[Path, ...]
+    invalid_names: frozenset[str]
+
+
+@cache
+def instance_schema() -> dict[str, Any]:
+    """The instance JSON Schema shipped with the package."""
+    text = resources.files("reconciler.schemas").joinpath("instance.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(instance_schema())
+
+
+def find_manifest_files(root: Path) -> list[Path]:
+    """Every *.yaml / *.yml file under `root` (or `root` itself), skipping hidden entries."""
+    if root.is_file():
+        return [root]
+    found: list[Path] = []
+    for directory, subdirs, filenames in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(
+            Path(directory, name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES)
+        )
+    return found
+
+
+def load_manifests(root: Path) -> LoadResult:
+    """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
+    files = find_manifest_files(root)
+    errors: list[ManifestError] = []
+    invalid_names: set[str] = set()
+    loaded: list[tuple[InstanceSpec, SourceLocation]] = []
+    for path in files:
+        file_instances, file_errors, file_claims = load_manifest_file(path)
+        loaded.extend(file_instances)
+        errors.extend(file_errors)
+        invalid_names.update(file_claims)
+    instances, duplicate_errors = _reject_duplicate_names(loaded)
+    errors.extend(duplicate_errors)
+    invalid_names.update(error_name for error_name in _names_of(duplicate_errors))
+    return LoadResult(
+        instances=tuple(i for i in instances if i.name not in invalid_names),
+        errors=tuple(errors),
+        files=tuple(files),
+        invalid_names=frozenset(invalid_names),
+    )
+
+
+def load_manifest_file(
+    path: Path,
+) -> tuple[list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str]]:
+    """Load one file: its valid instances (with where each is named), its errors, and the
+    names its invalid documents claim."""
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        message = f"cannot read: {err.strerror}"
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
+    if len(raw) > MAX_MANIFEST_BYTES:
+        message = f"file is larger than {MAX_MANIFEST_BYTES} bytes"
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        message = f"not UTF-8 text (byte {err.start})"
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
+    try:
+        documents = list(parse_documents(text))
+    except YamlSyntaxError as err:
+        location = SourceLocation(str(path), err.mark.line, err.mark.column)
+        return [], [ManifestError(location, "", f"malformed YAML: {err.message}")], set()
+
+    instances: list[tuple[InstanceSpec, SourceLocation]] = []
+    errors: list[ManifestError] = []
+    claims: set[str] = set()
+    for document in documents:
+        document_errors = validate_document(path, document)
+        if not document_errors:
+            spec, conversion_errors = _to_instance_spec(path, document)
+            document_errors = conversion_errors
+            if spec is not None and not document_errors:
+                instances.append((spec, _location(path, document, "/metadata/name")))
+                continue
+        errors.extend(document_errors)
+        name = _claimed_name(document.data)
+        if name is not None:
+            claims.add(name)
+    return instances, errors, claims
+
+
+def validate_document(path: Path, document: YamlDocument) -> list[ManifestError]:
+    """Every problem in one document: YAML-level ones (duplicate keys) and schema ones."""
+    errors = [
+        ManifestError(SourceLocation(str(path), mark.line, mark.column), pointer, message)
+        for mark, pointer, message in document.problems
+    ]
+    for error in _validator().iter_errors(document.data):
+        errors.extend(_schema_errors(path, document, error))
+    errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
+    return errors
+
+
+def _pointer(parts: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _location(
+    path: Path, document: YamlDocument, pointer: str, *, key: bool = False
+) -> SourceLocation:
+    mark = document.mark_of(pointer, key=key)
+    return SourceLocation(str(path), mark.line, mark.column)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+_YAML11_HINT = (
+    "YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers; "
+    "quote the value"
+)
+
+
+def _schema_errors(
+    path: Path, document: YamlDocument, error: jsonschema.ValidationError
+) -> list[ManifestError]:
+    """Turn one jsonschema error into one or more ManifestErrors with positions."""
+    pointer = _pointer(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    expected = schema.get("x-expected", "")
+    value = error.instance
+    if error.validator == "additionalProperties" and isinstance(value, dict):
+        known = set(schema.get("properties", {}))
+        allowed = ", ".join(sorted(known))
+        return [
+            ManifestError(
+                _location(path, document, f"{pointer}/{key}", key=True),
+                f"{pointer}/{key}",
+                f"unknown field {key!r}",
+                f"expected one of: {allowed}" if allowed else "",
+            )
+            for key in sorted(set(value) - known)
+        ]
+    if error.validator == "required" and isinstance(value, dict):
+        missing = [name for name in error.validator_value if name not in value]
+        return [
+            ManifestError(
+                _location(path, document, pointer),
+                f"{pointer}/{name}",
+                f"missing required field {name!r}",
+            )
+            for name in missing
+        ]
+    if error.validator == "type":
+        message = f"expected {expected or error.validator_value}, got {_describe(value)}"
+        scalar_for_string = "string" in str(error.validator_value) and isinstance(
+            value, bool | int | float
+        )
+        hint = _YAML11_HINT if scalar_for_string else ""
+        return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
+    if error.validator == "propertyNames":
+        key = value if isinstance(value, str) else str(value)
+        message = f"{json.dumps(key)} is not a valid key"
+        return [
+            ManifestError(
+                _location(path, document, f"{pointer}/{key}", key=True),
+                f"{pointer}/{key}",
+                message,
+                f"expected {expected}" if expected else "",
+            )
+        ]
+    if expected:
+        message = f"{_describe(value)} is not valid (expected {expected})"
+        hint = _YAML11_HINT if isinstance(value, bool) else ""
+        return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
+    return [ManifestError(_location(path, document, pointer), pointer, error.message)]
+
+
+def _claimed_name(data: Any) -> str | None:
+    if isinstance(data, dict):
+        metadata = data.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+            name: str = metadata["name"]
+            return name
+    return None
+
+
+def _names_of(errors: Iterable[ManifestError]) -> Iterable[str]:
+    for error in errors:
+        name = getattr(error, "instance_name", None)
+        if isinstance(name, str):
+            yield name
+
+
+def resolve_image_source(manifest: Path, source: str) -> Path:
+    """A local path relative to the manifest's directory, or a file:// URL (absolute)."""
+    if source.startswith("file://"):
+        parts = urlsplit(source)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL names host {parts.netloc!r}; only local files work")
+        return Path(unquote(parts.path))
+    candidate = Path(source)
+    if not candidate.is_absolute():
+        candidate = manifest.parent / candidate
+    return candidate
+
+
+def _to_instance_spec(
+    path: Path, document: YamlDocument
+) -> tuple[InstanceSpec | None, list[ManifestError]]:
+    """Build the InstanceSpec from a schema-valid document; unit errors are ManifestErrors."""
+    data: dict[str, Any] = document.data
+    spec: dict[str, Any] = data["spec"]
+    errors: list[ManifestError] = []
+
+    def fail(pointer: str, message: str) -> None:
+        errors.append(ManifestError(_location(path, document, pointer), pointer, message))
+
+    memory = _size_or_error(spec["memory"], "/spec/memory", fail)
+    if memory is not None and memory < MIN_MEMORY_BYTES:
+        fail("/spec/memory", f"{spec['memory']!r} is too small (expected at least 16MiB)")
+    disk = _size_or_error(spec["disk"]["size"], "/spec/disk/size", fail)
+    if disk is not None and disk == 0:
+        fail("/spec/disk/size", "a disk of 0 bytes is not a disk (expected e.g. 20GiB)")
+    image = spec["image"]
+    try:
+        image_path = resolve_image_source(path, image["source"])
+    except ValueError as err:
+        fail("/spec/image/source", str(err))
+        image_path = None
+    if errors or memory is None or disk is None or image_path is None:
+        return None, errors
+    cpu = spec.get("cpu", {})
+    accelerator = spec.get("accelerator")
+    labels = data["metadata"].get("labels", {})
+    return (
+        InstanceSpec(
+            name=data["metadata"]["name"],
+            manifest=path,
+            state=DesiredState(spec.get("state", DesiredState.RUNNING)),
+            vcpus=spec["vcpus"],
+            memory_bytes=round_up(memory, 1024),
+            image=ImageSource(image_path, image["sha256"], ImageFormat(image["format"])),
+            disk_bytes=round_up(disk, DISK_ALIGNMENT),
+            accelerator=Accelerator(accelerator) if accelerator else None,
+            cpu=CpuSpec(CpuMode(cpu.get("mode", CpuMode.DEFAULT)), cpu.get("model")),
+            shutdown_timeout_seconds=spec.get("shutdownTimeoutSeconds", 60),
+            labels=tuple(sorted(labels.items())),
+        ),
+        [],
+    )
+
+
+def _size_or_error(text: str, pointer: str, fail: Any) -> int | None:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        fail(pointer, f"{err} (expected e.g. 20GiB)")
+        return None
+
+
+class DuplicateNameError(ManifestError):
+    """The same instance name in two places; both are rejected."""
+
+    def __init__(self, location: SourceLocation, name: str, other: SourceLocation) -> None:
+        super().__init__(
+            location,
+            "/metadata/name",
+            f"instance name {name!r} is also defined at {other}",
+            "names must be unique across all manifests",
+        )
+        self.instance_name = name
+
+
+def _reject_duplicate_names(
+    loaded: list[tuple[InstanceSpec, SourceLocation]],
+) -> tuple[list[InstanceSpec], list[ManifestError]]:
+    by_name: dict[str, list[SourceLocation]] = {}
+    for spec, location in loaded:
+        by_name.setdefault(spec.name, []).append(location)
+    errors: list[ManifestError] = []
+    for name, locations in by_name.items():
+        if len(locations) > 1:
+            for index, location in enumerate(locations):
+                other = locations[1] if index == 0 else locations[0]
+                errors.append(DuplicateNameError(location, name, other))
+    duplicated = {name for name, locations in by_name.items() if len(locations) > 1}
+    return [spec for spec, _ in loaded if spec.name not in duplicated], errors

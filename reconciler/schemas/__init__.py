@@ -1,0 +1,1 @@
+"""JSON Schemas shipped with the package (also reachable as the top-level `schemas/`)."""

@@ -1,0 +1,139 @@
+"""Parse YAML into plain data while remembering where every value sits. Pure.
+
+PyYAML's safe constructor is used for scalars only; mappings and sequences are built here so
+that duplicate keys are caught and every JSON pointer maps to a line and column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+# Aliases can make a small file expand into a huge tree ("billion laughs"); stop early.
+MAX_NODES_PER_DOCUMENT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A 1-based position in the source text."""
+
+    line: int
+    column: int
+
+
+@dataclass(slots=True)
+class YamlDocument:
+    """One YAML document: its data, the position of each value (by JSON pointer), of each
+    mapping key (by the pointer of its value), and problems met while building it."""
+
+    data: Any
+    start: Mark
+    value_marks: dict[str, Mark] = field(default_factory=dict)
+    key_marks: dict[str, Mark] = field(default_factory=dict)
+    problems: list[tuple[Mark, str, str]] = field(default_factory=list)  # mark, pointer, message
+
+    def mark_of(self, pointer: str, *, key: bool = False) -> Mark:
+        """The position of `pointer` (of its key when `key`), or of its nearest parent."""
+        marks = self.key_marks if key else self.value_marks
+        while True:
+            if pointer in marks:
+                return marks[pointer]
+            if pointer in self.value_marks:
+                return self.value_marks[pointer]
+            if not pointer:
+                return self.start
+            pointer = pointer.rsplit("/", 1)[0]
+
+
+class YamlSyntaxError(Exception):
+    """The text is not well-formed YAML (or uses a tag the safe loader refuses)."""
+
+    def __init__(self, mark: Mark, message: str) -> None:
+        self.mark = mark
+        self.message = message
+        super().__init__(f"{mark.line}:{mark.column}: {message}")
+
+
+def escape_pointer_token(token: str) -> str:
+    """Escape one JSON pointer reference token (RFC 6901)."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _mark(yaml_mark: yaml.Mark | None) -> Mark:
+    if yaml_mark is None:
+        return Mark(1, 1)
+    return Mark(yaml_mark.line + 1, yaml_mark.column + 1)
+
+
+class _Builder:
+    """Turns one composed node tree into data, recording marks and duplicate keys."""
+
+    def __init__(self, loader: yaml.SafeLoader, document: YamlDocument) -> None:
+        self._loader = loader
+        self._document = document
+        self._nodes = 0
+
+    def build(self, node: yaml.Node, pointer: str) -> Any:
+        self._nodes += 1
+        if self._nodes > MAX_NODES_PER_DOCUMENT:
+            raise YamlSyntaxError(
+                _mark(node.start_mark),
+                f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?)",
+            )
+        self._document.value_marks.setdefault(pointer, _mark(node.start_mark))
+        if isinstance(node, yaml.MappingNode):
+            return self._build_mapping(node, pointer)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, f"{pointer}/{index}") for index, item in enumerate(node.value)]
+        return self._loader.construct_object(node, deep=True)
+
+    def _build_mapping(self, node: yaml.MappingNode, pointer: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first_seen: dict[str, Mark] = {}
+        for key_node, value_node in node.value:
+            key_mark = _mark(key_node.start_mark)
+            if isinstance(key_node, yaml.ScalarNode):
+                key_value = self._loader.construct_object(key_node)
+                key = key_value if isinstance(key_value, str) else str(key_node.value)
+            else:
+                self._document.problems.append(
+                    (key_mark, pointer, "a mapping key must be a plain string")
+                )
+                continue
+            child = f"{pointer}/{escape_pointer_token(key)}"
+            if key in first_seen:
+                first = first_seen[key]
+                self._document.problems.append(
+                    (key_mark, child, f"duplicate key {key!r} (first at line {first.line})")
+                )
+                continue
+            first_seen[key] = key_mark
+            self._document.key_marks[child] = key_mark
+            result[key] = self.build(value_node, child)
+        return result
+
+
+def parse_documents(text: str) -> Iterator[YamlDocument]:
+    """Yield each non-empty document of `text`; raise YamlSyntaxError on malformed YAML."""
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            document = YamlDocument(data=None, start=_mark(node.start_mark))
+            document.data = _Builder(loader, document).build(node, "")
+            if document.data is None:
+                continue
+            yield document
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        message = " ".join(part for part in (err.context, err.problem) if part)
+        raise YamlSyntaxError(_mark(mark), message or "malformed YAML") from err
+    except yaml.YAMLError as err:
+        raise YamlSyntaxError(Mark(1, 1), str(err)) from err
+    finally:
+        loader.dispose()
