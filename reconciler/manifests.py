@@ -210,7 +210,8 @@ def _schema_errors(
             for key in sorted(set(value) - known)
         ]
     if error.validator == "required" and isinstance(value, dict):
-        missing = [name for name in error.validator_value if name not in value]
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        missing = [name for name in required if name not in value]
         return [
             ManifestError(
                 _location(path, document, pointer),

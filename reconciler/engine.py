@@ -1,0 +1,149 @@
+"""One reconcile pass: observe afresh, plan each instance, apply the steps (instances in
+parallel, steps of one instance in order), then check that what should run does run.
+
+Errors become an InstanceResult here, at one boundary: one instance failing never stops
+the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from reconciler.accel import AcceleratorChoice
+from reconciler.actual import PowerState
+from reconciler.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.drivers.base import Driver
+from reconciler.errors import ReconcilerError
+from reconciler.imagecache import ImageCache
+from reconciler.manifests import LoadResult
+from reconciler.observe import observe_domains, observe_instance
+from reconciler.plan import InstancePlan, PlanContext, plan_instance
+from reconciler.qemuimg import QemuImg
+from reconciler.statedir import StateDir
+from reconciler.steps import Clock, StepContext, apply_step
+
+LOG = logging.getLogger(__name__)
+MAX_PARALLEL_INSTANCES = 16
+
+ProgressCallback = Callable[[str, str], None]
+
+
+class Outcome(enum.StrEnum):
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceResult:
+    """How one instance's pass ended."""
+
+    name: str
+    outcome: Outcome
+    actions: tuple[str, ...] = ()
+    message: str | None = None
+    notes: tuple[str, ...] = ()
+    accelerator: AcceleratorChoice | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Run-wide settings from the command line."""
+
+    default_accelerator: Accelerator = Accelerator.AUTO
+    max_parallel: int = MAX_PARALLEL_INSTANCES
+
+
+def plan_all(
+    load: LoadResult, driver: Driver, state: StateDir, settings: Settings
+) -> list[InstancePlan]:
+    """Observe everything once and plan every valid instance (no changes made)."""
+    domains = observe_domains(driver)
+    kvm = driver.kvm_support()
+    plans = []
+    for spec in load.instances:
+        base_path = state.cached_base(spec.image)
+        actual = observe_instance(spec.name, str(base_path), domains, state)
+        context = PlanContext(
+            state.instance(spec.name), base_path, kvm, settings.default_accelerator
+        )
+        plans.append(plan_instance(spec, actual, context))
+    return plans
+
+
+def apply_all(
+    load: LoadResult,
+    driver: Driver,
+    state: StateDir,
+    settings: Settings,
+    progress: ProgressCallback,
+    clock: Clock | None = None,
+) -> list[InstanceResult]:
+    """Plan and apply every valid instance; return one result per instance, in manifest order."""
+    state.create()
+    plans = plan_all(load, driver, state, settings)
+    context = StepContext(driver, ImageCache(state), QemuImg(), clock or Clock())
+    workers = max(1, min(settings.max_parallel, len(plans)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance") as pool:
+        results = list(pool.map(lambda plan: _converge(plan, context, progress), plans))
+    specs = {spec.name: spec for spec in load.instances}
+    return [_check_outcome(result, specs[result.name], driver) for result in results]
+
+
+def _converge(
+    plan: InstancePlan, context: StepContext, progress: ProgressCallback
+) -> InstanceResult:
+    if plan.refusal is not None:
+        return InstanceResult(plan.name, Outcome.FAILED, message=plan.refusal, notes=plan.notes)
+    if not plan.steps:
+        return InstanceResult(
+            plan.name, Outcome.UNCHANGED, notes=plan.notes, accelerator=plan.accelerator
+        )
+    actions: list[str] = []
+    for step in plan.steps:
+        try:
+            done = apply_step(step, context)
+        except ReconcilerError as err:
+            return InstanceResult(
+                plan.name, Outcome.FAILED, tuple(actions), f"{step.kind.value}: {err}", plan.notes
+            )
+        except Exception as err:  # a bug must not take the other instances down with it
+            LOG.exception("%s: unexpected error in %s", plan.name, step.kind.value)
+            message = f"{step.kind.value}: internal error: {type(err).__name__}: {err}"
+            return InstanceResult(plan.name, Outcome.FAILED, tuple(actions), message, plan.notes)
+        actions.append(done)
+        progress(plan.name, done)
+    return InstanceResult(
+        plan.name, Outcome.CHANGED, tuple(actions), notes=plan.notes, accelerator=plan.accelerator
+    )
+
+
+def _check_outcome(result: InstanceResult, spec: InstanceSpec, driver: Driver) -> InstanceResult:
+    """A domain that should run but is paused on an error (or stopped) is a failure."""
+    if result.outcome is Outcome.FAILED or spec.state is not DesiredState.RUNNING:
+        return result
+    try:
+        record = driver.lookup(spec.name)
+    except ReconcilerError as err:
+        return _failed(result, f"cannot confirm the domain runs: {err}")
+    if record is None:
+        return _failed(result, "domain vanished after the pass")
+    if record.state is PowerState.RUNNING:
+        return result
+    if record.state is PowerState.PAUSED and record.state_reason == "user":
+        return result
+    return _failed(
+        result,
+        f"domain is {record.state.value} (reason: {record.state_reason}), not running; "
+        "see the QEMU log of the domain",
+    )
+
+
+def _failed(result: InstanceResult, message: str) -> InstanceResult:
+    return InstanceResult(
+        result.name, Outcome.FAILED, result.actions, message, result.notes, result.accelerator
+    )

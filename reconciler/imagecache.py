@@ -1,0 +1,193 @@
+"""The base image cache: fetch once, verify the checksum, inspect as untrusted, publish atomically.
+
+Entries are content-addressed (STATE/images/sha256-<hex>.<format>). A fetch holds a lock per
+entry, in this process (threads) and across processes (flock on a lock file beside it), and
+re-checks the final file under the lock, so concurrent instances cause one copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from reconciler.desired import ImageFormat, ImageSource
+from reconciler.diskheaders import (
+    QCOW2_INCOMPAT_EXTERNAL_DATA,
+    QCOW2_KNOWN_INCOMPAT,
+    HeaderError,
+    detect_formats,
+    parse_qcow2_header,
+    read_head,
+)
+from reconciler.errors import InstanceError, StepError, UnsafeImageError
+from reconciler.fileops import publish, remove_leftovers, temporary_path
+from reconciler.statedir import StateDir
+
+LOG = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+FICLONE = 0x40049409
+
+
+def inspect_base_image(path: Path, declared: ImageFormat) -> None:
+    """Refuse an image qemu-img must not see: ambiguous or undeclared format, or a qcow2 that
+    points at other files. Raises UnsafeImageError naming the problem."""
+    try:
+        formats = detect_formats(str(path))
+    except OSError as err:
+        raise UnsafeImageError(f"cannot read image {path}: {err.strerror}") from err
+    if len(formats) != 1:
+        raise UnsafeImageError(f"image matches several formats ({', '.join(formats)}); refused")
+    found = formats[0]
+    if found != declared.value:
+        raise UnsafeImageError(
+            f"image is declared {declared.value} but its header says {found}; refused"
+        )
+    if declared is ImageFormat.QCOW2:
+        _inspect_qcow2(path)
+
+
+def _inspect_qcow2(path: Path) -> None:
+    try:
+        header = parse_qcow2_header(read_head(str(path)))
+    except (HeaderError, OSError) as err:
+        raise UnsafeImageError(f"unreadable qcow2 image: {err}") from err
+    if header.backing_file is not None:
+        raise UnsafeImageError(
+            f"qcow2 image names a backing file ({header.backing_file!r}); refused"
+        )
+    if header.external_data_file is not None or header.incompatible_features & (
+        QCOW2_INCOMPAT_EXTERNAL_DATA
+    ):
+        raise UnsafeImageError("qcow2 image uses an external data file; refused")
+    unknown = header.incompatible_features & ~QCOW2_KNOWN_INCOMPAT
+    if unknown:
+        raise UnsafeImageError(f"qcow2 image has unknown incompatible features {unknown:#x}")
+    if header.encrypted:
+        raise UnsafeImageError("qcow2 image is encrypted; refused")
+
+
+class ImageCache:
+    """Fetches base images into the state directory's cache."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._state = state
+        self._guard = threading.Lock()
+        self._locks: dict[Path, threading.Lock] = {}
+
+    def path_for(self, image: ImageSource) -> Path:
+        return self._state.cached_base(image)
+
+    def is_cached(self, image: ImageSource) -> bool:
+        return self.path_for(image).is_file()
+
+    def ensure(self, image: ImageSource) -> tuple[Path, bool]:
+        """The cached file for `image`, fetched if missing; True when this call fetched it."""
+        target = self.path_for(image)
+        with self._entry_lock(target):
+            if target.is_file():
+                self.verify(image)
+                return target, False
+            remove_leftovers(target)
+            self._fetch_local(image, target)
+            return target, True
+
+    def verify(self, image: ImageSource) -> Path:
+        """Re-check a cached base before it is used (the cache may have been tampered with)."""
+        return self.verify_path(self.path_for(image), image.format.value)
+
+    def verify_path(self, path: Path, image_format: str) -> Path:
+        """Re-check the cached base at `path`, declared as `image_format`."""
+        if not path.is_file():
+            raise StepError(f"cached base image {path} is missing")
+        inspect_base_image(path, ImageFormat(image_format))
+        return path
+
+    @contextlib.contextmanager
+    def _entry_lock(self, target: Path) -> Iterator[None]:
+        with self._guard:
+            thread_lock = self._locks.setdefault(target, threading.Lock())
+        with thread_lock:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = target.with_name(target.name + ".lock")
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _fetch_local(self, image: ImageSource, target: Path) -> None:
+        source = image.path
+        temporary = temporary_path(target)
+        try:
+            digest = _copy_hashing(source, temporary)
+            if digest != image.sha256:
+                raise UnsafeImageError(
+                    f"checksum mismatch for {source}: manifest says sha256 {image.sha256}, "
+                    f"file has {digest}"
+                )
+            inspect_base_image(temporary, image.format)
+            os.chmod(temporary, 0o444)
+            publish(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        LOG.info("cached %s as %s", source, target.name)
+
+
+def _copy_hashing(source: Path, destination: Path) -> str:
+    """Copy `source` to a new file `destination` (reflink where the file system can) and
+    return the sha256 of the bytes written."""
+    try:
+        source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as err:
+        raise InstanceError(f"image source {source} does not exist") from err
+    except OSError as err:
+        raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
+    try:
+        if not os.path.isfile(f"/proc/self/fd/{source_fd}"):
+            raise InstanceError(f"image source {source} is not a regular file")
+        destination_fd = os.open(
+            destination, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        try:
+            if _reflink(source_fd, destination_fd):
+                return _hash_fd(destination_fd)
+            digest = hashlib.sha256()
+            while chunk := os.read(source_fd, CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(destination_fd, view) :]
+            return digest.hexdigest()
+        except OSError as err:
+            raise StepError(f"copying {source} into the cache failed: {err.strerror}") from err
+        finally:
+            os.close(destination_fd)
+    finally:
+        os.close(source_fd)
+
+
+def _reflink(source_fd: int, destination_fd: int) -> bool:
+    try:
+        fcntl.ioctl(destination_fd, FICLONE, source_fd)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EBADF):
+            return False
+        raise
+    return True
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()

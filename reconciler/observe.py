@@ -1,0 +1,75 @@
+"""Observe actual state: domains from the driver, disk facts from file headers. Read-only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from reconciler.actual import DiskFacts, DomainFacts, InstanceActual
+from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.domainxml import DomainXmlError, parse_domain_xml
+from reconciler.drivers.base import DomainRecord, Driver
+from reconciler.statedir import StateDir
+
+LOG = logging.getLogger(__name__)
+
+
+def domain_facts(record: DomainRecord) -> DomainFacts:
+    """Parse a driver record into facts (raises DomainXmlError on unreadable XML)."""
+    return DomainFacts(
+        name=record.name,
+        uuid=record.uuid,
+        state=record.state,
+        state_reason=record.state_reason,
+        persistent=record.persistent,
+        definition=parse_domain_xml(record.inactive_xml),
+        live_definition=parse_domain_xml(record.live_xml) if record.live_xml else None,
+    )
+
+
+def observe_domains(driver: Driver) -> dict[str, DomainFacts]:
+    """Every domain the driver sees, by name. A domain whose XML we cannot read is kept out
+    (and so never touched): it cannot carry a marker we could trust."""
+    domains: dict[str, DomainFacts] = {}
+    for record in driver.list_domains():
+        try:
+            domains[record.name] = domain_facts(record)
+        except DomainXmlError as err:
+            LOG.warning("domain %s: %s", record.name, err)
+    return domains
+
+
+def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
+    """An overlay's facts from its qcow2 header (no qemu-img). (None, None) when it does not
+    exist; (None, problem) when it exists but is not a qcow2 we can read."""
+    try:
+        head = read_head(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, f"cannot read {path}: {err.strerror}"
+    try:
+        header = parse_qcow2_header(head)
+    except HeaderError as err:
+        return None, f"{path}: {err}"
+    facts = DiskFacts(
+        path=path,
+        format="qcow2",
+        virtual_size=header.virtual_size,
+        backing_file=header.backing_file,
+        backing_format=header.backing_format,
+    )
+    return facts, None
+
+
+def observe_instance(
+    name: str, base_path: str, domains: dict[str, DomainFacts], state: StateDir
+) -> InstanceActual:
+    """What exists for instance `name`: its domain (if any), overlay and cached base."""
+    overlay, problem = read_overlay(str(state.instance(name).disk))
+    return InstanceActual(
+        domain=domains.get(name),
+        overlay=overlay,
+        overlay_problem=problem,
+        base_cached=Path(base_path).is_file(),
+    )

@@ -1,0 +1,125 @@
+"""The state directory: where images, instance disks and the embedded libvirt root live, and
+the lock that admits one writer at a time.
+
+    STATE/
+      lock                    flock held by the process that applies changes (holds its pid)
+      images/                 base image cache, content-addressed: sha256-<hex>.<format>
+      instances/<name>/       disk.qcow2 (overlay), console.log
+      libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
+      libvirt.log             libvirt's own warnings and errors
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.desired import ImageSource
+from reconciler.errors import ConfigError, StateDirBusy
+
+ENV_STATE_DIR = "RECONCILER_STATE_DIR"
+# libvirt puts unix sockets under the embedded root (about 50 more bytes), and a socket path
+# is limited to 108 bytes.
+MAX_STATE_DIR_LENGTH = 48
+
+
+def default_state_dir() -> Path:
+    """$RECONCILER_STATE_DIR, else /var/lib/reconciler for root, else the XDG state home."""
+    configured = os.environ.get(ENV_STATE_DIR)
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/reconciler")
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "reconciler"
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePaths:
+    """The files of one instance."""
+
+    directory: Path
+    disk: Path
+    console_log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """Paths inside one state directory. Computing them has no side effects."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def libvirt_root(self) -> Path:
+        return self.root / "libvirt"
+
+    def instance(self, name: str) -> InstancePaths:
+        """Paths for instance `name`, which the schema has already restricted to [a-z0-9-]."""
+        directory = self.instances / name
+        return InstancePaths(directory, directory / "disk.qcow2", directory / "console.log")
+
+    def cached_base(self, image: ImageSource) -> Path:
+        """The content-addressed cache file for a base image."""
+        return self.images / f"sha256-{image.sha256}.{image.format.value}"
+
+    def check_embedded_path_length(self) -> None:
+        """Refuse a state directory too long for the embedded driver's unix sockets."""
+        if len(str(self.root)) > MAX_STATE_DIR_LENGTH:
+            raise ConfigError(
+                f"state directory {self.root} is too long for libvirt's embedded driver "
+                f"(at most {MAX_STATE_DIR_LENGTH} characters: unix socket paths under it are "
+                "limited to 108 bytes); choose a shorter --state-dir"
+            )
+
+    def create(self) -> None:
+        """Create the directory tree (idempotent)."""
+        for directory in (self.root, self.images, self.instances):
+            directory.mkdir(parents=True, exist_ok=True)
+
+
+class StateDirLock:
+    """An exclusive flock on STATE/lock; the file names the holder's pid and command."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._path = state.root / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StateDirBusy naming the holder."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateDirBusy(
+                f"state directory {self._path.parent} is in use by another reconciler",
+                f"holder: {holder}",
+            ) from None
+        os.ftruncate(fd, 0)
+        command = " ".join(Path("/proc/self/cmdline").read_bytes().decode().split("\0")).strip()
+        os.pwrite(fd, f"pid {os.getpid()}: {command[:200]}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
