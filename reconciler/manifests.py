@@ -150,8 +150,12 @@ def validate_document(path: Path, document: YamlDocument) -> list[ManifestError]
         ManifestError(SourceLocation(str(path), mark.line, mark.column), pointer, message)
         for mark, pointer, message in document.problems
     ]
+    seen: set[str] = set()
     for error in _validator().iter_errors(document.data):
-        errors.extend(_schema_errors(path, document, error))
+        for manifest_error in _schema_errors(path, document, error):
+            if str(manifest_error) not in seen:  # "required" repeats per missing field
+                seen.add(str(manifest_error))
+                errors.append(manifest_error)
     errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
     return errors
 

@@ -14,6 +14,7 @@ import yaml
 
 # Aliases can make a small file expand into a huge tree ("billion laughs"); stop early.
 MAX_NODES_PER_DOCUMENT = 100_000
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ class _Builder:
                 f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?)",
             )
         self._document.value_marks.setdefault(pointer, _mark(node.start_mark))
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            raise YamlSyntaxError(_mark(node.start_mark), f"unsupported tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             return self._build_mapping(node, pointer)
         if isinstance(node, yaml.SequenceNode):

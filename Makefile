@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both set up everything they
+# need (Debian packages, the libvirt-qemu user, a virtualenv) and are fast when it is there.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+IMAGE := build/images/bootsector.raw
+
+.PHONY: demo test lint unit setup image bench clean
+
+demo: setup image
+	$(BIN)/reconcile --once manifests/
+	@echo
+	@echo "Console logs (state directory $${RECONCILER_STATE_DIR:-/var/lib/reconciler}):"
+	@for log in $${RECONCILER_STATE_DIR:-/var/lib/reconciler}/instances/demo-*/console.log; do \
+	  echo "== $$log"; cat "$$log" 2>/dev/null || true; done
+
+test: setup image lint
+	$(BIN)/pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+setup: $(STAMP)
+	@tools/setup-host.sh
+
+$(STAMP): pyproject.toml tools/setup-host.sh
+	@tools/setup-host.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+image: $(IMAGE)
+
+$(IMAGE): tools/make-bootsector-image.py
+	$(PYTHON) tools/make-bootsector-image.py $(IMAGE)
+
+bench: setup image
+	$(BIN)/python bench/bench_cold_start.py
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,93 @@
+"""Helpers shared by the test suites: manifests, specs and the tiny base image."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.desired import (
+    CpuSpec,
+    DesiredState,
+    ImageFormat,
+    ImageSource,
+    InstanceSpec,
+)
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def bootsector_image_bytes() -> bytes:
+    """The same bytes tools/make-bootsector-image.py writes."""
+    spec = importlib.util.spec_from_file_location(
+        "make_bootsector_image", PROJECT / "tools" / "make-bootsector-image.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data: bytes = module.boot_sector().ljust(module.IMAGE_BYTES, b"\0")
+    return data
+
+
+def write_base_image(directory: Path) -> tuple[Path, str]:
+    """Write the boot-sector image into `directory`; return its path and sha256."""
+    data = bootsector_image_bytes()
+    path = directory / "bootsector.raw"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def unique_name(prefix: str = "rct") -> str:
+    """A domain name no user would have: rct-<random>-..."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def manifest_document(
+    name: str, image: Path, sha256: str, **spec_overrides: Any
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "state": "running",
+        "vcpus": 1,
+        "memory": "64MiB",
+        "image": {"source": str(image), "sha256": sha256, "format": "raw"},
+        "disk": {"size": "64MiB"},
+        "shutdownTimeoutSeconds": 1,
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "reconciler/v1alpha1",
+        "kind": "Instance",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def write_manifest(
+    directory: Path, name: str, image: Path, sha256: str, **spec_overrides: Any
+) -> Path:
+    """Write one manifest file NAME.yaml; returns its path."""
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest_document(name, image, sha256, **spec_overrides)))
+    return path
+
+
+def make_spec(name: str = "web", **overrides: Any) -> InstanceSpec:
+    """An InstanceSpec for pure tests."""
+    values: dict[str, Any] = {
+        "name": name,
+        "manifest": Path("manifests/web.yaml"),
+        "state": DesiredState.RUNNING,
+        "vcpus": 1,
+        "memory_bytes": 128 * 1024**2,
+        "image": ImageSource(Path("/images/base.raw"), "a" * 64, ImageFormat.RAW),
+        "disk_bytes": 2 * 1024**3,
+        "accelerator": None,
+        "cpu": CpuSpec(),
+        "shutdown_timeout_seconds": 60,
+    }
+    values.update(overrides)
+    return InstanceSpec(**values)

@@ -1,0 +1,115 @@
+"""Base image inspection and the image cache, on images made by real qemu-img."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired import ImageFormat, ImageSource
+from reconciler.diskheaders import parse_qcow2_header, read_head
+from reconciler.errors import InstanceError, UnsafeImageError
+from reconciler.imagecache import ImageCache, inspect_base_image
+from reconciler.observe import read_overlay
+from reconciler.statedir import StateDir
+from tests.helpers import write_base_image
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_overlay_header_facts_match_qemu_img(tmp_path: Path) -> None:
+    base, _ = write_base_image(tmp_path)
+    overlay = tmp_path / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay), "3G")
+    facts, problem = read_overlay(str(overlay))
+    assert problem is None and facts is not None
+    assert facts.virtual_size == 3 * 1024**3
+    assert facts.backing_file == str(base)
+    assert facts.backing_format == "raw"
+    assert read_overlay(str(tmp_path / "missing.qcow2")) == (None, None)
+    facts, problem = read_overlay(str(base))
+    assert facts is None and problem is not None and "not a qcow2" in problem
+
+
+def test_plain_qcow2_and_raw_pass_inspection(tmp_path: Path) -> None:
+    base, _ = write_base_image(tmp_path)
+    inspect_base_image(base, ImageFormat.RAW)
+    plain = tmp_path / "plain.qcow2"
+    qemu_img("create", "-f", "qcow2", str(plain), "16M")
+    inspect_base_image(plain, ImageFormat.QCOW2)
+
+
+def test_qcow2_declared_raw_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.qcow2"
+    qemu_img("create", "-f", "qcow2", str(plain), "16M")
+    with pytest.raises(UnsafeImageError, match="declared raw but its header says qcow2"):
+        inspect_base_image(plain, ImageFormat.RAW)
+
+
+def test_qcow2_naming_a_host_file_as_backing_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw", str(evil), "16M")
+    assert parse_qcow2_header(read_head(str(evil))).backing_file == "/etc/passwd"
+    with pytest.raises(UnsafeImageError, match="backing file .*/etc/passwd"):
+        inspect_base_image(evil, ImageFormat.QCOW2)
+
+
+def test_qcow2_with_external_data_file_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'data.raw'}", str(evil), "16M")
+    with pytest.raises(UnsafeImageError, match="external data file"):
+        inspect_base_image(evil, ImageFormat.QCOW2)
+
+
+def test_vmdk_is_refused(tmp_path: Path) -> None:
+    vmdk = tmp_path / "disk.vmdk"
+    qemu_img("create", "-f", "vmdk", str(vmdk), "16M")
+    with pytest.raises(UnsafeImageError, match="header says vmdk"):
+        inspect_base_image(vmdk, ImageFormat.RAW)
+
+
+def test_unknown_incompatible_feature_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "future.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "16M")
+    with image.open("r+b") as stream:
+        stream.seek(72)
+        stream.write(struct.pack(">Q", 1 << 40))
+    with pytest.raises(UnsafeImageError, match="unknown incompatible features"):
+        inspect_base_image(image, ImageFormat.QCOW2)
+
+
+def test_cache_fetches_once_verifies_checksum_and_leaves_nothing_half_made(tmp_path: Path) -> None:
+    base, sha = write_base_image(tmp_path)
+    cache = ImageCache(StateDir(tmp_path / "state"))
+    image = ImageSource(base, sha, ImageFormat.RAW)
+    path, fetched = cache.ensure(image)
+    assert fetched and sha256_of(path) == sha
+    assert cache.ensure(image) == (path, False)
+
+    wrong = ImageSource(base, "f" * 64, ImageFormat.RAW)
+    with pytest.raises(UnsafeImageError, match="checksum mismatch"):
+        cache.ensure(wrong)
+    assert not cache.is_cached(wrong)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+    with pytest.raises(InstanceError, match="does not exist"):
+        cache.ensure(ImageSource(tmp_path / "nope.raw", "e" * 64, ImageFormat.RAW))
+
+
+def test_cache_refuses_an_image_declared_with_another_format(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.qcow2"
+    qemu_img("create", "-f", "qcow2", str(plain), "16M")
+    cache = ImageCache(StateDir(tmp_path / "state"))
+    image = ImageSource(plain, sha256_of(plain), ImageFormat.RAW)
+    with pytest.raises(UnsafeImageError, match="declared raw"):
+        cache.ensure(image)
+    assert not cache.is_cached(image)

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from reconciler.accel import KvmSupport, probe_local_kvm, resolve_accelerator
+from reconciler.desired import Accelerator
+
+
+def fake_sys(tmp_path: Path, *modules: str) -> Path:
+    sys_module = tmp_path / "-".join(("module", *modules))
+    for module in modules:
+        (sys_module / module).mkdir(parents=True)
+    sys_module.mkdir(exist_ok=True)
+    return sys_module
+
+
+def test_pseudo_virtualisation_is_not_kvm(tmp_path: Path) -> None:
+    device = tmp_path / "kvm"
+    device.write_text("")
+    support = probe_local_kvm(fake_sys(tmp_path, "kvm", "kvm_pvm"), device)
+    assert not support.usable
+    assert "kvm_pvm" in support.reason
+
+
+def test_hardware_kvm_is_usable(tmp_path: Path) -> None:
+    device = tmp_path / "kvm"
+    device.write_text("")
+    support = probe_local_kvm(fake_sys(tmp_path, "kvm", "kvm_intel"), device)
+    assert support.usable
+
+
+def test_missing_device_or_vendor_module(tmp_path: Path) -> None:
+    assert not probe_local_kvm(fake_sys(tmp_path, "kvm_amd"), tmp_path / "nope").usable
+    device = tmp_path / "kvm"
+    device.write_text("")
+    assert not probe_local_kvm(fake_sys(tmp_path, "kvm"), device).usable
+
+
+def test_resolution() -> None:
+    yes, no = KvmSupport(True, "ok"), KvmSupport(False, "no")
+    assert resolve_accelerator(Accelerator.AUTO, yes).accelerator is Accelerator.KVM
+    assert resolve_accelerator(Accelerator.AUTO, no).accelerator is Accelerator.TCG
+    assert resolve_accelerator(Accelerator.TCG, yes).accelerator is Accelerator.TCG
+    assert resolve_accelerator(Accelerator.KVM, no).reason == "requested"

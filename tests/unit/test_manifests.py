@@ -1,0 +1,178 @@
+"""Manifest loading: every user mistake is reported with file:line:col, pointer and hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired import Accelerator, DesiredState, ImageFormat
+from reconciler.manifests import load_manifests
+
+SHA = "0" * 64
+VALID = f"""\
+apiVersion: reconciler/v1alpha1
+kind: Instance
+metadata:
+  name: web
+spec:
+  vcpus: 2
+  memory: 256MiB
+  image:
+    source: images/base.raw
+    sha256: "{SHA}"
+    format: raw
+  disk:
+    size: 1.5GiB
+"""
+
+
+def errors_of(tmp_path: Path, text: str, name: str = "m.yaml") -> list[str]:
+    (tmp_path / name).write_text(text)
+    return [str(error) for error in load_manifests(tmp_path).errors]
+
+
+def test_valid_manifest_becomes_a_spec(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(VALID)
+    result = load_manifests(tmp_path)
+    assert result.errors == ()
+    (spec,) = result.instances
+    assert spec.name == "web"
+    assert spec.state is DesiredState.RUNNING
+    assert spec.vcpus == 2
+    assert spec.memory_bytes == 256 * 1024**2
+    assert spec.disk_bytes == 1536 * 1024**2
+    assert spec.image.path == tmp_path / "images" / "base.raw"
+    assert spec.image.format is ImageFormat.RAW
+    assert spec.accelerator is None
+    assert spec.shutdown_timeout_seconds == 60
+
+
+def test_file_url_source_and_accelerator(tmp_path: Path) -> None:
+    text = VALID.replace("images/base.raw", "file:///srv/img/base.raw") + "  accelerator: tcg\n"
+    (tmp_path / "web.yaml").write_text(text)
+    (spec,) = load_manifests(tmp_path).instances
+    assert spec.image.path == Path("/srv/img/base.raw")
+    assert spec.accelerator is Accelerator.TCG
+
+
+def test_malformed_yaml_gives_position(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, "apiVersion: [1,\nkind: x\n")
+    assert error.startswith(f"{tmp_path}/m.yaml:3:1: /: malformed YAML")
+    assert "expected ',' or ']'" in error
+
+
+def test_size_with_unknown_unit(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, VALID.replace("size: 1.5GiB", "size: 10XB"))
+    assert error == (
+        f'{tmp_path}/m.yaml:13:11: /spec/disk/size: "10XB" is not valid '
+        "(expected a size, e.g. 20GiB)"
+    )
+
+
+def test_state_maybe(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, VALID.replace("  vcpus: 2", "  state: maybe\n  vcpus: 2"))
+    assert error == (
+        f'{tmp_path}/m.yaml:6:10: /spec/state: "maybe" is not valid '
+        "(expected one of running, stopped, absent)"
+    )
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, VALID.replace("  vcpus: 2", "  vcpus: 2\n  vcpus: 3"))
+    assert error == f"{tmp_path}/m.yaml:7:3: /spec/vcpus: duplicate key 'vcpus' (first at line 6)"
+
+
+def test_yaml11_boolean_is_rejected_with_hint(tmp_path: Path) -> None:
+    text = VALID.replace("  name: web", "  name: web\n  labels:\n    enabled: no")
+    (error,) = errors_of(tmp_path, text)
+    assert error.startswith(f"{tmp_path}/m.yaml:6:14: /metadata/labels/enabled: expected")
+    assert "got the boolean false" in error
+    assert "quote the value" in error
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "<a>", "", "x" * 300, "Web", "a\u0000b", "-a"])
+def test_hostile_names_are_rejected(tmp_path: Path, name: str) -> None:
+    text = VALID.replace("  name: web", f'  name: "{name.replace(chr(0), chr(92) + "0")}"')
+    errors = errors_of(tmp_path, text)
+    assert len(errors) == 1
+    assert f"{tmp_path}/m.yaml:4:9: /metadata/name:" in errors[0]
+    assert load_manifests(tmp_path).instances == ()
+
+
+def test_every_error_of_a_file_is_listed_in_order(tmp_path: Path) -> None:
+    text = (
+        VALID.replace("vcpus: 2", "vcpus: 0")
+        .replace("memory: 256MiB", "memory: lots")
+        .replace("format: raw", "format: vmdk")
+        + "  extra: 1\n"
+    )
+    errors = errors_of(tmp_path, text)
+    assert [e.split(": ")[1] for e in errors] == [
+        "/spec/vcpus",
+        "/spec/memory",
+        "/spec/image/format",
+        "/spec/extra",
+    ]
+    assert "unknown field 'extra'" in errors[3]
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    text = VALID.replace("  disk:\n    size: 1.5GiB\n", "")
+    (error,) = errors_of(tmp_path, text)
+    assert error == f"{tmp_path}/m.yaml:6:3: /spec/disk: missing required field 'disk'"
+
+
+def test_same_name_in_two_files_rejects_both(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(VALID)
+    (tmp_path / "b.yml").write_text(VALID)
+    result = load_manifests(tmp_path)
+    assert result.instances == ()
+    assert [str(e) for e in result.errors] == [
+        f"{tmp_path}/a.yaml:4:9: /metadata/name: instance name 'web' is also defined at "
+        f"{tmp_path}/b.yml:4:9 (names must be unique across all manifests)",
+        f"{tmp_path}/b.yml:4:9: /metadata/name: instance name 'web' is also defined at "
+        f"{tmp_path}/a.yaml:4:9 (names must be unique across all manifests)",
+    ]
+    assert result.invalid_names == {"web"}
+
+
+def test_several_documents_and_recursion_and_non_yaml_ignored(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    other = VALID.replace("name: web", "name: db")
+    (tmp_path / "sub" / "two.yaml").write_text(VALID + "---\n" + other + "---\n")
+    (tmp_path / "README.md").write_text("not: [yaml")
+    (tmp_path / ".hidden" / "x.yaml").write_text("not: [yaml")
+    result = load_manifests(tmp_path)
+    assert result.errors == ()
+    assert [spec.name for spec in result.instances] == ["web", "db"]
+
+
+def test_invalid_document_does_not_hide_valid_one_in_same_file(tmp_path: Path) -> None:
+    bad = VALID.replace("name: web", "name: bad").replace("vcpus: 2", "vcpus: many")
+    (tmp_path / "m.yaml").write_text(bad + "---\n" + VALID)
+    result = load_manifests(tmp_path)
+    assert [spec.name for spec in result.instances] == ["web"]
+    assert result.invalid_names == {"bad"}
+    assert len(result.errors) == 1
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join(['*a' + str(i - 1)] * 10)}]" for i in range(1, 8)]
+    (error,) = errors_of(tmp_path, "\n".join(lines) + "\n")
+    assert "alias bomb" in error
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, "x: !!python/object/apply:os.system ['true']\n")
+    assert error == (
+        f"{tmp_path}/m.yaml:1:4: /: malformed YAML: "
+        "unsupported tag 'tag:yaml.org,2002:python/object/apply:os.system'"
+    )
+
+
+def test_memory_below_minimum(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, VALID.replace("memory: 256MiB", "memory: 1MiB"))
+    assert "/spec/memory:" in error and "at least 16MiB" in error

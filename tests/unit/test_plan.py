@@ -1,0 +1,226 @@
+"""Planner table tests: desired x actual -> steps (or refusal). Pure, no libvirt."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.accel import KvmSupport
+from reconciler.actual import (
+    DiskFacts,
+    DomainDefinition,
+    DomainFacts,
+    InstanceActual,
+    OwnershipMarker,
+    PowerState,
+)
+from reconciler.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.domainxml import DomainLayout, spec_digest
+from reconciler.plan import PlanContext, StepKind, plan_instance
+from reconciler.statedir import StateDir
+from tests.helpers import make_spec
+
+STATE = StateDir(Path("/state"))
+BASE = STATE.cached_base(make_spec().image)
+NO_KVM = KvmSupport(False, "no kvm here")
+GIB = 1024**3
+
+
+def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM) -> PlanContext:
+    return PlanContext(STATE.instance(spec.name), BASE, kvm)
+
+
+def digest_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> str:
+    paths = STATE.instance(spec.name)
+    return spec_digest(spec, DomainLayout(str(paths.disk), str(paths.console_log), accelerator))
+
+
+def domain(
+    spec: InstanceSpec,
+    state: PowerState = PowerState.RUNNING,
+    *,
+    digest: str | None = None,
+    owned: bool = True,
+    reason: str = "booted",
+    live_digest: str | None = None,
+    memory_kib: int | None = None,
+) -> DomainFacts:
+    marker = OwnershipMarker("m.yaml", digest or digest_of(spec)) if owned else None
+    definition = DomainDefinition(
+        name=spec.name,
+        uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+        domain_type="qemu",
+        vcpus=spec.vcpus,
+        memory_kib=memory_kib or spec.memory_bytes // 1024,
+        disk_paths=(("vda", str(STATE.instance(spec.name).disk)),),
+        marker=marker,
+    )
+    live = None
+    if state.active:
+        live_marker = OwnershipMarker("m.yaml", live_digest) if live_digest else marker
+        live = replace(definition, marker=live_marker)
+    return DomainFacts(spec.name, definition.uuid, state, reason, True, definition, live)
+
+
+def overlay(spec: InstanceSpec, size: int | None = None, backing: str | None = None) -> DiskFacts:
+    return DiskFacts(
+        path=str(STATE.instance(spec.name).disk),
+        format="qcow2",
+        virtual_size=spec.disk_bytes if size is None else size,
+        backing_file=str(BASE) if backing is None else backing,
+        backing_format="raw",
+    )
+
+
+def kinds(spec: InstanceSpec, actual: InstanceActual) -> list[StepKind] | str:
+    plan = plan_instance(spec, actual, context(spec))
+    return plan.refusal if plan.refusal is not None else [step.kind for step in plan.steps]
+
+
+FETCH, CREATE, RESIZE, DEFINE, START, STOP, UNDEFINE = (
+    StepKind.FETCH_BASE,
+    StepKind.CREATE_OVERLAY,
+    StepKind.RESIZE_DISK,
+    StepKind.DEFINE,
+    StepKind.START,
+    StepKind.STOP,
+    StepKind.UNDEFINE,
+)
+RUNNING = make_spec()
+STOPPED = make_spec(state=DesiredState.STOPPED)
+ABSENT = make_spec(state=DesiredState.ABSENT)
+BIGGER = make_spec(disk_bytes=4 * GIB)
+MORE_MEMORY = make_spec(memory_bytes=256 * 1024**2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "actual", "expected"),
+    [
+        # nothing exists: the whole pipeline
+        (RUNNING, InstanceActual(None, None, None, False), [FETCH, CREATE, DEFINE, START]),
+        # base already cached: no fetch
+        (RUNNING, InstanceActual(None, None, None, True), [CREATE, DEFINE, START]),
+        # stopped instance: everything but start
+        (STOPPED, InstanceActual(None, None, None, False), [FETCH, CREATE, DEFINE]),
+        # converged running instance: nothing
+        (RUNNING, InstanceActual(domain(RUNNING), overlay(RUNNING), None, True), []),
+        # defined but shut off: start only
+        (
+            RUNNING,
+            InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True),
+            [START],
+        ),
+        # domain undefined by hand, disk still there: define and start, disk kept
+        (RUNNING, InstanceActual(None, overlay(RUNNING), None, True), [DEFINE, START]),
+        # running, should be stopped
+        (STOPPED, InstanceActual(domain(STOPPED), overlay(STOPPED), None, True), [STOP]),
+        # bigger disk on a running domain: online resize
+        (BIGGER, InstanceActual(domain(BIGGER), overlay(BIGGER, 2 * GIB), None, True), [RESIZE]),
+        # bigger disk and stop: stop first, then an offline resize
+        (
+            replace(BIGGER, state=DesiredState.STOPPED),
+            InstanceActual(
+                domain(replace(BIGGER, state=DesiredState.STOPPED)),
+                overlay(BIGGER, 2 * GIB),
+                None,
+                True,
+            ),
+            [STOP, RESIZE],
+        ),
+        # more memory on a running domain: redefine only (applies at next restart)
+        (
+            MORE_MEMORY,
+            InstanceActual(
+                domain(MORE_MEMORY, digest=digest_of(RUNNING)), overlay(MORE_MEMORY), None, True
+            ),
+            [DEFINE],
+        ),
+        # absent: stop and undefine; nothing when already gone
+        (ABSENT, InstanceActual(domain(ABSENT), overlay(ABSENT), None, True), [STOP, UNDEFINE]),
+        (
+            ABSENT,
+            InstanceActual(domain(ABSENT, PowerState.SHUTOFF), overlay(ABSENT), None, True),
+            [UNDEFINE],
+        ),
+        (ABSENT, InstanceActual(None, overlay(ABSENT), None, True), []),
+    ],
+)
+def test_plan_table(spec: InstanceSpec, actual: InstanceActual, expected: list[StepKind]) -> None:
+    assert kinds(spec, actual) == expected
+
+
+def test_foreign_domain_is_refused_whatever_the_state() -> None:
+    for spec in (RUNNING, STOPPED, ABSENT):
+        actual = InstanceActual(domain(spec, owned=False), None, None, False)
+        refusal = kinds(spec, actual)
+        assert isinstance(refusal, str)
+        assert "not created by reconciler" in refusal
+
+
+def test_shrink_is_refused_and_nothing_planned() -> None:
+    actual = InstanceActual(domain(RUNNING), overlay(RUNNING, 4 * GIB), None, True)
+    refusal = kinds(RUNNING, actual)
+    assert refusal == (
+        "disk.size 2GiB is smaller than the disk's current 4GiB: disks never shrink; "
+        "the disk would have to be replaced, so nothing was changed"
+    )
+
+
+def test_other_base_is_refused() -> None:
+    actual = InstanceActual(domain(RUNNING), overlay(RUNNING, backing="/old.raw"), None, True)
+    refusal = kinds(RUNNING, actual)
+    assert isinstance(refusal, str) and "changing the base image" in refusal
+
+
+def test_unreadable_overlay_is_refused() -> None:
+    actual = InstanceActual(domain(RUNNING), None, "disk.qcow2: not a qcow2 file", True)
+    refusal = kinds(RUNNING, actual)
+    assert isinstance(refusal, str) and "not a qcow2 file" in refusal
+
+
+def test_paused_on_error_is_a_failure_not_running() -> None:
+    actual = InstanceActual(
+        domain(RUNNING, PowerState.PAUSED, reason="crashed"), overlay(RUNNING), None, True
+    )
+    refusal = kinds(RUNNING, actual)
+    assert isinstance(refusal, str) and "paused after an error (reason: crashed)" in refusal
+    paused_by_hand = InstanceActual(
+        domain(RUNNING, PowerState.PAUSED, reason="user"), overlay(RUNNING), None, True
+    )
+    assert kinds(RUNNING, paused_by_hand) == []
+
+
+def test_redefine_says_when_it_takes_effect() -> None:
+    old = domain(MORE_MEMORY, digest=digest_of(RUNNING), memory_kib=128 * 1024)
+    plan = plan_instance(MORE_MEMORY, InstanceActual(old, overlay(RUNNING), None, True), context(RUNNING))
+    (step,) = plan.steps
+    assert step.describe() == (
+        "redefine domain: memory 128MiB -> 256MiB "
+        "(takes effect at the next restart of the running domain)"
+    )
+    stopped = replace(old, state=PowerState.SHUTOFF, live_definition=None)
+    plan = plan_instance(MORE_MEMORY, InstanceActual(stopped, overlay(RUNNING), None, True), context(RUNNING))
+    assert [s.describe().split("(")[1] for s in plan.steps][0] == "takes effect now: the domain starts next)"
+
+
+def test_running_with_older_live_definition_notes_pending_restart() -> None:
+    actual = InstanceActual(domain(RUNNING, live_digest="sha256:old"), overlay(RUNNING), None, True)
+    plan = plan_instance(RUNNING, actual, context(RUNNING))
+    assert plan.steps == ()
+    assert any("next restart" in note for note in plan.notes)
+
+
+def test_auto_accelerator_follows_kvm_support() -> None:
+    actual = InstanceActual(None, None, None, True)
+    with_kvm = plan_instance(RUNNING, actual, context(RUNNING, KvmSupport(True, "kvm_intel")))
+    without = plan_instance(RUNNING, actual, context(RUNNING, NO_KVM))
+    assert with_kvm.accelerator is not None and without.accelerator is not None
+    assert with_kvm.accelerator.accelerator is Accelerator.KVM
+    assert without.accelerator.accelerator is Accelerator.TCG
+    assert "type=\"kvm\"" in [s for s in with_kvm.steps if s.kind is DEFINE][0].xml  # type: ignore[union-attr]
+    forced = replace(RUNNING, accelerator=Accelerator.KVM)
+    forced_plan = plan_instance(forced, actual, context(forced, NO_KVM))
+    assert forced_plan.accelerator is not None
+    assert forced_plan.accelerator.accelerator is Accelerator.KVM
