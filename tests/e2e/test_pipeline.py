@@ -1,0 +1,171 @@
+"""The product on real QEMU (embedded libvirt) and real qemu-img: manifests to running VMs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.accel import probe_local_kvm
+from reconciler.actual import PowerState
+from reconciler.drivers.libvirt_driver import LibvirtDriver
+from reconciler.qemuimg import QemuImg
+from tests.e2e.conftest import E2E, CliRun, wait_for
+from tests.helpers import unique_name, write_manifest
+
+MIB = 1024**2
+Reconcile = Callable[..., CliRun]
+
+
+def state_of(e2e: E2E, name: str) -> PowerState | None:
+    record = e2e.driver.lookup(name)
+    return None if record is None else record.state
+
+
+def qemu_img_virtual_size(path: Path) -> int:
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    size: int = json.loads(out)["virtual-size"]
+    return size
+
+
+def test_instance_reaches_running_then_second_pass_does_nothing(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+
+    first = reconcile("--once", str(tmp_path))
+    assert first.code == 0, first.out + first.err
+    assert state_of(e2e, name) is PowerState.RUNNING
+    expected = "kvm" if probe_local_kvm().usable else "tcg"
+    assert f"{name}: started domain (accelerator {expected})" in first.out
+    console = e2e.state.instance(name).console_log
+    wait_for(
+        lambda: console.exists() and "reconciler-bootsector: booted" in console.read_text(),
+        60,
+        "the guest's boot line on its serial console",
+    )
+
+    # Spy (not mock) on the calls a converged pass must not make.
+    calls: list[str] = []
+    for owner, method in ((QemuImg, "run"), (LibvirtDriver, "define"), (LibvirtDriver, "start")):
+        real = getattr(owner, method)
+        monkeypatch.setattr(
+            owner, method, lambda *a, _real=real, _m=method, **k: calls.append(_m) or _real(*a, **k)
+        )
+    disk = e2e.state.instance(name).disk
+    before = disk.stat().st_mtime_ns
+    second = reconcile("--once", str(tmp_path))
+    assert second.code == 0
+    assert "nothing to do" in second.out
+    assert calls == []
+    assert disk.stat().st_mtime_ns == before
+
+
+def test_disk_grows_online_and_never_shrinks(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "64MiB"})
+    assert reconcile("--once", str(tmp_path)).code == 0
+    disk = e2e.state.instance(name).disk
+    assert qemu_img_virtual_size(disk) == 64 * MIB
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "128MiB"})
+    plan = reconcile("plan", str(tmp_path))
+    assert "grow disk 64MiB -> 128MiB (online, the guest sees it now)" in plan.out
+    grown = reconcile("--once", str(tmp_path))
+    assert grown.code == 0, grown.out + grown.err
+    assert qemu_img_virtual_size(disk) == 128 * MIB
+    assert e2e.driver.disk_capacity(name, "vda") == 128 * MIB
+    assert state_of(e2e, name) is PowerState.RUNNING
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "32MiB"})
+    refused = reconcile("--once", str(tmp_path))
+    assert refused.code == 1
+    assert "disks never shrink" in refused.out
+    assert qemu_img_virtual_size(disk) == 128 * MIB
+    assert state_of(e2e, name) is PowerState.RUNNING
+
+
+def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    assert reconcile("--once", str(tmp_path)).code == 0
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="stopped")
+    stopped = reconcile("--once", str(tmp_path))
+    assert stopped.code == 0, stopped.out
+    assert state_of(e2e, name) is PowerState.SHUTOFF
+    # the boot-sector guest ignores ACPI, so the timeout (1 s) ends in a forced stop
+    assert f"{name}: forced off (no shutdown within 1s)" in stopped.out
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="running")
+    assert reconcile("--once", str(tmp_path)).code == 0
+    assert state_of(e2e, name) is PowerState.RUNNING
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, memory="96MiB")
+    plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert plan.code == 2
+    assert (
+        "redefine domain: memory 64MiB -> 96MiB "
+        "(takes effect at the next restart of the running domain)" in plan.out
+    )
+    applied = reconcile("--once", str(tmp_path))
+    assert applied.code == 0
+    record = e2e.driver.lookup(name)
+    assert record is not None and "<memory unit='KiB'>98304</memory>" in record.inactive_xml
+    assert record.live_xml is not None and "<memory unit='KiB'>65536</memory>" in record.live_xml
+    again = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert again.code == 0
+    assert "running with an older definition" in again.out
+
+
+def test_foreign_domain_is_left_untouched(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+    name = unique_name()
+    foreign = (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+    e2e.driver.define(foreign)
+    before = e2e.driver.lookup(name)
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+
+    result = reconcile("--once", str(tmp_path))
+    assert result.code == 1
+    assert "not created by reconciler" in result.out
+    after = e2e.driver.lookup(name)
+    assert after == before
+    assert not e2e.state.instance(name).directory.exists()
+
+
+def test_invalid_manifest_does_not_stop_a_valid_one(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    good, bad = unique_name(), unique_name()
+    write_manifest(tmp_path, good, e2e.base, e2e.sha256)
+    write_manifest(tmp_path, bad, e2e.base, e2e.sha256, memory="10XB")
+
+    result = reconcile("--once", str(tmp_path))
+    assert result.code == 2
+    assert f'{tmp_path}/{bad}.yaml:12:11: /spec/memory: "10XB" is not valid' in result.err
+    assert "Traceback" not in result.err
+    assert state_of(e2e, good) is PowerState.RUNNING
+    assert state_of(e2e, bad) is None
+    assert not e2e.state.instance(bad).directory.exists()
+
+
+def test_plan_changes_nothing(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert plan.code == 2
+    assert f"{name}: 3 step(s)" in plan.out or f"{name}: 4 step(s)" in plan.out
+    assert state_of(e2e, name) is None
+    assert not e2e.state.instance(name).directory.exists()
