@@ -46,9 +46,7 @@ def unique_name(prefix: str = "rct") -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def manifest_document(
-    name: str, image: Path, sha256: str, **spec_overrides: Any
-) -> dict[str, Any]:
+def manifest_document(name: str, image: Path, sha256: str, **spec_overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "state": "running",
         "vcpus": 1,

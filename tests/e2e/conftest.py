@@ -53,9 +53,7 @@ def e2e() -> Iterator[E2E]:
 
 
 @pytest.fixture
-def reconcile(
-    e2e: E2E, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., CliRun]:
+def reconcile(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
     """Run the `reconcile` command in this process against the session's state directory."""
 
     def run(*args: str) -> CliRun:

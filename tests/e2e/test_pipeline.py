@@ -56,11 +56,16 @@ def test_instance_reaches_running_then_second_pass_does_nothing(
 
     # Spy (not mock) on the calls a converged pass must not make.
     calls: list[str] = []
+
+    def spy(method: str, real: Callable[..., object]) -> Callable[..., object]:
+        def record(*args: object, **kwargs: object) -> object:
+            calls.append(method)
+            return real(*args, **kwargs)
+
+        return record
+
     for owner, method in ((QemuImg, "run"), (LibvirtDriver, "define"), (LibvirtDriver, "start")):
-        real = getattr(owner, method)
-        monkeypatch.setattr(
-            owner, method, lambda *a, _real=real, _m=method, **k: calls.append(_m) or _real(*a, **k)
-        )
+        monkeypatch.setattr(owner, method, spy(method, getattr(owner, method)))
     disk = e2e.state.instance(name).disk
     before = disk.stat().st_mtime_ns
     second = reconcile("--once", str(tmp_path))
@@ -70,7 +75,9 @@ def test_instance_reaches_running_then_second_pass_does_nothing(
     assert disk.stat().st_mtime_ns == before
 
 
-def test_disk_grows_online_and_never_shrinks(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+def test_disk_grows_online_and_never_shrinks(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
     name = unique_name()
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "64MiB"})
     assert reconcile("--once", str(tmp_path)).code == 0

@@ -23,7 +23,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_once_then_absent_over_test_driver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_once_then_absent_over_test_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base, sha = write_base_image(tmp_path)
     manifests = tmp_path / "m"
     manifests.mkdir()
@@ -37,14 +39,18 @@ def test_once_then_absent_over_test_driver(tmp_path: Path, capsys: pytest.Captur
     assert (tmp_path / "s" / "instances" / "itest-a" / "disk.qcow2").exists()
 
 
-def test_usage_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, str(tmp_path))[0] == 2  # watch mode not available yet
     assert run(capsys, "plan", "--once", str(tmp_path))[0] == 2
     code, _out, err = run(capsys, "--once", str(tmp_path / "missing"), "--connect", TEST_URI)
     assert code == 2 and "no such file or directory" in err
 
 
-def test_second_writer_is_refused_naming_the_holder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_writer_is_refused_naming_the_holder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = StateDir(tmp_path / "s")
     state.create()
     with StateDirLock(state):

@@ -13,7 +13,9 @@ from reconciler.domainxml import DomainLayout, build_domain_xml, parse_domain_xm
 from tests.helpers import make_spec
 
 GOLDEN = Path(__file__).parent / "golden"
-LAYOUT = DomainLayout("/state/instances/web/disk.qcow2", "/state/instances/web/console.log", Accelerator.TCG)
+LAYOUT = DomainLayout(
+    "/state/instances/web/disk.qcow2", "/state/instances/web/console.log", Accelerator.TCG
+)
 CASES = {
     "tcg-default-cpu": (make_spec(), LAYOUT, None),
     "kvm-custom-cpu-redefine": (

@@ -18,7 +18,7 @@ from reconciler.actual import (
 )
 from reconciler.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.domainxml import DomainLayout, spec_digest
-from reconciler.plan import PlanContext, StepKind, plan_instance
+from reconciler.plan import DefineDomain, PlanContext, StepKind, plan_instance
 from reconciler.statedir import StateDir
 from tests.helpers import make_spec
 
@@ -194,15 +194,20 @@ def test_paused_on_error_is_a_failure_not_running() -> None:
 
 def test_redefine_says_when_it_takes_effect() -> None:
     old = domain(MORE_MEMORY, digest=digest_of(RUNNING), memory_kib=128 * 1024)
-    plan = plan_instance(MORE_MEMORY, InstanceActual(old, overlay(RUNNING), None, True), context(RUNNING))
+    plan = plan_instance(
+        MORE_MEMORY, InstanceActual(old, overlay(RUNNING), None, True), context(RUNNING)
+    )
     (step,) = plan.steps
     assert step.describe() == (
         "redefine domain: memory 128MiB -> 256MiB "
         "(takes effect at the next restart of the running domain)"
     )
     stopped = replace(old, state=PowerState.SHUTOFF, live_definition=None)
-    plan = plan_instance(MORE_MEMORY, InstanceActual(stopped, overlay(RUNNING), None, True), context(RUNNING))
-    assert [s.describe().split("(")[1] for s in plan.steps][0] == "takes effect now: the domain starts next)"
+    plan = plan_instance(
+        MORE_MEMORY, InstanceActual(stopped, overlay(RUNNING), None, True), context(RUNNING)
+    )
+    define = plan.steps[0]
+    assert define.describe().endswith("(takes effect now: the domain starts next)")
 
 
 def test_running_with_older_live_definition_notes_pending_restart() -> None:
@@ -219,7 +224,8 @@ def test_auto_accelerator_follows_kvm_support() -> None:
     assert with_kvm.accelerator is not None and without.accelerator is not None
     assert with_kvm.accelerator.accelerator is Accelerator.KVM
     assert without.accelerator.accelerator is Accelerator.TCG
-    assert "type=\"kvm\"" in [s for s in with_kvm.steps if s.kind is DEFINE][0].xml  # type: ignore[union-attr]
+    define = next(s for s in with_kvm.steps if isinstance(s, DefineDomain))
+    assert 'type="kvm"' in define.xml
     forced = replace(RUNNING, accelerator=Accelerator.KVM)
     forced_plan = plan_instance(forced, actual, context(forced, NO_KVM))
     assert forced_plan.accelerator is not None

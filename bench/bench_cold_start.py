@@ -1,0 +1,147 @@
+"""Cold start of N instances from one cached base: reconciler vs the hand-written path.
+
+Measured in the same run, alternating, median of --repeat rounds:
+  - hand-written: a thread per instance, qemu-img create + defineXML + create (handwritten.py)
+  - reconcile --once, cold (overlays, defines and starts everything)
+  - reconcile --once again, no-op (must write nothing: checked by file mtimes and domain XML)
+
+    .venv/bin/python bench/bench_cold_start.py [-n 10] [--repeat 3] [--connect URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+PYTHON = sys.executable
+RECONCILE = [PYTHON, "-m", "reconciler"]
+
+
+def write_manifests(directory: Path, prefix: str, count: int, base: Path, sha: str) -> None:
+    documents = [
+        {
+            "apiVersion": "reconciler/v1alpha1",
+            "kind": "Instance",
+            "metadata": {"name": f"{prefix}-{index}"},
+            "spec": {
+                "vcpus": 1,
+                "memory": "128MiB",
+                "accelerator": "tcg",
+                "image": {"source": str(base), "sha256": sha, "format": "raw"},
+                "disk": {"size": "2GiB"},
+            },
+        }
+        for index in range(count)
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench.yaml").write_text(yaml.safe_dump_all(documents))
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=PROJECT)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return elapsed, done.stdout
+
+
+def snapshot(state: Path, uri: str) -> dict[str, int]:
+    """mtime of every file under the state's instances and images (domain XML is in libvirt/)."""
+    files = {}
+    for top in ("instances", "images", "libvirt/etc"):
+        for path in (state / top).rglob("*"):
+            if path.is_file() and not path.name.endswith(".log"):
+                files[str(path)] = path.stat().st_mtime_ns
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("-n", type=int, default=10, help="instances (default 10)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--connect", default=None, help="libvirt URI (default: embedded)")
+    args = parser.parse_args()
+
+    state = Path(tempfile.mkdtemp(prefix="rcb-", dir="/tmp"))
+    uri = args.connect or f"qemu:///embed?root={state}/libvirt"
+    connect = ["--connect", args.connect] if args.connect else []
+    base = state / "base.raw"
+    subprocess.run(
+        [PYTHON, str(PROJECT / "tools" / "make-bootsector-image.py"), str(base)],
+        check=True,
+        capture_output=True,
+    )
+    sha = hashlib.sha256(base.read_bytes()).hexdigest()
+    cached = state / "images" / f"sha256-{sha}.raw"
+    manifests = state / "manifests"
+    write_manifests(manifests, "rcb", args.n, base, sha)
+
+    # Warm-up (not measured): prepares the embedded root, probes QEMU, caches the base.
+    warm = state / "warm"
+    write_manifests(warm, "rcw", 1, base, sha)
+    timed([*RECONCILE, "--once", str(warm), "--state-dir", str(state), *connect])
+    cleanup = [PYTHON, str(HERE / "handwritten.py"), "cleanup", uri, str(state)]
+    timed([*cleanup, "rcw"])
+
+    hand, cold, noop = [], [], []
+    for _round in range(args.repeat):
+        elapsed, _ = timed(
+            [
+                PYTHON,
+                str(HERE / "handwritten.py"),
+                "create",
+                uri,
+                str(state),
+                str(cached),
+                "hwb",
+                str(args.n),
+            ]
+        )
+        hand.append(elapsed)
+        timed([*cleanup, "hwb"])
+        elapsed, out = timed(
+            [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect]
+        )
+        assert out.count("started domain") == args.n, out
+        cold.append(elapsed)
+        before = snapshot(state, uri)
+        elapsed, out = timed(
+            [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect]
+        )
+        assert "nothing to do" in out, out
+        assert snapshot(state, uri) == before, "the no-op pass touched files"
+        noop.append(elapsed)
+        timed([*cleanup, "rcb"])
+
+    hand_s, cold_s, noop_s = (statistics.median(x) for x in (hand, cold, noop))
+
+    def rounds(values: list[float]) -> str:
+        return ", ".join(f"{value:.2f}" for value in values)
+
+    print(f"instances: {args.n} (1 vCPU, 128 MiB, 2 GiB overlay, TCG), uri: {uri}")
+    print(f"hand-written threaded path: {hand_s:6.2f} s   (rounds: {rounds(hand)})")
+    print(f"reconcile --once, cold:     {cold_s:6.2f} s   (rounds: {rounds(cold)})")
+    print(f"ratio cold / hand-written:  {cold_s / hand_s:6.2f}")
+    print(f"reconcile --once, no-op:    {noop_s:6.2f} s   (rounds: {rounds(noop)})")
+    shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(PROJECT)
+    sys.exit(main())
