@@ -53,6 +53,8 @@ def timed(command: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=PROJECT)
     elapsed = time.perf_counter() - start
+    if "--debug" in command and elapsed > 1:  # a no-op pass should never take this long
+        print(f"slow ({elapsed:.2f}s): {command}\n{done.stderr}", file=sys.stderr)
     if done.returncode != 0:
         raise SystemExit(f"{command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return elapsed, done.stdout
@@ -121,7 +123,7 @@ def main() -> int:
         cold.append(elapsed)
         before = snapshot(state, uri)
         elapsed, out = timed(
-            [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect]
+            [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect, "--debug"]
         )
         assert "nothing to do" in out, out
         assert snapshot(state, uri) == before, "the no-op pass touched files"

@@ -7,6 +7,7 @@ one thread per instance runs `qemu-img create` for its overlay, then defineXML +
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,14 @@ def open_connection(uri: str) -> Any:
 
         threading.Thread(target=loop, daemon=True).start()
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt.open(uri)
+    # As reconciler does: start the embedded driver on one fixed CPU, or libvirt re-probes
+    # QEMU (3 to 4 s) whenever this process lands on a CPU whose CPUID differs.
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        return libvirt.open(uri)
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def create(uri: str, state_dir: Path, base: Path, prefix: str, count: int) -> None:
@@ -87,7 +95,11 @@ def cleanup(uri: str, state_dir: Path, prefixes: list[str]) -> None:
     for domain in connection.listAllDomains(0):
         if any(domain.name().startswith(prefix + "-") for prefix in prefixes):
             if domain.isActive():
-                domain.destroy()
+                try:
+                    domain.destroy()
+                except libvirt.libvirtError:
+                    if domain.isActive():  # libvirt may report a race it won anyway
+                        raise
             domain.undefine()
     connection.close()
     shutil.rmtree(state_dir / "hand", ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ def plan_all(
     load: LoadResult, driver: Driver, state: StateDir, settings: Settings
 ) -> list[InstancePlan]:
     """Observe everything once and plan every valid instance (no changes made)."""
+    started = time.monotonic()
     domains = observe_domains(driver)
     kvm = driver.kvm_support()
+    LOG.debug("observed %d domains in %.3fs", len(domains), time.monotonic() - started)
     plans = []
     for spec in load.instances:
         base_path = state.cached_base(spec.image)
@@ -72,6 +75,7 @@ def plan_all(
             state.instance(spec.name), base_path, kvm, settings.default_accelerator
         )
         plans.append(plan_instance(spec, actual, context))
+    LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
     return plans
 
 
@@ -91,7 +95,9 @@ def apply_all(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance") as pool:
         results = list(pool.map(lambda plan: _converge(plan, context, progress), plans))
     specs = {spec.name: spec for spec in load.instances}
-    return [_check_outcome(result, specs[result.name], driver) for result in results]
+    checked = [_check_outcome(result, specs[result.name], driver) for result in results]
+    LOG.debug("applied and checked %d instances", len(checked))
+    return checked
 
 
 def _converge(

@@ -8,11 +8,13 @@ Every libvirtError is wrapped here, once, into a DriverError.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -101,6 +103,28 @@ def _start_event_loop() -> None:
         _event_loop_started = True
 
 
+@contextlib.contextmanager
+def _stable_cpu_signature(pin: bool) -> Iterator[None]:
+    """Run the embedded driver's start-up on one fixed CPU.
+
+    The driver computes a host CPUID signature when it starts and re-probes QEMU (3 to 4 s)
+    whenever the signature differs from the one cached under the root. On hosts whose CPUs do
+    not report identical CPUID data (seen on nested pseudo-virtualisation), the signature then
+    depends on which CPU the process happens to run, and every other run pays the probe.
+    Starting on the lowest allowed CPU keeps it stable. Only this thread is pinned, and only
+    for the duration; QEMU processes get their own affinity from libvirt.
+    """
+    allowed = os.sched_getaffinity(0) if pin else set()
+    if not allowed or len(allowed) == 1:
+        yield
+        return
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def _wrap_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """Turn libvirtError raised by the decorated method into DriverError naming `action`."""
 
@@ -175,8 +199,10 @@ class LibvirtDriver:
         _route_libvirt_logs(state_dir / "libvirt.log" if state_dir.is_dir() else None)
         _start_event_loop()
         libvirt = _libvirt()
+        started = time.monotonic()
         try:
-            connection = libvirt.open(uri)
+            with _stable_cpu_signature(embedded_root is not None):
+                connection = libvirt.open(uri)
         except libvirt.libvirtError as err:
             message = err.get_error_message() or str(err)
             if embedded_root is not None and "Failed to acquire pid file" in message:
@@ -186,6 +212,7 @@ class LibvirtDriver:
                     "only one process at a time can hold libvirt's embedded driver",
                 ) from err
             raise DriverError(f"cannot open libvirt connection {uri}", message) from err
+        LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
         return cls(uri, connection, embedded_root)
 
     def kvm_support(self) -> KvmSupport:
@@ -291,10 +318,12 @@ class LibvirtDriver:
 
     def close(self) -> None:
         libvirt = _libvirt()
+        started = time.monotonic()
         try:
             self._conn.close()
         except libvirt.libvirtError as err:
             LOG.debug("closing %s: %s", self.uri, err)
+        LOG.debug("closed %s in %.3fs", self.uri, time.monotonic() - started)
 
 
 def _embedded_holder(libvirt_root: Path) -> str:
