@@ -111,6 +111,7 @@ def _converge(
         )
     actions: list[str] = []
     for step in plan.steps:
+        started = time.monotonic()
         try:
             done = apply_step(step, context)
         except ReconcilerError as err:
@@ -121,6 +122,7 @@ def _converge(
             LOG.exception("%s: unexpected error in %s", plan.name, step.kind.value)
             message = f"{step.kind.value}: internal error: {type(err).__name__}: {err}"
             return InstanceResult(plan.name, Outcome.FAILED, tuple(actions), message, plan.notes)
+        LOG.debug("%s: %s took %.3fs", plan.name, step.kind.value, time.monotonic() - started)
         actions.append(done)
         progress(plan.name, done)
     return InstanceResult(
