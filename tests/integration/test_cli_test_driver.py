@@ -73,3 +73,31 @@ def test_console_script_plan_on_broken_manifests(tmp_path: Path) -> None:
     assert f"{tmp_path}/bad.yaml:4:1: /: malformed YAML" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "s" / "instances").exists()
+
+
+def test_leftovers_of_a_killed_run_are_removed_not_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, sha = write_base_image(tmp_path)
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write_manifest(manifests, "itest-b", base, sha)
+    state = StateDir(tmp_path / "s")
+    instance = state.instance("itest-b")
+    instance.directory.mkdir(parents=True)
+    # what a run killed mid-step leaves: a half-written overlay under a temporary name of a
+    # process that no longer exists (pid 4194304 is above Linux's pid_max)
+    leftover = instance.directory / ".disk.qcow2.4194304.0badc0de.tmp"
+    leftover.write_bytes(b"QFI\xfb half written")
+    state.images.mkdir(parents=True)
+    cache_leftover = state.images / f".sha256-{sha}.raw.4194304.0badc0de.tmp"
+    cache_leftover.write_bytes(b"partial")
+
+    code, out, err = run(
+        capsys, "--once", str(manifests), "--state-dir", str(state.root), "--connect", TEST_URI
+    )
+    assert code == 0, out + err
+    assert not leftover.exists()
+    assert not cache_leftover.exists()
+    assert instance.disk.read_bytes()[:4] == b"QFI\xfb"
+    assert sorted(p.name for p in instance.directory.iterdir()) == ["disk.qcow2"]
