@@ -11,9 +11,8 @@ IMAGE := build/images/bootsector.raw
 demo: setup image
 	$(BIN)/reconcile --once manifests/
 	@echo
-	@echo "Console logs (state directory $${RECONCILER_STATE_DIR:-/var/lib/reconciler}):"
-	@for log in $${RECONCILER_STATE_DIR:-/var/lib/reconciler}/instances/demo-*/console.log; do \
-	  echo "== $$log"; cat "$$log" 2>/dev/null || true; done
+	@echo "Serial consoles of the running examples:"
+	@$(BIN)/python tools/show-consoles.py $${RECONCILER_STATE_DIR:-/var/lib/reconciler} demo- 30
 
 test: setup image lint
 	$(BIN)/pytest -q tests

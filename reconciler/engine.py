@@ -7,6 +7,7 @@ the others.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -49,6 +50,7 @@ class InstanceResult:
     message: str | None = None
     notes: tuple[str, ...] = ()
     accelerator: AcceleratorChoice | None = None
+    state: DesiredState | None = None  # the state reached (when the outcome is not FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,10 @@ def apply_all(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance") as pool:
         results = list(pool.map(lambda plan: _converge(plan, context, progress), plans))
     specs = {spec.name: spec for spec in load.instances}
-    checked = [_check_outcome(result, specs[result.name], driver) for result in results]
+    checked = [
+        _reached(_check_outcome(result, specs[result.name], driver), specs[result.name])
+        for result in results
+    ]
     LOG.debug("applied and checked %d instances", len(checked))
     return checked
 
@@ -149,6 +154,12 @@ def _check_outcome(result: InstanceResult, spec: InstanceSpec, driver: Driver) -
         f"domain is {record.state.value} (reason: {record.state_reason}), not running; "
         "see the QEMU log of the domain",
     )
+
+
+def _reached(result: InstanceResult, spec: InstanceSpec) -> InstanceResult:
+    if result.outcome is Outcome.FAILED:
+        return result
+    return dataclasses.replace(result, state=spec.state)
 
 
 def _failed(result: InstanceResult, message: str) -> InstanceResult:

@@ -38,7 +38,10 @@ class FetchBase:
     cache_path: Path
 
     def describe(self) -> str:
-        return f"fetch base image {self.image.path} into the cache ({self.cache_path.name})"
+        return (
+            f"fetch base image {self.image.path} into the cache "
+            f"(sha256 {self.image.sha256[:12]}..., {self.image.format.value})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,9 @@ class CreateOverlay:
     size: int
 
     def describe(self) -> str:
-        return (
-            f"create disk {self.path} ({format_size(self.size)}, qcow2 over {self.base_path.name})"
-        )
+        base = self.base_path.name
+        short = base[:19] + "..." if len(base) > 22 else base
+        return f"create disk {self.path} ({format_size(self.size)}, qcow2 over {short})"
 
 
 @dataclass(frozen=True, slots=True)

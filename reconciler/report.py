@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from reconciler.desired import DesiredState
 from reconciler.engine import InstanceResult, Outcome
 from reconciler.errors import ManifestError
 from reconciler.plan import InstancePlan
@@ -44,12 +45,10 @@ def render_summary(results: Sequence[InstanceResult], invalid: int) -> list[str]
     lines = []
     width = max((len(result.name) for result in results), default=0)
     for result in results:
-        detail = ""
-        if result.message:
-            detail = result.message
-        elif result.accelerator is not None:
+        detail = result.message or (result.state.value if result.state else "")
+        if result.state is DesiredState.RUNNING and result.accelerator is not None:
             choice = result.accelerator
-            detail = f"accelerator {choice.accelerator.value} ({choice.reason})"
+            detail += f", accelerator {choice.accelerator.value} ({choice.reason})"
         lines.append(f"  {result.name:<{width}}  {result.outcome.value:<9}  {detail}".rstrip())
         lines.extend(f"  {'':<{width}}  note: {note}" for note in result.notes)
     if not results:

@@ -17,19 +17,26 @@ from tests.helpers import write_base_image, write_manifest
 TEST_URI = "test:///default"
 
 
+@pytest.fixture
+def one_manifest(tmp_path: Path) -> tuple[Path, str]:
+    """A manifest directory with one instance on the boot-sector image; returns (dir, sha)."""
+    base, sha = write_base_image(tmp_path)
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write_manifest(manifests, "itest-a", base, sha)
+    return manifests, sha
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = cli.main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_once_then_absent_over_test_driver(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_once_over_test_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_manifest: tuple[Path, str]
 ) -> None:
-    base, sha = write_base_image(tmp_path)
-    manifests = tmp_path / "m"
-    manifests.mkdir()
-    write_manifest(manifests, "itest-a", base, sha)
+    manifests, _sha = one_manifest
     state = ["--state-dir", str(tmp_path / "s"), "--connect", TEST_URI]
     code, out, err = run(capsys, "--once", str(manifests), *state)
     # test:/// is fresh in every connection, so each call starts from an empty hypervisor
@@ -76,14 +83,11 @@ def test_console_script_plan_on_broken_manifests(tmp_path: Path) -> None:
 
 
 def test_leftovers_of_a_killed_run_are_removed_not_used(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_manifest: tuple[Path, str]
 ) -> None:
-    base, sha = write_base_image(tmp_path)
-    manifests = tmp_path / "m"
-    manifests.mkdir()
-    write_manifest(manifests, "itest-b", base, sha)
+    manifests, sha = one_manifest
     state = StateDir(tmp_path / "s")
-    instance = state.instance("itest-b")
+    instance = state.instance("itest-a")
     instance.directory.mkdir(parents=True)
     # what a run killed mid-step leaves: a half-written overlay under a temporary name of a
     # process that no longer exists (pid 4194304 is above Linux's pid_max)

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Print the serial console logs of running instances whose names start with a prefix,
+waiting (up to a deadline) for each to say something first.
+
+    tools/show-consoles.py STATE_DIR PREFIX [SECONDS]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (3, 4):
+        print(__doc__, file=sys.stderr)
+        return 2
+    instances = Path(argv[1]) / "instances"
+    deadline = time.monotonic() + (float(argv[3]) if len(argv) == 4 else 30.0)
+    logs = sorted(instances.glob(f"{argv[2]}*/console.log"))
+    if not logs:
+        print(f"no console logs under {instances} (no instance started yet?)")
+    for log in logs:
+        while time.monotonic() < deadline and log.stat().st_size == 0:
+            time.sleep(0.2)
+        print(f"== {log}")
+        print(log.read_text(errors="replace").replace("\r\n", "\n").rstrip() or "(empty)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
