@@ -198,22 +198,18 @@ class LibvirtDriver:
             uri = embedded_uri(embedded_root)
         _route_libvirt_logs(state_dir / "libvirt.log" if state_dir.is_dir() else None)
         _start_event_loop()
-        libvirt = _libvirt()
-        started = time.monotonic()
-        try:
-            with _stable_cpu_signature(embedded_root is not None):
-                connection = libvirt.open(uri)
-        except libvirt.libvirtError as err:
-            message = err.get_error_message() or str(err)
-            if embedded_root is not None and "Failed to acquire pid file" in message:
-                raise StateDirBusy(
-                    f"state directory {state_dir} is in use by another process "
-                    f"({_embedded_holder(embedded_root)})",
-                    "only one process at a time can hold libvirt's embedded driver",
-                ) from err
-            raise DriverError(f"cannot open libvirt connection {uri}", message) from err
-        LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
-        return cls(uri, connection, embedded_root)
+        if embedded_root is None:
+            return cls(uri, _connect(uri, state_dir, None), None)
+        with _embedded_lock:
+            if not _embedded:
+                _embedded[uri] = _connect(uri, state_dir, embedded_root)
+            if uri not in _embedded:
+                raise DriverError(
+                    f"cannot open {uri}",
+                    f"this process already runs libvirt's embedded driver for "
+                    f"{next(iter(_embedded))}, and it serves one root per process",
+                )
+            return cls(uri, _embedded[uri], embedded_root)
 
     def kvm_support(self) -> KvmSupport:
         scheme = urlsplit(self.uri).scheme
@@ -317,6 +313,8 @@ class LibvirtDriver:
         return int(capacity)
 
     def close(self) -> None:
+        if self._embedded_root is not None:
+            return  # the process keeps its one embedded connection (see _keep_embedded)
         libvirt = _libvirt()
         started = time.monotonic()
         try:
@@ -324,6 +322,33 @@ class LibvirtDriver:
         except libvirt.libvirtError as err:
             LOG.debug("closing %s: %s", self.uri, err)
         LOG.debug("closed %s in %.3fs", self.uri, time.monotonic() - started)
+
+
+# libvirt registers the QEMU driver anew on every embedded open, and a process runs out of
+# driver slots after a few dozen ("Too many drivers"); the embedded driver also serves only
+# one root per process. So a process opens its embedded connection once and keeps it.
+_embedded_lock = threading.Lock()
+_embedded: dict[str, Any] = {}
+
+
+def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
+    """libvirt.open, with its errors said in our words."""
+    libvirt = _libvirt()
+    started = time.monotonic()
+    try:
+        with _stable_cpu_signature(embedded_root is not None):
+            connection = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        message = err.get_error_message() or str(err)
+        if embedded_root is not None and "Failed to acquire pid file" in message:
+            raise StateDirBusy(
+                f"state directory {state_dir} is in use by another process "
+                f"({_embedded_holder(embedded_root)})",
+                "only one process at a time can hold libvirt's embedded driver",
+            ) from err
+        raise DriverError(f"cannot open libvirt connection {uri}", message) from err
+    LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
+    return connection
 
 
 def _embedded_holder(libvirt_root: Path) -> str:

@@ -176,3 +176,45 @@ def test_plan_changes_nothing(e2e: E2E, reconcile: Reconcile, tmp_path: Path) ->
     assert f"{name}: 3 step(s)" in plan.out or f"{name}: 4 step(s)" in plan.out
     assert state_of(e2e, name) is None
     assert not e2e.state.instance(name).directory.exists()
+
+
+def test_absent_undefines_but_keeps_the_disk_and_a_new_pass_reuses_it(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    assert reconcile("--once", str(tmp_path)).code == 0
+    disk = e2e.state.instance(name).disk
+    inode = disk.stat().st_ino
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="absent")
+    gone = reconcile("--once", str(tmp_path))
+    assert gone.code == 0, gone.out
+    assert state_of(e2e, name) is None
+    assert disk.stat().st_ino == inode
+    assert "absent" in gone.out
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="running")
+    back = reconcile("--once", str(tmp_path))
+    assert back.code == 0
+    assert "created disk" not in back.out
+    assert disk.stat().st_ino == inode
+    assert state_of(e2e, name) is PowerState.RUNNING
+
+
+def test_domain_undefined_by_hand_is_defined_again_on_its_disk(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    assert reconcile("--once", str(tmp_path)).code == 0
+    inode = e2e.state.instance(name).disk.stat().st_ino
+    e2e.driver.force_stop(name)
+    e2e.driver.undefine(name)
+
+    again = reconcile("--once", str(tmp_path))
+    assert again.code == 0
+    assert f"{name}: defined domain" in again.out
+    assert "created disk" not in again.out
+    assert e2e.state.instance(name).disk.stat().st_ino == inode
+    assert state_of(e2e, name) is PowerState.RUNNING
