@@ -41,10 +41,14 @@ class CpuMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ImageSource:
-    """A base image: where it comes from (resolved local path), its checksum and format."""
+    """A base image: where it comes from (resolved local path), its checksum and format.
+
+    `sha256` is None when the manifest leaves it out (allowed for local files): the content's
+    digest is then computed from the file (see imagecache.SourceDigests).
+    """
 
     path: Path
-    sha256: str
+    sha256: str | None
     format: ImageFormat
 
 

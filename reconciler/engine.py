@@ -19,8 +19,8 @@ from reconciler.accel import AcceleratorChoice
 from reconciler.actual import PowerState
 from reconciler.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.drivers.base import Driver
-from reconciler.errors import ReconcilerError
-from reconciler.imagecache import ImageCache
+from reconciler.errors import InstanceError, ReconcilerError
+from reconciler.imagecache import ImageCache, SourceDigests
 from reconciler.manifests import LoadResult
 from reconciler.observe import observe_domains, observe_instance
 from reconciler.plan import InstancePlan, PlanContext, plan_instance
@@ -61,16 +61,38 @@ class Settings:
     max_parallel: int = MAX_PARALLEL_INSTANCES
 
 
+def with_source_digest(
+    spec: InstanceSpec, digests: SourceDigests, *, persist: bool
+) -> InstanceSpec:
+    """`spec` with its image's sha256 filled in from the file when the manifest left it out."""
+    if spec.image.sha256 is not None:
+        return spec
+    digest = digests.digest(spec.image.path, persist=persist)
+    return dataclasses.replace(spec, image=dataclasses.replace(spec.image, sha256=digest))
+
+
 def plan_all(
-    load: LoadResult, driver: Driver, state: StateDir, settings: Settings
+    load: LoadResult,
+    driver: Driver,
+    state: StateDir,
+    settings: Settings,
+    *,
+    persist_digests: bool = False,
 ) -> list[InstancePlan]:
-    """Observe everything once and plan every valid instance (no changes made)."""
+    """Observe everything once and plan every valid instance (no changes made, except that
+    `persist_digests` records the digests of local sources it had to compute)."""
     started = time.monotonic()
     domains = observe_domains(driver)
     kvm = driver.kvm_support()
     LOG.debug("observed %d domains in %.3fs", len(domains), time.monotonic() - started)
     plans = []
-    for spec in load.instances:
+    digests = SourceDigests(state)
+    for desired in load.instances:
+        try:
+            spec = with_source_digest(desired, digests, persist=persist_digests)
+        except InstanceError as err:
+            plans.append(InstancePlan(desired.name, refusal=str(err)))
+            continue
         base_path = state.cached_base(spec.image)
         actual = observe_instance(spec.name, str(base_path), domains, state)
         context = PlanContext(
@@ -91,7 +113,7 @@ def apply_all(
 ) -> list[InstanceResult]:
     """Plan and apply every valid instance; return one result per instance, in manifest order."""
     state.create()
-    plans = plan_all(load, driver, state, settings)
+    plans = plan_all(load, driver, state, settings, persist_digests=True)
     context = StepContext(driver, ImageCache(state), QemuImg(), clock or Clock())
     workers = max(1, min(settings.max_parallel, len(plans)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance") as pool:

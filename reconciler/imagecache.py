@@ -11,8 +11,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +73,69 @@ def _inspect_qcow2(path: Path) -> None:
         raise UnsafeImageError(f"qcow2 image has unknown incompatible features {unknown:#x}")
     if header.encrypted:
         raise UnsafeImageError("qcow2 image is encrypted; refused")
+
+
+class SourceDigests:
+    """sha256 of local source files that manifests name without a checksum.
+
+    Hashing a large image on every pass would make a no-op pass slow, so a digest is kept per
+    source path together with the file's identity (device, inode, size, mtime, ctime) and
+    reused while the identity is unchanged.
+    """
+
+    def __init__(self, state: StateDir) -> None:
+        self._directory = state.source_digests
+
+    def _memo_path(self, source: Path) -> Path:
+        key = hashlib.sha256(str(source).encode()).hexdigest()[:32]
+        return self._directory / f"{key}.json"
+
+    def digest(self, source: Path, *, persist: bool) -> str:
+        """The sha256 of `source` (from the memo when the file is unchanged); raises
+        InstanceError when the file cannot be read. `persist` records a fresh digest."""
+        identity = _identity(source)
+        try:
+            memo = json.loads(self._memo_path(source).read_text())
+            if memo.get("path") == str(source) and memo.get("identity") == identity:
+                return str(memo["sha256"])
+        except (OSError, ValueError, KeyError):
+            pass
+        digest = _hash_file(source)
+        if persist and _identity(source) == identity:
+            self._record(source, identity, digest)
+        return digest
+
+    def _record(self, source: Path, identity: list[int], digest: str) -> None:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        target = self._memo_path(source)
+        temporary = temporary_path(target)
+        temporary.write_text(
+            json.dumps({"path": str(source), "identity": identity, "sha256": digest})
+        )
+        os.replace(temporary, target)
+
+
+def _identity(source: Path) -> list[int]:
+    try:
+        st = source.stat()
+    except FileNotFoundError as err:
+        raise InstanceError(f"image source {source} does not exist") from err
+    except OSError as err:
+        raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise InstanceError(f"image source {source} is not a regular file")
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _hash_file(source: Path) -> str:
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
+    try:
+        return _hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 class ImageCache:

@@ -313,7 +313,7 @@ def _to_instance_spec(
             state=DesiredState(spec.get("state", DesiredState.RUNNING)),
             vcpus=spec["vcpus"],
             memory_bytes=round_up(memory, 1024),
-            image=ImageSource(image_path, image["sha256"], ImageFormat(image["format"])),
+            image=ImageSource(image_path, image.get("sha256"), ImageFormat(image["format"])),
             disk_bytes=round_up(disk, DISK_ALIGNMENT),
             accelerator=Accelerator(accelerator) if accelerator else None,
             cpu=CpuSpec(CpuMode(cpu.get("mode", CpuMode.DEFAULT)), cpu.get("model")),

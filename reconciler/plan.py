@@ -40,7 +40,7 @@ class FetchBase:
     def describe(self) -> str:
         return (
             f"fetch base image {self.image.path} into the cache "
-            f"(sha256 {self.image.sha256[:12]}..., {self.image.format.value})"
+            f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value})"
         )
 
 

@@ -4,6 +4,7 @@ the lock that admits one writer at a time.
     STATE/
       lock                    flock held by the process that applies changes (holds its pid)
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
+      images/.sources/        digests of local sources given without sha256, by file identity
       instances/<name>/       disk.qcow2 (overlay), console.log
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
@@ -69,8 +70,14 @@ class StateDir:
         return InstancePaths(directory, directory / "disk.qcow2", directory / "console.log")
 
     def cached_base(self, image: ImageSource) -> Path:
-        """The content-addressed cache file for a base image."""
+        """The content-addressed cache file for a base image whose digest is known."""
+        if image.sha256 is None:
+            raise ValueError(f"the digest of {image.path} is not known yet")
         return self.images / f"sha256-{image.sha256}.{image.format.value}"
+
+    @property
+    def source_digests(self) -> Path:
+        return self.images / ".sources"
 
     def check_embedded_path_length(self) -> None:
         """Refuse a state directory too long for the embedded driver's unix sockets."""

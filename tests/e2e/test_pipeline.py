@@ -218,3 +218,16 @@ def test_domain_undefined_by_hand_is_defined_again_on_its_disk(
     assert "created disk" not in again.out
     assert e2e.state.instance(name).disk.stat().st_ino == inode
     assert state_of(e2e, name) is PowerState.RUNNING
+
+
+def test_local_image_without_checksum_converges_and_stays_converged(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name()
+    path = write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    path.write_text(path.read_text().replace(f"sha256: {e2e.sha256}", ""))
+    assert "sha256" not in path.read_text()
+    first = reconcile("--once", str(tmp_path))
+    assert first.code == 0, first.out + first.err
+    assert state_of(e2e, name) is PowerState.RUNNING
+    assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0

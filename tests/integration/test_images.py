@@ -113,3 +113,22 @@ def test_cache_refuses_an_image_declared_with_another_format(tmp_path: Path) -> 
     with pytest.raises(UnsafeImageError, match="declared raw"):
         cache.ensure(image)
     assert not cache.is_cached(image)
+
+
+def test_source_digest_is_memoised_by_file_identity(tmp_path: Path) -> None:
+    from reconciler.imagecache import SourceDigests
+
+    base, sha = write_base_image(tmp_path)
+    digests = SourceDigests(StateDir(tmp_path / "state"))
+    assert digests.digest(base, persist=False) == sha
+    assert not (tmp_path / "state" / "images" / ".sources").exists()  # plan writes nothing
+    assert digests.digest(base, persist=True) == sha
+    (memo,) = (tmp_path / "state" / "images" / ".sources").iterdir()
+    # an unchanged file is not read again: a wrong memo proves the memo is what answers
+    memo.write_text(memo.read_text().replace(sha, "1" * 64))
+    assert digests.digest(base, persist=True) == "1" * 64
+    # a changed file is hashed again
+    base.write_bytes(base.read_bytes()[:-1] + b"\x01")
+    assert digests.digest(base, persist=True) == sha256_of(base) != sha
+    with pytest.raises(InstanceError, match="does not exist"):
+        digests.digest(tmp_path / "nope.raw", persist=False)

@@ -176,3 +176,10 @@ def test_python_tags_are_refused(tmp_path: Path) -> None:
 def test_memory_below_minimum(tmp_path: Path) -> None:
     (error,) = errors_of(tmp_path, VALID.replace("memory: 256MiB", "memory: 1MiB"))
     assert "/spec/memory:" in error and "at least 16MiB" in error
+
+
+def test_sha256_is_optional_for_local_files(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(VALID.replace(f'    sha256: "{SHA}"\n', ""))
+    result = load_manifests(tmp_path)
+    assert result.errors == ()
+    assert result.instances[0].image.sha256 is None
