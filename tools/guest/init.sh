@@ -1,0 +1,83 @@
+#!/bin/busybox sh
+# /init of the reconciler test guest. Reports what the guest received on the serial console,
+# one marker line each (see tools/guest/README.md), then idles; the ACPI power button shuts it
+# down gracefully.
+/bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /run /mnt/config
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+
+say() { echo "reconciler-guest: $*"; }
+
+say booted
+while read -r module; do
+  insmod "/lib/modules/$module" 2>/dev/null
+done </etc/modules.order
+
+disk=""
+for _ in $(seq 1 100); do
+  for candidate in vda sda hda; do
+    if [ -e "/sys/block/$candidate" ]; then disk=$candidate; break 2; fi
+  done
+  sleep 0.1
+done
+if [ -n "$disk" ]; then
+  say "disk=$disk"
+  say "disk-bytes=$(( $(cat /sys/block/$disk/size) * 512 ))"
+else
+  say "disk=none"
+fi
+
+config=""
+for label in cidata CIDATA config-2 CONFIG-2; do
+  device=$(findfs "LABEL=$label" 2>/dev/null) && { config=$label; break; }
+done
+if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/null ||
+    mount -t vfat -o ro "$device" /mnt/config 2>/dev/null; }; then
+  say "config-drive=$config device=${device#/dev/}"
+  for file in /mnt/config/*; do
+    [ -f "$file" ] || continue
+    say "config-file ${file##*/} sha256=$(sha256sum <"$file" | cut -d' ' -f1)"
+  done
+  meta=/mnt/config/meta-data
+  [ -f "$meta" ] || meta=/mnt/config/openstack/latest/meta_data.json
+  value() { sed -n -e "s/^[[:space:]]*\"\{0,1\}$1\"\{0,1\}[[:space:]]*:[[:space:]]*//p" "$meta" |
+    head -n 1 | sed -e 's/[",]//g' -e "s/'//g" -e 's/[[:space:]]*$//'; }
+  say "instance-id=$(value instance-id)"
+  say "local-hostname=$(value local-hostname)"
+else
+  say "config-drive=none"
+fi
+
+for interface in /sys/class/net/*; do
+  name=${interface##*/}
+  [ "$name" = lo ] && continue
+  say "nic $name mac=$(cat "$interface/address")"
+done
+
+# The ACPI power button arrives as KEY_POWER (116) on the "Power Button" input device; each
+# input_event is 24 bytes (16 of time, then type, code and value).
+power_button=""
+for device in /sys/class/input/event*; do
+  if grep -q "Power Button" "$device/device/name" 2>/dev/null; then
+    power_button=/dev/input/${device##*/}
+    break
+  fi
+done
+say "power-button=${power_button:-none}"
+say ready
+
+# One event per read (od into a pipe would buffer them); fields as 16-bit words: 8 of time,
+# then type, code and the two halves of value.
+while [ -n "$power_button" ]; do
+  # shellcheck disable=SC2046
+  set -- $(dd if="$power_button" bs=24 count=1 2>/dev/null | od -An -v -tu2)
+  if [ "$#" -ge 11 ] && [ "$9" = 1 ] && [ "${10}" = 116 ] && [ "${11}" = 1 ]; then
+    say shutdown
+    umount /mnt/config 2>/dev/null
+    sync
+    poweroff -f
+  fi
+done
+while :; do sleep 3600; done
