@@ -19,6 +19,10 @@ from reconciler.domainxml import DomainLayout, build_domain_xml, spec_digest
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
 
+# Where KVM is forced against the probe's advice, guests typically pause on an emulation
+# failure within seconds of starting; the start step watches that long for it.
+START_WATCH_SECONDS = 10.0
+
 
 class StepKind(enum.StrEnum):
     FETCH_BASE = "fetch-base"
@@ -93,6 +97,7 @@ class StartDomain:
     kind: ClassVar[StepKind] = StepKind.START
     instance: str
     accelerator: AcceleratorChoice
+    watch_seconds: float = 0.0  # how long to watch for a pause on error right after start
 
     def describe(self) -> str:
         choice = self.accelerator
@@ -267,7 +272,10 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
                 "restart (state: stopped, then running)"
             )
     if starting:
-        steps.append(StartDomain(spec.name, choice))
+        risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
+        if risky:
+            notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
+        steps.append(StartDomain(spec.name, choice, START_WATCH_SECONDS if risky else 0.0))
     return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice)
 
 

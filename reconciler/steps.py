@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reconciler.actual import PowerState
 from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.domainxml import BOOT_DISK_TARGET
 from reconciler.drivers.base import Driver
@@ -115,7 +116,23 @@ def _start(step: StartDomain, context: StepContext) -> str:
     if record is not None and record.state.active:
         return "domain already running"
     context.driver.start(step.instance)
+    _watch_for_pause(step, context)
     return f"started domain (accelerator {step.accelerator.accelerator.value})"
+
+
+def _watch_for_pause(step: StartDomain, context: StepContext) -> None:
+    """Fail the step if the domain pauses on an error (or stops) within the watch window."""
+    clock = context.clock
+    deadline = clock.monotonic() + step.watch_seconds
+    while clock.monotonic() < deadline:
+        record = context.driver.lookup(step.instance)
+        if record is None or record.state is not PowerState.RUNNING:
+            state = "gone" if record is None else f"{record.state.value} ({record.state_reason})"
+            raise StepError(
+                f"domain is {state} right after start with accelerator "
+                f"{step.accelerator.accelerator.value}; {context.driver.log_hint(step.instance)}"
+            )
+        clock.sleep(SHUTDOWN_POLL_SECONDS)
 
 
 def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:

@@ -46,12 +46,17 @@ def unique_name(prefix: str = "rct") -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def manifest_document(name: str, image: Path, sha256: str, **spec_overrides: Any) -> dict[str, Any]:
+def manifest_document(
+    name: str, image: Path, sha256: str | None, image_format: str = "raw", **spec_overrides: Any
+) -> dict[str, Any]:
+    source: dict[str, Any] = {"source": str(image), "format": image_format}
+    if sha256 is not None:
+        source["sha256"] = sha256
     spec: dict[str, Any] = {
         "state": "running",
         "vcpus": 1,
         "memory": "64MiB",
-        "image": {"source": str(image), "sha256": sha256, "format": "raw"},
+        "image": source,
         "disk": {"size": "64MiB"},
         "shutdownTimeoutSeconds": 1,
     }
@@ -65,11 +70,17 @@ def manifest_document(name: str, image: Path, sha256: str, **spec_overrides: Any
 
 
 def write_manifest(
-    directory: Path, name: str, image: Path, sha256: str, **spec_overrides: Any
+    directory: Path,
+    name: str,
+    image: Path,
+    sha256: str | None,
+    image_format: str = "raw",
+    **spec_overrides: Any,
 ) -> Path:
-    """Write one manifest file NAME.yaml; returns its path."""
+    """Write one manifest file NAME.yaml (no sha256 in it when None); returns its path."""
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest_document(name, image, sha256, **spec_overrides)))
+    document = manifest_document(name, image, sha256, image_format, **spec_overrides)
+    path.write_text(yaml.safe_dump(document))
     return path
 
 

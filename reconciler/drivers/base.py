@@ -72,6 +72,10 @@ class Driver(Protocol):
         """The size in bytes of a domain's disk as the hypervisor sees it."""
         ...
 
+    def log_hint(self, name: str) -> str:
+        """Where to read why a domain failed (its QEMU log), in words."""
+        ...
+
     def close(self) -> None:
         """Release the connection."""
         ...

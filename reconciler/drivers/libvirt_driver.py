@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -312,6 +313,13 @@ class LibvirtDriver:
         capacity, _allocation, _physical = self._require(name).blockInfo(target)
         return int(capacity)
 
+    def log_hint(self, name: str) -> str:
+        if self._embedded_root is None:
+            return "see the domain's QEMU log on the libvirt host"
+        log = self._embedded_root / "log" / "qemu" / f"{name}.log"
+        errors = _error_lines(log)
+        return f"QEMU log {log}" + (f" says: {errors}" if errors else "")
+
     def close(self) -> None:
         if self._embedded_root is not None:
             return  # the process keeps its one embedded connection (see _keep_embedded)
@@ -349,6 +357,16 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
         raise DriverError(f"cannot open libvirt connection {uri}", message) from err
     LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
     return connection
+
+
+def _error_lines(log: Path) -> str:
+    """The last lines of a QEMU log that say error or failure, joined."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    wanted = [line.strip() for line in lines if re.search(r"error|failure|fail", line, re.I)]
+    return " / ".join(wanted[-3:])
 
 
 def _embedded_holder(libvirt_root: Path) -> str:

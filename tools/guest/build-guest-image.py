@@ -68,7 +68,9 @@ def kernel_package() -> str:
     match = re.search(r"Depends: (linux-image-[0-9][^\s]*)", depends)
     if match is None:
         run("apt-get", "update", "-qq")
-        match = re.search(r"Depends: (linux-image-[0-9][^\s]*)", run("apt-cache", "depends", KERNEL_METAPACKAGE))
+        match = re.search(
+            r"Depends: (linux-image-[0-9][^\s]*)", run("apt-cache", "depends", KERNEL_METAPACKAGE)
+        )
     if match is None:
         raise SystemExit(f"build-guest-image: cannot resolve {KERNEL_METAPACKAGE}")
     return match.group(1)
@@ -106,7 +108,7 @@ def module_closure(module_dir: Path) -> list[Path]:
         if path in ordered or name in trail:
             return
         depends = re.search(rb"\0depends=([^\0]*)\0", b"\0" + path.read_bytes())
-        for dependency in (depends.group(1).decode().split(",") if depends else []):
+        for dependency in depends.group(1).decode().split(",") if depends else []:
             if dependency:
                 visit(dependency, (*trail, name))
         if path not in ordered:
@@ -122,7 +124,21 @@ def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
     out = bytearray()
     for inode, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", 0)], 1):
         encoded = name.encode() + b"\0"
-        fields = (inode, mode, 0, 0, 1, EPOCH, len(data), 0, 0, rdev >> 8, rdev & 0xFF, len(encoded), 0)
+        fields = (
+            inode,
+            mode,
+            0,
+            0,
+            1,
+            EPOCH,
+            len(data),
+            0,
+            0,
+            rdev >> 8,
+            rdev & 0xFF,
+            len(encoded),
+            0,
+        )
         out += b"070701" + b"".join(f"{value:08X}".encode() for value in fields) + encoded
         out += b"\0" * (-len(out) % 4) + data
         out += b"\0" * (-len(out) % 4)
@@ -131,7 +147,22 @@ def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
 
 def build_initramfs(root: Path, modules: list[Path], module_dir: Path) -> bytes:
     directory, regular, executable, char = 0o040755, 0o100644, 0o100755, 0o020600
-    entries = [(name, directory, b"", 0) for name in ("bin", "dev", "etc", "lib", "lib/modules", "mnt", "proc", "run", "sbin", "sys", "tmp")]
+    entries = [
+        (name, directory, b"", 0)
+        for name in (
+            "bin",
+            "dev",
+            "etc",
+            "lib",
+            "lib/modules",
+            "mnt",
+            "proc",
+            "run",
+            "sbin",
+            "sys",
+            "tmp",
+        )
+    ]
     entries.append(("dev/console", char, b"", (5 << 8) | 1))
     entries.append(("bin/busybox", executable, (root / "bin" / "busybox").read_bytes(), 0))
     entries.append(("init", executable, (HERE / "init.sh").read_bytes(), 0))
@@ -155,8 +186,29 @@ def build_disk(root: Path, kernel: Path, initrd: bytes, work: Path, output: Path
         stream.truncate(DISK_BYTES)
     sectors = DISK_BYTES // SECTOR - PARTITION_START
     image = f"{disk}@@{PARTITION_START * SECTOR}"
-    run("mformat", "-i", image, "-T", str(sectors), "-h", "64", "-s", "32", "-H", str(PARTITION_START), "-N", "52454347", "-v", "RCGUEST", "::")
-    files = {"vmlinuz": kernel.read_bytes(), "initrd.gz": initrd, "syslinux.cfg": SYSLINUX_CFG.encode()}
+    run(
+        "mformat",
+        "-i",
+        image,
+        "-T",
+        str(sectors),
+        "-h",
+        "64",
+        "-s",
+        "32",
+        "-H",
+        str(PARTITION_START),
+        "-N",
+        "52454347",
+        "-v",
+        "RCGUEST",
+        "::",
+    )
+    files = {
+        "vmlinuz": kernel.read_bytes(),
+        "initrd.gz": initrd,
+        "syslinux.cfg": SYSLINUX_CFG.encode(),
+    }
     staging = work / "files"
     staging.mkdir()
     for name, data in files.items():
@@ -165,7 +217,9 @@ def build_disk(root: Path, kernel: Path, initrd: bytes, work: Path, output: Path
     run("mcopy", "-m", "-i", image, *(str(staging / name) for name in files), "::/")
     run("syslinux", "--install", "--offset", str(PARTITION_START * SECTOR), str(disk))
     mbr = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440]
-    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x0E, b"\xfe\xff\xff", PARTITION_START, sectors)
+    entry = struct.pack(
+        "<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x0E, b"\xfe\xff\xff", PARTITION_START, sectors
+    )
     with disk.open("r+b") as stream:
         stream.write(mbr)
         stream.seek(440)
@@ -173,7 +227,18 @@ def build_disk(root: Path, kernel: Path, initrd: bytes, work: Path, output: Path
     _fix_fat_timestamps(disk, PARTITION_START * SECTOR)
     raw, qcow2 = output / f"{NAME}.raw", output / f"{NAME}.qcow2"
     shutil.copyfile(disk, work / "out.raw")
-    run("qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", str(disk), str(work / "out.qcow2"))
+    run(
+        "qemu-img",
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        str(disk),
+        str(work / "out.qcow2"),
+    )
     os.replace(work / "out.raw", raw)
     os.replace(work / "out.qcow2", qcow2)
 
@@ -208,7 +273,11 @@ def main(argv: list[str]) -> int:
     key = input_key(debs)
     stamp = cache / f"{key}.built"
     outputs = [output / f"{NAME}.raw", output / f"{NAME}.qcow2"]
-    if stamp.exists() and all(path.exists() for path in outputs) and stamp.read_text() == _sums(outputs):
+    if (
+        stamp.exists()
+        and all(path.exists() for path in outputs)
+        and stamp.read_text() == _sums(outputs)
+    ):
         return 0
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:

@@ -1,0 +1,88 @@
+"""Test helpers for the reconciler test guest (tools/guest): build it, and read what it
+reports on its serial console (markers documented in tools/guest/README.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers import PROJECT
+
+MARKER = "reconciler-guest: "
+IMAGES = PROJECT / "build" / "images"
+
+
+def guest_image(image_format: str = "raw") -> Path:
+    """Build the guest image if needed (cached, a second run does nothing); return its path."""
+    subprocess.run(
+        [sys.executable, str(PROJECT / "tools" / "guest" / "build-guest-image.py"), str(IMAGES)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return IMAGES / f"reconciler-guest.{image_format}"
+
+
+@dataclass
+class GuestReport:
+    """The markers one boot printed."""
+
+    booted: bool = False
+    disk: str | None = None
+    disk_bytes: int | None = None
+    config_drive: str | None = None
+    config_files: dict[str, str] = field(default_factory=dict)
+    instance_id: str | None = None
+    local_hostname: str | None = None
+    nics: dict[str, str] = field(default_factory=dict)
+    power_button: str | None = None
+    ready: bool = False
+    shutdown: bool = False
+
+
+def parse_markers(console: str) -> GuestReport:
+    """Parse the marker lines of a console log (other lines are ignored; lines end in \\r\\n)."""
+    report = GuestReport()
+    for raw in console.splitlines():
+        line = raw.strip()
+        if not line.startswith(MARKER):
+            continue
+        marker = line[len(MARKER) :]
+        key, _, value = marker.partition("=")
+        words = marker.split()
+        if marker in ("booted", "ready", "shutdown"):
+            setattr(report, marker, True)
+        elif words[0] == "config-file":
+            report.config_files[words[1]] = words[2].removeprefix("sha256=")
+        elif words[0] == "nic":
+            report.nics[words[1]] = words[2].removeprefix("mac=")
+        elif key == "disk":
+            report.disk = value
+        elif key == "disk-bytes":
+            report.disk_bytes = int(value)
+        elif key == "config-drive":
+            report.config_drive = value.split()[0]
+        elif key == "instance-id":
+            report.instance_id = value
+        elif key == "local-hostname":
+            report.local_hostname = value
+        elif key == "power-button":
+            report.power_button = value
+    return report
+
+
+def wait_for_marker(console_log: Path, marker: str, timeout: float = 180.0) -> GuestReport:
+    """Wait (polling, with a deadline) until the console shows `marker`; return the markers.
+
+    Boots under TCG take 6 to 8 s on an idle machine and up to 35 s on a loaded one.
+    """
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = console_log.read_text(errors="replace") if console_log.exists() else ""
+        if f"{MARKER}{marker}" in text:
+            return parse_markers(text)
+        time.sleep(0.25)
+    raise AssertionError(f"no '{marker}' marker in {console_log} after {timeout}s:\n{text[-2000:]}")
