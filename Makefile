@@ -5,14 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE := build/images/bootsector.raw
+GUEST := build/images/reconciler-guest.raw
 
-.PHONY: demo test lint unit setup image bench clean
+.PHONY: demo test lint setup image guest bench clean
 
 demo: setup image
 	$(BIN)/reconcile --once manifests/
 	@echo
-	@echo "Serial consoles of the running examples:"
-	@$(BIN)/python tools/show-consoles.py $${RECONCILER_STATE_DIR:-/var/lib/reconciler} demo- 30
+	@echo "Serial consoles of the running examples (markers: tools/guest/README.md):"
+	@$(BIN)/python tools/show-consoles.py $${RECONCILER_STATE_DIR:-/var/lib/reconciler} demo- 120
 
 test: setup image lint
 	$(BIN)/pytest -q tests
@@ -32,10 +33,14 @@ $(STAMP): pyproject.toml tools/setup-host.sh
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-image: $(IMAGE)
+image: $(IMAGE) guest
 
 $(IMAGE): tools/make-bootsector-image.py
 	$(PYTHON) tools/make-bootsector-image.py $(IMAGE)
+
+# The test guest from Debian packages (cached; the script itself skips unchanged inputs).
+guest: setup
+	$(BIN)/python tools/guest/build-guest-image.py build/images
 
 bench: setup image
 	$(BIN)/python bench/bench_cold_start.py

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config python3-venv python3-dev gcc util-linux
+  # to build the test guest (tools/guest) without loop devices or mounts
+  mtools syslinux
 )
 missing=()
 for package in "${packages[@]}"; do
