@@ -158,8 +158,12 @@ def _converge(
 
 
 def _check_outcome(result: InstanceResult, spec: InstanceSpec, driver: Driver) -> InstanceResult:
-    """A domain that should run but is paused on an error (or stopped) is a failure."""
-    if result.outcome is Outcome.FAILED or spec.state is not DesiredState.RUNNING:
+    """A domain that should run but is paused on an error (or stopped) is a failure.
+
+    Only instances this pass changed are looked up again: an unchanged one was observed
+    running moments ago (otherwise its plan would have had steps or a refusal).
+    """
+    if result.outcome is not Outcome.CHANGED or spec.state is not DesiredState.RUNNING:
         return result
     try:
         record = driver.lookup(spec.name)

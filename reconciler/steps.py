@@ -29,7 +29,7 @@ from reconciler.qemuimg import QemuImg
 from reconciler.sizes import format_size
 
 LOG = logging.getLogger(__name__)
-SHUTDOWN_POLL_SECONDS = 0.25
+POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ def _watch_for_pause(step: StartDomain, context: StepContext) -> None:
                 f"domain is {state} right after start with accelerator "
                 f"{step.accelerator.accelerator.value}; {context.driver.log_hint(step.instance)}"
             )
-        clock.sleep(SHUTDOWN_POLL_SECONDS)
+        clock.sleep(POLL_SECONDS)
 
 
 def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:
@@ -148,7 +148,7 @@ def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:
             record = context.driver.lookup(name)
             if record is None or not record.state.active:
                 return "shut down gracefully"
-            clock.sleep(SHUTDOWN_POLL_SECONDS)
+            clock.sleep(POLL_SECONDS)
     context.driver.force_stop(name)
     return f"forced off (no shutdown within {timeout_seconds}s)"
 
