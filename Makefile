@@ -10,7 +10,7 @@ GUEST := build/images/reconciler-guest.raw
 .PHONY: demo test lint setup image guest bench clean
 
 demo: setup image
-	$(BIN)/reconcile --once manifests/
+	$(BIN)/reconcile --once manifests/ --image-dir build/images
 	@echo
 	@echo "Serial consoles of the running examples (markers: tools/guest/README.md):"
 	@$(BIN)/python tools/show-consoles.py $${RECONCILER_STATE_DIR:-/var/lib/reconciler} demo- 120

@@ -87,6 +87,7 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="rcb-", dir="/tmp"))
     uri = args.connect or f"qemu:///embed?root={state}/libvirt"
     connect = ["--connect", args.connect] if args.connect else []
+    connect += ["--image-dir", str(state)]
     base = state / "base.raw"
     subprocess.run(
         [PYTHON, str(PROJECT / "tools" / "make-bootsector-image.py"), str(base)],

@@ -22,7 +22,9 @@ from reconciler.drivers.base import Driver
 from reconciler.engine import Outcome, Settings, apply_all, plan_all
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.manifests import LoadResult, load_manifests
+from reconciler.progress import TransferReporter
 from reconciler.report import render_manifest_errors, render_plan, render_summary
+from reconciler.sources import SourcePolicy
 from reconciler.statedir import StateDir, StateDirLock, default_state_dir
 
 LOG = logging.getLogger("reconciler")
@@ -57,6 +59,15 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         default=Accelerator.AUTO.value,
         help="default for instances that do not set spec.accelerator (default: auto: KVM "
         "where it can run guests, TCG otherwise)",
+    )
+    parser.add_argument(
+        "--image-dir",
+        metavar="DIR",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory local image sources may come from (repeatable; the manifest "
+        "directory and $RECONCILER_IMAGE_DIRS are always allowed)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
@@ -153,13 +164,20 @@ def _open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
     return LibvirtDriver.open(args.connect, state.root)
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        default_accelerator=Accelerator(args.accelerator),
+        sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
+    )
+
+
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile plan DIR`."""
     load = _load(args.directory)
     state = _state(args)
     driver = _open_driver(args, state)
     try:
-        plans = plan_all(load, driver, state, Settings(Accelerator(args.accelerator)))
+        plans = plan_all(load, driver, state, _settings(args))
     finally:
         driver.close()
     for line in render_plan(plans):
@@ -194,7 +212,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
 
         try:
             results = apply_all(
-                load, driver, state, Settings(Accelerator(args.accelerator)), progress
+                load, driver, state, _settings(args), progress, transfers=TransferReporter()
             )
         finally:
             driver.close()

@@ -41,15 +41,34 @@ class CpuMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ImageSource:
-    """A base image: where it comes from (resolved local path), its checksum and format.
+    """A base image: where it comes from, its checksum and format.
 
-    `sha256` is None when the manifest leaves it out (allowed for local files): the content's
-    digest is then computed from the file (see imagecache.SourceDigests).
+    `location` is a resolved local path, or an http(s) URL string. `sha256` is None when the
+    manifest leaves it out (allowed for local files only): the content's digest is then
+    computed from the file (see imagecache.SourceDigests). `convert_to` asks for the cached
+    copy in another format (a qcow2 source stored as raw).
     """
 
-    path: Path
+    location: Path | str
     sha256: str | None
     format: ImageFormat
+    convert_to: ImageFormat | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return isinstance(self.location, str)
+
+    @property
+    def path(self) -> Path:
+        """The local file (only for local sources)."""
+        if isinstance(self.location, str):
+            raise ValueError(f"{self.location} is not a local file")
+        return self.location
+
+    @property
+    def cached_format(self) -> ImageFormat:
+        """The format of the cached copy (what overlays are built on)."""
+        return self.convert_to or self.format
 
 
 @dataclass(frozen=True, slots=True)

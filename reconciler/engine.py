@@ -13,20 +13,24 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.accel import AcceleratorChoice
 from reconciler.actual import PowerState
-from reconciler.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
+from reconciler.download import DownloadLimits, probe_size
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
 from reconciler.imagecache import ImageCache, SourceDigests
 from reconciler.manifests import LoadResult
 from reconciler.observe import observe_domains, observe_instance
 from reconciler.plan import InstancePlan, PlanContext, plan_instance
+from reconciler.progress import TransferReporter
 from reconciler.qemuimg import QemuImg
+from reconciler.sources import SourcePolicy
 from reconciler.statedir import StateDir
-from reconciler.steps import Clock, StepContext, apply_step
+from reconciler.steps import StepContext, apply_step
+from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 MAX_PARALLEL_INSTANCES = 16
@@ -59,13 +63,15 @@ class Settings:
 
     default_accelerator: Accelerator = Accelerator.AUTO
     max_parallel: int = MAX_PARALLEL_INSTANCES
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    download_limits: DownloadLimits = field(default_factory=DownloadLimits)
 
 
 def with_source_digest(
     spec: InstanceSpec, digests: SourceDigests, *, persist: bool
 ) -> InstanceSpec:
     """`spec` with its image's sha256 filled in from the file when the manifest left it out."""
-    if spec.image.sha256 is not None:
+    if spec.image.sha256 is not None or spec.image.is_remote:
         return spec
     digest = digests.digest(spec.image.path, persist=persist)
     return dataclasses.replace(spec, image=dataclasses.replace(spec.image, sha256=digest))
@@ -86,7 +92,7 @@ def plan_all(
     kvm = driver.kvm_support()
     LOG.debug("observed %d domains in %.3fs", len(domains), time.monotonic() - started)
     plans = []
-    digests = SourceDigests(state)
+    digests = SourceDigests(state, settings.sources)
     for desired in load.instances:
         try:
             spec = with_source_digest(desired, digests, persist=persist_digests)
@@ -95,8 +101,9 @@ def plan_all(
             continue
         base_path = state.cached_base(spec.image)
         actual = observe_instance(spec.name, str(base_path), domains, state)
+        size = None if actual.base_cached else _source_size(spec.image)
         context = PlanContext(
-            state.instance(spec.name), base_path, kvm, settings.default_accelerator
+            state.instance(spec.name), base_path, kvm, settings.default_accelerator, size
         )
         plans.append(plan_instance(spec, actual, context))
     LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
@@ -110,11 +117,17 @@ def apply_all(
     settings: Settings,
     progress: ProgressCallback,
     clock: Clock | None = None,
+    transfers: TransferReporter | None = None,
 ) -> list[InstanceResult]:
     """Plan and apply every valid instance; return one result per instance, in manifest order."""
     state.create()
     plans = plan_all(load, driver, state, settings, persist_digests=True)
-    context = StepContext(driver, ImageCache(state), QemuImg(), clock or Clock())
+    clock = clock or Clock()
+    qemu_img = QemuImg()
+    cache = ImageCache(
+        state, qemu_img, settings.sources, settings.download_limits, transfers, clock
+    )
+    context = StepContext(driver, cache, qemu_img, clock)
     workers = max(1, min(settings.max_parallel, len(plans)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instance") as pool:
         results = list(pool.map(lambda plan: _converge(plan, context, progress), plans))
@@ -125,6 +138,16 @@ def apply_all(
     ]
     LOG.debug("applied and checked %d instances", len(checked))
     return checked
+
+
+def _source_size(image: ImageSource) -> int | None:
+    """The size of a source that is not cached yet, for the plan (None when unknown)."""
+    if isinstance(image.location, str):
+        return probe_size(image.location)
+    try:
+        return image.location.stat().st_size
+    except OSError:
+        return None
 
 
 def _converge(

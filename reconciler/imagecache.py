@@ -28,9 +28,14 @@ from reconciler.diskheaders import (
     parse_qcow2_header,
     read_head,
 )
+from reconciler.download import DownloadLimits, download
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
+from reconciler.progress import TransferReporter
+from reconciler.qemuimg import QemuImg
+from reconciler.sources import SourcePolicy, check_url
 from reconciler.statedir import StateDir
+from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -75,6 +80,24 @@ def _inspect_qcow2(path: Path) -> None:
         raise UnsafeImageError("qcow2 image is encrypted; refused")
 
 
+def check_with_qemu_img(path: Path, declared: ImageFormat, qemu_img: QemuImg) -> None:
+    """After the Python inspection passed: qemu-img, told the format, must agree."""
+    try:
+        info = qemu_img.info(path, declared.value)
+    except StepError as err:
+        raise UnsafeImageError(
+            f"qemu-img cannot read the image as {declared.value}: {err}"
+        ) from err
+    if info.get("format") != declared.value:
+        raise UnsafeImageError(f"qemu-img reads the image as {info.get('format')!r}; refused")
+    backing = info.get("backing-filename") or info.get("full-backing-filename")
+    if backing:
+        raise UnsafeImageError(f"qemu-img sees a backing file ({backing!r}); refused")
+    specific = info.get("format-specific", {}).get("data", {})
+    if isinstance(specific, dict) and specific.get("data-file"):
+        raise UnsafeImageError("qemu-img sees an external data file; refused")
+
+
 class SourceDigests:
     """sha256 of local source files that manifests name without a checksum.
 
@@ -83,8 +106,9 @@ class SourceDigests:
     reused while the identity is unchanged.
     """
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, policy: SourcePolicy) -> None:
         self._directory = state.source_digests
+        self._policy = policy
 
     def _memo_path(self, source: Path) -> Path:
         key = hashlib.sha256(str(source).encode()).hexdigest()[:32]
@@ -93,6 +117,7 @@ class SourceDigests:
     def digest(self, source: Path, *, persist: bool) -> str:
         """The sha256 of `source` (from the memo when the file is unchanged); raises
         InstanceError when the file cannot be read. `persist` records a fresh digest."""
+        source = self._policy.resolve_local(source)
         identity = _identity(source)
         try:
             memo = json.loads(self._memo_path(source).read_text())
@@ -139,10 +164,23 @@ def _hash_file(source: Path) -> str:
 
 
 class ImageCache:
-    """Fetches base images into the state directory's cache."""
+    """Fetches base images into the state directory's cache, one fetch per entry at a time."""
 
-    def __init__(self, state: StateDir) -> None:
+    def __init__(
+        self,
+        state: StateDir,
+        qemu_img: QemuImg,
+        policy: SourcePolicy,
+        limits: DownloadLimits | None = None,
+        transfers: TransferReporter | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._state = state
+        self._qemu_img = qemu_img
+        self._policy = policy
+        self._limits = limits or DownloadLimits()
+        self._transfers = transfers
+        self._clock = clock or Clock()
         self._guard = threading.Lock()
         self._locks: dict[Path, threading.Lock] = {}
 
@@ -155,27 +193,38 @@ class ImageCache:
     def ensure(self, image: ImageSource) -> tuple[Path, bool]:
         """The cached file for `image`, fetched if missing; True when this call fetched it."""
         target = self.path_for(image)
-        with self._entry_lock(target):
+        with self.entry_lock(target):
             if target.is_file():
-                self.verify(image)
+                self.verify_path(target, image.cached_format.value)
                 return target, False
             remove_leftovers(target)
-            self._fetch_local(image, target)
+            temporary = temporary_path(target)
+            try:
+                self._fetch(image, temporary)
+                inspect_base_image(temporary, image.format)
+                check_with_qemu_img(temporary, image.format, self._qemu_img)
+                if image.convert_to is not None and image.convert_to is not image.format:
+                    temporary = self._convert(image, temporary, target)
+                os.chmod(temporary, 0o444)
+                publish(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+            LOG.info("cached %s as %s", image.location, target.name)
             return target, True
 
-    def verify(self, image: ImageSource) -> Path:
-        """Re-check a cached base before it is used (the cache may have been tampered with)."""
-        return self.verify_path(self.path_for(image), image.format.value)
-
     def verify_path(self, path: Path, image_format: str) -> Path:
-        """Re-check the cached base at `path`, declared as `image_format`."""
+        """Re-check a cached base before it is used (the cache may have been tampered with),
+        and stamp it as used now (for gc's grace period)."""
         if not path.is_file():
             raise StepError(f"cached base image {path} is missing")
         inspect_base_image(path, ImageFormat(image_format))
+        check_with_qemu_img(path, ImageFormat(image_format), self._qemu_img)
+        os.utime(path)
         return path
 
     @contextlib.contextmanager
-    def _entry_lock(self, target: Path) -> Iterator[None]:
+    def entry_lock(self, target: Path) -> Iterator[None]:
+        """Exclusive use of one cache entry: among threads, and among processes (flock)."""
         with self._guard:
             thread_lock = self._locks.setdefault(target, threading.Lock())
         with thread_lock:
@@ -188,22 +237,41 @@ class ImageCache:
             finally:
                 os.close(fd)
 
-    def _fetch_local(self, image: ImageSource, target: Path) -> None:
-        source = image.path
-        temporary = temporary_path(target)
+    def _fetch(self, image: ImageSource, temporary: Path) -> None:
+        """Bring the source's bytes into `temporary`, checking its sha256."""
+        assert image.sha256 is not None
+        if isinstance(image.location, str):
+            check_url(image.location)
+            name = image.location.rsplit("/", 1)[-1] or image.location
+            report = self._transfers.start(name) if self._transfers else None
+            try:
+                with temporary.open("xb") as out:
+                    download(image.location, out, image.sha256, self._limits, report, self._clock)
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                if self._transfers is not None:
+                    self._transfers.finish(name)
+            return
+        source = self._policy.resolve_local(image.location)
+        digest = _copy_hashing(source, temporary)
+        if digest != image.sha256:
+            raise UnsafeImageError(
+                f"checksum mismatch for {source}: expected sha256 {image.sha256}, file has {digest}"
+            )
+
+    def _convert(self, image: ImageSource, fetched: Path, target: Path) -> Path:
+        """Convert the fetched (and inspected) image into a new temporary file."""
+        assert image.convert_to is not None
+        converted = temporary_path(target)
         try:
-            digest = _copy_hashing(source, temporary)
-            if digest != image.sha256:
-                raise UnsafeImageError(
-                    f"checksum mismatch for {source}: manifest says sha256 {image.sha256}, "
-                    f"file has {digest}"
-                )
-            inspect_base_image(temporary, image.format)
-            os.chmod(temporary, 0o444)
-            publish(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
-        LOG.info("cached %s as %s", source, target.name)
+            self._qemu_img.convert(fetched, image.format.value, converted, image.convert_to.value)
+            inspect_base_image(converted, image.convert_to)
+        except BaseException:
+            converted.unlink(missing_ok=True)
+            raise
+        fetched.unlink(missing_ok=True)
+        return converted
 
 
 def _copy_hashing(source: Path, destination: Path) -> str:

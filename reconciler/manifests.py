@@ -221,6 +221,7 @@ def _schema_errors(
                 _location(path, document, pointer),
                 f"{pointer}/{name}",
                 f"missing required field {name!r}",
+                f"expected {expected}" if expected else "",
             )
             for name in missing
         ]
@@ -265,8 +266,11 @@ def _names_of(errors: Iterable[ManifestError]) -> Iterable[str]:
             yield name
 
 
-def resolve_image_source(manifest: Path, source: str) -> Path:
-    """A local path relative to the manifest's directory, or a file:// URL (absolute)."""
+def resolve_image_source(manifest: Path, source: str) -> Path | str:
+    """An http(s) URL as it is; a file:// URL as its (absolute) path; a local path relative to
+    the manifest's directory."""
+    if source.startswith(("http://", "https://")):
+        return source
     if source.startswith("file://"):
         parts = urlsplit(source)
         if parts.netloc not in ("", "localhost"):
@@ -297,11 +301,11 @@ def _to_instance_spec(
         fail("/spec/disk/size", "a disk of 0 bytes is not a disk (expected e.g. 20GiB)")
     image = spec["image"]
     try:
-        image_path = resolve_image_source(path, image["source"])
+        image_location = resolve_image_source(path, image["source"])
     except ValueError as err:
         fail("/spec/image/source", str(err))
-        image_path = None
-    if errors or memory is None or disk is None or image_path is None:
+        image_location = None
+    if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})
     accelerator = spec.get("accelerator")
@@ -313,7 +317,12 @@ def _to_instance_spec(
             state=DesiredState(spec.get("state", DesiredState.RUNNING)),
             vcpus=spec["vcpus"],
             memory_bytes=round_up(memory, 1024),
-            image=ImageSource(image_path, image.get("sha256"), ImageFormat(image["format"])),
+            image=ImageSource(
+                image_location,
+                image.get("sha256"),
+                ImageFormat(image["format"]),
+                ImageFormat(image["convertTo"]) if "convertTo" in image else None,
+            ),
             disk_bytes=round_up(disk, DISK_ALIGNMENT),
             accelerator=Accelerator(accelerator) if accelerator else None,
             cpu=CpuSpec(CpuMode(cpu.get("mode", CpuMode.DEFAULT)), cpu.get("model")),

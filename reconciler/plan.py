@@ -40,11 +40,15 @@ class FetchBase:
     instance: str
     image: ImageSource
     cache_path: Path
+    size: int | None = None  # bytes to download, when the source says
 
     def describe(self) -> str:
         return (
-            f"fetch base image {self.image.path} into the cache "
-            f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value})"
+            f"fetch base image {self.image.location} into the cache "
+            f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value}"
+            + (f", stored as {self.image.convert_to.value}" if self.image.convert_to else "")
+            + (f", {format_size(self.size)}" if self.size is not None else "")
+            + ")"
         )
 
 
@@ -143,6 +147,7 @@ class PlanContext:
     base_path: Path
     kvm: KvmSupport
     default_accelerator: Accelerator = Accelerator.AUTO
+    source_size: int | None = None  # of the image source, when known (shown in the plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +205,14 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     grow_from: int | None = None
     if actual.overlay is None:
         if not actual.base_cached:
-            steps.append(FetchBase(spec.name, spec.image, context.base_path))
+            steps.append(FetchBase(spec.name, spec.image, context.base_path, context.source_size))
         steps.append(
             CreateOverlay(
-                spec.name, paths.disk, context.base_path, spec.image.format.value, spec.disk_bytes
+                spec.name,
+                paths.disk,
+                context.base_path,
+                spec.image.cached_format.value,
+                spec.disk_bytes,
             )
         )
         if domain is not None:
@@ -211,7 +220,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     else:
         overlay = actual.overlay
         if overlay.backing_file != str(context.base_path) or (
-            overlay.backing_format != spec.image.format.value
+            overlay.backing_format != spec.image.cached_format.value
         ):
             problem = (
                 f"disk {paths.disk} is built on {overlay.backing_file} "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import StepError
 
@@ -56,6 +58,21 @@ class QemuImg:
         """A qcow2 overlay of `size` bytes backed by `base` (whose format is given, not probed)."""
         self.run(
             "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(path), str(size)
+        )
+
+    def info(self, path: Path, image_format: str) -> dict[str, Any]:
+        """`qemu-img info` with the format given (never probed), as parsed JSON."""
+        out = self.run("info", "-f", image_format, "--output=json", str(path))
+        try:
+            info: dict[str, Any] = json.loads(out)
+        except ValueError as err:
+            raise StepError(f"qemu-img info printed no JSON for {path}") from err
+        return info
+
+    def convert(self, source: Path, source_format: str, target: Path, target_format: str) -> None:
+        """Write `source` to the new file `target` in another format."""
+        self.run(
+            "convert", "-q", "-f", source_format, "-O", target_format, str(source), str(target)
         )
 
     def resize(self, path: Path, image_format: str, size: int) -> None:

@@ -72,8 +72,11 @@ class StateDir:
     def cached_base(self, image: ImageSource) -> Path:
         """The content-addressed cache file for a base image whose digest is known."""
         if image.sha256 is None:
-            raise ValueError(f"the digest of {image.path} is not known yet")
-        return self.images / f"sha256-{image.sha256}.{image.format.value}"
+            raise ValueError(f"the digest of {image.location} is not known yet")
+        suffix = image.format.value
+        if image.convert_to is not None and image.convert_to is not image.format:
+            suffix += f".{image.convert_to.value}"  # e.g. sha256-X.qcow2.raw: converted
+        return self.images / f"sha256-{image.sha256}.{suffix}"
 
     @property
     def source_digests(self) -> Path:

@@ -4,9 +4,7 @@ before acting, so a step planned from stale facts does the right thing or nothin
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.actual import PowerState
 from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
@@ -27,17 +25,10 @@ from reconciler.plan import (
 )
 from reconciler.qemuimg import QemuImg
 from reconciler.sizes import format_size
+from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """Time, injectable so that tests never really sleep."""
-
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +38,7 @@ class StepContext:
     driver: Driver
     cache: ImageCache
     qemu_img: QemuImg
-    clock: Clock = Clock()
+    clock: Clock = field(default_factory=Clock)
 
 
 def apply_step(step: Step, context: StepContext) -> str:

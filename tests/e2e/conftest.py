@@ -15,6 +15,7 @@ import pytest
 from reconciler import cli
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.statedir import StateDir
+from tests.guest import IMAGES
 from tests.helpers import write_base_image
 
 
@@ -58,7 +59,8 @@ def reconcile(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli
 
     def run(*args: str) -> CliRun:
         capsys.readouterr()
-        code = cli.main([*args, "--state-dir", str(e2e.state.root)])
+        images = ["--image-dir", str(e2e.base.parent), "--image-dir", str(IMAGES)]
+        code = cli.main([*args, "--state-dir", str(e2e.state.root), *images])
         captured = capsys.readouterr()
         return CliRun(code, captured.out, captured.err)
 

@@ -23,6 +23,7 @@ def one_manifest(tmp_path: Path) -> tuple[Path, str]:
     base, sha = write_base_image(tmp_path)
     manifests = tmp_path / "m"
     manifests.mkdir()
+    base = base.rename(manifests / base.name)  # inside the manifest directory: allowed
     write_manifest(manifests, "itest-a", base, sha)
     return manifests, sha
 

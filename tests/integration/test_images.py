@@ -14,6 +14,8 @@ from reconciler.diskheaders import parse_qcow2_header, read_head
 from reconciler.errors import InstanceError, UnsafeImageError
 from reconciler.imagecache import ImageCache, inspect_base_image
 from reconciler.observe import read_overlay
+from reconciler.qemuimg import QemuImg
+from reconciler.sources import SourcePolicy
 from reconciler.statedir import StateDir
 from tests.helpers import write_base_image
 
@@ -89,7 +91,7 @@ def test_unknown_incompatible_feature_is_refused(tmp_path: Path) -> None:
 
 def test_cache_fetches_once_verifies_checksum_and_leaves_nothing_half_made(tmp_path: Path) -> None:
     base, sha = write_base_image(tmp_path)
-    cache = ImageCache(StateDir(tmp_path / "state"))
+    cache = ImageCache(StateDir(tmp_path / "state"), QemuImg(), SourcePolicy((tmp_path,)))
     image = ImageSource(base, sha, ImageFormat.RAW)
     path, fetched = cache.ensure(image)
     assert fetched and sha256_of(path) == sha
@@ -108,7 +110,7 @@ def test_cache_fetches_once_verifies_checksum_and_leaves_nothing_half_made(tmp_p
 def test_cache_refuses_an_image_declared_with_another_format(tmp_path: Path) -> None:
     plain = tmp_path / "plain.qcow2"
     qemu_img("create", "-f", "qcow2", str(plain), "16M")
-    cache = ImageCache(StateDir(tmp_path / "state"))
+    cache = ImageCache(StateDir(tmp_path / "state"), QemuImg(), SourcePolicy((tmp_path,)))
     image = ImageSource(plain, sha256_of(plain), ImageFormat.RAW)
     with pytest.raises(UnsafeImageError, match="declared raw"):
         cache.ensure(image)
@@ -119,7 +121,7 @@ def test_source_digest_is_memoised_by_file_identity(tmp_path: Path) -> None:
     from reconciler.imagecache import SourceDigests
 
     base, sha = write_base_image(tmp_path)
-    digests = SourceDigests(StateDir(tmp_path / "state"))
+    digests = SourceDigests(StateDir(tmp_path / "state"), SourcePolicy((tmp_path,)))
     assert digests.digest(base, persist=False) == sha
     assert not (tmp_path / "state" / "images" / ".sources").exists()  # plan writes nothing
     assert digests.digest(base, persist=True) == sha
