@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -21,8 +21,11 @@ from reconciler.desired import Accelerator
 from reconciler.drivers.base import Driver
 from reconciler.engine import Outcome, Settings, apply_all, plan_all
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
+from reconciler.gc import collect_garbage
+from reconciler.imagecache import ImageCache
 from reconciler.manifests import LoadResult, load_manifests
 from reconciler.progress import TransferReporter
+from reconciler.qemuimg import QemuImg
 from reconciler.report import render_manifest_errors, render_plan, render_summary
 from reconciler.sources import SourcePolicy
 from reconciler.statedir import StateDir, StateDirLock, default_state_dir
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconcile",
         usage="%(prog)s [OPTIONS] --once DIR\n       %(prog)s [OPTIONS] plan DIR "
-        "[--detailed-exitcode]",
+        "[--detailed-exitcode]\n       %(prog)s [OPTIONS] gc [--dry-run] [--grace DURATION]",
         description="Keep libvirt VMs in the state that YAML manifests describe.",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
         "Of plan: 0 success, 1 error, 2 invalid input; with --detailed-exitcode: "
@@ -87,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("words", nargs="+", metavar="[plan] DIR", help="manifest file or directory")
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
     parser.add_argument("--once", action="store_true", help="apply one pass, then exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="with gc: list what would be removed"
+    )
+    parser.add_argument(
+        "--grace",
+        metavar="DURATION",
+        default="24h",
+        help="with gc: keep unused bases used within this long (e.g. 7d, 12h, 30m, 0; default 24h)",
+    )
     parser.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -101,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+        if args.words == ["gc"]:
+            args.directory = Path(".")
+            return _run_command(run_gc, args)
         is_plan = args.words[0] == "plan" and len(args.words) == 2
         if len(args.words) != 1 + is_plan:
-            parser.error("expected one manifest directory (or 'plan DIR')")
+            parser.error("expected one manifest directory (or 'plan DIR', or 'gc')")
         args.directory = Path(args.words[-1])
         if is_plan and args.once:
             parser.error("--once applies changes; plan never does: use one or the other")
@@ -113,9 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("watch mode is not available yet: use 'reconcile --once DIR'")
     except SystemExit as exit_request:
         return EXIT_INVALID if exit_request.code else EXIT_OK
+    return _run_command(run_plan if is_plan else run_once, args)
+
+
+def _run_command(
+    command: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace
+) -> int:
+    """Run one command, mapping every outcome and error to the exit status."""
     _configure_logging(args.verbose, args.debug)
     try:
-        return run_plan(args, sys.stdout) if is_plan else run_once(args, sys.stdout)
+        return command(args, sys.stdout)
     except ConfigError as err:
         print(f"reconcile: error: {err}", file=sys.stderr)
         return EXIT_INVALID
@@ -189,6 +211,41 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
             return PLAN_EXIT_ERROR
         return PLAN_EXIT_CHANGES if pending else PLAN_EXIT_NO_CHANGES
     return EXIT_INVALID if load.errors else EXIT_OK
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '7d', '12h', '30m', '45s' or '0'; ConfigError otherwise."""
+    number, unit = text[:-1], text[-1:]
+    if unit.isdigit():
+        number, unit = text, ""
+    if not number.isdigit() or unit not in _DURATION_UNITS:
+        raise ConfigError(f"--grace {text!r} is not a duration (expected e.g. 7d, 12h, 30m, 0)")
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def run_gc(args: argparse.Namespace, out: TextIO) -> int:
+    """`reconcile gc`: remove cached bases no disk uses, after the grace period."""
+    grace = parse_duration(args.grace)
+    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    if not state.root.is_dir():
+        raise ConfigError(f"state directory {state.root} does not exist")
+    cache = ImageCache(state, QemuImg(), SourcePolicy())
+    with StateDirLock(state):
+        report = collect_garbage(state, cache, grace, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in report.removed:
+        print(f"{verb} {path.name}", file=out)
+    for path in report.leftovers:
+        print(f"removed leftover {path.name}", file=out)
+    print(
+        f"gc: {len(report.removed)} {verb}, {len(report.in_use)} in use, "
+        f"{len(report.too_young)} used within {args.grace}",
+        file=out,
+    )
+    return EXIT_OK
 
 
 def run_once(args: argparse.Namespace, out: TextIO) -> int:
