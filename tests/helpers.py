@@ -52,6 +52,9 @@ def manifest_document(
     source: dict[str, Any] = {"source": str(image), "format": image_format}
     if sha256 is not None:
         source["sha256"] = sha256
+    convert_to = spec_overrides.pop("image_convert_to", None)
+    if convert_to is not None:
+        source["convertTo"] = convert_to
     spec: dict[str, Any] = {
         "state": "running",
         "vcpus": 1,

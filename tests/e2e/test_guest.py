@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.accel import probe_local_kvm
 from reconciler.actual import PowerState
+from reconciler.sizes import format_size
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image, parse_markers, wait_for_marker
 from tests.helpers import unique_name, write_manifest
+from tests.httpserver import Behaviour, image_server
 
 MIB = 1024**2
 Reconcile = Callable[..., CliRun]
@@ -74,3 +77,28 @@ def test_kvm_where_it_cannot_run_guests_is_a_failure_not_running(
     assert "running" not in result.out.split(f"{name}  failed", 1)[1].splitlines()[0]
     plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert plan.code == 1
+
+
+def test_guest_from_an_http_source_boots(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
+    image = guest_image("qcow2")
+    data = image.read_bytes()
+    name = unique_name()
+    with image_server() as server:
+        server.serve("/guest.qcow2", Behaviour(data))
+        url = server.url("/guest.qcow2")
+        write_manifest(
+            tmp_path, name, image, hashlib.sha256(data).hexdigest(), "qcow2",
+            memory="128MiB", image_convert_to="raw",
+        )  # fmt: skip
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(path.read_text().replace(str(image), url))
+        plan = reconcile("plan", str(tmp_path))
+        assert f"fetch base image {url} into the cache" in plan.out
+        assert f"stored as raw, {format_size(len(data))})" in plan.out
+        result = reconcile("--once", str(tmp_path))
+    assert result.code == 0, result.out + result.err
+    assert f"{name}: fetched base image into the cache" in result.out
+    report = wait_for_marker(e2e.state.instance(name).console_log, "ready")
+    assert report.disk_bytes == 64 * MIB
+    (cached,) = e2e.state.images.glob(f"sha256-{hashlib.sha256(data).hexdigest()}.qcow2.raw")
+    assert cached.stat().st_size == guest_image("raw").stat().st_size
