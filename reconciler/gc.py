@@ -96,6 +96,12 @@ def collect_garbage(
         targets = {_target_of(leftover) for leftover in state.images.glob(".*.tmp")}
         for target in sorted(targets):
             report.leftovers.extend(remove_leftovers(target))
+        # lock files of entries that never came to be (a refused image, say); safe because
+        # the caller holds the state directory's lock, which every fetching process holds too
+        for lock in state.images.glob("sha256-*.lock"):
+            if not lock.with_name(lock.name.removesuffix(".lock")).exists():
+                lock.unlink(missing_ok=True)
+                report.leftovers.append(lock)
     return report
 
 

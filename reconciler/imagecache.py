@@ -28,7 +28,7 @@ from reconciler.diskheaders import (
     parse_qcow2_header,
     read_head,
 )
-from reconciler.download import DownloadLimits, download
+from reconciler.download import DownloadLimits, DownloadRefused, download
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
 from reconciler.progress import TransferReporter
@@ -163,6 +163,40 @@ def _hash_file(source: Path) -> str:
         os.close(fd)
 
 
+class PermanentFailures:
+    """Downloads that can never succeed as the manifest stands (404, checksum mismatch, size
+    cap), remembered by URL and sha256 so that later passes do not fetch them again. A
+    manifest that changes either retries at once; deleting the record retries too."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._directory = state.images / ".failures"
+
+    def _path(self, image: ImageSource) -> Path:
+        key = hashlib.sha256(f"{image.location}\0{image.sha256}".encode()).hexdigest()[:32]
+        return self._directory / f"{key}.json"
+
+    def record(self, image: ImageSource, reason: str) -> None:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        target = self._path(image)
+        temporary = temporary_path(target)
+        temporary.write_text(
+            json.dumps({"url": image.location, "sha256": image.sha256, "reason": reason})
+        )
+        os.replace(temporary, target)
+
+    def raise_if_recorded(self, image: ImageSource) -> None:
+        path = self._path(image)
+        try:
+            memo = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if memo.get("url") == image.location and memo.get("sha256") == image.sha256:
+            raise DownloadRefused(
+                f"{memo.get('reason')} (remembered: not fetched again until the manifest's "
+                f"source or sha256 changes, or {path} is deleted)"
+            )
+
+
 class ImageCache:
     """Fetches base images into the state directory's cache, one fetch per entry at a time."""
 
@@ -183,6 +217,7 @@ class ImageCache:
         self._clock = clock or Clock()
         self._guard = threading.Lock()
         self._locks: dict[Path, threading.Lock] = {}
+        self.failures = PermanentFailures(state)
 
     def path_for(self, image: ImageSource) -> Path:
         return self._state.cached_base(image)
@@ -242,6 +277,7 @@ class ImageCache:
         assert image.sha256 is not None
         if isinstance(image.location, str):
             check_url(image.location)
+            self.failures.raise_if_recorded(image)
             name = image.location.rsplit("/", 1)[-1] or image.location
             report = self._transfers.start(name) if self._transfers else None
             try:
@@ -249,6 +285,9 @@ class ImageCache:
                     download(image.location, out, image.sha256, self._limits, report, self._clock)
                     out.flush()
                     os.fsync(out.fileno())
+            except DownloadRefused as err:
+                self.failures.record(image, str(err))
+                raise
             finally:
                 if self._transfers is not None:
                     self._transfers.finish(name)

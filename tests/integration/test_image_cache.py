@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.desired import ImageFormat, ImageSource
 from reconciler.download import DownloadLimits
-from reconciler.errors import UnsafeImageError
+from reconciler.errors import InstanceError, UnsafeImageError
 from reconciler.gc import collect_garbage
 from reconciler.imagecache import ImageCache
 from reconciler.qemuimg import QemuImg
@@ -206,3 +206,43 @@ def test_gc_removes_only_unused_and_old_bases(tmp_path: Path) -> None:
     # a base in use is kept whatever its age
     assert collect_garbage(state, cache, 0, dry_run=False).removed == [unused_young]
     assert used.exists()
+
+
+def test_permanent_failure_is_remembered_until_the_manifest_changes(tmp_path: Path) -> None:
+    with image_server() as server:
+        missing = server.serve("/gone.raw", Behaviour(BASE, status=404))
+        cache = cache_for(tmp_path)
+        image = ImageSource(server.url("/gone.raw"), SHA, ImageFormat.RAW)
+        for _ in range(2):
+            with pytest.raises(InstanceError, match="HTTP 404"):
+                cache.ensure(image)
+        assert missing.gets == 1  # the second pass did not ask again
+        with pytest.raises(InstanceError, match="until the manifest's source or sha256 changes"):
+            cache.ensure(image)
+        server.serve("/moved.raw", Behaviour(BASE))
+        path, fetched = cache.ensure(ImageSource(server.url("/moved.raw"), SHA, ImageFormat.RAW))
+        assert fetched and path.read_bytes() == BASE
+
+
+def test_crafted_image_fails_the_instance_and_no_disk_is_built(tmp_path: Path) -> None:
+    crafted = tmp_path / "evil.qcow2"
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw", str(crafted), "16M")
+    data = crafted.read_bytes()
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    with image_server() as server:
+        server.serve("/evil.qcow2", Behaviour(data))
+        path = write_manifest(
+            manifests, "itest-e", crafted, hashlib.sha256(data).hexdigest(), "qcow2"
+        )
+        path.write_text(path.read_text().replace(str(crafted), server.url("/evil.qcow2")))
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", "--once", str(manifests), "--connect",
+             "test:///default", "--state-dir", str(tmp_path / "s")],
+            cwd=PROJECT, capture_output=True, text=True,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "names a backing file ('/etc/passwd'); refused" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s" / "instances" / "itest-e").exists()
+    assert not list((tmp_path / "s" / "images").glob("sha256-*[!k]"))  # nothing but a lock
