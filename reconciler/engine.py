@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reconciler.accel import AcceleratorChoice
 from reconciler.actual import PowerState
@@ -21,13 +22,13 @@ from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceS
 from reconciler.download import DownloadLimits, probe_size
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
-from reconciler.imagecache import ImageCache, SourceDigests
+from reconciler.imagecache import ImageCache, PermanentFailures, SourceDigests
 from reconciler.manifests import LoadResult
 from reconciler.observe import observe_domains, observe_instance
 from reconciler.plan import InstancePlan, PlanContext, plan_instance
 from reconciler.progress import TransferReporter
 from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy
+from reconciler.sources import SourcePolicy, check_url
 from reconciler.statedir import StateDir
 from reconciler.steps import StepContext, apply_step
 from reconciler.steps_clock import Clock
@@ -93,15 +94,23 @@ def plan_all(
     LOG.debug("observed %d domains in %.3fs", len(domains), time.monotonic() - started)
     plans = []
     digests = SourceDigests(state, settings.sources)
+    failures = PermanentFailures(state)
+    sizes: dict[Path | str, int | None] = {}
     for desired in load.instances:
         try:
             spec = with_source_digest(desired, digests, persist=persist_digests)
+            base_path = state.cached_base(spec.image)
+            actual = observe_instance(spec.name, str(base_path), domains, state)
+            if not actual.base_cached:
+                _check_source(spec.image, settings.sources, failures)
         except InstanceError as err:
             plans.append(InstancePlan(desired.name, refusal=str(err)))
             continue
-        base_path = state.cached_base(spec.image)
-        actual = observe_instance(spec.name, str(base_path), domains, state)
-        size = None if actual.base_cached else _source_size(spec.image)
+        size = None
+        if not actual.base_cached and actual.overlay is None:
+            if spec.image.location not in sizes:
+                sizes[spec.image.location] = _source_size(spec.image)
+            size = sizes[spec.image.location]
         context = PlanContext(
             state.instance(spec.name), base_path, kvm, settings.default_accelerator, size
         )
@@ -138,6 +147,15 @@ def apply_all(
     ]
     LOG.debug("applied and checked %d instances", len(checked))
     return checked
+
+
+def _check_source(image: ImageSource, sources: SourcePolicy, failures: PermanentFailures) -> None:
+    """Refuse, already in the plan, a source that fetching would refuse."""
+    if isinstance(image.location, str):
+        check_url(image.location)
+        failures.raise_if_recorded(image)
+    else:
+        sources.resolve_local(image.location)
 
 
 def _source_size(image: ImageSource) -> int | None:

@@ -106,3 +106,22 @@ def test_leftovers_of_a_killed_run_are_removed_not_used(
     assert not cache_leftover.exists()
     assert instance.disk.read_bytes()[:4] == b"QFI\xfb"
     assert sorted(p.name for p in instance.directory.iterdir()) == ["disk.qcow2"]
+
+
+def test_plan_refuses_a_source_outside_the_allowed_directories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    base, sha = write_base_image(elsewhere)
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write_manifest(manifests, "itest-o", base, sha)
+    common = ["--state-dir", str(tmp_path / "s"), "--connect", TEST_URI]
+    code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common)
+    assert code == 1
+    assert f"itest-o: cannot converge: image source {base} is outside the allowed" in out
+    allowed = ["--image-dir", str(elsewhere)]
+    code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common, *allowed)
+    assert code == 2
+    assert f"fetch base image {base} into the cache" in out
