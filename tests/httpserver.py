@@ -8,6 +8,7 @@ deliveries per path.
 from __future__ import annotations
 
 import http.server
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -138,12 +139,16 @@ class ImageServer:
 
     def url(self, path: str) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}{path}"
+        scheme = "https" if isinstance(self.server.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://{host!s}:{port}{path}"
 
 
 @contextmanager
-def image_server() -> Iterator[ImageServer]:
+def image_server(tls: ssl.SSLContext | None = None) -> Iterator[ImageServer]:
+    """A server on 127.0.0.1; with `tls`, it speaks HTTPS."""
     server = _Server(("127.0.0.1", 0), _Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.paths = {}
     server.lock = threading.Lock()
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -8,6 +8,8 @@ packages=(
   pkg-config python3-venv python3-dev gcc util-linux
   # to build the test guest (tools/guest) without loop devices or mounts
   mtools syslinux
+  # tests: a self-signed certificate for the HTTPS test server
+  openssl
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import ssl
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +112,22 @@ def test_redirects_are_followed_but_bounded_and_never_change_scheme(server: Imag
     server.serve("/file", Behaviour(redirect_to="file:///etc/passwd"))
     with pytest.raises(DownloadRefused, match="leaves http"):
         fetch(server.url("/file"))
+
+
+def test_https_with_an_untrusted_certificate_is_refused_at_once(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with image_server(tls=context) as server:
+        served = server.serve("/a.raw", Behaviour(BODY))
+        url = server.url("/a.raw")
+        assert url.startswith("https://127.0.0.1:")
+        with pytest.raises(DownloadRefused, match="not trusted"):
+            fetch(url)
+    assert served.gets == 0
