@@ -12,7 +12,8 @@ import pytest
 from reconciler.desired import ImageFormat, ImageSource
 from reconciler.diskheaders import parse_qcow2_header, read_head
 from reconciler.errors import InstanceError, UnsafeImageError
-from reconciler.imagecache import ImageCache, inspect_base_image
+from reconciler.imagecache import ImageCache
+from reconciler.imageinspect import inspect_base_image
 from reconciler.observe import read_overlay
 from reconciler.qemuimg import QemuImg
 from reconciler.sources import SourcePolicy
