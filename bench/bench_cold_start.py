@@ -65,7 +65,7 @@ def timed(command: list[str]) -> tuple[float, str]:
     return elapsed, done.stdout
 
 
-def snapshot(state: Path, uri: str) -> dict[str, int]:
+def snapshot(state: Path) -> dict[str, int]:
     """mtime of every file under the state's instances and images (domain XML is in libvirt/)."""
     files = {}
     for top in ("instances", "images", "libvirt/etc"):
@@ -127,12 +127,12 @@ def main() -> int:
         )
         assert out.count("started domain") == args.n, out
         cold.append(elapsed)
-        before = snapshot(state, uri)
+        before = snapshot(state)
         elapsed, out = timed(
             [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect, "--debug"]
         )
         assert "nothing to do" in out, out
-        assert snapshot(state, uri) == before, "the no-op pass touched files"
+        assert snapshot(state) == before, "the no-op pass touched files"
         noop.append(elapsed)
         timed([*cleanup, "rcb"])
 

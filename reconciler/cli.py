@@ -152,6 +152,12 @@ def _run_command(
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    except OSError as err:  # e.g. a state directory that cannot be created or written
+        if args.debug:
+            LOG.exception("run failed")
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"reconcile: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _configure_logging(verbose: bool, debug: bool) -> None:

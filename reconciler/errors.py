@@ -3,7 +3,6 @@
 ReconcilerError
  +-- ManifestError          a user mistake in a manifest (file:line:col, JSON pointer, hint)
  +-- InstanceError          an instance cannot be converged as asked (permanent until it changes)
- |    +-- ForeignDomainError    a domain with the instance's name lacks our marker
  |    +-- ReplacementNeeded     converging would destroy data (shrink, other base, other format)
  |    +-- UnsafeImageError      a base image failed inspection
  +-- StepError              a step failed while acting (qemu-img, libvirt, file system)
@@ -55,10 +54,6 @@ class ManifestError(ReconcilerError):
 
 class InstanceError(ReconcilerError):
     """An instance cannot be converged as its manifest asks; retrying will not help."""
-
-
-class ForeignDomainError(InstanceError):
-    """A libvirt domain with the instance's name exists but does not carry our marker."""
 
 
 class ReplacementNeeded(InstanceError):

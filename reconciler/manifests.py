@@ -31,7 +31,12 @@ from reconciler.desired import (
 )
 from reconciler.errors import ManifestError, SourceLocation
 from reconciler.sizes import parse_size, round_up
-from reconciler.yamlsource import YamlDocument, YamlSyntaxError, parse_documents
+from reconciler.yamlsource import (
+    YamlDocument,
+    YamlSyntaxError,
+    escape_pointer_token,
+    parse_documents,
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -90,9 +95,9 @@ def load_manifests(root: Path) -> LoadResult:
         loaded.extend(file_instances)
         errors.extend(file_errors)
         invalid_names.update(file_claims)
-    instances, duplicate_errors = _reject_duplicate_names(loaded)
+    instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
     errors.extend(duplicate_errors)
-    invalid_names.update(error_name for error_name in _names_of(duplicate_errors))
+    invalid_names.update(duplicated)
     return LoadResult(
         instances=tuple(i for i in instances if i.name not in invalid_names),
         errors=tuple(errors),
@@ -161,7 +166,11 @@ def validate_document(path: Path, document: YamlDocument) -> list[ManifestError]
 
 
 def _pointer(parts: Iterable[Any]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    return "".join("/" + escape_pointer_token(str(part)) for part in parts)
+
+
+def _child(pointer: str, key: object) -> str:
+    return f"{pointer}/{escape_pointer_token(str(key))}"
 
 
 def _location(
@@ -206,8 +215,8 @@ def _schema_errors(
         allowed = ", ".join(sorted(known))
         return [
             ManifestError(
-                _location(path, document, f"{pointer}/{key}", key=True),
-                f"{pointer}/{key}",
+                _location(path, document, _child(pointer, key), key=True),
+                _child(pointer, key),
                 f"unknown field {key!r}",
                 f"expected one of: {allowed}" if allowed else "",
             )
@@ -219,7 +228,7 @@ def _schema_errors(
         return [
             ManifestError(
                 _location(path, document, pointer),
-                f"{pointer}/{name}",
+                _child(pointer, name),
                 f"missing required field {name!r}",
                 f"expected {expected}" if expected else "",
             )
@@ -237,8 +246,8 @@ def _schema_errors(
         message = f"{json.dumps(key)} is not a valid key"
         return [
             ManifestError(
-                _location(path, document, f"{pointer}/{key}", key=True),
-                f"{pointer}/{key}",
+                _location(path, document, _child(pointer, key), key=True),
+                _child(pointer, key),
                 message,
                 f"expected {expected}" if expected else "",
             )
@@ -257,13 +266,6 @@ def _claimed_name(data: Any) -> str | None:
             name: str = metadata["name"]
             return name
     return None
-
-
-def _names_of(errors: Iterable[ManifestError]) -> Iterable[str]:
-    for error in errors:
-        name = getattr(error, "instance_name", None)
-        if isinstance(name, str):
-            yield name
 
 
 def resolve_image_source(manifest: Path, source: str) -> Path | str:
@@ -351,12 +353,13 @@ class DuplicateNameError(ManifestError):
             f"instance name {name!r} is also defined at {other}",
             "names must be unique across all manifests",
         )
-        self.instance_name = name
 
 
 def _reject_duplicate_names(
     loaded: list[tuple[InstanceSpec, SourceLocation]],
-) -> tuple[list[InstanceSpec], list[ManifestError]]:
+) -> tuple[list[InstanceSpec], list[ManifestError], set[str]]:
+    """The instances whose name is unique, an error at each place of a repeated name, and the
+    repeated names."""
     by_name: dict[str, list[SourceLocation]] = {}
     for spec, location in loaded:
         by_name.setdefault(spec.name, []).append(location)
@@ -367,4 +370,4 @@ def _reject_duplicate_names(
                 other = locations[1] if index == 0 else locations[0]
                 errors.append(DuplicateNameError(location, name, other))
     duplicated = {name for name, locations in by_name.items() if len(locations) > 1}
-    return [spec for spec, _ in loaded if spec.name not in duplicated], errors
+    return [spec for spec, _ in loaded if spec.name not in duplicated], errors, duplicated

@@ -213,8 +213,8 @@ class LibvirtDriver:
             return cls(uri, _embedded[uri], embedded_root)
 
     def kvm_support(self) -> KvmSupport:
-        scheme = urlsplit(self.uri).scheme
         parts = urlsplit(self.uri)
+        scheme = parts.scheme
         if scheme.startswith("test"):
             return KvmSupport(False, "libvirt's test driver runs no guests")
         if parts.hostname in (None, "", "localhost") and "+" not in scheme:

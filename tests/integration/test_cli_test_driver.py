@@ -125,3 +125,18 @@ def test_plan_refuses_a_source_outside_the_allowed_directories(
     code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common, *allowed)
     assert code == 2
     assert f"fetch base image {base} into the cache" in out
+
+
+def test_unusable_state_directory_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_manifest: tuple[Path, str]
+) -> None:
+    manifests, _sha = one_manifest
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    code, _out, err = run(
+        capsys, "--once", str(manifests), "--state-dir", str(blocked / "s"), "--connect", TEST_URI
+    )
+    assert code == 1
+    assert err == f"reconcile: error: {blocked / 's'}: Not a directory\n"
+    code, _out, err = run(capsys, "gc", "--state-dir", str(blocked))
+    assert code == 2 and "does not exist" in err and "Traceback" not in err

@@ -183,3 +183,12 @@ def test_sha256_is_optional_for_local_files(tmp_path: Path) -> None:
     result = load_manifests(tmp_path)
     assert result.errors == ()
     assert result.instances[0].image.sha256 is None
+
+
+def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, VALID + '  "a/b~c": 1\n')
+    assert error == (
+        f"{tmp_path}/m.yaml:14:3: /spec/a~1b~0c: unknown field 'a/b~c' "
+        "(expected one of: accelerator, cpu, disk, image, memory, shutdownTimeoutSeconds, "
+        "state, vcpus)"
+    )
