@@ -48,8 +48,16 @@ class ManifestError(ReconcilerError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.location}: {self.pointer or '/'}: {self.message}"
+        where = f"{self.location}: {_printable(self.pointer) or '/'}: {self.message}"
         return f"{where} ({self.hint})" if self.hint else where
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x00), so an error stays on one line."""
+    return "".join(
+        char.encode("unicode_escape").decode() if ord(char) < 0x20 or ord(char) == 0x7F else char
+        for char in text
+    )
 
 
 class InstanceError(ReconcilerError):

@@ -30,7 +30,7 @@ from reconciler.desired import (
     InstanceSpec,
 )
 from reconciler.errors import ManifestError, SourceLocation
-from reconciler.sizes import parse_size, round_up
+from reconciler.sizes import format_size, parse_size, round_up
 from reconciler.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -241,7 +241,7 @@ def _schema_errors(
         )
         hint = _YAML11_HINT if scalar_for_string else ""
         return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.absolute_schema_path:  # a bad key: the error is the key's own
         key = value if isinstance(value, str) else str(value)
         message = f"{json.dumps(key)} is not a valid key"
         return [
@@ -301,6 +301,10 @@ def _to_instance_spec(
     disk = _size_or_error(spec["disk"]["size"], "/spec/disk/size", fail)
     if disk is not None and disk == 0:
         fail("/spec/disk/size", "a disk of 0 bytes is not a disk (expected e.g. 20GiB)")
+    for pointer, size in (("/spec/memory", memory), ("/spec/disk/size", disk)):
+        limit = size_maximum(pointer)
+        if size is not None and size > limit:
+            fail(pointer, f"{format_size(size)} is more than the maximum of {format_size(limit)}")
     image = spec["image"]
     try:
         image_location = resolve_image_source(path, image["source"])
@@ -333,6 +337,15 @@ def _to_instance_spec(
         ),
         [],
     )
+
+
+@cache
+def size_maximum(pointer: str) -> int:
+    """The largest size the schema allows at `pointer` (its `x-maximum`), in bytes."""
+    node: dict[str, Any] = instance_schema()
+    for token in pointer.strip("/").split("/"):
+        node = node["properties"][token]
+    return parse_size(node["x-maximum"])
 
 
 def _size_or_error(text: str, pointer: str, fail: Any) -> int | None:

@@ -24,8 +24,9 @@ _UNITS: dict[str, int] = {
     "TB": 1000**4,
 }
 
-# Mirrored in schemas/instance.schema.json ("size" definition); keep the two in step.
-SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$"
+# The "size" definition of schemas/instance.schema.json, whose end anchor is written for both
+# ECMA-262 (editors) and Python; a unit test keeps the two identical.
+SIZE_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,12})? ?(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$(?!\n)"
 _SIZE_RE = re.compile(SIZE_PATTERN)
 
 
@@ -41,10 +42,10 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError(f"{text} is not a size")
         return text
-    match = _SIZE_RE.match(text.strip())
+    match = _SIZE_RE.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a size")
-    number = text.strip()[: match.start(2)] if match.group(2) else text.strip()
+    number = text[: match.start(2)] if match.group(2) else text
     unit = match.group(2) or ""
     whole, _, fraction = number.strip().partition(".")
     multiplier = _UNITS[unit]

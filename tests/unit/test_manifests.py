@@ -192,3 +192,45 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
         "(expected one of: accelerator, cpu, disk, image, memory, shutdownTimeoutSeconds, "
         "state, vcpus)"
     )
+
+
+# Every patterned field, with a valid value that a final newline must spoil: Python's
+# re.search lets "$" match before a final newline, so each pattern must anchor against it.
+TRAILING_NEWLINE_CASES = [
+    ("  name: web", '  name: "web\\n"', "/metadata/name"),
+    ("  name: web", '  name: web\n  labels: {"app\\n": web}', "/metadata/labels/app\\n"),
+    ("  vcpus: 2", '  vcpus: 2\n  cpu: {mode: custom, model: "qemu64\\n"}', "/spec/cpu/model"),
+    ("source: images/base.raw", 'source: "images/base.raw\\n"', "/spec/image/source"),
+    (f'sha256: "{SHA}"', f'sha256: "{SHA}\\n"', "/spec/image/sha256"),
+    ("memory: 256MiB", 'memory: "256MiB\\n"', "/spec/memory"),
+    ("size: 1.5GiB", 'size: "1.5GiB\\n"', "/spec/disk/size"),
+]
+
+
+@pytest.mark.parametrize(("valid", "spoiled", "pointer"), TRAILING_NEWLINE_CASES)
+def test_a_final_newline_is_refused_in_every_patterned_field(
+    tmp_path: Path, valid: str, spoiled: str, pointer: str
+) -> None:
+    (tmp_path / "ok.yaml").write_text(VALID.replace(valid, spoiled.replace("\\n", "")))
+    assert load_manifests(tmp_path).errors == ()
+    (tmp_path / "ok.yaml").unlink()
+    errors = errors_of(tmp_path, VALID.replace(valid, spoiled))
+    assert len(errors) == 1, errors
+    assert f": {pointer}: " in errors[0]
+    assert load_manifests(tmp_path).instances == ()
+
+
+@pytest.mark.parametrize(
+    ("replacement", "pointer", "message"),
+    [
+        ("memory: 100TiB", "/spec/memory", "100TiB is more than the maximum of 16TiB"),
+        ("size: 99999999TiB", "/spec/disk/size", "is more than the maximum of 1024TiB"),
+    ],
+)
+def test_sizes_beyond_any_machine_are_refused(
+    tmp_path: Path, replacement: str, pointer: str, message: str
+) -> None:
+    field = replacement.split(":")[0]
+    original = "memory: 256MiB" if field == "memory" else "size: 1.5GiB"
+    (error,) = errors_of(tmp_path, VALID.replace(original, replacement))
+    assert f": {pointer}: " in error and message in error

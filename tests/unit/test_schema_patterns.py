@@ -1,0 +1,61 @@
+"""The schema's patterns mean the same to editors (ECMA-262) as to the reconciler (Python re)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import regress
+
+from reconciler.manifests import instance_schema
+from reconciler.sizes import SIZE_PATTERN
+
+# A value each pattern accepts, by where the pattern sits in the schema. A new pattern
+# without an entry here fails the test, so none escapes the check.
+VALID_SAMPLES = {
+    "/properties/metadata/properties/name": ["web-1", "a"],
+    "/properties/metadata/properties/labels/propertyNames": ["app", "example.com/tier"],
+    "/properties/spec/properties/cpu/properties/model": ["qemu64", "Skylake-Client"],
+    "/properties/spec/properties/image/properties/source": [
+        "../images/base.raw",
+        "file:///srv/base.raw",
+        "https://example.invalid/base.qcow2",
+    ],
+    "/properties/spec/properties/image/properties/sha256": ["0" * 64],
+    "/properties/spec/properties/image/if/properties/source": ["http://x/y"],
+    "/$defs/size": ["20GiB", "1.5 G", "512"],
+}
+
+
+def patterns(node: Any, pointer: str = "") -> Iterator[tuple[str, str]]:
+    """Every (pointer, pattern) in the schema."""
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            yield pointer, node["pattern"]
+        for key, value in node.items():
+            yield from patterns(value, f"{pointer}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from patterns(value, f"{pointer}/{index}")
+
+
+ALL_PATTERNS = list(patterns(instance_schema()))
+
+
+@pytest.mark.parametrize(("pointer", "pattern"), ALL_PATTERNS, ids=[p for p, _ in ALL_PATTERNS])
+def test_python_and_ecma_agree(pointer: str, pattern: str) -> None:
+    assert pointer in VALID_SAMPLES, f"add valid samples for the pattern at {pointer}"
+    ecma = regress.Regex(pattern, flags="u")
+    python = re.compile(pattern)
+    for sample in VALID_SAMPLES[pointer]:
+        assert python.search(sample) and ecma.find(sample) is not None, sample
+        for variant in (sample + "\n", sample + "\r\n", "\n" + sample, sample + "\n\n"):
+            assert bool(python.search(variant)) == (ecma.find(variant) is not None), variant
+            if pattern.endswith("$(?!\\n)"):
+                assert not python.search(variant), variant
+
+
+def test_size_pattern_is_the_schemas() -> None:
+    assert instance_schema()["$defs"]["size"]["pattern"] == SIZE_PATTERN
