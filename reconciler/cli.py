@@ -24,6 +24,7 @@ from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.gc import collect_garbage
 from reconciler.imagecache import ImageCache
 from reconciler.manifests import LoadResult, load_manifests
+from reconciler.progress import LOG as PROGRESS_LOG
 from reconciler.progress import TransferReporter
 from reconciler.qemuimg import QemuImg
 from reconciler.report import render_manifest_errors, render_plan, render_summary
@@ -167,6 +168,9 @@ def _configure_logging(verbose: bool, debug: bool) -> None:
         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Download progress is information, not a warning, and wanted even when output goes to a
+    # file: visible at every level.
+    PROGRESS_LOG.setLevel(min(level, logging.INFO))
 
 
 def _load(directory: Path) -> LoadResult:
@@ -245,7 +249,7 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
     for path in report.removed:
         print(f"{verb} {path.name}", file=out)
     for path in report.leftovers:
-        print(f"removed leftover {path.name}", file=out)
+        print(f"{verb} leftover {path.relative_to(state.root)}", file=out)
     print(
         f"gc: {len(report.removed)} {verb}, {len(report.in_use)} in use, "
         f"{len(report.too_young)} used within {args.grace}",

@@ -190,6 +190,7 @@ def _request(
     url: str, method: str, headers: dict[str, str], limits: DownloadLimits
 ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
     """Send the request, following at most `limits.max_redirects` same-scheme redirects."""
+    first = url
     scheme = urlsplit(url).scheme
     for _hop in range(limits.max_redirects + 1):
         parts = urlsplit(url)
@@ -224,7 +225,9 @@ def _request(
             connection.close()
             raise DownloadRefused(f"HTTP {response.status} {response.reason} for {url}")
         return response, connection
-    raise DownloadRefused(f"more than {limits.max_redirects} redirects for {url}")
+    raise DownloadRefused(
+        f"more than {limits.max_redirects} redirects for {first} (the last to {url})"
+    )
 
 
 def _connection(

@@ -22,6 +22,7 @@ from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceS
 from reconciler.download import DownloadLimits, probe_size
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
+from reconciler.fileops import remove_dead_leftovers
 from reconciler.imagecache import ImageCache, PermanentFailures, SourceDigests
 from reconciler.manifests import LoadResult
 from reconciler.observe import observe_domains, observe_instance
@@ -130,6 +131,9 @@ def apply_all(
 ) -> list[InstanceResult]:
     """Plan and apply every valid instance; return one result per instance, in manifest order."""
     state.create()
+    for spec in load.instances:  # valid instances only: an invalid one is never touched
+        for leftover in remove_dead_leftovers(state.instance(spec.name).directory):
+            progress(spec.name, f"removed {leftover.name}, left by an interrupted run")
     plans = plan_all(load, driver, state, settings, persist_digests=True)
     clock = clock or Clock()
     qemu_img = QemuImg()

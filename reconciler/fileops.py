@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -18,16 +19,42 @@ def temporary_path(target: Path) -> Path:
 
 def remove_leftovers(target: Path) -> list[Path]:
     """Delete temporary files a crashed run left for `target`; return what was removed."""
-    removed: list[Path] = []
     if not target.parent.is_dir():
-        return removed
-    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and Path(f"/proc/{pid}").exists():
+        return []
+    # the caller holds `target`'s lock, so this process's own leftovers for it are dead too
+    return _remove_dead(target.parent.glob(f".{target.name}.*.tmp"), dry_run=False, own=True)
+
+
+def remove_dead_leftovers(directory: Path, *, dry_run: bool = False) -> list[Path]:
+    """Delete (or, `dry_run`, only list) every temporary file in `directory` whose writer
+    process no longer exists."""
+    if not directory.is_dir():
+        return []
+    return _remove_dead(directory.glob(".*.tmp"), dry_run=dry_run, own=False)
+
+
+def _remove_dead(candidates: Iterable[Path], *, dry_run: bool, own: bool) -> list[Path]:
+    removed: list[Path] = []
+    for leftover in sorted(candidates):
+        pid = writer_pid(leftover)
+        if pid is None:
+            continue  # not one of our temporary names
+        if pid == os.getpid() and not own:
+            continue  # another thread of this process may be writing it
+        if pid != os.getpid() and Path(f"/proc/{pid}").exists():
             continue  # another live process is still writing it
-        leftover.unlink(missing_ok=True)
+        if not dry_run:
+            leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
+
+
+def writer_pid(path: Path) -> int | None:
+    """The pid in a temporary name `.NAME.<pid>.<random>.tmp`, or None for other names."""
+    parts = path.name.rsplit(".", 3)
+    if len(parts) != 4 or not path.name.startswith(".") or parts[3] != "tmp":
+        return None
+    return int(parts[1]) if parts[1].isdigit() else None
 
 
 def fsync_file(path: Path) -> None:

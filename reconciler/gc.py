@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
-from reconciler.fileops import remove_leftovers
+from reconciler.fileops import remove_dead_leftovers
 from reconciler.imagecache import ImageCache
 from reconciler.statedir import StateDir
 
@@ -92,19 +92,30 @@ def collect_garbage(
             base.with_name(base.name + ".lock").unlink(missing_ok=True)
             report.removed.append(base)
             LOG.info("removed unused base %s", base.name)
-    if not dry_run and state.images.is_dir():
-        targets = {_target_of(leftover) for leftover in state.images.glob(".*.tmp")}
-        for target in sorted(targets):
-            report.leftovers.extend(remove_leftovers(target))
-        # lock files of entries that never came to be (a refused image, say); safe because
-        # the caller holds the state directory's lock, which every fetching process holds too
-        for lock in state.images.glob("sha256-*.lock"):
-            if not lock.with_name(lock.name.removesuffix(".lock")).exists():
-                lock.unlink(missing_ok=True)
-                report.leftovers.append(lock)
+    report.leftovers.extend(_sweep_leftovers(state, dry_run=dry_run))
     return report
 
 
-def _target_of(leftover: Path) -> Path:
-    """The file a temporary `.NAME.<pid>.<random>.tmp` was being written for."""
-    return leftover.with_name(leftover.name[1:].rsplit(".", 3)[0])
+def _sweep_leftovers(state: StateDir, *, dry_run: bool) -> list[Path]:
+    """Temporary files of dead processes (in the cache and in every instance directory), and
+    lock files of cache entries that never came to be (a refused image, say). Removing those
+    is safe because the caller holds the state directory's lock, which every fetching
+    process holds too."""
+    directories = [
+        directory
+        for parent in (state.images, state.instances)
+        if parent.is_dir()
+        for directory in (parent, *sorted(p for p in parent.iterdir() if p.is_dir()))
+    ]
+    found = [
+        leftover
+        for directory in directories
+        for leftover in remove_dead_leftovers(directory, dry_run=dry_run)
+    ]
+    if state.images.is_dir():
+        for lock in sorted(state.images.glob("sha256-*.lock")):
+            if not lock.with_name(lock.name.removesuffix(".lock")).exists():
+                if not dry_run:
+                    lock.unlink(missing_ok=True)
+                found.append(lock)
+    return found

@@ -1,4 +1,5 @@
-"""Download progress for people: a bar with rate and ETA on a terminal, log lines otherwise."""
+"""Download progress for people: a bar with rate and ETA on a terminal; otherwise an INFO log
+line every 10 s without the bar (the CLI keeps this logger's INFO visible by default)."""
 
 from __future__ import annotations
 
@@ -55,24 +56,28 @@ class TransferReporter:
             if now - self._last.get(name, 0.0) < interval and not done:
                 return
             self._last[name] = now
-            line = render_transfer(name, received, total, max(now - started, 1e-6))
+            line = render_transfer(name, received, total, max(now - started, 1e-6), self._tty)
             if self._tty:
                 self._stream.write("\r\033[K" + line)
                 self._stream.flush()
             else:
-                LOG.warning("%s", line)
+                LOG.info("%s", line)
 
 
-def render_transfer(name: str, received: int, total: int | None, elapsed: float) -> str:
-    """`NAME [#####     ] 45% 120.0MiB of 1GiB, 80.0MiB/s, ETA 6s`."""
+def render_transfer(
+    name: str, received: int, total: int | None, elapsed: float, bar: bool = True
+) -> str:
+    """`NAME [#####     ] 45% 120.0MiB of 1GiB, 80.0MiB/s, ETA 6s` (without the bracketed bar
+    when `bar` is false)."""
     rate = received / elapsed
     if total:
         fraction = min(received / total, 1.0)
         filled = int(fraction * BAR_WIDTH)
         eta = (total - received) / rate if rate > 0 else float("inf")
         eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
+        drawn = f" [{'#' * filled}{' ' * (BAR_WIDTH - filled)}]" if bar else ""
         return (
-            f"{name} [{'#' * filled}{' ' * (BAR_WIDTH - filled)}] {fraction:4.0%} "
+            f"{name}{drawn} {fraction:4.0%} "
             f"{format_size(received)} of {format_size(total)}, {format_size(int(rate))}/s, "
             f"ETA {eta_text}"
         )

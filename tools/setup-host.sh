@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config python3-venv python3-dev gcc util-linux
+  # libvirt reads the host's SMBIOS tables with it when it starts
+  dmidecode
   # to build the test guest (tools/guest) without loop devices or mounts
   mtools syslinux
   # tests: a self-signed certificate for the HTTPS test server

@@ -107,6 +107,16 @@ def test_leftovers_of_a_killed_run_are_removed_not_used(
     assert instance.disk.read_bytes()[:4] == b"QFI\xfb"
     assert sorted(p.name for p in instance.directory.iterdir()) == ["disk.qcow2"]
 
+    # the disk exists now, so no step rewrites it: the pass itself removes what a dead
+    # process left beside it
+    leftover.write_bytes(b"QFI\xfb half written")
+    code, out, err = run(
+        capsys, "--once", str(manifests), "--state-dir", str(state.root), "--connect", TEST_URI
+    )
+    assert code == 0, out + err
+    assert f"itest-a: removed {leftover.name}, left by an interrupted run" in out
+    assert sorted(p.name for p in instance.directory.iterdir()) == ["disk.qcow2"]
+
 
 def test_plan_refuses_a_source_outside_the_allowed_directories(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

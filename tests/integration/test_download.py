@@ -103,9 +103,11 @@ def test_redirects_are_followed_but_bounded_and_never_change_scheme(server: Imag
     server.serve("/a.raw", Behaviour(BODY))
     server.serve("/old", Behaviour(redirect_to="/a.raw"))
     assert fetch(server.url("/old")) == BODY
-    server.serve("/loop", Behaviour(redirect_to="/loop"))
-    with pytest.raises(DownloadRefused, match="redirects"):
+    server.serve("/loop", Behaviour(redirect_to="/loop-2"))
+    server.serve("/loop-2", Behaviour(redirect_to="/loop"))
+    with pytest.raises(DownloadRefused, match="redirects") as refused:
         fetch(server.url("/loop"))
+    assert str(refused.value).startswith(f"more than 5 redirects for {server.url('/loop')} (")
     server.serve("/tls", Behaviour(redirect_to="https://127.0.0.1:1/a.raw"))
     with pytest.raises(DownloadRefused, match="leaves http"):
         fetch(server.url("/tls"))

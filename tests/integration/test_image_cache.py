@@ -191,17 +191,24 @@ def test_gc_removes_only_unused_and_old_bases(tmp_path: Path) -> None:
     qemu_img("create", "-f", "qcow2", "-b", str(used), "-F", "raw", str(disk), "64M")
     leftover = state.images / f".sha256-{'d' * 64}.raw.4194304.0badc0de.tmp"
     leftover.write_bytes(b"partial")
+    # a dead process's temporary file in an instance directory, and a live one's
+    instance_leftover = disk.parent / ".disk.qcow2.4194304.0badc0de.tmp"
+    instance_leftover.write_bytes(b"QFI\xfb half")
+    live = disk.parent / f".console.log.{os.getppid()}.0badc0de.tmp"
+    live.write_bytes(b"still being written")
     cache = cache_for(tmp_path)
 
     dry = collect_garbage(state, cache, 7 * 86400, dry_run=True)
     assert dry.removed == [unused_old]
-    assert unused_old.exists() and leftover.exists()
+    assert dry.leftovers == [leftover, instance_leftover]
+    assert unused_old.exists() and leftover.exists() and instance_leftover.exists()
 
     report = collect_garbage(state, cache, 7 * 86400, dry_run=False)
     assert report.removed == [unused_old]
     assert report.in_use == [used]
     assert report.too_young == [unused_young]
-    assert report.leftovers == [leftover]
+    assert report.leftovers == [leftover, instance_leftover]
+    assert not instance_leftover.exists() and live.exists()
     assert not unused_old.exists() and used.exists() and unused_young.exists()
     # a base in use is kept whatever its age
     assert collect_garbage(state, cache, 0, dry_run=False).removed == [unused_young]

@@ -1,8 +1,12 @@
+import io
+import logging
+
 import pytest
 
+from reconciler import cli
 from reconciler.cli import parse_duration
 from reconciler.errors import ConfigError
-from reconciler.progress import render_transfer
+from reconciler.progress import TransferReporter, render_transfer
 
 
 def test_progress_line_with_rate_and_eta() -> None:
@@ -22,3 +26,23 @@ def test_durations(text: str, seconds: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text)
+
+
+def test_progress_without_a_terminal_is_an_info_line_without_the_bar(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reporter = TransferReporter(io.StringIO())  # not a terminal
+    report = reporter.start("img.raw")
+    with caplog.at_level(logging.INFO, logger="reconciler.progress"):
+        report(1024**3, 1024**3)
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith("img.raw 100% 1GiB of 1GiB, ")
+    assert "#" not in record.getMessage()
+
+
+def test_progress_is_visible_at_the_default_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger("reconciler.progress"), "level", logging.NOTSET)
+    cli._configure_logging(verbose=False, debug=False)
+    assert logging.getLogger("reconciler.progress").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("reconciler.engine").isEnabledFor(logging.INFO)
