@@ -23,12 +23,18 @@ class PowerState(enum.StrEnum):
         return self in (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
+# libvirt's paused reasons for a domain caught between two states by a process that died
+INTERRUPTED_REASONS = ("starting-up", "shutting-down")
+
+
 @dataclass(frozen=True, slots=True)
 class OwnershipMarker:
-    """The project's element in a domain's <metadata>."""
+    """The project's element in a domain's <metadata>. `state_dir_id` names the state directory
+    that made the domain (None in a marker without one, which proves nothing)."""
 
     manifest: str
     spec_digest: str
+    state_dir_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +67,10 @@ class DomainFacts:
         return self.definition.marker
 
     @property
-    def owned(self) -> bool:
-        return self.definition.marker is not None
+    def interrupted(self) -> bool:
+        """Paused in a transition that its owner never finished (a start or a shutdown whose
+        process died): not a guest error, and not running."""
+        return self.state is PowerState.PAUSED and self.state_reason in INTERRUPTED_REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +92,4 @@ class InstanceActual:
     overlay: DiskFacts | None
     overlay_problem: str | None  # the overlay exists but could not be read as ours
     base_cached: bool
+    base_changed: bool = False  # the cached base's file changed since it was last verified

@@ -94,3 +94,4 @@ class InstanceSpec:
     cpu: CpuSpec
     shutdown_timeout_seconds: int
     labels: tuple[tuple[str, str], ...] = ()
+    allow_replace: bool = False  # the manifest allows a new, empty boot disk where one is lost

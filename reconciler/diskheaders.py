@@ -163,3 +163,11 @@ def _is_iso9660(path: str) -> bool:
     with open(path, "rb") as stream:
         stream.seek(0x8001)
         return stream.read(5) == b"CD001"
+
+
+def image_virtual_size(path: str, image_format: str) -> int:
+    """The disk size an image holds: a qcow2's header says it, a raw file is its own size.
+    Raises OSError or HeaderError."""
+    if image_format == "qcow2":
+        return parse_qcow2_header(read_head(path)).virtual_size
+    return os.path.getsize(path)

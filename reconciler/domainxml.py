@@ -6,6 +6,7 @@ The ownership marker lives in <metadata> in the project's own namespace:
       <rc:instance xmlns:rc="urn:x-reconciler:instance:1">
         <rc:manifest>manifests/web.yaml</rc:manifest>
         <rc:spec-digest>sha256:...</rc:spec-digest>
+        <rc:state-dir>9f86d081884c7d659a2feaa0c55ad015</rc:state-dir>
       </rc:instance>
     </metadata>
 """
@@ -89,10 +90,13 @@ def spec_digest(spec: InstanceSpec, layout: DomainLayout) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_domain_xml(spec: InstanceSpec, layout: DomainLayout, uuid: str | None) -> str:
+def build_domain_xml(
+    spec: InstanceSpec, layout: DomainLayout, uuid: str | None, state_dir_id: str
+) -> str:
     """The complete definition to hand to defineXML, with ownership marker and digest.
 
-    `uuid` is the existing domain's when redefining (libvirt refuses a new one).
+    `uuid` is the existing domain's when redefining (libvirt refuses a new one);
+    `state_dir_id` is the id of the state directory that owns the domain.
     """
     digest = spec_digest(spec, layout)
     domain = build_domain_element(spec, layout)
@@ -106,6 +110,7 @@ def build_domain_xml(spec: InstanceSpec, layout: DomainLayout, uuid: str | None)
     marker = _sub(metadata, f"{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
     _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", str(spec.manifest))
     _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", digest)
+    _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", state_dir_id)
     domain.insert(position, metadata)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
@@ -154,7 +159,8 @@ def _parse_marker(root: ET.Element) -> OwnershipMarker | None:
     manifest = element.findtext(f"{{{MARKER_NAMESPACE}}}manifest")
     if not digest or manifest is None:
         return None
-    return OwnershipMarker(manifest=manifest, spec_digest=digest)
+    state_dir_id = element.findtext(f"{{{MARKER_NAMESPACE}}}state-dir") or None
+    return OwnershipMarker(manifest=manifest, spec_digest=digest, state_dir_id=state_dir_id)
 
 
 _KIB_PER_UNIT = {

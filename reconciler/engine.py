@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.accel import AcceleratorChoice
-from reconciler.actual import PowerState
+from reconciler.actual import InstanceActual, PowerState
 from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
+from reconciler.diskheaders import HeaderError, image_virtual_size
 from reconciler.download import DownloadLimits, probe_size
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
-from reconciler.imagecache import ImageCache, PermanentFailures, SourceDigests
+from reconciler.imagecache import EntryRecords, ImageCache, PermanentFailures, SourceDigests
 from reconciler.manifests import LoadResult
 from reconciler.observe import observe_domains, observe_instance
 from reconciler.plan import InstancePlan, PlanContext, plan_instance
@@ -92,16 +93,20 @@ def plan_all(
     started = time.monotonic()
     domains = observe_domains(driver)
     kvm = driver.kvm_support()
+    host_memory = driver.host_memory()
+    state_dir_id = state.read_id()
     LOG.debug("observed %d domains in %.3fs", len(domains), time.monotonic() - started)
     plans = []
     digests = SourceDigests(state, settings.sources)
     failures = PermanentFailures(state)
+    records = EntryRecords(state)
     sizes: dict[Path | str, int | None] = {}
+    base_sizes: dict[Path, int | None] = {}
     for desired in load.instances:
         try:
             spec = with_source_digest(desired, digests, persist=persist_digests)
             base_path = state.cached_base(spec.image)
-            actual = observe_instance(spec.name, str(base_path), domains, state)
+            actual = observe_instance(spec.name, base_path, domains, state, records)
             if not actual.base_cached:
                 _check_source(spec.image, settings.sources, failures)
         except InstanceError as err:
@@ -112,8 +117,20 @@ def plan_all(
             if spec.image.location not in sizes:
                 sizes[spec.image.location] = _source_size(spec.image)
             size = sizes[spec.image.location]
+        base_size = None
+        if actual.overlay is None:
+            if base_path not in base_sizes:
+                base_sizes[base_path] = _base_virtual_size(spec.image, base_path, actual)
+            base_size = base_sizes[base_path]
         context = PlanContext(
-            state.instance(spec.name), base_path, kvm, settings.default_accelerator, size
+            paths=state.instance(spec.name),
+            base_path=base_path,
+            kvm=kvm,
+            default_accelerator=settings.default_accelerator,
+            source_size=size,
+            state_dir_id=state_dir_id,
+            host_memory=host_memory,
+            base_virtual_size=base_size,
         )
         plans.append(plan_instance(spec, actual, context))
     LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
@@ -160,6 +177,21 @@ def _check_source(image: ImageSource, sources: SourcePolicy, failures: Permanent
         failures.raise_if_recorded(image)
     else:
         sources.resolve_local(image.location)
+
+
+def _base_virtual_size(image: ImageSource, base_path: Path, actual: InstanceActual) -> int | None:
+    """The disk size the base holds, from the cached entry or a local source's header (None
+    for a remote source not fetched yet: the step checks it then)."""
+    if actual.base_cached:
+        where, image_format = base_path, image.cached_format
+    elif isinstance(image.location, Path):
+        where, image_format = image.location, image.format
+    else:
+        return None
+    try:
+        return image_virtual_size(str(where), image_format.value)
+    except (HeaderError, OSError):
+        return None  # an unreadable base is refused when it is fetched or used
 
 
 def _source_size(image: ImageSource) -> int | None:

@@ -1,8 +1,8 @@
 """Garbage collection of the image cache (Nova's image cache manager).
 
 A cached base is removed when no disk in the state directory uses it as its backing file
-(read from the disks' qcow2 headers) and it has not been used for the grace period (its
-mtime is refreshed every time an overlay is built on it). The check is repeated under the
+(read from the disks' qcow2 headers) and it has not been used for the grace period (the mtime
+of its verification record is refreshed every time it is used). The check is repeated under the
 entry's lock just before removal, so a base that became used meanwhile is kept. Temporary
 files left by dead processes are removed too.
 """
@@ -78,7 +78,7 @@ def collect_garbage(
         if real in used:
             report.in_use.append(base)
             continue
-        if now - base.stat().st_mtime < grace_seconds:
+        if now - cache.records.last_used(base) < grace_seconds:
             report.too_young.append(base)
             continue
         if dry_run:
@@ -89,6 +89,7 @@ def collect_garbage(
                 report.in_use.append(base)
                 continue
             base.unlink(missing_ok=True)
+            cache.records.remove(base)
             base.with_name(base.name + ".lock").unlink(missing_ok=True)
             report.removed.append(base)
             LOG.info("removed unused base %s", base.name)

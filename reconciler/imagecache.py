@@ -3,6 +3,12 @@
 Entries are content-addressed (STATE/images/sha256-<hex>.<format>). A fetch holds a lock per
 entry, in this process (threads) and across processes (flock on a lock file beside it), and
 re-checks the final file under the lock, so concurrent instances cause one copy.
+
+An entry is not trusted by its name: when it is published, its file identity (device, inode,
+size, mtime, ctime) and content digest are recorded (STATE/images/.entries/). Before every use
+its header is inspected again; an entry whose identity changed is hashed again, and one whose
+content or header is no longer what was verified is moved to STATE/images/.quarantine/ and
+fetched again from its source.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.desired import ImageFormat, ImageSource
+from reconciler.desired import ImageSource
 from reconciler.download import DownloadLimits, DownloadRefused, download
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
@@ -134,6 +142,71 @@ class PermanentFailures:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """What a cache entry was when it was last verified."""
+
+    identity: list[int]
+    sha256: str | None  # of the entry's content (None: not known, for a legacy entry)
+
+
+class EntryRecords:
+    """The verification record of each cache entry; its mtime is the entry's last use (gc)."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.directory = state.images / ".entries"
+
+    def path(self, entry: Path) -> Path:
+        return self.directory / f"{entry.name}.json"
+
+    def read(self, entry: Path) -> EntryRecord | None:
+        try:
+            memo = json.loads(self.path(entry).read_text())
+            return EntryRecord(list(memo["identity"]), memo.get("sha256"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, entry: Path, record: EntryRecord) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self.path(entry)
+        temporary = temporary_path(target)
+        temporary.write_text(json.dumps({"identity": record.identity, "sha256": record.sha256}))
+        os.replace(temporary, target)
+
+    def changed(self, entry: Path) -> bool:
+        """True when the entry's file is not the one last verified (read-only: for the plan)."""
+        record = self.read(entry)
+        try:
+            return record is None or record.identity != _identity(entry)
+        except InstanceError:
+            return True
+
+    def stamp_used(self, entry: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(entry))
+
+    def last_used(self, entry: Path) -> float:
+        """When the entry was last used: its record's mtime, else the entry's own."""
+        for candidate in (self.path(entry), entry):
+            try:
+                return candidate.stat().st_mtime
+            except FileNotFoundError:
+                continue
+        return 0.0
+
+    def remove(self, entry: Path) -> None:
+        self.path(entry).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUse:
+    """A verified cache entry, and what getting it took (None: it was there and intact)."""
+
+    path: Path
+    fetched: bool = False
+    note: str | None = None
+
+
 class ImageCache:
     """Fetches base images into the state directory's cache, one fetch per entry at a time."""
 
@@ -155,6 +228,7 @@ class ImageCache:
         self._guard = threading.Lock()
         self._locks: dict[Path, threading.Lock] = {}
         self.failures = PermanentFailures(state)
+        self.records = EntryRecords(state)
 
     def path_for(self, image: ImageSource) -> Path:
         return self._state.cached_base(image)
@@ -162,37 +236,83 @@ class ImageCache:
     def is_cached(self, image: ImageSource) -> bool:
         return self.path_for(image).is_file()
 
-    def ensure(self, image: ImageSource) -> tuple[Path, bool]:
-        """The cached file for `image`, fetched if missing; True when this call fetched it."""
+    def ensure(self, image: ImageSource) -> CacheUse:
+        """The cached file for `image`, verified before use: fetched if missing, and
+        quarantined then fetched again if it is no longer what was verified."""
         target = self.path_for(image)
         with self.entry_lock(target):
+            note = None
             if target.is_file():
-                self.verify_path(target, image.cached_format.value)
-                return target, False
-            remove_leftovers(target)
-            temporary = temporary_path(target)
-            try:
-                self._fetch(image, temporary)
-                inspect_base_image(temporary, image.format)
-                check_with_qemu_img(temporary, image.format, self._qemu_img)
-                if image.convert_to is not None and image.convert_to is not image.format:
-                    temporary = self._convert(image, temporary, target)
-                os.chmod(temporary, 0o444)
-                publish(temporary, target)
-            finally:
-                temporary.unlink(missing_ok=True)
-            LOG.info("cached %s as %s", image.location, target.name)
-            return target, True
+                problem = self._check_entry(target, image)
+                if problem is None:
+                    self.records.stamp_used(target)
+                    return CacheUse(target)
+                moved = self._quarantine(target)
+                note = (
+                    f"cached base {target.name} {problem}: moved to {moved} and fetched again "
+                    "from its source"
+                )
+                LOG.warning("%s", note)
+            self._fetch_entry(image, target)
+            return CacheUse(target, fetched=True, note=note)
 
-    def verify_path(self, path: Path, image_format: str) -> Path:
-        """Re-check a cached base before it is used (the cache may have been tampered with),
-        and stamp it as used now (for gc's grace period)."""
-        if not path.is_file():
-            raise StepError(f"cached base image {path} is missing")
-        inspect_base_image(path, ImageFormat(image_format))
-        check_with_qemu_img(path, ImageFormat(image_format), self._qemu_img)
-        os.utime(path)
-        return path
+    def _fetch_entry(self, image: ImageSource, target: Path) -> None:
+        """Fetch, inspect and publish a missing entry; record what was verified."""
+        remove_leftovers(target)
+        temporary = temporary_path(target)
+        try:
+            self._fetch(image, temporary)
+            inspect_base_image(temporary, image.format)
+            check_with_qemu_img(temporary, image.format, self._qemu_img)
+            digest = image.sha256
+            if image.convert_to is not None and image.convert_to is not image.format:
+                temporary = self._convert(image, temporary, target)
+                digest = _hash_file(temporary)
+            os.chmod(temporary, 0o444)
+            publish(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        self.records.write(target, EntryRecord(_identity(target), digest))
+        LOG.info("cached %s as %s", image.location, target.name)
+
+    def _check_entry(self, target: Path, image: ImageSource) -> str | None:
+        """Why the entry may not be used as it is (None when it may). Hashes it again only when
+        its file identity changed since it was last verified."""
+        cached_format = image.cached_format
+        record = self.records.read(target)
+        identity = _identity(target)
+        if record is not None and record.identity == identity:
+            try:
+                inspect_base_image(target, cached_format)
+            except UnsafeImageError as err:
+                return f"fails inspection ({err})"
+            return None
+        converted = image.convert_to is not None and image.convert_to is not image.format
+        expected = record.sha256 if record is not None else None
+        expected = expected or (None if converted else image.sha256)
+        digest = _hash_file(target)
+        if expected is not None and digest != expected:
+            return (
+                f"changed since it was fetched (its content's sha256 is {digest}, "
+                f"expected {expected})"
+            )
+        try:
+            inspect_base_image(target, cached_format)
+            check_with_qemu_img(target, cached_format, self._qemu_img)
+        except UnsafeImageError as err:
+            return f"changed since it was fetched and fails inspection ({err})"
+        self.records.write(target, EntryRecord(identity, digest))
+        LOG.info("cached base %s changed on disk but its content is intact", target.name)
+        return None
+
+    def _quarantine(self, target: Path) -> Path:
+        """Move a spoiled entry aside (kept for inspection, never used again)."""
+        directory = self._state.images / ".quarantine"
+        directory.mkdir(parents=True, exist_ok=True)
+        moved = directory / f"{target.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        os.replace(target, moved)
+        self.records.remove(target)
+        return moved
 
     @contextlib.contextmanager
     def entry_lock(self, target: Path) -> Iterator[None]:

@@ -334,6 +334,7 @@ def _to_instance_spec(
             cpu=CpuSpec(CpuMode(cpu.get("mode", CpuMode.DEFAULT)), cpu.get("model")),
             shutdown_timeout_seconds=spec.get("shutdownTimeoutSeconds", 60),
             labels=tuple(sorted(labels.items())),
+            allow_replace=spec.get("allowReplace", False),
         ),
         [],
     )

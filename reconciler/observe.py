@@ -9,6 +9,7 @@ from reconciler.actual import DiskFacts, DomainFacts, InstanceActual
 from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.domainxml import DomainXmlError, parse_domain_xml
 from reconciler.drivers.base import DomainRecord, Driver
+from reconciler.imagecache import EntryRecords
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)
@@ -63,13 +64,20 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
 
 
 def observe_instance(
-    name: str, base_path: str, domains: dict[str, DomainFacts], state: StateDir
+    name: str,
+    base_path: Path,
+    domains: dict[str, DomainFacts],
+    state: StateDir,
+    records: EntryRecords,
 ) -> InstanceActual:
-    """What exists for instance `name`: its domain (if any), overlay and cached base."""
+    """What exists for instance `name`: its domain (if any), overlay and cached base (and
+    whether the base's file is still the one last verified)."""
     overlay, problem = read_overlay(str(state.instance(name).disk))
+    cached = base_path.is_file()
     return InstanceActual(
         domain=domains.get(name),
         overlay=overlay,
         overlay_problem=problem,
-        base_cached=Path(base_path).is_file(),
+        base_cached=cached,
+        base_changed=cached and records.changed(base_path),
     )

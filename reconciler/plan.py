@@ -1,8 +1,8 @@
 """Plan: a pure function from (desired, actual) to the ordered steps that converge them.
 
 No I/O here: `reconcile plan` prints the result as it is, and the unit tests table-test it.
-Step order is always: fetch base, create overlay, stop, resize, define, start (or, for
-`state: absent`: stop, undefine).
+Step order is always: recover an interrupted transition, fetch base, create overlay, stop,
+resize, define, start (or, for `state: absent`: recover, stop, undefine).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import ClassVar
 from reconciler.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
 from reconciler.actual import DomainFacts, InstanceActual, PowerState
 from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
-from reconciler.domainxml import DomainLayout, build_domain_xml, spec_digest
+from reconciler.domainxml import BOOT_DISK_TARGET, DomainLayout, build_domain_xml, spec_digest
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
 
@@ -25,6 +25,7 @@ START_WATCH_SECONDS = 10.0
 
 
 class StepKind(enum.StrEnum):
+    RECOVER = "recover"
     FETCH_BASE = "fetch-base"
     CREATE_OVERLAY = "create-overlay"
     RESIZE_DISK = "resize-disk"
@@ -32,6 +33,23 @@ class StepKind(enum.StrEnum):
     START = "start"
     STOP = "stop"
     UNDEFINE = "undefine"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverDomain:
+    """Clear a start or shutdown that a killed process left half-done (domain paused in
+    libvirt's `starting-up` or `shutting-down`), so that the instance can converge."""
+
+    kind: ClassVar[StepKind] = StepKind.RECOVER
+    instance: str
+    reason: str
+
+    def describe(self) -> str:
+        what = "start" if self.reason == "starting-up" else "shutdown"
+        return (
+            f"recover an interrupted {what} (domain paused in {self.reason} with no one "
+            "finishing it): tear the half-started domain down"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +75,7 @@ class CreateOverlay:
     kind: ClassVar[StepKind] = StepKind.CREATE_OVERLAY
     instance: str
     path: Path
+    image: ImageSource  # the base, verified (and fetched again if spoiled) before use
     base_path: Path
     base_format: str
     size: int
@@ -101,6 +120,7 @@ class StartDomain:
     kind: ClassVar[StepKind] = StepKind.START
     instance: str
     accelerator: AcceleratorChoice
+    image: ImageSource | None = None  # the base under the disk, verified before QEMU opens it
     watch_seconds: float = 0.0  # how long to watch for a pause on error right after start
 
     def describe(self) -> str:
@@ -129,7 +149,8 @@ class UndefineDomain:
 
 
 Step = (
-    FetchBase
+    RecoverDomain
+    | FetchBase
     | CreateOverlay
     | ResizeDisk
     | DefineDomain
@@ -141,13 +162,17 @@ Step = (
 
 @dataclass(frozen=True, slots=True)
 class PlanContext:
-    """Facts beside desired and actual that the plan needs: paths, KVM, defaults."""
+    """Facts beside desired and actual that the plan needs: paths, KVM, defaults, and what was
+    resolved outside the manifest (source and base sizes, the host's memory)."""
 
     paths: InstancePaths
     base_path: Path
     kvm: KvmSupport
     default_accelerator: Accelerator = Accelerator.AUTO
     source_size: int | None = None  # of the image source, when known (shown in the plan)
+    state_dir_id: str | None = None  # None before the state directory exists: nothing is ours
+    host_memory: int | None = None  # bytes of memory where the domain runs, when known
+    base_virtual_size: int | None = None  # the disk size the base image holds, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,18 +193,36 @@ class InstancePlan:
 def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> InstancePlan:
     """Decide what converges `spec` from `actual`; refuse what would harm data or others."""
     domain = actual.domain
-    if domain is not None and not domain.owned:
-        return InstancePlan(
-            spec.name,
-            refusal=(
-                f"a libvirt domain named {spec.name!r} exists but was not created by reconciler "
-                "(no ownership marker); it is left untouched: rename the instance or remove "
-                "that domain yourself"
-            ),
-        )
+    if domain is not None:
+        foreign = foreign_reason(domain, context)
+        if foreign is not None:
+            return InstancePlan(
+                spec.name,
+                refusal=(
+                    f"a libvirt domain named {spec.name!r} exists but {foreign}; it is left "
+                    "untouched: rename the instance or remove that domain yourself"
+                ),
+            )
     if spec.state is DesiredState.ABSENT:
         return _plan_absent(spec, domain, context)
     return _plan_present(spec, actual, context)
+
+
+def foreign_reason(domain: DomainFacts, context: PlanContext) -> str | None:
+    """Why `domain` is not proven to be this instance's (None when it is): it must carry our
+    marker with this state directory's id, and boot from this instance's disk."""
+    marker = domain.marker
+    if marker is None:
+        return "was not created by reconciler (no ownership marker)"
+    if context.state_dir_id is None or marker.state_dir_id != context.state_dir_id:
+        return (
+            "its reconciler marker does not name this state directory "
+            f"(marker: {marker.state_dir_id or 'no state directory id'})"
+        )
+    disk = dict(domain.definition.disk_paths).get(BOOT_DISK_TARGET)
+    if disk != str(context.paths.disk):
+        return f"its boot disk is {disk or 'missing'}, not this instance's {context.paths.disk}"
+    return None
 
 
 def _plan_absent(
@@ -188,7 +231,9 @@ def _plan_absent(
     if domain is None:
         return InstancePlan(spec.name)
     steps: list[Step] = []
-    if domain.state.active:
+    if domain.interrupted:
+        steps.append(RecoverDomain(spec.name, domain.state_reason))
+    elif domain.state.active:
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
     steps.append(UndefineDomain(spec.name, context.paths.directory))
     return InstancePlan(spec.name, tuple(steps))
@@ -198,10 +243,17 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     domain = actual.domain
     paths = context.paths
     choice = resolve_accelerator(spec.accelerator or context.default_accelerator, context.kvm)
-    if actual.overlay_problem is not None:
-        return _refuse_replacement(spec.name, actual.overlay_problem, choice)
+    refusal = _refusal(spec, actual, context)
+    if refusal is not None:
+        return InstancePlan(spec.name, refusal=refusal, accelerator=choice)
     steps: list[Step] = []
     notes: list[str] = []
+    interrupted = domain is not None and domain.interrupted
+    if domain is not None and interrupted:
+        steps.append(RecoverDomain(spec.name, domain.state_reason))
+    active = domain is not None and domain.state.active and not interrupted
+    stopping = spec.state is DesiredState.STOPPED and active
+    starting = spec.state is DesiredState.RUNNING and not active
     grow_from: int | None = None
     if actual.overlay is None:
         if not actual.base_cached:
@@ -210,45 +262,25 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             CreateOverlay(
                 spec.name,
                 paths.disk,
+                spec.image,
                 context.base_path,
                 spec.image.cached_format.value,
                 spec.disk_bytes,
             )
         )
-        if domain is not None:
-            notes.append(f"disk {paths.disk} was missing: a new, empty one is created")
+        if domain is not None:  # allowed by _refusal only with allowReplace
+            notes.append(f"disk {paths.disk} was missing: a new, empty one is made (allowReplace)")
     else:
-        overlay = actual.overlay
-        if overlay.backing_file != str(context.base_path) or (
-            overlay.backing_format != spec.image.cached_format.value
-        ):
-            problem = (
-                f"disk {paths.disk} is built on {overlay.backing_file} "
-                f"({overlay.backing_format}), the manifest asks for {context.base_path.name}: "
-                "changing the base image would discard the guest's data"
-            )
-            return _refuse_replacement(spec.name, problem, choice)
-        if overlay.virtual_size > spec.disk_bytes:
-            problem = (
-                f"disk.size {format_size(spec.disk_bytes)} is smaller than the disk's current "
-                f"{format_size(overlay.virtual_size)}: disks never shrink"
-            )
-            return _refuse_replacement(spec.name, problem, choice)
-        if overlay.virtual_size < spec.disk_bytes:
-            grow_from = overlay.virtual_size
-
-    active = domain is not None and domain.state.active
-    stopping = spec.state is DesiredState.STOPPED and active
-    if domain is not None and domain.state is PowerState.PAUSED and not stopping:
-        if domain.state_reason != "user":
-            return InstancePlan(
-                spec.name,
-                refusal=(
-                    f"domain is paused after an error (reason: {domain.state_reason}); it is not "
-                    "running. Set state: stopped to stop it, then running to start it again"
-                ),
-                accelerator=choice,
-            )
+        if not actual.base_cached and starting:
+            steps.append(FetchBase(spec.name, spec.image, context.base_path, context.source_size))
+        if actual.overlay.virtual_size < spec.disk_bytes:
+            grow_from = actual.overlay.virtual_size
+    if actual.base_changed:
+        notes.append(
+            f"cached base {context.base_path.name} changed since it was verified: it is "
+            "checked again before use, and fetched again if it no longer matches"
+        )
+    if domain is not None and domain.state_reason == "user" and not stopping:
         notes.append("domain was paused by hand; it is left paused")
     if stopping:
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
@@ -258,7 +290,6 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
 
     layout = DomainLayout(str(paths.disk), str(paths.console_log), choice.accelerator)
     digest = spec_digest(spec, layout)
-    starting = spec.state is DesiredState.RUNNING and not active
     if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
         changes = _changes(spec, layout, domain)
         if domain is None:
@@ -269,7 +300,9 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             effect = "takes effect now: the domain starts next"
         else:
             effect = "takes effect at the next start"
-        xml = build_domain_xml(spec, layout, domain.uuid if domain else None)
+        xml = build_domain_xml(
+            spec, layout, domain.uuid if domain else None, context.state_dir_id or ""
+        )
         steps.append(DefineDomain(spec.name, xml, changes, effect))
         if active and not stopping:
             notes.append("restart the domain (state: stopped, then running) to apply the change")
@@ -284,16 +317,73 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
         if risky:
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
-        steps.append(StartDomain(spec.name, choice, START_WATCH_SECONDS if risky else 0.0))
+        watch = START_WATCH_SECONDS if risky else 0.0
+        steps.append(StartDomain(spec.name, choice, spec.image, watch))
     return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice)
 
 
-def _refuse_replacement(name: str, problem: str, choice: AcceleratorChoice) -> InstancePlan:
-    return InstancePlan(
-        name,
-        refusal=f"{problem}; the disk would have to be replaced, so nothing was changed",
-        accelerator=choice,
-    )
+def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
+    """Why converging `spec` would harm data or cannot work (None when it can go ahead).
+    One branch per reason."""
+    domain, overlay, paths = actual.domain, actual.overlay, context.paths
+    # more memory than the host has: libvirt would refuse the start, or the host would swap
+    if context.host_memory is not None and spec.memory_bytes > context.host_memory:
+        return (
+            f"memory {format_size(spec.memory_bytes)} is more than this host has "
+            f"({format_size(context.host_memory)})"
+        )
+    # a disk that exists but is not a qcow2 we can read: replacing it would lose what it holds
+    if actual.overlay_problem is not None:
+        return _replacement(actual.overlay_problem)
+    # the disk vanished under a defined domain: the guest's data is gone, which is not a step
+    # to take quietly
+    if overlay is None and domain is not None and not spec.allow_replace:
+        return (
+            f"disk {paths.disk} is missing although the domain exists: the guest's disk was "
+            "deleted or moved, and nothing was created in its place. Put the file back, or set "
+            "allowReplace: true to give the instance a new, empty disk"
+        )
+    # a new disk smaller than its base would truncate the guest's file system (Nova's
+    # verify_base_size)
+    base_size = context.base_virtual_size
+    if overlay is None and base_size is not None and spec.disk_bytes < base_size:
+        return (
+            f"disk.size {format_size(spec.disk_bytes)} is smaller than the base image's virtual "
+            f"size {format_size(base_size)}; ask for at least {format_size(base_size)}"
+        )
+    if overlay is not None:
+        # another base under the existing disk
+        if overlay.backing_file != str(context.base_path) or (
+            overlay.backing_format != spec.image.cached_format.value
+        ):
+            return _replacement(
+                f"disk {paths.disk} is built on {overlay.backing_file} "
+                f"({overlay.backing_format}), the manifest asks for {context.base_path.name}: "
+                "changing the base image would discard the guest's data"
+            )
+        # a smaller disk
+        if overlay.virtual_size > spec.disk_bytes:
+            return _replacement(
+                f"disk.size {format_size(spec.disk_bytes)} is smaller than the disk's current "
+                f"{format_size(overlay.virtual_size)}: disks never shrink"
+            )
+    # paused on an error (not by hand, not an interrupted transition): report, do not act
+    if (
+        domain is not None
+        and domain.state is PowerState.PAUSED
+        and not domain.interrupted
+        and domain.state_reason != "user"
+        and spec.state is not DesiredState.STOPPED
+    ):
+        return (
+            f"domain is paused after an error (reason: {domain.state_reason}); it is not "
+            "running. Set state: stopped to stop it, then running to start it again"
+        )
+    return None
+
+
+def _replacement(problem: str) -> str:
+    return f"{problem}; the disk would have to be replaced, so nothing was changed"
 
 
 def _changes(

@@ -2,6 +2,7 @@
 the lock that admits one writer at a time.
 
     STATE/
+      id                      a random id made with the directory; domain markers carry it
       lock                    flock held by the process that applies changes (holds its pid)
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
       images/.sources/        digests of local sources given without sha256, by file identity
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +93,33 @@ class StateDir:
                 "limited to 108 bytes); choose a shorter --state-dir"
             )
 
-    def create(self) -> None:
-        """Create the directory tree (idempotent)."""
+    def create(self) -> str:
+        """Create the directory tree and its id (idempotent); return the id."""
         for directory in (self.root, self.images, self.instances):
             directory.mkdir(parents=True, exist_ok=True)
+        existing = self.read_id()
+        if existing is not None:
+            return existing
+        temporary = self.root / f".id.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        temporary.write_text(secrets.token_hex(16) + "\n")
+        try:
+            os.link(temporary, self.root / "id")  # never replaces an id another process made
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+        made = self.read_id()
+        if made is None:
+            raise ConfigError(f"state directory {self.root} has an unreadable id file")
+        return made
+
+    def read_id(self) -> str | None:
+        """The directory's id (None before `create`): proof that a domain is ours."""
+        try:
+            text = (self.root / "id").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
 
 class StateDirLock:

@@ -6,17 +6,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from reconciler.actual import PowerState
-from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.actual import INTERRUPTED_REASONS, PowerState
+from reconciler.desired import ImageSource
+from reconciler.diskheaders import HeaderError, image_virtual_size, parse_qcow2_header, read_head
 from reconciler.domainxml import BOOT_DISK_TARGET
 from reconciler.drivers.base import Driver
-from reconciler.errors import ReplacementNeeded, StepError
+from reconciler.errors import InstanceError, ReplacementNeeded, StepError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
 from reconciler.imagecache import ImageCache
 from reconciler.plan import (
     CreateOverlay,
     DefineDomain,
     FetchBase,
+    RecoverDomain,
     ResizeDisk,
     StartDomain,
     Step,
@@ -29,6 +31,10 @@ from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
+# libvirt itself tears down a start it finds interrupted when it reconnects to the domain, in
+# the background, about a second after the connection opens: wait that long before acting.
+RECOVER_SETTLE_SECONDS = 5.0
+RECOVER_STOP_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +50,14 @@ class StepContext:
 def apply_step(step: Step, context: StepContext) -> str:
     """Carry out one step; return what was done, in words. Raises ReconcilerError subclasses."""
     match step:
+        case RecoverDomain():
+            return _recover(step, context)
         case FetchBase():
-            _path, fetched = context.cache.ensure(step.image)
-            return "fetched base image into the cache" if fetched else "base image already cached"
+            use = context.cache.ensure(step.image)
+            done = (
+                "fetched base image into the cache" if use.fetched else "base image already cached"
+            )
+            return _with_note(done, use.note)
         case CreateOverlay():
             return _create_overlay(step, context)
         case ResizeDisk():
@@ -62,11 +73,24 @@ def apply_step(step: Step, context: StepContext) -> str:
             return _undefine(step, context)
 
 
+def _with_note(done: str, note: str | None) -> str:
+    return f"{done} ({note})" if note else done
+
+
 def _create_overlay(step: CreateOverlay, context: StepContext) -> str:
     if step.path.exists():
         _check_existing_overlay(step)
         return "disk already exists"
-    context.cache.verify_path(step.base_path, step.base_format)
+    use = context.cache.ensure(step.image)
+    try:
+        base_size = image_virtual_size(str(use.path), step.base_format)
+    except (HeaderError, OSError) as err:
+        raise StepError(f"cannot read the size of base {use.path}: {err}") from err
+    if step.size < base_size:  # the plan checks this too, where the base's size is known
+        raise InstanceError(
+            f"disk.size {format_size(step.size)} is smaller than the base image's virtual size "
+            f"{format_size(base_size)}; ask for at least {format_size(base_size)}"
+        )
     step.path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(step.path)
     temporary = temporary_path(step.path)
@@ -75,7 +99,7 @@ def _create_overlay(step: CreateOverlay, context: StepContext) -> str:
         publish(temporary, step.path)
     finally:
         temporary.unlink(missing_ok=True)
-    return f"created disk ({format_size(step.size)})"
+    return _with_note(f"created disk ({format_size(step.size)})", use.note)
 
 
 def _check_existing_overlay(step: CreateOverlay) -> None:
@@ -106,9 +130,55 @@ def _start(step: StartDomain, context: StepContext) -> str:
     record = context.driver.lookup(step.instance)
     if record is not None and record.state.active:
         return "domain already running"
+    note = _verify_base(step.image, context)
     context.driver.start(step.instance)
     _watch_for_pause(step, context)
-    return f"started domain (accelerator {step.accelerator.accelerator.value})"
+    return _with_note(f"started domain (accelerator {step.accelerator.accelerator.value})", note)
+
+
+def _verify_base(image: ImageSource | None, context: StepContext) -> str | None:
+    """QEMU opens the disk's whole backing chain at start: check the cached base first (and
+    fetch it again if it was spoiled). An UnsafeImageError or a failed fetch refuses the start."""
+    if image is None:
+        return None
+    try:
+        return context.cache.ensure(image).note
+    except InstanceError as err:
+        raise InstanceError(
+            f"the base image under the disk cannot be used, so the domain was not started: {err}"
+        ) from err
+
+
+def _recover(step: RecoverDomain, context: StepContext) -> str:
+    """Clear a start or shutdown that a killed process left half-done.
+
+    libvirt usually tears such a domain down itself when the next connection reconnects to it;
+    give it a moment, then destroy it, and where libvirt cannot (the dead process's job still
+    holds the domain) kill its verified QEMU process."""
+    clock, driver, name = context.clock, context.driver, step.instance
+    deadline = clock.monotonic() + RECOVER_SETTLE_SECONDS
+    while clock.monotonic() < deadline:
+        record = driver.lookup(name)
+        if record is None or not _still_interrupted(record.state, record.state_reason):
+            state = "gone" if record is None else record.state.value
+            return f"recovered an interrupted {_what(step)}: libvirt tore it down (now {state})"
+        clock.sleep(POLL_SECONDS)
+    how = driver.tear_down(name)
+    deadline = clock.monotonic() + RECOVER_STOP_SECONDS
+    while clock.monotonic() < deadline:
+        record = driver.lookup(name)
+        if record is None or not record.state.active:
+            return f"recovered an interrupted {_what(step)}: {how}"
+        clock.sleep(POLL_SECONDS)
+    raise StepError(f"the interrupted {_what(step)} could not be torn down ({how})")
+
+
+def _still_interrupted(state: PowerState, reason: str) -> bool:
+    return state is PowerState.PAUSED and reason in INTERRUPTED_REASONS
+
+
+def _what(step: RecoverDomain) -> str:
+    return "start" if step.reason == "starting-up" else "shutdown"
 
 
 def _watch_for_pause(step: StartDomain, context: StepContext) -> None:

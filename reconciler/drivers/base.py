@@ -60,6 +60,16 @@ class Driver(Protocol):
         """Stop the domain's emulator now (pulling the plug)."""
         ...
 
+    def tear_down(self, name: str) -> str:
+        """Stop a domain that a dead process left half-started or half-stopped, even where the
+        hypervisor still holds it for that process; returns what was done, in words. Kills
+        only a process proven to be this domain's emulator."""
+        ...
+
+    def host_memory(self) -> int | None:
+        """Bytes of memory on the host that runs the domains (None when unknown)."""
+        ...
+
     def undefine(self, name: str) -> None:
         """Remove the persistent definition of an inactive domain."""
         ...

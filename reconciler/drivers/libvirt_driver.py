@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -292,6 +293,55 @@ class LibvirtDriver:
                 return  # it stopped on its own meanwhile
             raise
 
+    @_wrap_errors("tear down")
+    def tear_down(self, name: str) -> str:
+        libvirt = _libvirt()
+        domain = self._require(name)
+        try:
+            domain.destroy()
+        except libvirt.libvirtError as err:
+            if not domain.isActive():
+                return "it stopped meanwhile"
+            refused = err.get_error_message() or str(err)
+        else:
+            return "destroyed the half-started domain"
+        pid = self._emulator_pid(name, domain.UUIDString())
+        if pid is None:
+            raise DriverError(
+                f"tear down {name}",
+                f"libvirt refused ({refused}) and no QEMU process of this domain was found",
+            )
+        os.kill(pid, signal.SIGKILL)
+        return (
+            f"libvirt refused to destroy it ({refused}), so its QEMU process {pid} (checked to "
+            "be this domain's by its command line) was killed"
+        )
+
+    def _emulator_pid(self, name: str, uuid: str) -> int | None:
+        """The pid of this domain's QEMU, from libvirt's pid file, if that process really is
+        it (its executable is a QEMU and its command line names this domain and uuid)."""
+        if self._embedded_root is not None:
+            pid_file = self._embedded_root / "run" / "qemu" / f"{name}.pid"
+        elif urlsplit(self.uri).scheme == "qemu" and not urlsplit(self.uri).hostname:
+            pid_file = Path("/run/libvirt/qemu") / f"{name}.pid"
+        else:
+            return None  # a remote host's processes are out of reach
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            executable = os.readlink(f"/proc/{pid}/exe")
+        except (OSError, ValueError):
+            return None
+        return pid if is_domain_emulator(cmdline, executable, name, uuid) else None
+
+    def host_memory(self) -> int | None:
+        libvirt = _libvirt()
+        try:
+            return int(self._conn.getInfo()[1]) * 1024**2
+        except libvirt.libvirtError as err:
+            LOG.debug("host memory of %s unknown: %s", self.uri, err)
+            return None
+
     @_wrap_errors("undefine")
     def undefine(self, name: str) -> None:
         libvirt = _libvirt()
@@ -357,6 +407,18 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
         raise DriverError(f"cannot open libvirt connection {uri}", message) from err
     LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
     return connection
+
+
+def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:
+    """Whether a process (its NUL-separated command line and executable) is the QEMU that
+    libvirt started for domain `name` with `uuid`."""
+    if not Path(executable.removesuffix(" (deleted)")).name.startswith("qemu-system-"):
+        return False
+    args = cmdline.decode(errors="replace").split("\0")
+    values = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i] in ("-name", "-uuid")}
+    guest = values.get("-name", "")
+    named = guest == f"guest={name}" or guest.startswith(f"guest={name},")
+    return named and values.get("-uuid", "").lower() == uuid.lower()
 
 
 def _error_lines(log: Path) -> str:

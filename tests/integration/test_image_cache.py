@@ -45,8 +45,8 @@ def test_ten_instances_at_once_cause_one_download(tmp_path: Path) -> None:
         with ThreadPoolExecutor(10) as pool:
             results = list(pool.map(lambda _i: cache.ensure(image), range(10)))
     assert served.gets == 1
-    assert sum(fetched for _path, fetched in results) == 1
-    assert results[0][0].read_bytes() == BASE
+    assert sum(use.fetched for use in results) == 1
+    assert results[0].path.read_bytes() == BASE
 
 
 def test_two_processes_cause_one_download(tmp_path: Path) -> None:
@@ -113,8 +113,9 @@ def test_qcow2_source_converted_to_raw_in_the_cache(tmp_path: Path) -> None:
             ImageFormat.QCOW2,
             convert_to=ImageFormat.RAW,
         )
-        path, fetched = cache.ensure(image)
-    assert fetched and path.name.endswith(".qcow2.raw")
+        use = cache.ensure(image)
+    path = use.path
+    assert use.fetched and path.name.endswith(".qcow2.raw")
     assert path.read_bytes() == BASE
 
 
@@ -227,8 +228,8 @@ def test_permanent_failure_is_remembered_until_the_manifest_changes(tmp_path: Pa
         with pytest.raises(InstanceError, match="until the manifest's source or sha256 changes"):
             cache.ensure(image)
         server.serve("/moved.raw", Behaviour(BASE))
-        path, fetched = cache.ensure(ImageSource(server.url("/moved.raw"), SHA, ImageFormat.RAW))
-        assert fetched and path.read_bytes() == BASE
+        use = cache.ensure(ImageSource(server.url("/moved.raw"), SHA, ImageFormat.RAW))
+        assert use.fetched and use.path.read_bytes() == BASE
 
 
 def test_crafted_image_fails_the_instance_and_no_disk_is_built(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from reconciler.desired import ImageFormat, ImageSource
 from reconciler.diskheaders import parse_qcow2_header, read_head
 from reconciler.errors import InstanceError, UnsafeImageError
-from reconciler.imagecache import ImageCache
+from reconciler.imagecache import CacheUse, ImageCache
 from reconciler.imageinspect import inspect_base_image
 from reconciler.observe import read_overlay
 from reconciler.qemuimg import QemuImg
@@ -94,9 +94,10 @@ def test_cache_fetches_once_verifies_checksum_and_leaves_nothing_half_made(tmp_p
     base, sha = write_base_image(tmp_path)
     cache = ImageCache(StateDir(tmp_path / "state"), QemuImg(), SourcePolicy((tmp_path,)))
     image = ImageSource(base, sha, ImageFormat.RAW)
-    path, fetched = cache.ensure(image)
-    assert fetched and sha256_of(path) == sha
-    assert cache.ensure(image) == (path, False)
+    use = cache.ensure(image)
+    path = use.path
+    assert use.fetched and sha256_of(path) == sha
+    assert cache.ensure(image) == CacheUse(path)
 
     wrong = ImageSource(base, "f" * 64, ImageFormat.RAW)
     with pytest.raises(UnsafeImageError, match="checksum mismatch"):
@@ -135,3 +136,74 @@ def test_source_digest_is_memoised_by_file_identity(tmp_path: Path) -> None:
     assert digests.digest(base, persist=True) == sha256_of(base) != sha
     with pytest.raises(InstanceError, match="does not exist"):
         digests.digest(tmp_path / "nope.raw", persist=False)
+
+
+def poisoned_qcow2(directory: Path, size: str = "1M") -> bytes:
+    """A qcow2 whose header names /etc/passwd as its backing file (made by real qemu-img)."""
+    path = directory / "poison.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", str(path), size)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def cached_copy(tmp_path: Path) -> tuple[ImageCache, ImageSource, Path, bytes]:
+    base, sha = write_base_image(tmp_path)
+    state = StateDir(tmp_path / "state")
+    cache = ImageCache(state, QemuImg(), SourcePolicy((tmp_path,)))
+    image = ImageSource(base, sha, ImageFormat.RAW)
+    entry = cache.ensure(image).path
+    return cache, image, entry, entry.read_bytes()
+
+
+def replace_entry(entry: Path, data: bytes) -> None:
+    entry.chmod(0o644)
+    entry.write_bytes(data)
+
+
+@pytest.mark.parametrize("poison", ["bytes changed in place", "backing file /etc/passwd"])
+def test_a_spoiled_entry_is_quarantined_and_fetched_again(tmp_path: Path, poison: str) -> None:
+    cache, image, entry, original = cached_copy(tmp_path)
+    if poison == "bytes changed in place":
+        replace_entry(entry, original[:4096] + b"\xcc" * 512 + original[4608:])
+    else:
+        replace_entry(entry, poisoned_qcow2(tmp_path))
+
+    use = cache.ensure(image)
+    assert use.path == entry and use.fetched
+    assert use.note is not None and f"cached base {entry.name} " in use.note
+    assert "moved to" in use.note and "fetched again from its source" in use.note
+    assert entry.read_bytes() == original
+    (quarantined,) = (entry.parent / ".quarantine").iterdir()
+    assert quarantined.name.startswith(entry.name + ".")
+    assert quarantined.read_bytes() != original  # kept for inspection, never used
+    assert cache.ensure(image) == CacheUse(entry)  # intact again: nothing to say
+
+
+def test_an_entry_whose_identity_changed_but_content_did_not_is_kept(tmp_path: Path) -> None:
+    cache, image, entry, original = cached_copy(tmp_path)
+    identity = entry.stat().st_ino, entry.stat().st_mtime_ns
+    cache.ensure(image)
+    assert (entry.stat().st_ino, entry.stat().st_mtime_ns) == identity  # use does not touch it
+    replace_entry(entry, original)  # same bytes, new mtime and ctime
+    assert cache.records.changed(entry)
+    assert cache.ensure(image) == CacheUse(entry)
+    assert not cache.records.changed(entry)  # hashed again once, then trusted again
+    assert not (entry.parent / ".quarantine").exists()
+
+
+def test_an_entry_without_a_record_is_hashed_and_then_recorded(tmp_path: Path) -> None:
+    cache, image, entry, _ = cached_copy(tmp_path)
+    cache.records.remove(entry)  # as an entry cached before records existed
+    assert cache.ensure(image) == CacheUse(entry)
+    assert cache.records.read(entry) is not None
+
+
+def test_a_spoiled_entry_whose_source_is_gone_is_not_used(tmp_path: Path) -> None:
+    cache, image, entry, _ = cached_copy(tmp_path)
+    replace_entry(entry, poisoned_qcow2(tmp_path))
+    image.path.unlink()
+    with pytest.raises(InstanceError, match="does not exist"):
+        cache.ensure(image)
+    assert not entry.exists()
+    assert len(list((entry.parent / ".quarantine").iterdir())) == 1

@@ -13,6 +13,7 @@ from reconciler.domainxml import DomainLayout, build_domain_xml, parse_domain_xm
 from tests.helpers import make_spec
 
 GOLDEN = Path(__file__).parent / "golden"
+STATE_DIR_ID = "0123456789abcdef0123456789abcdef"
 LAYOUT = DomainLayout(
     "/state/instances/web/disk.qcow2", "/state/instances/web/console.log", Accelerator.TCG
 )
@@ -29,7 +30,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden_domain_xml(case: str) -> None:
     spec, layout, uuid = CASES[case]
-    xml = build_domain_xml(spec, layout, uuid)
+    xml = build_domain_xml(spec, layout, uuid, STATE_DIR_ID)
     golden = GOLDEN / f"{case}.xml"
     if os.environ.get("RECONCILER_REGENERATE_GOLDEN"):
         golden.write_text(xml)
@@ -38,7 +39,7 @@ def test_golden_domain_xml(case: str) -> None:
 
 def test_values_are_escaped_not_concatenated() -> None:
     spec = make_spec(manifest=Path("x/<a>&\"b'.yaml"))
-    xml = build_domain_xml(spec, LAYOUT, None)
+    xml = build_domain_xml(spec, LAYOUT, None, STATE_DIR_ID)
     assert "<a>" not in xml
     assert parse_domain_xml(xml).marker is not None
     assert parse_domain_xml(xml).marker.manifest == "x/<a>&\"b'.yaml"  # type: ignore[union-attr]
@@ -46,7 +47,7 @@ def test_values_are_escaped_not_concatenated() -> None:
 
 def test_parse_round_trip() -> None:
     spec = make_spec()
-    definition = parse_domain_xml(build_domain_xml(spec, LAYOUT, None))
+    definition = parse_domain_xml(build_domain_xml(spec, LAYOUT, None, STATE_DIR_ID))
     assert definition.name == "web"
     assert definition.vcpus == 1
     assert definition.memory_kib == 128 * 1024

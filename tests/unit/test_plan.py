@@ -26,10 +26,13 @@ STATE = StateDir(Path("/state"))
 BASE = STATE.cached_base(make_spec().image)
 NO_KVM = KvmSupport(False, "no kvm here")
 GIB = 1024**3
+STATE_ID = "5eed" * 8
 
 
-def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM) -> PlanContext:
-    return PlanContext(STATE.instance(spec.name), BASE, kvm)
+def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: object) -> PlanContext:
+    return replace(
+        PlanContext(STATE.instance(spec.name), BASE, kvm, state_dir_id=STATE_ID), **facts
+    )
 
 
 def digest_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> str:
@@ -47,7 +50,7 @@ def domain(
     live_digest: str | None = None,
     memory_kib: int | None = None,
 ) -> DomainFacts:
-    marker = OwnershipMarker("m.yaml", digest or digest_of(spec)) if owned else None
+    marker = OwnershipMarker("m.yaml", digest or digest_of(spec), STATE_ID) if owned else None
     definition = DomainDefinition(
         name=spec.name,
         uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
@@ -59,7 +62,7 @@ def domain(
     )
     live = None
     if state.active:
-        live_marker = OwnershipMarker("m.yaml", live_digest) if live_digest else marker
+        live_marker = OwnershipMarker("m.yaml", live_digest, STATE_ID) if live_digest else marker
         live = replace(definition, marker=live_marker)
     return DomainFacts(spec.name, definition.uuid, state, reason, True, definition, live)
 
@@ -230,3 +233,123 @@ def test_auto_accelerator_follows_kvm_support() -> None:
     forced_plan = plan_instance(forced, actual, context(forced, NO_KVM))
     assert forced_plan.accelerator is not None
     assert forced_plan.accelerator.accelerator is Accelerator.KVM
+
+
+RECOVER = StepKind.RECOVER
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "expected"),
+    [
+        # a start whose process died: cleared, then started again
+        (RUNNING, "starting-up", [RECOVER, START]),
+        (RUNNING, "shutting-down", [RECOVER, START]),
+        # it never ran: clearing it leaves it stopped
+        (STOPPED, "starting-up", [RECOVER]),
+        (ABSENT, "starting-up", [RECOVER, UNDEFINE]),
+    ],
+)
+def test_an_interrupted_transition_is_recovered_not_reported_as_a_guest_error(
+    spec: InstanceSpec, reason: str, expected: list[StepKind]
+) -> None:
+    actual = InstanceActual(
+        domain(spec, PowerState.PAUSED, reason=reason), overlay(spec), None, True
+    )
+    assert kinds(spec, actual) == expected
+
+
+def test_recover_step_says_what_it_does() -> None:
+    actual = InstanceActual(
+        domain(RUNNING, PowerState.PAUSED, reason="starting-up"), overlay(RUNNING), None, True
+    )
+    recover = plan_instance(RUNNING, actual, context(RUNNING)).steps[0]
+    assert recover.describe().startswith(
+        "recover an interrupted start (domain paused in starting-up"
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "disk", "expected"),
+    [
+        (None, None, "was not created by reconciler (no ownership marker)"),
+        # a marker written by someone else: no state directory id, or another one
+        (OwnershipMarker("m.yaml", "sha256:x"), None, "marker: no state directory id"),
+        (OwnershipMarker("m.yaml", "sha256:x", "f" * 32), None, f"marker: {'f' * 32}"),
+        # this state directory's id, but not this instance's disk
+        (
+            OwnershipMarker("m.yaml", "sha256:x", STATE_ID),
+            "/etc/shadow",
+            "boot disk is /etc/shadow",
+        ),
+    ],
+)
+def test_ownership_is_proven_by_state_directory_id_and_disk(
+    marker: OwnershipMarker | None, disk: str | None, expected: str
+) -> None:
+    claimed = domain(RUNNING)
+    definition = replace(
+        claimed.definition,
+        marker=marker,
+        disk_paths=(("vda", disk),) if disk else claimed.definition.disk_paths,
+    )
+    forged = replace(claimed, definition=definition)
+    for spec in (RUNNING, STOPPED, ABSENT):
+        refusal = kinds(spec, InstanceActual(forged, overlay(spec), None, True))
+        assert isinstance(refusal, str) and expected in refusal, refusal
+        assert "left untouched" in refusal
+    # before the state directory exists (plan on a new one), nothing can be ours
+    plan = plan_instance(RUNNING, InstanceActual(domain(RUNNING), None, None, True),
+                         context(RUNNING, state_dir_id=None))  # fmt: skip
+    assert plan.refusal is not None and "does not name this state directory" in plan.refusal
+
+
+def test_a_disk_deleted_under_a_defined_domain_is_refused_unless_replacement_is_allowed() -> None:
+    for state in (PowerState.RUNNING, PowerState.SHUTOFF):
+        actual = InstanceActual(domain(RUNNING, state), None, None, True)
+        refusal = kinds(RUNNING, actual)
+        assert isinstance(refusal, str)
+        assert refusal.startswith(f"disk {STATE.instance('web').disk} is missing although")
+        assert "allowReplace: true" in refusal
+    allowed = replace(RUNNING, allow_replace=True)
+    actual = InstanceActual(domain(allowed, PowerState.SHUTOFF), None, None, True)
+    plan = plan_instance(allowed, actual, context(allowed))
+    assert [step.kind for step in plan.steps] == [CREATE, START]
+    assert any("a new, empty one is made (allowReplace)" in note for note in plan.notes)
+
+
+def test_a_disk_smaller_than_its_base_is_refused_with_both_sizes() -> None:
+    small = make_spec(disk_bytes=16 * 1024**2)
+    plan = plan_instance(
+        small,
+        InstanceActual(None, None, None, True),
+        context(small, base_virtual_size=32 * 1024**2),
+    )
+    assert plan.refusal == (
+        "disk.size 16MiB is smaller than the base image's virtual size 32MiB; "
+        "ask for at least 32MiB"
+    )
+    same = make_spec(disk_bytes=32 * 1024**2)
+    plan = plan_instance(
+        same, InstanceActual(None, None, None, True), context(same, base_virtual_size=32 * 1024**2)
+    )
+    assert plan.refusal is None
+
+
+def test_memory_beyond_the_host_is_refused() -> None:
+    plan = plan_instance(
+        RUNNING, InstanceActual(None, None, None, True), context(RUNNING, host_memory=64 * 1024**2)
+    )
+    assert plan.refusal == "memory 128MiB is more than this host has (64MiB)"
+
+
+def test_a_missing_base_under_an_existing_disk_is_fetched_before_a_start() -> None:
+    actual = InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, False)
+    assert kinds(RUNNING, actual) == [FETCH, START]
+
+
+def test_a_changed_cached_base_is_noted_and_checked_at_start() -> None:
+    actual = InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True, True)
+    plan = plan_instance(RUNNING, actual, context(RUNNING))
+    (start,) = plan.steps
+    assert start.kind is START and start.image == RUNNING.image  # type: ignore[union-attr]
+    assert any("changed since it was verified" in note for note in plan.notes)
