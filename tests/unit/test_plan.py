@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ GIB = 1024**3
 STATE_ID = "5eed" * 8
 
 
-def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: object) -> PlanContext:
+def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: Any) -> PlanContext:
     return replace(
         PlanContext(STATE.instance(spec.name), BASE, kvm, state_dir_id=STATE_ID), **facts
     )
