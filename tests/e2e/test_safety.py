@@ -1,0 +1,147 @@
+"""Data safety on real QEMU and qemu-img: a spoiled cached base never reaches a guest, a forged
+marker proves nothing, a lost disk is not silently replaced, a disk is never smaller than its
+base."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from reconciler.actual import PowerState
+from tests.e2e.conftest import E2E, CliRun
+from tests.guest import guest_image
+from tests.helpers import unique_name, write_manifest
+
+Reconcile = Callable[..., CliRun]
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def state_of(e2e: E2E, name: str) -> PowerState | None:
+    record = e2e.driver.lookup(name)
+    return None if record is None else record.state
+
+
+def qemu_open_files(e2e: E2E, name: str) -> set[str]:
+    """Every file the domain's QEMU process holds open."""
+    pid = (e2e.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text().strip()
+    fds = Path(f"/proc/{pid}/fd")
+    return {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+
+
+def poison(entry: Path, directory: Path) -> None:
+    """Replace a cache entry with a qcow2 whose header names /etc/passwd as its backing file."""
+    crafted = directory / "crafted.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", str(crafted), "1M")
+    entry.chmod(0o644)
+    entry.write_bytes(crafted.read_bytes())
+
+
+def test_a_hostile_cached_base_never_reaches_a_guest_that_already_exists(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    source = tmp_path / "base.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(e2e.base), str(source))
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    name = unique_name()
+    write_manifest(tmp_path, name, source, sha, "qcow2", state="stopped")
+    assert reconcile("--once", str(tmp_path)).code == 0
+    entry = e2e.state.images / f"sha256-{sha}.qcow2"
+    poison(entry, tmp_path)
+
+    plan = reconcile("plan", str(tmp_path))
+    assert f"cached base {entry.name} changed since it was verified" in plan.out
+    write_manifest(tmp_path, name, source, sha, "qcow2", state="running")
+    started = reconcile("--once", str(tmp_path))
+    assert started.code == 0, started.out + started.err
+    assert f"cached base {entry.name} changed since it was fetched" in started.out
+    assert "fetched again from its source" in started.out
+    assert state_of(e2e, name) is PowerState.RUNNING
+    assert "/etc/passwd" not in qemu_open_files(e2e, name)
+    assert entry.read_bytes() == source.read_bytes()
+
+    # spoiled again while the source is gone: the start is refused, with the reason
+    write_manifest(tmp_path, name, source, sha, "qcow2", state="stopped")
+    assert reconcile("--once", str(tmp_path)).code == 0
+    poison(entry, tmp_path)
+    source.unlink()
+    write_manifest(tmp_path, name, source, sha, "qcow2", state="running")
+    refused = reconcile("--once", str(tmp_path))
+    assert refused.code == 1
+    assert "the base image under the disk cannot be used, so the domain was not started" in (
+        refused.out
+    )
+    assert state_of(e2e, name) is PowerState.SHUTOFF
+    assert not entry.exists()
+
+
+def test_a_forged_ownership_marker_proves_nothing(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    own_id = e2e.state.read_id() or e2e.state.create()
+    for forged_id, disk in (("", "/tmp/elsewhere.qcow2"), (own_id, "/tmp/elsewhere.qcow2")):
+        name = unique_name()
+        e2e.driver.define(
+            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            "<metadata><rc:instance xmlns:rc='urn:x-reconciler:instance:1'>"
+            "<rc:manifest>/elsewhere.yaml</rc:manifest><rc:spec-digest>sha256:bogus"
+            f"</rc:spec-digest><rc:state-dir>{forged_id}</rc:state-dir></rc:instance></metadata>"
+            f"<devices><disk type='file' device='disk'><source file='{disk}'/>"
+            "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+        )
+        before = e2e.driver.lookup(name)
+        write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+        result = reconcile("--once", str(tmp_path))
+        assert result.code == 1
+        assert "it is left untouched" in result.out
+        assert e2e.driver.lookup(name) == before
+        assert not e2e.state.instance(name).directory.exists()
+        (tmp_path / f"{name}.yaml").unlink()
+
+
+def test_a_disk_deleted_under_a_running_domain_is_reported_not_replaced(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    assert reconcile("--once", str(tmp_path)).code == 0
+    disk = e2e.state.instance(name).disk
+    disk.unlink()
+
+    refused = reconcile("--once", str(tmp_path))
+    assert refused.code == 1
+    assert f"disk {disk} is missing although the domain exists" in refused.out
+    assert "created disk" not in refused.out
+    assert not disk.exists()
+    assert state_of(e2e, name) is PowerState.RUNNING
+
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, allowReplace=True)
+    replaced = reconcile("--once", str(tmp_path))
+    assert replaced.code == 0, replaced.out
+    assert f"{name}: created disk (64MiB)" in replaced.out
+    assert "a new, empty one is made (allowReplace)" in replaced.out
+    assert disk.exists()
+
+
+def test_a_disk_smaller_than_its_base_is_refused_in_the_plan(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name()
+    image = guest_image("qcow2")
+    write_manifest(tmp_path, name, image, None, "qcow2", disk={"size": "16MiB"})
+    plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert plan.code == 1
+    assert (
+        f"{name}: cannot converge: disk.size 16MiB is smaller than the base image's virtual "
+        "size 24MiB; ask for at least 24MiB" in plan.out
+    )
+    applied = reconcile("--once", str(tmp_path))
+    assert applied.code == 1
+    assert not e2e.state.instance(name).directory.exists()
+    assert state_of(e2e, name) is None
