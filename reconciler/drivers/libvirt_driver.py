@@ -280,7 +280,12 @@ class LibvirtDriver:
     @_wrap_errors("shut down")
     def request_shutdown(self, name: str) -> None:
         libvirt = _libvirt()
-        self._require(name).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        domain = self._require(name)
+        try:
+            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError as err:
+            if not _stopped_meanwhile(err, domain):
+                raise
 
     @_wrap_errors("stop")
     def force_stop(self, name: str) -> None:
@@ -289,9 +294,8 @@ class LibvirtDriver:
         try:
             domain.destroy()
         except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not domain.isActive():
-                return  # it stopped on its own meanwhile
-            raise
+            if not _stopped_meanwhile(err, domain):
+                raise
 
     @_wrap_errors("tear down")
     def tear_down(self, name: str) -> str:
@@ -407,6 +411,13 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
         raise DriverError(f"cannot open libvirt connection {uri}", message) from err
     LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
     return connection
+
+
+def _stopped_meanwhile(err: Any, domain: Any) -> bool:
+    """Whether a refused stop request only means the domain stopped on its own meanwhile."""
+    return bool(
+        err.get_error_code() == _libvirt().VIR_ERR_OPERATION_INVALID and not domain.isActive()
+    )
 
 
 def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:

@@ -1,0 +1,133 @@
+"""A reconciler killed (SIGKILL) in the middle of a start or a shutdown: the next pass converges.
+
+The reconciler runs here as a process of its own, on a state directory of its own (the test
+process holds the session's embedded libvirt root, and a root admits one process).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.drivers.libvirt_driver import embedded_uri
+from tests.guest import IMAGES, guest_image, wait_for_marker
+from tests.helpers import unique_name, write_manifest
+
+
+@pytest.fixture(scope="module")
+def state_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="rci-", dir="/tmp"))  # short: libvirt's sockets
+    try:
+        yield root
+    finally:
+        uri = embedded_uri(root / "libvirt")
+        names = subprocess.run(
+            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
+        ).stdout.split()
+        for name in names:
+            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
+            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def command(state_dir: Path, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "reconciler", *args,
+        "--state-dir", str(state_dir), "--image-dir", str(IMAGES),
+    ]  # fmt: skip
+
+
+def reconcile(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(state_dir, *args), capture_output=True, text=True, timeout=300)
+
+
+def qemu_of(name: str) -> int | None:
+    """The pid of the QEMU process running domain `name`, if there is one."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and f"guest={name},".encode() in cmdline:
+            return int(pid)
+    return None
+
+
+def kill_when(process: subprocess.Popen[str], condition: str, check: object, delay: float) -> None:
+    """SIGKILL `process` `delay` seconds after `check()` first holds (polled every ms)."""
+    assert callable(check)
+    deadline = time.monotonic() + 120
+    while not check():
+        assert process.poll() is None, f"the reconciler ended before {condition}"
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.001)
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+
+
+def write_guest(directory: Path, name: str, **spec: object) -> None:
+    spec.setdefault("memory", "128MiB")
+    spec.setdefault("shutdownTimeoutSeconds", 120)
+    write_manifest(directory, name, guest_image("qcow2"), None, "qcow2", **spec)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15], ids=["at-launch", "50ms", "150ms"])
+def test_a_start_interrupted_by_sigkill_converges_on_the_next_pass(
+    state_dir: Path, tmp_path: Path, delay: float
+) -> None:
+    name = unique_name("rci")
+    write_guest(tmp_path, name)
+    process = subprocess.Popen(
+        command(state_dir, "--once", str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    kill_when(process, "QEMU to be launched", lambda: qemu_of(name) is not None, delay)
+
+    after = reconcile(state_dir, "--once", str(tmp_path))
+    assert after.returncode == 0, after.stdout + after.stderr
+    if delay == 0.0:  # QEMU was just launched, stopped: the start cannot have finished
+        assert f"{name}: recovered an interrupted start" in after.stdout
+    report = wait_for_marker(state_dir / "instances" / name / "console.log", "ready")
+    assert report.disk_bytes == 64 * 1024**2
+    settled = reconcile(state_dir, "plan", "--detailed-exitcode", str(tmp_path))
+    assert settled.returncode == 0, settled.stdout + settled.stderr
+
+
+def test_a_shutdown_interrupted_by_sigkill_converges_on_the_next_pass(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    name = unique_name("rci")
+    console = state_dir / "instances" / name / "console.log"
+    write_guest(tmp_path, name)
+    assert reconcile(state_dir, "--once", str(tmp_path)).returncode == 0
+    wait_for_marker(console, "ready")
+
+    write_guest(tmp_path, name, state="stopped")
+    process = subprocess.Popen(
+        command(state_dir, "--once", str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    kill_when(process, "the guest's shutdown", lambda: "reconciler-guest: shutdown" in (
+        console.read_text(errors="replace")), 0.0)  # fmt: skip
+
+    after = reconcile(state_dir, "--once", str(tmp_path))
+    assert after.returncode == 0, after.stdout + after.stderr
+    settled = reconcile(state_dir, "plan", "--detailed-exitcode", str(tmp_path))
+    assert settled.returncode == 0, settled.stdout + settled.stderr
+    assert f"{name}: up to date" in settled.stdout
+    assert qemu_of(name) is None

@@ -1,0 +1,51 @@
+"""A domain whose emulator exits as soon as it starts (as QEMU does where /dev/kvm cannot be
+opened): the pass fails, and the plan keeps proposing the start, never "up to date".
+
+libvirt's test:/// driver plays the hypervisor; the emulator's exit is the one thing added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired import Accelerator
+from reconciler.drivers.libvirt_driver import LibvirtDriver
+from reconciler.engine import Outcome, Settings, apply_all, plan_all
+from reconciler.manifests import load_manifests
+from reconciler.plan import StepKind
+from reconciler.sources import SourcePolicy
+from reconciler.statedir import StateDir
+from tests.helpers import write_base_image, write_manifest
+
+
+class EmulatorExitsAtOnce(LibvirtDriver):
+    """The real test:/// driver, whose domains stop right after they start."""
+
+    def start(self, name: str) -> None:
+        super().start(name)
+        super().force_stop(name)
+
+
+@pytest.mark.parametrize("accelerator", ["auto", "kvm"])
+def test_a_domain_that_stops_right_after_start_is_a_failure_and_stays_pending(
+    tmp_path: Path, accelerator: str
+) -> None:
+    base, sha = write_base_image(tmp_path)
+    write_manifest(tmp_path, "itest-exit", base, sha, accelerator=accelerator)
+    load = load_manifests(tmp_path)
+    state = StateDir(tmp_path / "state")
+    settings = Settings(Accelerator.AUTO, sources=SourcePolicy.from_settings([], tmp_path))
+    driver = EmulatorExitsAtOnce.open("test:///default", tmp_path)
+    try:
+        (result,) = apply_all(load, driver, state, settings, lambda _name, _done: None)
+        assert result.outcome is Outcome.FAILED
+        assert result.state is None  # never reported as having reached running
+        assert result.message is not None and "shutoff" in result.message
+        if accelerator == "kvm":  # KVM forced where it cannot run: the start step watches
+            assert "right after start with accelerator kvm" in result.message
+        (plan,) = plan_all(load, driver, state, settings)
+        assert not plan.converged
+        assert [step.kind for step in plan.steps] == [StepKind.START]
+    finally:
+        driver.close()
