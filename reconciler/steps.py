@@ -204,14 +204,27 @@ def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:
     clock = context.clock
     deadline = clock.monotonic() + timeout_seconds
     if timeout_seconds > 0:
-        context.driver.request_shutdown(name)
-        while clock.monotonic() < deadline:
-            record = context.driver.lookup(name)
-            if record is None or not record.state.active:
-                return "shut down gracefully"
-            clock.sleep(POLL_SECONDS)
+        # a domain already going down (its shutdown was asked by a process that died) is
+        # waited for; one that cannot take the request (paused) is forced off at once
+        requested = context.driver.request_shutdown(name)
+        if requested or record.state is PowerState.SHUTDOWN:
+            while clock.monotonic() < deadline:
+                record = context.driver.lookup(name)
+                if record is None or not record.state.active:
+                    return "shut down gracefully"
+                clock.sleep(POLL_SECONDS)
+        elif not _active(name, context):
+            return "domain already stopped"
+        else:
+            context.driver.force_stop(name)
+            return f"forced off (it was {record.state.value} and cannot take an ACPI shutdown)"
     context.driver.force_stop(name)
     return f"forced off (no shutdown within {timeout_seconds}s)"
+
+
+def _active(name: str, context: StepContext) -> bool:
+    record = context.driver.lookup(name)
+    return record is not None and record.state.active
 
 
 def _undefine(step: UndefineDomain, context: StepContext) -> str:

@@ -52,8 +52,9 @@ class Driver(Protocol):
         """Start a defined, inactive domain."""
         ...
 
-    def request_shutdown(self, name: str) -> None:
-        """Ask the guest to power off (ACPI power button); returns at once."""
+    def request_shutdown(self, name: str) -> bool:
+        """Ask the guest to power off (ACPI power button); returns at once. False when the
+        domain cannot take the request now (not running: stopped, paused, shutting down)."""
         ...
 
     def force_stop(self, name: str) -> None:

@@ -35,6 +35,10 @@ user = "{user}"
 group = "{group}"
 # No virtlogd daemon: the embedded driver writes QEMU's output to <root>/log/qemu/NAME.log.
 stdio_handler = "file"
+# QEMU runs as the invoking user, so relabelling changes no owner and there is nothing to
+# remember in XATTRs. Remembering them only produces warnings (stale XATTR timestamps after a
+# reboot or a killed start) from forked helpers, which libvirt logs to our stderr.
+remember_owner = 0
 """
 
 _P = ParamSpec("_P")
@@ -278,14 +282,16 @@ class LibvirtDriver:
         self._require(name).create()
 
     @_wrap_errors("shut down")
-    def request_shutdown(self, name: str) -> None:
+    def request_shutdown(self, name: str) -> bool:
         libvirt = _libvirt()
         domain = self._require(name)
         try:
             domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         except libvirt.libvirtError as err:
-            if not _stopped_meanwhile(err, domain):
-                raise
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return False  # stopped meanwhile, or not running (paused, shutting down)
+            raise
+        return True
 
     @_wrap_errors("stop")
     def force_stop(self, name: str) -> None:
