@@ -18,6 +18,7 @@ from typing import TextIO
 
 from reconciler import __version__
 from reconciler.desired import Accelerator
+from reconciler.download import Transport
 from reconciler.drivers.base import Driver
 from reconciler.engine import Outcome, Settings, apply_all, plan_all
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
@@ -72,6 +73,14 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a directory local image sources may come from (repeatable; the manifest "
         "directory and $RECONCILER_IMAGE_DIRS are always allowed)",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="CA certificates (PEM) that HTTPS image servers are checked against, instead of "
+        "the system's (proxies come from http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
@@ -200,16 +209,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         default_accelerator=Accelerator(args.accelerator),
         sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
+        transport=Transport.from_environment(ca_bundle=args.ca_bundle),
     )
 
 
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile plan DIR`."""
     load = _load(args.directory)
+    settings = _settings(args)
     state = _state(args)
     driver = _open_driver(args, state)
     try:
-        plans = plan_all(load, driver, state, _settings(args))
+        plans = plan_all(load, driver, state, settings)
     finally:
         driver.close()
     for line in render_plan(plans):
@@ -261,6 +272,7 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
 def run_once(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile --once DIR`."""
     load = _load(args.directory)
+    settings = _settings(args)
     state = _state(args)
     state.create()
     lock = StateDirLock(state)
@@ -279,7 +291,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
 
         try:
             results = apply_all(
-                load, driver, state, _settings(args), progress, transfers=TransferReporter()
+                load, driver, state, settings, progress, transfers=TransferReporter()
             )
         finally:
             driver.close()

@@ -2,7 +2,12 @@
 
 The only module that speaks HTTP. Standard library only (http.client): the job needs exact
 control over redirects (bounded, never to another scheme), Range requests and timeouts, which
-a higher-level client would hide.
+a higher-level client would hide; http.client also tunnels HTTPS through a proxy (CONNECT).
+
+Proxies are read from the environment as curl reads them (`http_proxy` in lower case only,
+`HTTPS_PROXY` / `https_proxy`, `ALL_PROXY`, and `NO_PROXY` with host suffixes, `*` and IP
+networks); HTTPS servers are checked against the system CA store, or a CA bundle when one is
+named (`--ca-bundle`; OpenSSL's `SSL_CERT_FILE` and `SSL_CERT_DIR` work as usual).
 
 Transient failures (connection reset or refused, stall, short body, 5xx, 408, 429) are retried
 with exponential backoff; a retry resumes with Range when the server honours it and restarts
@@ -12,17 +17,21 @@ checksum mismatch, a redirect to another scheme) raise DownloadRefused at once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
+import ipaddress
 import logging
+import os
 import re
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from reconciler.errors import InstanceError, StepError
+from reconciler.errors import ConfigError, InstanceError, StepError
 from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +60,112 @@ class DownloadFailed(StepError):
     """The download failed after every retry (transient causes); a later pass may succeed."""
 
 
+class ProxyRefused(DownloadFailed):
+    """The proxy would not carry the request (CONNECT refused, 407): not retried in this pass,
+    and not remembered as the source's fault."""
+
+
+DEFAULT_PROXY_PORT = 1080  # as curl
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP proxy: where it listens and the Proxy-Authorization it needs, if any."""
+
+    host: str
+    port: int
+    authorization: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Proxy-Authorization": self.authorization} if self.authorization else {}
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How image servers are reached: the proxy for each scheme ("all" for any), the hosts
+    reached directly, and the CA bundle HTTPS servers are checked against (None: the system's)."""
+
+    proxies: Mapping[str, Proxy] = field(default_factory=dict)
+    no_proxy: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+
+    @classmethod
+    def from_environment(
+        cls, environ: Mapping[str, str] = os.environ, ca_bundle: Path | None = None
+    ) -> Transport:
+        """Proxies as curl reads them. Raises ConfigError for a proxy we cannot use."""
+        names = {
+            "http": ("http_proxy",),  # never HTTP_PROXY: a CGI sets it from a request header
+            "https": ("https_proxy", "HTTPS_PROXY"),
+            "all": ("all_proxy", "ALL_PROXY"),
+        }
+        proxies = {}
+        for scheme, variables in names.items():
+            for variable in variables:
+                if environ.get(variable):
+                    proxies[scheme] = _parse_proxy(variable, environ[variable])
+                    break
+        no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+        entries = tuple(e.strip().lower() for e in no_proxy.replace(" ", ",").split(",") if e)
+        if ca_bundle is not None and not ca_bundle.is_file():
+            raise ConfigError(f"--ca-bundle {ca_bundle}: no such file")
+        return cls(proxies, entries, ca_bundle)
+
+    def proxy_for(self, scheme: str, host: str) -> Proxy | None:
+        """The proxy a request to `host` over `scheme` goes through (None: direct)."""
+        proxy = self.proxies.get(scheme) or self.proxies.get("all")
+        if proxy is None or _bypassed(host, self.no_proxy):
+            return None
+        return proxy
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self.ca_bundle is None:
+            return ssl.create_default_context()
+        return ssl.create_default_context(cafile=str(self.ca_bundle))
+
+
+def _parse_proxy(variable: str, value: str) -> Proxy:
+    parts = urlsplit(value if "://" in value else f"http://{value}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(
+            f"{variable}={value}: only http:// proxies are supported "
+            "(HTTPS goes through them with CONNECT)"
+        )
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+    try:
+        port = parts.port or DEFAULT_PROXY_PORT
+    except ValueError as err:
+        raise ConfigError(f"{variable}={value}: {err}") from err
+    return Proxy(parts.hostname, port, authorization)
+
+
+def _bypassed(host: str, no_proxy: tuple[str, ...]) -> bool:
+    """curl's NO_PROXY: `*`, a host name and its subdomains, or an IP address or network."""
+    host = host.lower().strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy:
+        entry = entry.lstrip(".").strip("[]")
+        if entry == "*" or host == entry or host.endswith("." + entry):
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 class DownloadRefused(InstanceError):
     """The download can never succeed as the manifest stands (404, checksum, size cap...)."""
 
@@ -75,6 +190,7 @@ def download(
     limits: DownloadLimits = DownloadLimits(),
     progress: TransferCallback | None = None,
     clock: Clock | None = None,
+    transport: Transport = Transport(),
 ) -> int:
     """Stream `url` into `out` (an empty file opened for writing) and verify its sha256.
 
@@ -85,7 +201,7 @@ def download(
     attempt = 0
     while True:
         try:
-            _attempt(url, out, state, limits, progress)
+            _attempt(url, out, state, limits, progress, transport)
             break
         except _Transient as err:
             attempt += 1
@@ -103,11 +219,12 @@ def download(
     return state.received
 
 
-def probe_size(url: str, timeout: float = 5.0) -> int | None:
+def probe_size(url: str, transport: Transport = Transport(), timeout: float = 5.0) -> int | None:
     """The size the server announces for `url` (HEAD, following redirects), or None."""
+    limits = DownloadLimits(stall_seconds=timeout)
     try:
-        response, connection = _request(url, "HEAD", {}, DownloadLimits(stall_seconds=timeout))
-    except (_Transient, DownloadRefused, OSError):
+        response, connection = _request(url, "HEAD", {}, limits, transport)
+    except (_Transient, DownloadRefused, DownloadFailed, OSError):
         return None
     try:
         length = response.getheader("Content-Length")
@@ -122,9 +239,10 @@ def _attempt(
     state: _State,
     limits: DownloadLimits,
     progress: TransferCallback | None,
+    transport: Transport,
 ) -> None:
     headers = {"Range": f"bytes={state.received}-"} if state.received else {}
-    response, connection = _request(url, "GET", headers, limits)
+    response, connection = _request(url, "GET", headers, limits, transport)
     try:
         if state.received and response.status == 206:
             _check_content_range(response, state.received)
@@ -187,7 +305,11 @@ def _check_content_range(response: http.client.HTTPResponse, offset: int) -> Non
 
 
 def _request(
-    url: str, method: str, headers: dict[str, str], limits: DownloadLimits
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    limits: DownloadLimits,
+    transport: Transport,
 ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
     """Send the request, following at most `limits.max_redirects` same-scheme redirects."""
     first = url
@@ -196,21 +318,33 @@ def _request(
         parts = urlsplit(url)
         if parts.scheme != scheme or parts.scheme not in ("http", "https") or not parts.hostname:
             raise DownloadRefused(f"redirect to {url!r} leaves {scheme}; refused")
-        connection = _connection(parts.scheme, parts.hostname, parts.port, limits.stall_seconds)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
+        proxy = transport.proxy_for(parts.scheme, parts.hostname)
+        via = f" via proxy {proxy}" if proxy else ""
+        connection, target, extra = _connection(parts, proxy, transport, limits.stall_seconds)
         try:
-            connection.request(method, target, headers={"User-Agent": USER_AGENT, **headers})
+            connection.request(
+                method, target, headers={"User-Agent": USER_AGENT, **extra, **headers}
+            )
             response = connection.getresponse()
         except ssl.SSLCertVerificationError as err:
             connection.close()
             raise DownloadRefused(
                 f"TLS certificate of {parts.hostname} not trusted: {err}"
             ) from err
-        except (TimeoutError, OSError, http.client.HTTPException) as err:
+        except OSError as err:
             connection.close()
-            raise _Transient(f"{type(err).__name__}: {err}") from err
+            if proxy is not None and str(err).startswith("Tunnel connection failed"):
+                raise ProxyRefused(
+                    f"proxy {proxy} refused to connect to {parts.netloc}: "
+                    f"{str(err).removeprefix('Tunnel connection failed: ')}"
+                ) from err
+            raise _Transient(f"{type(err).__name__}{via}: {err}") from err
+        except http.client.HTTPException as err:
+            connection.close()
+            raise _Transient(f"{type(err).__name__}{via}: {err}") from err
+        if proxy is not None and response.status == 407:
+            connection.close()
+            raise ProxyRefused(f"proxy {proxy} wants authentication (HTTP 407) for {url}")
         if response.status in REDIRECTS:
             location = response.getheader("Location")
             connection.close()
@@ -220,7 +354,7 @@ def _request(
             continue
         if response.status in TRANSIENT_STATUS:
             connection.close()
-            raise _Transient(f"HTTP {response.status} from {url}")
+            raise _Transient(f"HTTP {response.status} from {url}{via}")
         if response.status >= 400:
             connection.close()
             raise DownloadRefused(f"HTTP {response.status} {response.reason} for {url}")
@@ -231,10 +365,27 @@ def _request(
 
 
 def _connection(
-    scheme: str, host: str, port: int | None, timeout: float
-) -> http.client.HTTPConnection:
-    if scheme == "https":
-        return http.client.HTTPSConnection(
-            host, port, timeout=timeout, context=ssl.create_default_context()
+    parts: SplitResult, proxy: Proxy | None, transport: Transport, timeout: float
+) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    """A connection for `parts`, the request target to send on it, and extra headers.
+
+    Through a proxy, plain HTTP asks the proxy for the absolute URL; HTTPS opens a CONNECT
+    tunnel and checks the server's certificate against its own host name as usual.
+    """
+    host = parts.hostname or ""
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if parts.scheme == "https":
+        if proxy is None:
+            connection = http.client.HTTPSConnection(
+                host, parts.port, timeout=timeout, context=transport.tls_context()
+            )
+            return connection, target, {}
+        tunnel = http.client.HTTPSConnection(
+            proxy.host, proxy.port, timeout=timeout, context=transport.tls_context()
         )
-    return http.client.HTTPConnection(host, port, timeout=timeout)
+        tunnel.set_tunnel(host, parts.port or 443, headers=proxy.headers)
+        return tunnel, target, {}
+    if proxy is None:
+        return http.client.HTTPConnection(host, parts.port, timeout=timeout), target, {}
+    forward = http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
+    return forward, f"http://{parts.netloc}{target}", proxy.headers

@@ -20,7 +20,7 @@ from reconciler.accel import AcceleratorChoice
 from reconciler.actual import InstanceActual, PowerState
 from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
 from reconciler.diskheaders import HeaderError, image_virtual_size
-from reconciler.download import DownloadLimits, probe_size
+from reconciler.download import DownloadLimits, Transport, probe_size
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
@@ -68,6 +68,7 @@ class Settings:
     max_parallel: int = MAX_PARALLEL_INSTANCES
     sources: SourcePolicy = field(default_factory=SourcePolicy)
     download_limits: DownloadLimits = field(default_factory=DownloadLimits)
+    transport: Transport = field(default_factory=Transport)
 
 
 def with_source_digest(
@@ -115,7 +116,7 @@ def plan_all(
         size = None
         if not actual.base_cached and actual.overlay is None:
             if spec.image.location not in sizes:
-                sizes[spec.image.location] = _source_size(spec.image)
+                sizes[spec.image.location] = _source_size(spec.image, settings.transport)
             size = sizes[spec.image.location]
         base_size = None
         if actual.overlay is None:
@@ -155,7 +156,13 @@ def apply_all(
     clock = clock or Clock()
     qemu_img = QemuImg()
     cache = ImageCache(
-        state, qemu_img, settings.sources, settings.download_limits, transfers, clock
+        state,
+        qemu_img,
+        settings.sources,
+        settings.download_limits,
+        transfers,
+        clock,
+        settings.transport,
     )
     context = StepContext(driver, cache, qemu_img, clock)
     workers = max(1, min(settings.max_parallel, len(plans)))
@@ -194,10 +201,10 @@ def _base_virtual_size(image: ImageSource, base_path: Path, actual: InstanceActu
         return None  # an unreadable base is refused when it is fetched or used
 
 
-def _source_size(image: ImageSource) -> int | None:
+def _source_size(image: ImageSource, transport: Transport) -> int | None:
     """The size of a source that is not cached yet, for the plan (None when unknown)."""
     if isinstance(image.location, str):
-        return probe_size(image.location)
+        return probe_size(image.location, transport)
     try:
         return image.location.stat().st_size
     except OSError:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.desired import ImageSource
-from reconciler.download import DownloadLimits, DownloadRefused, download
+from reconciler.download import DownloadLimits, DownloadRefused, Transport, download
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
 from reconciler.imageinspect import check_with_qemu_img, inspect_base_image
@@ -218,8 +218,10 @@ class ImageCache:
         limits: DownloadLimits | None = None,
         transfers: TransferReporter | None = None,
         clock: Clock | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self._state = state
+        self._transport = transport or Transport()
         self._qemu_img = qemu_img
         self._policy = policy
         self._limits = limits or DownloadLimits()
@@ -339,7 +341,15 @@ class ImageCache:
             report = self._transfers.start(name) if self._transfers else None
             try:
                 with temporary.open("xb") as out:
-                    download(image.location, out, image.sha256, self._limits, report, self._clock)
+                    download(
+                        image.location,
+                        out,
+                        image.sha256,
+                        self._limits,
+                        report,
+                        self._clock,
+                        self._transport,
+                    )
                     out.flush()
                     os.fsync(out.fileno())
             except DownloadRefused as err:

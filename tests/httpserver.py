@@ -1,19 +1,27 @@
-"""A real HTTP server on 127.0.0.1 for tests, which misbehaves on request.
+"""A real HTTP server on 127.0.0.1 for tests, which misbehaves on request, and a proxy.
 
 Each served path has a Behaviour: drop the connection part-way, answer 5xx first, stall,
 send a wrong body, ignore Range, redirect. The server counts GET requests and full-body
-deliveries per path.
+deliveries per path. The proxy forwards plain HTTP and tunnels HTTPS (CONNECT), or refuses;
+it only ever connects to 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import http.server
+import select
+import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -158,3 +166,158 @@ def image_server(tls: ssl.SSLContext | None = None) -> Iterator[ImageServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """Forwards absolute-form GET/HEAD and tunnels CONNECT, only ever to 127.0.0.1."""
+
+    server: _ProxyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def _refused(self) -> bool:
+        with self.server.lock:
+            self.server.requests.append(f"{self.command} {self.path}")
+        if self.server.mode == "refuse":
+            self._answer(403)
+            return True
+        if self.server.mode == "auth" and (
+            self.headers.get("Proxy-Authorization") != self.server.expected_authorization
+        ):
+            self._answer(407, {"Proxy-Authenticate": 'Basic realm="test"'})
+            return True
+        return False
+
+    def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_CONNECT(self) -> None:
+        if self._refused():
+            return
+        host, _, port = self.path.rpartition(":")
+        if host != "127.0.0.1":
+            self._answer(403)
+            return
+        upstream = socket.create_connection((host, int(port)), timeout=10)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.wfile.flush()
+        _relay(self.connection, upstream)
+        self.close_connection = True
+
+    def do_GET(self) -> None:
+        if self._refused():
+            return
+        target = urlsplit(self.path)
+        if target.hostname != "127.0.0.1":
+            self._answer(403)
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        forwarded = {k: v for k, v in self.headers.items() if not k.lower().startswith("proxy-")}
+        upstream.request(self.command, path, headers=forwarded)
+        response = upstream.getresponse()
+        self.send_response(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.end_headers()
+        while chunk := response.read(65536):
+            self.wfile.write(chunk)
+        upstream.close()
+
+    do_HEAD = do_GET
+
+
+def _relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy bytes both ways until either side closes."""
+    sockets = [client, upstream]
+    try:
+        while True:
+            readable, _, _ = select.select(sockets, [], [], 10)
+            if not readable:
+                return
+            for source in readable:
+                data = source.recv(65536)
+                if not data:
+                    return
+                (upstream if source is client else client).sendall(data)
+    except OSError:
+        return
+    finally:
+        upstream.close()
+
+
+class _ProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    mode: str
+    expected_authorization: str
+    requests: list[str]
+    lock: threading.Lock
+
+
+@dataclass
+class ProxyServer:
+    """A running proxy; `requests` lists what it was asked ("GET http://...", "CONNECT h:p")."""
+
+    server: _ProxyServer
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def requests(self) -> list[str]:
+        return list(self.server.requests)
+
+
+@contextmanager
+def proxy_server(mode: str = "forward", credentials: str = "") -> Iterator[ProxyServer]:
+    """A proxy on 127.0.0.1: "forward" carries everything, "refuse" answers 403, "auth" wants
+    Basic `credentials` (user:password) and answers 407 without them."""
+    server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+    server.mode = mode
+    server.expected_authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+    server.requests = []
+    server.lock = threading.Lock()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ProxyServer(server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def make_test_ca(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A CA made here, and a server TLS context whose certificate (for 127.0.0.1) it signed.
+    Returns the CA certificate's path and the context."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
+    key, request, cert = (
+        directory / "server.key",
+        directory / "server.csr",
+        directory / "server.pem",
+    )
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=reconciler test CA", "-keyout", str(ca_key), "-out", str(ca_cert))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(key), "-out", str(request))  # fmt: skip
+    extensions = directory / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", str(request), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-days", "2", "-extfile", str(extensions),
+            "-out", str(cert))  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return ca_cert, context

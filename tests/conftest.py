@@ -1,0 +1,18 @@
+"""Settings for every test."""
+
+from __future__ import annotations
+
+import pytest
+
+PROXY_VARIABLES = (
+    "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+    "no_proxy", "NO_PROXY",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to servers on 127.0.0.1 directly, whatever proxy the host is set up with;
+    the proxy tests set their own variables."""
+    for variable in PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
