@@ -26,7 +26,7 @@ from reconciler.errors import InstanceError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.imagecache import EntryRecords, ImageCache, PermanentFailures, SourceDigests
 from reconciler.manifests import LoadResult
-from reconciler.observe import observe_domains, observe_instance
+from reconciler.observe import BaseFacts, observe_base, observe_domains, observe_instance
 from reconciler.plan import InstancePlan, PlanContext, plan_instance
 from reconciler.progress import TransferReporter
 from reconciler.qemuimg import QemuImg
@@ -103,11 +103,14 @@ def plan_all(
     records = EntryRecords(state)
     sizes: dict[Path | str, int | None] = {}
     base_sizes: dict[Path, int | None] = {}
+    bases: dict[Path, BaseFacts] = {}
     for desired in load.instances:
         try:
             spec = with_source_digest(desired, digests, persist=persist_digests)
             base_path = state.cached_base(spec.image)
-            actual = observe_instance(spec.name, base_path, domains, state, records)
+            if base_path not in bases:
+                bases[base_path] = observe_base(base_path, records)
+            actual = observe_instance(spec.name, bases[base_path], domains, state)
             if not actual.base_cached:
                 _check_source(spec.image, settings.sources, failures)
         except InstanceError as err:

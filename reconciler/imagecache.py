@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -254,7 +255,7 @@ class ImageCache:
                     f"cached base {target.name} {problem}: moved to {moved} and fetched again "
                     "from its source"
                 )
-                LOG.warning("%s", note)
+                LOG.info("%s", note)  # the step reports it to the user
             self._fetch_entry(image, target)
             return CacheUse(target, fetched=True, note=note)
 
@@ -311,7 +312,8 @@ class ImageCache:
         """Move a spoiled entry aside (kept for inspection, never used again)."""
         directory = self._state.images / ".quarantine"
         directory.mkdir(parents=True, exist_ok=True)
-        moved = directory / f"{target.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}"
+        moved = directory / f"{target.name}.{stamp}"
         os.replace(target, moved)
         self.records.remove(target)
         return moved

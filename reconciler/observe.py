@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.actual import DiskFacts, DomainFacts, InstanceActual
@@ -63,21 +64,29 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
     return facts, None
 
 
-def observe_instance(
-    name: str,
-    base_path: Path,
-    domains: dict[str, DomainFacts],
-    state: StateDir,
-    records: EntryRecords,
-) -> InstanceActual:
-    """What exists for instance `name`: its domain (if any), overlay and cached base (and
-    whether the base's file is still the one last verified)."""
-    overlay, problem = read_overlay(str(state.instance(name).disk))
+@dataclass(frozen=True, slots=True)
+class BaseFacts:
+    """A cache entry: whether it exists, and whether its file changed since it was verified."""
+
+    cached: bool
+    changed: bool
+
+
+def observe_base(base_path: Path, records: EntryRecords) -> BaseFacts:
+    """Facts about one cache entry (observed once per pass, however many instances share it)."""
     cached = base_path.is_file()
+    return BaseFacts(cached, cached and records.changed(base_path))
+
+
+def observe_instance(
+    name: str, base: BaseFacts, domains: dict[str, DomainFacts], state: StateDir
+) -> InstanceActual:
+    """What exists for instance `name`: its domain (if any), overlay and cached base."""
+    overlay, problem = read_overlay(str(state.instance(name).disk))
     return InstanceActual(
         domain=domains.get(name),
         overlay=overlay,
         overlay_problem=problem,
-        base_cached=cached,
-        base_changed=cached and records.changed(base_path),
+        base_cached=base.cached,
+        base_changed=base.changed,
     )

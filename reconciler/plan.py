@@ -48,7 +48,7 @@ class RecoverDomain:
         what = "start" if self.reason == "starting-up" else "shutdown"
         return (
             f"recover an interrupted {what} (domain paused in {self.reason} with no one "
-            "finishing it): tear the half-started domain down"
+            "finishing it): tear the domain down"
         )
 
 
@@ -280,7 +280,8 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             f"cached base {context.base_path.name} changed since it was verified: it is "
             "checked again before use, and fetched again if it no longer matches"
         )
-    if domain is not None and domain.state_reason == "user" and not stopping:
+    paused = domain is not None and domain.state is PowerState.PAUSED
+    if paused and domain is not None and domain.state_reason == "user" and not stopping:
         notes.append("domain was paused by hand; it is left paused")
     if stopping:
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))

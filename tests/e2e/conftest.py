@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
+from reconciler.actual import PowerState
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
@@ -25,6 +26,11 @@ class E2E:
     driver: LibvirtDriver
     base: Path
     sha256: str
+
+    def state_of(self, name: str) -> PowerState | None:
+        """The domain's power state, or None when there is no such domain."""
+        record = self.driver.lookup(name)
+        return None if record is None else record.state
 
 
 @dataclass(frozen=True)

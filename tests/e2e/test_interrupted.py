@@ -57,6 +57,17 @@ def reconcile(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def start_pass(state_dir: Path, manifests: Path) -> subprocess.Popen[str]:
+    """`reconcile --once` started in the background, to be killed."""
+    return subprocess.Popen(
+        command(state_dir, "--once", str(manifests)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment(),
+    )
+
+
 def qemu_of(name: str) -> int | None:
     """The pid of the QEMU process running domain `name`, if there is one."""
     for pid in os.listdir("/proc"):
@@ -96,13 +107,7 @@ def test_a_start_interrupted_by_sigkill_converges_on_the_next_pass(
 ) -> None:
     name = unique_name("rci")
     write_guest(tmp_path, name)
-    process = subprocess.Popen(
-        command(state_dir, "--once", str(tmp_path)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment(),
-    )
+    process = start_pass(state_dir, tmp_path)
     kill_when(process, "QEMU to be launched", lambda: qemu_of(name) is not None, delay)
 
     after = reconcile(state_dir, "--once", str(tmp_path))
@@ -128,13 +133,7 @@ def test_a_shutdown_interrupted_by_sigkill_converges_on_the_next_pass(
     wait_for_marker(console, "ready")
 
     write_guest(tmp_path, name, state="stopped")
-    process = subprocess.Popen(
-        command(state_dir, "--once", str(tmp_path)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment(),
-    )
+    process = start_pass(state_dir, tmp_path)
     kill_when(process, "the guest's shutdown", lambda: "reconciler-guest: shutdown" in (
         console.read_text(errors="replace")), 0.0)  # fmt: skip
 

@@ -20,11 +20,6 @@ MIB = 1024**2
 Reconcile = Callable[..., CliRun]
 
 
-def state_of(e2e: E2E, name: str) -> PowerState | None:
-    record = e2e.driver.lookup(name)
-    return None if record is None else record.state
-
-
 def qemu_img_virtual_size(path: Path) -> int:
     out = subprocess.run(
         ["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", str(path)],
@@ -44,7 +39,7 @@ def test_instance_reaches_running_then_second_pass_does_nothing(
 
     first = reconcile("--once", str(tmp_path))
     assert first.code == 0, first.out + first.err
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
     expected = "kvm" if probe_local_kvm().usable else "tcg"
     assert f"{name}: started domain (accelerator {expected})" in first.out
     console = e2e.state.instance(name).console_log
@@ -91,14 +86,14 @@ def test_disk_grows_online_and_never_shrinks(
     assert grown.code == 0, grown.out + grown.err
     assert qemu_img_virtual_size(disk) == 128 * MIB
     assert e2e.driver.disk_capacity(name, "vda") == 128 * MIB
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "32MiB"})
     refused = reconcile("--once", str(tmp_path))
     assert refused.code == 1
     assert "disks never shrink" in refused.out
     assert qemu_img_virtual_size(disk) == 128 * MIB
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
 
 def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
@@ -109,13 +104,13 @@ def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="stopped")
     stopped = reconcile("--once", str(tmp_path))
     assert stopped.code == 0, stopped.out
-    assert state_of(e2e, name) is PowerState.SHUTOFF
+    assert e2e.state_of(name) is PowerState.SHUTOFF
     # the boot-sector guest ignores ACPI, so the timeout (1 s) ends in a forced stop
     assert f"{name}: forced off (no shutdown within 1s)" in stopped.out
 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="running")
     assert reconcile("--once", str(tmp_path)).code == 0
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, memory="96MiB")
     plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
@@ -163,8 +158,8 @@ def test_invalid_manifest_does_not_stop_a_valid_one(
     assert result.code == 2
     assert f'{tmp_path}/{bad}.yaml:12:11: /spec/memory: "10XB" is not valid' in result.err
     assert "Traceback" not in result.err
-    assert state_of(e2e, good) is PowerState.RUNNING
-    assert state_of(e2e, bad) is None
+    assert e2e.state_of(good) is PowerState.RUNNING
+    assert e2e.state_of(bad) is None
     assert not e2e.state.instance(bad).directory.exists()
 
 
@@ -174,7 +169,7 @@ def test_plan_changes_nothing(e2e: E2E, reconcile: Reconcile, tmp_path: Path) ->
     plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert plan.code == 2
     assert f"{name}: 3 step(s)" in plan.out or f"{name}: 4 step(s)" in plan.out
-    assert state_of(e2e, name) is None
+    assert e2e.state_of(name) is None
     assert not e2e.state.instance(name).directory.exists()
 
 
@@ -190,7 +185,7 @@ def test_absent_undefines_but_keeps_the_disk_and_a_new_pass_reuses_it(
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="absent")
     gone = reconcile("--once", str(tmp_path))
     assert gone.code == 0, gone.out
-    assert state_of(e2e, name) is None
+    assert e2e.state_of(name) is None
     assert disk.stat().st_ino == inode
     assert "absent" in gone.out
 
@@ -199,7 +194,7 @@ def test_absent_undefines_but_keeps_the_disk_and_a_new_pass_reuses_it(
     assert back.code == 0
     assert "created disk" not in back.out
     assert disk.stat().st_ino == inode
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
 
 def test_domain_undefined_by_hand_is_defined_again_on_its_disk(
@@ -217,7 +212,7 @@ def test_domain_undefined_by_hand_is_defined_again_on_its_disk(
     assert f"{name}: defined domain" in again.out
     assert "created disk" not in again.out
     assert e2e.state.instance(name).disk.stat().st_ino == inode
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
 
 def test_local_image_without_checksum_converges_and_stays_converged(
@@ -228,5 +223,5 @@ def test_local_image_without_checksum_converges_and_stays_converged(
     assert "sha256" not in path.read_text()
     first = reconcile("--once", str(tmp_path))
     assert first.code == 0, first.out + first.err
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
     assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0

@@ -22,11 +22,6 @@ def qemu_img(*args: str) -> None:
     subprocess.run(["qemu-img", *args], check=True, capture_output=True)
 
 
-def state_of(e2e: E2E, name: str) -> PowerState | None:
-    record = e2e.driver.lookup(name)
-    return None if record is None else record.state
-
-
 def qemu_open_files(e2e: E2E, name: str) -> set[str]:
     """Every file the domain's QEMU process holds open."""
     pid = (e2e.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text().strip()
@@ -61,7 +56,7 @@ def test_a_hostile_cached_base_never_reaches_a_guest_that_already_exists(
     assert started.code == 0, started.out + started.err
     assert f"cached base {entry.name} changed since it was fetched" in started.out
     assert "fetched again from its source" in started.out
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
     assert "/etc/passwd" not in qemu_open_files(e2e, name)
     assert entry.read_bytes() == source.read_bytes()
 
@@ -76,7 +71,7 @@ def test_a_hostile_cached_base_never_reaches_a_guest_that_already_exists(
     assert "the base image under the disk cannot be used, so the domain was not started" in (
         refused.out
     )
-    assert state_of(e2e, name) is PowerState.SHUTOFF
+    assert e2e.state_of(name) is PowerState.SHUTOFF
     assert not entry.exists()
 
 
@@ -119,7 +114,7 @@ def test_a_disk_deleted_under_a_running_domain_is_reported_not_replaced(
     assert f"disk {disk} is missing although the domain exists" in refused.out
     assert "created disk" not in refused.out
     assert not disk.exists()
-    assert state_of(e2e, name) is PowerState.RUNNING
+    assert e2e.state_of(name) is PowerState.RUNNING
 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, allowReplace=True)
     replaced = reconcile("--once", str(tmp_path))
@@ -144,4 +139,4 @@ def test_a_disk_smaller_than_its_base_is_refused_in_the_plan(
     applied = reconcile("--once", str(tmp_path))
     assert applied.code == 1
     assert not e2e.state.instance(name).directory.exists()
-    assert state_of(e2e, name) is None
+    assert e2e.state_of(name) is None
