@@ -321,7 +321,8 @@ class LibvirtDriver:
                 f"tear down {name}",
                 f"libvirt refused ({refused}) and no QEMU process of this domain was found",
             )
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+            os.kill(pid, signal.SIGKILL)
         return (
             f"libvirt refused to destroy it ({refused}), so its QEMU process {pid} (checked to "
             "be this domain's by its command line) was killed"
