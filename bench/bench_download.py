@@ -33,10 +33,10 @@ CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECOD
 FETCH = """
 import sys
 from pathlib import Path
-from reconciler.desired import ImageFormat, ImageSource
-from reconciler.imagecache import ImageCache
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy
+from reconciler.model.desired import ImageFormat, ImageSource
+from reconciler.images.cache import ImageCache
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy
 from reconciler.statedir import StateDir
 cache = ImageCache(StateDir(Path(sys.argv[3])), QemuImg(), SourcePolicy())
 cache.ensure(ImageSource(sys.argv[1], sys.argv[2], ImageFormat.RAW))

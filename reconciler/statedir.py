@@ -19,8 +19,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.desired import ImageSource
 from reconciler.errors import ConfigError, StateDirBusy
+from reconciler.model.desired import ImageSource
 
 ENV_STATE_DIR = "RECONCILER_STATE_DIR"
 # libvirt puts unix sockets under the embedded root (about 50 more bytes), and a socket path

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.desired import (
+from reconciler.model.desired import (
     CpuSpec,
     DesiredState,
     ImageFormat,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconciler.accel import KvmSupport
-from reconciler.actual import PowerState
+from reconciler.model.accel import KvmSupport
+from reconciler.model.actual import PowerState
 
 
 @dataclass(frozen=True, slots=True)

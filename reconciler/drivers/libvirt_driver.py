@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from reconciler.accel import KvmSupport, probe_local_kvm
-from reconciler.actual import PowerState
 from reconciler.drivers.base import DomainRecord
+from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.errors import DriverError, StateDirBusy
+from reconciler.model.accel import KvmSupport
+from reconciler.model.actual import PowerState
 
 LOG = logging.getLogger(__name__)
 

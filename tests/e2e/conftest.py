@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
-from reconciler.actual import PowerState
+from reconciler.cli import main as cli
 from reconciler.drivers.libvirt_driver import LibvirtDriver
+from reconciler.model.actual import PowerState
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
 from tests.helpers import write_base_image

@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.accel import probe_local_kvm
-from reconciler.actual import PowerState
+from reconciler.drivers.kvm import probe_local_kvm
+from reconciler.model.actual import PowerState
 from reconciler.sizes import format_size
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image, parse_markers, wait_for_marker

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.accel import probe_local_kvm
-from reconciler.actual import PowerState
+from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_driver import LibvirtDriver
-from reconciler.qemuimg import QemuImg
+from reconciler.images.qemuimg import QemuImg
+from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.helpers import unique_name, write_manifest
 

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.actual import PowerState
+from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image
 from tests.helpers import unique_name, write_manifest

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
+from reconciler.cli import main as cli
 from reconciler.errors import StateDirBusy
 from reconciler.statedir import StateDir, StateDirLock
 from tests.helpers import write_base_image, write_manifest

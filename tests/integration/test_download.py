@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.download import (
+from reconciler.clock import Clock
+from reconciler.images.download import (
     DownloadFailed,
     DownloadLimits,
     DownloadRefused,
     download,
     probe_size,
 )
-from reconciler.steps_clock import Clock
 from tests.httpserver import Behaviour, ImageServer, image_server
 
 BODY = os.urandom(3 * 1024 * 1024 + 123)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
-from reconciler.desired import ImageFormat, ImageSource
-from reconciler.download import (
+from reconciler.cli import main as cli
+from reconciler.clock import Clock
+from reconciler.errors import ConfigError
+from reconciler.images.cache import ImageCache
+from reconciler.images.download import (
     DownloadLimits,
     DownloadRefused,
     ProxyRefused,
@@ -20,12 +22,10 @@ from reconciler.download import (
     download,
     probe_size,
 )
-from reconciler.errors import ConfigError
-from reconciler.imagecache import ImageCache
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy
+from reconciler.model.desired import ImageFormat, ImageSource
 from reconciler.statedir import StateDir
-from reconciler.steps_clock import Clock
 from tests.httpserver import Behaviour, image_server, make_test_ca, proxy_server
 
 BODY = os.urandom(1024 * 1024 + 7)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import ImageFormat, ImageSource
-from reconciler.download import DownloadLimits
 from reconciler.errors import InstanceError, UnsafeImageError
-from reconciler.gc import collect_garbage
-from reconciler.imagecache import ImageCache
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy, SourceRefused
+from reconciler.images.cache import ImageCache
+from reconciler.images.download import DownloadLimits
+from reconciler.images.gc import collect_garbage
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy, SourceRefused
+from reconciler.model.desired import ImageFormat, ImageSource
 from reconciler.statedir import StateDir
 from tests.helpers import PROJECT, bootsector_image_bytes, write_manifest
 from tests.httpserver import Behaviour, image_server
@@ -54,7 +54,7 @@ def test_two_processes_cause_one_download(tmp_path: Path) -> None:
         "import sys; from pathlib import Path\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
         "from tests.integration.test_image_cache import cache_for\n"
-        "from reconciler.desired import ImageFormat, ImageSource\n"
+        "from reconciler.model.desired import ImageFormat, ImageSource\n"
         "image = ImageSource(sys.argv[1], sys.argv[2], ImageFormat.RAW)\n"
         "cache = cache_for(Path(sys.argv[3]))\n"
         "with ThreadPoolExecutor(5) as pool:\n"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import ImageFormat, ImageSource
-from reconciler.diskheaders import parse_qcow2_header, read_head
 from reconciler.errors import InstanceError, UnsafeImageError
-from reconciler.imagecache import CacheUse, ImageCache
-from reconciler.imageinspect import inspect_base_image
-from reconciler.observe import read_overlay
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy
+from reconciler.images.cache import CacheUse, ImageCache
+from reconciler.images.diskheaders import parse_qcow2_header, read_head
+from reconciler.images.inspect import inspect_base_image
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.observe import read_overlay
+from reconciler.model.desired import ImageFormat, ImageSource
 from reconciler.statedir import StateDir
 from tests.helpers import write_base_image
 
@@ -120,7 +120,7 @@ def test_cache_refuses_an_image_declared_with_another_format(tmp_path: Path) -> 
 
 
 def test_source_digest_is_memoised_by_file_identity(tmp_path: Path) -> None:
-    from reconciler.imagecache import SourceDigests
+    from reconciler.images.cache import SourceDigests
 
     base, sha = write_base_image(tmp_path)
     digests = SourceDigests(StateDir(tmp_path / "state"), SourcePolicy((tmp_path,)))

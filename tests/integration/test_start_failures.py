@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import Accelerator
 from reconciler.drivers.libvirt_driver import LibvirtDriver
-from reconciler.engine import Outcome, Settings, apply_all, plan_all
-from reconciler.manifests import load_manifests
-from reconciler.plan import StepKind
-from reconciler.sources import SourcePolicy
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.engine import Outcome, Settings, apply_all, plan_all
+from reconciler.manifests.loader import load_manifests
+from reconciler.model.desired import Accelerator
+from reconciler.planning.plan import StepKind
 from reconciler.statedir import StateDir
 from tests.helpers import write_base_image, write_manifest
 

@@ -1,7 +1,8 @@
 from pathlib import Path
 
-from reconciler.accel import KvmSupport, probe_local_kvm, resolve_accelerator
-from reconciler.desired import Accelerator
+from reconciler.drivers.kvm import probe_local_kvm
+from reconciler.model.accel import KvmSupport, resolve_accelerator
+from reconciler.model.desired import Accelerator
 
 
 def fake_sys(tmp_path: Path, *modules: str) -> Path:

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import Accelerator, CpuMode, CpuSpec
-from reconciler.domainxml import DomainLayout, build_domain_xml, parse_domain_xml, spec_digest
+from reconciler.model.desired import Accelerator, CpuMode, CpuSpec
+from reconciler.planning.domainxml import (
+    DomainLayout,
+    build_domain_xml,
+    parse_domain_xml,
+    spec_digest,
+)
 from tests.helpers import make_spec
 
 GOLDEN = Path(__file__).parent / "golden"

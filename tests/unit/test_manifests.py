@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import Accelerator, DesiredState, ImageFormat
-from reconciler.manifests import load_manifests
+from reconciler.manifests.loader import load_manifests
+from reconciler.model.desired import Accelerator, DesiredState, ImageFormat
 
 SHA = "0" * 64
 VALID = f"""\

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.accel import KvmSupport
-from reconciler.actual import (
+from reconciler.model.accel import KvmSupport
+from reconciler.model.actual import (
     DiskFacts,
     DomainDefinition,
     DomainFacts,
@@ -17,9 +17,9 @@ from reconciler.actual import (
     OwnershipMarker,
     PowerState,
 )
-from reconciler.desired import Accelerator, DesiredState, InstanceSpec
-from reconciler.domainxml import DomainLayout, spec_digest
-from reconciler.plan import DefineDomain, PlanContext, StepKind, plan_instance
+from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.planning.domainxml import DomainLayout, spec_digest
+from reconciler.planning.plan import DefineDomain, PlanContext, StepKind, plan_instance
 from reconciler.statedir import StateDir
 from tests.helpers import make_spec
 

@@ -3,10 +3,10 @@ import logging
 
 import pytest
 
-from reconciler import cli
-from reconciler.cli import parse_duration
+from reconciler.cli import main as cli
+from reconciler.cli.main import parse_duration
 from reconciler.errors import ConfigError
-from reconciler.progress import TransferReporter, render_transfer
+from reconciler.images.progress import TransferReporter, render_transfer
 
 
 def test_progress_line_with_rate_and_eta() -> None:
@@ -33,7 +33,7 @@ def test_progress_without_a_terminal_is_an_info_line_without_the_bar(
 ) -> None:
     reporter = TransferReporter(io.StringIO())  # not a terminal
     report = reporter.start("img.raw")
-    with caplog.at_level(logging.INFO, logger="reconciler.progress"):
+    with caplog.at_level(logging.INFO, logger="reconciler.images.progress"):
         report(1024**3, 1024**3)
     (record,) = caplog.records
     assert record.levelno == logging.INFO
@@ -42,7 +42,7 @@ def test_progress_without_a_terminal_is_an_info_line_without_the_bar(
 
 
 def test_progress_is_visible_at_the_default_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logging.getLogger("reconciler.progress"), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger("reconciler.images.progress"), "level", logging.NOTSET)
     cli._configure_logging(verbose=False, debug=False)
-    assert logging.getLogger("reconciler.progress").isEnabledFor(logging.INFO)
-    assert not logging.getLogger("reconciler.engine").isEnabledFor(logging.INFO)
+    assert logging.getLogger("reconciler.images.progress").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("reconciler.loop.engine").isEnabledFor(logging.INFO)

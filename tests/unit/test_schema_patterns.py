@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import regress
 
-from reconciler.manifests import instance_schema
+from reconciler.manifests.loader import instance_schema
 from reconciler.sizes import SIZE_PATTERN
 
 # A value each pattern accepts, by where the pattern sits in the schema. A new pattern

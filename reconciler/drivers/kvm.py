@@ -1,32 +1,11 @@
-"""Choosing the accelerator: KVM only where KVM can really run a guest, TCG otherwise.
-
-`probe_local_kvm` reads the host (device node, kernel modules); `resolve_accelerator` is the
-pure decision from that fact and the settings.
-"""
+"""Whether KVM on this host can run a guest: read from the device node and kernel modules."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.desired import Accelerator
-
-
-@dataclass(frozen=True, slots=True)
-class KvmSupport:
-    """Whether KVM can run a guest where the domains run, and why we think so."""
-
-    usable: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class AcceleratorChoice:
-    """The accelerator a domain runs with, and the reason printed beside it."""
-
-    accelerator: Accelerator
-    reason: str
+from reconciler.model.accel import KvmSupport
 
 
 def probe_local_kvm(
@@ -52,12 +31,3 @@ def probe_local_kvm(
     if not vendors:
         return KvmSupport(False, "no hardware KVM module (kvm_intel, kvm_amd) is loaded")
     return KvmSupport(True, f"{device} is usable ({vendors[0]})")
-
-
-def resolve_accelerator(requested: Accelerator, kvm: KvmSupport) -> AcceleratorChoice:
-    """AUTO becomes KVM where usable, else TCG; an explicit choice is kept as asked."""
-    if requested is Accelerator.AUTO:
-        if kvm.usable:
-            return AcceleratorChoice(Accelerator.KVM, f"auto: {kvm.reason}")
-        return AcceleratorChoice(Accelerator.TCG, f"auto: {kvm.reason}")
-    return AcceleratorChoice(requested, "requested")

@@ -17,8 +17,8 @@ import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from reconciler.actual import DomainDefinition, OwnershipMarker
-from reconciler.desired import Accelerator, CpuMode, InstanceSpec
+from reconciler.model.actual import DomainDefinition, OwnershipMarker
+from reconciler.model.desired import Accelerator, CpuMode, InstanceSpec
 
 MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
 MARKER_PREFIX = "rc"

@@ -16,24 +16,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.accel import AcceleratorChoice
-from reconciler.actual import InstanceActual, PowerState
-from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
-from reconciler.diskheaders import HeaderError, image_virtual_size
-from reconciler.download import DownloadLimits, Transport, probe_size
+from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
-from reconciler.imagecache import EntryRecords, ImageCache, PermanentFailures, SourceDigests
-from reconciler.manifests import LoadResult
-from reconciler.observe import BaseFacts, observe_base, observe_domains, observe_instance
-from reconciler.plan import InstancePlan, PlanContext, plan_instance
-from reconciler.progress import TransferReporter
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy, check_url
+from reconciler.images.cache import EntryRecords, ImageCache, PermanentFailures, SourceDigests
+from reconciler.images.diskheaders import HeaderError, image_virtual_size
+from reconciler.images.download import DownloadLimits, Transport, probe_size
+from reconciler.images.progress import TransferReporter
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy, check_url
+from reconciler.loop.observe import BaseFacts, observe_base, observe_domains, observe_instance
+from reconciler.manifests.loader import LoadResult
+from reconciler.model.accel import AcceleratorChoice
+from reconciler.model.actual import InstanceActual, PowerState
+from reconciler.model.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
+from reconciler.planning.plan import InstancePlan, PlanContext, plan_instance
 from reconciler.statedir import StateDir
-from reconciler.steps import StepContext, apply_step
-from reconciler.steps_clock import Clock
+from reconciler.steps.apply import StepContext, apply_step
 
 LOG = logging.getLogger(__name__)
 MAX_PARALLEL_INSTANCES = 16

@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.actual import DiskFacts, DomainFacts, InstanceActual
-from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
-from reconciler.domainxml import DomainXmlError, parse_domain_xml
 from reconciler.drivers.base import DomainRecord, Driver
-from reconciler.imagecache import EntryRecords
+from reconciler.images.cache import EntryRecords
+from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
+from reconciler.planning.domainxml import DomainXmlError, parse_domain_xml
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.desired import ImageFormat
-from reconciler.diskheaders import (
+from reconciler.errors import StepError, UnsafeImageError
+from reconciler.images.diskheaders import (
     QCOW2_INCOMPAT_EXTERNAL_DATA,
     QCOW2_KNOWN_INCOMPAT,
     HeaderError,
@@ -18,8 +18,8 @@ from reconciler.diskheaders import (
     parse_qcow2_header,
     read_head,
 )
-from reconciler.errors import StepError, UnsafeImageError
-from reconciler.qemuimg import QemuImg
+from reconciler.images.qemuimg import QemuImg
+from reconciler.model.desired import ImageFormat
 
 
 def inspect_base_image(path: Path, declared: ImageFormat) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from reconciler.desired import DesiredState
-from reconciler.engine import InstanceResult, Outcome
 from reconciler.errors import ManifestError
-from reconciler.plan import InstancePlan
+from reconciler.loop.engine import InstanceResult, Outcome
+from reconciler.model.desired import DesiredState
+from reconciler.planning.plan import InstancePlan
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:

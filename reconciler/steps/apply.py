@@ -6,15 +6,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from reconciler.actual import INTERRUPTED_REASONS, PowerState
-from reconciler.desired import ImageSource
-from reconciler.diskheaders import HeaderError, image_virtual_size, parse_qcow2_header, read_head
-from reconciler.domainxml import BOOT_DISK_TARGET
+from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReplacementNeeded, StepError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
-from reconciler.imagecache import ImageCache
-from reconciler.plan import (
+from reconciler.images.cache import ImageCache
+from reconciler.images.diskheaders import (
+    HeaderError,
+    image_virtual_size,
+    parse_qcow2_header,
+    read_head,
+)
+from reconciler.images.qemuimg import QemuImg
+from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
+from reconciler.model.desired import ImageSource
+from reconciler.planning.domainxml import BOOT_DISK_TARGET
+from reconciler.planning.plan import (
     CreateOverlay,
     DefineDomain,
     FetchBase,
@@ -25,9 +32,7 @@ from reconciler.plan import (
     StopDomain,
     UndefineDomain,
 )
-from reconciler.qemuimg import QemuImg
 from reconciler.sizes import format_size
-from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25

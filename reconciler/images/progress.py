@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TextIO
 
-from reconciler.download import TransferCallback
+from reconciler.images.download import TransferCallback
 from reconciler.sizes import format_size
 
 LOG = logging.getLogger(__name__)

@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from reconciler.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
-from reconciler.actual import DomainFacts, InstanceActual, PowerState
-from reconciler.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
-from reconciler.domainxml import BOOT_DISK_TARGET, DomainLayout, build_domain_xml, spec_digest
+from reconciler.model.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
+from reconciler.model.actual import DomainFacts, InstanceActual, PowerState
+from reconciler.model.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
+from reconciler.planning.domainxml import (
+    BOOT_DISK_TARGET,
+    DomainLayout,
+    build_domain_xml,
+    spec_digest,
+)
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
 

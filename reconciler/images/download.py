@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
+from reconciler.clock import Clock
 from reconciler.errors import ConfigError, InstanceError, StepError
-from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1024 * 1024

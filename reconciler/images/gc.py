@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.fileops import remove_dead_leftovers
-from reconciler.imagecache import ImageCache
+from reconciler.images.cache import ImageCache
+from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)

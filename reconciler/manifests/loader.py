@@ -20,7 +20,14 @@ from urllib.parse import unquote, urlsplit
 
 import jsonschema
 
-from reconciler.desired import (
+from reconciler.errors import ManifestError, SourceLocation
+from reconciler.manifests.yamlsource import (
+    YamlDocument,
+    YamlSyntaxError,
+    escape_pointer_token,
+    parse_documents,
+)
+from reconciler.model.desired import (
     Accelerator,
     CpuMode,
     CpuSpec,
@@ -29,14 +36,7 @@ from reconciler.desired import (
     ImageSource,
     InstanceSpec,
 )
-from reconciler.errors import ManifestError, SourceLocation
 from reconciler.sizes import format_size, parse_size, round_up
-from reconciler.yamlsource import (
-    YamlDocument,
-    YamlSyntaxError,
-    escape_pointer_token,
-    parse_documents,
-)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -58,7 +58,9 @@ class LoadResult:
 @cache
 def instance_schema() -> dict[str, Any]:
     """The instance JSON Schema shipped with the package."""
-    text = resources.files("reconciler.schemas").joinpath("instance.schema.json").read_text()
+    text = (
+        resources.files("reconciler.manifests.schemas").joinpath("instance.schema.json").read_text()
+    )
     schema: dict[str, Any] = json.loads(text)
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema

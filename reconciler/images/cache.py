@@ -28,16 +28,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.desired import ImageSource
-from reconciler.download import DownloadLimits, DownloadRefused, Transport, download
+from reconciler.clock import Clock
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
-from reconciler.imageinspect import check_with_qemu_img, inspect_base_image
-from reconciler.progress import TransferReporter
-from reconciler.qemuimg import QemuImg
-from reconciler.sources import SourcePolicy, check_url
+from reconciler.images.download import DownloadLimits, DownloadRefused, Transport, download
+from reconciler.images.inspect import check_with_qemu_img, inspect_base_image
+from reconciler.images.progress import TransferReporter
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy, check_url
+from reconciler.model.desired import ImageSource
 from reconciler.statedir import StateDir
-from reconciler.steps_clock import Clock
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1024 * 1024

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler import __version__
-from reconciler.desired import Accelerator
-from reconciler.download import Transport
+from reconciler.cli.report import render_manifest_errors, render_plan, render_summary
 from reconciler.drivers.base import Driver
-from reconciler.engine import Outcome, Settings, apply_all, plan_all
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
-from reconciler.gc import collect_garbage
-from reconciler.imagecache import ImageCache
-from reconciler.manifests import LoadResult, load_manifests
-from reconciler.progress import LOG as PROGRESS_LOG
-from reconciler.progress import TransferReporter
-from reconciler.qemuimg import QemuImg
-from reconciler.report import render_manifest_errors, render_plan, render_summary
-from reconciler.sources import SourcePolicy
+from reconciler.images.cache import ImageCache
+from reconciler.images.download import Transport
+from reconciler.images.gc import collect_garbage
+from reconciler.images.progress import LOG as PROGRESS_LOG
+from reconciler.images.progress import TransferReporter
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.engine import Outcome, Settings, apply_all, plan_all
+from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.model.desired import Accelerator
 from reconciler.statedir import StateDir, StateDirLock, default_state_dir
 
 LOG = logging.getLogger("reconciler")
