@@ -1,14 +1,32 @@
-"""The project's one exception tree; only the CLI turns these into exit codes.
+"""The project's one exception tree; only the CLI turns these into exit codes, and only the
+reconcile loop turns them into retries.
+
+Whether a failure is worth retrying is said by the class, never by the message: a
+PermanentError waits until its manifest or its source changes, a TransientError is retried
+with backoff. Modules that raise a subclass define it beside the code (named on the right).
 
 ReconcilerError
- +-- ManifestError          a user mistake in a manifest (file:line:col, JSON pointer, hint)
- +-- InstanceError          an instance cannot be converged as asked (permanent until it changes)
- |    +-- ReplacementNeeded     converging would destroy data (shrink, other base, other format)
- |    +-- UnsafeImageError      a base image failed inspection
- +-- StepError              a step failed while acting (qemu-img, libvirt, file system)
- +-- DriverError            the hypervisor driver failed (connection, API call)
- |    +-- StateDirBusy          another process holds the state directory
- +-- ConfigError            a bad command-line setting or environment
+ +-- PermanentError             retrying cannot help until the input changes
+ |    +-- ManifestError             a mistake in a manifest (location, pointer, message, hint)
+ |    |    +-- DuplicateNameError       one name defined twice (manifests.loader)
+ |    +-- InstanceError             an instance cannot be converged as asked
+ |    |    +-- ReplacementNeeded        converging would destroy data (shrink, other base)
+ |    |    +-- UnsafeImageError         a base image failed inspection
+ |    |    +-- SourceRefused            a source outside the policy (images.sources)
+ |    |    +-- DownloadRefused          a download that can never succeed (images.download)
+ |    +-- ConfigError               a bad command-line setting or environment
+ +-- TransientError             a later attempt may succeed
+      +-- StepError                 a step failed while acting (qemu-img, file system)
+      |    +-- DownloadFailed           every retry of a download failed (images.download)
+      |         +-- ProxyRefused            the proxy would not carry it (images.download)
+      +-- DriverError               the hypervisor driver failed (message, cause)
+           +-- ConnectionLost           the connection is gone: never "domain not found"
+           +-- StateDirBusy             another process holds the state directory (holder)
+           +-- DaemonUnavailable        the state directory's daemon did not answer
+                                        (loop.control)
+
+Internal parse errors (HeaderError, DomainXmlError, YamlSyntaxError) never leave the module
+pair that raises and catches them; they are not ReconcilerErrors.
 """
 
 from __future__ import annotations
@@ -18,6 +36,14 @@ from dataclasses import dataclass
 
 class ReconcilerError(Exception):
     """Root of every error the reconciler raises on purpose."""
+
+
+class PermanentError(ReconcilerError):
+    """Retrying will not help until the manifest, the source or the settings change."""
+
+
+class TransientError(ReconcilerError):
+    """A later attempt may succeed: retried with backoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +58,7 @@ class SourceLocation:
         return f"{self.path}:{self.line}:{self.column}"
 
 
-class ManifestError(ReconcilerError):
+class ManifestError(PermanentError):
     """One problem in one manifest; prints like a compiler error.
 
     `pointer` is the JSON pointer of the offending field ("" for the whole document).
@@ -60,7 +86,7 @@ def _printable(text: str) -> str:
     )
 
 
-class InstanceError(ReconcilerError):
+class InstanceError(PermanentError):
     """An instance cannot be converged as its manifest asks; retrying will not help."""
 
 
@@ -72,11 +98,11 @@ class UnsafeImageError(InstanceError):
     """A base image was refused by inspection (format, backing file, checksum)."""
 
 
-class StepError(ReconcilerError):
+class StepError(TransientError):
     """A step failed while acting on the world; a later pass may succeed."""
 
 
-class DriverError(ReconcilerError):
+class DriverError(TransientError):
     """The hypervisor driver failed: connection or API call. Keeps the driver's own message."""
 
     def __init__(self, message: str, cause: str = "") -> None:
@@ -85,9 +111,18 @@ class DriverError(ReconcilerError):
         super().__init__(f"{message}: {cause}" if cause else message)
 
 
+class ConnectionLost(DriverError):
+    """The connection to the hypervisor is gone (the daemon reconnects). Never a reason to
+    believe a domain does not exist."""
+
+
 class StateDirBusy(DriverError):
     """Another process holds the state directory (or the embedded libvirt root in it)."""
 
+    def __init__(self, message: str, cause: str = "", holder: int | None = None) -> None:
+        super().__init__(message, cause)
+        self.holder = holder
 
-class ConfigError(ReconcilerError):
+
+class ConfigError(PermanentError):
     """A bad command-line option or environment setting."""

@@ -137,9 +137,11 @@ class StateDirLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            pid = holder.removeprefix("pid ").split(":", 1)[0]
             raise StateDirBusy(
                 f"state directory {self._path.parent} is in use by another reconciler",
                 f"holder: {holder}",
+                holder=int(pid) if pid.isdigit() else None,
             ) from None
         os.ftruncate(fd, 0)
         command = " ".join(Path("/proc/self/cmdline").read_bytes().decode().split("\0")).strip()

@@ -27,7 +27,8 @@ from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.engine import Outcome, Settings, apply_all, plan_all
+from reconciler.loop.once import apply_all, plan_all
+from reconciler.loop.reconcile import Outcome, Reconciler, Settings
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.model.desired import Accelerator
 from reconciler.statedir import StateDir, StateDirLock, default_state_dir
@@ -220,7 +221,7 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     state = _state(args)
     driver = _open_driver(args, state)
     try:
-        plans = plan_all(load, driver, state, settings)
+        plans = plan_all(load, Reconciler(driver, state, settings))
     finally:
         driver.close()
     for line in render_plan(plans):
@@ -290,9 +291,8 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"{name}: {message}", file=out, flush=True)
 
         try:
-            results = apply_all(
-                load, driver, state, settings, progress, transfers=TransferReporter()
-            )
+            reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
+            results = apply_all(load, reconciler)
         finally:
             driver.close()
     finally:

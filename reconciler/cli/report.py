@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from reconciler.errors import ManifestError
-from reconciler.loop.engine import InstanceResult, Outcome
+from reconciler.loop.reconcile import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
 from reconciler.planning.plan import InstancePlan
 

@@ -7,6 +7,7 @@ method raises reconciler.errors.DriverError (never the client library's own exce
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,21 @@ class DomainRecord:
     persistent: bool
     inactive_xml: str
     live_xml: str | None  # only while the domain is active
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """Something happened to a domain: `kind` is "lifecycle", "reboot", "watchdog", "io-error",
+    "device-removed" or "metadata-change"; `detail` says what, in words (e.g. "stopped:
+    shutdown")."""
+
+    name: str
+    kind: str
+    detail: str = ""
+
+
+EventCallback = Callable[[DomainEvent], None]
+LostCallback = Callable[[str], None]
 
 
 class Driver(Protocol):
@@ -85,6 +101,20 @@ class Driver(Protocol):
 
     def log_hint(self, name: str) -> str:
         """Where to read why a domain failed (its QEMU log), in words."""
+        ...
+
+    def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
+        """Deliver events about every domain to `on_event`, and call `on_lost` (with the reason)
+        when the connection is lost, both from a driver thread. Kept across `reconnect`."""
+        ...
+
+    def connected(self) -> bool:
+        """Whether the connection still works (a cheap check, no round trip where avoidable)."""
+        ...
+
+    def reconnect(self) -> None:
+        """Open the connection again after a loss and register the watched events anew;
+        raises DriverError when the hypervisor is still unreachable."""
         ...
 
     def close(self) -> None:

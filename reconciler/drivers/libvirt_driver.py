@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from reconciler.drivers.base import DomainRecord
+from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
 from reconciler.drivers.kvm import probe_local_kvm
-from reconciler.errors import DriverError, StateDirBusy
+from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 
@@ -143,6 +143,9 @@ def _wrap_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             except _libvirt().libvirtError as err:
                 name = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
                 subject = f"{action} {name}".strip() if len(name) < 64 else action
+                driver = args[0]
+                if isinstance(driver, LibvirtDriver) and not driver.connected():
+                    raise ConnectionLost(subject, _lost_message(driver.uri, err)) from err
                 raise DriverError(subject, err.get_error_message() or str(err)) from err
 
         return wrapper
@@ -183,13 +186,46 @@ def _reason_name(state: PowerState, reason: int) -> str:
     return table[reason] if 0 <= reason < len(table) else str(reason)
 
 
+_LIFECYCLE_EVENTS = (
+    "defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
+    "pmsuspended", "crashed",
+)  # fmt: skip
+_STOPPED_DETAILS = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "snapshot")
+_SUSPENDED_DETAILS = (
+    "paused", "migrated", "ioerror", "watchdog", "restored", "snapshot", "api-error", "postcopy",
+    "postcopy-failed",
+)  # fmt: skip
+
+
+def _lifecycle_detail(event: int, detail: int) -> str:
+    name = _LIFECYCLE_EVENTS[event] if 0 <= event < len(_LIFECYCLE_EVENTS) else str(event)
+    table = {"stopped": _STOPPED_DETAILS, "suspended": _SUSPENDED_DETAILS}.get(name, ())
+    if 0 <= detail < len(table):
+        return f"{name}: {table[detail]}"
+    return name
+
+
+def _lost_message(uri: str, err: Any) -> str:
+    return f"connection to {uri} lost ({err.get_error_message() or err})"
+
+
 class LibvirtDriver:
     """Driver over one libvirt connection (any URI, embedded QEMU by default)."""
 
-    def __init__(self, uri: str, connection: Any, embedded_root: Path | None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        connection: Any,
+        embedded_root: Path | None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.uri = uri
         self._conn = connection
         self._embedded_root = embedded_root
+        self._state_dir = state_dir
+        self._watchers: tuple[EventCallback, LostCallback] | None = None
+        self._callback_ids: list[int] = []
+        self._watch_lock = threading.Lock()
 
     @classmethod
     def open(cls, uri: str | None, state_dir: Path) -> LibvirtDriver:
@@ -206,7 +242,7 @@ class LibvirtDriver:
         _route_libvirt_logs(state_dir / "libvirt.log" if state_dir.is_dir() else None)
         _start_event_loop()
         if embedded_root is None:
-            return cls(uri, _connect(uri, state_dir, None), None)
+            return cls(uri, _connect(uri, state_dir, None), None, state_dir)
         with _embedded_lock:
             if not _embedded:
                 _embedded[uri] = _connect(uri, state_dir, embedded_root)
@@ -216,7 +252,7 @@ class LibvirtDriver:
                     f"this process already runs libvirt's embedded driver for "
                     f"{next(iter(_embedded))}, and it serves one root per process",
                 )
-            return cls(uri, _embedded[uri], embedded_root)
+            return cls(uri, _embedded[uri], embedded_root, state_dir)
 
     def kvm_support(self) -> KvmSupport:
         parts = urlsplit(self.uri)
@@ -264,8 +300,10 @@ class LibvirtDriver:
         try:
             return self._conn.lookupByName(name)
         except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and self.connected():
                 return None
+            if not self.connected():
+                raise ConnectionLost(f"look up {name}", _lost_message(self.uri, err)) from err
             raise DriverError(f"look up {name}", err.get_error_message()) from err
 
     def _require(self, name: str) -> Any:
@@ -382,7 +420,98 @@ class LibvirtDriver:
         errors = _error_lines(log)
         return f"QEMU log {log}" + (f" says: {errors}" if errors else "")
 
+    def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
+        with self._watch_lock:
+            self._watchers = (on_event, on_lost)
+            self._register_callbacks()
+
+    def _register_callbacks(self) -> None:
+        """Register the watched events on the current connection (lock held)."""
+        if self._watchers is None:
+            return
+        libvirt = _libvirt()
+        on_event, on_lost = self._watchers
+
+        def deliver(kind: str, detail: Callable[..., str]) -> Callable[..., None]:
+            def callback(_conn: Any, domain: Any, *args: Any) -> None:
+                try:
+                    on_event(DomainEvent(domain.name(), kind, detail(*args[:-1])))
+                except Exception:  # an exception must not unwind into libvirt's event loop
+                    LOG.exception("handling a %s event", kind)
+
+            return callback
+
+        events = (
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", _lifecycle_detail),
+            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", lambda: "rebooted"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", lambda action: f"action {action}"),
+            (
+                libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+                "io-error",
+                lambda path, dev, action, reason: f"{dev} ({path}): {reason}",
+            ),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "device-removed", lambda alias: alias),
+            (
+                libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+                "metadata-change",
+                lambda kind, namespace: f"{namespace or kind}",
+            ),
+        )
+        ids = []
+        try:
+            for event_id, kind, detail in events:
+                ids.append(
+                    self._conn.domainEventRegisterAny(None, event_id, deliver(kind, detail), None)
+                )
+        except libvirt.libvirtError as err:
+            raise DriverError("register domain events", err.get_error_message()) from err
+        self._callback_ids = ids
+        if self._embedded_root is None:
+
+            def closed(_conn: Any, reason: int, _opaque: Any) -> None:
+                reasons = ("error", "end of file", "keepalive timeout", "client closed")
+                why = reasons[reason] if 0 <= reason < len(reasons) else str(reason)
+                try:
+                    on_lost(f"connection to {self.uri} closed ({why})")
+                except Exception:
+                    LOG.exception("handling a lost connection")
+
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.registerCloseCallback(closed, None)
+
+    def _deregister_callbacks(self) -> None:
+        libvirt = _libvirt()
+        for callback_id in self._callback_ids:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.domainEventDeregisterAny(callback_id)
+        self._callback_ids = []
+        if self._embedded_root is None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.unregisterCloseCallback()
+
+    def connected(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except _libvirt().libvirtError:
+            return False
+
+    def reconnect(self) -> None:
+        if self._embedded_root is not None or self.connected():
+            return  # the embedded driver lives in this process: it cannot be lost
+        libvirt = _libvirt()
+        connection = _connect(self.uri, self._state_dir or Path("."), None)
+        with self._watch_lock:
+            old, self._conn = self._conn, connection
+            self._callback_ids = []
+            with contextlib.suppress(libvirt.libvirtError):
+                old.close()
+            self._register_callbacks()
+        LOG.info("reconnected to %s", self.uri)
+
     def close(self) -> None:
+        with self._watch_lock:
+            self._deregister_callbacks()
+            self._watchers = None
         if self._embedded_root is not None:
             return  # the process keeps its one embedded connection (see _keep_embedded)
         libvirt = _libvirt()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 from reconciler.drivers.base import DomainRecord, Driver
-from reconciler.images.cache import EntryRecords
+from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.images.resolve import ResolvedSource
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
 from reconciler.planning.domainxml import DomainXmlError, parse_domain_xml
-from reconciler.statedir import StateDir
+from reconciler.statedir import InstancePaths
 
 LOG = logging.getLogger(__name__)
 
@@ -64,29 +63,28 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
     return facts, None
 
 
-@dataclass(frozen=True, slots=True)
-class BaseFacts:
-    """A cache entry: whether it exists, and whether its file changed since it was verified."""
-
-    cached: bool
-    changed: bool
-
-
-def observe_base(base_path: Path, records: EntryRecords) -> BaseFacts:
-    """Facts about one cache entry (observed once per pass, however many instances share it)."""
-    cached = base_path.is_file()
-    return BaseFacts(cached, cached and records.changed(base_path))
+def observe_domain(driver: Driver, name: str) -> DomainFacts | None:
+    """Domain `name` as it is now (None when there is none). One whose XML we cannot read is
+    reported and treated as foreign, so never touched: it cannot carry a marker we could
+    trust. Raises DriverError (ConnectionLost when the connection is gone)."""
+    record = driver.lookup(name)
+    if record is None:
+        return None
+    try:
+        return domain_facts(record)
+    except DomainXmlError as err:
+        raise InstanceError(f"domain {name}: {err}; it is left untouched") from err
 
 
 def observe_instance(
-    name: str, base: BaseFacts, domains: dict[str, DomainFacts], state: StateDir
+    driver: Driver, name: str, paths: InstancePaths, source: ResolvedSource
 ) -> InstanceActual:
-    """What exists for instance `name`: its domain (if any), overlay and cached base."""
-    overlay, problem = read_overlay(str(state.instance(name).disk))
+    """What exists for instance `name`: its domain (if any), its disk, and its cached base."""
+    overlay, problem = read_overlay(str(paths.disk))
     return InstanceActual(
-        domain=domains.get(name),
+        domain=observe_domain(driver, name),
         overlay=overlay,
         overlay_problem=problem,
-        base_cached=base.cached,
-        base_changed=base.changed,
+        base_cached=source.base_cached,
+        base_changed=source.base_changed,
     )

@@ -46,7 +46,7 @@ class WorkQueue:
         jitter: float = BACKOFF_JITTER,
         rng: random.Random | None = None,
     ) -> None:
-        self._clock = clock or Clock()
+        self.clock = clock or Clock()
         self._backoff_initial = backoff_initial
         self._backoff_cap = backoff_cap
         self._jitter = jitter
@@ -64,7 +64,7 @@ class WorkQueue:
         with self._changed:
             if self._closed:
                 return
-            due = self._clock.monotonic() + delay
+            due = self.clock.monotonic() + delay
             if name in self._processing:
                 self._dirty[name] = min(due, self._dirty.get(name, due))
                 return
@@ -116,10 +116,10 @@ class WorkQueue:
 
     def get(self, timeout: float | None = None) -> str | None:
         """Block until a name is due and take it; None on close or after `timeout` seconds."""
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
         with self._changed:
             while not self._closed:
-                now = self._clock.monotonic()
+                now = self.clock.monotonic()
                 name = self.pop_ready(now)
                 if name is not None:
                     return name
@@ -139,7 +139,12 @@ class WorkQueue:
             due = self._dirty.pop(name, None)
             if due is not None and not self._closed:
                 self._schedule(name, due)
-                self._changed.notify()
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing waits or is being processed; False after `timeout` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self.busy, timeout)
 
     def close(self) -> None:
         """Stop handing out names; blocked `get` calls return None."""

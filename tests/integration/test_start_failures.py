@@ -11,7 +11,8 @@ import pytest
 
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.engine import Outcome, Settings, apply_all, plan_all
+from reconciler.loop.once import apply_all, plan_all
+from reconciler.loop.reconcile import Outcome, Reconciler, Settings
 from reconciler.manifests.loader import load_manifests
 from reconciler.model.desired import Accelerator
 from reconciler.planning.plan import StepKind
@@ -38,13 +39,13 @@ def test_a_domain_that_stops_right_after_start_is_a_failure_and_stays_pending(
     settings = Settings(Accelerator.AUTO, sources=SourcePolicy.from_settings([], tmp_path))
     driver = EmulatorExitsAtOnce.open("test:///default", tmp_path)
     try:
-        (result,) = apply_all(load, driver, state, settings, lambda _name, _done: None)
+        (result,) = apply_all(load, Reconciler(driver, state, settings))
         assert result.outcome is Outcome.FAILED
         assert result.state is None  # never reported as having reached running
         assert result.message is not None and "shutoff" in result.message
         if accelerator == "kvm":  # KVM forced where it cannot run: the start step watches
             assert "right after start with accelerator kvm" in result.message
-        (plan,) = plan_all(load, driver, state, settings)
+        (plan,) = plan_all(load, Reconciler(driver, state, settings))
         assert not plan.converged
         assert [step.kind for step in plan.steps] == [StepKind.START]
     finally:

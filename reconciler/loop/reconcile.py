@@ -1,0 +1,277 @@
+"""One reconcile of one instance: resolve its source, observe its domain and files afresh,
+plan, apply the steps in order, check that what should run does run, and say how it ended.
+
+Data flows one way: manifest spec -> resolved source (images.resolve) -> observed actual
+(loop.observe) -> pure plan (planning.plan) -> steps (steps.apply). Errors become an
+InstanceResult here, at one boundary; the class of the error (not its message) says whether a
+failure is transient (retry with backoff) or permanent (wait until the manifest or the source
+changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from reconciler.clock import Clock
+from reconciler.drivers.base import Driver
+from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.fileops import remove_dead_leftovers
+from reconciler.images.cache import ImageCache
+from reconciler.images.download import DownloadLimits, Transport
+from reconciler.images.progress import TransferReporter
+from reconciler.images.qemuimg import QemuImg
+from reconciler.images.resolve import SourceResolver
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.observe import observe_instance
+from reconciler.model.accel import AcceleratorChoice, KvmSupport
+from reconciler.model.actual import PowerState
+from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.planning.plan import InstancePlan, PlanContext, plan_instance
+from reconciler.statedir import StateDir
+from reconciler.steps.apply import StepContext, apply_step
+
+LOG = logging.getLogger(__name__)
+MAX_PARALLEL_INSTANCES = 16
+
+ProgressCallback = Callable[[str, str], None]
+
+
+class Outcome(enum.StrEnum):
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    FAILED = "failed"
+
+
+class Failure(enum.StrEnum):
+    """What a failure asks of the queue."""
+
+    TRANSIENT = "transient"  # retry with backoff
+    PERMANENT = "permanent"  # wait until the manifest or the source changes
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceResult:
+    """How one reconcile of one instance ended."""
+
+    name: str
+    outcome: Outcome
+    actions: tuple[str, ...] = ()
+    message: str | None = None
+    notes: tuple[str, ...] = ()
+    accelerator: AcceleratorChoice | None = None
+    state: DesiredState | None = None  # the state reached (when the outcome is not FAILED)
+    failure: Failure | None = None  # set when the outcome is FAILED
+    requeue_after: float | None = None  # look again after this many seconds (a transition)
+    seconds: float = 0.0  # how long the reconcile took
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Run-wide settings from the command line."""
+
+    default_accelerator: Accelerator = Accelerator.AUTO
+    max_parallel: int = MAX_PARALLEL_INSTANCES
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    download_limits: DownloadLimits = field(default_factory=DownloadLimits)
+    transport: Transport = field(default_factory=Transport)
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """What does not change between reconciles: refreshed by a full resync, not per name."""
+
+    kvm: KvmSupport
+    host_memory: int | None
+    state_dir_id: str | None
+
+
+# a domain seen in a transition no step of ours is waiting for (the guest shutting itself
+# down) is looked at again after this long, in case no event says when it ends
+TRANSITION_RECHECK_SECONDS = 5.0
+
+
+class Reconciler:
+    """Plans and converges one instance at a time; safe to call from several threads for
+    different names (the work queue never hands one name to two threads)."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        state: StateDir,
+        settings: Settings,
+        progress: ProgressCallback | None = None,
+        clock: Clock | None = None,
+        transfers: TransferReporter | None = None,
+    ) -> None:
+        self.driver = driver
+        self.state = state
+        self.settings = settings
+        self._progress = progress or (lambda _name, _message: None)
+        self.clock = clock or Clock()
+        qemu_img = QemuImg()
+        self.cache = ImageCache(
+            state,
+            qemu_img,
+            settings.sources,
+            settings.download_limits,
+            transfers,
+            self.clock,
+            settings.transport,
+        )
+        self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
+        self.host = self.observe_host()
+
+    def observe_host(self) -> HostFacts:
+        return HostFacts(self.driver.kvm_support(), self.driver.host_memory(), self.state.read_id())
+
+    def refresh_host(self) -> None:
+        self.host = self.observe_host()
+
+    def resolver(self, *, persist_digests: bool) -> SourceResolver:
+        """A resolver for one pass (bases and sources shared by instances looked at once)."""
+        return SourceResolver(
+            self.state,
+            self.settings.sources,
+            self.settings.transport,
+            persist_digests=persist_digests,
+        )
+
+    def plan(self, spec: InstanceSpec, resolver: SourceResolver) -> InstancePlan:
+        """Resolve, observe and plan `spec` (no change made, except that a resolver made to
+        persist digests records those of local sources it had to compute)."""
+        try:
+            resolved = resolver.resolve(spec)
+        except PermanentError as err:
+            return InstancePlan(spec.name, refusal=str(err))
+        paths = self.state.instance(spec.name)
+        actual = observe_instance(self.driver, spec.name, paths, resolved)
+        context = PlanContext(
+            paths=paths,
+            base_path=resolved.base_path,
+            kvm=self.host.kvm,
+            default_accelerator=self.settings.default_accelerator,
+            source_size=resolved.source_size,
+            state_dir_id=self.host.state_dir_id,
+            host_memory=self.host.host_memory,
+            base_virtual_size=resolved.base_virtual_size,
+        )
+        return plan_instance(resolved.spec, actual, context)
+
+    def reconcile(
+        self, spec: InstanceSpec, resolver: SourceResolver | None = None
+    ) -> InstanceResult:
+        """Converge `spec` as far as it can go now; never raises."""
+        started = time.monotonic()
+        result = self._reconcile(spec, resolver or self.resolver(persist_digests=True))
+        return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+    def _reconcile(self, spec: InstanceSpec, resolver: SourceResolver) -> InstanceResult:
+        name = spec.name
+        try:
+            for leftover in remove_dead_leftovers(self.state.instance(name).directory):
+                self._progress(name, f"removed {leftover.name}, left by an interrupted run")
+            plan = self.plan(spec, resolver)
+        except ReconcilerError as err:
+            return InstanceResult(name, Outcome.FAILED, message=str(err), failure=_failure(err))
+        except Exception as err:  # a bug must not take the other instances down with it
+            LOG.exception("%s: unexpected error while planning", name)
+            message = f"internal error: {type(err).__name__}: {err}"
+            return InstanceResult(name, Outcome.FAILED, message=message, failure=Failure.TRANSIENT)
+        result = self._converge(plan)
+        return _reached(self._check_outcome(result, spec), spec)
+
+    def _converge(self, plan: InstancePlan) -> InstanceResult:
+        if plan.refusal is not None:
+            return InstanceResult(
+                plan.name,
+                Outcome.FAILED,
+                message=plan.refusal,
+                notes=plan.notes,
+                failure=Failure.PERMANENT,
+            )
+        if not plan.steps:
+            return InstanceResult(
+                plan.name, Outcome.UNCHANGED, notes=plan.notes, accelerator=plan.accelerator
+            )
+        actions: list[str] = []
+        for step in plan.steps:
+            started = time.monotonic()
+            try:
+                done = apply_step(step, self.steps)
+            except ReconcilerError as err:
+                return InstanceResult(
+                    plan.name,
+                    Outcome.FAILED,
+                    tuple(actions),
+                    f"{step.kind.value}: {err}",
+                    plan.notes,
+                    failure=_failure(err),
+                )
+            except Exception as err:  # a bug must not take the other instances down with it
+                LOG.exception("%s: unexpected error in %s", plan.name, step.kind.value)
+                message = f"{step.kind.value}: internal error: {type(err).__name__}: {err}"
+                return InstanceResult(
+                    plan.name,
+                    Outcome.FAILED,
+                    tuple(actions),
+                    message,
+                    plan.notes,
+                    failure=Failure.TRANSIENT,
+                )
+            LOG.debug("%s: %s took %.3fs", plan.name, step.kind.value, time.monotonic() - started)
+            actions.append(done)
+            self._progress(plan.name, done)
+        return InstanceResult(
+            plan.name,
+            Outcome.CHANGED,
+            tuple(actions),
+            notes=plan.notes,
+            accelerator=plan.accelerator,
+        )
+
+    def _check_outcome(self, result: InstanceResult, spec: InstanceSpec) -> InstanceResult:
+        """A domain that should run but is paused on an error (or stopped) is a failure.
+
+        Only instances this reconcile changed are looked up again: an unchanged one was
+        observed running moments ago (otherwise its plan would have had steps or a refusal).
+        """
+        if result.outcome is not Outcome.CHANGED or spec.state is not DesiredState.RUNNING:
+            return result
+        try:
+            record = self.driver.lookup(spec.name)
+        except ReconcilerError as err:
+            return _failed(result, f"cannot confirm the domain runs: {err}")
+        if record is None:
+            return _failed(result, "domain vanished after the pass")
+        if record.state is PowerState.RUNNING:
+            return result
+        if record.state is PowerState.PAUSED and record.state_reason == "user":
+            return result
+        if record.state is PowerState.SHUTDOWN:  # the guest is powering itself off
+            return dataclasses.replace(result, requeue_after=TRANSITION_RECHECK_SECONDS)
+        return _failed(
+            result,
+            f"domain is {record.state.value} (reason: {record.state_reason}), not running; "
+            "see the QEMU log of the domain",
+        )
+
+
+def _failure(err: ReconcilerError) -> Failure:
+    return Failure.PERMANENT if isinstance(err, PermanentError) else Failure.TRANSIENT
+
+
+def _reached(result: InstanceResult, spec: InstanceSpec) -> InstanceResult:
+    if result.outcome is Outcome.FAILED:
+        return result
+    return dataclasses.replace(result, state=spec.state)
+
+
+def _failed(result: InstanceResult, message: str) -> InstanceResult:
+    return dataclasses.replace(
+        result, outcome=Outcome.FAILED, message=message, failure=Failure.TRANSIENT
+    )
