@@ -23,7 +23,6 @@ ReconcilerError
            +-- ConnectionLost           the connection is gone: never "domain not found"
            +-- StateDirBusy             another process holds the state directory (holder)
            +-- DaemonUnavailable        the state directory's daemon did not answer
-                                        (loop.control)
 
 Internal parse errors (HeaderError, DomainXmlError, YamlSyntaxError) never leave the module
 pair that raises and catches them; they are not ReconcilerErrors.
@@ -122,6 +121,10 @@ class StateDirBusy(DriverError):
     def __init__(self, message: str, cause: str = "", holder: int | None = None) -> None:
         super().__init__(message, cause)
         self.holder = holder
+
+
+class DaemonUnavailable(DriverError):
+    """The daemon that holds a state directory did not answer on its control socket."""
 
 
 class ConfigError(PermanentError):

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from reconciler.errors import ManifestError
 from reconciler.loop.reconcile import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
-from reconciler.planning.plan import InstancePlan
+from reconciler.planning.plan import InstancePlan, PlanView
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:
@@ -15,8 +15,9 @@ def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:
     return [f"error: {error}" for error in errors]
 
 
-def render_plan(plans: Sequence[InstancePlan]) -> list[str]:
+def render_plan(plans: Sequence[InstancePlan | PlanView]) -> list[str]:
     """The steps each instance needs, then a one-line total."""
+    plans = [plan.view() if isinstance(plan, InstancePlan) else plan for plan in plans]
     lines: list[str] = []
     for plan in plans:
         if plan.refusal is not None:
@@ -25,7 +26,7 @@ def render_plan(plans: Sequence[InstancePlan]) -> list[str]:
             lines.append(f"{plan.name}: up to date")
         else:
             lines.append(f"{plan.name}: {len(plan.steps)} step(s)")
-            lines.extend(f"  + {step.describe()}" for step in plan.steps)
+            lines.extend(f"  + {step}" for step in plan.steps)
         lines.extend(f"  note: {note}" for note in plan.notes)
     pending = sum(len(plan.steps) for plan in plans)
     changing = sum(1 for plan in plans if plan.steps)

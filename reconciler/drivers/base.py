@@ -13,19 +13,23 @@ from typing import Protocol
 
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
+from reconciler.model.machine import Machine
 
 
 @dataclass(frozen=True, slots=True)
 class DomainRecord:
-    """A domain as the driver reports it: state plus raw XML (parsed by the pure core)."""
+    """A domain as the driver reports it: its state and its machine, persistent and (while it
+    runs) live. `definition` is None when the driver could not read the domain's definition
+    (`problem` says why): such a domain is never touched."""
 
     name: str
     uuid: str
     state: PowerState
     state_reason: str
     persistent: bool
-    inactive_xml: str
-    live_xml: str | None  # only while the domain is active
+    definition: Machine | None
+    live: Machine | None = None  # only while the domain is active
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class Driver(Protocol):
         """One domain by name, or None when there is none."""
         ...
 
-    def define(self, xml: str) -> None:
+    def define(self, machine: Machine) -> None:
         """Create or replace a persistent definition (takes effect at the next start)."""
         ...
 

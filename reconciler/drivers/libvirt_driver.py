@@ -23,9 +23,11 @@ from urllib.parse import urlsplit
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
 from reconciler.drivers.kvm import probe_local_kvm
+from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
+from reconciler.model.machine import Machine
 
 LOG = logging.getLogger(__name__)
 
@@ -285,14 +287,23 @@ class LibvirtDriver:
         state_code, reason_code = domain.state()
         state = _STATES.get(state_code, PowerState.OTHER)
         active = state.active
+        name = domain.name()
+        try:
+            definition = parse_domain_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            live = parse_domain_xml(domain.XMLDesc(0)) if active else None
+            problem = None
+        except DomainXmlError as err:
+            LOG.warning("domain %s: %s", name, err)
+            definition, live, problem = None, None, str(err)
         return DomainRecord(
-            name=domain.name(),
+            name=name,
             uuid=domain.UUIDString(),
             state=state,
             state_reason=_reason_name(state, reason_code),
             persistent=bool(domain.isPersistent()),
-            inactive_xml=domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
-            live_xml=domain.XMLDesc(0) if active else None,
+            definition=definition,
+            live=live,
+            problem=problem,
         )
 
     def _find(self, name: str) -> Any:
@@ -313,7 +324,13 @@ class LibvirtDriver:
         return domain
 
     @_wrap_errors("define")
-    def define(self, xml: str) -> None:
+    def define(self, machine: Machine) -> None:
+        self._conn.defineXML(render_domain_xml(machine))
+
+    @_wrap_errors("define")
+    def define_xml(self, xml: str) -> None:
+        """Define a domain from libvirt XML as it is (outside the seam: for tests and tools
+        that check what libvirt accepts)."""
         self._conn.defineXML(xml)
 
     @_wrap_errors("start")

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-import logging
-
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.images.resolve import ResolvedSource
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
-from reconciler.planning.domainxml import DomainXmlError, parse_domain_xml
 from reconciler.statedir import InstancePaths
-
-LOG = logging.getLogger(__name__)
 
 
 def domain_facts(record: DomainRecord) -> DomainFacts:
-    """Parse a driver record into facts (raises DomainXmlError on unreadable XML)."""
+    """A driver record as the plan reads it; InstanceError for a domain whose definition the
+    driver could not read (it cannot carry a marker we could trust, so it is never touched)."""
+    if record.definition is None:
+        raise InstanceError(
+            f"domain {record.name}: {record.problem or 'unreadable definition'}; "
+            "it is left untouched"
+        )
     return DomainFacts(
         name=record.name,
         uuid=record.uuid,
         state=record.state,
         state_reason=record.state_reason,
         persistent=record.persistent,
-        definition=parse_domain_xml(record.inactive_xml),
-        live_definition=parse_domain_xml(record.live_xml) if record.live_xml else None,
+        definition=record.definition,
+        live_definition=record.live,
     )
-
-
-def observe_domains(driver: Driver) -> dict[str, DomainFacts]:
-    """Every domain the driver sees, by name. A domain whose XML we cannot read is kept out
-    (and so never touched): it cannot carry a marker we could trust."""
-    domains: dict[str, DomainFacts] = {}
-    for record in driver.list_domains():
-        try:
-            domains[record.name] = domain_facts(record)
-        except DomainXmlError as err:
-            LOG.warning("domain %s: %s", record.name, err)
-    return domains
 
 
 def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
@@ -64,16 +53,10 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
 
 
 def observe_domain(driver: Driver, name: str) -> DomainFacts | None:
-    """Domain `name` as it is now (None when there is none). One whose XML we cannot read is
-    reported and treated as foreign, so never touched: it cannot carry a marker we could
-    trust. Raises DriverError (ConnectionLost when the connection is gone)."""
+    """Domain `name` as it is now (None when there is none). Raises DriverError
+    (ConnectionLost when the connection is gone: never read as "no such domain")."""
     record = driver.lookup(name)
-    if record is None:
-        return None
-    try:
-        return domain_facts(record)
-    except DomainXmlError as err:
-        raise InstanceError(f"domain {name}: {err}; it is left untouched") from err
+    return None if record is None else domain_facts(record)
 
 
 def observe_instance(

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
@@ -68,6 +69,7 @@ class InstanceResult:
     failure: Failure | None = None  # set when the outcome is FAILED
     requeue_after: float | None = None  # look again after this many seconds (a transition)
     seconds: float = 0.0  # how long the reconcile took
+    pending_restart: bool = False  # the running domain waits for a restart to take a change
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ class Reconciler:
             LOG.exception("%s: unexpected error while planning", name)
             message = f"internal error: {type(err).__name__}: {err}"
             return InstanceResult(name, Outcome.FAILED, message=message, failure=Failure.TRANSIENT)
-        result = self._converge(plan)
+        result = dataclasses.replace(self._converge(plan), pending_restart=plan.pending_restart)
         return _reached(self._check_outcome(result, spec), spec)
 
     def _converge(self, plan: InstancePlan) -> InstanceResult:
@@ -274,4 +276,35 @@ def _reached(result: InstanceResult, spec: InstanceSpec) -> InstanceResult:
 def _failed(result: InstanceResult, message: str) -> InstanceResult:
     return dataclasses.replace(
         result, outcome=Outcome.FAILED, message=message, failure=Failure.TRANSIENT
+    )
+
+
+def result_to_json(result: InstanceResult) -> dict[str, object]:
+    """A result as the control socket carries it (read back by `result_from_json`)."""
+    choice = result.accelerator
+    return {
+        "name": result.name,
+        "outcome": result.outcome.value,
+        "actions": list(result.actions),
+        "message": result.message,
+        "notes": list(result.notes),
+        "accelerator": None if choice is None else [choice.accelerator.value, choice.reason],
+        "state": None if result.state is None else result.state.value,
+        "failure": None if result.failure is None else result.failure.value,
+        "seconds": result.seconds,
+    }
+
+
+def result_from_json(data: dict[str, Any]) -> InstanceResult:
+    choice = data.get("accelerator")
+    return InstanceResult(
+        name=str(data["name"]),
+        outcome=Outcome(data["outcome"]),
+        actions=tuple(data.get("actions") or ()),
+        message=data.get("message"),
+        notes=tuple(data.get("notes") or ()),
+        accelerator=None if not choice else AcceleratorChoice(Accelerator(choice[0]), choice[1]),
+        state=None if data.get("state") is None else DesiredState(data["state"]),
+        failure=None if data.get("failure") is None else Failure(data["failure"]),
+        seconds=float(data.get("seconds") or 0.0),
     )

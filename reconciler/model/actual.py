@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from reconciler.model.machine import Machine, OwnershipMarker
+
 
 class PowerState(enum.StrEnum):
     """A domain's run state, as libvirt reports it (simplified)."""
@@ -28,29 +30,6 @@ INTERRUPTED_REASONS = ("starting-up", "shutting-down")
 
 
 @dataclass(frozen=True, slots=True)
-class OwnershipMarker:
-    """The project's element in a domain's <metadata>. `state_dir_id` names the state directory
-    that made the domain (None in a marker without one, which proves nothing)."""
-
-    manifest: str
-    spec_digest: str
-    state_dir_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DomainDefinition:
-    """What a domain's XML says (persistent or live)."""
-
-    name: str
-    uuid: str
-    domain_type: str
-    vcpus: int
-    memory_kib: int
-    disk_paths: tuple[tuple[str, str], ...]  # (target dev, source file)
-    marker: OwnershipMarker | None
-
-
-@dataclass(frozen=True, slots=True)
 class DomainFacts:
     """One libvirt domain: its state and its persistent (and, when running, live) definition."""
 
@@ -59,8 +38,8 @@ class DomainFacts:
     state: PowerState
     state_reason: str
     persistent: bool
-    definition: DomainDefinition
-    live_definition: DomainDefinition | None
+    definition: Machine
+    live_definition: Machine | None
 
     @property
     def marker(self) -> OwnershipMarker | None:

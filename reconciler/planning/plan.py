@@ -7,6 +7,7 @@ resize, define, start (or, for `state: absent`: recover, stop, undefine).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,8 @@ from typing import ClassVar
 from reconciler.model.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
 from reconciler.model.actual import DomainFacts, InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
-from reconciler.planning.domainxml import (
-    BOOT_DISK_TARGET,
-    DomainLayout,
-    build_domain_xml,
-    spec_digest,
-)
+from reconciler.model.machine import Machine, OwnershipMarker
+from reconciler.planning.machine import DomainLayout, build_machine, describe_changes, shape_of
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
 
@@ -109,7 +106,7 @@ class ResizeDisk:
 class DefineDomain:
     kind: ClassVar[StepKind] = StepKind.DEFINE
     instance: str
-    xml: str
+    machine: Machine  # complete: with the uuid (when redefining) and the ownership marker
     changes: tuple[str, ...]
     effect: str
 
@@ -189,10 +186,27 @@ class InstancePlan:
     refusal: str | None = None
     notes: tuple[str, ...] = field(default=())
     accelerator: AcceleratorChoice | None = None
+    pending_restart: bool = False  # the running domain's definition is older than the wanted one
 
     @property
     def converged(self) -> bool:
         return not self.steps and self.refusal is None
+
+    def view(self) -> PlanView:
+        """What is printed of the plan (and what the daemon sends for it)."""
+        return PlanView(
+            self.name, tuple(step.describe() for step in self.steps), self.refusal, self.notes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A plan in words: step descriptions, refusal and notes (JSON-friendly)."""
+
+    name: str
+    steps: tuple[str, ...]
+    refusal: str | None
+    notes: tuple[str, ...]
 
 
 def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> InstancePlan:
@@ -224,7 +238,7 @@ def foreign_reason(domain: DomainFacts, context: PlanContext) -> str | None:
             "its reconciler marker does not name this state directory "
             f"(marker: {marker.state_dir_id or 'no state directory id'})"
         )
-    disk = dict(domain.definition.disk_paths).get(BOOT_DISK_TARGET)
+    disk = domain.definition.boot_disk_path
     if disk != str(context.paths.disk):
         return f"its boot disk is {disk or 'missing'}, not this instance's {context.paths.disk}"
     return None
@@ -295,37 +309,53 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         steps.append(ResizeDisk(spec.name, paths.disk, grow_from, spec.disk_bytes, online))
 
     layout = DomainLayout(str(paths.disk), str(paths.console_log), choice.accelerator)
-    digest = spec_digest(spec, layout)
+    shape = build_machine(spec, layout)
+    digest = shape.spec_digest()
+    pending_restart = False
     if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
-        changes = _changes(spec, layout, domain)
+        same_shape = domain is not None and shape_of(domain.definition) == shape
         if domain is None:
+            changes: tuple[str, ...] = ()
             effect = "new"
-        elif active and not stopping:
-            effect = "takes effect at the next restart of the running domain"
-        elif starting:
-            effect = "takes effect now: the domain starts next"
+        elif same_shape:  # only the marker is out of date (e.g. made by an older version)
+            changes = ("ownership marker updated",)
+            effect = "the machine itself is unchanged"
         else:
-            effect = "takes effect at the next start"
-        xml = build_domain_xml(
-            spec, layout, domain.uuid if domain else None, context.state_dir_id or ""
-        )
-        steps.append(DefineDomain(spec.name, xml, changes, effect))
-        if active and not stopping:
+            changes = describe_changes(domain.definition, shape)
+            if active and not stopping:
+                effect = "takes effect at the next restart of the running domain"
+            elif starting:
+                effect = "takes effect now: the domain starts next"
+            else:
+                effect = "takes effect at the next start"
+        marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
+        machine = dataclasses.replace(shape, uuid=domain.uuid if domain else None, marker=marker)
+        steps.append(DefineDomain(spec.name, machine, changes, effect))
+        if active and not stopping and not same_shape:
+            pending_restart = True
             notes.append("restart the domain (state: stopped, then running) to apply the change")
-    elif active and not stopping and domain.live_definition is not None:
-        live = domain.live_definition.marker
-        if live is None or live.spec_digest != digest:
-            notes.append(
-                "running with an older definition: the current one takes effect at the next "
-                "restart (state: stopped, then running)"
-            )
+    elif (
+        active
+        and not stopping
+        and domain.live_definition is not None
+        and (
+            domain.live_definition.marker is None
+            or domain.live_definition.marker.spec_digest != digest
+        )
+        and shape_of(domain.live_definition) != shape
+    ):
+        pending_restart = True
+        notes.append(
+            "running with an older definition: the current one takes effect at the next "
+            "restart (state: stopped, then running)"
+        )
     if starting:
         risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
         if risky:
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
         watch = START_WATCH_SECONDS if risky else 0.0
         steps.append(StartDomain(spec.name, choice, spec.image, watch))
-    return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice)
+    return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)
 
 
 def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
@@ -390,32 +420,3 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
 
 def _replacement(problem: str) -> str:
     return f"{problem}; the disk would have to be replaced, so nothing was changed"
-
-
-def _changes(
-    spec: InstanceSpec, layout: DomainLayout, domain: DomainFacts | None
-) -> tuple[str, ...]:
-    """What a redefinition changes, in words (empty for a new domain)."""
-    if domain is None:
-        return ()
-    current = domain.definition
-    changes = []
-    if current.vcpus != spec.vcpus:
-        changes.append(f"vcpus {current.vcpus} -> {spec.vcpus}")
-    if current.memory_kib * 1024 != spec.memory_bytes:
-        changes.append(
-            f"memory {format_size(current.memory_kib * 1024)} -> {format_size(spec.memory_bytes)}"
-        )
-    domain_type = "kvm" if layout.accelerator is Accelerator.KVM else "qemu"
-    if current.domain_type != domain_type:
-        changes.append(
-            f"accelerator {_accel_name(current.domain_type)} -> {layout.accelerator.value}"
-        )
-    disks = dict(current.disk_paths)
-    if disks.get("vda") != layout.disk_path:
-        changes.append(f"disk {disks.get('vda')} -> {layout.disk_path}")
-    return tuple(changes) or ("definition updated",)
-
-
-def _accel_name(domain_type: str) -> str:
-    return "tcg" if domain_type == "qemu" else domain_type

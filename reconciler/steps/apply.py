@@ -20,7 +20,7 @@ from reconciler.images.diskheaders import (
 from reconciler.images.qemuimg import QemuImg
 from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
 from reconciler.model.desired import ImageSource
-from reconciler.planning.domainxml import BOOT_DISK_TARGET
+from reconciler.model.machine import BOOT_DISK_TARGET
 from reconciler.planning.plan import (
     CreateOverlay,
     DefineDomain,
@@ -68,7 +68,7 @@ def apply_step(step: Step, context: StepContext) -> str:
         case ResizeDisk():
             return _resize_disk(step, context)
         case DefineDomain():
-            context.driver.define(step.xml)
+            context.driver.define(step.machine)
             return "defined domain" if not step.changes else f"redefined domain ({step.effect})"
         case StartDomain():
             return _start(step, context)

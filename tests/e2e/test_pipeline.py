@@ -13,6 +13,8 @@ from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.images.qemuimg import QemuImg
 from reconciler.model.actual import PowerState
+from reconciler.model.desired import Accelerator
+from reconciler.model.machine import Machine
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.helpers import unique_name, write_manifest
 
@@ -122,8 +124,9 @@ def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: 
     applied = reconcile("--once", str(tmp_path))
     assert applied.code == 0
     record = e2e.driver.lookup(name)
-    assert record is not None and "<memory unit='KiB'>98304</memory>" in record.inactive_xml
-    assert record.live_xml is not None and "<memory unit='KiB'>65536</memory>" in record.live_xml
+    assert record is not None and record.definition is not None
+    assert record.definition.memory_kib == 98304
+    assert record.live is not None and record.live.memory_kib == 65536
     again = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert again.code == 0
     assert "running with an older definition" in again.out
@@ -131,11 +134,7 @@ def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: 
 
 def test_foreign_domain_is_left_untouched(e2e: E2E, reconcile: Reconcile, tmp_path: Path) -> None:
     name = unique_name()
-    foreign = (
-        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
-        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
-    )
-    e2e.driver.define(foreign)
+    e2e.driver.define(Machine(name, Accelerator.TCG, vcpus=1, memory_kib=32 * 1024))  # no marker
     before = e2e.driver.lookup(name)
     write_manifest(tmp_path, name, e2e.base, e2e.sha256)
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.model.actual import PowerState
+from reconciler.model.desired import Accelerator
+from reconciler.model.machine import Disk, Machine, OwnershipMarker
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image
 from tests.helpers import unique_name, write_manifest
@@ -81,14 +83,16 @@ def test_a_forged_ownership_marker_proves_nothing(
     own_id = e2e.state.read_id() or e2e.state.create()
     for forged_id, disk in (("", "/tmp/elsewhere.qcow2"), (own_id, "/tmp/elsewhere.qcow2")):
         name = unique_name()
+        forged = OwnershipMarker("/elsewhere.yaml", "sha256:bogus", forged_id)
         e2e.driver.define(
-            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
-            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
-            "<metadata><rc:instance xmlns:rc='urn:x-reconciler:instance:1'>"
-            "<rc:manifest>/elsewhere.yaml</rc:manifest><rc:spec-digest>sha256:bogus"
-            f"</rc:spec-digest><rc:state-dir>{forged_id}</rc:state-dir></rc:instance></metadata>"
-            f"<devices><disk type='file' device='disk'><source file='{disk}'/>"
-            "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+            Machine(
+                name,
+                Accelerator.TCG,
+                vcpus=1,
+                memory_kib=32 * 1024,
+                disks=(Disk("vda", disk, "qcow2"),),
+                marker=forged,
+            )
         )
         before = e2e.driver.lookup(name)
         write_manifest(tmp_path, name, e2e.base, e2e.sha256)

@@ -9,16 +9,10 @@ from typing import Any
 import pytest
 
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import (
-    DiskFacts,
-    DomainDefinition,
-    DomainFacts,
-    InstanceActual,
-    OwnershipMarker,
-    PowerState,
-)
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
-from reconciler.planning.domainxml import DomainLayout, spec_digest
+from reconciler.model.machine import Disk, OwnershipMarker
+from reconciler.planning.machine import DomainLayout, build_machine
 from reconciler.planning.plan import DefineDomain, PlanContext, StepKind, plan_instance
 from reconciler.statedir import StateDir
 from tests.helpers import make_spec
@@ -27,6 +21,7 @@ STATE = StateDir(Path("/state"))
 BASE = STATE.cached_base(make_spec().image)
 NO_KVM = KvmSupport(False, "no kvm here")
 GIB = 1024**3
+TCG = Accelerator.TCG
 STATE_ID = "5eed" * 8
 
 
@@ -38,7 +33,8 @@ def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: Any) -> PlanC
 
 def digest_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> str:
     paths = STATE.instance(spec.name)
-    return spec_digest(spec, DomainLayout(str(paths.disk), str(paths.console_log), accelerator))
+    layout = DomainLayout(str(paths.disk), str(paths.console_log), accelerator)
+    return build_machine(spec, layout).spec_digest()
 
 
 def domain(
@@ -48,24 +44,27 @@ def domain(
     digest: str | None = None,
     owned: bool = True,
     reason: str = "booted",
-    live_digest: str | None = None,
+    live_memory_kib: int | None = None,
     memory_kib: int | None = None,
 ) -> DomainFacts:
+    """A domain as the plan would have defined it for `spec` (then changed as asked)."""
     marker = OwnershipMarker("m.yaml", digest or digest_of(spec), STATE_ID) if owned else None
-    definition = DomainDefinition(
-        name=spec.name,
+    paths = STATE.instance(spec.name)
+    shape = build_machine(spec, DomainLayout(str(paths.disk), str(paths.console_log), TCG))
+    definition = replace(
+        shape,
         uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
-        domain_type="qemu",
-        vcpus=spec.vcpus,
-        memory_kib=memory_kib or spec.memory_bytes // 1024,
-        disk_paths=(("vda", str(STATE.instance(spec.name).disk)),),
+        memory_kib=memory_kib or shape.memory_kib,
         marker=marker,
     )
     live = None
     if state.active:
-        live_marker = OwnershipMarker("m.yaml", live_digest, STATE_ID) if live_digest else marker
-        live = replace(definition, marker=live_marker)
-    return DomainFacts(spec.name, definition.uuid, state, reason, True, definition, live)
+        live = definition
+        if live_memory_kib is not None and marker is not None:  # started from an older one
+            older = replace(marker, spec_digest="sha256:older")
+            live = replace(definition, memory_kib=live_memory_kib, marker=older)
+    uuid = definition.uuid or ""
+    return DomainFacts(spec.name, uuid, state, reason, True, definition, live)
 
 
 def overlay(spec: InstanceSpec, size: int | None = None, backing: str | None = None) -> DiskFacts:
@@ -215,10 +214,27 @@ def test_redefine_says_when_it_takes_effect() -> None:
 
 
 def test_running_with_older_live_definition_notes_pending_restart() -> None:
-    actual = InstanceActual(domain(RUNNING, live_digest="sha256:old"), overlay(RUNNING), None, True)
-    plan = plan_instance(RUNNING, actual, context(RUNNING))
+    older = domain(RUNNING, live_memory_kib=64 * 1024)
+    plan = plan_instance(
+        RUNNING, InstanceActual(older, overlay(RUNNING), None, True), context(RUNNING)
+    )
     assert plan.steps == ()
+    assert plan.pending_restart
     assert any("next restart" in note for note in plan.notes)
+
+
+def test_a_marker_from_an_older_version_is_updated_without_a_restart() -> None:
+    stale = domain(RUNNING, digest="sha256:made-by-an-older-version")
+    plan = plan_instance(
+        RUNNING, InstanceActual(stale, overlay(RUNNING), None, True), context(RUNNING)
+    )
+    (define,) = plan.steps
+    assert isinstance(define, DefineDomain)
+    assert define.changes == ("ownership marker updated",)
+    assert define.machine.marker is not None
+    assert define.machine.marker.spec_digest == digest_of(RUNNING)
+    assert not plan.pending_restart
+    assert not any("restart" in note for note in plan.notes)
 
 
 def test_auto_accelerator_follows_kvm_support() -> None:
@@ -229,7 +245,7 @@ def test_auto_accelerator_follows_kvm_support() -> None:
     assert with_kvm.accelerator.accelerator is Accelerator.KVM
     assert without.accelerator.accelerator is Accelerator.TCG
     define = next(s for s in with_kvm.steps if isinstance(s, DefineDomain))
-    assert 'type="kvm"' in define.xml
+    assert define.machine.accelerator is Accelerator.KVM
     forced = replace(RUNNING, accelerator=Accelerator.KVM)
     forced_plan = plan_instance(forced, actual, context(forced, NO_KVM))
     assert forced_plan.accelerator is not None
@@ -291,7 +307,7 @@ def test_ownership_is_proven_by_state_directory_id_and_disk(
     definition = replace(
         claimed.definition,
         marker=marker,
-        disk_paths=(("vda", disk),) if disk else claimed.definition.disk_paths,
+        disks=(Disk("vda", disk, "qcow2"),) if disk else claimed.definition.disks,
     )
     forged = replace(claimed, definition=definition)
     for spec in (RUNNING, STOPPED, ABSENT):

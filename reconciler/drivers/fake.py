@@ -1,0 +1,211 @@
+"""An in-memory driver behind the same seam, for fast tests of the steps and the loop.
+
+It keeps machines and power states in a dict, emits the events libvirt would, and can be
+told to misbehave: a guest that ignores the ACPI power button, a crash, a lost connection, an
+operation that fails. It checks what a hypervisor checks where it matters to the reconciler:
+a domain starts only when its boot disk file exists, a redefinition keeps the uuid, an active
+domain cannot be undefined. It proves nothing about disks or QEMU; the e2e tests do.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid as uuid_module
+from dataclasses import dataclass, field, replace
+
+from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.errors import ConnectionLost, DriverError
+from reconciler.model.accel import KvmSupport
+from reconciler.model.actual import PowerState
+from reconciler.model.machine import Machine
+
+
+@dataclass
+class FakeDomain:
+    machine: Machine
+    state: PowerState = PowerState.SHUTOFF
+    reason: str = "unknown"
+    live: Machine | None = None
+    capacities: dict[str, int] = field(default_factory=dict)
+    honours_acpi: bool = True
+
+
+class FakeDriver:
+    """A hypervisor in memory. `calls` lists every changing operation, in order."""
+
+    uri = "fake:///"
+
+    def __init__(
+        self,
+        kvm: KvmSupport | None = None,
+        host_memory: int | None = 64 * 1024**3,
+        *,
+        check_disks: bool = True,
+    ) -> None:
+        self.domains: dict[str, FakeDomain] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.failures: dict[str, Exception] = {}  # operation -> error to raise, once
+        self._kvm = kvm or KvmSupport(False, "the fake driver runs no guests")
+        self._host_memory = host_memory
+        self._check_disks = check_disks
+        self._connected = True
+        self._watchers: tuple[EventCallback, LostCallback] | None = None
+        self._lock = threading.RLock()
+
+    # -- the seam --------------------------------------------------------------------------
+
+    def kvm_support(self) -> KvmSupport:
+        return self._kvm
+
+    def host_memory(self) -> int | None:
+        return self._host_memory
+
+    def list_domains(self) -> list[DomainRecord]:
+        with self._lock:
+            self._check("list domains")
+            return [self._record(name) for name in sorted(self.domains)]
+
+    def lookup(self, name: str) -> DomainRecord | None:
+        with self._lock:
+            self._check(f"look up {name}")
+            return self._record(name) if name in self.domains else None
+
+    def define(self, machine: Machine) -> None:
+        with self._lock:
+            self._act("define", machine.name)
+            existing = self.domains.get(machine.name)
+            if existing is None:
+                uuid = machine.uuid or str(uuid_module.uuid4())
+                self.domains[machine.name] = FakeDomain(replace(machine, uuid=uuid))
+            else:
+                if machine.uuid not in (None, existing.machine.uuid):
+                    raise DriverError(f"define {machine.name}", "domain exists with another uuid")
+                existing.machine = replace(machine, uuid=existing.machine.uuid)
+        self._emit(machine.name, "lifecycle", "defined")
+
+    def start(self, name: str) -> None:
+        with self._lock:
+            domain = self._require("start", name)
+            if domain.state.active:
+                raise DriverError(f"start {name}", "domain is already running")
+            boot = domain.machine.boot_disk_path
+            if self._check_disks and boot is not None and not os.path.exists(boot):
+                raise DriverError(f"start {name}", f"Cannot access storage file '{boot}'")
+            domain.state, domain.reason, domain.live = PowerState.RUNNING, "booted", domain.machine
+        self._emit(name, "lifecycle", "started")
+
+    def request_shutdown(self, name: str) -> bool:
+        with self._lock:
+            domain = self._require("shut down", name)
+            if domain.state is not PowerState.RUNNING:
+                return False
+            if not domain.honours_acpi:
+                return True
+            self._power_off(domain, "shutdown")
+        self._emit(name, "lifecycle", "stopped: shutdown")
+        return True
+
+    def force_stop(self, name: str) -> None:
+        with self._lock:
+            domain = self._require("stop", name)
+            if not domain.state.active:
+                return
+            self._power_off(domain, "destroyed")
+        self._emit(name, "lifecycle", "stopped: destroyed")
+
+    def tear_down(self, name: str) -> str:
+        self.force_stop(name)
+        return "destroyed the half-started domain"
+
+    def undefine(self, name: str) -> None:
+        with self._lock:
+            domain = self._require("undefine", name)
+            if domain.state.active:
+                raise DriverError(f"undefine {name}", "cannot undefine an active domain here")
+            del self.domains[name]
+        self._emit(name, "lifecycle", "undefined")
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        with self._lock:
+            domain = self._require("resize disk of", name)
+            domain.capacities[target] = size_bytes
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        with self._lock:
+            return self._require("read disk of", name).capacities.get(target, 0)
+
+    def log_hint(self, name: str) -> str:
+        return f"the fake driver keeps no log for {name}"
+
+    def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
+        self._watchers = (on_event, on_lost)
+
+    def connected(self) -> bool:
+        return self._connected
+
+    def reconnect(self) -> None:
+        if not self._connected:
+            raise DriverError("reconnect", "the fake hypervisor is still down")
+
+    def close(self) -> None:
+        self._watchers = None
+
+    # -- what tests do to it ---------------------------------------------------------------
+
+    def crash(self, name: str) -> None:
+        """The domain's emulator dies (as after a SIGKILL of QEMU)."""
+        with self._lock:
+            self._power_off(self.domains[name], "crashed")
+        self._emit(name, "lifecycle", "stopped: crashed")
+
+    def ignore_acpi(self, name: str) -> None:
+        self.domains[name].honours_acpi = False
+
+    def lose_connection(self) -> None:
+        self._connected = False
+        if self._watchers is not None:
+            self._watchers[1]("the fake hypervisor went away")
+
+    def restore_connection(self) -> None:
+        self._connected = True
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _record(self, name: str) -> DomainRecord:
+        domain = self.domains[name]
+        return DomainRecord(
+            name=name,
+            uuid=domain.machine.uuid or "",
+            state=domain.state,
+            state_reason=domain.reason,
+            persistent=True,
+            definition=domain.machine,
+            live=domain.live if domain.state.active else None,
+        )
+
+    def _check(self, action: str) -> None:
+        if not self._connected:
+            raise ConnectionLost(action, "the fake hypervisor went away")
+
+    def _act(self, operation: str, name: str) -> None:
+        self._check(f"{operation} {name}")
+        failure = self.failures.pop(operation, None)
+        if failure is not None:
+            raise failure
+        self.calls.append((operation, name))
+
+    def _require(self, operation: str, name: str) -> FakeDomain:
+        self._act(operation, name)
+        domain = self.domains.get(name)
+        if domain is None:
+            raise DriverError(f"{operation} {name}", "no such domain")
+        return domain
+
+    @staticmethod
+    def _power_off(domain: FakeDomain, reason: str) -> None:
+        domain.state, domain.reason, domain.live = PowerState.SHUTOFF, reason, None
+
+    def _emit(self, name: str, kind: str, detail: str) -> None:
+        if self._watchers is not None:
+            self._watchers[0](DomainEvent(name, kind, detail))

@@ -1,0 +1,200 @@
+"""libvirt domain XML: a Machine rendered with ElementTree, and parsed back into a Machine.
+
+Only the libvirt driver uses this; the rest of the code sees the typed Machine.
+
+The ownership marker lives in <metadata> in the project's own namespace:
+
+    <metadata>
+      <rc:instance xmlns:rc="urn:x-reconciler:instance:1">
+        <rc:manifest>manifests/web.yaml</rc:manifest>
+        <rc:spec-digest>sha256:...</rc:spec-digest>
+        <rc:state-dir>9f86d081884c7d659a2feaa0c55ad015</rc:state-dir>
+      </rc:instance>
+    </metadata>
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from reconciler.model.desired import Accelerator, CpuMode, CpuSpec
+from reconciler.model.machine import Disk, Machine, OwnershipMarker
+
+MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
+MARKER_PREFIX = "rc"
+MARKER_ELEMENT = "instance"
+ET.register_namespace(MARKER_PREFIX, MARKER_NAMESPACE)
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def render_domain_xml(machine: Machine) -> str:
+    """The definition to hand to defineXML: the machine, its uuid (when redefining: libvirt
+    refuses a new one) and its ownership marker."""
+    domain_type = "kvm" if machine.accelerator is Accelerator.KVM else "qemu"
+    domain = ET.Element("domain", type=domain_type)
+    _sub(domain, "name", machine.name)
+    if machine.uuid is not None:
+        _sub(domain, "uuid", machine.uuid)
+    if machine.marker is not None:
+        metadata = _sub(domain, "metadata")
+        marker = _sub(metadata, f"{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", machine.marker.manifest)
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", machine.marker.spec_digest)
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", machine.marker.state_dir_id or "")
+    _sub(domain, "memory", str(machine.memory_kib), unit="KiB")
+    _sub(domain, "vcpu", str(machine.vcpus))
+    os_element = _sub(domain, "os")
+    _sub(os_element, "type", "hvm", arch="x86_64", machine=machine.machine_type)
+    _sub(os_element, "boot", dev="hd")
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    _add_cpu(domain, machine.cpu)
+    _sub(domain, "clock", offset="utc")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+    devices = _sub(domain, "devices")
+    for disk in machine.disks:
+        _add_disk(devices, disk)
+    if machine.console_log is not None:
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=machine.console_log)
+        _sub(serial, "target", port="0")
+    _sub(devices, "memballoon", model="none")
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def _add_disk(devices: ET.Element, disk: Disk) -> None:
+    element = _sub(devices, "disk", type="file", device=disk.device)
+    driver = {"name": "qemu", "type": disk.format}
+    if disk.device == "disk":
+        driver["discard"] = "unmap"
+    _sub(element, "driver", **driver)
+    _sub(element, "source", file=disk.path)
+    _sub(element, "target", dev=disk.target, bus=disk.bus)
+    if disk.read_only:
+        _sub(element, "readonly")
+
+
+def _add_cpu(domain: ET.Element, cpu: CpuSpec) -> None:
+    """DEFAULT adds nothing: QEMU's default model starts under both TCG and KVM."""
+    if cpu.mode is CpuMode.DEFAULT:
+        return
+    if cpu.mode is CpuMode.CUSTOM:
+        element = _sub(domain, "cpu", mode="custom", match="exact", check="none")
+        _sub(element, "model", cpu.model or "qemu64", fallback="forbid")
+        return
+    _sub(domain, "cpu", mode=cpu.mode.value)
+
+
+class DomainXmlError(Exception):
+    """The XML libvirt returned is not a domain definition we can read."""
+
+
+def parse_domain_xml(xml: str) -> Machine:
+    """The machine a domain's XML describes: identity, shape, disks and our marker (if any).
+    What the Machine type does not model is ignored."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as err:
+        raise DomainXmlError(f"unreadable domain XML: {err}") from err
+    if root.tag != "domain":
+        raise DomainXmlError(f"expected <domain>, got <{root.tag}>")
+    memory = root.find("memory")
+    memory_kib = (
+        _to_kib(int(memory.text or 0), memory.get("unit", "KiB")) if memory is not None else 0
+    )
+    disks = []
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        source = disk.find("source")
+        driver = disk.find("driver")
+        if target is None:
+            continue
+        path = "" if source is None else source.get("file") or source.get("dev") or ""
+        disks.append(
+            Disk(
+                target=target.get("dev", ""),
+                path=path,
+                format="" if driver is None else driver.get("type", ""),
+                bus=target.get("bus", ""),
+                device=disk.get("device", "disk"),
+                read_only=disk.find("readonly") is not None,
+            )
+        )
+    serial_source = root.find("devices/serial[@type='file']/source")
+    os_type = root.find("os/type")
+    return Machine(
+        name=root.findtext("name", ""),
+        accelerator=_ACCELERATORS.get(root.get("type", "")),
+        vcpus=int(root.findtext("vcpu", "0") or 0),
+        memory_kib=memory_kib,
+        cpu=_parse_cpu(root.find("cpu")),
+        machine_type=_machine_type(os_type.get("machine", "") if os_type is not None else ""),
+        disks=tuple(disks),
+        console_log=None if serial_source is None else serial_source.get("path"),
+        uuid=root.findtext("uuid") or None,
+        marker=_parse_marker(root),
+    )
+
+
+_ACCELERATORS = {"kvm": Accelerator.KVM, "qemu": Accelerator.TCG}
+
+
+def _machine_type(reported: str) -> str:
+    """libvirt expands an alias (pc -> pc-i440fx-7.2); the family is what a manifest names."""
+    for family, prefix in (("pc", "pc-i440fx-"), ("q35", "pc-q35-")):
+        if reported == family or reported.startswith(prefix):
+            return family
+    return reported
+
+
+def _parse_cpu(element: ET.Element | None) -> CpuSpec:
+    if element is None:
+        return CpuSpec()
+    mode = element.get("mode", "custom")
+    if mode == "custom":
+        return CpuSpec(CpuMode.CUSTOM, element.findtext("model") or None)
+    try:
+        return CpuSpec(CpuMode(mode))
+    except ValueError:
+        return CpuSpec(CpuMode.CUSTOM, mode)
+
+
+def _parse_marker(root: ET.Element) -> OwnershipMarker | None:
+    element = root.find(f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
+    if element is None:
+        return None
+    digest = element.findtext(f"{{{MARKER_NAMESPACE}}}spec-digest")
+    manifest = element.findtext(f"{{{MARKER_NAMESPACE}}}manifest")
+    if not digest or manifest is None:
+        return None
+    state_dir_id = element.findtext(f"{{{MARKER_NAMESPACE}}}state-dir") or None
+    return OwnershipMarker(manifest=manifest, spec_digest=digest, state_dir_id=state_dir_id)
+
+
+_KIB_PER_UNIT = {
+    "b": 1 / 1024,
+    "bytes": 1 / 1024,
+    "k": 1,
+    "kib": 1,
+    "kb": 1000 / 1024,
+    "m": 1024,
+    "mib": 1024,
+    "mb": 1000**2 / 1024,
+    "g": 1024**2,
+    "gib": 1024**2,
+    "gb": 1000**3 / 1024,
+}
+
+
+def _to_kib(value: int, unit: str) -> int:
+    return int(value * _KIB_PER_UNIT.get(unit.lower(), 1))

@@ -1,0 +1,71 @@
+"""The typed machine description: what a domain is, independent of any hypervisor's syntax.
+
+The plan builds one from a spec; a driver renders it (libvirt XML, or QEMU arguments) to
+define the domain, and parses what the hypervisor reports back into the same type. The spec
+digest in the ownership marker is computed over it, so it does not depend on how a driver
+spells a definition. Pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from reconciler.model.desired import Accelerator, CpuSpec
+
+BOOT_DISK_TARGET = "vda"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipMarker:
+    """The project's mark on a domain. `state_dir_id` names the state directory that made the
+    domain (None in a marker without one, which proves nothing)."""
+
+    manifest: str
+    spec_digest: str
+    state_dir_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    """A block device: `target` is its stable guest-visible name (vda, vdb, sda...)."""
+
+    target: str
+    path: str
+    format: str  # qcow2 | raw
+    bus: str = "virtio"
+    device: str = "disk"  # disk | cdrom
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    """One domain's definition. `accelerator` is KVM or TCG (None when a foreign domain uses
+    something else); `uuid` and `marker` are identity, not shape: the digest leaves them out."""
+
+    name: str
+    accelerator: Accelerator | None
+    vcpus: int
+    memory_kib: int
+    cpu: CpuSpec = field(default_factory=CpuSpec)
+    machine_type: str = "pc"
+    disks: tuple[Disk, ...] = ()
+    console_log: str | None = None  # the serial console, written to this file
+    uuid: str | None = None
+    marker: OwnershipMarker | None = None
+
+    def disk(self, target: str) -> Disk | None:
+        return next((disk for disk in self.disks if disk.target == target), None)
+
+    @property
+    def boot_disk_path(self) -> str | None:
+        disk = self.disk(BOOT_DISK_TARGET)
+        return None if disk is None else disk.path
+
+    def spec_digest(self) -> str:
+        """A digest of the machine's shape (everything but its uuid and marker)."""
+        shape = dataclasses.asdict(dataclasses.replace(self, uuid=None, marker=None))
+        canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,89 @@
+"""Golden libvirt XML of typed machines (regenerate with RECONCILER_REGENERATE_GOLDEN=1), and
+parsing it back. The e2e suite defines every golden file on libvirt (test_golden_xml_defines)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.drivers.libvirt_xml import parse_domain_xml, render_domain_xml
+from reconciler.model.desired import Accelerator, CpuMode, CpuSpec
+from reconciler.model.machine import Machine, OwnershipMarker
+from reconciler.planning.machine import DomainLayout, build_machine
+from tests.helpers import make_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+STATE_DIR_ID = "0123456789abcdef0123456789abcdef"
+LAYOUT = DomainLayout(
+    "/state/instances/web/disk.qcow2", "/state/instances/web/console.log", Accelerator.TCG
+)
+
+
+def complete(shape: Machine, uuid: str | None = None) -> Machine:
+    marker = OwnershipMarker("manifests/web.yaml", shape.spec_digest(), STATE_DIR_ID)
+    return replace(shape, uuid=uuid, marker=marker)
+
+
+GOLDEN_MACHINES = {
+    "tcg-default-cpu": complete(build_machine(make_spec(), LAYOUT)),
+    "kvm-custom-cpu-redefine": complete(
+        build_machine(
+            make_spec(vcpus=2, cpu=CpuSpec(CpuMode.CUSTOM, "Skylake-Client")),
+            replace(LAYOUT, accelerator=Accelerator.KVM),
+        ),
+        "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+    ),
+    "host-model-cpu": complete(build_machine(make_spec(cpu=CpuSpec(CpuMode.HOST_MODEL)), LAYOUT)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_MACHINES))
+def test_golden_domain_xml(case: str) -> None:
+    xml = render_domain_xml(GOLDEN_MACHINES[case])
+    golden = GOLDEN / f"{case}.xml"
+    if os.environ.get("RECONCILER_REGENERATE_GOLDEN"):
+        golden.write_text(xml)
+    assert xml == golden.read_text()
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_MACHINES))
+def test_parsing_gives_back_the_machine(case: str) -> None:
+    machine = GOLDEN_MACHINES[case]
+    assert parse_domain_xml(render_domain_xml(machine)) == machine
+
+
+def test_values_are_escaped_not_concatenated() -> None:
+    shape = build_machine(make_spec(), LAYOUT)
+    machine = replace(shape, marker=OwnershipMarker("x/<a>&\"b'.yaml", "sha256:x", STATE_DIR_ID))
+    xml = render_domain_xml(machine)
+    assert "<a>" not in xml
+    marker = parse_domain_xml(xml).marker
+    assert marker is not None and marker.manifest == "x/<a>&\"b'.yaml"
+
+
+def test_domain_without_marker_is_foreign() -> None:
+    xml = "<domain type='qemu'><name>x</name><memory unit='MiB'>64</memory><vcpu>1</vcpu></domain>"
+    machine = parse_domain_xml(xml)
+    assert machine.marker is None
+    assert machine.memory_kib == 64 * 1024
+    assert machine.accelerator is Accelerator.TCG
+
+
+def test_libvirt_expanded_machine_types_read_as_their_family() -> None:
+    xml = render_domain_xml(build_machine(make_spec(), LAYOUT))
+    expanded = xml.replace('machine="pc"', 'machine="pc-i440fx-7.2"')
+    assert parse_domain_xml(expanded).machine_type == "pc"
+
+
+def test_digest_changes_with_what_the_domain_is_built_from() -> None:
+    spec = make_spec()
+    base = build_machine(spec, LAYOUT).spec_digest()
+    assert build_machine(replace(spec, memory_bytes=256 * 1024**2), LAYOUT).spec_digest() != base
+    kvm = replace(LAYOUT, accelerator=Accelerator.KVM)
+    assert build_machine(spec, kvm).spec_digest() != base
+    # the disk size and the state are not part of the definition; nor are uuid and marker
+    assert build_machine(replace(spec, disk_bytes=9 * 1024**3), LAYOUT).spec_digest() == base
+    assert complete(build_machine(spec, LAYOUT), "u").spec_digest() == base

@@ -1,0 +1,140 @@
+"""One reconcile, and the steps, against the in-memory driver with a fake clock: control flow
+and outcomes in milliseconds (real qemu-img makes the disk; the e2e tests run real QEMU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.clock import Clock
+from reconciler.drivers.fake import FakeDriver
+from reconciler.errors import DriverError
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.reconcile import Failure, Outcome, Reconciler, Settings
+from reconciler.model.actual import PowerState
+from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
+from reconciler.model.machine import Machine
+from reconciler.statedir import StateDir
+from tests.helpers import make_spec, write_base_image
+
+
+@dataclass
+class FakeTime:
+    now: float = 0.0
+    slept: float = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+    def clock(self) -> Clock:
+        return Clock(monotonic=lambda: self.now, sleep=self.sleep)
+
+
+@dataclass
+class World:
+    driver: FakeDriver
+    reconciler: Reconciler
+    spec: InstanceSpec
+    time: FakeTime
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    images = tmp_path / "images"
+    images.mkdir()
+    base, sha = write_base_image(images)
+    state = StateDir(tmp_path / "state")
+    state.create()
+    driver = FakeDriver()
+    time = FakeTime()
+    settings = Settings(sources=SourcePolicy((images,)))
+    reconciler = Reconciler(driver, state, settings, clock=time.clock())
+    spec = make_spec(name="rct-fake", image=ImageSource(base, sha, ImageFormat.RAW))
+    return World(driver, reconciler, spec, time)
+
+
+def test_a_new_instance_is_built_and_started_then_left_alone(world: World) -> None:
+    first = world.reconciler.reconcile(world.spec)
+    assert first.outcome is Outcome.CHANGED, first.message
+    assert [call for call, _ in world.driver.calls] == ["define", "start"]
+    record = world.driver.lookup("rct-fake")
+    assert record is not None and record.state is PowerState.RUNNING
+    assert record.definition is not None and record.definition.marker is not None
+    world.driver.calls.clear()
+    again = world.reconciler.reconcile(world.spec)
+    assert again.outcome is Outcome.UNCHANGED
+    assert world.driver.calls == []
+
+
+def test_a_crashed_domain_is_started_again(world: World) -> None:
+    world.reconciler.reconcile(world.spec)
+    world.driver.crash("rct-fake")
+    result = world.reconciler.reconcile(world.spec)
+    assert result.outcome is Outcome.CHANGED
+    assert world.driver.domains["rct-fake"].state is PowerState.RUNNING
+
+
+def test_a_guest_that_ignores_acpi_is_forced_off_after_its_timeout(world: World) -> None:
+    world.reconciler.reconcile(world.spec)
+    world.driver.ignore_acpi("rct-fake")
+    stopped = replace(world.spec, state=DesiredState.STOPPED, shutdown_timeout_seconds=30)
+    result = world.reconciler.reconcile(stopped)
+    assert result.outcome is Outcome.CHANGED
+    assert any("forced off" in action for action in result.actions)
+    assert world.time.slept >= 30  # waited on the fake clock, not the real one
+    assert world.driver.domains["rct-fake"].state is PowerState.SHUTOFF
+
+
+def test_a_lost_connection_is_a_transient_failure_that_changes_nothing(world: World) -> None:
+    world.reconciler.reconcile(world.spec)
+    world.driver.crash("rct-fake")
+    world.driver.calls.clear()
+    world.driver.lose_connection()
+    result = world.reconciler.reconcile(world.spec)
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is Failure.TRANSIENT
+    assert world.driver.calls == []  # nothing defined or started on a guess
+    world.driver.restore_connection()
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.CHANGED
+
+
+def test_a_failing_hypervisor_call_is_transient_and_a_refusal_is_permanent(
+    world: World,
+) -> None:
+    world.driver.failures["start"] = DriverError("start rct-fake", "out of luck")
+    failed = world.reconciler.reconcile(world.spec)
+    assert failed.outcome is Outcome.FAILED and failed.failure is Failure.TRANSIENT
+    assert "out of luck" in (failed.message or "")
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.CHANGED
+    smaller = replace(world.spec, disk_bytes=world.spec.disk_bytes // 2)
+    refused = world.reconciler.reconcile(smaller)
+    assert refused.outcome is Outcome.FAILED and refused.failure is Failure.PERMANENT
+    assert "never shrink" in (refused.message or "")
+
+
+def test_a_domain_someone_else_defined_is_refused_and_untouched(world: World) -> None:
+    world.driver.define(Machine("rct-fake", None, vcpus=1, memory_kib=1024))
+    world.driver.calls.clear()
+    result = world.reconciler.reconcile(world.spec)
+    assert result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT
+    assert "not created by reconciler" in (result.message or "")
+    assert world.driver.calls == []
+
+
+def test_the_domain_must_really_run_after_the_pass(world: World) -> None:
+    """A start that 'succeeds' but leaves the domain stopped is a failure, not a success."""
+    world.reconciler.reconcile(world.spec)
+    world.driver.crash("rct-fake")
+    original_start = world.driver.start
+
+    def start_then_die(name: str) -> None:
+        original_start(name)
+        world.driver.crash(name)
+
+    world.driver.start = start_then_die  # type: ignore[method-assign]
+    result = world.reconciler.reconcile(world.spec)
+    assert result.outcome is Outcome.FAILED and result.failure is Failure.TRANSIENT
+    assert "not running" in (result.message or "")
