@@ -122,6 +122,11 @@ class StateDir:
         return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
 
 
+def control_socket(state: StateDir) -> Path:
+    """The daemon's control socket in the state directory."""
+    return state.root / "control.sock"
+
+
 class StateDirLock:
     """An exclusive flock on STATE/lock; the file names the holder's pid and command."""
 

@@ -1,23 +1,36 @@
-"""The `reconcile` command: parses options, configures logging, runs a pass and maps every
+"""The `reconcile` command: parses options, configures logging, runs a command and maps every
 outcome and error to an exit status (the only place that does).
 
-    reconcile [OPTIONS] --once DIR         apply once and exit
-    reconcile [OPTIONS] plan DIR           print the steps, change nothing
+    reconcile [run] [OPTIONS] DIR          the daemon: watch DIR and keep it converged
+    reconcile [run] [OPTIONS] --once DIR   apply once and exit
+    reconcile plan [OPTIONS] DIR           print the steps, change nothing
+    reconcile status [NAME] [-o json]      what the daemon knows about each instance
+    reconcile gc [--dry-run]               remove cached bases no disk uses
+
+While a daemon holds the state directory, plan, status and --once ask it over its control
+socket; otherwise they work on their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from reconciler import __version__
-from reconciler.cli.report import render_manifest_errors, render_plan, render_summary
+from reconciler.cli.report import (
+    render_manifest_errors,
+    render_plan,
+    render_status,
+    render_summary,
+)
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.images.cache import ImageCache
@@ -27,11 +40,27 @@ from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
+from reconciler.loop.control import ControlServer, daemon_listening, request
+from reconciler.loop.controller import (
+    DEFAULT_WORKERS,
+    Controller,
+    DaemonOptions,
+    notify_systemd,
+    render_json_log,
+)
 from reconciler.loop.once import apply_all, plan_all
-from reconciler.loop.reconcile import Outcome, Reconciler, Settings
+from reconciler.loop.reconcile import (
+    InstanceResult,
+    Outcome,
+    Reconciler,
+    Settings,
+    result_from_json,
+)
+from reconciler.loop.status import read_status_file
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.model.desired import Accelerator
-from reconciler.statedir import StateDir, StateDirLock, default_state_dir
+from reconciler.planning.plan import PlanView
+from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
 
 LOG = logging.getLogger("reconciler")
 
@@ -83,70 +112,136 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="CA certificates (PEM) that HTTPS image servers are checked against, instead of "
         "the system's (proxies come from http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines for people (text) or one JSON object per line (json)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One parser for both forms: `[OPTIONS] --once DIR` and `[OPTIONS] plan DIR`."""
+COMMANDS = ("run", "plan", "status", "gc")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (help, version) and one sub-parser per command."""
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common)
     parser = argparse.ArgumentParser(
         prog="reconcile",
-        usage="%(prog)s [OPTIONS] --once DIR\n       %(prog)s [OPTIONS] plan DIR "
-        "[--detailed-exitcode]\n       %(prog)s [OPTIONS] gc [--dry-run] [--grace DURATION]",
-        description="Keep libvirt VMs in the state that YAML manifests describe.",
+        usage="%(prog)s [run] [OPTIONS] [--once] DIR\n"
+        "       %(prog)s plan [OPTIONS] DIR [--detailed-exitcode]\n"
+        "       %(prog)s status [NAME] [-o json]\n"
+        "       %(prog)s gc [--dry-run] [--grace DURATION]",
+        description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
+        "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
         "Of plan: 0 success, 1 error, 2 invalid input; with --detailed-exitcode: "
         "0 no changes, 2 changes pending, 1 error (invalid input included).",
     )
-    parser.add_argument("words", nargs="+", metavar="[plan] DIR", help="manifest file or directory")
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
-    parser.add_argument("--once", action="store_true", help="apply one pass, then exit")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="with gc: list what would be removed"
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run", parents=[common], help="watch DIR and keep it converged (the default command)"
     )
-    parser.add_argument(
+    run.add_argument("directory", metavar="DIR", type=Path, help="manifest file or directory")
+    run.add_argument("--once", action="store_true", help="apply one pass, then exit")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"instances reconciled at once by the daemon (default {DEFAULT_WORKERS})",
+    )
+    run.add_argument(
+        "--resync",
+        metavar="DURATION",
+        default="5m",
+        help="full pass over every instance this often, as events can be lost (default 5m)",
+    )
+    plan = commands.add_parser("plan", parents=[common], help="print the steps, change nothing")
+    plan.add_argument("directory", metavar="DIR", type=Path, help="manifest file or directory")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 when nothing would change, 2 when changes are pending, 1 on error",
+    )
+    status = commands.add_parser(
+        "status", parents=[common], help="what the daemon knows about each instance"
+    )
+    status.add_argument("name", metavar="NAME", nargs="?", help="one instance only")
+    status.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="output format"
+    )
+    gc = commands.add_parser("gc", parents=[common], help="remove cached bases no disk uses")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    gc.add_argument(
         "--grace",
         metavar="DURATION",
         default="24h",
-        help="with gc: keep unused bases used within this long (e.g. 7d, 12h, 30m, 0; default 24h)",
+        help="keep unused bases used within this long (e.g. 7d, 12h, 30m, 0; default 24h)",
     )
-    parser.add_argument(
-        "--detailed-exitcode",
-        action="store_true",
-        help="with plan: exit 0 when nothing would change, 2 when changes are pending, 1 on error",
-    )
-    _common_options(parser)
-    return parser
+    return parser, dict(commands.choices)
+
+
+def _split_command(
+    argv: list[str], subparsers: dict[str, argparse.ArgumentParser]
+) -> tuple[str, list[str]]:
+    """The command word and the other arguments; 'run' when no command word is given. The
+    command is the first argument that is not an option or an option's value."""
+    takes_value = {
+        option
+        for sub in subparsers.values()
+        for action in sub._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    }
+    previous = ""
+    for index, word in enumerate(argv):
+        if word == "--":
+            break
+        if not word.startswith("-") and not (previous in takes_value and "=" not in previous):
+            if word in subparsers:
+                return word, argv[:index] + argv[index + 1 :]
+            break
+        previous = word
+    return "run", argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
+    parser, subparsers = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-        if args.words == ["gc"]:
+        if not arguments or arguments[0] in ("-h", "--help", "--version"):
+            parser.parse_args(arguments or ["--help"])
+        command, rest = _split_command(arguments, subparsers)
+        sub = subparsers[command]
+        args = sub.parse_intermixed_args(rest)
+        args.command = command
+        if command == "gc":
             args.directory = Path(".")
             return _run_command(run_gc, args)
-        is_plan = args.words[0] == "plan" and len(args.words) == 2
-        if len(args.words) != 1 + is_plan:
-            parser.error("expected one manifest directory (or 'plan DIR', or 'gc')")
-        args.directory = Path(args.words[-1])
-        if is_plan and args.once:
-            parser.error("--once applies changes; plan never does: use one or the other")
-        if not is_plan and args.detailed_exitcode:
-            parser.error("--detailed-exitcode goes with plan")
-        if not is_plan and not args.once:
-            parser.error("watch mode is not available yet: use 'reconcile --once DIR'")
+        if command == "status":
+            args.directory = Path(".")
+            return _run_command(run_status, args)
+        if command == "plan":
+            return _run_command(run_plan, args)
+        if args.once:
+            return _run_command(run_once, args)
+        return _run_command(run_daemon, args)
     except SystemExit as exit_request:
         return EXIT_INVALID if exit_request.code else EXIT_OK
-    return _run_command(run_plan if is_plan else run_once, args)
 
 
 def _run_command(
     command: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace
 ) -> int:
     """Run one command, mapping every outcome and error to the exit status."""
-    _configure_logging(args.verbose, args.debug)
+    daemon = args.command == "run" and not args.once
+    _configure_logging(args.verbose or daemon, args.debug, args.log_format)
     try:
         return command(args, sys.stdout)
     except ConfigError as err:
@@ -171,16 +266,28 @@ def _run_command(
         return EXIT_FAILED
 
 
-def _configure_logging(verbose: bool, debug: bool) -> None:
+def _configure_logging(verbose: bool, debug: bool, log_format: str = "text") -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%H:%M:%S"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     # Download progress is information, not a warning, and wanted even when output goes to a
     # file: visible at every level.
     PROGRESS_LOG.setLevel(min(level, logging.INFO))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return render_json_log(record)
 
 
 def _load(directory: Path) -> LoadResult:
@@ -214,37 +321,67 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _daemon_socket(args: argparse.Namespace) -> Path | None:
+    """The control socket of a daemon running on this state directory (None when none runs)."""
+    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    path = control_socket(state)
+    return path if path.exists() and daemon_listening(path) else None
+
+
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
-    """`reconcile plan DIR`."""
-    load = _load(args.directory)
-    settings = _settings(args)
-    state = _state(args)
-    driver = _open_driver(args, state)
-    try:
-        plans = plan_all(load, Reconciler(driver, state, settings))
-    finally:
-        driver.close()
-    for line in render_plan(plans):
+    """`reconcile plan DIR` (asked of the daemon when one runs on the state directory)."""
+    socket_path = _daemon_socket(args)
+    if socket_path is not None:
+        answer = _ask(socket_path, {"op": "plan", "directory": str(args.directory.absolute())})
+        views = [
+            PlanView(v["name"], tuple(v["steps"]), v["refusal"], tuple(v["notes"]))
+            for v in answer["plans"]
+        ]
+        errors = list(answer["manifestErrors"])
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+    else:
+        load = _load(args.directory)
+        settings = _settings(args)
+        state = _state(args)
+        driver = _open_driver(args, state)
+        try:
+            views = [plan.view() for plan in plan_all(load, Reconciler(driver, state, settings))]
+        finally:
+            driver.close()
+        errors = [str(error) for error in load.errors]
+    for line in render_plan(views):
         print(line, file=out)
-    failed = bool(load.errors) or any(plan.refusal for plan in plans)
-    pending = any(plan.steps for plan in plans)
+    failed = bool(errors) or any(view.refusal for view in views)
+    pending = any(view.steps for view in views)
     if args.detailed_exitcode:
         if failed:
             return PLAN_EXIT_ERROR
         return PLAN_EXIT_CHANGES if pending else PLAN_EXIT_NO_CHANGES
-    return EXIT_INVALID if load.errors else EXIT_OK
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _ask(
+    socket_path: Path,
+    message: dict[str, object],
+    on_progress: Callable[[dict[str, object]], None] | None = None,
+) -> dict[str, Any]:
+    answer = request(socket_path, message, on_progress)
+    if "error" in answer:
+        raise ConfigError(f"the daemon refused: {answer['error']}")
+    return answer
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--grace") -> float:
     """Seconds in '7d', '12h', '30m', '45s' or '0'; ConfigError otherwise."""
     number, unit = text[:-1], text[-1:]
     if unit.isdigit():
         number, unit = text, ""
     if not number.isdigit() or unit not in _DURATION_UNITS:
-        raise ConfigError(f"--grace {text!r} is not a duration (expected e.g. 7d, 12h, 30m, 0)")
+        raise ConfigError(f"{option} {text!r} is not a duration (expected e.g. 7d, 12h, 30m, 0)")
     return int(number) * _DURATION_UNITS[unit]
 
 
@@ -271,8 +408,46 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_once(args: argparse.Namespace, out: TextIO) -> int:
-    """`reconcile --once DIR`."""
-    load = _load(args.directory)
+    """`reconcile --once DIR` (a pass of the daemon when one runs on the state directory)."""
+    printing = threading.Lock()
+
+    def progress(name: str, message: str) -> None:
+        with printing:
+            print(f"{name}: {message}", file=out, flush=True)
+
+    socket_path = _daemon_socket(args)
+    if socket_path is not None:
+        print(f"reconcile: asking the daemon on {socket_path} for a pass", file=out)
+
+        def forward(message: dict[str, Any]) -> None:
+            update = message.get("progress")
+            if isinstance(update, dict):
+                progress(str(update.get("name")), str(update.get("message")))
+
+        answer = _ask(
+            socket_path, {"op": "pass", "directory": str(args.directory.absolute())}, forward
+        )
+        results = [result_from_json(item) for item in answer["results"]]
+        errors = list(answer["manifestErrors"])
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+    else:
+        load = _load(args.directory)
+        errors = [str(error) for error in load.errors]
+        results = _run_pass(args, load, progress, out)
+    for line in render_summary(results, len(errors)):
+        print(line, file=out)
+    if errors:
+        return EXIT_INVALID
+    return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
+
+
+def _run_pass(
+    args: argparse.Namespace,
+    load: LoadResult,
+    progress: Callable[[str, str], None],
+    out: TextIO,
+) -> list[InstanceResult]:
     settings = _settings(args)
     state = _state(args)
     state.create()
@@ -284,21 +459,80 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
     try:
         driver = _open_driver(args, state)
         print(f"reconcile: libvirt {driver.uri}, state directory {state.root}", file=out)
-        printing = threading.Lock()
-
-        def progress(name: str, message: str) -> None:
-            with printing:
-                print(f"{name}: {message}", file=out, flush=True)
-
         try:
             reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
-            results = apply_all(load, reconciler)
+            return apply_all(load, reconciler)
         finally:
             driver.close()
     finally:
         lock.release()
-    for line in render_summary(results, len(load.errors)):
-        print(line, file=out)
-    if load.errors:
-        return EXIT_INVALID
-    return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
+
+
+def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
+    """`reconcile DIR`: the controller, until SIGTERM or SIGINT; SIGHUP rereads DIR."""
+    directory = args.directory.absolute()
+    if not directory.is_dir():
+        raise ConfigError(f"{args.directory}: not a directory (the daemon watches a directory)")
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    resync = parse_duration(args.resync, "--resync")
+    if resync <= 0:
+        raise ConfigError("--resync must be longer than 0")
+    settings = _settings(args)
+    state = _state(args)
+    state.create()
+    lock = StateDirLock(state)
+    try:
+        lock.acquire()
+    except StateDirBusy as err:
+        raise StateDirBusy(f"{err}; a daemon may already run there (reconcile status)") from err
+    try:
+        driver = _open_driver(args, state)
+        try:
+            options = DaemonOptions(directory, args.workers, resync)
+            controller = Controller(driver, state, settings, options)
+            server = ControlServer(control_socket(state), controller.handle_request)
+            server.start()
+            previous = {
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: controller.stop()),
+                signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: controller.stop()),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: controller.request_reload()),
+            }
+            LOG.info(
+                "watching %s with libvirt %s, state directory %s", directory, driver.uri, state.root
+            )
+            try:
+                controller.run(on_ready=lambda: notify_systemd("READY=1"))
+            finally:
+                notify_systemd("STOPPING=1")
+                server.stop()
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        finally:
+            driver.close()
+    finally:
+        lock.release()
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace, out: TextIO) -> int:
+    """`reconcile status [NAME]`: from the daemon, or from the file it last wrote."""
+    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    socket_path = _daemon_socket(args)
+    if socket_path is not None:
+        snapshot = _ask(socket_path, {"op": "status", "name": args.name})["status"]
+    else:
+        snapshot = read_status_file(state.root / "status.json")
+        if snapshot is None:
+            raise ConfigError(f"no daemon runs on {state.root} and none has written a status there")
+        snapshot["daemon"]["running"] = False
+        if args.name is not None:
+            snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == args.name]
+    if args.name is not None and not snapshot["instances"]:
+        raise ConfigError(f"no instance named {args.name!r} in the daemon's status")
+    if args.output == "json":
+        print(json.dumps(snapshot, indent=2), file=out)
+    else:
+        for line in render_status(snapshot):
+            print(line, file=out)
+    return EXIT_OK

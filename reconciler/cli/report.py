@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from reconciler.errors import ManifestError
 from reconciler.loop.reconcile import InstanceResult, Outcome
@@ -63,3 +64,46 @@ def render_summary(results: Sequence[InstanceResult], invalid: int) -> list[str]
     if results and counts[Outcome.CHANGED] == 0 and counts[Outcome.FAILED] == 0:
         head += ": nothing to do"
     return [head, *lines]
+
+
+def render_status(snapshot: dict[str, Any]) -> list[str]:
+    """The daemon's status as a table, then one block per instance with an error, a pending
+    retry or a pending restart."""
+    daemon = snapshot.get("daemon", {})
+    if daemon.get("running"):
+        head = f"daemon pid {daemon.get('pid')} watching {daemon.get('manifests')}"
+        if not daemon.get("connected", True):
+            head += " (disconnected from libvirt, reconnecting)"
+    else:
+        head = f"no daemon running; status as written at {snapshot.get('written')}"
+    lines = [head]
+    instances = snapshot.get("instances", [])
+    width = max((len(i["name"]) for i in instances), default=4)
+    lines.append(f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  LAST")
+    for item in instances:
+        last = item.get("lastReconcile") or {}
+        summary = f"{last.get('outcome', '-')} at {last.get('started', '-')}"
+        if last:
+            summary += f" ({last.get('seconds')}s)"
+        lines.append(
+            f"  {item['name']:<{width}}  {item.get('desired') or '-':<8}  "
+            f"{item.get('observed') or '-':<13}  {item.get('accelerator') or '-':<5}  {summary}"
+        )
+        error = item.get("lastError")
+        if error:
+            lines.append(f"  {'':<{width}}  error ({error.get('failure')}): {error.get('message')}")
+        if item.get("nextRetry"):
+            lines.append(
+                f"  {'':<{width}}  retry {item.get('failures')} at {item.get('nextRetry')}"
+            )
+        if item.get("waitingForChange"):
+            lines.append(f"  {'':<{width}}  not retried until its manifest or source changes")
+        if item.get("pendingRestart"):
+            lines.append(
+                f"  {'':<{width}}  restart pending: the running domain has an older definition"
+            )
+    for error in snapshot.get("manifestErrors", []):
+        lines.append(f"error: {error}")
+    if not instances:
+        lines.append("  no instances")
+    return lines

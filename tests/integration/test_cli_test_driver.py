@@ -50,8 +50,14 @@ def test_once_over_test_driver(
 def test_usage_errors_exit_2_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(capsys, str(tmp_path))[0] == 2  # watch mode not available yet
+    state = ["--state-dir", str(tmp_path / "s"), "--connect", TEST_URI]
+    assert run(capsys, "--workers", "0", str(tmp_path), *state)[0] == 2
+    assert run(capsys, "--resync", "soon", str(tmp_path), *state)[0] == 2
+    (tmp_path / "one.yaml").write_text("")
+    code, _out, err = run(capsys, str(tmp_path / "one.yaml"), *state)
+    assert code == 2 and "the daemon watches a directory" in err
     assert run(capsys, "plan", "--once", str(tmp_path))[0] == 2
+    assert run(capsys, "status", "--detailed-exitcode")[0] == 2
     code, _out, err = run(capsys, "--once", str(tmp_path / "missing"), "--connect", TEST_URI)
     assert code == 2 and "no such file or directory" in err
 

@@ -1,0 +1,485 @@
+"""The daemon: a controller in controller-runtime's shape.
+
+Triggers only enqueue an instance name: a burst of manifest changes (the names the changed
+files defined before and after), a domain event from the driver, a periodic full resync
+(events can be lost), a reconnection after the hypervisor went away, a request on the control
+socket. Workers take names from the queue; each reconcile of a name observes afresh, plans and
+acts, and its outcome decides whether and when the name comes back: never after a success
+(unless the domain was caught in a transition), with exponential backoff after a transient
+failure, and only once its manifest or its source changes after a permanent one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.drivers.base import DomainEvent, Driver
+from reconciler.errors import ReconcilerError
+from reconciler.images.progress import TransferReporter
+from reconciler.loop.control import RequestError
+from reconciler.loop.once import plan_all
+from reconciler.loop.queue import WorkQueue
+from reconciler.loop.reconcile import (
+    Failure,
+    InstanceResult,
+    Outcome,
+    Reconciler,
+    Settings,
+    result_to_json,
+)
+from reconciler.loop.status import StatusBook
+from reconciler.loop.watch import ManifestWatcher
+from reconciler.loop.workers import WorkerPool
+from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.model.desired import InstanceSpec
+from reconciler.statedir import StateDir
+
+LOG = logging.getLogger("reconciler.daemon")
+DEFAULT_RESYNC_SECONDS = 300.0
+DEFAULT_WORKERS = 4
+RECONNECT_INITIAL_SECONDS = 1.0
+RECONNECT_CAP_SECONDS = 30.0
+SHUTDOWN_MARGIN_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    directory: Path  # absolute
+    workers: int = DEFAULT_WORKERS
+    resync_seconds: float = DEFAULT_RESYNC_SECONDS
+
+
+def _source_identity(spec: InstanceSpec) -> tuple[int, ...] | None:
+    """What says a local source file changed (None for a remote source or a missing file)."""
+    if spec.image.is_remote:
+        return None
+    try:
+        st = spec.image.path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _fingerprint(spec: InstanceSpec) -> tuple[InstanceSpec, tuple[int, ...] | None]:
+    return spec, _source_identity(spec)
+
+
+class Controller:
+    """Owns the work queue, the workers, the triggers and the status of one state directory."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        state: StateDir,
+        settings: Settings,
+        options: DaemonOptions,
+    ) -> None:
+        self.driver = driver
+        self.state = state
+        self.options = options
+        self.reconciler = Reconciler(
+            driver, state, settings, self._progress, transfers=TransferReporter()
+        )
+        self.queue = WorkQueue()
+        self.status = StatusBook(
+            state.root / "status.json",
+            {
+                "pid": os.getpid(),
+                "manifests": str(options.directory),
+                "uri": driver.uri,
+                "running": True,
+                "connected": True,
+                "started": _iso_now(),
+            },
+        )
+        self._lock = threading.Condition()
+        self._specs: dict[str, InstanceSpec] = {}
+        self._load: LoadResult | None = None
+        self._parked: dict[str, object] = {}  # permanent failures: the inputs they failed on
+        self._triggers: dict[str, set[str]] = {}
+        self._sequence = 0  # reconciles started, ever
+        self._completed: dict[str, int] = {}  # name -> sequence of its last finished reconcile
+        self._results: dict[str, InstanceResult] = {}
+        self._subscribers: list[Callable[[str, str], None]] = []
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._lost = threading.Event()
+        self._workers = WorkerPool(self.queue, self._handle, options.workers)
+        self._watcher = ManifestWatcher(options.directory, self._on_manifest_change)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until `stop()`; `on_ready` is called once the first pass is done."""
+        self.state.create()
+        self.driver.watch(self._on_event, self._on_lost)
+        self._watcher.start()
+        self.reload(reason="start")
+        self._workers.start()
+        threading.Thread(
+            target=self._first_pass, args=(on_ready,), name="first-pass", daemon=True
+        ).start()
+        next_resync = time.monotonic() + self.options.resync_seconds
+        while not self._stop.is_set():
+            wait = max(0.0, next_resync - time.monotonic())
+            self._stop.wait(min(wait, 1.0))
+            if self._stop.is_set():
+                break
+            if self._lost.is_set():
+                self._reconnect()
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                LOG.info("rereading %s (SIGHUP)", self.options.directory)
+                self.reload(reason="reload", everything=True)
+            if time.monotonic() >= next_resync:
+                self.resync()
+                next_resync = time.monotonic() + self.options.resync_seconds
+        self._shut_down()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def _first_pass(self, on_ready: Callable[[], None] | None) -> None:
+        with self._lock:
+            names, since = list(self._specs), self._sequence
+        self._wait_for(names, since)
+        if not self._stop.is_set():
+            LOG.info("first pass done: %d instance(s)", len(names))
+            if on_ready is not None:
+                on_ready()
+
+    def _shut_down(self) -> None:
+        LOG.info("stopping: no new work; waiting for the steps in flight")
+        self._watcher.stop()
+        self.queue.close()
+        with self._lock:
+            longest = max((s.shutdown_timeout_seconds for s in self._specs.values()), default=0)
+        if not self._workers.join(longest + SHUTDOWN_MARGIN_SECONDS):
+            LOG.warning("steps still running after %ss; leaving them", longest)
+        self.status.set_daemon(running=False, stopped=_iso_now())
+        self.status.write()
+        LOG.info("stopped")
+
+    # -- triggers ----------------------------------------------------------------------------
+
+    def enqueue(self, names: Iterable[str], trigger: str, delay: float = 0.0) -> None:
+        with self._lock:
+            for name in names:
+                self._triggers.setdefault(name, set()).add(trigger)
+                self.queue.add(name, delay)
+
+    def reload(
+        self, reason: str, changed: set[Path] | None = None, everything: bool = False
+    ) -> None:
+        """Read the manifest directory again and enqueue the names whose manifests changed:
+        a different spec, a file in `changed` that defined the name before or defines it now,
+        or every name (`everything`)."""
+        load = load_manifests(self.options.directory)
+        specs = {spec.name: spec for spec in load.instances}
+        with self._lock:
+            old = self._specs
+            names = set(old) | set(specs) if everything else set()
+            for name in set(old) | set(specs):
+                before, after = old.get(name), specs.get(name)
+                if before != after or _touched(before, changed) or _touched(after, changed):
+                    names.add(name)
+            self._specs, self._load = specs, load
+            for name in names:
+                self._parked.pop(name, None)  # a changed manifest is tried again
+        for error in load.errors:
+            LOG.error("manifest: %s", error)
+        self.status.set_manifest_errors([str(error) for error in load.errors])
+        for spec in specs.values():
+            self.status.set_desired(spec.name, str(spec.manifest), spec.state.value)
+        if names:
+            LOG.info("%s: %d instance(s) to reconcile", reason, len(names))
+        self.enqueue(sorted(names), reason)
+
+    def _on_manifest_change(self, paths: set[Path]) -> None:
+        shown = ", ".join(
+            sorted(
+                str(p.relative_to(self.options.directory))
+                for p in paths
+                if p.is_relative_to(self.options.directory)
+            )
+        )
+        LOG.info("manifests changed: %s", shown or "(directory)")
+        self.reload(reason="manifest", changed=paths)
+
+    def _on_event(self, event: DomainEvent) -> None:
+        with self._lock:
+            managed = event.name in self._specs
+        if not managed:
+            return
+        LOG.info("%s: event %s %s", event.name, event.kind, event.detail)
+        self.status.record_event(event.name, event.kind, event.detail)
+        self.enqueue([event.name], "event")
+
+    def _on_lost(self, reason: str) -> None:
+        if not self._lost.is_set():
+            LOG.warning("%s; reconnecting", reason)
+            self.status.set_daemon(connected=False)
+            self._lost.set()
+
+    def _reconnect(self) -> None:
+        """Reconnect with backoff (from the main thread); then enqueue every name."""
+        delay = RECONNECT_INITIAL_SECONDS
+        while not self._stop.is_set():
+            try:
+                self.driver.reconnect()
+                self.reconciler.refresh_host()
+            except ReconcilerError as err:
+                LOG.warning("still disconnected (%s); next try in %.0fs", err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_CAP_SECONDS)
+                continue
+            self._lost.clear()
+            self.status.set_daemon(connected=True)
+            LOG.info("connection back: reconciling every instance")
+            with self._lock:
+                names = list(self._specs)
+            self.enqueue(names, "reconnect")
+            return
+
+    def resync(self) -> None:
+        """The periodic full pass: every name, except permanent failures whose inputs have
+        not changed."""
+        try:
+            self.reconciler.refresh_host()
+        except ReconcilerError as err:
+            LOG.warning("resync: %s", err)
+        self.reload(reason="resync")
+        with self._lock:
+            names = [
+                name
+                for name, spec in self._specs.items()
+                if self._parked.get(name) != _fingerprint(spec)
+            ]
+        self.enqueue(names, "resync")
+
+    # -- one name ----------------------------------------------------------------------------
+
+    def _handle(self, name: str) -> None:
+        with self._lock:
+            spec = self._specs.get(name)
+            triggers = self._triggers.pop(name, set())
+            self._sequence += 1
+            sequence = self._sequence
+        if spec is None:  # its manifest is gone (pruning is not this daemon's job yet)
+            self.status.forget(name)
+            self.queue.forget(name)
+            self._finish(name, sequence, None)
+            return
+        if not self.driver.connected():
+            self._on_lost(f"connection to {self.driver.uri} lost")
+            self._finish(name, sequence, None)  # the reconnection enqueues every name
+            return
+        started = time.time()
+        LOG.info("%s: reconciling (%s)", name, ", ".join(sorted(triggers)) or "request")
+        result = self.reconciler.reconcile(spec)
+        next_retry = None
+        if result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT:
+            with self._lock:
+                self._parked[name] = _fingerprint(spec)
+            self.queue.forget(name)
+        elif result.outcome is Outcome.FAILED:
+            delay = self.queue.retry(name)
+            next_retry = time.time() + delay
+            if not self.driver.connected():
+                self._on_lost(f"connection to {self.driver.uri} lost")
+        else:
+            with self._lock:
+                self._parked.pop(name, None)
+            self.queue.forget(name)
+            if result.requeue_after is not None:
+                self.enqueue([name], "transition", result.requeue_after)
+        self._log_result(result, next_retry)
+        self.status.record_result(
+            result,
+            started=started,
+            triggers=triggers,
+            observed=self._observed(name),
+            failures=self.queue.retry_state(name).failures,
+            next_retry=next_retry,
+            pending_restart=result.pending_restart,
+        )
+        self._write_status()
+        self._finish(name, sequence, result)
+
+    def _finish(self, name: str, sequence: int, result: InstanceResult | None) -> None:
+        with self._lock:
+            self._completed[name] = sequence
+            if result is not None:
+                self._results[name] = result
+            self._lock.notify_all()
+
+    def _observed(self, name: str) -> str | None:
+        try:
+            record = self.driver.lookup(name)
+        except ReconcilerError:
+            return None
+        return "absent" if record is None else record.state.value
+
+    def _log_result(self, result: InstanceResult, next_retry: float | None) -> None:
+        if result.outcome is Outcome.FAILED:
+            retry = (
+                f"; retry in {next_retry - time.time():.1f}s"
+                if next_retry is not None
+                else "; waiting for its manifest or source to change"
+            )
+            LOG.warning("%s: failed (%s): %s%s", result.name, result.failure, result.message, retry)
+        else:
+            LOG.info("%s: %s in %.2fs", result.name, result.outcome.value, result.seconds)
+
+    def _write_status(self) -> None:
+        try:
+            self.status.write()
+        except OSError as err:  # a full disk must not stop the controller
+            LOG.warning("cannot write the status file: %s", err)
+
+    def _progress(self, name: str, message: str) -> None:
+        LOG.info("%s: %s", name, message)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            with contextlib.suppress(OSError):  # that client went away
+                subscriber(name, message)
+
+    def _wait_for(self, names: list[str], since: int, timeout: float | None = None) -> bool:
+        """Wait until each name has finished a reconcile that started after `since`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not all(self._completed.get(name, 0) > since for name in names):
+                if self._stop.is_set():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(1.0 if left is None else min(left, 1.0))
+        return True
+
+    # -- the control socket ------------------------------------------------------------------
+
+    def handle_request(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        op = request["op"]
+        if op == "ping":
+            return {"pid": os.getpid()}
+        if op == "status":
+            return self._status_answer(request.get("name"))
+        if op == "plan":
+            return self._plan_answer(request)
+        if op == "pass":
+            return self._pass_answer(request, reply)
+        raise RequestError(f"unknown op {op!r} (expected ping, status, plan or pass)")
+
+    def _check_directory(self, request: dict[str, Any]) -> None:
+        asked = request.get("directory")
+        if asked is not None and os.path.realpath(str(asked)) != os.path.realpath(
+            self.options.directory
+        ):
+            raise RequestError(
+                f"the daemon of this state directory watches {self.options.directory}, not {asked}"
+            )
+
+    def _status_answer(self, name: object) -> dict[str, Any]:
+        snapshot = self.status.snapshot()
+        if name is not None:
+            if not isinstance(name, str):
+                raise RequestError('"name" must be a string')
+            snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
+        return {"status": snapshot}
+
+    def _plan_answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._check_directory(request)
+        load = load_manifests(self.options.directory)
+        plans = plan_all(load, self.reconciler)
+        return {
+            "plans": [dataclasses.asdict(plan.view()) for plan in plans],
+            "manifestErrors": [str(error) for error in load.errors],
+        }
+
+    def _pass_answer(
+        self, request: dict[str, Any], reply: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        self._check_directory(request)
+
+        def forward(name: str, message: str) -> None:
+            reply({"progress": {"name": name, "message": message}})
+
+        with self._lock:
+            self._subscribers.append(forward)
+        try:
+            self.reload(reason="request", everything=True)
+            with self._lock:
+                names, since = list(self._specs), self._sequence
+                load = self._load
+            # everything, parked names included: a requested pass tries them all
+            self.enqueue(names, "request")
+            if not self._wait_for(names, since):
+                raise RequestError("the daemon is stopping")
+            with self._lock:
+                results = [self._results[name] for name in names if name in self._results]
+        finally:
+            with self._lock:
+                self._subscribers.remove(forward)
+        return {
+            "results": [result_to_json(result) for result in results],
+            "manifestErrors": [str(error) for error in (load.errors if load else ())],
+        }
+
+
+def _touched(spec: InstanceSpec | None, changed: set[Path] | None) -> bool:
+    """Whether `spec`'s manifest is one of `changed` or lies under one of them (a
+    directory)."""
+    if spec is None or not changed:
+        return False
+    manifest = spec.manifest.absolute()
+    return any(manifest == path or manifest.is_relative_to(path) for path in changed)
+
+
+def _iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, when there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as err:
+        LOG.warning("cannot notify systemd: %s", err)
+
+
+def render_json_log(record: logging.LogRecord) -> str:
+    """One log record as a JSON line (--log-format json)."""
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    if record.exc_info:
+        entry["exception"] = logging.Formatter().formatException(record.exc_info)
+    return json.dumps(entry)

@@ -1,0 +1,191 @@
+"""What the daemon knows about each instance, for `reconcile status` and the status file.
+
+The book is updated after every reconcile and every domain event, and written to
+STATE/status.json (atomically: temporary file, rename) so that it can be read when the daemon
+is gone. Its JSON shape (version 1) is documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.fileops import temporary_path
+from reconciler.loop.reconcile import InstanceResult, Outcome
+
+STATUS_VERSION = 1
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+        + f".{int(timestamp % 1 * 1000):03d}Z"
+    )
+
+
+@dataclass
+class InstanceStatus:
+    name: str
+    manifest: str | None = None
+    desired: str | None = None
+    observed: str | None = None  # the domain's power state after the last reconcile or event
+    accelerator: str | None = None
+    accelerator_reason: str | None = None
+    last_reconcile: dict[str, Any] | None = None
+    last_error: dict[str, Any] | None = None
+    failures: int = 0
+    next_retry: float | None = None  # wall-clock time
+    waiting_for_change: bool = False  # a permanent failure: retried when the manifest changes
+    pending_restart: bool = False
+    reconciles: int = 0
+    triggers: dict[str, int] = field(default_factory=dict)  # reconciles by what caused them
+    last_event: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "manifest": self.manifest,
+            "desired": self.desired,
+            "observed": self.observed,
+            "accelerator": self.accelerator,
+            "acceleratorReason": self.accelerator_reason,
+            "lastReconcile": self.last_reconcile,
+            "lastError": self.last_error,
+            "failures": self.failures,
+            "nextRetry": _iso(self.next_retry),
+            "waitingForChange": self.waiting_for_change,
+            "pendingRestart": self.pending_restart,
+            "reconciles": self.reconciles,
+            "triggers": dict(sorted(self.triggers.items())),
+            "lastEvent": self.last_event,
+        }
+
+
+class StatusBook:
+    """Per-instance status, safe to update from any thread."""
+
+    def __init__(self, path: Path, daemon: dict[str, Any]) -> None:
+        self._path = path
+        self._daemon = daemon
+        self._instances: dict[str, InstanceStatus] = {}
+        self._manifest_errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def set_desired(self, name: str, manifest: str, desired: str) -> None:
+        with self._lock:
+            entry = self._entry(name)
+            entry.manifest, entry.desired = manifest, desired
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._instances.pop(name, None)
+
+    def set_manifest_errors(self, errors: list[str]) -> None:
+        with self._lock:
+            self._manifest_errors = list(errors)
+
+    def set_daemon(self, **facts: Any) -> None:
+        with self._lock:
+            self._daemon.update(facts)
+
+    def record_event(self, name: str, kind: str, detail: str) -> None:
+        with self._lock:
+            if name not in self._instances:
+                return
+            self._instances[name].last_event = {
+                "at": _iso(time.time()),
+                "kind": kind,
+                "detail": detail,
+            }
+
+    def record_result(
+        self,
+        result: InstanceResult,
+        *,
+        started: float,
+        triggers: set[str],
+        observed: str | None,
+        failures: int,
+        next_retry: float | None,
+        pending_restart: bool,
+    ) -> None:
+        with self._lock:
+            entry = self._entry(result.name)
+            entry.reconciles += 1
+            for trigger in triggers:
+                entry.triggers[trigger] = entry.triggers.get(trigger, 0) + 1
+            entry.last_reconcile = {
+                "started": _iso(started),
+                "seconds": round(result.seconds, 3),
+                "outcome": result.outcome.value,
+                "actions": list(result.actions),
+                "notes": list(result.notes),
+                "triggers": sorted(triggers),
+            }
+            if result.accelerator is not None:
+                entry.accelerator = result.accelerator.accelerator.value
+                entry.accelerator_reason = result.accelerator.reason
+            if result.outcome is Outcome.FAILED:
+                entry.last_error = {
+                    "at": _iso(started + result.seconds),
+                    "message": result.message,
+                    "failure": result.failure.value if result.failure else None,
+                }
+            else:
+                entry.last_error = None
+            entry.observed = observed
+            entry.failures = failures
+            entry.next_retry = next_retry
+            entry.waiting_for_change = (
+                result.outcome is Outcome.FAILED
+                and result.failure is not None
+                and result.failure.value == "permanent"
+            )
+            entry.pending_restart = pending_restart
+
+    def get(self, name: str) -> InstanceStatus | None:
+        with self._lock:
+            return self._instances.get(name)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "version": STATUS_VERSION,
+                "written": _iso(time.time()),
+                "daemon": dict(self._daemon),
+                "manifestErrors": list(self._manifest_errors),
+                "instances": [self._instances[name].as_json() for name in sorted(self._instances)],
+            }
+
+    def write(self) -> None:
+        """Write the status file atomically (a reader sees the old file or the new one)."""
+        text = json.dumps(self.snapshot(), indent=2) + "\n"
+        with self._lock:  # one writer at a time: the temporary name is per process
+            temporary = temporary_path(self._path)
+            try:
+                temporary.write_text(text)
+                os.replace(temporary, self._path)
+            finally:
+                temporary.unlink(missing_ok=True)
+
+    def _entry(self, name: str) -> InstanceStatus:
+        entry = self._instances.get(name)
+        if entry is None:
+            entry = self._instances[name] = InstanceStatus(name)
+        return entry
+
+
+def read_status_file(path: Path) -> dict[str, Any] | None:
+    """The status a daemon last wrote (None when there is none or it is unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == STATUS_VERSION else None
