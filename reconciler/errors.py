@@ -18,6 +18,7 @@ ReconcilerError
  +-- TransientError             a later attempt may succeed
       +-- StepError                 a step failed while acting (qemu-img, file system)
       |    +-- DownloadFailed           every retry of a download failed (images.download)
+      |    +-- Abandoned                a download given up on stop (images.cache)
       |         +-- ProxyRefused            the proxy would not carry it (images.download)
       +-- DriverError               the hypervisor driver failed (message, cause)
            +-- ConnectionLost           the connection is gone: never "domain not found"

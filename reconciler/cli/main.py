@@ -34,7 +34,7 @@ from reconciler.cli.report import (
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.images.cache import ImageCache
-from reconciler.images.download import Transport
+from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.gc import collect_garbage
 from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
@@ -111,6 +111,14 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CA certificates (PEM) that HTTPS image servers are checked against, instead of "
         "the system's (proxies come from http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY)",
+    )
+    parser.add_argument(
+        "--download-attempts",
+        type=int,
+        default=DownloadLimits().attempts,
+        metavar="N",
+        help="tries of one image download within one reconcile, with backoff between them "
+        f"(default {DownloadLimits().attempts}; the daemon also retries the instance later)",
     )
     parser.add_argument(
         "--log-format",
@@ -314,7 +322,10 @@ def _open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    if args.download_attempts < 1:
+        raise ConfigError("--download-attempts must be at least 1")
     return Settings(
+        download_limits=DownloadLimits(attempts=args.download_attempts),
         default_accelerator=Accelerator(args.accelerator),
         sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
         transport=Transport.from_environment(ca_bundle=args.ca_bundle),

@@ -44,6 +44,10 @@ CHUNK = 1024 * 1024
 FICLONE = 0x40049409
 
 
+class Abandoned(StepError):
+    """A download given up because the process is stopping (its temporary file is removed)."""
+
+
 class SourceDigests:
     """sha256 of local source files that manifests name without a checksum.
 
@@ -220,8 +224,10 @@ class ImageCache:
         transfers: TransferReporter | None = None,
         clock: Clock | None = None,
         transport: Transport | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self._state = state
+        self._cancel = cancel  # set when the daemon stops: downloads in flight are abandoned
         self._transport = transport or Transport()
         self._qemu_img = qemu_img
         self._policy = policy
@@ -340,7 +346,14 @@ class ImageCache:
             check_url(image.location)
             self.failures.raise_if_recorded(image)
             name = image.location.rsplit("/", 1)[-1] or image.location
-            report = self._transfers.start(name) if self._transfers else None
+            shown = self._transfers.start(name) if self._transfers else None
+
+            def report(received: int, total: int | None) -> None:
+                if self._cancel is not None and self._cancel.is_set():
+                    raise Abandoned(f"download of {image.location} abandoned: stopping")
+                if shown is not None:
+                    shown(received, total)
+
             try:
                 with temporary.open("xb") as out:
                     download(

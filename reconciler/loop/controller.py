@@ -88,8 +88,9 @@ class Controller:
         self.driver = driver
         self.state = state
         self.options = options
+        self._stop = threading.Event()
         self.reconciler = Reconciler(
-            driver, state, settings, self._progress, transfers=TransferReporter()
+            driver, state, settings, self._progress, transfers=TransferReporter(), cancel=self._stop
         )
         self.queue = WorkQueue()
         self.status = StatusBook(
@@ -112,7 +113,6 @@ class Controller:
         self._completed: dict[str, int] = {}  # name -> sequence of its last finished reconcile
         self._results: dict[str, InstanceResult] = {}
         self._subscribers: list[Callable[[str, str], None]] = []
-        self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._lost = threading.Event()
         self._workers = WorkerPool(self.queue, self._handle, options.workers)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Reconciler:
         progress: ProgressCallback | None = None,
         clock: Clock | None = None,
         transfers: TransferReporter | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.driver = driver
         self.state = state
@@ -124,6 +126,7 @@ class Reconciler:
             transfers,
             self.clock,
             settings.transport,
+            cancel,
         )
         self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
         self.host = self.observe_host()

@@ -1,0 +1,337 @@
+"""The daemon end to end: `reconcile DIR` as a subprocess on its own state directory (its own
+embedded libvirt root, which admits one process), real QEMU, real qemu-img. Conditions are
+awaited with deadlines, never fixed sleeps; one daemon is shared by the tests of this module.
+
+The test process never opens the daemon's libvirt root: it asks the daemon (`reconcile status
+-o json` over the control socket) and reads the files it makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.images.diskheaders import parse_qcow2_header, read_head
+from reconciler.statedir import StateDir
+from tests.helpers import manifest_document, unique_name, write_base_image
+from tests.httpserver import Behaviour, image_server
+
+MIB = 1024**2
+DEADLINE = 60.0
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    state: StateDir
+    manifests: Path
+    base: Path
+    sha256: str
+    log: Path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", *args, "--state-dir", str(self.state.root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def instance(self, name: str) -> dict[str, Any] | None:
+        return next((i for i in self.status()["instances"] if i["name"] == name), None)
+
+    def write(self, name: str, **spec: Any) -> Path:
+        """Write a manifest the way an editor saves: a temporary file renamed over it."""
+        document = manifest_document(name, self.base, self.sha256, **spec)
+        target = self.manifests / f"{name}.yaml"
+        temporary = self.manifests / f".{name}.yaml.swp"
+        temporary.write_text(yaml.safe_dump(document))
+        os.replace(temporary, target)
+        return target
+
+    def qemu_pid(self, name: str) -> int:
+        return int((self.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text())
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until(
+    condition: Callable[[], Any], what: str, daemon: Daemon, timeout: float = DEADLINE
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert daemon.process.poll() is None, f"daemon exited:\n{daemon.log_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}\n{daemon.log_text()[-3000:]}"
+    )
+
+
+def observed(daemon: Daemon, name: str, state: str) -> bool:
+    entry = daemon.instance(name)
+    return entry is not None and entry["observed"] == state
+
+
+def start_daemon(root: Path, manifests: Path, base: Path, *extra: str) -> subprocess.Popen[bytes]:
+    log = (root / "daemon.log").open("ab")
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "reconciler", str(manifests), "--state-dir", str(root / "s"),
+            "--image-dir", str(base.parent), "--download-attempts", "1", "--resync", "10m",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop_daemon(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=90)
+
+
+def destroy_domains(root: Path) -> None:
+    uri = f"qemu:///embed?root={root / 's' / 'libvirt'}"
+    listed = subprocess.run(
+        ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True, check=False
+    )
+    for name in filter(None, listed.stdout.split()):
+        subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
+        subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    root = Path(tempfile.mkdtemp(prefix="rcw-", dir="/tmp"))  # short: libvirt's sockets
+    manifests = root / "m"
+    manifests.mkdir()
+    images = root / "src"
+    images.mkdir()
+    base, sha = write_base_image(images)
+    process = start_daemon(root, manifests, base)
+    handle = Daemon(process, StateDir(root / "s"), manifests, base, sha, root / "daemon.log")
+    try:
+        wait_until(
+            lambda: (
+                (handle.state.root / "control.sock").exists()
+                and handle.cli("status").returncode == 0
+            ),
+            "the daemon to listen",
+            handle,
+        )
+        yield handle
+    finally:
+        stop_daemon(process)
+        destroy_domains(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_new_manifest_runs_and_edits_are_applied(daemon: Daemon) -> None:
+    name = unique_name()
+    daemon.write(name)
+    wait_until(lambda: observed(daemon, name, "running"), "the new instance to run", daemon)
+    disk = daemon.state.instance(name).disk
+
+    daemon.write(name, disk={"size": "96MiB"})
+    wait_until(
+        lambda: parse_qcow2_header(read_head(str(disk))).virtual_size == 96 * MIB,
+        "the disk to grow",
+        daemon,
+    )
+    daemon.write(name, disk={"size": "96MiB"}, state="stopped")
+    wait_until(lambda: observed(daemon, name, "shutoff"), "the instance to stop", daemon)
+
+
+def test_an_editor_save_causes_exactly_one_reconcile(daemon: Daemon) -> None:
+    name = unique_name()
+    daemon.write(name)
+    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    before = daemon.instance(name)
+    assert before is not None
+    manifest_reconciles = before["triggers"].get("manifest", 0)
+    # vim's way: a swap file, a backup, the new text written aside and renamed over
+    (daemon.manifests / f".{name}.yaml.swx").write_text("swap")
+    shutil.copy(daemon.manifests / f"{name}.yaml", daemon.manifests / f"{name}.yaml~")
+    daemon.write(name, memory="80MiB")
+    (daemon.manifests / f".{name}.yaml.swx").unlink()
+    wait_until(
+        lambda: (daemon.instance(name) or {})["triggers"].get("manifest", 0) > manifest_reconciles,
+        "the edit to be reconciled",
+        daemon,
+    )
+    time.sleep(1.5)  # a quiet period longer than the debounce: nothing more may come
+    after = daemon.instance(name)
+    assert after is not None
+    assert after["triggers"]["manifest"] == manifest_reconciles + 1
+    assert after["pendingRestart"]  # memory of a running domain: at its next restart
+
+
+def test_a_killed_qemu_is_running_again_without_any_file_event(daemon: Daemon) -> None:
+    name = unique_name()
+    daemon.write(name)
+    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    old = daemon.qemu_pid(name)
+    os.kill(old, signal.SIGKILL)
+    wait_until(
+        lambda: observed(daemon, name, "running") and daemon.qemu_pid(name) != old,
+        "a new QEMU for the instance",
+        daemon,
+    )
+    entry = daemon.instance(name)
+    assert entry is not None and entry["triggers"].get("event", 0) >= 1
+    assert entry["lastEvent"]["kind"] == "lifecycle"
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_a_failing_source_backs_off_while_others_converge(daemon: Daemon) -> None:
+    failing, healthy = unique_name(), unique_name()
+    body = daemon.base.read_bytes() + b"\0" * 4096  # not in the cache yet
+    with image_server() as server:
+        behaviour = server.serve("/flaky.raw", Behaviour(body=body, fail_first=3, fail_status=503))
+        document = manifest_document(failing, daemon.base, hashlib.sha256(body).hexdigest())
+        document["spec"]["image"]["source"] = server.url("/flaky.raw")
+        (daemon.manifests / f"{failing}.yaml").write_text(yaml.safe_dump(document))
+        daemon.write(healthy)
+        delays: dict[int, float] = {}  # failures in a row -> delay before the next attempt
+
+        def note_delay() -> bool:
+            entry = daemon.instance(failing)
+            if entry and entry["failures"] and entry["nextRetry"]:
+                started = _seconds(entry["lastReconcile"]["started"])
+                delays[entry["failures"]] = _seconds(entry["nextRetry"]) - started
+            return entry is not None and entry["observed"] == "running"
+
+        wait_until(note_delay, "the failing instance to recover", daemon)
+        assert observed(daemon, healthy, "running")
+        assert behaviour.gets >= 4
+    assert len(delays) >= 2, delays
+    counts = sorted(delays)
+    assert all(delays[a] < delays[b] for a, b in itertools.pairwise(counts)), delays
+    entry = daemon.instance(failing)
+    assert entry is not None and entry["failures"] == 0 and entry["lastError"] is None
+
+
+def test_status_plan_and_once_ask_the_running_daemon(daemon: Daemon) -> None:
+    name = unique_name()
+    daemon.write(name)
+    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    plan = daemon.cli("plan", "--detailed-exitcode", str(daemon.manifests))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"{name}: up to date" in plan.stdout
+    once = daemon.cli("--once", str(daemon.manifests))
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert "asking the daemon" in once.stdout and f"{name}  unchanged" in once.stdout
+    text = daemon.cli("status", name)
+    assert text.returncode == 0 and name in text.stdout and "running" in text.stdout
+    elsewhere = daemon.cli("--once", str(daemon.manifests.parent))
+    assert elsewhere.returncode == 2 and "watches" in elsewhere.stderr
+
+
+def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
+    daemon: Daemon,
+) -> None:
+    path = daemon.state.root / "control.sock"
+    assert path.stat().st_mode & 0o777 == 0o600
+    for garbage in (
+        b"\x00\xff not json\n",
+        b'["op"]\n',
+        b'{"op": "reboot"}\n',
+        b"x" * 70000 + b"\n",
+    ):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(garbage)
+            answer = json.loads(sock.makefile("rb").readline())
+            assert answer["done"] and answer["error"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a client that hangs up
+        sock.connect(str(path))
+        sock.sendall(b'{"op": "sta')
+    assert daemon.cli("status").returncode == 0
+    assert daemon.process.poll() is None
+
+
+def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alone(
+    tmp_path: Path,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="rcs-", dir="/tmp"))
+    try:
+        manifests = root / "m"
+        manifests.mkdir()
+        base, sha = write_base_image(root)
+        slow_name, name = unique_name(), unique_name()
+        (manifests / f"{name}.yaml").write_text(yaml.safe_dump(manifest_document(name, base, sha)))
+        process = start_daemon(root, manifests, base)
+        state = StateDir(root / "s")
+        handle = Daemon(process, state, manifests, base, sha, root / "daemon.log")
+        wait_until(
+            lambda: (state.root / "control.sock").exists() and handle.cli("status").returncode == 0,
+            "listening",
+            handle,
+        )
+        wait_until(lambda: observed(handle, name, "running"), "the instance to run", handle)
+        with image_server() as server:
+            # a slow download: the step is in flight when SIGTERM comes
+            slow = base.read_bytes() * 16
+            server.serve("/slow.raw", Behaviour(body=slow, chunk_delay=0.5))
+            document = manifest_document(slow_name, base, hashlib.sha256(slow).hexdigest())
+            document["spec"]["image"]["source"] = server.url("/slow.raw")
+            (manifests / f"{slow_name}.yaml").write_text(yaml.safe_dump(document))
+            wait_until(lambda: any((state.images).glob(".*.tmp")), "the download to start", handle)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+        assert not list(state.root.rglob(".*.tmp")), "a temporary file was left behind"
+        pid = handle.qemu_pid(name)
+        again = start_daemon(root, manifests, base)
+        handle = Daemon(again, state, manifests, base, sha, root / "daemon.log")
+        try:
+            wait_until(
+                lambda: (
+                    (state.root / "control.sock").exists() and handle.cli("status").returncode == 0
+                ),
+                "listening again",
+                handle,
+            )
+            wait_until(
+                lambda: (handle.instance(name) or {}).get("lastReconcile"), "a reconcile", handle
+            )
+            entry = handle.instance(name)
+            assert entry is not None
+            assert entry["lastReconcile"]["outcome"] == "unchanged"
+            assert handle.qemu_pid(name) == pid  # the same QEMU: not restarted
+        finally:
+            assert stop_daemon(again) == 0
+    finally:
+        destroy_domains(root)
+        shutil.rmtree(root, ignore_errors=True)
