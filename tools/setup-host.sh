@@ -12,6 +12,8 @@ packages=(
   mtools syslinux
   # tests: a self-signed certificate for the HTTPS test server
   openssl
+  # tests: a libvirtd the connection-loss test starts and kills itself (never as a service)
+  libvirt-daemon
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -26,6 +28,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
+  # start no service while installing (libvirt-daemon would start a system libvirtd)
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
