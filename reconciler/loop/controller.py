@@ -112,6 +112,7 @@ class Controller:
         self._sequence = 0  # reconciles started, ever
         self._completed: dict[str, int] = {}  # name -> sequence of its last finished reconcile
         self._results: dict[str, InstanceResult] = {}
+        self._active: set[str] = set()  # names being reconciled now
         self._subscribers: list[Callable[[str, str], None]] = []
         self._reload_requested = threading.Event()
         self._lost = threading.Event()
@@ -223,11 +224,13 @@ class Controller:
     def _on_event(self, event: DomainEvent) -> None:
         with self._lock:
             managed = event.name in self._specs
+            echo = event.name in self._active and _is_echo(event)
         if not managed:
             return
         LOG.info("%s: event %s %s", event.name, event.kind, event.detail)
         self.status.record_event(event.name, event.kind, event.detail)
-        self.enqueue([event.name], "event")
+        if not echo:
+            self.enqueue([event.name], "event")
 
     def _on_lost(self, reason: str) -> None:
         if not self._lost.is_set():
@@ -279,6 +282,7 @@ class Controller:
             triggers = self._triggers.pop(name, set())
             self._sequence += 1
             sequence = self._sequence
+            self._active.add(name)
         if spec is None:  # its manifest is gone (pruning is not this daemon's job yet)
             self.status.forget(name)
             self.queue.forget(name)
@@ -322,6 +326,7 @@ class Controller:
 
     def _finish(self, name: str, sequence: int, result: InstanceResult | None) -> None:
         with self._lock:
+            self._active.discard(name)
             self._completed[name] = sequence
             if result is not None:
                 self._results[name] = result
@@ -442,6 +447,16 @@ class Controller:
             "results": [result_to_json(result) for result in results],
             "manifestErrors": [str(error) for error in (load.errors if load else ())],
         }
+
+
+# What the steps themselves cause: seen while the name is being reconciled, these are the echo
+# of our own define, start, stop or undefine, and enqueueing them would only repeat the
+# reconcile (or cut a backoff short). Crashes, failures and errors always enqueue.
+_ECHOES = ("defined", "undefined", "started", "resumed", "stopped: shutdown", "stopped: destroyed")
+
+
+def _is_echo(event: DomainEvent) -> bool:
+    return event.kind == "lifecycle" and event.detail.startswith(_ECHOES)
 
 
 def _touched(spec: InstanceSpec | None, changed: set[Path] | None) -> bool:

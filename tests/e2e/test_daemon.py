@@ -72,8 +72,12 @@ class Daemon:
         os.replace(temporary, target)
         return target
 
-    def qemu_pid(self, name: str) -> int:
-        return int((self.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text())
+    def qemu_pid(self, name: str) -> int | None:
+        """The domain's QEMU pid (None between a death and the next start)."""
+        try:
+            return int((self.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -199,9 +203,10 @@ def test_a_killed_qemu_is_running_again_without_any_file_event(daemon: Daemon) -
     daemon.write(name)
     wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
     old = daemon.qemu_pid(name)
+    assert old is not None
     os.kill(old, signal.SIGKILL)
     wait_until(
-        lambda: observed(daemon, name, "running") and daemon.qemu_pid(name) != old,
+        lambda: observed(daemon, name, "running") and daemon.qemu_pid(name) not in (None, old),
         "a new QEMU for the instance",
         daemon,
     )

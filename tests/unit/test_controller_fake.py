@@ -1,0 +1,110 @@
+"""The controller's decisions against the fake driver, one name at a time (no threads): which
+triggers enqueue what, backoff after a transient failure, and permanent failures parked until
+their manifest changes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.drivers.base import DomainEvent
+from reconciler.drivers.fake import FakeDriver
+from reconciler.errors import DriverError
+from reconciler.images.sources import SourcePolicy
+from reconciler.loop.controller import Controller, DaemonOptions
+from reconciler.loop.reconcile import Settings
+from reconciler.statedir import StateDir
+from tests.helpers import manifest_document, write_base_image
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Controller, FakeDriver, Path, Path, str]:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    base, sha = write_base_image(manifests)
+    state = StateDir(tmp_path / "s")
+    state.create()
+    driver = FakeDriver()
+    settings = Settings(sources=SourcePolicy((manifests,)))
+    controller = Controller(driver, state, settings, DaemonOptions(manifests))
+    driver.watch(controller._on_event, controller._on_lost)  # as run() does
+    return controller, driver, manifests, base, sha
+
+
+def write(manifests: Path, name: str, base: Path, sha: str, **spec: Any) -> None:
+    document = manifest_document(name, base, sha, **spec)
+    (manifests / f"{name}.yaml").write_text(yaml.safe_dump(document))
+
+
+def drain(controller: Controller) -> list[str]:
+    """Reconcile every name due now, in order; return them."""
+    handled = []
+    while (name := controller.queue.pop_ready(time.monotonic())) is not None:
+        controller._handle(name)
+        controller.queue.done(name)
+        handled.append(name)
+    return handled
+
+
+def test_only_changed_manifests_are_reconciled_again(setup: tuple) -> None:  # type: ignore[type-arg]
+    controller, _driver, manifests, base, sha = setup
+    write(manifests, "rct-a", base, sha)
+    write(manifests, "rct-b", base, sha)
+    controller.reload("start")
+    assert sorted(drain(controller)) == ["rct-a", "rct-b"]
+    write(manifests, "rct-b", base, sha, memory="80MiB")
+    controller.reload("manifest", changed={manifests / "rct-b.yaml"})
+    assert drain(controller) == ["rct-b"]
+    status = controller.status.get("rct-b")
+    assert status is not None and status.triggers == {"start": 1, "manifest": 1}
+
+
+def test_events_enqueue_managed_names_only(setup: tuple) -> None:  # type: ignore[type-arg]
+    controller, driver, manifests, base, sha = setup
+    write(manifests, "rct-a", base, sha)
+    controller.reload("start")
+    drain(controller)
+    controller._on_event(DomainEvent("someone-elses", "lifecycle", "stopped"))
+    assert drain(controller) == []
+    driver.crash("rct-a")
+    assert drain(controller) == ["rct-a"]  # the fake emitted "stopped: crashed"
+    assert driver.domains["rct-a"].state.value == "running"
+
+
+def test_a_transient_failure_backs_off_and_a_success_resets_it(setup: tuple) -> None:  # type: ignore[type-arg]
+    controller, driver, manifests, base, sha = setup
+    write(manifests, "rct-a", base, sha)
+    controller.reload("start")
+    driver.failures["start"] = DriverError("start rct-a", "busy")
+    assert drain(controller) == ["rct-a"]
+    retry = controller.queue.retry_state("rct-a")
+    assert retry.failures == 1 and retry.due is not None
+    assert 0.9 < retry.due - time.monotonic() <= 1.1
+    status = controller.status.get("rct-a")
+    assert status is not None and status.next_retry is not None and status.failures == 1
+    controller.queue.add("rct-a")  # as if the backoff had elapsed
+    assert drain(controller) == ["rct-a"]
+    assert controller.queue.retry_state("rct-a").failures == 0
+
+
+def test_a_permanent_failure_waits_for_its_manifest_to_change(setup: tuple) -> None:  # type: ignore[type-arg]
+    controller, _driver, manifests, base, sha = setup
+    write(manifests, "rct-a", base, sha, disk={"size": "64MiB"})
+    controller.reload("start")
+    drain(controller)
+    write(manifests, "rct-a", base, sha, disk={"size": "32MiB"})  # a shrink: refused
+    controller.reload("manifest", changed={manifests / "rct-a.yaml"})
+    assert drain(controller) == ["rct-a"]
+    status = controller.status.get("rct-a")
+    assert status is not None and status.waiting_for_change and status.next_retry is None
+    controller.resync()
+    assert drain(controller) == []  # parked: the same inputs would fail the same way
+    write(manifests, "rct-a", base, sha, disk={"size": "128MiB"})
+    controller.resync()  # a resync rereads the directory too: the change is seen
+    assert drain(controller) == ["rct-a"]
+    status = controller.status.get("rct-a")
+    assert status is not None and not status.waiting_for_change and status.last_error is None
