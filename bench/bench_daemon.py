@@ -84,6 +84,10 @@ class Daemon:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=120)
+        self.log.close()
+        shutil.copy(
+            self.root / "daemon.log", Path(tempfile.gettempdir()) / "reconciler-bench-daemon.log"
+        )
         uri = f"qemu:///embed?root={self.state / 'libvirt'}"
         names = subprocess.run(
             ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True,
@@ -102,9 +106,10 @@ def save(directory: Path, document: dict[str, Any]) -> None:
 
 
 def summary(label: str, values: list[float]) -> str:
+    runs = " ".join(f"{value:.3f}" for value in values)
     return (
         f"{label:<40} median {statistics.median(values):6.3f} s   worst {max(values):6.3f} s"
-        f"   ({len(values)} runs)"
+        f"   (runs: {runs})"
     )
 
 
