@@ -14,13 +14,14 @@ socket; otherwise they work on their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -453,6 +454,26 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
 
 
+@contextlib.contextmanager
+def _owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
+    """The state directory, created and locked by this process, and a driver on it."""
+    state = _state(args)
+    state.create()
+    lock = StateDirLock(state)
+    try:
+        lock.acquire()
+    except StateDirBusy as err:
+        raise StateDirBusy(f"{err}; {busy_hint}") from err
+    try:
+        driver = _open_driver(args, state)
+        try:
+            yield state, driver
+        finally:
+            driver.close()
+    finally:
+        lock.release()
+
+
 def _run_pass(
     args: argparse.Namespace,
     load: LoadResult,
@@ -460,23 +481,10 @@ def _run_pass(
     out: TextIO,
 ) -> list[InstanceResult]:
     settings = _settings(args)
-    state = _state(args)
-    state.create()
-    lock = StateDirLock(state)
-    try:
-        lock.acquire()
-    except StateDirBusy as err:
-        raise StateDirBusy(f"{err}; wait for it to finish") from err
-    try:
-        driver = _open_driver(args, state)
+    with _owned_state(args, "wait for it to finish") as (state, driver):
         print(f"reconcile: libvirt {driver.uri}, state directory {state.root}", file=out)
-        try:
-            reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
-            return apply_all(load, reconciler)
-        finally:
-            driver.close()
-    finally:
-        lock.release()
+        reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
+        return apply_all(load, reconciler)
 
 
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
@@ -490,39 +498,27 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     if resync <= 0:
         raise ConfigError("--resync must be longer than 0")
     settings = _settings(args)
-    state = _state(args)
-    state.create()
-    lock = StateDirLock(state)
-    try:
-        lock.acquire()
-    except StateDirBusy as err:
-        raise StateDirBusy(f"{err}; a daemon may already run there (reconcile status)") from err
-    try:
-        driver = _open_driver(args, state)
+    busy = "a daemon may already run there (reconcile status)"
+    with _owned_state(args, busy) as (state, driver):
+        options = DaemonOptions(directory, args.workers, resync)
+        controller = Controller(driver, state, settings, options)
+        server = ControlServer(control_socket(state), controller.handle_request)
+        server.start()
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: controller.stop()),
+            signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: controller.stop()),
+            signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: controller.request_reload()),
+        }
+        LOG.info(
+            "watching %s with libvirt %s, state directory %s", directory, driver.uri, state.root
+        )
         try:
-            options = DaemonOptions(directory, args.workers, resync)
-            controller = Controller(driver, state, settings, options)
-            server = ControlServer(control_socket(state), controller.handle_request)
-            server.start()
-            previous = {
-                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: controller.stop()),
-                signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: controller.stop()),
-                signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: controller.request_reload()),
-            }
-            LOG.info(
-                "watching %s with libvirt %s, state directory %s", directory, driver.uri, state.root
-            )
-            try:
-                controller.run(on_ready=lambda: notify_systemd("READY=1"))
-            finally:
-                notify_systemd("STOPPING=1")
-                server.stop()
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+            controller.run(on_ready=lambda: notify_systemd("READY=1"))
         finally:
-            driver.close()
-    finally:
-        lock.release()
+            notify_systemd("STOPPING=1")
+            server.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return EXIT_OK
 
 
