@@ -135,15 +135,20 @@ def reaction_times(repeat: int) -> None:
             name = f"rcb-{index}"
             old = daemon.qemu_pid(name)
             assert old is not None
+            before = (daemon.instances() or {})[name]["reconciles"]
             start = time.perf_counter()
             os.kill(old, signal.SIGKILL)
-            daemon.wait(
-                lambda name=name, old=old: (
-                    daemon.qemu_pid(name) not in (None, old) and daemon.observed(name) == "running"
-                ),
-                60,
-                f"{name} running again",
-            )
+
+            def repaired(name: str = name, old: int = old, before: int = before) -> bool:
+                # done when the reconcile that started the new QEMU has reported
+                entry = (daemon.instances() or {}).get(name) or {}
+                return (
+                    entry.get("reconciles", 0) > before
+                    and entry.get("observed") == "running"
+                    and daemon.qemu_pid(name) not in (None, old)
+                )
+
+            daemon.wait(repaired, 60, f"{name} running again")
             killed.append(time.perf_counter() - start)
         print(summary("manifest saved -> domain running", saved))
         print(summary("QEMU SIGKILLed -> domain running again", killed))
