@@ -87,7 +87,7 @@ def test_stall_is_detected_and_resumed(server: ImageServer) -> None:
 
 
 def test_wrong_body_is_a_checksum_mismatch(server: ImageServer) -> None:
-    server.serve("/a.raw", Behaviour(BODY[:-1] + b"x"))
+    server.serve("/a.raw", Behaviour(BODY[:-1] + bytes([BODY[-1] ^ 1])))
     with pytest.raises(DownloadRefused, match="checksum mismatch"):
         fetch(server.url("/a.raw"))
 
