@@ -13,8 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from reconciler.statedir import StateDir
-from tests.e2e.test_daemon import Daemon, observed, start_daemon, stop_daemon, wait_until
+from tests.e2e.test_daemon import launch, observed, stop_daemon, wait_until
 from tests.helpers import manifest_document, unique_name, write_base_image
 from tests.libvirtd import Libvirtd
 
@@ -32,10 +31,8 @@ def test_a_lost_libvirtd_changes_nothing_and_events_work_after_its_restart() -> 
         name = unique_name()
         document = manifest_document(name, base, sha, accelerator="tcg")
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump(document))
-        process = start_daemon(root, manifests, base, "--connect", libvirtd.uri)
-        state = StateDir(root / "s")
-        daemon = Daemon(process, state, manifests, base, sha, root / "daemon.log")
-        wait_until(lambda: daemon.cli("status").returncode == 0, "the daemon to listen", daemon)
+        daemon = launch(root, manifests, base, sha, "--connect", libvirtd.uri)
+        process = daemon.process
         wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
         uuid = libvirtd.virsh("domuuid", name).strip()
         pid = libvirtd.qemu_pid(name)

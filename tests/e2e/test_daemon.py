@@ -72,6 +72,13 @@ class Daemon:
         os.replace(temporary, target)
         return target
 
+    def new_running(self) -> str:
+        """A new instance, written and awaited until the daemon reports it running."""
+        name = unique_name()
+        self.write(name)
+        wait_until(lambda: observed(self, name, "running"), f"{name} to run", self)
+        return name
+
     def qemu_pid(self, name: str) -> int | None:
         """The domain's QEMU pid (None between a death and the next start)."""
         try:
@@ -116,6 +123,20 @@ def start_daemon(root: Path, manifests: Path, base: Path, *extra: str) -> subpro
     )  # fmt: skip
 
 
+def launch(root: Path, manifests: Path, base: Path, sha: str, *extra: str) -> Daemon:
+    """Start a daemon on ROOT/s and wait until it answers on its control socket."""
+    process = start_daemon(root, manifests, base, *extra)
+    handle = Daemon(process, StateDir(root / "s"), manifests, base, sha, root / "daemon.log")
+    wait_until(
+        lambda: (
+            (handle.state.root / "control.sock").exists() and handle.cli("status").returncode == 0
+        ),
+        "the daemon to listen",
+        handle,
+    )
+    return handle
+
+
 def stop_daemon(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -140,20 +161,11 @@ def daemon() -> Iterator[Daemon]:
     images = root / "src"
     images.mkdir()
     base, sha = write_base_image(images)
-    process = start_daemon(root, manifests, base)
-    handle = Daemon(process, StateDir(root / "s"), manifests, base, sha, root / "daemon.log")
+    handle = launch(root, manifests, base, sha)
     try:
-        wait_until(
-            lambda: (
-                (handle.state.root / "control.sock").exists()
-                and handle.cli("status").returncode == 0
-            ),
-            "the daemon to listen",
-            handle,
-        )
         yield handle
     finally:
-        stop_daemon(process)
+        stop_daemon(handle.process)
         destroy_domains(root)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -175,9 +187,7 @@ def test_a_new_manifest_runs_and_edits_are_applied(daemon: Daemon) -> None:
 
 
 def test_an_editor_save_causes_exactly_one_reconcile(daemon: Daemon) -> None:
-    name = unique_name()
-    daemon.write(name)
-    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    name = daemon.new_running()
     before = daemon.instance(name)
     assert before is not None
     manifest_reconciles = before["triggers"].get("manifest", 0)
@@ -199,9 +209,7 @@ def test_an_editor_save_causes_exactly_one_reconcile(daemon: Daemon) -> None:
 
 
 def test_a_killed_qemu_is_running_again_without_any_file_event(daemon: Daemon) -> None:
-    name = unique_name()
-    daemon.write(name)
-    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    name = daemon.new_running()
     old = daemon.qemu_pid(name)
     assert old is not None
     events_before = (daemon.instance(name) or {})["triggers"].get("event", 0)
@@ -254,9 +262,7 @@ def test_a_failing_source_backs_off_while_others_converge(daemon: Daemon) -> Non
 
 
 def test_status_plan_and_once_ask_the_running_daemon(daemon: Daemon) -> None:
-    name = unique_name()
-    daemon.write(name)
-    wait_until(lambda: observed(daemon, name, "running"), "the instance to run", daemon)
+    name = daemon.new_running()
     plan = daemon.cli("plan", "--detailed-exitcode", str(daemon.manifests))
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert f"{name}: up to date" in plan.stdout
@@ -303,14 +309,8 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
         base, sha = write_base_image(root)
         slow_name, name = unique_name(), unique_name()
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump(manifest_document(name, base, sha)))
-        process = start_daemon(root, manifests, base)
-        state = StateDir(root / "s")
-        handle = Daemon(process, state, manifests, base, sha, root / "daemon.log")
-        wait_until(
-            lambda: (state.root / "control.sock").exists() and handle.cli("status").returncode == 0,
-            "listening",
-            handle,
-        )
+        handle = launch(root, manifests, base, sha)
+        process, state = handle.process, handle.state
         wait_until(lambda: observed(handle, name, "running"), "the instance to run", handle)
         with image_server() as server:
             # a slow download: the step is in flight when SIGTERM comes
@@ -324,16 +324,8 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
             assert process.wait(timeout=90) == 0
         assert not list(state.root.rglob(".*.tmp")), "a temporary file was left behind"
         pid = handle.qemu_pid(name)
-        again = start_daemon(root, manifests, base)
-        handle = Daemon(again, state, manifests, base, sha, root / "daemon.log")
+        handle = launch(root, manifests, base, sha)
         try:
-            wait_until(
-                lambda: (
-                    (state.root / "control.sock").exists() and handle.cli("status").returncode == 0
-                ),
-                "listening again",
-                handle,
-            )
             wait_until(
                 lambda: (handle.instance(name) or {}).get("lastReconcile"), "a reconcile", handle
             )
@@ -342,7 +334,7 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
             assert entry["lastReconcile"]["outcome"] == "unchanged"
             assert handle.qemu_pid(name) == pid  # the same QEMU: not restarted
         finally:
-            assert stop_daemon(again) == 0
+            assert stop_daemon(handle.process) == 0
     finally:
         destroy_domains(root)
         shutil.rmtree(root, ignore_errors=True)
