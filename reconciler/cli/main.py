@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,7 +48,6 @@ from reconciler.loop.controller import (
     Controller,
     DaemonOptions,
     notify_systemd,
-    render_json_log,
 )
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import (
@@ -295,8 +295,19 @@ def _configure_logging(verbose: bool, debug: bool, log_format: str = "text") -> 
 
 
 class _JsonFormatter(logging.Formatter):
+    """One log record as a JSON line (--log-format json)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return render_json_log(record)
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _load(directory: Path) -> LoadResult:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -261,10 +260,7 @@ class Controller:
     def resync(self) -> None:
         """The periodic full pass: every name, except permanent failures whose inputs have
         not changed."""
-        try:
-            self.reconciler.refresh_host()
-        except ReconcilerError as err:
-            LOG.warning("resync: %s", err)
+        self.reconciler.refresh_host()
         self.reload(reason="resync")
         with self._lock:
             names = [
@@ -484,17 +480,3 @@ def notify_systemd(message: str) -> None:
             sock.sendto(message.encode(), address)
     except OSError as err:
         LOG.warning("cannot notify systemd: %s", err)
-
-
-def render_json_log(record: logging.LogRecord) -> str:
-    """One log record as a JSON line (--log-format json)."""
-    entry = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        + f".{int(record.msecs):03d}Z",
-        "level": record.levelname.lower(),
-        "logger": record.name,
-        "message": record.getMessage(),
-    }
-    if record.exc_info:
-        entry["exception"] = logging.Formatter().formatException(record.exc_info)
-    return json.dumps(entry)

@@ -129,13 +129,20 @@ class Reconciler:
             cancel,
         )
         self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
-        self.host = self.observe_host()
+        self._host: HostFacts | None = None  # observed at the first plan
 
-    def observe_host(self) -> HostFacts:
-        return HostFacts(self.driver.kvm_support(), self.driver.host_memory(), self.state.read_id())
+    @property
+    def host(self) -> HostFacts:
+        if self._host is None:
+            self._host = HostFacts(
+                self.driver.kvm_support(), self.driver.host_memory(), self.state.read_id()
+            )
+        return self._host
 
     def refresh_host(self) -> None:
-        self.host = self.observe_host()
+        """Observe the host facts again at the next plan (a resync, a reconnection, a new
+        state directory id)."""
+        self._host = None
 
     def resolver(self, *, persist_digests: bool) -> SourceResolver:
         """A resolver for one pass (bases and sources shared by instances looked at once)."""
@@ -149,12 +156,12 @@ class Reconciler:
     def plan(self, spec: InstanceSpec, resolver: SourceResolver) -> InstancePlan:
         """Resolve, observe and plan `spec` (no change made, except that a resolver made to
         persist digests records those of local sources it had to compute)."""
+        paths = self.state.instance(spec.name)
         try:
             resolved = resolver.resolve(spec)
-        except PermanentError as err:
+            actual = observe_instance(self.driver, spec.name, paths, resolved)
+        except PermanentError as err:  # a refused source, an unreadable domain definition
             return InstancePlan(spec.name, refusal=str(err))
-        paths = self.state.instance(spec.name)
-        actual = observe_instance(self.driver, spec.name, paths, resolved)
         context = PlanContext(
             paths=paths,
             base_path=resolved.base_path,

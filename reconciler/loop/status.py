@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.fileops import temporary_path
-from reconciler.loop.reconcile import InstanceResult, Outcome
+from reconciler.loop.reconcile import Failure, InstanceResult, Outcome
 
 STATUS_VERSION = 1
 
@@ -143,11 +143,7 @@ class StatusBook:
             entry.observed = observed
             entry.failures = failures
             entry.next_retry = next_retry
-            entry.waiting_for_change = (
-                result.outcome is Outcome.FAILED
-                and result.failure is not None
-                and result.failure.value == "permanent"
-            )
+            entry.waiting_for_change = result.failure is Failure.PERMANENT
             entry.pending_restart = pending_restart
 
     def get(self, name: str) -> InstanceStatus | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.clock import Clock
+from reconciler.drivers.base import DomainRecord
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
@@ -138,3 +139,16 @@ def test_the_domain_must_really_run_after_the_pass(world: World) -> None:
     result = world.reconciler.reconcile(world.spec)
     assert result.outcome is Outcome.FAILED and result.failure is Failure.TRANSIENT
     assert "not running" in (result.message or "")
+
+
+def test_a_domain_whose_definition_cannot_be_read_is_refused_in_the_plan(world: World) -> None:
+    unreadable = DomainRecord(
+        "rct-fake", "u", PowerState.SHUTOFF, "unknown", True, None, problem="unreadable XML"
+    )
+    world.driver.lookup = lambda _name: unreadable  # type: ignore[method-assign,assignment]
+    plan = world.reconciler.plan(world.spec, world.reconciler.resolver(persist_digests=False))
+    assert plan.refusal is not None and "unreadable XML" in plan.refusal
+    assert "left untouched" in plan.refusal
+    result = world.reconciler.reconcile(world.spec)
+    assert result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT
+    assert world.driver.calls == []
