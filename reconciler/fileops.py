@@ -78,3 +78,16 @@ def publish(temporary: Path, target: Path) -> None:
     fsync_file(temporary)
     os.replace(temporary, target)
     fsync_directory(target.parent)
+
+
+def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `target` through a temporary file created with `mode` (so a secret is
+    never readable by others, not even for a moment), fsynced and renamed into place."""
+    temporary = temporary_path(target)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        publish(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -36,16 +36,27 @@ class GuestReport:
     config_files: dict[str, str] = field(default_factory=dict)
     instance_id: str | None = None
     local_hostname: str | None = None
+    hostname: str | None = None
     nics: dict[str, str] = field(default_factory=dict)
+    ip: str | None = None  # the first NIC's address (user-mode networking's guest address)
+    http: bool = False  # the reply server listens on port 80
     power_button: str | None = None
     ready: bool = False
     shutdown: bool = False
 
 
+def boots(console: str) -> list[str]:
+    """A console log cut into boots (each from its `booted` marker on; the first piece holds
+    what came before any)."""
+    pieces = console.split(f"{MARKER}booted")
+    return [pieces[0], *(f"{MARKER}booted" + piece for piece in pieces[1:])]
+
+
 def parse_markers(console: str) -> GuestReport:
-    """Parse the marker lines of a console log (other lines are ignored; lines end in \\r\\n)."""
+    """Parse the marker lines of a console log's last boot (other lines are ignored; lines end
+    in \\r\\n)."""
     report = GuestReport()
-    for raw in console.splitlines():
+    for raw in boots(console)[-1].splitlines():
         line = raw.strip()
         if not line.startswith(MARKER):
             continue
@@ -68,13 +79,22 @@ def parse_markers(console: str) -> GuestReport:
             report.instance_id = value
         elif key == "local-hostname":
             report.local_hostname = value
+        elif key == "hostname":
+            report.hostname = value
+        elif words[0] == "ip":
+            report.ip = words[2]
+        elif key == "http":
+            report.http = True
         elif key == "power-button":
             report.power_button = value
     return report
 
 
-def wait_for_marker(console_log: Path, marker: str, timeout: float = 180.0) -> GuestReport:
-    """Wait (polling, with a deadline) until the console shows `marker`; return the markers.
+def wait_for_marker(
+    console_log: Path, marker: str, timeout: float = 180.0, boot: int | None = None
+) -> GuestReport:
+    """Wait (polling, with a deadline) until the console shows `marker` (in the `boot`th boot
+    of the log when given, counting from 1); return the markers of that (the last) boot.
 
     Boots under TCG take 6 to 8 s on an idle machine and up to 35 s on a loaded one.
     """
@@ -82,7 +102,10 @@ def wait_for_marker(console_log: Path, marker: str, timeout: float = 180.0) -> G
     text = ""
     while time.monotonic() < deadline:
         text = console_log.read_text(errors="replace") if console_log.exists() else ""
-        if f"{MARKER}{marker}" in text:
+        pieces = boots(text)
+        if boot is None and f"{MARKER}{marker}" in text:
             return parse_markers(text)
+        if boot is not None and len(pieces) > boot and f"{MARKER}{marker}" in pieces[boot]:
+            return parse_markers(pieces[boot])
         time.sleep(0.25)
     raise AssertionError(f"no '{marker}' marker in {console_log} after {timeout}s:\n{text[-2000:]}")

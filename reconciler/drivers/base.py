@@ -13,6 +13,7 @@ from typing import Protocol
 
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
+from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import Machine
 
 
@@ -97,6 +98,16 @@ class Driver(Protocol):
 
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
         """Grow a running domain's disk (the guest sees the new size at once)."""
+        ...
+
+    def change_medium(self, name: str, target: str, path: str) -> None:
+        """Put the image at `path` into a running domain's CD-ROM `target` (ejecting the old
+        medium), so the guest reads the new one at once."""
+        ...
+
+    def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
+        """Why the interfaces could not attach now, in words (a libvirt network, bridge or
+        host device that does not exist; a forwarded host port in use); empty when they can."""
         ...
 
     def disk_capacity(self, name: str, target: str) -> int:

@@ -18,6 +18,7 @@ from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, Lo
 from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
+from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import Machine
 
 
@@ -52,6 +53,7 @@ class FakeDriver:
         self._connected = True
         self._watchers: tuple[EventCallback, LostCallback] | None = None
         self._lock = threading.RLock()
+        self.unavailable: tuple[str, ...] = ()  # what check_attachments answers
 
     # -- the seam --------------------------------------------------------------------------
 
@@ -130,6 +132,20 @@ class FakeDriver:
         with self._lock:
             domain = self._require("resize disk of", name)
             domain.capacities[target] = size_bytes
+
+    def change_medium(self, name: str, target: str, path: str) -> None:
+        with self._lock:
+            domain = self._require("change medium of", name)
+            if domain.live is None or domain.live.disk(target) is None:
+                raise DriverError(f"change medium of {name}", f"no running CD-ROM {target}")
+            disks = tuple(
+                replace(disk, path=path) if disk.target == target else disk
+                for disk in domain.live.disks
+            )
+            domain.live = replace(domain.live, disks=disks)
+
+    def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
+        return self.unavailable
 
     def disk_capacity(self, name: str, target: str) -> int:
         with self._lock:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,11 +24,18 @@ from urllib.parse import urlsplit
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
 from reconciler.drivers.kvm import probe_local_kvm
-from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
+from reconciler.drivers.libvirt_xml import (
+    DomainXmlError,
+    parse_domain_xml,
+    render_disk_xml,
+    render_domain_xml,
+)
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
+from reconciler.model.desired import NetworkSpec, NicType, PortForward, PortProtocol
 from reconciler.model.machine import Machine
+from reconciler.planning.machine import config_drive_disk
 
 LOG = logging.getLogger(__name__)
 
@@ -258,12 +266,20 @@ class LibvirtDriver:
 
     def kvm_support(self) -> KvmSupport:
         parts = urlsplit(self.uri)
-        scheme = parts.scheme
-        if scheme.startswith("test"):
+        if parts.scheme.startswith("test"):
             return KvmSupport(False, "libvirt's test driver runs no guests")
-        if parts.hostname in (None, "", "localhost") and "+" not in scheme:
+        if self._local():
             return probe_local_kvm()
         return self._remote_kvm_support(parts.hostname or "")
+
+    def _local(self) -> bool:
+        """Whether the domains run on this host (so its devices and ports are ours to see)."""
+        parts = urlsplit(self.uri)
+        return (
+            parts.hostname in (None, "", "localhost")
+            and "+" not in parts.scheme
+            and not parts.scheme.startswith("test")
+        )
 
     def _remote_kvm_support(self, host: str) -> KvmSupport:
         libvirt = _libvirt()
@@ -425,6 +441,55 @@ class LibvirtDriver:
         libvirt = _libvirt()
         self._require(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
+    @_wrap_errors("change medium of")
+    def change_medium(self, name: str, target: str, path: str) -> None:
+        libvirt = _libvirt()
+        if target != config_drive_disk(path).target:
+            raise DriverError(f"change medium of {name}", f"{target} is not the config drive")
+        xml = render_disk_xml(config_drive_disk(path))
+        self._require(name).updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
+        problems = []
+        for index, network in enumerate(networks):
+            problem = self._attachment_problem(network)
+            if problem is not None:
+                problems.append(f"interface {index}: {problem}")
+            if self._local():
+                problems += [
+                    f"interface {index}: host port {port.address}:{port.host}/"
+                    f"{port.protocol.value} is in use ({why}); the forward to guest port "
+                    f"{port.guest} cannot be set up"
+                    for port in network.ports
+                    if (why := _port_in_use(port)) is not None
+                ]
+        return tuple(problems)
+
+    def _attachment_problem(self, network: NetworkSpec) -> str | None:
+        """Why the interface's network, bridge or device is not there (None when it is, or
+        when it cannot be seen from here)."""
+        libvirt = _libvirt()
+        if network.type is NicType.NETWORK:
+            try:
+                found = self._conn.networkLookupByName(network.source)
+                active = bool(found.isActive())
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return (
+                        f"libvirt network {network.source!r} cannot be used: {self.uri} has no "
+                        "network driver (the embedded driver has none; use --connect "
+                        "qemu:///system, or type: user or bridge)"
+                    )
+                return f"libvirt network {network.source!r} does not exist on {self.uri}"
+            return None if active else f"libvirt network {network.source!r} is not active"
+        if network.type in (NicType.BRIDGE, NicType.DIRECT) and self._local():
+            device = Path("/sys/class/net") / (network.source or "")
+            if network.type is NicType.BRIDGE and not (device / "bridge").is_dir():
+                return f"host bridge {network.source!r} does not exist"
+            if network.type is NicType.DIRECT and not device.exists():
+                return f"host network device {network.source!r} does not exist"
+        return None
+
     @_wrap_errors("read disk of")
     def disk_capacity(self, name: str, target: str) -> int:
         capacity, _allocation, _physical = self._require(name).blockInfo(target)
@@ -565,6 +630,18 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
         raise DriverError(f"cannot open libvirt connection {uri}", message) from err
     LOG.debug("opened %s in %.3fs", uri, time.monotonic() - started)
     return connection
+
+
+def _port_in_use(port: PortForward) -> str | None:
+    """Why QEMU could not listen on a forwarded host port now (None when it could)."""
+    kind = socket.SOCK_STREAM if port.protocol is PortProtocol.TCP else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's slirp does
+        try:
+            probe.bind((port.address, port.host))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
 
 
 def _stopped_meanwhile(err: Any, domain: Any) -> bool:

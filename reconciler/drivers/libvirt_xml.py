@@ -15,15 +15,37 @@ The ownership marker lives in <metadata> in the project's own namespace:
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 
-from reconciler.model.desired import Accelerator, CpuMode, CpuSpec
-from reconciler.model.machine import Disk, Machine, OwnershipMarker
+from reconciler.model.desired import (
+    Accelerator,
+    CpuMode,
+    CpuSpec,
+    NicModel,
+    NicType,
+    PortForward,
+    PortProtocol,
+)
+from reconciler.model.machine import Disk, Machine, Nic, OwnershipMarker
 
 MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
 MARKER_PREFIX = "rc"
 MARKER_ELEMENT = "instance"
 ET.register_namespace(MARKER_PREFIX, MARKER_NAMESPACE)
+# libvirt's namespace for QEMU arguments it does not model (port forwards, see _add_nics)
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NAMESPACE)
+# NIC i sits in PCI slot NIC_SLOT_BASE + i, so the guest enumerates them in the manifest's
+# order whichever way each is rendered; libvirt gives other devices the low slots
+NIC_SLOT_BASE = 0x10
+_SOURCE_ATTRIBUTES = {NicType.NETWORK: "network", NicType.BRIDGE: "bridge", NicType.DIRECT: "dev"}
+_QEMU_NIC_DEVICES = {
+    NicModel.VIRTIO: "virtio-net-pci",
+    NicModel.E1000: "e1000",
+    NicModel.RTL8139: "rtl8139",
+}
+_NETDEV_PREFIX = "rcnet"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -63,13 +85,25 @@ def render_domain_xml(machine: Machine) -> str:
     devices = _sub(domain, "devices")
     for disk in machine.disks:
         _add_disk(devices, disk)
+    arguments = _add_nics(devices, machine)
     if machine.console_log is not None:
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=machine.console_log)
         _sub(serial, "target", port="0")
     _sub(devices, "memballoon", model="none")
+    if arguments:
+        commandline = _sub(domain, f"{{{QEMU_NAMESPACE}}}commandline")
+        for argument in arguments:
+            _sub(commandline, f"{{{QEMU_NAMESPACE}}}arg", value=argument)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def render_disk_xml(disk: Disk) -> str:
+    """One disk device on its own (for a live medium change)."""
+    holder = ET.Element("devices")
+    _add_disk(holder, disk)
+    return ET.tostring(holder[0], encoding="unicode")
 
 
 def _add_disk(devices: ET.Element, disk: Disk) -> None:
@@ -82,6 +116,52 @@ def _add_disk(devices: ET.Element, disk: Disk) -> None:
     _sub(element, "target", dev=disk.target, bus=disk.bus)
     if disk.read_only:
         _sub(element, "readonly")
+
+
+def _add_nics(devices: ET.Element, machine: Machine) -> list[str]:
+    """Each NIC as an <interface>, except user-mode ones with port forwards: those are QEMU
+    arguments (returned), a -netdev user with hostfwd rules and its -device.
+
+    libvirt models port forwards only for its passt backend, which the libvirt 9.0 of
+    Debian 12 refuses for user-mode interfaces; QEMU's own hostfwd works with every libvirt
+    and QEMU, so forwards are given to QEMU directly (libvirt marks such a domain "tainted:
+    custom-argv", which changes nothing else)."""
+    arguments: list[str] = []
+    bus = "pcie.0" if machine.machine_type == "q35" else "pci.0"
+    for index, nic in enumerate(machine.nics):
+        slot = NIC_SLOT_BASE + index
+        if nic.type is NicType.USER and nic.ports:
+            netdev = f"{_NETDEV_PREFIX}{index}"
+            rules = "".join(f",hostfwd={_hostfwd(port)}" for port in nic.ports)
+            device = _QEMU_NIC_DEVICES[nic.model]
+            arguments += ["-netdev", f"user,id={netdev}{rules}"]
+            arguments += [
+                "-device",
+                f"{device},netdev={netdev},mac={nic.mac},bus={bus},addr={slot:#x}",
+            ]
+            continue
+        element = _sub(devices, "interface", type=nic.type.value)
+        _sub(element, "mac", address=nic.mac)
+        if nic.source is not None and nic.type in _SOURCE_ATTRIBUTES:
+            source = {_SOURCE_ATTRIBUTES[nic.type]: nic.source}
+            if nic.type is NicType.DIRECT:
+                source["mode"] = "bridge"
+            _sub(element, "source", **source)
+        _sub(element, "model", type=nic.model.value)
+        _sub(
+            element,
+            "address",
+            type="pci",
+            domain="0x0000",
+            bus="0x00",
+            slot=f"{slot:#04x}",
+            function="0x0",
+        )
+    return arguments
+
+
+def _hostfwd(port: PortForward) -> str:
+    return f"{port.protocol.value}:{port.address}:{port.host}-:{port.guest}"
 
 
 def _add_cpu(domain: ET.Element, cpu: CpuSpec) -> None:
@@ -140,6 +220,7 @@ def parse_domain_xml(xml: str) -> Machine:
         cpu=_parse_cpu(root.find("cpu")),
         machine_type=_machine_type(os_type.get("machine", "") if os_type is not None else ""),
         disks=tuple(disks),
+        nics=_parse_nics(root),
         console_log=None if serial_source is None else serial_source.get("path"),
         uuid=root.findtext("uuid") or None,
         marker=_parse_marker(root),
@@ -147,6 +228,88 @@ def parse_domain_xml(xml: str) -> Machine:
 
 
 _ACCELERATORS = {"kvm": Accelerator.KVM, "qemu": Accelerator.TCG}
+
+
+def _parse_nics(root: ET.Element) -> tuple[Nic, ...]:
+    """The NICs of a definition: its <interface> elements and the user-mode ones given to QEMU
+    as arguments, in PCI slot order (document order where there is no slot)."""
+    found: list[tuple[int, Nic]] = []
+    for position, element in enumerate(root.findall("devices/interface")):
+        nic = _parse_interface(element)
+        if nic is not None:
+            found.append((_slot(element.find("address"), 1000 + position), nic))
+    arguments = [
+        arg.get("value", "")
+        for arg in root.findall(f"{{{QEMU_NAMESPACE}}}commandline/{{{QEMU_NAMESPACE}}}arg")
+    ]
+    netdevs: dict[str, tuple[PortForward, ...]] = {}
+    devices: list[dict[str, str]] = []
+    for option, value in itertools.pairwise(arguments):
+        if option == "-netdev" and value.startswith("user,"):
+            fields = value.split(",")
+            ident = next((f[3:] for f in fields if f.startswith("id=")), "")
+            netdevs[ident] = tuple(
+                port for f in fields if f.startswith("hostfwd=") and (port := _parse_hostfwd(f[8:]))
+            )
+        elif option == "-device":
+            head, *rest = value.split(",")
+            devices.append({"driver": head, **dict(f.split("=", 1) for f in rest if "=" in f)})
+    models = {device: model for model, device in _QEMU_NIC_DEVICES.items()}
+    for device in devices:
+        netdev = device.get("netdev")
+        if netdev not in netdevs or device["driver"] not in models:
+            continue
+        nic = Nic(
+            NicType.USER, device.get("mac", ""), models[device["driver"]], None, netdevs[netdev]
+        )
+        found.append((_int(device.get("addr", ""), 2000), nic))
+    return tuple(nic for _, nic in sorted(found, key=lambda pair: pair[0]))
+
+
+def _parse_interface(element: ET.Element) -> Nic | None:
+    try:
+        kind = NicType(element.get("type", ""))
+    except ValueError:
+        return None  # an interface type the Machine does not model
+    source = element.find("source")
+    attribute = _SOURCE_ATTRIBUTES.get(kind)
+    mac = element.find("mac")
+    model = element.find("model")
+    try:
+        nic_model = NicModel(model.get("type", "") if model is not None else "")
+    except ValueError:
+        nic_model = NicModel.RTL8139 if model is None else NicModel.VIRTIO
+    return Nic(
+        type=kind,
+        mac="" if mac is None else mac.get("address", "").lower(),
+        model=nic_model,
+        source=None if source is None or attribute is None else source.get(attribute),
+    )
+
+
+def _parse_hostfwd(rule: str) -> PortForward | None:
+    """tcp:127.0.0.1:2222-:22 as a PortForward (None when it is not in that form)."""
+    host_part, _, guest_part = rule.partition("-")
+    protocol, _, rest = host_part.partition(":")
+    address, _, host_port = rest.rpartition(":")
+    guest_port = guest_part.rpartition(":")[2]
+    try:
+        return PortForward(int(host_port), int(guest_port), PortProtocol(protocol), address)
+    except ValueError:
+        return None
+
+
+def _slot(address: ET.Element | None, default: int) -> int:
+    if address is None or address.get("type") != "pci":
+        return default
+    return _int(address.get("slot", ""), default)
+
+
+def _int(text: str, default: int) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return default
 
 
 def _machine_type(reported: str) -> str:

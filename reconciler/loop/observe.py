@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
@@ -70,4 +72,14 @@ def observe_instance(
         overlay_problem=problem,
         base_cached=source.base_cached,
         base_changed=source.base_changed,
+        config_drives=config_drives(paths),
     )
+
+
+def config_drives(paths: InstancePaths) -> frozenset[str]:
+    """The config drive images in an instance's directory (config-DIGEST.iso)."""
+    try:
+        names = os.listdir(paths.directory)
+    except OSError:
+        return frozenset()
+    return frozenset(n for n in names if n.startswith("config-") and n.endswith(".iso"))

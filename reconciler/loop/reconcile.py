@@ -31,8 +31,9 @@ from reconciler.images.resolve import SourceResolver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.observe import observe_instance
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import InstancePlan, PlanContext, plan_instance
 from reconciler.statedir import StateDir
 from reconciler.steps.apply import StepContext, apply_step
@@ -171,8 +172,33 @@ class Reconciler:
             state_dir_id=self.host.state_dir_id,
             host_memory=self.host.host_memory,
             base_virtual_size=resolved.base_virtual_size,
+            macs_in_use=self._macs_in_use(spec, actual),
+            unavailable=self._unavailable(spec, actual),
         )
         return plan_instance(resolved.spec, actual, context)
+
+    def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
+        """The MACs of the other domains, when a derived MAC has to be chosen (listing every
+        domain is kept for the reconciles that need it)."""
+        current = actual.domain.definition if actual.domain is not None else None
+        if spec.state is DesiredState.ABSENT or not needs_free_macs(
+            spec.name, spec.networks, current
+        ):
+            return frozenset()
+        return frozenset(
+            nic.mac
+            for record in self.driver.list_domains()
+            if record.name != spec.name and record.definition is not None
+            for nic in record.definition.nics
+        )
+
+    def _unavailable(self, spec: InstanceSpec, actual: InstanceActual) -> tuple[str, ...]:
+        """Why the interfaces could not attach, for a domain about to start (a running one
+        holds its own ports)."""
+        running = actual.domain is not None and actual.domain.state.active
+        if spec.state is not DesiredState.RUNNING or running:
+            return ()
+        return self.driver.check_attachments(spec.networks)
 
     def reconcile(
         self, spec: InstanceSpec, resolver: SourceResolver | None = None

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import jsonschema
 
 from reconciler.errors import ManifestError, SourceLocation
+from reconciler.manifests.guest import guest_config, networks
 from reconciler.manifests.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -89,17 +90,21 @@ def find_manifest_files(root: Path) -> list[Path]:
 def load_manifests(root: Path) -> LoadResult:
     """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
     files = find_manifest_files(root)
+    confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
     errors: list[ManifestError] = []
     invalid_names: set[str] = set()
     loaded: list[tuple[InstanceSpec, SourceLocation]] = []
     for path in files:
-        file_instances, file_errors, file_claims = load_manifest_file(path)
+        file_instances, file_errors, file_claims = load_manifest_file(path, confine)
         loaded.extend(file_instances)
         errors.extend(file_errors)
         invalid_names.update(file_claims)
     instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
     errors.extend(duplicate_errors)
     invalid_names.update(duplicated)
+    mac_errors, shared = _reject_shared_macs(loaded)
+    errors.extend(mac_errors)
+    invalid_names.update(shared)
     return LoadResult(
         instances=tuple(i for i in instances if i.name not in invalid_names),
         errors=tuple(errors),
@@ -109,10 +114,12 @@ def load_manifests(root: Path) -> LoadResult:
 
 
 def load_manifest_file(
-    path: Path,
+    path: Path, confine: Path | None = None
 ) -> tuple[list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str]]:
     """Load one file: its valid instances (with where each is named), its errors, and the
-    names its invalid documents claim."""
+    names its invalid documents claim. Files the manifest names (user-data, injected files)
+    must lie inside `confine` (default: the manifest's own directory)."""
+    confine = confine or Path(os.path.realpath(path.parent))
     try:
         with path.open("rb") as stream:
             raw = stream.read(MAX_MANIFEST_BYTES + 1)
@@ -139,7 +146,7 @@ def load_manifest_file(
     for document in documents:
         document_errors = validate_document(path, document)
         if not document_errors:
-            spec, conversion_errors = _to_instance_spec(path, document)
+            spec, conversion_errors = _to_instance_spec(path, document, confine)
             document_errors = conversion_errors
             if spec is not None and not document_errors:
                 instances.append((spec, _location(path, document, "/metadata/name")))
@@ -287,7 +294,7 @@ def resolve_image_source(manifest: Path, source: str) -> Path | str:
 
 
 def _to_instance_spec(
-    path: Path, document: YamlDocument
+    path: Path, document: YamlDocument, confine: Path
 ) -> tuple[InstanceSpec | None, list[ManifestError]]:
     """Build the InstanceSpec from a schema-valid document; unit errors are ManifestErrors."""
     data: dict[str, Any] = document.data
@@ -313,6 +320,8 @@ def _to_instance_spec(
     except ValueError as err:
         fail("/spec/image/source", str(err))
         image_location = None
+    guest = guest_config(spec, path, confine, fail)
+    interfaces = networks(spec, fail)
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})
@@ -337,6 +346,8 @@ def _to_instance_spec(
             shutdown_timeout_seconds=spec.get("shutdownTimeoutSeconds", 60),
             labels=tuple(sorted(labels.items())),
             allow_replace=spec.get("allowReplace", False),
+            guest=guest,
+            networks=interfaces,
         ),
         [],
     )
@@ -387,3 +398,27 @@ def _reject_duplicate_names(
                 errors.append(DuplicateNameError(location, name, other))
     duplicated = {name for name, locations in by_name.items() if len(locations) > 1}
     return [spec for spec, _ in loaded if spec.name not in duplicated], errors, duplicated
+
+
+def _reject_shared_macs(
+    loaded: list[tuple[InstanceSpec, SourceLocation]],
+) -> tuple[list[ManifestError], set[str]]:
+    """An error at each instance that gives a MAC another instance gives too, and their
+    names (derived MACs are kept apart when they are chosen, see planning.network)."""
+    owners: dict[str, list[tuple[str, SourceLocation]]] = {}
+    for spec, location in loaded:
+        for nic in spec.networks:
+            if nic.mac is not None:
+                owners.setdefault(nic.mac, []).append((spec.name, location))
+    errors: list[ManifestError] = []
+    names: set[str] = set()
+    for mac, users in owners.items():
+        if len({name for name, _ in users}) < 2:
+            continue
+        for name, location in users:
+            others = ", ".join(f"{o} ({where})" for o, where in users if o != name)
+            errors.append(
+                ManifestError(location, "/spec/networks", f"mac {mac} is also given by {others}")
+            )
+            names.add(name)
+    return errors, names

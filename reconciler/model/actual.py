@@ -72,3 +72,4 @@ class InstanceActual:
     overlay_problem: str | None  # the overlay exists but could not be read as ours
     base_cached: bool
     base_changed: bool = False  # the cached base's file changed since it was last verified
+    config_drives: frozenset[str] = frozenset()  # config-*.iso files in the instance directory

@@ -79,6 +79,83 @@ class CpuSpec:
     model: str | None = None
 
 
+class NicType(enum.StrEnum):
+    """How a network interface reaches the outside."""
+
+    USER = "user"  # QEMU's user-mode networking: no bridge, no daemon, no privileges
+    NETWORK = "network"  # a libvirt network, by name
+    BRIDGE = "bridge"  # an existing host bridge
+    DIRECT = "direct"  # macvtap on a host device
+
+
+class NicModel(enum.StrEnum):
+    VIRTIO = "virtio"
+    E1000 = "e1000"
+    RTL8139 = "rtl8139"
+
+
+class PortProtocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class PortForward:
+    """A host port forwarded to a guest port (user-mode networking only)."""
+
+    host: int
+    guest: int
+    protocol: PortProtocol = PortProtocol.TCP
+    address: str = "127.0.0.1"  # the host address the port listens on
+
+    def describe(self) -> str:
+        return f"{self.address}:{self.host} -> guest {self.guest}/{self.protocol.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """One network interface as the manifest asks for it. `source` names the libvirt network,
+    the bridge or the host device (None for user-mode); `mac` is None when derived."""
+
+    type: NicType = NicType.USER
+    source: str | None = None
+    model: NicModel = NicModel.VIRTIO
+    mac: str | None = None
+    ports: tuple[PortForward, ...] = ()
+
+
+# what an instance gets when its manifest says nothing about networks
+DEFAULT_NETWORKS = (NetworkSpec(),)
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedFile:
+    """A file written into the guest by cloud-init (write_files)."""
+
+    path: str  # absolute, in the guest
+    content: bytes
+    permissions: str | None = None  # octal, e.g. "0644"
+    owner: str | None = None  # user:group
+
+
+@dataclass(frozen=True, slots=True)
+class GuestConfig:
+    """What the config drive tells the guest; contents already read from their files.
+    `configured` is False when the manifest asks for no guest configuration at all (then the
+    instance gets no config drive)."""
+
+    hostname: str | None = None  # None: the instance's name
+    user_data: bytes | None = None
+    network_config: bytes | None = None
+    authorized_keys: tuple[str, ...] = ()
+    files: tuple[InjectedFile, ...] = ()
+    instance_id: str | None = None  # None: the domain's UUID
+
+    @property
+    def configured(self) -> bool:
+        return self != GuestConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """One instance as its manifest describes it, units resolved."""
@@ -95,3 +172,5 @@ class InstanceSpec:
     shutdown_timeout_seconds: int
     labels: tuple[tuple[str, str], ...] = ()
     allow_replace: bool = False  # the manifest allows a new, empty boot disk where one is lost
+    guest: GuestConfig = GuestConfig()
+    networks: tuple[NetworkSpec, ...] = DEFAULT_NETWORKS

@@ -13,9 +13,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from reconciler.model.desired import Accelerator, CpuSpec
+from reconciler.model.desired import Accelerator, CpuSpec, NicModel, NicType, PortForward
 
 BOOT_DISK_TARGET = "vda"
+CONFIG_DRIVE_TARGET = "sda"  # a read-only SATA CD-ROM
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,18 @@ class Disk:
 
 
 @dataclass(frozen=True, slots=True)
+class Nic:
+    """A network interface: `source` is the libvirt network, bridge or host device (None for
+    user-mode); `ports` are host ports forwarded to the guest (user-mode only)."""
+
+    type: NicType
+    mac: str
+    model: NicModel = NicModel.VIRTIO
+    source: str | None = None
+    ports: tuple[PortForward, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Machine:
     """One domain's definition. `accelerator` is KVM or TCG (None when a foreign domain uses
     something else); `uuid` and `marker` are identity, not shape: the digest leaves them out."""
@@ -52,12 +65,18 @@ class Machine:
     cpu: CpuSpec = field(default_factory=CpuSpec)
     machine_type: str = "pc"
     disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
     console_log: str | None = None  # the serial console, written to this file
     uuid: str | None = None
     marker: OwnershipMarker | None = None
 
     def disk(self, target: str) -> Disk | None:
         return next((disk for disk in self.disks if disk.target == target), None)
+
+    @property
+    def config_drive_path(self) -> str | None:
+        disk = self.disk(CONFIG_DRIVE_TARGET)
+        return None if disk is None else disk.path
 
     @property
     def boot_disk_path(self) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from reconciler.model.desired import Accelerator, CpuMode, CpuSpec, InstanceSpec
-from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine
+from reconciler.model.machine import BOOT_DISK_TARGET, CONFIG_DRIVE_TARGET, Disk, Machine, Nic
 from reconciler.sizes import format_size
 
 
@@ -18,20 +18,40 @@ class DomainLayout:
     disk_path: str
     console_log_path: str
     accelerator: Accelerator  # resolved: KVM or TCG
+    config_drive_path: str | None = None  # the config drive's ISO, when the instance has one
+    nics: tuple[Nic, ...] = ()  # with their MACs chosen
 
 
 def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
     """The machine `spec` asks for, without uuid and marker (its shape: what the digest
     covers)."""
+    disks = [Disk(BOOT_DISK_TARGET, layout.disk_path, "qcow2")]
+    if layout.config_drive_path is not None:
+        disks.append(config_drive_disk(layout.config_drive_path))
     return Machine(
         name=spec.name,
         accelerator=layout.accelerator,
         vcpus=spec.vcpus,
         memory_kib=spec.memory_bytes // 1024,
         cpu=spec.cpu,
-        disks=(Disk(BOOT_DISK_TARGET, layout.disk_path, "qcow2"),),
+        disks=tuple(disks),
+        nics=layout.nics,
         console_log=layout.console_log_path,
     )
+
+
+def config_drive_disk(path: str) -> Disk:
+    """The config drive as a device: a read-only SATA CD-ROM."""
+    return Disk(CONFIG_DRIVE_TARGET, path, "raw", bus="sata", device="cdrom", read_only=True)
+
+
+def with_config_drive(machine: Machine, path: str) -> Machine:
+    """`machine` with its config drive's medium at `path` (what a live medium change makes)."""
+    disks = tuple(
+        config_drive_disk(path) if disk.target == CONFIG_DRIVE_TARGET else disk
+        for disk in machine.disks
+    )
+    return replace(machine, disks=disks)
 
 
 # libvirt writes the default CPU out as this model in a definition that named none
@@ -64,8 +84,27 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[str, ...]:
         changes.append(f"cpu {_cpu(current)} -> {_cpu(wanted)}")
     if current.boot_disk_path != wanted.boot_disk_path:
         changes.append(f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}")
+    if current.config_drive_path != wanted.config_drive_path:
+        before = _file_name(current.config_drive_path)
+        changes.append(f"config drive {before} -> {_file_name(wanted.config_drive_path)}")
+    if current.nics != wanted.nics:
+        changes.append(f"network {_nics(current)} -> {_nics(wanted)}")
     return tuple(changes) or ("definition updated",)
 
 
 def _cpu(machine: Machine) -> str:
     return machine.cpu.model or machine.cpu.mode.value
+
+
+def _file_name(path: str | None) -> str:
+    return "none" if path is None else path.rsplit("/", 1)[-1]
+
+
+def _nics(machine: Machine) -> str:
+    if not machine.nics:
+        return "none"
+    return "; ".join(
+        f"{nic.type.value}{' ' + nic.source if nic.source else ''} {nic.model.value} {nic.mac}"
+        + "".join(f" {port.describe()}" for port in nic.ports)
+        for nic in machine.nics
+    )

@@ -1,8 +1,9 @@
 """Plan: a pure function from (desired, actual) to the ordered steps that converge them.
 
 No I/O here: `reconcile plan` prints the result as it is, and the unit tests table-test it.
-Step order is always: recover an interrupted transition, fetch base, create overlay, stop,
-resize, define, start (or, for `state: absent`: recover, stop, undefine).
+Step order is always: recover an interrupted transition, fetch base, create overlay, build
+the config drive, stop, resize, define, swap the config drive's medium, start, remove
+replaced config drives (or, for `state: absent`: recover, stop, undefine).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from typing import ClassVar
 from reconciler.model.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
 from reconciler.model.actual import DomainFacts, InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
-from reconciler.model.machine import Machine, OwnershipMarker
-from reconciler.planning.machine import DomainLayout, build_machine, describe_changes, shape_of
+from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine, OwnershipMarker
+from reconciler.planning.cloudinit import DriveContent, drive_content
+from reconciler.planning.machine import (
+    DomainLayout,
+    build_machine,
+    describe_changes,
+    shape_of,
+    with_config_drive,
+)
+from reconciler.planning.network import build_nics, choose_macs, instance_uuid
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
 
@@ -31,6 +40,9 @@ class StepKind(enum.StrEnum):
     FETCH_BASE = "fetch-base"
     CREATE_OVERLAY = "create-overlay"
     RESIZE_DISK = "resize-disk"
+    BUILD_CONFIG_DRIVE = "build-config-drive"
+    CHANGE_MEDIUM = "change-medium"
+    REMOVE_FILES = "remove-files"
     DEFINE = "define"
     START = "start"
     STOP = "stop"
@@ -103,6 +115,47 @@ class ResizeDisk:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildConfigDrive:
+    """Write the config drive's ISO (mode 0600: user-data often holds secrets)."""
+
+    kind: ClassVar[StepKind] = StepKind.BUILD_CONFIG_DRIVE
+    instance: str
+    path: Path
+    content: DriveContent
+
+    def describe(self) -> str:
+        return f"build config drive {self.path.name} ({self.content.describe()})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeMedium:
+    """Swap the running domain's config drive medium to the rebuilt ISO."""
+
+    kind: ClassVar[StepKind] = StepKind.CHANGE_MEDIUM
+    instance: str
+    target: str
+    path: Path
+
+    def describe(self) -> str:
+        return (
+            f"swap the running domain's config drive to {self.path.name} (the guest reads the "
+            "new files from the drive at once)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFiles:
+    """Remove files of the instance that nothing uses any more (replaced config drives)."""
+
+    kind: ClassVar[StepKind] = StepKind.REMOVE_FILES
+    instance: str
+    paths: tuple[Path, ...]
+
+    def describe(self) -> str:
+        return "remove replaced config drive " + ", ".join(p.name for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
 class DefineDomain:
     kind: ClassVar[StepKind] = StepKind.DEFINE
     instance: str
@@ -155,6 +208,9 @@ Step = (
     | FetchBase
     | CreateOverlay
     | ResizeDisk
+    | BuildConfigDrive
+    | ChangeMedium
+    | RemoveFiles
     | DefineDomain
     | StartDomain
     | StopDomain
@@ -175,6 +231,8 @@ class PlanContext:
     state_dir_id: str | None = None  # None before the state directory exists: nothing is ours
     host_memory: int | None = None  # bytes of memory where the domain runs, when known
     base_virtual_size: int | None = None  # the disk size the base image holds, when known
+    macs_in_use: frozenset[str] = frozenset()  # by other domains (derived MACs avoid them)
+    unavailable: tuple[str, ...] = ()  # why the interfaces cannot attach (a missing bridge...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +366,36 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         online = active and not stopping
         steps.append(ResizeDisk(spec.name, paths.disk, grow_from, spec.disk_bytes, online))
 
-    layout = DomainLayout(str(paths.disk), str(paths.console_log), choice.accelerator)
+    uuid = domain.uuid if domain else instance_uuid(context.state_dir_id or "", spec.name)
+    content = _drive_content(spec, uuid)
+    drive = None if content is None else paths.directory / f"config-{content.digest[:16]}.iso"
+    if content is not None and drive is not None and drive.name not in actual.config_drives:
+        steps.append(BuildConfigDrive(spec.name, drive, content))
+    current = domain.definition if domain else None
+    macs = choose_macs(spec.name, spec.networks, current, context.macs_in_use)
+    layout = DomainLayout(
+        str(paths.disk),
+        str(paths.console_log),
+        choice.accelerator,
+        None if drive is None else str(drive),
+        build_nics(spec.networks, macs),
+    )
     shape = build_machine(spec, layout)
     digest = shape.spec_digest()
+    live = domain.live_definition if domain is not None and active and not stopping else None
+    # a running domain with a config drive takes a rebuilt one at once, as a medium change
+    swap = (
+        drive is not None
+        and live is not None
+        and live.config_drive_path is not None
+        and live.config_drive_path != str(drive)
+    )
+    if swap and live is not None and drive is not None:
+        live = with_config_drive(live, str(drive))
     pending_restart = False
     if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
         same_shape = domain is not None and shape_of(domain.definition) == shape
+        live_same = live is not None and shape_of(live) == shape
         if domain is None:
             changes: tuple[str, ...] = ()
             effect = "new"
@@ -322,40 +404,68 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             effect = "the machine itself is unchanged"
         else:
             changes = describe_changes(domain.definition, shape)
-            if active and not stopping:
+            if live_same:
+                effect = "takes effect now: the running domain's medium is swapped"
+            elif active and not stopping:
                 effect = "takes effect at the next restart of the running domain"
             elif starting:
                 effect = "takes effect now: the domain starts next"
             else:
                 effect = "takes effect at the next start"
         marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
-        machine = dataclasses.replace(shape, uuid=domain.uuid if domain else None, marker=marker)
+        machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
         steps.append(DefineDomain(spec.name, machine, changes, effect))
-        if active and not stopping and not same_shape:
+        if active and not stopping and not same_shape and not live_same:
             pending_restart = True
             notes.append("restart the domain (state: stopped, then running) to apply the change")
     elif (
-        active
-        and not stopping
-        and domain.live_definition is not None
-        and (
-            domain.live_definition.marker is None
-            or domain.live_definition.marker.spec_digest != digest
-        )
-        and shape_of(domain.live_definition) != shape
+        live is not None
+        and (live.marker is None or live.marker.spec_digest != digest)
+        and shape_of(live) != shape
     ):
         pending_restart = True
         notes.append(
             "running with an older definition: the current one takes effect at the next "
             "restart (state: stopped, then running)"
         )
+    if swap and drive is not None:
+        steps.append(ChangeMedium(spec.name, CONFIG_DRIVE_TARGET, drive))
+    if (
+        drive is not None
+        and domain is not None
+        and (swap or drive.name not in actual.config_drives)
+    ):
+        notes.append(_drive_note(spec, uuid))
     if starting:
         risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
         if risky:
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
         watch = START_WATCH_SECONDS if risky else 0.0
         steps.append(StartDomain(spec.name, choice, spec.image, watch))
+    in_use = {drive.name if drive else None}
+    if live is not None and live.config_drive_path is not None:
+        in_use.add(Path(live.config_drive_path).name)
+    stale = sorted(name for name in actual.config_drives if name not in in_use)
+    if stale:
+        steps.append(RemoveFiles(spec.name, tuple(paths.directory / name for name in stale)))
     return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)
+
+
+def _drive_content(spec: InstanceSpec, uuid: str) -> DriveContent | None:
+    """The config drive's files (None when the manifest configures nothing in the guest)."""
+    if not spec.guest.configured:
+        return None
+    return drive_content(spec.guest, spec.name, spec.guest.instance_id or uuid)
+
+
+def _drive_note(spec: InstanceSpec, uuid: str) -> str:
+    """What a guest that has booted makes of a rebuilt config drive."""
+    instance_id = spec.guest.instance_id or uuid
+    return (
+        f"config drive rebuilt with instance-id {instance_id} unchanged: the guest sees the new "
+        "files on the drive, but cloud-init applies most modules (users, keys, write_files) "
+        "only once per instance-id; see the README to make it run them again"
+    )
 
 
 def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
@@ -403,6 +513,10 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
                 f"disk.size {format_size(spec.disk_bytes)} is smaller than the disk's current "
                 f"{format_size(overlay.virtual_size)}: disks never shrink"
             )
+    # an interface that cannot attach (a missing network or bridge, a host port in use): the
+    # start would fail, so nothing is made for it
+    if context.unavailable:
+        return "; ".join(context.unavailable)
     # paused on an error (not by hand, not an interrupted transition): report, do not act
     if (
         domain is not None

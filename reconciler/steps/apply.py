@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReplacementNeeded, StepError
-from reconciler.fileops import publish, remove_leftovers, temporary_path
+from reconciler.fileops import publish, remove_leftovers, temporary_path, write_atomically
 from reconciler.images.cache import ImageCache
 from reconciler.images.diskheaders import (
     HeaderError,
@@ -22,10 +22,13 @@ from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
 from reconciler.model.desired import ImageSource
 from reconciler.model.machine import BOOT_DISK_TARGET
 from reconciler.planning.plan import (
+    BuildConfigDrive,
+    ChangeMedium,
     CreateOverlay,
     DefineDomain,
     FetchBase,
     RecoverDomain,
+    RemoveFiles,
     ResizeDisk,
     StartDomain,
     Step,
@@ -33,6 +36,7 @@ from reconciler.planning.plan import (
     UndefineDomain,
 )
 from reconciler.sizes import format_size
+from reconciler.steps.configdrive import render_iso
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
@@ -67,6 +71,14 @@ def apply_step(step: Step, context: StepContext) -> str:
             return _create_overlay(step, context)
         case ResizeDisk():
             return _resize_disk(step, context)
+        case BuildConfigDrive():
+            return _build_config_drive(step)
+        case ChangeMedium():
+            return _change_medium(step, context)
+        case RemoveFiles():
+            for path in step.paths:
+                path.unlink(missing_ok=True)
+            return "removed " + ", ".join(path.name for path in step.paths)
         case DefineDomain():
             context.driver.define(step.machine)
             return "defined domain" if not step.changes else f"redefined domain ({step.effect})"
@@ -114,6 +126,29 @@ def _check_existing_overlay(step: CreateOverlay) -> None:
         raise ReplacementNeeded(f"{step.path} exists but is not our qcow2 disk: {err}") from err
     if header.backing_file != str(step.base_path):
         raise ReplacementNeeded(f"{step.path} exists with another base: {header.backing_file}")
+
+
+def _build_config_drive(step: BuildConfigDrive) -> str:
+    """Write the ISO (0600: user-data often holds secrets); its name carries its content's
+    digest, so an existing file is already the right one."""
+    if step.path.exists():
+        return "config drive already built"
+    step.path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(step.path)
+    image = render_iso(step.content)
+    write_atomically(step.path, image, 0o600)
+    return f"built config drive {step.path.name} ({format_size(len(image))})"
+
+
+def _change_medium(step: ChangeMedium, context: StepContext) -> str:
+    record = context.driver.lookup(step.instance)
+    if record is None or not record.state.active:
+        return "domain not running: the new config drive is used at its next start"
+    live = record.live
+    if live is not None and live.config_drive_path == str(step.path):
+        return "config drive medium already swapped"
+    context.driver.change_medium(step.instance, step.target, str(step.path))
+    return f"swapped the config drive medium to {step.path.name}"
 
 
 def _resize_disk(step: ResizeDisk, context: StepContext) -> str:

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from reconciler.drivers.libvirt_xml import parse_domain_xml, render_domain_xml
-from reconciler.model.desired import Accelerator, CpuMode, CpuSpec
-from reconciler.model.machine import Machine, OwnershipMarker
+from reconciler.model.desired import (
+    Accelerator,
+    CpuMode,
+    CpuSpec,
+    NicModel,
+    NicType,
+    PortForward,
+    PortProtocol,
+)
+from reconciler.model.machine import Machine, Nic, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
 from tests.helpers import make_spec
 
@@ -37,6 +45,30 @@ GOLDEN_MACHINES = {
         "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
     ),
     "host-model-cpu": complete(build_machine(make_spec(cpu=CpuSpec(CpuMode.HOST_MODEL)), LAYOUT)),
+    "config-drive-and-nics": complete(
+        build_machine(
+            make_spec(),
+            replace(
+                LAYOUT,
+                config_drive_path="/state/instances/web/config-0123456789abcdef.iso",
+                nics=(
+                    Nic(NicType.USER, "52:54:00:aa:bb:01"),
+                    Nic(
+                        NicType.USER,
+                        "52:54:00:aa:bb:02",
+                        NicModel.E1000,
+                        ports=(
+                            PortForward(2222, 22),
+                            PortForward(5353, 53, PortProtocol.UDP, "0.0.0.0"),
+                        ),
+                    ),
+                    Nic(NicType.NETWORK, "52:54:00:aa:bb:03", source="default"),
+                    Nic(NicType.BRIDGE, "52:54:00:aa:bb:04", NicModel.RTL8139, "br0"),
+                    Nic(NicType.DIRECT, "52:54:00:aa:bb:05", source="eth0"),
+                ),
+            ),
+        )
+    ),
 }
 
 

@@ -189,8 +189,8 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
     (error,) = errors_of(tmp_path, VALID + '  "a/b~c": 1\n')
     assert error == (
         f"{tmp_path}/m.yaml:14:3: /spec/a~1b~0c: unknown field 'a/b~c' "
-        "(expected one of: accelerator, allowReplace, cpu, disk, image, memory, "
-        "shutdownTimeoutSeconds, state, vcpus)"
+        "(expected one of: accelerator, allowReplace, cloudInit, cpu, disk, files, "
+        "hostname, image, memory, networks, shutdownTimeoutSeconds, ssh, state, vcpus)"
     )
 
 

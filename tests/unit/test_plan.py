@@ -13,6 +13,7 @@ from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, Powe
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.model.machine import Disk, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
+from reconciler.planning.network import build_nics, choose_macs
 from reconciler.planning.plan import DefineDomain, PlanContext, StepKind, plan_instance
 from reconciler.statedir import StateDir
 from tests.helpers import make_spec
@@ -31,10 +32,16 @@ def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: Any) -> PlanC
     )
 
 
-def digest_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> str:
+def layout_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> DomainLayout:
+    """The layout the plan gives `spec` (its interfaces with their derived MACs)."""
     paths = STATE.instance(spec.name)
-    layout = DomainLayout(str(paths.disk), str(paths.console_log), accelerator)
-    return build_machine(spec, layout).spec_digest()
+    macs = choose_macs(spec.name, spec.networks, None, ())
+    nics = build_nics(spec.networks, macs)
+    return DomainLayout(str(paths.disk), str(paths.console_log), accelerator, None, nics)
+
+
+def digest_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> str:
+    return build_machine(spec, layout_of(spec, accelerator)).spec_digest()
 
 
 def domain(
@@ -49,8 +56,7 @@ def domain(
 ) -> DomainFacts:
     """A domain as the plan would have defined it for `spec` (then changed as asked)."""
     marker = OwnershipMarker("m.yaml", digest or digest_of(spec), STATE_ID) if owned else None
-    paths = STATE.instance(spec.name)
-    shape = build_machine(spec, DomainLayout(str(paths.disk), str(paths.console_log), TCG))
+    shape = build_machine(spec, layout_of(spec))
     definition = replace(
         shape,
         uuid="1b4e28ba-2fa1-11d2-883f-0016d3cca427",

@@ -25,8 +25,42 @@ VALID_SAMPLES = {
     ],
     "/properties/spec/properties/image/properties/sha256": ["0" * 64],
     "/properties/spec/properties/image/if/properties/source": ["http://x/y"],
+    "/properties/spec/properties/hostname": ["web-1", "web-1.example.org"],
+    "/properties/spec/properties/cloudInit/properties/userDataFile": ["user-data.yaml", "a/b"],
+    "/properties/spec/properties/cloudInit/properties/instanceId": ["iid-web-1"],
+    "/properties/spec/properties/ssh/properties/authorizedKeys/items": [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB user@host",
+        "ecdsa-sha2-nistp256 AAAA=",
+    ],
+    "/properties/spec/properties/files/items/properties/path": ["/etc/motd", "/a/b.c"],
+    "/properties/spec/properties/files/items/properties/source": ["files/motd"],
+    "/properties/spec/properties/files/items/properties/permissions": ["0644", "600"],
+    "/properties/spec/properties/files/items/properties/owner": ["root", "root:root"],
+    "/properties/spec/properties/networks/items/properties/source": ["default", "br0"],
+    "/properties/spec/properties/networks/items/properties/mac": ["52:54:00:12:34:56"],
+    "/properties/spec/properties/networks/items/properties/ports/items/properties/address": [
+        "127.0.0.1",
+        "0.0.0.0",
+    ],
     "/$defs/size": ["20GiB", "1.5 G", "512"],
 }
+
+
+@pytest.mark.parametrize(
+    ("pointer", "sample"),
+    [
+        ("/properties/spec/properties/files/items/properties/path", "../etc/passwd"),
+        ("/properties/spec/properties/files/items/properties/path", "/etc/../passwd"),
+        ("/properties/spec/properties/files/items/properties/path", "/etc/."),
+        ("/properties/spec/properties/files/items/properties/path", "etc/passwd"),
+        ("/properties/spec/properties/cloudInit/properties/userDataFile", "/etc/shadow"),
+        ("/properties/spec/properties/networks/items/properties/mac", "53:54:00:12:34:56"),
+    ],
+)
+def test_hostile_values_do_not_match(pointer: str, sample: str) -> None:
+    pattern = dict(ALL_PATTERNS)[pointer]
+    assert regress.Regex(pattern, flags="u").find(sample) is None
+    assert re.search(pattern, sample) is None
 
 
 def patterns(node: Any, pointer: str = "") -> Iterator[tuple[str, str]]:

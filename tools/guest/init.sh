@@ -29,10 +29,30 @@ else
   say "disk=none"
 fi
 
+# A CD-ROM on an AHCI controller shows up a moment after the module loads (the SATA link is
+# probed in the background): give it up to 5 s when there is such a controller.
+if ls -d /sys/bus/pci/drivers/ahci/0000:* >/dev/null 2>&1; then
+  for _ in $(seq 1 50); do
+    ls -d /sys/block/sr* >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
+
 config=""
 for label in cidata CIDATA config-2 CONFIG-2; do
   device=$(findfs "LABEL=$label" 2>/dev/null) && { config=$label; break; }
 done
+# busybox's findfs does not look at CD-ROMs here: read their ISO 9660 volume label (32 bytes at
+# offset 40 of the primary volume descriptor, sector 16) directly
+if [ -z "$config" ]; then
+  for cdrom in /dev/sr*; do
+    [ -b "$cdrom" ] || continue
+    label=$(dd if="$cdrom" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000')
+    case "$label" in
+      cidata | CIDATA | config-2 | CONFIG-2) device=$cdrom config=$label; break ;;
+    esac
+  done
+fi
 if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/null ||
     mount -t vfat -o ro "$device" /mnt/config 2>/dev/null; }; then
   say "config-drive=$config device=${device#/dev/}"
@@ -45,16 +65,32 @@ if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/nul
   value() { sed -n -e "s/^[[:space:]]*\"\{0,1\}$1\"\{0,1\}[[:space:]]*:[[:space:]]*//p" "$meta" |
     head -n 1 | sed -e 's/[",]//g' -e "s/'//g" -e 's/[[:space:]]*$//'; }
   say "instance-id=$(value instance-id)"
-  say "local-hostname=$(value local-hostname)"
+  given=$(value local-hostname)
+  say "local-hostname=$given"
+  [ -n "$given" ] && hostname "$given"
 else
   say "config-drive=none"
 fi
+say "hostname=$(hostname)"
 
+# Every NIC is brought up; the first gets QEMU user-mode networking's guest address, so that
+# a host port forwarded to the guest reaches the reply server below.
+first=""
 for interface in /sys/class/net/*; do
   name=${interface##*/}
   [ "$name" = lo ] && continue
   say "nic $name mac=$(cat "$interface/address")"
+  ip link set dev "$name" up 2>/dev/null
+  [ -z "$first" ] && first=$name
 done
+ip link set dev lo up
+if [ -n "$first" ] && ip addr add 10.0.2.15/24 dev "$first" 2>/dev/null; then
+  ip route add default via 10.0.2.2 dev "$first" 2>/dev/null
+  say "ip $first 10.0.2.15"
+fi
+mkdir -p /www
+echo "reconciler-guest $(hostname)" >/www/index.html
+httpd -p 80 -h /www && say "http=80"
 
 # The ACPI power button arrives as KEY_POWER (116) on the "Power Button" input device; each
 # input_event is 24 bytes (16 of time, then type, code and value).

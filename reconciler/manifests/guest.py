@@ -1,0 +1,213 @@
+"""The guest-facing parts of a manifest: config drive inputs (hostname, cloud-init user-data
+and network-config, SSH keys, injected files) and network interfaces, read from a
+schema-valid `spec` into GuestConfig and NetworkSpec values. Pure apart from reading the
+files a manifest names, which must lie inside the manifest directory.
+
+Every problem is reported through `fail(pointer, message)`, so it is located like any other
+manifest error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.model.desired import (
+    DEFAULT_NETWORKS,
+    GuestConfig,
+    InjectedFile,
+    NetworkSpec,
+    NicModel,
+    NicType,
+    PortForward,
+    PortProtocol,
+)
+from reconciler.sizes import format_size
+
+# one file on the config drive, and the drive's whole content (cloud-init reads it into memory)
+MAX_GUEST_FILE_BYTES = 16 * 1024**2
+MAX_GUEST_CONFIG_BYTES = 32 * 1024**2
+
+Fail = Callable[[str, str], None]
+
+
+def guest_config(spec: dict[str, Any], manifest: Path, confine: Path, fail: Fail) -> GuestConfig:
+    """The config drive's inputs from `spec`, with the files it names read (inside `confine`)."""
+    cloud = spec.get("cloudInit", {})
+    user_data: bytes | None = None
+    if "userData" in cloud:
+        user_data = cloud["userData"].encode()
+    elif "userDataFile" in cloud:
+        user_data = read_guest_file(
+            manifest, confine, cloud["userDataFile"], "/spec/cloudInit/userDataFile", fail
+        )
+    pointer = (
+        "/spec/cloudInit/userDataFile" if "userDataFile" in cloud else "/spec/cloudInit/userData"
+    )
+    if user_data is not None:
+        _check_user_data(user_data, pointer, fail)
+    network_config = _network_config(cloud.get("networkConfig"), fail)
+    files = []
+    for index, item in enumerate(spec.get("files", [])):
+        if "content" in item:
+            content: bytes | None = item["content"].encode()
+        else:
+            content = read_guest_file(
+                manifest, confine, item["source"], f"/spec/files/{index}/source", fail
+            )
+        if content is not None:
+            files.append(
+                InjectedFile(item["path"], content, item.get("permissions"), item.get("owner"))
+            )
+    paths = [item["path"] for item in spec.get("files", [])]
+    _reject_repeats(paths, "/spec/files", "path", "path", fail)
+    config = GuestConfig(
+        hostname=spec.get("hostname"),
+        user_data=user_data,
+        network_config=network_config,
+        authorized_keys=tuple(spec.get("ssh", {}).get("authorizedKeys", [])),
+        files=tuple(files),
+        instance_id=cloud.get("instanceId"),
+    )
+    total = sum(len(f.content) for f in config.files) + len(user_data or b"")
+    if total > MAX_GUEST_CONFIG_BYTES:
+        fail(
+            "/spec",
+            f"the config drive would hold {format_size(total)}, more than the maximum of "
+            f"{format_size(MAX_GUEST_CONFIG_BYTES)} (user-data and files together)",
+        )
+    return config
+
+
+def read_guest_file(
+    manifest: Path, confine: Path, name: str, pointer: str, fail: Fail
+) -> bytes | None:
+    """A file named by a manifest (relative to it), if it lies inside `confine` once every
+    symlink is followed and is not too large; None after reporting why not."""
+    path = manifest.parent / name
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(confine):
+        shown = f"{name} (which resolves to {real})" if real != path else name
+        fail(pointer, f"{shown} is outside the manifest directory {confine}")
+        return None
+    try:
+        with real.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_GUEST_FILE_BYTES:
+                fail(
+                    pointer,
+                    f"{name} is {format_size(size)}, more than the maximum of "
+                    f"{format_size(MAX_GUEST_FILE_BYTES)} for a file on the config drive",
+                )
+                return None
+            data = stream.read(MAX_GUEST_FILE_BYTES + 1)
+    except IsADirectoryError:
+        fail(pointer, f"{name} is a directory, not a file")
+        return None
+    except OSError as err:
+        fail(pointer, f"cannot read {name}: {err.strerror}")
+        return None
+    if len(data) > MAX_GUEST_FILE_BYTES:  # it grew while being read
+        fail(pointer, f"{name} is larger than {format_size(MAX_GUEST_FILE_BYTES)}")
+        return None
+    return data
+
+
+def _check_user_data(data: bytes, pointer: str, fail: Fail) -> None:
+    """user-data must be a cloud-config (a YAML mapping) or a script, in text."""
+    if b"\0" in data:
+        fail(pointer, "user-data contains a NUL byte (expected text)")
+        return
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        fail(pointer, f"user-data is not UTF-8 text (byte {err.start})")
+        return
+    first = text.split("\n", 1)[0].rstrip()
+    if first == "#cloud-config":
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            fail(pointer, f"user-data is not valid YAML{where}: {getattr(err, 'problem', err)}")
+            return
+        if parsed is not None and not isinstance(parsed, dict):
+            fail(pointer, "user-data's cloud-config must be a mapping (key: value lines)")
+    elif not first.startswith("#!"):
+        fail(
+            pointer,
+            f"user-data starts with {first[:40]!r}: expected a cloud-config (first line "
+            "#cloud-config) or a script (first line #!)",
+        )
+
+
+def _network_config(value: Any, fail: Fail) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, sort_keys=True, default_flow_style=False).encode()
+    if "\0" in value:
+        fail("/spec/cloudInit/networkConfig", "networkConfig contains a NUL byte")
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        fail("/spec/cloudInit/networkConfig", "networkConfig is not valid YAML")
+        return None
+    if not isinstance(parsed, dict):
+        fail("/spec/cloudInit/networkConfig", "networkConfig must be a mapping (version: ...)")
+        return None
+    return str(value).encode()
+
+
+def networks(spec: dict[str, Any], fail: Fail) -> tuple[NetworkSpec, ...]:
+    """The interfaces `spec` asks for (one user-mode virtio interface when it says nothing)."""
+    if "networks" not in spec:
+        return DEFAULT_NETWORKS
+    result = []
+    for index, item in enumerate(spec["networks"]):
+        ports = tuple(
+            PortForward(
+                port["host"],
+                port["guest"],
+                PortProtocol(port.get("protocol", PortProtocol.TCP)),
+                port.get("address", "127.0.0.1"),
+            )
+            for port in item.get("ports", [])
+        )
+        bindings = [f"{p.address}:{p.host}/{p.protocol.value}" for p in ports]
+        _reject_repeats(bindings, f"/spec/networks/{index}/ports", "host", "host port", fail)
+        result.append(
+            NetworkSpec(
+                type=NicType(item["type"]),
+                source=item.get("source"),
+                model=NicModel(item.get("model", NicModel.VIRTIO)),
+                mac=item.get("mac"),
+                ports=ports,
+            )
+        )
+    macs = [nic.mac for nic in result]
+    _reject_repeats(macs, "/spec/networks", "mac", "mac", fail)
+    every_port = [(p.address, p.host, p.protocol) for nic in result for p in nic.ports]
+    if len(set(every_port)) < len(every_port) and len(result) > 1:
+        fail("/spec/networks", "the same host port is forwarded by two interfaces")
+    return tuple(result)
+
+
+def _reject_repeats(
+    values: Sequence[str | None], pointer: str, key: str, what: str, fail: Fail
+) -> None:
+    """Report, at `pointer/INDEX/key`, each value given a second time in a list (None values
+    are not compared)."""
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        if value in seen:
+            fail(f"{pointer}/{index}/{key}", f"{what} {value} is given twice")
+        seen.add(value)
