@@ -447,7 +447,10 @@ class LibvirtDriver:
         if target != config_drive_disk(path).target:
             raise DriverError(f"change medium of {name}", f"{target} is not the config drive")
         xml = render_disk_xml(config_drive_disk(path))
-        self._require(name).updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        # forced: a guest that keeps the drive mounted has locked the tray, and the medium is
+        # read-only, so nothing is lost by taking it away
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+        self._require(name).updateDeviceFlags(xml, flags)
 
     def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
         problems = []
