@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import __version__
+from reconciler.cli.console import run_console
 from reconciler.cli.report import (
     render_manifest_errors,
     render_plan,
@@ -131,7 +132,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
 
 
-COMMANDS = ("run", "plan", "status", "gc")
+COMMANDS = ("run", "plan", "status", "gc", "console")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -143,7 +144,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         usage="%(prog)s [run] [OPTIONS] [--once] DIR\n"
         "       %(prog)s plan [OPTIONS] DIR [--detailed-exitcode]\n"
         "       %(prog)s status [NAME] [-o json]\n"
-        "       %(prog)s gc [--dry-run] [--grace DURATION]",
+        "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
+        "       %(prog)s console NAME [-f]",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
@@ -192,6 +194,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default="24h",
         help="keep unused bases used within this long (e.g. 7d, 12h, 30m, 0; default 24h)",
     )
+    console = commands.add_parser(
+        "console", parents=[common], help="print an instance's serial console log"
+    )
+    console.add_argument("name", metavar="NAME", help="the instance")
+    console.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what the guest writes"
+    )
     return parser, dict(commands.choices)
 
 
@@ -238,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(run_status, args)
         if command == "plan":
             return _run_command(run_plan, args)
+        if command == "console":
+            args.directory = Path(".")
+            return _run_command(run_console, args)
         if args.once:
             return _run_command(run_once, args)
         return _run_command(run_daemon, args)

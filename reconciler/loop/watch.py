@@ -3,8 +3,8 @@ per burst of changes.
 
 An editor's save is a burst (write a temporary file, rename it over the manifest, maybe a
 backup and a swap file): the callback fires once, `DEBOUNCE_SECONDS` after the last event of
-the burst (at most `MAX_DELAY_SECONDS` after its first), with every manifest path the burst
-touched. Swap, backup and hidden files are ignored; directories created or removed count
+the burst (at most `MAX_DELAY_SECONDS` after its first), with every path the burst touched
+(manifests, and the files they name). Swap, backup and hidden files are ignored; directories created or removed count
 (a removed directory takes its manifests with it).
 """
 
@@ -23,14 +23,16 @@ from watchdog.observers import Observer
 LOG = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.1
 MAX_DELAY_SECONDS = 1.0
-MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-def is_manifest_path(path: str) -> bool:
-    """Whether a path can hold a manifest the loader reads (not a swap, backup or hidden
-    file: vim's .x.swp and 4913, emacs's #x# and x~, .x.yaml.tmp and the like)."""
+def is_relevant_path(path: str) -> bool:
+    """Whether a change to `path` can change what the manifests say: a manifest, or a file a
+    manifest names (user-data, an injected file: any name), but not a swap, backup or hidden
+    file (vim's .x.swp and 4913, emacs's #x# and x~, .x.yaml.tmp and the like)."""
     name = os.path.basename(path)
-    return name.endswith(MANIFEST_SUFFIXES) and not name.startswith((".", "#"))
+    if name.startswith((".", "#")) or name.endswith(("~", ".swp", ".swx", ".tmp")):
+        return False
+    return name != "4913"
 
 
 class ManifestWatcher:
@@ -62,7 +64,7 @@ class ManifestWatcher:
         self._thread.join(timeout=5)
 
     def _note(self, paths: list[str], is_directory: bool) -> None:
-        relevant = {Path(p) for p in paths if is_directory or is_manifest_path(p)}
+        relevant = {Path(p) for p in paths if is_directory or is_relevant_path(p)}
         if not relevant:
             return
         now = time.monotonic()
