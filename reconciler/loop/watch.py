@@ -4,8 +4,8 @@ per burst of changes.
 An editor's save is a burst (write a temporary file, rename it over the manifest, maybe a
 backup and a swap file): the callback fires once, `DEBOUNCE_SECONDS` after the last event of
 the burst (at most `MAX_DELAY_SECONDS` after its first), with every path the burst touched
-(manifests, and the files they name). Swap, backup and hidden files are ignored; directories created or removed count
-(a removed directory takes its manifests with it).
+(manifests, and the files they name). Swap, backup and hidden files are ignored; directories
+created or removed count (a removed directory takes its manifests with it).
 """
 
 from __future__ import annotations
