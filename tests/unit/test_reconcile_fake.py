@@ -152,3 +152,35 @@ def test_a_domain_whose_definition_cannot_be_read_is_refused_in_the_plan(world: 
     result = world.reconciler.reconcile(world.spec)
     assert result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT
     assert world.driver.calls == []
+
+
+def test_attachments_are_checked_only_for_a_domain_about_to_start(world: World) -> None:
+    world.driver.unavailable = ("interface 0: host port 127.0.0.1:2222/tcp is in use",)
+    refused = world.reconciler.reconcile(world.spec)
+    assert refused.outcome is Outcome.FAILED and refused.failure is Failure.PERMANENT
+    assert refused.message == "interface 0: host port 127.0.0.1:2222/tcp is in use"
+    assert world.driver.calls == []  # nothing was made
+    world.driver.unavailable = ()
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.CHANGED
+    world.driver.unavailable = ("interface 0: host port 127.0.0.1:2222/tcp is in use",)
+    # the running domain holds its own port: that is no reason to fail it
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.UNCHANGED
+
+
+def test_a_rebuilt_config_drive_is_swapped_into_the_running_domain(world: World) -> None:
+    from reconciler.model.desired import GuestConfig
+
+    spec = replace(world.spec, guest=GuestConfig(hostname="one"))
+    assert world.reconciler.reconcile(spec).outcome is Outcome.CHANGED
+    directory = world.reconciler.state.instance(spec.name).directory
+    (first,) = directory.glob("config-*.iso")
+    assert first.stat().st_mode & 0o777 == 0o600
+    world.driver.calls.clear()
+    edited = world.reconciler.reconcile(replace(spec, guest=GuestConfig(hostname="two")))
+    assert edited.outcome is Outcome.CHANGED, edited.message
+    assert [call for call, _ in world.driver.calls] == ["define", "change medium of"]
+    (second,) = directory.glob("config-*.iso")
+    assert second != first and not edited.pending_restart
+    record = world.driver.lookup(spec.name)
+    assert record is not None and record.live is not None
+    assert record.live.config_drive_path == str(second)
