@@ -14,6 +14,9 @@ demo: setup image
 	@echo
 	@echo "Serial consoles of the running examples (markers: tools/guest/README.md):"
 	@$(BIN)/python tools/show-consoles.py $${RECONCILER_STATE_DIR:-/var/lib/reconciler} demo- 120
+	@echo
+	@echo "demo-web is reachable through its port forward: http://127.0.0.1:18080/ answers"
+	@$(BIN)/python tools/reach.py http://127.0.0.1:18080/ 60
 
 test: setup image lint
 	$(BIN)/pytest -q tests
