@@ -17,6 +17,7 @@ from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
 from reconciler.loop.reconcile import Settings
+from reconciler.loop.watch import is_relevant_path
 from reconciler.statedir import StateDir
 from tests.helpers import manifest_document, write_base_image
 
@@ -108,3 +109,38 @@ def test_a_permanent_failure_waits_for_its_manifest_to_change(setup: tuple) -> N
     assert drain(controller) == ["rct-a"]
     status = controller.status.get("rct-a")
     assert status is not None and not status.waiting_for_change and status.last_error is None
+
+
+def test_an_edited_injected_file_reconciles_the_instances_that_name_it(setup: tuple) -> None:  # type: ignore[type-arg]
+    controller, driver, manifests, base, sha = setup
+    (manifests / "motd").write_text("one\n")
+    files = [{"path": "/etc/motd", "source": "motd"}]
+    write(manifests, "rct-a", base, sha, files=files)
+    write(manifests, "rct-b", base, sha)
+    controller.reload("start")
+    assert sorted(drain(controller)) == ["rct-a", "rct-b"]
+    assert is_relevant_path(str(manifests / "motd"))  # the watcher passes such a change on
+    (manifests / "motd").write_text("two\n")
+    controller.reload("manifest", changed={manifests / "motd"})
+    assert drain(controller) == ["rct-a"]
+    record = driver.lookup("rct-a")
+    assert record is not None and record.live is not None
+    assert record.live.config_drive_path is not None
+    assert "config-" in record.live.config_drive_path
+
+
+@pytest.mark.parametrize(
+    ("name", "relevant"),
+    [
+        ("web.yaml", True),
+        ("user-data", True),
+        ("motd.txt", True),
+        (".web.yaml.swp", False),
+        ("web.yaml~", False),
+        ("#web.yaml#", False),
+        ("4913", False),
+        (".hidden", False),
+    ],
+)
+def test_the_watcher_ignores_only_swap_backup_and_hidden_files(name: str, relevant: bool) -> None:
+    assert is_relevant_path(f"/srv/manifests/{name}") is relevant
