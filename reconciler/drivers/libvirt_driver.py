@@ -34,8 +34,7 @@ from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType, PortForward, PortProtocol
-from reconciler.model.machine import Machine
-from reconciler.planning.machine import config_drive_disk
+from reconciler.model.machine import Machine, config_drive_disk
 
 LOG = logging.getLogger(__name__)
 

@@ -193,9 +193,12 @@ def networks(spec: dict[str, Any], fail: Fail) -> tuple[NetworkSpec, ...]:
         )
     macs = [nic.mac for nic in result]
     _reject_repeats(macs, "/spec/networks", "mac", "mac", fail)
-    every_port = [(p.address, p.host, p.protocol) for nic in result for p in nic.ports]
-    if len(set(every_port)) < len(every_port) and len(result) > 1:
-        fail("/spec/networks", "the same host port is forwarded by two interfaces")
+    forwarded: set[str] = set()  # host ports of the interfaces before
+    for index, nic in enumerate(result):
+        bound = {f"{p.address}:{p.host}/{p.protocol.value}" for p in nic.ports}
+        for binding in sorted(bound & forwarded):
+            fail(f"/spec/networks/{index}/ports", f"host port {binding} is forwarded twice")
+        forwarded |= bound
     return tuple(result)
 
 

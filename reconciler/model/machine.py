@@ -41,6 +41,11 @@ class Disk:
     read_only: bool = False
 
 
+def config_drive_disk(path: str) -> Disk:
+    """The config drive as a device: a read-only SATA CD-ROM."""
+    return Disk(CONFIG_DRIVE_TARGET, path, "raw", bus="sata", device="cdrom", read_only=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Nic:
     """A network interface: `source` is the libvirt network, bridge or host device (None for

@@ -6,7 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from reconciler.model.desired import Accelerator, CpuMode, CpuSpec, InstanceSpec
-from reconciler.model.machine import BOOT_DISK_TARGET, CONFIG_DRIVE_TARGET, Disk, Machine, Nic
+from reconciler.model.machine import (
+    BOOT_DISK_TARGET,
+    CONFIG_DRIVE_TARGET,
+    Disk,
+    Machine,
+    Nic,
+    config_drive_disk,
+)
 from reconciler.sizes import format_size
 
 
@@ -38,11 +45,6 @@ def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
         nics=layout.nics,
         console_log=layout.console_log_path,
     )
-
-
-def config_drive_disk(path: str) -> Disk:
-    """The config drive as a device: a read-only SATA CD-ROM."""
-    return Disk(CONFIG_DRIVE_TARGET, path, "raw", bus="sata", device="cdrom", read_only=True)
 
 
 def with_config_drive(machine: Machine, path: str) -> Machine:

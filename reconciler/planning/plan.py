@@ -442,10 +442,11 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
         watch = START_WATCH_SECONDS if risky else 0.0
         steps.append(StartDomain(spec.name, choice, spec.image, watch))
-    in_use = {drive.name if drive else None}
+    # drives nothing uses once this plan is carried out: not the wanted one, not the live one
+    in_use = {drive.name} if drive is not None else set()
     if live is not None and live.config_drive_path is not None:
         in_use.add(Path(live.config_drive_path).name)
-    stale = sorted(name for name in actual.config_drives if name not in in_use)
+    stale = sorted(actual.config_drives - in_use)
     if stale:
         steps.append(RemoveFiles(spec.name, tuple(paths.directory / name for name in stale)))
     return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)

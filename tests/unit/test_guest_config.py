@@ -141,6 +141,11 @@ def test_no_networks_field_gives_one_user_mode_virtio_nic_and_no_drive(tmp_path:
             "  networks: [{type: user, ports: [{host: 80, guest: 80}, {host: 80, guest: 81}]}]\n",
             "/spec/networks/0/ports/1/host: host port 127.0.0.1:80/tcp is given twice",
         ),
+        (  # the same host port on two interfaces
+            "  networks: [{type: user, ports: [{host: 80, guest: 80}]}, "
+            "{type: user, ports: [{host: 80, guest: 81}]}]\n",
+            "/spec/networks/1/ports: host port 127.0.0.1:80/tcp is forwarded twice",
+        ),
         (
             "  networks: [{type: bridge}]\n",
             "/spec/networks/0/source: missing required field 'source'",
