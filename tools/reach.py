@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print what an HTTP URL answers, retrying (up to a deadline) while nothing listens yet.
 
-    tools/reach.py URL [SECONDS]
+Usage: tools/reach.py URL [SECONDS]
 """
 
 from __future__ import annotations
