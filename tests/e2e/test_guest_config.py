@@ -169,3 +169,18 @@ def test_console_prints_the_serial_log(e2e: E2E, reconcile: Reconcile, tmp_path:
     assert "reconciler-guest: ready" in shown.out
     assert "reconciler-guest: nic" not in shown.out  # networks: [] gives the guest no NIC
     assert reconcile("console", "no-such-instance").code == 2
+
+
+def test_a_missing_bridge_or_network_fails_the_instance_before_anything_is_made(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    bridged, networked = unique_name("rcg"), unique_name("rcg")
+    write_guest(tmp_path, bridged, networks=[{"type": "bridge", "source": "rcnobridge0"}])
+    write_guest(tmp_path, networked, networks=[{"type": "network", "source": "default"}])
+    failed = reconcile("--once", str(tmp_path))
+    assert failed.code == 1
+    assert "interface 0: host bridge 'rcnobridge0' does not exist" in failed.out
+    assert "libvirt network 'default' cannot be used" in failed.out  # no network driver
+    for name in (bridged, networked):
+        assert e2e.driver.lookup(name) is None
+        assert not e2e.state.instance(name).disk.exists()
