@@ -8,6 +8,8 @@ packages=(
   pkg-config python3-venv python3-dev gcc util-linux
   # libvirt reads the host's SMBIOS tables with it when it starts
   dmidecode
+  # UEFI firmware (firmware: uefi), found by libvirt through its firmware descriptors
+  ovmf
   # to build the test guest (tools/guest) without loop devices or mounts
   mtools syslinux
   # tests: a self-signed certificate for the HTTPS test server

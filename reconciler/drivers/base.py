@@ -14,7 +14,7 @@ from typing import Protocol
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec
-from reconciler.model.machine import Machine
+from reconciler.model.machine import Disk, Machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class DomainRecord:
     definition: Machine | None
     live: Machine | None = None  # only while the domain is active
     problem: str | None = None
+    autostart: bool | None = None  # None where the driver does not keep libvirt's autostart
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,26 @@ class Driver(Protocol):
 
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
         """Grow a running domain's disk (the guest sees the new size at once)."""
+        ...
+
+    def set_memory(self, name: str, memory_kib: int) -> None:
+        """Change a running domain's memory within its maximum (the balloon's target)."""
+        ...
+
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        """Change a running domain's vCPUs within its maximum."""
+        ...
+
+    def attach_disk(self, name: str, disk: Disk) -> None:
+        """Attach a disk to a running domain (its persistent definition is left alone)."""
+        ...
+
+    def detach_disk(self, name: str, disk: Disk) -> None:
+        """Detach a disk from a running domain (its persistent definition is left alone)."""
+        ...
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        """Set libvirt's autostart flag (only where `DomainRecord.autostart` is not None)."""
         ...
 
     def change_medium(self, name: str, target: str, path: str) -> None:

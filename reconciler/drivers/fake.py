@@ -19,7 +19,7 @@ from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec
-from reconciler.model.machine import Machine
+from reconciler.model.machine import Disk, Machine
 
 
 @dataclass
@@ -30,6 +30,7 @@ class FakeDomain:
     live: Machine | None = None
     capacities: dict[str, int] = field(default_factory=dict)
     honours_acpi: bool = True
+    autostart: bool = False
 
 
 class FakeDriver:
@@ -133,6 +134,41 @@ class FakeDriver:
             domain = self._require("resize disk of", name)
             domain.capacities[target] = size_bytes
 
+    def set_memory(self, name: str, memory_kib: int) -> None:
+        with self._lock:
+            domain = self._require("set memory of", name)
+            live = domain.live
+            if live is None or memory_kib > (live.max_memory_kib or live.memory_kib):
+                raise DriverError(f"set memory of {name}", "beyond the maximum, or not running")
+            domain.live = replace(live, memory_kib=memory_kib)
+
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        with self._lock:
+            domain = self._require("set vCPUs of", name)
+            live = domain.live
+            if live is None or vcpus > (live.max_vcpus or live.vcpus):
+                raise DriverError(f"set vCPUs of {name}", "beyond the maximum, or not running")
+            domain.live = replace(live, vcpus=vcpus)
+
+    def attach_disk(self, name: str, disk: Disk) -> None:
+        with self._lock:
+            domain = self._require("attach a disk to", name)
+            if domain.live is None:
+                raise DriverError(f"attach a disk to {name}", "domain is not running")
+            domain.live = replace(domain.live, disks=(*domain.live.disks, disk))
+
+    def detach_disk(self, name: str, disk: Disk) -> None:
+        with self._lock:
+            domain = self._require("detach a disk from", name)
+            if domain.live is None:
+                raise DriverError(f"detach a disk from {name}", "domain is not running")
+            kept = tuple(d for d in domain.live.disks if d.path != disk.path)
+            domain.live = replace(domain.live, disks=kept)
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        with self._lock:
+            self._require("set autostart of", name).autostart = autostart
+
     def change_medium(self, name: str, target: str, path: str) -> None:
         with self._lock:
             domain = self._require("change medium of", name)
@@ -198,6 +234,7 @@ class FakeDriver:
             persistent=True,
             definition=domain.machine,
             live=domain.live if domain.state.active else None,
+            autostart=domain.autostart,
         )
 
     def _check(self, action: str) -> None:

@@ -34,7 +34,7 @@ from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType, PortForward, PortProtocol
-from reconciler.model.machine import Machine, config_drive_disk
+from reconciler.model.machine import Disk, Machine, config_drive_disk
 
 LOG = logging.getLogger(__name__)
 
@@ -319,6 +319,8 @@ class LibvirtDriver:
             definition=definition,
             live=live,
             problem=problem,
+            # the embedded driver's autostart is not used: the daemon starts instances
+            autostart=None if self._embedded_root is not None else bool(domain.autostart()),
         )
 
     def _find(self, name: str) -> Any:
@@ -445,6 +447,32 @@ class LibvirtDriver:
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
         libvirt = _libvirt()
         self._require(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    @_wrap_errors("set memory of")
+    def set_memory(self, name: str, memory_kib: int) -> None:
+        libvirt = _libvirt()
+        self._require(name).setMemoryFlags(memory_kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("set vCPUs of")
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        libvirt = _libvirt()
+        self._require(name).setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("attach a disk to")
+    def attach_disk(self, name: str, disk: Disk) -> None:
+        libvirt = _libvirt()
+        self._require(name).attachDeviceFlags(render_disk_xml(disk), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("detach a disk from")
+    def detach_disk(self, name: str, disk: Disk) -> None:
+        libvirt = _libvirt()
+        self._require(name).detachDeviceFlags(render_disk_xml(disk), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("set autostart of")
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        if self._embedded_root is not None:
+            return  # the embedded driver's autostart would start domains at every open
+        self._require(name).setAutostart(1 if autostart else 0)
 
     @_wrap_errors("change medium of")
     def change_medium(self, name: str, target: str, path: str) -> None:

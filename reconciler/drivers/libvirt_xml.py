@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import itertools
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 from reconciler.model.desired import (
     Accelerator,
+    BootDevice,
     CpuMode,
     CpuSpec,
+    Firmware,
+    Graphics,
     NicModel,
     NicType,
     PortForward,
@@ -46,6 +50,7 @@ _QEMU_NIC_DEVICES = {
     NicModel.RTL8139: "rtl8139",
 }
 _NETDEV_PREFIX = "rcnet"
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -69,11 +74,17 @@ def render_domain_xml(machine: Machine) -> str:
         _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", machine.marker.manifest)
         _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", machine.marker.spec_digest)
         _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", machine.marker.state_dir_id or "")
-    _sub(domain, "memory", str(machine.memory_kib), unit="KiB")
-    _sub(domain, "vcpu", str(machine.vcpus))
-    os_element = _sub(domain, "os")
-    _sub(os_element, "type", "hvm", arch="x86_64", machine=machine.machine_type)
-    _sub(os_element, "boot", dev="hd")
+        for disk in machine.disks:
+            if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
+                _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
+    if machine.description is not None:
+        _sub(domain, "description", machine.description)
+    _sub(domain, "memory", str(machine.max_memory_kib or machine.memory_kib), unit="KiB")
+    _sub(domain, "currentMemory", str(machine.memory_kib), unit="KiB")
+    vcpu = _sub(domain, "vcpu", str(machine.max_vcpus or machine.vcpus))
+    if machine.max_vcpus is not None:
+        vcpu.set("current", str(machine.vcpus))
+    _add_os(domain, machine)
     features = _sub(domain, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
@@ -85,12 +96,26 @@ def render_domain_xml(machine: Machine) -> str:
     devices = _sub(domain, "devices")
     for disk in machine.disks:
         _add_disk(devices, disk)
+    if any(disk.bus == "scsi" for disk in machine.disks):
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     arguments = _add_nics(devices, machine)
     if machine.console_log is not None:
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=machine.console_log)
         _sub(serial, "target", port="0")
-    _sub(devices, "memballoon", model="none")
+    if machine.guest_agent:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+    if machine.graphics is Graphics.VNC:
+        graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes")
+        _sub(graphics, "listen", type="address", address="127.0.0.1")
+        video = _sub(devices, "video")
+        _sub(video, "model", type="vga")
+    # a balloon only where memory may change while the domain runs
+    _sub(devices, "memballoon", model="virtio" if machine.max_memory_kib else "none")
+    if machine.rng:
+        rng = _sub(devices, "rng", model="virtio")
+        _sub(rng, "backend", "/dev/urandom", model="random")
     if arguments:
         commandline = _sub(domain, f"{{{QEMU_NAMESPACE}}}commandline")
         for argument in arguments:
@@ -104,6 +129,23 @@ def render_disk_xml(disk: Disk) -> str:
     holder = ET.Element("devices")
     _add_disk(holder, disk)
     return ET.tostring(holder[0], encoding="unicode")
+
+
+def _add_os(domain: ET.Element, machine: Machine) -> None:
+    """<os>: machine type, firmware (UEFI chosen by libvirt among the firmware descriptors,
+    without secure boot) and the boot order."""
+    os_element = _sub(domain, "os")
+    if machine.firmware is Firmware.UEFI:
+        os_element.set("firmware", "efi")
+    _sub(os_element, "type", "hvm", arch="x86_64", machine=machine.machine_type)
+    if machine.firmware is Firmware.UEFI:
+        firmware = _sub(os_element, "firmware")
+        _sub(firmware, "feature", enabled="no", name="secure-boot")
+        _sub(firmware, "feature", enabled="no", name="enrolled-keys")
+        if machine.nvram is not None:
+            _sub(os_element, "nvram", machine.nvram)
+    for device in machine.boot:
+        _sub(os_element, "boot", dev=device.value)
 
 
 def _add_disk(devices: ET.Element, disk: Disk) -> None:
@@ -188,10 +230,11 @@ def parse_domain_xml(xml: str) -> Machine:
         raise DomainXmlError(f"unreadable domain XML: {err}") from err
     if root.tag != "domain":
         raise DomainXmlError(f"expected <domain>, got <{root.tag}>")
-    memory = root.find("memory")
-    memory_kib = (
-        _to_kib(int(memory.text or 0), memory.get("unit", "KiB")) if memory is not None else 0
-    )
+    maximum_kib = _memory_kib(root.find("memory"))
+    memory_kib = _memory_kib(root.find("currentMemory")) or maximum_kib
+    vcpu = root.find("vcpu")
+    maximum_vcpus = int(vcpu.text or 0) if vcpu is not None else 0
+    vcpus = int(vcpu.get("current", maximum_vcpus)) if vcpu is not None else 0
     disks = []
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
@@ -210,13 +253,42 @@ def parse_domain_xml(xml: str) -> Machine:
                 read_only=disk.find("readonly") is not None,
             )
         )
+    deletable = {
+        element.text
+        for element in root.findall(
+            f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}/{{{MARKER_NAMESPACE}}}delete-when-removed"
+        )
+    }
+    disks = [replace(disk, delete_when_removed=disk.path in deletable) for disk in disks]
     serial_source = root.find("devices/serial[@type='file']/source")
     os_type = root.find("os/type")
+    os_element = root.find("os")
+    uefi = os_element is not None and (
+        os_element.get("firmware") == "efi" or os_element.find("loader") is not None
+    )
+    boot = tuple(
+        BootDevice(b.get("dev", "")) for b in root.findall("os/boot") if b.get("dev") in _BOOT
+    )
+    graphics = root.find("devices/graphics")
     return Machine(
         name=root.findtext("name", ""),
         accelerator=_ACCELERATORS.get(root.get("type", "")),
-        vcpus=int(root.findtext("vcpu", "0") or 0),
+        vcpus=vcpus,
         memory_kib=memory_kib,
+        max_vcpus=maximum_vcpus if maximum_vcpus != vcpus else None,
+        max_memory_kib=maximum_kib if maximum_kib != memory_kib else None,
+        firmware=Firmware.UEFI if uefi else Firmware.BIOS,
+        nvram=(root.findtext("os/nvram") or None) if uefi else None,
+        boot=boot or (BootDevice.HD,),
+        description=root.findtext("description"),
+        graphics=Graphics.VNC
+        if graphics is not None and graphics.get("type") == "vnc"
+        else (Graphics.NONE),
+        rng=root.find("devices/rng") is not None,
+        guest_agent=any(
+            target.get("name") == GUEST_AGENT_CHANNEL
+            for target in root.findall("devices/channel/target")
+        ),
         cpu=_parse_cpu(root.find("cpu")),
         machine_type=_machine_type(os_type.get("machine", "") if os_type is not None else ""),
         disks=tuple(disks),
@@ -228,6 +300,11 @@ def parse_domain_xml(xml: str) -> Machine:
 
 
 _ACCELERATORS = {"kvm": Accelerator.KVM, "qemu": Accelerator.TCG}
+_BOOT = {device.value for device in BootDevice}
+
+
+def _memory_kib(element: ET.Element | None) -> int:
+    return 0 if element is None else _to_kib(int(element.text or 0), element.get("unit", "KiB"))
 
 
 def _parse_nics(root: ET.Element) -> tuple[Nic, ...]:

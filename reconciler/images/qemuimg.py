@@ -60,6 +60,10 @@ class QemuImg:
             "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(path), str(size)
         )
 
+    def create(self, path: Path, image_format: str, size: int) -> None:
+        """A new, empty image of `size` bytes (no backing file)."""
+        self.run("create", "-q", "-f", image_format, str(path), str(size))
+
     def info(self, path: Path, image_format: str) -> dict[str, Any]:
         """`qemu-img info` with the format given (never probed), as parsed JSON."""
         out = self.run("info", "-f", image_format, "--output=json", str(path))

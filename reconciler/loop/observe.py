@@ -9,6 +9,7 @@ from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.images.resolve import ResolvedSource
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
+from reconciler.model.desired import ImageFormat, InstanceSpec
 from reconciler.statedir import InstancePaths
 
 
@@ -28,6 +29,7 @@ def domain_facts(record: DomainRecord) -> DomainFacts:
         persistent=record.persistent,
         definition=record.definition,
         live_definition=record.live,
+        autostart=record.autostart,
     )
 
 
@@ -66,6 +68,7 @@ def observe_instance(
 ) -> InstanceActual:
     """What exists for instance `name`: its domain (if any), its disk, and its cached base."""
     overlay, problem = read_overlay(str(paths.disk))
+    data_disks, data_problem = read_data_disks(source.spec, paths)
     return InstanceActual(
         domain=observe_domain(driver, name),
         overlay=overlay,
@@ -73,7 +76,37 @@ def observe_instance(
         base_cached=source.base_cached,
         base_changed=source.base_changed,
         config_drives=config_drives(paths),
+        data_disks=data_disks,
+        data_disk_problem=data_problem,
     )
+
+
+def read_data_disks(
+    spec: InstanceSpec, paths: InstancePaths
+) -> tuple[tuple[DiskFacts, ...], str | None]:
+    """The manifest's data disks whose files exist, and the first that is not what it should
+    be (a qcow2 disk whose header is not ours). A raw disk is never probed: its size is its
+    file's."""
+    found: list[DiskFacts] = []
+    for disk in spec.disks:
+        path = str(paths.directory / disk.file_name)
+        if disk.format is ImageFormat.RAW:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                return tuple(found), f"cannot read {path}: {err.strerror}"
+            found.append(DiskFacts(path, "raw", size, None, None))
+            continue
+        facts, problem = read_overlay(path)
+        if problem is not None:
+            return tuple(found), problem
+        if facts is not None and facts.backing_file is not None:
+            return tuple(found), f"{path} has a backing file ({facts.backing_file}): not our disk"
+        if facts is not None:
+            found.append(facts)
+    return tuple(found), None
 
 
 def config_drives(paths: InstancePaths) -> frozenset[str]:

@@ -30,12 +30,20 @@ from reconciler.manifests.yamlsource import (
 )
 from reconciler.model.desired import (
     Accelerator,
+    BootDevice,
     CpuMode,
     CpuSpec,
+    DataDiskSpec,
+    DeletionPolicy,
     DesiredState,
+    DiskBus,
+    Firmware,
+    Graphics,
     ImageFormat,
     ImageSource,
     InstanceSpec,
+    MachineType,
+    UpdatePolicy,
 )
 from reconciler.sizes import format_size, parse_size, round_up
 
@@ -322,6 +330,14 @@ def _to_instance_spec(
         image_location = None
     guest = guest_config(spec, path, confine, fail)
     interfaces = networks(spec, fail)
+    data_disks = _data_disks(spec, fail)
+    max_memory = None
+    if "maxMemory" in spec:
+        max_memory = _size_or_error(spec["maxMemory"], "/spec/maxMemory", fail)
+        if max_memory is not None and memory is not None and max_memory < memory:
+            fail("/spec/maxMemory", f"{spec['maxMemory']!r} is less than memory {spec['memory']!r}")
+    if spec.get("maxVcpus", spec["vcpus"]) < spec["vcpus"]:
+        fail("/spec/maxVcpus", f"{spec['maxVcpus']} is less than vcpus {spec['vcpus']}")
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})
@@ -348,9 +364,48 @@ def _to_instance_spec(
             allow_replace=spec.get("allowReplace", False),
             guest=guest,
             networks=interfaces,
+            disks=data_disks,
+            machine=MachineType(spec.get("machine", MachineType.PC)),
+            firmware=Firmware(spec.get("firmware", Firmware.BIOS)),
+            boot=tuple(BootDevice(device) for device in spec.get("boot", ["hd"])),
+            description=spec.get("description"),
+            graphics=Graphics(spec.get("graphics", Graphics.NONE)),
+            rng=spec.get("rng", False),
+            guest_agent=spec.get("guestAgent", False),
+            autostart=spec.get("autostart", False),
+            update_policy=UpdatePolicy(spec.get("updatePolicy", UpdatePolicy.NEXT_BOOT)),
+            max_memory_bytes=None if max_memory is None else round_up(max_memory, 1024),
+            max_vcpus=spec.get("maxVcpus"),
         ),
         [],
     )
+
+
+def _data_disks(spec: dict[str, Any], fail: Any) -> tuple[DataDiskSpec, ...]:
+    disks = []
+    names: set[str] = set()
+    limit = size_maximum("/spec/disk/size")
+    for index, item in enumerate(spec.get("disks", [])):
+        pointer = f"/spec/disks/{index}"
+        if item["name"] in names:
+            fail(f"{pointer}/name", f"disk name {item['name']!r} is given twice")
+        names.add(item["name"])
+        size = _size_or_error(item["size"], f"{pointer}/size", fail)
+        if size is not None and not 0 < size <= limit:
+            fail(f"{pointer}/size", f"{item['size']!r} is not a disk size (expected 1B to 1024TiB)")
+            size = None
+        if size is None:
+            continue
+        disks.append(
+            DataDiskSpec(
+                name=item["name"],
+                size_bytes=round_up(size, DISK_ALIGNMENT),
+                bus=DiskBus(item.get("bus", DiskBus.VIRTIO)),
+                format=ImageFormat(item.get("format", ImageFormat.QCOW2)),
+                deletion_policy=DeletionPolicy(item.get("deletionPolicy", DeletionPolicy.RETAIN)),
+            )
+        )
+    return tuple(disks)
 
 
 @cache

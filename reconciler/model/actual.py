@@ -40,6 +40,7 @@ class DomainFacts:
     persistent: bool
     definition: Machine
     live_definition: Machine | None
+    autostart: bool | None = None  # None where the driver does not keep libvirt's autostart
 
     @property
     def marker(self) -> OwnershipMarker | None:
@@ -73,3 +74,5 @@ class InstanceActual:
     base_cached: bool
     base_changed: bool = False  # the cached base's file changed since it was last verified
     config_drives: frozenset[str] = frozenset()  # config-*.iso files in the instance directory
+    data_disks: tuple[DiskFacts, ...] = ()  # the manifest's data disks whose files exist
+    data_disk_problem: str | None = None  # a data disk file that is not what it should be

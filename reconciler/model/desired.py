@@ -79,6 +79,60 @@ class CpuSpec:
     model: str | None = None
 
 
+class MachineType(enum.StrEnum):
+    PC = "pc"  # i440fx
+    Q35 = "q35"
+
+
+class Firmware(enum.StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"  # OVMF, with a per-instance NVRAM file
+
+
+class BootDevice(enum.StrEnum):
+    HD = "hd"
+    CDROM = "cdrom"
+    NETWORK = "network"
+
+
+class Graphics(enum.StrEnum):
+    NONE = "none"
+    VNC = "vnc"  # listening on 127.0.0.1 only
+
+
+class UpdatePolicy(enum.StrEnum):
+    """What a pass may do to a running instance for a change that takes a restart."""
+
+    NEXT_BOOT = "next-boot"  # define only: the change waits for the next start
+    RESTART = "restart"  # graceful shutdown, define, start
+
+
+class DiskBus(enum.StrEnum):
+    VIRTIO = "virtio"
+    SCSI = "scsi"
+    SATA = "sata"
+
+
+class DeletionPolicy(enum.StrEnum):
+    RETAIN = "retain"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class DataDiskSpec:
+    """An empty disk of the instance beside its boot disk."""
+
+    name: str
+    size_bytes: int
+    bus: DiskBus = DiskBus.VIRTIO
+    format: ImageFormat = ImageFormat.QCOW2
+    deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
+
+    @property
+    def file_name(self) -> str:
+        return f"data-{self.name}.{self.format.value}"
+
+
 class NicType(enum.StrEnum):
     """How a network interface reaches the outside."""
 
@@ -174,3 +228,15 @@ class InstanceSpec:
     allow_replace: bool = False  # the manifest allows a new, empty boot disk where one is lost
     guest: GuestConfig = GuestConfig()
     networks: tuple[NetworkSpec, ...] = DEFAULT_NETWORKS
+    disks: tuple[DataDiskSpec, ...] = ()
+    machine: MachineType = MachineType.PC
+    firmware: Firmware = Firmware.BIOS
+    boot: tuple[BootDevice, ...] = (BootDevice.HD,)
+    description: str | None = None
+    graphics: Graphics = Graphics.NONE
+    rng: bool = False
+    guest_agent: bool = False
+    autostart: bool = False
+    update_policy: UpdatePolicy = UpdatePolicy.NEXT_BOOT
+    max_memory_bytes: int | None = None  # None: memory is the maximum
+    max_vcpus: int | None = None  # None: vcpus is the maximum

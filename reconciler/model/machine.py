@@ -13,7 +13,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from reconciler.model.desired import Accelerator, CpuSpec, NicModel, NicType, PortForward
+from reconciler.model.desired import (
+    Accelerator,
+    BootDevice,
+    CpuSpec,
+    Firmware,
+    Graphics,
+    NicModel,
+    NicType,
+    PortForward,
+)
 
 BOOT_DISK_TARGET = "vda"
 CONFIG_DRIVE_TARGET = "sda"  # a read-only SATA CD-ROM
@@ -39,6 +48,16 @@ class Disk:
     bus: str = "virtio"
     device: str = "disk"  # disk | cdrom
     read_only: bool = False
+    delete_when_removed: bool = False  # a data disk whose file goes when it leaves the manifest
+
+    @property
+    def is_data_disk(self) -> bool:
+        return self.device == "disk" and self.target != BOOT_DISK_TARGET
+
+    @property
+    def hotpluggable(self) -> bool:
+        """Whether it can be attached to and detached from a running domain."""
+        return self.bus in ("virtio", "scsi")
 
 
 def config_drive_disk(path: str) -> Disk:
@@ -72,8 +91,21 @@ class Machine:
     disks: tuple[Disk, ...] = ()
     nics: tuple[Nic, ...] = ()
     console_log: str | None = None  # the serial console, written to this file
+    max_vcpus: int | None = None  # None: vcpus is the maximum
+    max_memory_kib: int | None = None  # None: memory is the maximum (no room for the balloon)
+    firmware: Firmware = Firmware.BIOS
+    nvram: str | None = None  # UEFI variables, a file of the instance
+    boot: tuple[BootDevice, ...] = (BootDevice.HD,)
+    description: str | None = None
+    graphics: Graphics = Graphics.NONE
+    rng: bool = False
+    guest_agent: bool = False
     uuid: str | None = None
     marker: OwnershipMarker | None = None
+
+    @property
+    def data_disks(self) -> tuple[Disk, ...]:
+        return tuple(disk for disk in self.disks if disk.is_data_disk)
 
     def disk(self, target: str) -> Disk | None:
         return next((disk for disk in self.disks if disk.target == target), None)

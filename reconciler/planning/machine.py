@@ -1,11 +1,12 @@
 """From an instance spec to the machine that runs it, and the differences between two
-machines in words. Pure."""
+machines, each in words with its class: live, restart or replace. Pure."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, replace
 
-from reconciler.model.desired import Accelerator, CpuMode, CpuSpec, InstanceSpec
+from reconciler.model.desired import Accelerator, CpuMode, CpuSpec, Firmware, InstanceSpec
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
     CONFIG_DRIVE_TARGET,
@@ -15,6 +16,23 @@ from reconciler.model.machine import (
     config_drive_disk,
 )
 from reconciler.sizes import format_size
+
+
+class ChangeClass(enum.StrEnum):
+    """How a change reaches a domain."""
+
+    LIVE = "live"  # applied to the running domain and its definition at once
+    RESTART = "restart"  # the new definition takes effect at the next start
+    REPLACE = "replace"  # a new boot disk: the guest's disk contents are lost
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    what: str
+    kind: ChangeClass
+
+    def describe(self) -> str:
+        return f"[{self.kind.value}] {self.what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,23 +45,38 @@ class DomainLayout:
     accelerator: Accelerator  # resolved: KVM or TCG
     config_drive_path: str | None = None  # the config drive's ISO, when the instance has one
     nics: tuple[Nic, ...] = ()  # with their MACs chosen
+    data_disks: tuple[Disk, ...] = ()  # with their targets chosen
+    nvram_path: str | None = None  # where UEFI variables live (used with firmware: uefi)
 
 
 def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
     """The machine `spec` asks for, without uuid and marker (its shape: what the digest
     covers)."""
-    disks = [Disk(BOOT_DISK_TARGET, layout.disk_path, "qcow2")]
+    disks = [Disk(BOOT_DISK_TARGET, layout.disk_path, "qcow2"), *layout.data_disks]
     if layout.config_drive_path is not None:
         disks.append(config_drive_disk(layout.config_drive_path))
+    memory_kib = spec.memory_bytes // 1024
+    max_memory = None if spec.max_memory_bytes is None else spec.max_memory_bytes // 1024
+    uefi = spec.firmware is Firmware.UEFI
     return Machine(
         name=spec.name,
         accelerator=layout.accelerator,
         vcpus=spec.vcpus,
-        memory_kib=spec.memory_bytes // 1024,
+        memory_kib=memory_kib,
         cpu=spec.cpu,
+        machine_type=spec.machine.value,
         disks=tuple(disks),
         nics=layout.nics,
         console_log=layout.console_log_path,
+        max_vcpus=spec.max_vcpus if spec.max_vcpus not in (None, spec.vcpus) else None,
+        max_memory_kib=max_memory if max_memory not in (None, memory_kib) else None,
+        firmware=spec.firmware,
+        nvram=layout.nvram_path if uefi else None,
+        boot=spec.boot,
+        description=spec.description,
+        graphics=spec.graphics,
+        rng=spec.rng,
+        guest_agent=spec.guest_agent,
     )
 
 
@@ -67,31 +100,113 @@ def shape_of(machine: Machine) -> Machine:
     return replace(machine, uuid=None, marker=None, cpu=cpu)
 
 
-def describe_changes(current: Machine, wanted: Machine) -> tuple[str, ...]:
-    """What redefining `current` as `wanted` changes, in words."""
+def running_shape(machine: Machine) -> Machine:
+    """What a running domain is, for the question "does it need a restart": its shape without
+    what the guest does not run on (the description, which deletion policy a disk has)."""
+    disks = tuple(replace(disk, delete_when_removed=False) for disk in machine.disks)
+    return replace(shape_of(machine), description=None, disks=disks)
+
+
+def live_memory_change(current: Machine, wanted: Machine) -> bool:
+    """Whether the memory can change on the running domain: the maximum stays, and the new
+    size fits under it."""
+    maximum = current.max_memory_kib
+    return (
+        current.memory_kib != wanted.memory_kib
+        and maximum is not None
+        and wanted.max_memory_kib == maximum
+        and wanted.memory_kib <= maximum
+    )
+
+
+def live_vcpu_change(current: Machine, wanted: Machine) -> bool:
+    maximum = current.max_vcpus
+    return (
+        current.vcpus != wanted.vcpus
+        and maximum is not None
+        and wanted.max_vcpus == maximum
+        and wanted.vcpus <= maximum
+    )
+
+
+def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
+    """What redefining `current` as `wanted` changes, each with its class. One branch per
+    field of the machine."""
     current, wanted = shape_of(current), shape_of(wanted)
-    changes = []
+    live, restart = ChangeClass.LIVE, ChangeClass.RESTART
+    changes: list[Change] = []
     if current.vcpus != wanted.vcpus:
-        changes.append(f"vcpus {current.vcpus} -> {wanted.vcpus}")
-    if current.memory_kib != wanted.memory_kib:
+        kind = live if live_vcpu_change(current, wanted) else restart
+        changes.append(Change(f"vcpus {current.vcpus} -> {wanted.vcpus}", kind))
+    if current.max_vcpus != wanted.max_vcpus:
         changes.append(
-            f"memory {format_size(current.memory_kib * 1024)} -> "
-            f"{format_size(wanted.memory_kib * 1024)}"
+            Change(f"maxVcpus {current.max_vcpus or '-'} -> {wanted.max_vcpus or '-'}", restart)
         )
+    if current.memory_kib != wanted.memory_kib:
+        kind = live if live_memory_change(current, wanted) else restart
+        what = f"memory {_kib(current.memory_kib)} -> {_kib(wanted.memory_kib)}"
+        changes.append(Change(what, kind))
+    if current.max_memory_kib != wanted.max_memory_kib:
+        what = f"maxMemory {_kib(current.max_memory_kib)} -> {_kib(wanted.max_memory_kib)}"
+        changes.append(Change(what, restart))
     if current.accelerator != wanted.accelerator:
-        before = current.accelerator.value if current.accelerator else "other"
-        after = wanted.accelerator.value if wanted.accelerator else "other"
-        changes.append(f"accelerator {before} -> {after}")
+        was = current.accelerator.value if current.accelerator else "other"
+        becomes = wanted.accelerator.value if wanted.accelerator else "other"
+        changes.append(Change(f"accelerator {was} -> {becomes}", restart))
     if current.cpu != wanted.cpu:
-        changes.append(f"cpu {_cpu(current)} -> {_cpu(wanted)}")
+        changes.append(Change(f"cpu {_cpu(current)} -> {_cpu(wanted)}", restart))
+    settings: tuple[tuple[str, object, object], ...] = (
+        ("machine", current.machine_type, wanted.machine_type),
+        ("firmware", current.firmware.value, wanted.firmware.value),
+        ("boot", ",".join(current.boot), ",".join(wanted.boot)),
+        ("graphics", current.graphics.value, wanted.graphics.value),
+        ("rng", current.rng, wanted.rng),
+        ("guestAgent", current.guest_agent, wanted.guest_agent),
+    )
+    for field, old, new in settings:
+        if old != new:
+            changes.append(Change(f"{field} {old} -> {new}", restart))
+    if current.description != wanted.description:
+        changes.append(Change("description", live))
     if current.boot_disk_path != wanted.boot_disk_path:
-        changes.append(f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}")
+        changes.append(Change(f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}", restart))
+    changes += _data_disk_changes(current, wanted)
     if current.config_drive_path != wanted.config_drive_path:
-        before = _file_name(current.config_drive_path)
-        changes.append(f"config drive {before} -> {_file_name(wanted.config_drive_path)}")
+        previous = _file_name(current.config_drive_path)
+        kind = live if current.config_drive_path and wanted.config_drive_path else restart
+        changes.append(
+            Change(f"config drive {previous} -> {_file_name(wanted.config_drive_path)}", kind)
+        )
     if current.nics != wanted.nics:
-        changes.append(f"network {_nics(current)} -> {_nics(wanted)}")
-    return tuple(changes) or ("definition updated",)
+        changes.append(Change(f"network {_nics(current)} -> {_nics(wanted)}", restart))
+    return tuple(changes) or (Change("definition updated", live),)
+
+
+def _data_disk_changes(current: Machine, wanted: Machine) -> list[Change]:
+    before = {disk.path: disk for disk in current.data_disks}
+    after = {disk.path: disk for disk in wanted.data_disks}
+    changes = []
+    for path, disk in after.items():
+        old = before.get(path)
+        kind = ChangeClass.LIVE if disk.hotpluggable else ChangeClass.RESTART
+        if old is None:
+            changes.append(Change(f"attach disk {disk.target} ({_file_name(path)})", kind))
+        elif old.delete_when_removed != disk.delete_when_removed:
+            policy = "delete" if disk.delete_when_removed else "retain"
+            changes.append(Change(f"disk {disk.target} deletionPolicy {policy}", ChangeClass.LIVE))
+        elif replace(old, delete_when_removed=False) != replace(disk, delete_when_removed=False):
+            changes.append(
+                Change(f"disk {old.target} -> {disk.target} ({disk.bus})", ChangeClass.RESTART)
+            )
+    for path, disk in before.items():
+        if path not in after:
+            kind = ChangeClass.LIVE if disk.hotpluggable else ChangeClass.RESTART
+            changes.append(Change(f"detach disk {disk.target} ({_file_name(path)})", kind))
+    return changes
+
+
+def _kib(kib: int | None) -> str:
+    return "-" if kib is None else format_size(kib * 1024)
 
 
 def _cpu(machine: Machine) -> str:

@@ -9,213 +9,61 @@ replaced config drives (or, for `state: absent`: recover, stop, undefine).
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from reconciler.model.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
-from reconciler.model.actual import DomainFacts, InstanceActual, PowerState
-from reconciler.model.desired import Accelerator, DesiredState, ImageSource, InstanceSpec
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
+from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec, UpdatePolicy
 from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine, OwnershipMarker
 from reconciler.planning.cloudinit import DriveContent, drive_content
+from reconciler.planning.disks import data_disk_devices
 from reconciler.planning.machine import (
+    Change,
+    ChangeClass,
     DomainLayout,
     build_machine,
     describe_changes,
+    live_memory_change,
+    live_vcpu_change,
+    running_shape,
     shape_of,
     with_config_drive,
 )
 from reconciler.planning.network import build_nics, choose_macs, instance_uuid
+from reconciler.planning.steps import (
+    AttachDisk,
+    BuildConfigDrive,
+    ChangeMedium,
+    CreateDataDisk,
+    CreateOverlay,
+    DefineDomain,
+    DetachDisk,
+    FetchBase,
+    MoveDiskAside,
+    RecoverDomain,
+    RemoveFiles,
+    ResizeDisk,
+    SetAutostart,
+    SetMemory,
+    SetVcpus,
+    StartDomain,
+    Step,
+    StepKind,
+    StopDomain,
+    UndefineDomain,
+)
 from reconciler.sizes import format_size
 from reconciler.statedir import InstancePaths
+
+__all__ = ["InstancePlan", "PlanContext", "Step", "StepKind", "plan_instance"]
+
+NVRAM_FILE = "nvram.fd"  # UEFI variables, in the instance directory
+REPLACED_SUFFIX = "replaced"  # a boot disk moved aside by a replacement (gc removes it)
 
 # Where KVM is forced against the probe's advice, guests typically pause on an emulation
 # failure within seconds of starting; the start step watches that long for it.
 START_WATCH_SECONDS = 10.0
-
-
-class StepKind(enum.StrEnum):
-    RECOVER = "recover"
-    FETCH_BASE = "fetch-base"
-    CREATE_OVERLAY = "create-overlay"
-    RESIZE_DISK = "resize-disk"
-    BUILD_CONFIG_DRIVE = "build-config-drive"
-    CHANGE_MEDIUM = "change-medium"
-    REMOVE_FILES = "remove-files"
-    DEFINE = "define"
-    START = "start"
-    STOP = "stop"
-    UNDEFINE = "undefine"
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverDomain:
-    """Clear a start or shutdown that a killed process left half-done (domain paused in
-    libvirt's `starting-up` or `shutting-down`), so that the instance can converge."""
-
-    kind: ClassVar[StepKind] = StepKind.RECOVER
-    instance: str
-    reason: str
-
-    def describe(self) -> str:
-        what = "start" if self.reason == "starting-up" else "shutdown"
-        return (
-            f"recover an interrupted {what} (domain paused in {self.reason} with no one "
-            "finishing it): tear the domain down"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class FetchBase:
-    kind: ClassVar[StepKind] = StepKind.FETCH_BASE
-    instance: str
-    image: ImageSource
-    cache_path: Path
-    size: int | None = None  # bytes to download, when the source says
-
-    def describe(self) -> str:
-        return (
-            f"fetch base image {self.image.location} into the cache "
-            f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value}"
-            + (f", stored as {self.image.convert_to.value}" if self.image.convert_to else "")
-            + (f", {format_size(self.size)}" if self.size is not None else "")
-            + ")"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CreateOverlay:
-    kind: ClassVar[StepKind] = StepKind.CREATE_OVERLAY
-    instance: str
-    path: Path
-    image: ImageSource  # the base, verified (and fetched again if spoiled) before use
-    base_path: Path
-    base_format: str
-    size: int
-
-    def describe(self) -> str:
-        base = self.base_path.name
-        short = base[:19] + "..." if len(base) > 22 else base
-        return f"create disk {self.path} ({format_size(self.size)}, qcow2 over {short})"
-
-
-@dataclass(frozen=True, slots=True)
-class ResizeDisk:
-    kind: ClassVar[StepKind] = StepKind.RESIZE_DISK
-    instance: str
-    path: Path
-    current: int
-    size: int
-    online: bool
-
-    def describe(self) -> str:
-        how = "online, the guest sees it now" if self.online else "offline"
-        return f"grow disk {format_size(self.current)} -> {format_size(self.size)} ({how})"
-
-
-@dataclass(frozen=True, slots=True)
-class BuildConfigDrive:
-    """Write the config drive's ISO (mode 0600: user-data often holds secrets)."""
-
-    kind: ClassVar[StepKind] = StepKind.BUILD_CONFIG_DRIVE
-    instance: str
-    path: Path
-    content: DriveContent
-
-    def describe(self) -> str:
-        return f"build config drive {self.path.name} ({self.content.describe()})"
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeMedium:
-    """Swap the running domain's config drive medium to the rebuilt ISO."""
-
-    kind: ClassVar[StepKind] = StepKind.CHANGE_MEDIUM
-    instance: str
-    target: str
-    path: Path
-
-    def describe(self) -> str:
-        return (
-            f"swap the running domain's config drive to {self.path.name} (the guest reads the "
-            "new files from the drive at once)"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveFiles:
-    """Remove files of the instance that nothing uses any more (replaced config drives)."""
-
-    kind: ClassVar[StepKind] = StepKind.REMOVE_FILES
-    instance: str
-    paths: tuple[Path, ...]
-
-    def describe(self) -> str:
-        return "remove replaced config drive " + ", ".join(p.name for p in self.paths)
-
-
-@dataclass(frozen=True, slots=True)
-class DefineDomain:
-    kind: ClassVar[StepKind] = StepKind.DEFINE
-    instance: str
-    machine: Machine  # complete: with the uuid (when redefining) and the ownership marker
-    changes: tuple[str, ...]
-    effect: str
-
-    def describe(self) -> str:
-        what = (
-            "define domain" if not self.changes else "redefine domain: " + ", ".join(self.changes)
-        )
-        return f"{what} ({self.effect})"
-
-
-@dataclass(frozen=True, slots=True)
-class StartDomain:
-    kind: ClassVar[StepKind] = StepKind.START
-    instance: str
-    accelerator: AcceleratorChoice
-    image: ImageSource | None = None  # the base under the disk, verified before QEMU opens it
-    watch_seconds: float = 0.0  # how long to watch for a pause on error right after start
-
-    def describe(self) -> str:
-        choice = self.accelerator
-        return f"start domain (accelerator {choice.accelerator.value}; {choice.reason})"
-
-
-@dataclass(frozen=True, slots=True)
-class StopDomain:
-    kind: ClassVar[StepKind] = StepKind.STOP
-    instance: str
-    timeout_seconds: int
-
-    def describe(self) -> str:
-        return f"shut down domain (ACPI power button, forced off after {self.timeout_seconds}s)"
-
-
-@dataclass(frozen=True, slots=True)
-class UndefineDomain:
-    kind: ClassVar[StepKind] = StepKind.UNDEFINE
-    instance: str
-    kept: Path
-
-    def describe(self) -> str:
-        return f"undefine domain (its files in {self.kept} are kept)"
-
-
-Step = (
-    RecoverDomain
-    | FetchBase
-    | CreateOverlay
-    | ResizeDisk
-    | BuildConfigDrive
-    | ChangeMedium
-    | RemoveFiles
-    | DefineDomain
-    | StartDomain
-    | StopDomain
-    | UndefineDomain
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,12 +177,160 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     if domain is not None and interrupted:
         steps.append(RecoverDomain(spec.name, domain.state_reason))
     active = domain is not None and domain.state.active and not interrupted
-    stopping = spec.state is DesiredState.STOPPED and active
-    starting = spec.state is DesiredState.RUNNING and not active
-    grow_from: int | None = None
-    if actual.overlay is None:
+
+    # the machine the manifest asks for, and what the running domain still lacks after the
+    # changes it can take live
+    uuid = domain.uuid if domain else instance_uuid(context.state_dir_id or "", spec.name)
+    content = _drive_content(spec, uuid)
+    drive = None if content is None else paths.directory / f"config-{content.digest[:16]}.iso"
+    shape = _wanted_machine(spec, domain, context, choice.accelerator, drive)
+    live = domain.live_definition if domain is not None and active else None
+    live_steps, live_after = _live_changes(spec.name, live, shape)
+    needs_restart = live_after is not None and running_shape(live_after) != running_shape(shape)
+    replacing = _replacing(spec, actual, context)
+    restart = (
+        active
+        and spec.state is DesiredState.RUNNING
+        and (
+            replacing is not None or (needs_restart and spec.update_policy is UpdatePolicy.RESTART)
+        )
+    )
+    stopping = active and (spec.state is DesiredState.STOPPED or restart)
+    starting = spec.state is DesiredState.RUNNING and (not active or restart)
+
+    if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
+        steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
+    steps += _disk_steps(
+        spec, actual, context, shape, replacing, starting, online=active and not stopping
+    )
+    if actual.overlay is None and domain is not None:  # allowed by _refusal: allowReplace
+        notes.append(f"disk {paths.disk} was missing: a new, empty one is made (allowReplace)")
+    if content is not None and drive is not None and drive.name not in actual.config_drives:
+        steps.append(BuildConfigDrive(spec.name, drive, content))
+    if actual.base_changed:
+        notes.append(
+            f"cached base {context.base_path.name} changed since it was verified: it is "
+            "checked again before use, and fetched again if it no longer matches"
+        )
+    paused = domain is not None and domain.state is PowerState.PAUSED
+    if paused and domain is not None and domain.state_reason == "user" and not stopping:
+        notes.append("domain was paused by hand; it is left paused")
+
+    digest = shape.spec_digest()
+    running_on = active and not stopping
+    if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
+        changes, effect = _redefinition(domain, shape, running_on, needs_restart, starting, restart)
+        marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
+        machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
+        steps.append(DefineDomain(spec.name, machine, changes, effect))
+    if running_on:
+        steps += live_steps
+    pending_restart = running_on and needs_restart
+    if pending_restart:
+        notes.append(
+            "the running domain takes the change at its next restart (updatePolicy: "
+            "next-boot); set updatePolicy: restart, or stop and start it, to apply it now"
+        )
+    if drive is not None and domain is not None and drive.name not in actual.config_drives:
+        notes.append(_drive_note(spec, uuid))
+    if domain is not None and domain.autostart is not None and domain.autostart != spec.autostart:
+        steps.append(SetAutostart(spec.name, spec.autostart))
+    if starting:
+        risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
+        if risky:
+            notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
+        watch = START_WATCH_SECONDS if risky else 0.0
+        steps.append(StartDomain(spec.name, choice, spec.image, watch))
+    steps += _removals(
+        spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
+    )
+    return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)
+
+
+def _wanted_machine(
+    spec: InstanceSpec,
+    domain: DomainFacts | None,
+    context: PlanContext,
+    accelerator: Accelerator,
+    drive: Path | None,
+) -> Machine:
+    """The machine `spec` asks for (its shape), with its MACs and disk targets chosen against
+    the current definition."""
+    paths = context.paths
+    current = domain.definition if domain else None
+    macs = choose_macs(spec.name, spec.networks, current, context.macs_in_use)
+    layout = DomainLayout(
+        str(paths.disk),
+        str(paths.console_log),
+        accelerator,
+        None if drive is None else str(drive),
+        build_nics(spec.networks, macs),
+        data_disk_devices(spec.disks, paths.directory, current),
+        str(paths.directory / NVRAM_FILE),
+    )
+    return build_machine(spec, layout)
+
+
+def _live_changes(
+    name: str, live: Machine | None, wanted: Machine
+) -> tuple[list[Step], Machine | None]:
+    """The steps that change the running domain (`live`) towards `wanted` without a restart,
+    and what it is after them. One branch per live-class change."""
+    if live is None:
+        return [], None
+    steps: list[Step] = []
+    after = live
+    # a rebuilt config drive: a medium change
+    drive, running_drive = wanted.config_drive_path, live.config_drive_path
+    if drive is not None and running_drive is not None and running_drive != drive:
+        steps.append(ChangeMedium(name, CONFIG_DRIVE_TARGET, Path(drive)))
+        after = with_config_drive(after, drive)
+    # memory within the maximum: the balloon
+    if live_memory_change(live, wanted):
+        steps.append(SetMemory(name, wanted.memory_kib))
+        after = dataclasses.replace(after, memory_kib=wanted.memory_kib)
+    # vCPUs within the maximum
+    if live_vcpu_change(live, wanted):
+        steps.append(SetVcpus(name, wanted.vcpus))
+        after = dataclasses.replace(after, vcpus=wanted.vcpus)
+    # data disks on a bus that takes hot-plugging: attached and detached
+    running = {disk.path: disk for disk in live.data_disks}
+    disks = dict(running)
+    for disk in wanted.data_disks:
+        if disk.path not in running and disk.hotpluggable:
+            steps.append(AttachDisk(name, disk))
+            disks[disk.path] = disk
+    wanted_paths = {disk.path for disk in wanted.data_disks}
+    for path, disk in running.items():
+        if path not in wanted_paths and disk.hotpluggable:
+            steps.append(DetachDisk(name, disk))
+            del disks[path]
+    others = tuple(disk for disk in after.disks if not disk.is_data_disk)
+    after = dataclasses.replace(after, disks=others + tuple(disks.values()))
+    return steps, after
+
+
+def _disk_steps(
+    spec: InstanceSpec,
+    actual: InstanceActual,
+    context: PlanContext,
+    shape: Machine,
+    replacing: str | None,
+    starting: bool,
+    *,
+    online: bool,
+) -> list[Step]:
+    """The boot disk (fetched base, overlay, a replacement, growth) and the data disks (made
+    empty, grown)."""
+    steps: list[Step] = []
+    paths, overlay = context.paths, actual.overlay
+    fetch = FetchBase(spec.name, spec.image, context.base_path, context.source_size)
+    if replacing is not None:
+        aside = paths.directory / aside_name(overlay)
+        steps.append(MoveDiskAside(spec.name, paths.disk, aside, replacing))
+    if overlay is None or replacing is not None:
         if not actual.base_cached:
-            steps.append(FetchBase(spec.name, spec.image, context.base_path, context.source_size))
+            steps.append(fetch)
         steps.append(
             CreateOverlay(
                 spec.name,
@@ -345,111 +341,88 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
                 spec.disk_bytes,
             )
         )
-        if domain is not None:  # allowed by _refusal only with allowReplace
-            notes.append(f"disk {paths.disk} was missing: a new, empty one is made (allowReplace)")
     else:
         if not actual.base_cached and starting:
-            steps.append(FetchBase(spec.name, spec.image, context.base_path, context.source_size))
-        if actual.overlay.virtual_size < spec.disk_bytes:
-            grow_from = actual.overlay.virtual_size
-    if actual.base_changed:
-        notes.append(
-            f"cached base {context.base_path.name} changed since it was verified: it is "
-            "checked again before use, and fetched again if it no longer matches"
-        )
-    paused = domain is not None and domain.state is PowerState.PAUSED
-    if paused and domain is not None and domain.state_reason == "user" and not stopping:
-        notes.append("domain was paused by hand; it is left paused")
-    if stopping:
-        steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
-    if grow_from is not None:
-        online = active and not stopping
-        steps.append(ResizeDisk(spec.name, paths.disk, grow_from, spec.disk_bytes, online))
+            steps.append(fetch)
+        if overlay.virtual_size < spec.disk_bytes:
+            steps.append(
+                ResizeDisk(spec.name, paths.disk, overlay.virtual_size, spec.disk_bytes, online)
+            )
+    existing = {disk.path: disk for disk in actual.data_disks}
+    for disk_spec, device in zip(spec.disks, shape.data_disks, strict=True):
+        path = Path(device.path)
+        found = existing.get(device.path)
+        if found is None:
+            steps.append(CreateDataDisk(spec.name, path, device.format, disk_spec.size_bytes))
+        elif found.virtual_size < disk_spec.size_bytes:
+            growth = ResizeDisk(
+                spec.name, path, found.virtual_size, disk_spec.size_bytes, online, device.target,
+                device.format,
+            )  # fmt: skip
+            steps.append(growth)
+    return steps
 
-    uuid = domain.uuid if domain else instance_uuid(context.state_dir_id or "", spec.name)
-    content = _drive_content(spec, uuid)
-    drive = None if content is None else paths.directory / f"config-{content.digest[:16]}.iso"
-    if content is not None and drive is not None and drive.name not in actual.config_drives:
-        steps.append(BuildConfigDrive(spec.name, drive, content))
-    current = domain.definition if domain else None
-    macs = choose_macs(spec.name, spec.networks, current, context.macs_in_use)
-    layout = DomainLayout(
-        str(paths.disk),
-        str(paths.console_log),
-        choice.accelerator,
-        None if drive is None else str(drive),
-        build_nics(spec.networks, macs),
-    )
-    shape = build_machine(spec, layout)
-    digest = shape.spec_digest()
-    live = domain.live_definition if domain is not None and active and not stopping else None
-    # a running domain with a config drive takes a rebuilt one at once, as a medium change
-    swap = (
-        drive is not None
-        and live is not None
-        and live.config_drive_path is not None
-        and live.config_drive_path != str(drive)
-    )
-    if swap and live is not None and drive is not None:
-        live = with_config_drive(live, str(drive))
-    pending_restart = False
-    if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
-        same_shape = domain is not None and shape_of(domain.definition) == shape
-        live_same = live is not None and shape_of(live) == shape
-        if domain is None:
-            changes: tuple[str, ...] = ()
-            effect = "new"
-        elif same_shape:  # only the marker is out of date (e.g. made by an older version)
-            changes = ("ownership marker updated",)
-            effect = "the machine itself is unchanged"
-        else:
-            changes = describe_changes(domain.definition, shape)
-            if live_same:
-                effect = "takes effect now: the running domain's medium is swapped"
-            elif active and not stopping:
-                effect = "takes effect at the next restart of the running domain"
-            elif starting:
-                effect = "takes effect now: the domain starts next"
-            else:
-                effect = "takes effect at the next start"
-        marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
-        machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
-        steps.append(DefineDomain(spec.name, machine, changes, effect))
-        if active and not stopping and not same_shape and not live_same:
-            pending_restart = True
-            notes.append("restart the domain (state: stopped, then running) to apply the change")
-    elif (
-        live is not None
-        and (live.marker is None or live.marker.spec_digest != digest)
-        and shape_of(live) != shape
-    ):
-        pending_restart = True
-        notes.append(
-            "running with an older definition: the current one takes effect at the next "
-            "restart (state: stopped, then running)"
+
+def _redefinition(
+    domain: DomainFacts | None,
+    shape: Machine,
+    running: bool,
+    needs_restart: bool,
+    starting: bool,
+    restart: bool,
+) -> tuple[tuple[Change, ...], str]:
+    """What a definition changes, and when it takes effect, in words."""
+    if domain is None:
+        return (), "new"
+    if shape_of(domain.definition) == shape:  # only the marker is out of date
+        return (Change("ownership marker updated", ChangeClass.LIVE),), "the machine is unchanged"
+    changes = describe_changes(domain.definition, shape)
+    if restart:
+        effect = (
+            "takes effect now: the domain is shut down and started again (updatePolicy: restart)"
         )
-    if swap and drive is not None:
-        steps.append(ChangeMedium(spec.name, CONFIG_DRIVE_TARGET, drive))
-    if (
-        drive is not None
-        and domain is not None
-        and (swap or drive.name not in actual.config_drives)
-    ):
-        notes.append(_drive_note(spec, uuid))
-    if starting:
-        risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable
-        if risky:
-            notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
-        watch = START_WATCH_SECONDS if risky else 0.0
-        steps.append(StartDomain(spec.name, choice, spec.image, watch))
-    # drives nothing uses once this plan is carried out: not the wanted one, not the live one
+    elif running and needs_restart and any(c.kind is ChangeClass.LIVE for c in changes):
+        effect = "live changes now, the rest at the next restart of the running domain"
+    elif running and needs_restart:
+        effect = "takes effect at the next restart of the running domain"
+    elif running:
+        effect = "takes effect now on the running domain"
+    elif starting:
+        effect = "takes effect now: the domain starts next"
+    else:
+        effect = "takes effect at the next start"
+    return changes, effect
+
+
+def _removals(
+    name: str,
+    actual: InstanceActual,
+    domain: DomainFacts | None,
+    drive: Path | None,
+    shape: Machine,
+    live_after: Machine | None,
+    paths: InstancePaths,
+) -> list[Step]:
+    """Files nothing uses once the plan is carried out: replaced config drives, and data disks
+    that left the manifest with deletionPolicy: delete (once detached)."""
+    steps: list[Step] = []
     in_use = {drive.name} if drive is not None else set()
-    if live is not None and live.config_drive_path is not None:
-        in_use.add(Path(live.config_drive_path).name)
+    if live_after is not None and live_after.config_drive_path is not None:
+        in_use.add(Path(live_after.config_drive_path).name)
     stale = sorted(actual.config_drives - in_use)
     if stale:
-        steps.append(RemoveFiles(spec.name, tuple(paths.directory / name for name in stale)))
-    return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)
+        steps.append(RemoveFiles(name, tuple(paths.directory / n for n in stale)))
+    if domain is not None:
+        wanted = {disk.path for disk in shape.data_disks}
+        running = set() if live_after is None else {d.path for d in live_after.data_disks}
+        doomed = tuple(
+            Path(disk.path)
+            for disk in domain.definition.data_disks
+            if disk.delete_when_removed and disk.path not in wanted and disk.path not in running
+        )
+        if doomed:
+            steps.append(RemoveFiles(name, doomed, "data disk (deletionPolicy: delete)"))
+    return steps
 
 
 def _drive_content(spec: InstanceSpec, uuid: str) -> DriveContent | None:
@@ -499,14 +472,12 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
             f"size {format_size(base_size)}; ask for at least {format_size(base_size)}"
         )
     if overlay is not None:
-        # another base under the existing disk
-        if overlay.backing_file != str(context.base_path) or (
-            overlay.backing_format != spec.image.cached_format.value
-        ):
+        # another base under the existing disk (unless the manifest allows replacing it)
+        change = _base_change(spec, overlay, context)
+        if change is not None and not spec.allow_replace:
             return _replacement(
-                f"disk {paths.disk} is built on {overlay.backing_file} "
-                f"({overlay.backing_format}), the manifest asks for {context.base_path.name}: "
-                "changing the base image would discard the guest's data"
+                f"disk {paths.disk} {change}: changing the base image would discard the guest's "
+                "data (allowReplace: true replaces the disk)"
             )
         # a smaller disk
         if overlay.virtual_size > spec.disk_bytes:
@@ -531,6 +502,32 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
             "running. Set state: stopped to stop it, then running to start it again"
         )
     return None
+
+
+def _base_change(spec: InstanceSpec, overlay: DiskFacts, context: PlanContext) -> str | None:
+    """How the base under the existing boot disk differs from the manifest's (None: it does
+    not)."""
+    if overlay.backing_file == str(context.base_path) and (
+        overlay.backing_format == spec.image.cached_format.value
+    ):
+        return None
+    return (
+        f"is built on {overlay.backing_file} ({overlay.backing_format}), the manifest asks for "
+        f"{context.base_path.name}"
+    )
+
+
+def _replacing(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
+    """Why the boot disk is replaced this pass (None: it is not): a new base, allowed."""
+    if actual.overlay is None or not spec.allow_replace:
+        return None
+    return _base_change(spec, actual.overlay, context)
+
+
+def aside_name(overlay: DiskFacts | None) -> str:
+    """The name a replaced boot disk is moved to: it says which base it was built on."""
+    base = Path(overlay.backing_file or "unknown").name if overlay is not None else "unknown"
+    return f"disk.qcow2.{REPLACED_SUFFIX}-{base[:40]}"
 
 
 def _replacement(problem: str) -> str:

@@ -20,22 +20,29 @@ from reconciler.images.diskheaders import (
 from reconciler.images.qemuimg import QemuImg
 from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
 from reconciler.model.desired import ImageSource
-from reconciler.model.machine import BOOT_DISK_TARGET
-from reconciler.planning.plan import (
+from reconciler.planning.steps import (
+    AttachDisk,
     BuildConfigDrive,
     ChangeMedium,
+    CreateDataDisk,
     CreateOverlay,
     DefineDomain,
+    DetachDisk,
     FetchBase,
+    MoveDiskAside,
     RecoverDomain,
     RemoveFiles,
     ResizeDisk,
+    SetAutostart,
+    SetMemory,
+    SetVcpus,
     StartDomain,
     Step,
     StopDomain,
     UndefineDomain,
 )
 from reconciler.sizes import format_size
+from reconciler.steps import devices
 from reconciler.steps.configdrive import render_iso
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +78,21 @@ def apply_step(step: Step, context: StepContext) -> str:
             return _create_overlay(step, context)
         case ResizeDisk():
             return _resize_disk(step, context)
+        case CreateDataDisk():
+            return devices.create_data_disk(step, context.qemu_img)
+        case MoveDiskAside():
+            return devices.move_disk_aside(step)
+        case SetMemory():
+            return devices.set_memory(step, context.driver)
+        case SetVcpus():
+            return devices.set_vcpus(step, context.driver)
+        case AttachDisk():
+            return devices.attach_disk(step, context.driver)
+        case DetachDisk():
+            return devices.detach_disk(step, context.driver)
+        case SetAutostart():
+            context.driver.set_autostart(step.instance, step.autostart)
+            return f"autostart {'enabled' if step.autostart else 'disabled'}"
         case BuildConfigDrive():
             return _build_config_drive(step)
         case ChangeMedium():
@@ -154,16 +176,19 @@ def _change_medium(step: ChangeMedium, context: StepContext) -> str:
 def _resize_disk(step: ResizeDisk, context: StepContext) -> str:
     record = context.driver.lookup(step.instance)
     if record is not None and record.state.active:
-        context.driver.resize_disk(step.instance, BOOT_DISK_TARGET, step.size)
-        return f"grew disk to {format_size(step.size)} online"
+        context.driver.resize_disk(step.instance, step.target, step.size)
+        return f"grew disk {step.target} to {format_size(step.size)} online"
     try:
-        current = parse_qcow2_header(read_head(str(step.path))).virtual_size
+        if step.format == "qcow2":
+            current = parse_qcow2_header(read_head(str(step.path))).virtual_size
+        else:  # a raw disk is never probed: its size is its file's
+            current = step.path.stat().st_size
     except (HeaderError, OSError) as err:
         raise StepError(f"cannot read {step.path} before resizing: {err}") from err
     if current >= step.size:
         return "disk already large enough"
-    context.qemu_img.resize(step.path, "qcow2", step.size)
-    return f"grew disk to {format_size(step.size)}"
+    context.qemu_img.resize(step.path, step.format, step.size)
+    return f"grew disk {step.target} to {format_size(step.size)}"
 
 
 def _start(step: StartDomain, context: StepContext) -> str:

@@ -25,13 +25,8 @@ from reconciler.model.desired import (
 )
 from reconciler.planning.cloudinit import drive_content, user_data
 from reconciler.planning.network import choose_macs, derived_mac
-from reconciler.planning.plan import (
-    BuildConfigDrive,
-    DefineDomain,
-    RemoveFiles,
-    StepKind,
-    plan_instance,
-)
+from reconciler.planning.plan import StepKind, plan_instance
+from reconciler.planning.steps import BuildConfigDrive, DefineDomain, RemoveFiles
 from reconciler.steps.configdrive import render_iso
 from tests.helpers import make_spec
 from tests.unit.test_manifests import VALID

@@ -12,14 +12,18 @@ import pytest
 from reconciler.drivers.libvirt_xml import parse_domain_xml, render_domain_xml
 from reconciler.model.desired import (
     Accelerator,
+    BootDevice,
     CpuMode,
     CpuSpec,
+    Firmware,
+    Graphics,
+    MachineType,
     NicModel,
     NicType,
     PortForward,
     PortProtocol,
 )
-from reconciler.model.machine import Machine, Nic, OwnershipMarker
+from reconciler.model.machine import Disk, Machine, Nic, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
 from tests.helpers import make_spec
 
@@ -45,6 +49,39 @@ GOLDEN_MACHINES = {
         "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
     ),
     "host-model-cpu": complete(build_machine(make_spec(cpu=CpuSpec(CpuMode.HOST_MODEL)), LAYOUT)),
+    "q35-uefi-and-every-setting": complete(
+        build_machine(
+            make_spec(
+                vcpus=2,
+                max_vcpus=4,
+                memory_bytes=256 * 1024**2,
+                max_memory_bytes=512 * 1024**2,
+                machine=MachineType.Q35,
+                firmware=Firmware.UEFI,
+                boot=(BootDevice.CDROM, BootDevice.HD),
+                description="web front end <b>&</b> friends",
+                graphics=Graphics.VNC,
+                rng=True,
+                guest_agent=True,
+            ),
+            replace(
+                LAYOUT,
+                nvram_path="/state/instances/web/nvram.fd",
+                data_disks=(
+                    Disk("vdb", "/state/instances/web/data-data.qcow2", "qcow2"),
+                    Disk(
+                        "sdb",
+                        "/state/instances/web/data-logs.raw",
+                        "raw",
+                        bus="scsi",
+                        delete_when_removed=True,
+                    ),
+                    Disk("sdc", "/state/instances/web/data-slow.qcow2", "qcow2", bus="sata"),
+                ),
+                nics=(Nic(NicType.USER, "52:54:00:aa:bb:01"),),
+            ),
+        )
+    ),
     "config-drive-and-nics": complete(
         build_machine(
             make_spec(),

@@ -189,8 +189,10 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
     (error,) = errors_of(tmp_path, VALID + '  "a/b~c": 1\n')
     assert error == (
         f"{tmp_path}/m.yaml:14:3: /spec/a~1b~0c: unknown field 'a/b~c' "
-        "(expected one of: accelerator, allowReplace, cloudInit, cpu, disk, files, "
-        "hostname, image, memory, networks, shutdownTimeoutSeconds, ssh, state, vcpus)"
+        "(expected one of: accelerator, allowReplace, autostart, boot, cloudInit, cpu, "
+        "description, disk, disks, files, firmware, graphics, guestAgent, hostname, image, "
+        "machine, maxMemory, maxVcpus, memory, networks, rng, shutdownTimeoutSeconds, ssh, "
+        "state, updatePolicy, vcpus)"
     )
 
 

@@ -14,7 +14,8 @@ from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.model.machine import Disk, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
 from reconciler.planning.network import build_nics, choose_macs
-from reconciler.planning.plan import DefineDomain, PlanContext, StepKind, plan_instance
+from reconciler.planning.plan import PlanContext, StepKind, plan_instance
+from reconciler.planning.steps import DefineDomain
 from reconciler.statedir import StateDir
 from tests.helpers import make_spec
 
@@ -208,7 +209,7 @@ def test_redefine_says_when_it_takes_effect() -> None:
     )
     (step,) = plan.steps
     assert step.describe() == (
-        "redefine domain: memory 128MiB -> 256MiB "
+        "redefine domain: [restart] memory 128MiB -> 256MiB "
         "(takes effect at the next restart of the running domain)"
     )
     stopped = replace(old, state=PowerState.SHUTOFF, live_definition=None)
@@ -236,7 +237,7 @@ def test_a_marker_from_an_older_version_is_updated_without_a_restart() -> None:
     )
     (define,) = plan.steps
     assert isinstance(define, DefineDomain)
-    assert define.changes == ("ownership marker updated",)
+    assert [change.what for change in define.changes] == ["ownership marker updated"]
     assert define.machine.marker is not None
     assert define.machine.marker.spec_digest == digest_of(RUNNING)
     assert not plan.pending_restart

@@ -42,6 +42,7 @@ VALID_SAMPLES = {
         "127.0.0.1",
         "0.0.0.0",
     ],
+    "/properties/spec/properties/disks/items/properties/name": ["data", "logs-1"],
     "/$defs/size": ["20GiB", "1.5 G", "512"],
 }
 

@@ -1,0 +1,310 @@
+"""The steps a plan is made of: what each changes, in words (`describe`) and in data (what
+steps.apply needs to carry it out). Pure."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from reconciler.model.accel import AcceleratorChoice
+from reconciler.model.desired import ImageSource
+from reconciler.model.machine import Disk, Machine
+from reconciler.planning.cloudinit import DriveContent
+from reconciler.planning.machine import Change, ChangeClass
+from reconciler.sizes import format_size
+
+
+class StepKind(enum.StrEnum):
+    RECOVER = "recover"
+    FETCH_BASE = "fetch-base"
+    CREATE_OVERLAY = "create-overlay"
+    RESIZE_DISK = "resize-disk"
+    CREATE_DATA_DISK = "create-data-disk"
+    MOVE_DISK_ASIDE = "move-disk-aside"
+    SET_MEMORY = "set-memory"
+    SET_VCPUS = "set-vcpus"
+    ATTACH_DISK = "attach-disk"
+    DETACH_DISK = "detach-disk"
+    SET_AUTOSTART = "set-autostart"
+    BUILD_CONFIG_DRIVE = "build-config-drive"
+    CHANGE_MEDIUM = "change-medium"
+    REMOVE_FILES = "remove-files"
+    DEFINE = "define"
+    START = "start"
+    STOP = "stop"
+    UNDEFINE = "undefine"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverDomain:
+    """Clear a start or shutdown that a killed process left half-done (domain paused in
+    libvirt's `starting-up` or `shutting-down`), so that the instance can converge."""
+
+    kind: ClassVar[StepKind] = StepKind.RECOVER
+    instance: str
+    reason: str
+
+    def describe(self) -> str:
+        what = "start" if self.reason == "starting-up" else "shutdown"
+        return (
+            f"recover an interrupted {what} (domain paused in {self.reason} with no one "
+            "finishing it): tear the domain down"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchBase:
+    kind: ClassVar[StepKind] = StepKind.FETCH_BASE
+    instance: str
+    image: ImageSource
+    cache_path: Path
+    size: int | None = None  # bytes to download, when the source says
+
+    def describe(self) -> str:
+        return (
+            f"fetch base image {self.image.location} into the cache "
+            f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value}"
+            + (f", stored as {self.image.convert_to.value}" if self.image.convert_to else "")
+            + (f", {format_size(self.size)}" if self.size is not None else "")
+            + ")"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOverlay:
+    kind: ClassVar[StepKind] = StepKind.CREATE_OVERLAY
+    instance: str
+    path: Path
+    image: ImageSource  # the base, verified (and fetched again if spoiled) before use
+    base_path: Path
+    base_format: str
+    size: int
+
+    def describe(self) -> str:
+        base = self.base_path.name
+        short = base[:19] + "..." if len(base) > 22 else base
+        return f"create disk {self.path} ({format_size(self.size)}, qcow2 over {short})"
+
+
+@dataclass(frozen=True, slots=True)
+class ResizeDisk:
+    kind: ClassVar[StepKind] = StepKind.RESIZE_DISK
+    instance: str
+    path: Path
+    current: int
+    size: int
+    online: bool
+    target: str = "vda"
+    format: str = "qcow2"
+
+    def describe(self) -> str:
+        how = "online, the guest sees it now" if self.online else "offline"
+        return (
+            f"grow disk {self.target} {format_size(self.current)} -> {format_size(self.size)} "
+            f"({how})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDataDisk:
+    """A new, empty data disk."""
+
+    kind: ClassVar[StepKind] = StepKind.CREATE_DATA_DISK
+    instance: str
+    path: Path
+    format: str
+    size: int
+
+    def describe(self) -> str:
+        return f"create data disk {self.path.name} ({format_size(self.size)}, empty {self.format})"
+
+
+@dataclass(frozen=True, slots=True)
+class MoveDiskAside:
+    """Move the boot disk out of the way of a new one (kept until the next gc)."""
+
+    kind: ClassVar[StepKind] = StepKind.MOVE_DISK_ASIDE
+    instance: str
+    path: Path
+    aside: Path
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"REPLACE THE BOOT DISK, DESTROYING THE GUEST'S DISK CONTENTS ({self.why}; "
+            f"allowReplace: true): {self.path.name} is moved to {self.aside.name}, kept until "
+            "the next gc"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemory:
+    kind: ClassVar[StepKind] = StepKind.SET_MEMORY
+    instance: str
+    memory_kib: int
+
+    def describe(self) -> str:
+        size = format_size(self.memory_kib * 1024)
+        return f"set the running domain's memory to {size} (live, through the balloon)"
+
+
+@dataclass(frozen=True, slots=True)
+class SetVcpus:
+    kind: ClassVar[StepKind] = StepKind.SET_VCPUS
+    instance: str
+    vcpus: int
+
+    def describe(self) -> str:
+        return f"set the running domain's vCPUs to {self.vcpus} (live)"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachDisk:
+    kind: ClassVar[StepKind] = StepKind.ATTACH_DISK
+    instance: str
+    disk: Disk
+
+    def describe(self) -> str:
+        return f"attach disk {self.disk.target} ({Path(self.disk.path).name}) to the running domain"
+
+
+@dataclass(frozen=True, slots=True)
+class DetachDisk:
+    kind: ClassVar[StepKind] = StepKind.DETACH_DISK
+    instance: str
+    disk: Disk
+
+    def describe(self) -> str:
+        return (
+            f"detach disk {self.disk.target} ({Path(self.disk.path).name}) from the running domain"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SetAutostart:
+    kind: ClassVar[StepKind] = StepKind.SET_AUTOSTART
+    instance: str
+    autostart: bool
+
+    def describe(self) -> str:
+        return f"{'enable' if self.autostart else 'disable'} libvirt's autostart"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildConfigDrive:
+    """Write the config drive's ISO (mode 0600: user-data often holds secrets)."""
+
+    kind: ClassVar[StepKind] = StepKind.BUILD_CONFIG_DRIVE
+    instance: str
+    path: Path
+    content: DriveContent
+
+    def describe(self) -> str:
+        return f"build config drive {self.path.name} ({self.content.describe()})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeMedium:
+    """Swap the running domain's config drive medium to the rebuilt ISO."""
+
+    kind: ClassVar[StepKind] = StepKind.CHANGE_MEDIUM
+    instance: str
+    target: str
+    path: Path
+
+    def describe(self) -> str:
+        return (
+            f"swap the running domain's config drive to {self.path.name} (the guest reads the "
+            "new files from the drive at once)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFiles:
+    """Remove files of the instance that nothing uses any more (replaced config drives, data
+    disks that left the manifest with deletionPolicy: delete)."""
+
+    kind: ClassVar[StepKind] = StepKind.REMOVE_FILES
+    instance: str
+    paths: tuple[Path, ...]
+    what: str = "replaced config drive"
+
+    def describe(self) -> str:
+        return f"remove {self.what} " + ", ".join(p.name for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class DefineDomain:
+    kind: ClassVar[StepKind] = StepKind.DEFINE
+    instance: str
+    machine: Machine  # complete: with the uuid (when redefining) and the ownership marker
+    changes: tuple[Change, ...]
+    effect: str
+
+    def describe(self) -> str:
+        what = (
+            "define domain"
+            if not self.changes
+            else "redefine domain: " + ", ".join(change.describe() for change in self.changes)
+        )
+        return f"{what} ({self.effect})"
+
+    def classes(self) -> frozenset[ChangeClass]:
+        return frozenset(change.kind for change in self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class StartDomain:
+    kind: ClassVar[StepKind] = StepKind.START
+    instance: str
+    accelerator: AcceleratorChoice
+    image: ImageSource | None = None  # the base under the disk, verified before QEMU opens it
+    watch_seconds: float = 0.0  # how long to watch for a pause on error right after start
+
+    def describe(self) -> str:
+        choice = self.accelerator
+        return f"start domain (accelerator {choice.accelerator.value}; {choice.reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class StopDomain:
+    kind: ClassVar[StepKind] = StepKind.STOP
+    instance: str
+    timeout_seconds: int
+
+    def describe(self) -> str:
+        return f"shut down domain (ACPI power button, forced off after {self.timeout_seconds}s)"
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineDomain:
+    kind: ClassVar[StepKind] = StepKind.UNDEFINE
+    instance: str
+    kept: Path
+
+    def describe(self) -> str:
+        return f"undefine domain (its files in {self.kept} are kept)"
+
+
+Step = (
+    RecoverDomain
+    | FetchBase
+    | CreateOverlay
+    | ResizeDisk
+    | CreateDataDisk
+    | MoveDiskAside
+    | SetMemory
+    | SetVcpus
+    | AttachDisk
+    | DetachDisk
+    | SetAutostart
+    | BuildConfigDrive
+    | ChangeMedium
+    | RemoveFiles
+    | DefineDomain
+    | StartDomain
+    | StopDomain
+    | UndefineDomain
+)
