@@ -434,6 +434,8 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{verb} {path.name}", file=out)
     for path in report.leftovers:
         print(f"{verb} leftover {path.relative_to(state.root)}", file=out)
+    for path in report.replaced:
+        print(f"{verb} replaced disk {path.relative_to(state.root)}", file=out)
     print(
         f"gc: {len(report.removed)} {verb}, {len(report.in_use)} in use, "
         f"{len(report.too_young)} used within {args.grace}",

@@ -4,7 +4,8 @@ A cached base is removed when no disk in the state directory uses it as its back
 (read from the disks' qcow2 headers) and it has not been used for the grace period (the mtime
 of its verification record is refreshed every time it is used). The check is repeated under the
 entry's lock just before removal, so a base that became used meanwhile is kept. Temporary
-files left by dead processes are removed too.
+files left by dead processes are removed too, and boot disks that a replacement moved aside
+(`disk.qcow2.replaced-...`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.images.cache import ImageCache
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.planning.plan import REPLACED_SUFFIX
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)
@@ -31,15 +33,17 @@ class GcReport:
     in_use: list[Path] = field(default_factory=list)
     too_young: list[Path] = field(default_factory=list)
     leftovers: list[Path] = field(default_factory=list)
+    replaced: list[Path] = field(default_factory=list)  # boot disks moved aside by a replace
 
 
-def bases_in_use(state: StateDir) -> set[Path]:
-    """Every file that a disk under STATE/instances names as its backing file."""
+def bases_in_use(state: StateDir, ignore: set[Path] | None = None) -> set[Path]:
+    """Every file that a disk under STATE/instances (but those in `ignore`) names as its
+    backing file."""
     used: set[Path] = set()
     if not state.instances.is_dir():
         return used
     for disk in state.instances.glob("*/*"):
-        if disk.name.startswith(".") or not disk.is_file():
+        if disk.name.startswith(".") or not disk.is_file() or disk in (ignore or set()):
             continue
         try:
             header = parse_qcow2_header(read_head(str(disk)))
@@ -72,7 +76,15 @@ def collect_garbage(
     """Remove (or list, when `dry_run`) unused cached bases older than the grace period."""
     now = time.time() if now is None else now
     report = GcReport()
-    used = bases_in_use(state)
+    # boot disks a replacement moved aside are kept until now; their bases may then go too
+    for disk in (
+        sorted(state.instances.glob(f"*/*.{REPLACED_SUFFIX}-*")) if state.instances.is_dir() else []
+    ):
+        if not dry_run:
+            disk.unlink(missing_ok=True)
+            LOG.info("removed replaced disk %s", disk)
+        report.replaced.append(disk)
+    used = bases_in_use(state, ignore=set(report.replaced))
     for base in cached_bases(state):
         real = Path(os.path.realpath(base))
         if real in used:

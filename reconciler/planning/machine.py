@@ -97,14 +97,17 @@ def shape_of(machine: Machine) -> Machine:
     """`machine` without its identity (uuid, marker), with the defaults a hypervisor fills in
     read as defaults: what two definitions compare on."""
     cpu = CpuSpec() if machine.cpu == _LIBVIRT_DEFAULT_CPU else machine.cpu
-    return replace(machine, uuid=None, marker=None, cpu=cpu)
+    # libvirt keeps disks sorted by bus and target, whatever the order they were given in
+    disks = tuple(sorted(machine.disks, key=lambda disk: disk.target))
+    return replace(machine, uuid=None, marker=None, cpu=cpu, disks=disks)
 
 
 def running_shape(machine: Machine) -> Machine:
     """What a running domain is, for the question "does it need a restart": its shape without
     what the guest does not run on (the description, which deletion policy a disk has)."""
-    disks = tuple(replace(disk, delete_when_removed=False) for disk in machine.disks)
-    return replace(shape_of(machine), description=None, disks=disks)
+    shape = shape_of(machine)
+    disks = tuple(replace(disk, delete_when_removed=False) for disk in shape.disks)
+    return replace(shape, description=None, disks=disks)
 
 
 def live_memory_change(current: Machine, wanted: Machine) -> bool:

@@ -30,11 +30,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 NAME = "reconciler-guest"
 KERNEL_METAPACKAGE = "linux-image-amd64"
-PACKAGES = ("busybox-static", "syslinux-common")
+PACKAGES = ("busybox-static", "syslinux-common", "syslinux-efi")
 MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "ata_piix", "ahci", "ata_generic",
     "sd_mod", "sr_mod", "isofs", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "button",
-    "evdev", "e1000", "8139cp",
+    "evdev", "e1000", "8139cp", "virtio_balloon",
 )  # fmt: skip
 DISK_BYTES = 24 * 1024**2
 PARTITION_START = 2048  # sectors: 1 MiB
@@ -49,6 +49,11 @@ LABEL linux
   INITRD initrd.gz
   APPEND console=ttyS0,115200 quiet loglevel=3 panic=10
 """
+# the same for UEFI: SYSLINUX's EFI loader runs from /EFI/BOOT (the removable-media path that
+# OVMF boots) and reads its configuration there; the kernel and initrd stay at the root
+EFI_SYSLINUX_CFG = SYSLINUX_CFG.replace("KERNEL vmlinuz", "KERNEL /vmlinuz").replace(
+    "INITRD initrd.gz", "INITRD /initrd.gz"
+)
 
 
 def run(*command: str, cwd: Path | None = None) -> str:
@@ -215,6 +220,18 @@ def build_disk(root: Path, kernel: Path, initrd: bytes, work: Path, output: Path
         (staging / name).write_bytes(data)
         os.utime(staging / name, (EPOCH, EPOCH))
     run("mcopy", "-m", "-i", image, *(str(staging / name) for name in files), "::/")
+    efi = {
+        "BOOTX64.EFI": (root / "usr/lib/SYSLINUX.EFI/efi64/syslinux.efi").read_bytes(),
+        "ldlinux.e64": (root / "usr/lib/syslinux/modules/efi64/ldlinux.e64").read_bytes(),
+        "syslinux.cfg": EFI_SYSLINUX_CFG.encode(),
+    }
+    efi_staging = work / "efi"
+    efi_staging.mkdir()
+    for name, data in efi.items():
+        (efi_staging / name).write_bytes(data)
+        os.utime(efi_staging / name, (EPOCH, EPOCH))
+    run("mmd", "-i", image, "::/EFI", "::/EFI/BOOT")
+    run("mcopy", "-m", "-i", image, *(str(efi_staging / name) for name in efi), "::/EFI/BOOT/")
     run("syslinux", "--install", "--offset", str(PARTITION_START * SECTOR), str(disk))
     mbr = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()[:440]
     entry = struct.pack(

@@ -28,6 +28,15 @@ if [ -n "$disk" ]; then
 else
   say "disk=none"
 fi
+# every disk (not CD-ROMs), the boot disk included; SCSI and SATA disks are probed in the
+# background, so where there is such a controller give them a moment to appear
+disks() { for d in /sys/block/vd* /sys/block/sd*; do [ -e "$d" ] && echo "${d##*/}"; done; }
+bytes() { echo $(( $(cat "/sys/block/$1/size") * 512 )); }
+if ls -d /sys/bus/virtio/drivers/virtio_scsi/virtio* /sys/bus/pci/drivers/ahci/0000:* \
+    >/dev/null 2>&1; then
+  sleep 1
+fi
+for d in $(disks); do say "disk $d bytes=$(bytes "$d")"; done
 
 # A CD-ROM on an AHCI controller shows up a moment after the module loads (the SATA link is
 # probed in the background): give it up to 5 s when there is such a controller.
@@ -103,6 +112,22 @@ for device in /sys/class/input/event*; do
 done
 say "power-button=${power_button:-none}"
 say ready
+
+# disks plugged in or out while the guest runs, checked every second
+(
+  known=" $(disks | tr '\n' ' ')"
+  while :; do
+    sleep 1
+    now=" $(disks | tr '\n' ' ')"
+    for d in $now; do
+      case "$known" in *" $d "*) ;; *) say "disk-added $d bytes=$(bytes "$d")" ;; esac
+    done
+    for d in $known; do
+      case "$now" in *" $d "*) ;; *) say "disk-removed $d" ;; esac
+    done
+    known=$now
+  done
+) &
 
 # One event per read (od into a pipe would buffer them); fields as 16-bit words: 8 of time,
 # then type, code and the two halves of value.
