@@ -32,6 +32,9 @@ class GuestReport:
     booted: bool = False
     disk: str | None = None
     disk_bytes: int | None = None
+    disks: dict[str, int] = field(default_factory=dict)  # every disk at boot, by name
+    disks_added: dict[str, int] = field(default_factory=dict)  # plugged in while it ran
+    disks_removed: list[str] = field(default_factory=list)  # taken out while it ran
     config_drive: str | None = None
     config_files: dict[str, str] = field(default_factory=dict)
     instance_id: str | None = None
@@ -67,6 +70,11 @@ def parse_markers(console: str) -> GuestReport:
             setattr(report, marker, True)
         elif words[0] == "config-file":
             report.config_files[words[1]] = words[2].removeprefix("sha256=")
+        elif words[0] in ("disk", "disk-added") and len(words) == 3:
+            into = report.disks if words[0] == "disk" else report.disks_added
+            into[words[1]] = int(words[2].removeprefix("bytes="))
+        elif words[0] == "disk-removed":
+            report.disks_removed.append(words[1])
         elif words[0] == "nic":
             report.nics[words[1]] = words[2].removeprefix("mac=")
         elif key == "disk":
