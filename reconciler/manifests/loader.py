@@ -155,7 +155,9 @@ def load_manifest_file(
         document_errors = validate_document(path, document)
         if not document_errors:
             spec, conversion_errors = _to_instance_spec(path, document, confine)
-            document_errors = conversion_errors
+            document_errors = sorted(
+                conversion_errors, key=lambda e: (e.location.line, e.location.column)
+            )
             if spec is not None and not document_errors:
                 instances.append((spec, _location(path, document, "/metadata/name")))
                 continue

@@ -1,0 +1,238 @@
+"""Machine shape, pure: manifest fields, data disk targets, change classes, the live steps,
+updatePolicy and replacement in the plan; the steps on the fake driver."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from reconciler.manifests.loader import load_manifests
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
+from reconciler.model.desired import (
+    BootDevice,
+    DataDiskSpec,
+    DeletionPolicy,
+    DiskBus,
+    Firmware,
+    ImageFormat,
+    InstanceSpec,
+    MachineType,
+    UpdatePolicy,
+)
+from reconciler.model.machine import Disk, Machine
+from reconciler.planning.disks import data_disk_devices
+from reconciler.planning.machine import ChangeClass, describe_changes
+from reconciler.planning.plan import StepKind, plan_instance
+from reconciler.planning.steps import DefineDomain
+from tests.unit.test_manifests import VALID
+from tests.unit.test_plan import BASE, RUNNING, STATE, context, overlay
+
+MIB = 1024**2
+DIRECTORY = STATE.instance("web").directory
+
+
+def kinds_of(spec: InstanceSpec, actual: InstanceActual) -> list[StepKind] | str:
+    plan = plan_instance(spec, actual, context(spec))
+    return plan.refusal if plan.refusal is not None else [step.kind for step in plan.steps]
+
+
+def defined(spec: InstanceSpec) -> Machine:
+    """The machine the plan defines for `spec` on a host where nothing exists yet."""
+    plan = plan_instance(spec, InstanceActual(None, None, None, True), context(spec))
+    define = next(step for step in plan.steps if isinstance(step, DefineDomain))
+    return define.machine
+
+
+def running(spec: InstanceSpec, state: PowerState = PowerState.RUNNING) -> InstanceActual:
+    """`spec`'s domain as the plan made it, running, with its data disk files there."""
+    machine = defined(spec)
+    live = machine if state.active else None
+    facts = DomainFacts(spec.name, machine.uuid or "", state, "booted", True, machine, live)
+    disks = tuple(
+        DiskFacts(str(DIRECTORY / d.file_name), d.format.value, d.size_bytes, None, None)
+        for d in spec.disks
+    )
+    return InstanceActual(facts, overlay(spec), None, True, data_disks=disks)
+
+
+# -- manifests ---------------------------------------------------------------------------------
+
+
+def test_machine_settings_are_read(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        VALID
+        + """\
+  machine: q35
+  firmware: uefi
+  boot: [cdrom, hd]
+  description: "front end"
+  graphics: vnc
+  rng: true
+  guestAgent: true
+  autostart: true
+  updatePolicy: restart
+  maxMemory: 1GiB
+  maxVcpus: 4
+  disks:
+    - {name: data, size: 10GiB}
+    - {name: logs, size: 1GiB, bus: scsi, format: raw, deletionPolicy: delete}
+"""
+    )
+    result = load_manifests(tmp_path)
+    assert result.errors == ()
+    (spec,) = result.instances
+    assert (spec.machine, spec.firmware, spec.boot) == (
+        MachineType.Q35,
+        Firmware.UEFI,
+        (BootDevice.CDROM, BootDevice.HD),
+    )
+    assert spec.update_policy is UpdatePolicy.RESTART
+    assert (spec.max_memory_bytes, spec.max_vcpus) == (1024 * MIB, 4)
+    assert spec.disks == (
+        DataDiskSpec("data", 10 * 1024 * MIB),
+        DataDiskSpec("logs", 1024 * MIB, DiskBus.SCSI, ImageFormat.RAW, DeletionPolicy.DELETE),
+    )
+
+
+def test_impossible_machine_settings_are_located_errors(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        VALID
+        + """\
+  maxMemory: 128MiB
+  maxVcpus: 1
+  disks:
+    - {name: data, size: 1GiB}
+    - {name: data, size: 2GiB}
+"""
+    )
+    errors = [str(e).split("m.yaml:", 1)[1] for e in load_manifests(tmp_path).errors]
+    assert errors == [
+        "14:14: /spec/maxMemory: '128MiB' is less than memory '256MiB'",
+        "15:13: /spec/maxVcpus: 1 is less than vcpus 2",
+        "18:14: /spec/disks/1/name: disk name 'data' is given twice",
+    ]
+    (tmp_path / "m.yaml").write_text(VALID + "  disks: [{name: Bad_Name, size: 1GiB}]\n")
+    (error,) = [str(e).split("m.yaml:", 1)[1] for e in load_manifests(tmp_path).errors]
+    assert error == (
+        '14:18: /spec/disks/0/name: "Bad_Name" is not valid (expected 1 to 32 lowercase '
+        "letters, digits and '-')"
+    )
+
+
+# -- targets and classes --------------------------------------------------------------------
+
+
+def test_data_disks_keep_their_targets_when_others_come_and_go() -> None:
+    a, b, c = DataDiskSpec("a", MIB), DataDiskSpec("b", MIB, DiskBus.SCSI), DataDiskSpec("c", MIB)
+    first = data_disk_devices((a, b), DIRECTORY, None)
+    assert [d.target for d in first] == ["vdb", "sdb"]
+    boot = defined(RUNNING).disks
+
+    def targets(disks: tuple[DataDiskSpec, ...], current: tuple[Disk, ...]) -> tuple[Disk, ...]:
+        return data_disk_devices(disks, DIRECTORY, replace(defined(RUNNING), disks=boot + current))
+
+    grown = targets((a, c, b), first)  # one added in the middle of the list
+    assert [d.target for d in grown] == ["vdb", "vdc", "sdb"]
+    shrunk = targets((c, b), grown)  # the first removed
+    assert [(Path(d.path).name, d.target) for d in shrunk] == [
+        ("data-c.qcow2", "vdc"),
+        ("data-b.qcow2", "sdb"),
+    ]
+
+
+def test_every_change_has_its_class() -> None:
+    base = defined(replace(RUNNING, max_memory_bytes=512 * MIB))
+    wanted = replace(base, memory_kib=256 * 1024, machine_type="q35", rng=True)
+    classes = {change.what.split()[0]: change.kind for change in describe_changes(base, wanted)}
+    assert classes == {
+        "memory": ChangeClass.LIVE,
+        "machine": ChangeClass.RESTART,
+        "rng": ChangeClass.RESTART,
+    }
+    # beyond the maximum, memory takes a restart too
+    beyond = replace(base, memory_kib=1024 * 1024)
+    (change,) = describe_changes(base, beyond)
+    assert change.kind is ChangeClass.RESTART
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+def test_live_changes_are_applied_to_the_running_domain_without_a_restart() -> None:
+    spec = replace(RUNNING, max_memory_bytes=512 * MIB, disks=(DataDiskSpec("a", 64 * MIB),))
+    actual = running(spec)
+    assert kinds_of(spec, actual) == []
+    more = replace(
+        spec,
+        memory_bytes=256 * MIB,
+        disks=(DataDiskSpec("a", 128 * MIB), DataDiskSpec("b", 32 * MIB)),
+    )
+    plan = plan_instance(more, actual, context(more))
+    assert [s.kind for s in plan.steps] == [
+        StepKind.RESIZE_DISK,
+        StepKind.CREATE_DATA_DISK,
+        StepKind.DEFINE,
+        StepKind.SET_MEMORY,
+        StepKind.ATTACH_DISK,
+    ]
+    assert not plan.pending_restart
+    define = plan.steps[2]
+    assert isinstance(define, DefineDomain)
+    assert define.classes() == {ChangeClass.LIVE}
+    assert "[live] attach disk vdc (data-b.qcow2)" in define.describe()
+
+
+def test_a_restart_change_waits_for_the_next_boot_or_restarts_by_policy() -> None:
+    actual = running(RUNNING)
+    q35 = replace(RUNNING, machine=MachineType.Q35)
+    waiting = plan_instance(q35, actual, context(q35))
+    assert [s.kind for s in waiting.steps] == [StepKind.DEFINE]
+    assert waiting.pending_restart
+    assert "[restart] machine pc -> q35" in waiting.steps[0].describe()
+    # once defined, the running domain still differs: pending until it restarts
+    define = waiting.steps[0]
+    assert isinstance(define, DefineDomain)
+    assert actual.domain is not None
+    redefined = replace(actual.domain, definition=define.machine)
+    after = replace(actual, domain=redefined)
+    again = plan_instance(q35, after, context(q35))
+    assert again.steps == () and again.pending_restart
+    restarted = replace(redefined, live_definition=define.machine)  # as after a restart by hand
+    assert not plan_instance(q35, replace(after, domain=restarted), context(q35)).pending_restart
+
+    now = replace(q35, update_policy=UpdatePolicy.RESTART)
+    assert kinds_of(now, actual) == [StepKind.STOP, StepKind.DEFINE, StepKind.START]
+
+
+def test_removed_disks_are_detached_and_deleted_only_by_their_policy() -> None:
+    keep = DataDiskSpec("keep", MIB)
+    drop = DataDiskSpec("drop", MIB, deletion_policy=DeletionPolicy.DELETE)
+    spec = replace(RUNNING, disks=(keep, drop))
+    actual = running(spec)
+    plan = plan_instance(replace(spec, disks=()), actual, context(spec))
+    assert [s.kind for s in plan.steps] == [
+        StepKind.DEFINE,
+        StepKind.DETACH_DISK,
+        StepKind.DETACH_DISK,
+        StepKind.REMOVE_FILES,
+    ]
+    assert plan.steps[-1].describe() == (
+        "remove data disk (deletionPolicy: delete) data-drop.qcow2"
+    )
+
+
+def test_a_new_base_is_refused_unless_replacement_is_allowed() -> None:
+    actual = running(RUNNING)
+    moved = replace(actual, overlay=overlay(RUNNING, backing="/state/images/sha256-other.raw"))
+    refusal = kinds_of(RUNNING, moved)
+    assert isinstance(refusal, str) and "allowReplace: true replaces the disk" in refusal
+    allowed = replace(RUNNING, allow_replace=True)
+    plan = plan_instance(allowed, moved, context(allowed))
+    assert [s.kind for s in plan.steps] == [
+        StepKind.STOP,
+        StepKind.MOVE_DISK_ASIDE,
+        StepKind.CREATE_OVERLAY,
+        StepKind.START,
+    ]
+    assert plan.steps[1].describe().startswith("REPLACE THE BOOT DISK, DESTROYING")
+    assert str(BASE) not in plan.steps[1].describe()
