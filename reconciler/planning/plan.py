@@ -228,8 +228,9 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     pending_restart = running_on and needs_restart
     if pending_restart:
         notes.append(
-            "the running domain takes the change at its next restart (updatePolicy: "
-            "next-boot); set updatePolicy: restart, or stop and start it, to apply it now"
+            "running with an older definition: the domain takes the change at its next restart "
+            "(updatePolicy: next-boot); set updatePolicy: restart, or stop and start it, to "
+            "apply it now"
         )
     if drive is not None and domain is not None and drive.name not in actual.config_drives:
         notes.append(_drive_note(spec, uuid))

@@ -83,7 +83,7 @@ def test_disk_grows_online_and_never_shrinks(
 
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, disk={"size": "128MiB"})
     plan = reconcile("plan", str(tmp_path))
-    assert "grow disk 64MiB -> 128MiB (online, the guest sees it now)" in plan.out
+    assert "grow disk vda 64MiB -> 128MiB (online, the guest sees it now)" in plan.out
     grown = reconcile("--once", str(tmp_path))
     assert grown.code == 0, grown.out + grown.err
     assert qemu_img_virtual_size(disk) == 128 * MIB
@@ -118,7 +118,7 @@ def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: 
     plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert plan.code == 2
     assert (
-        "redefine domain: memory 64MiB -> 96MiB "
+        "redefine domain: [restart] memory 64MiB -> 96MiB "
         "(takes effect at the next restart of the running domain)" in plan.out
     )
     applied = reconcile("--once", str(tmp_path))
