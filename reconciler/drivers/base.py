@@ -14,7 +14,7 @@ from typing import Protocol
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec
-from reconciler.model.machine import Disk, Machine
+from reconciler.model.machine import Disk, Machine, Nic
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +115,15 @@ class Driver(Protocol):
 
     def detach_disk(self, name: str, disk: Disk) -> None:
         """Detach a disk from a running domain (its persistent definition is left alone)."""
+        ...
+
+    def attach_nic(self, name: str, nic: Nic, index: int) -> None:
+        """Attach NIC `index` to a running domain (its persistent definition is left alone)."""
+        ...
+
+    def detach_nic(self, name: str, nic: Nic, index: int) -> None:
+        """Detach NIC `index` from a running domain (its persistent definition is left
+        alone)."""
         ...
 
     def set_autostart(self, name: str, autostart: bool) -> None:

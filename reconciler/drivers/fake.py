@@ -19,7 +19,7 @@ from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec
-from reconciler.model.machine import Disk, Machine
+from reconciler.model.machine import Disk, Machine, Nic
 
 
 @dataclass
@@ -164,6 +164,21 @@ class FakeDriver:
                 raise DriverError(f"detach a disk from {name}", "domain is not running")
             kept = tuple(d for d in domain.live.disks if d.path != disk.path)
             domain.live = replace(domain.live, disks=kept)
+
+    def attach_nic(self, name: str, nic: Nic, index: int) -> None:
+        with self._lock:
+            domain = self._require("attach a network interface to", name)
+            if domain.live is None or index != len(domain.live.nics):
+                raise DriverError(f"attach a network interface to {name}", "not at the end")
+            domain.live = replace(domain.live, nics=(*domain.live.nics, nic))
+
+    def detach_nic(self, name: str, nic: Nic, index: int) -> None:
+        with self._lock:
+            domain = self._require("detach a network interface from", name)
+            if domain.live is None:
+                raise DriverError(f"detach a network interface from {name}", "not running")
+            kept = tuple(n for n in domain.live.nics if n.mac != nic.mac)
+            domain.live = replace(domain.live, nics=kept)
 
     def set_autostart(self, name: str, autostart: bool) -> None:
         with self._lock:

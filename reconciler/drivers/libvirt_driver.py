@@ -29,12 +29,13 @@ from reconciler.drivers.libvirt_xml import (
     parse_domain_xml,
     render_disk_xml,
     render_domain_xml,
+    render_interface_xml,
 )
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType, PortForward, PortProtocol
-from reconciler.model.machine import Disk, Machine, config_drive_disk
+from reconciler.model.machine import Disk, Machine, Nic, config_drive_disk
 
 LOG = logging.getLogger(__name__)
 
@@ -467,6 +468,18 @@ class LibvirtDriver:
     def detach_disk(self, name: str, disk: Disk) -> None:
         libvirt = _libvirt()
         self._require(name).detachDeviceFlags(render_disk_xml(disk), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("attach a network interface to")
+    def attach_nic(self, name: str, nic: Nic, index: int) -> None:
+        libvirt = _libvirt()
+        xml = render_interface_xml(nic, index)
+        self._require(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    @_wrap_errors("detach a network interface from")
+    def detach_nic(self, name: str, nic: Nic, index: int) -> None:
+        libvirt = _libvirt()
+        xml = render_interface_xml(nic, index)
+        self._require(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     @_wrap_errors("set autostart of")
     def set_autostart(self, name: str, autostart: bool) -> None:

@@ -182,24 +182,30 @@ def _add_nics(devices: ET.Element, machine: Machine) -> list[str]:
                 f"{device},netdev={netdev},mac={nic.mac},bus={bus},addr={slot:#x}",
             ]
             continue
-        element = _sub(devices, "interface", type=nic.type.value)
-        _sub(element, "mac", address=nic.mac)
-        if nic.source is not None and nic.type in _SOURCE_ATTRIBUTES:
-            source = {_SOURCE_ATTRIBUTES[nic.type]: nic.source}
-            if nic.type is NicType.DIRECT:
-                source["mode"] = "bridge"
-            _sub(element, "source", **source)
-        _sub(element, "model", type=nic.model.value)
-        _sub(
-            element,
-            "address",
-            type="pci",
-            domain="0x0000",
-            bus="0x00",
-            slot=f"{slot:#04x}",
-            function="0x0",
-        )
+        _add_interface(devices, nic, slot)
     return arguments
+
+
+def _add_interface(devices: ET.Element, nic: Nic, slot: int) -> None:
+    element = _sub(devices, "interface", type=nic.type.value)
+    _sub(element, "mac", address=nic.mac)
+    if nic.source is not None and nic.type in _SOURCE_ATTRIBUTES:
+        source = {_SOURCE_ATTRIBUTES[nic.type]: nic.source}
+        if nic.type is NicType.DIRECT:
+            source["mode"] = "bridge"
+        _sub(element, "source", **source)
+    _sub(element, "model", type=nic.model.value)
+    slot_text = f"{slot:#04x}"
+    _sub(
+        element, "address", type="pci", domain="0x0000", bus="0x00", slot=slot_text, function="0x0"
+    )
+
+
+def render_interface_xml(nic: Nic, index: int) -> str:
+    """NIC `index` on its own, as an <interface> (for a live attach or detach)."""
+    holder = ET.Element("devices")
+    _add_interface(holder, nic, NIC_SLOT_BASE + index)
+    return ET.tostring(holder[0], encoding="unicode")
 
 
 def _hostfwd(port: PortForward) -> str:

@@ -76,6 +76,12 @@ class Nic:
     source: str | None = None
     ports: tuple[PortForward, ...] = ()
 
+    @property
+    def hotpluggable(self) -> bool:
+        """Whether it can be attached to and detached from a running domain (an interface
+        libvirt models; port forwards are QEMU arguments, fixed at start)."""
+        return not self.ports
+
 
 @dataclass(frozen=True, slots=True)
 class Machine:

@@ -132,6 +132,17 @@ def live_vcpu_change(current: Machine, wanted: Machine) -> bool:
     )
 
 
+def live_nic_change(current: Machine, wanted: Machine) -> bool:
+    """Whether the NICs can change on the running domain: some added at the end or some
+    removed from the end (each NIC's PCI slot is its position), all of them hot-pluggable."""
+    if current.nics == wanted.nics:
+        return False
+    shorter, longer = sorted((current.nics, wanted.nics), key=len)
+    return longer[: len(shorter)] == shorter and all(
+        nic.hotpluggable for nic in longer[len(shorter) :]
+    )
+
+
 def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
     """What redefining `current` as `wanted` changes, each with its class. One branch per
     field of the machine."""
@@ -181,7 +192,8 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
             Change(f"config drive {previous} -> {_file_name(wanted.config_drive_path)}", kind)
         )
     if current.nics != wanted.nics:
-        changes.append(Change(f"network {_nics(current)} -> {_nics(wanted)}", restart))
+        kind = live if live_nic_change(current, wanted) else restart
+        changes.append(Change(f"network {_nics(current)} -> {_nics(wanted)}", kind))
     return tuple(changes) or (Change("definition updated", live),)
 
 

@@ -25,6 +25,7 @@ from reconciler.planning.machine import (
     build_machine,
     describe_changes,
     live_memory_change,
+    live_nic_change,
     live_vcpu_change,
     running_shape,
     shape_of,
@@ -33,12 +34,14 @@ from reconciler.planning.machine import (
 from reconciler.planning.network import build_nics, choose_macs, instance_uuid
 from reconciler.planning.steps import (
     AttachDisk,
+    AttachNic,
     BuildConfigDrive,
     ChangeMedium,
     CreateDataDisk,
     CreateOverlay,
     DefineDomain,
     DetachDisk,
+    DetachNic,
     FetchBase,
     MoveDiskAside,
     RecoverDomain,
@@ -308,6 +311,12 @@ def _live_changes(
             del disks[path]
     others = tuple(disk for disk in after.disks if not disk.is_data_disk)
     after = dataclasses.replace(after, disks=others + tuple(disks.values()))
+    # NICs added at the end or removed from the end: attached and detached
+    if live_nic_change(live, wanted):
+        kept = min(len(live.nics), len(wanted.nics))
+        steps += [DetachNic(name, nic, i) for i, nic in enumerate(live.nics) if i >= kept]
+        steps += [AttachNic(name, nic, i) for i, nic in enumerate(wanted.nics) if i >= kept]
+        after = dataclasses.replace(after, nics=wanted.nics)
     return steps, after
 
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from reconciler.model.accel import AcceleratorChoice
 from reconciler.model.desired import ImageSource
-from reconciler.model.machine import Disk, Machine
+from reconciler.model.machine import Disk, Machine, Nic
 from reconciler.planning.cloudinit import DriveContent
 from reconciler.planning.machine import Change, ChangeClass
 from reconciler.sizes import format_size
@@ -28,6 +28,8 @@ class StepKind(enum.StrEnum):
     ATTACH_DISK = "attach-disk"
     DETACH_DISK = "detach-disk"
     SET_AUTOSTART = "set-autostart"
+    ATTACH_NIC = "attach-nic"
+    DETACH_NIC = "detach-nic"
     BUILD_CONFIG_DRIVE = "build-config-drive"
     CHANGE_MEDIUM = "change-medium"
     REMOVE_FILES = "remove-files"
@@ -183,6 +185,28 @@ class DetachDisk:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachNic:
+    kind: ClassVar[StepKind] = StepKind.ATTACH_NIC
+    instance: str
+    nic: Nic
+    index: int
+
+    def describe(self) -> str:
+        return f"attach network interface {self.index} ({self.nic.mac}) to the running domain"
+
+
+@dataclass(frozen=True, slots=True)
+class DetachNic:
+    kind: ClassVar[StepKind] = StepKind.DETACH_NIC
+    instance: str
+    nic: Nic
+    index: int
+
+    def describe(self) -> str:
+        return f"detach network interface {self.index} ({self.nic.mac}) from the running domain"
+
+
+@dataclass(frozen=True, slots=True)
 class SetAutostart:
     kind: ClassVar[StepKind] = StepKind.SET_AUTOSTART
     instance: str
@@ -299,6 +323,8 @@ Step = (
     | SetVcpus
     | AttachDisk
     | DetachDisk
+    | AttachNic
+    | DetachNic
     | SetAutostart
     | BuildConfigDrive
     | ChangeMedium

@@ -22,12 +22,14 @@ from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
 from reconciler.model.desired import ImageSource
 from reconciler.planning.steps import (
     AttachDisk,
+    AttachNic,
     BuildConfigDrive,
     ChangeMedium,
     CreateDataDisk,
     CreateOverlay,
     DefineDomain,
     DetachDisk,
+    DetachNic,
     FetchBase,
     MoveDiskAside,
     RecoverDomain,
@@ -90,6 +92,10 @@ def apply_step(step: Step, context: StepContext) -> str:
             return devices.attach_disk(step, context.driver)
         case DetachDisk():
             return devices.detach_disk(step, context.driver)
+        case AttachNic():
+            return devices.attach_nic(step, context.driver)
+        case DetachNic():
+            return devices.detach_nic(step, context.driver)
         case SetAutostart():
             context.driver.set_autostart(step.instance, step.autostart)
             return f"autostart {'enabled' if step.autostart else 'disabled'}"

@@ -11,8 +11,10 @@ from reconciler.fileops import fsync_directory, publish, remove_leftovers, tempo
 from reconciler.images.qemuimg import QemuImg
 from reconciler.planning.steps import (
     AttachDisk,
+    AttachNic,
     CreateDataDisk,
     DetachDisk,
+    DetachNic,
     MoveDiskAside,
     SetMemory,
     SetVcpus,
@@ -76,3 +78,23 @@ def detach_disk(step: DetachDisk, driver: Driver) -> str:
         return f"disk {step.disk.target} already detached"
     driver.detach_disk(step.instance, step.disk)
     return f"detached disk {step.disk.target} live (its file {Path(step.disk.path).name} is kept)"
+
+
+def attach_nic(step: AttachNic, driver: Driver) -> str:
+    record = driver.lookup(step.instance)
+    if record is None or record.live is None:
+        return "domain not running: the interface is there at its next start"
+    if any(nic.mac == step.nic.mac for nic in record.live.nics):
+        return f"network interface {step.index} already attached"
+    driver.attach_nic(step.instance, step.nic, step.index)
+    return f"attached network interface {step.index} ({step.nic.mac}) live"
+
+
+def detach_nic(step: DetachNic, driver: Driver) -> str:
+    record = driver.lookup(step.instance)
+    if record is None or record.live is None:
+        return "domain not running: the interface is gone at its next start"
+    if not any(nic.mac == step.nic.mac for nic in record.live.nics):
+        return f"network interface {step.index} already detached"
+    driver.detach_nic(step.instance, step.nic, step.index)
+    return f"detached network interface {step.index} ({step.nic.mac}) live"

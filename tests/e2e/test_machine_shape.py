@@ -105,6 +105,25 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
     settled = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert settled.code == 0, settled.out
 
+    # a NIC added at the end, then removed: attached and detached live
+    shape["networks"] = [{"type": "user"}]
+    write_guest(tmp_path, name, **shape)
+    plugged = reconcile("--once", str(tmp_path))
+    assert f"{name}: attached network interface 0" in plugged.out, plugged.out + plugged.err
+
+    def live_nics() -> int:
+        record = e2e.driver.lookup(name)
+        assert record is not None and record.live is not None
+        return len(record.live.nics)
+
+    assert live_nics() == 1
+    shape["networks"] = []
+    write_guest(tmp_path, name, **shape)
+    unplugged = reconcile("--once", str(tmp_path))
+    assert f"{name}: detached network interface 0" in unplugged.out, unplugged.out
+    wait_for(lambda: live_nics() == 0, 60, "the interface to be gone")
+    assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0
+
     # a new machine type with next-boot: defined, the running domain keeps the old one
     shape["machine"] = "q35"
     write_guest(tmp_path, name, **shape)

@@ -236,3 +236,21 @@ def test_a_new_base_is_refused_unless_replacement_is_allowed() -> None:
     ]
     assert plan.steps[1].describe().startswith("REPLACE THE BOOT DISK, DESTROYING")
     assert str(BASE) not in plan.steps[1].describe()
+
+
+def test_nics_added_or_removed_at_the_end_change_live_others_take_a_restart() -> None:
+    from reconciler.model.desired import NetworkSpec
+
+    one = replace(RUNNING, networks=(NetworkSpec(),))
+    two = replace(RUNNING, networks=(NetworkSpec(), NetworkSpec(mac="52:54:00:00:00:02")))
+    actual = running(one)
+    plan = plan_instance(two, actual, context(two))
+    assert [s.kind for s in plan.steps] == [StepKind.DEFINE, StepKind.ATTACH_NIC]
+    assert not plan.pending_restart
+    back = plan_instance(one, running(two), context(one))
+    assert [s.kind for s in back.steps] == [StepKind.DEFINE, StepKind.DETACH_NIC]
+    # one put in front moves the others' slots: a restart
+    front = replace(RUNNING, networks=(NetworkSpec(mac="52:54:00:00:00:02"), NetworkSpec()))
+    moved = plan_instance(front, actual, context(front))
+    assert [s.kind for s in moved.steps] == [StepKind.DEFINE]
+    assert moved.pending_restart
