@@ -237,7 +237,11 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         )
     if drive is not None and domain is not None and drive.name not in actual.config_drives:
         notes.append(_drive_note(spec, uuid))
-    if domain is not None and domain.autostart is not None and domain.autostart != spec.autostart:
+    # libvirt's autostart: set after the definition (where the driver keeps it at all)
+    known = domain is not None and domain.autostart is not None
+    if (known and domain is not None and domain.autostart != spec.autostart) or (
+        domain is None and spec.autostart
+    ):
         steps.append(SetAutostart(spec.name, spec.autostart))
     if starting:
         risky = choice.accelerator is Accelerator.KVM and not context.kvm.usable

@@ -97,8 +97,7 @@ def apply_step(step: Step, context: StepContext) -> str:
         case DetachNic():
             return devices.detach_nic(step, context.driver)
         case SetAutostart():
-            context.driver.set_autostart(step.instance, step.autostart)
-            return f"autostart {'enabled' if step.autostart else 'disabled'}"
+            return devices.set_autostart(step, context.driver)
         case BuildConfigDrive():
             return _build_config_drive(step)
         case ChangeMedium():

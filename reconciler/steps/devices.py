@@ -16,6 +16,7 @@ from reconciler.planning.steps import (
     DetachDisk,
     DetachNic,
     MoveDiskAside,
+    SetAutostart,
     SetMemory,
     SetVcpus,
 )
@@ -98,3 +99,14 @@ def detach_nic(step: DetachNic, driver: Driver) -> str:
         return f"network interface {step.index} already detached"
     driver.detach_nic(step.instance, step.nic, step.index)
     return f"detached network interface {step.index} ({step.nic.mac}) live"
+
+
+def set_autostart(step: SetAutostart, driver: Driver) -> str:
+    record = driver.lookup(step.instance)
+    if record is not None and record.autostart is None:
+        return (
+            "autostart ignored: with the embedded driver no libvirtd starts domains at boot "
+            "(the reconciler daemon does)"
+        )
+    driver.set_autostart(step.instance, step.autostart)
+    return f"autostart {'enabled' if step.autostart else 'disabled'}"

@@ -50,3 +50,25 @@ def test_a_domain_that_stops_right_after_start_is_a_failure_and_stays_pending(
         assert [step.kind for step in plan.steps] == [StepKind.START]
     finally:
         driver.close()
+
+
+def test_autostart_is_set_where_libvirt_keeps_it(tmp_path: Path) -> None:
+    base, sha = write_base_image(tmp_path)
+    write_manifest(tmp_path, "itest-auto", base, sha, autostart=True, state="stopped")
+    state = StateDir(tmp_path / "state")
+    settings = Settings(Accelerator.AUTO, sources=SourcePolicy.from_settings([], tmp_path))
+    driver = LibvirtDriver.open("test:///default", tmp_path)
+    try:
+        reconciler = Reconciler(driver, state, settings)
+        (result,) = apply_all(load_manifests(tmp_path), reconciler)
+        assert result.outcome is Outcome.CHANGED, result.message
+        assert "autostart enabled" in result.actions
+        record = driver.lookup("itest-auto")
+        assert record is not None and record.autostart is True
+        (plan,) = plan_all(load_manifests(tmp_path), reconciler)
+        assert plan.converged
+        write_manifest(tmp_path, "itest-auto", base, sha, autostart=False, state="stopped")
+        (plan,) = plan_all(load_manifests(tmp_path), reconciler)
+        assert [step.kind for step in plan.steps] == [StepKind.SET_AUTOSTART]
+    finally:
+        driver.close()
