@@ -22,6 +22,7 @@ import jsonschema
 
 from reconciler.errors import ManifestError, SourceLocation
 from reconciler.manifests.guest import guest_config, networks
+from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings
 from reconciler.manifests.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -30,27 +31,18 @@ from reconciler.manifests.yamlsource import (
 )
 from reconciler.model.desired import (
     Accelerator,
-    BootDevice,
     CpuMode,
     CpuSpec,
-    DataDiskSpec,
-    DeletionPolicy,
     DesiredState,
-    DiskBus,
-    Firmware,
-    Graphics,
     ImageFormat,
     ImageSource,
     InstanceSpec,
-    MachineType,
-    UpdatePolicy,
 )
 from reconciler.sizes import format_size, parse_size, round_up
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
 MIN_MEMORY_BYTES = 16 * 1024**2
-DISK_ALIGNMENT = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,14 +324,13 @@ def _to_instance_spec(
         image_location = None
     guest = guest_config(spec, path, confine, fail)
     interfaces = networks(spec, fail)
-    data_disks = _data_disks(spec, fail)
-    max_memory = None
-    if "maxMemory" in spec:
-        max_memory = _size_or_error(spec["maxMemory"], "/spec/maxMemory", fail)
-        if max_memory is not None and memory is not None and max_memory < memory:
-            fail("/spec/maxMemory", f"{spec['maxMemory']!r} is less than memory {spec['memory']!r}")
-    if spec.get("maxVcpus", spec["vcpus"]) < spec["vcpus"]:
-        fail("/spec/maxVcpus", f"{spec['maxVcpus']} is less than vcpus {spec['vcpus']}")
+    settings = machine_settings(
+        spec,
+        memory,
+        fail,
+        lambda text, pointer: _size_or_error(text, pointer, fail),
+        size_maximum("/spec/disk/size"),
+    )
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})
@@ -366,48 +357,10 @@ def _to_instance_spec(
             allow_replace=spec.get("allowReplace", False),
             guest=guest,
             networks=interfaces,
-            disks=data_disks,
-            machine=MachineType(spec.get("machine", MachineType.PC)),
-            firmware=Firmware(spec.get("firmware", Firmware.BIOS)),
-            boot=tuple(BootDevice(device) for device in spec.get("boot", ["hd"])),
-            description=spec.get("description"),
-            graphics=Graphics(spec.get("graphics", Graphics.NONE)),
-            rng=spec.get("rng", False),
-            guest_agent=spec.get("guestAgent", False),
-            autostart=spec.get("autostart", False),
-            update_policy=UpdatePolicy(spec.get("updatePolicy", UpdatePolicy.NEXT_BOOT)),
-            max_memory_bytes=None if max_memory is None else round_up(max_memory, 1024),
-            max_vcpus=spec.get("maxVcpus"),
+            **settings,
         ),
         [],
     )
-
-
-def _data_disks(spec: dict[str, Any], fail: Any) -> tuple[DataDiskSpec, ...]:
-    disks = []
-    names: set[str] = set()
-    limit = size_maximum("/spec/disk/size")
-    for index, item in enumerate(spec.get("disks", [])):
-        pointer = f"/spec/disks/{index}"
-        if item["name"] in names:
-            fail(f"{pointer}/name", f"disk name {item['name']!r} is given twice")
-        names.add(item["name"])
-        size = _size_or_error(item["size"], f"{pointer}/size", fail)
-        if size is not None and not 0 < size <= limit:
-            fail(f"{pointer}/size", f"{item['size']!r} is not a disk size (expected 1B to 1024TiB)")
-            size = None
-        if size is None:
-            continue
-        disks.append(
-            DataDiskSpec(
-                name=item["name"],
-                size_bytes=round_up(size, DISK_ALIGNMENT),
-                bus=DiskBus(item.get("bus", DiskBus.VIRTIO)),
-                format=ImageFormat(item.get("format", ImageFormat.QCOW2)),
-                deletion_policy=DeletionPolicy(item.get("deletionPolicy", DeletionPolicy.RETAIN)),
-            )
-        )
-    return tuple(disks)
 
 
 @cache

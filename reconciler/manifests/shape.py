@@ -1,0 +1,81 @@
+"""The machine settings of a manifest (data disks, machine type, firmware, boot order, the
+devices, the maximums, the update policy), read from a schema-valid `spec` as keyword
+arguments of InstanceSpec. Pure. Problems are reported through `fail(pointer, message)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.model.desired import (
+    BootDevice,
+    DataDiskSpec,
+    DeletionPolicy,
+    DiskBus,
+    Firmware,
+    Graphics,
+    ImageFormat,
+    MachineType,
+    UpdatePolicy,
+)
+from reconciler.sizes import round_up
+
+DISK_ALIGNMENT = 512
+
+Fail = Callable[[str, str], None]
+SizeAt = Callable[[str, str], int | None]  # parse the size text at a pointer, or report it
+
+
+def machine_settings(
+    spec: dict[str, Any], memory: int | None, fail: Fail, size_at: SizeAt, disk_limit: int
+) -> dict[str, Any]:
+    """InstanceSpec's machine-setting fields from `spec` (`memory`: the parsed memory)."""
+    max_memory = None
+    if "maxMemory" in spec:
+        max_memory = size_at(spec["maxMemory"], "/spec/maxMemory")
+        if max_memory is not None and memory is not None and max_memory < memory:
+            fail("/spec/maxMemory", f"{spec['maxMemory']!r} is less than memory {spec['memory']!r}")
+    if spec.get("maxVcpus", spec["vcpus"]) < spec["vcpus"]:
+        fail("/spec/maxVcpus", f"{spec['maxVcpus']} is less than vcpus {spec['vcpus']}")
+    return {
+        "disks": data_disks(spec, fail, size_at, disk_limit),
+        "machine": MachineType(spec.get("machine", MachineType.PC)),
+        "firmware": Firmware(spec.get("firmware", Firmware.BIOS)),
+        "boot": tuple(BootDevice(device) for device in spec.get("boot", ["hd"])),
+        "description": spec.get("description"),
+        "graphics": Graphics(spec.get("graphics", Graphics.NONE)),
+        "rng": spec.get("rng", False),
+        "guest_agent": spec.get("guestAgent", False),
+        "autostart": spec.get("autostart", False),
+        "update_policy": UpdatePolicy(spec.get("updatePolicy", UpdatePolicy.NEXT_BOOT)),
+        "max_memory_bytes": None if max_memory is None else round_up(max_memory, 1024),
+        "max_vcpus": spec.get("maxVcpus"),
+    }
+
+
+def data_disks(
+    spec: dict[str, Any], fail: Fail, size_at: SizeAt, limit: int
+) -> tuple[DataDiskSpec, ...]:
+    disks = []
+    names: set[str] = set()
+    for index, item in enumerate(spec.get("disks", [])):
+        pointer = f"/spec/disks/{index}"
+        if item["name"] in names:
+            fail(f"{pointer}/name", f"disk name {item['name']!r} is given twice")
+        names.add(item["name"])
+        size = size_at(item["size"], f"{pointer}/size")
+        if size is not None and not 0 < size <= limit:
+            fail(f"{pointer}/size", f"{item['size']!r} is not a disk size (expected 1B to 1024TiB)")
+            size = None
+        if size is None:
+            continue
+        disks.append(
+            DataDiskSpec(
+                name=item["name"],
+                size_bytes=round_up(size, DISK_ALIGNMENT),
+                bus=DiskBus(item.get("bus", DiskBus.VIRTIO)),
+                format=ImageFormat(item.get("format", ImageFormat.QCOW2)),
+                deletion_policy=DeletionPolicy(item.get("deletionPolicy", DeletionPolicy.RETAIN)),
+            )
+        )
+    return tuple(disks)
