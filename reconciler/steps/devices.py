@@ -4,11 +4,13 @@ aside for its replacement, live memory and vCPUs, disks attached and detached, a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.drivers.base import Driver
 from reconciler.fileops import fsync_directory, publish, remove_leftovers, temporary_path
 from reconciler.images.qemuimg import QemuImg
+from reconciler.model.machine import Machine
 from reconciler.planning.steps import (
     AttachDisk,
     AttachNic,
@@ -62,43 +64,70 @@ def set_vcpus(step: SetVcpus, driver: Driver) -> str:
 
 
 def attach_disk(step: AttachDisk, driver: Driver) -> str:
-    record = driver.lookup(step.instance)
-    if record is None or record.live is None:
-        return "domain not running: the disk is attached at its next start"
-    if any(disk.path == step.disk.path for disk in record.live.disks):
-        return f"disk {step.disk.target} already attached"
-    driver.attach_disk(step.instance, step.disk)
-    return f"attached disk {step.disk.target} ({Path(step.disk.path).name}) live"
+    return _plug(
+        driver,
+        step.instance,
+        f"disk {step.disk.target} ({Path(step.disk.path).name})",
+        lambda live: any(disk.path == step.disk.path for disk in live.disks),
+        lambda: driver.attach_disk(step.instance, step.disk),
+        attach=True,
+    )
 
 
 def detach_disk(step: DetachDisk, driver: Driver) -> str:
-    record = driver.lookup(step.instance)
-    if record is None or record.live is None:
-        return "domain not running: the disk is gone at its next start"
-    if not any(disk.path == step.disk.path for disk in record.live.disks):
-        return f"disk {step.disk.target} already detached"
-    driver.detach_disk(step.instance, step.disk)
-    return f"detached disk {step.disk.target} live (its file {Path(step.disk.path).name} is kept)"
+    return _plug(
+        driver,
+        step.instance,
+        f"disk {step.disk.target}",
+        lambda live: any(disk.path == step.disk.path for disk in live.disks),
+        lambda: driver.detach_disk(step.instance, step.disk),
+        attach=False,
+        kept=f" (its file {Path(step.disk.path).name} is kept)",
+    )
 
 
 def attach_nic(step: AttachNic, driver: Driver) -> str:
-    record = driver.lookup(step.instance)
-    if record is None or record.live is None:
-        return "domain not running: the interface is there at its next start"
-    if any(nic.mac == step.nic.mac for nic in record.live.nics):
-        return f"network interface {step.index} already attached"
-    driver.attach_nic(step.instance, step.nic, step.index)
-    return f"attached network interface {step.index} ({step.nic.mac}) live"
+    return _plug(
+        driver,
+        step.instance,
+        f"network interface {step.index} ({step.nic.mac})",
+        lambda live: any(nic.mac == step.nic.mac for nic in live.nics),
+        lambda: driver.attach_nic(step.instance, step.nic, step.index),
+        attach=True,
+    )
 
 
 def detach_nic(step: DetachNic, driver: Driver) -> str:
-    record = driver.lookup(step.instance)
+    return _plug(
+        driver,
+        step.instance,
+        f"network interface {step.index} ({step.nic.mac})",
+        lambda live: any(nic.mac == step.nic.mac for nic in live.nics),
+        lambda: driver.detach_nic(step.instance, step.nic, step.index),
+        attach=False,
+    )
+
+
+def _plug(
+    driver: Driver,
+    instance: str,
+    what: str,
+    present: Callable[[Machine], bool],
+    act: Callable[[], None],
+    *,
+    attach: bool,
+    kept: str = "",
+) -> str:
+    """Attach or detach a device of a running domain, unless it is so already."""
+    record = driver.lookup(instance)
     if record is None or record.live is None:
-        return "domain not running: the interface is gone at its next start"
-    if not any(nic.mac == step.nic.mac for nic in record.live.nics):
-        return f"network interface {step.index} already detached"
-    driver.detach_nic(step.instance, step.nic, step.index)
-    return f"detached network interface {step.index} ({step.nic.mac}) live"
+        where = "there" if attach else "gone"
+        return f"domain not running: the {what.split(' (')[0]} is {where} at its next start"
+    done = "attached" if attach else "detached"
+    if present(record.live) is attach:
+        return f"{what} already {done}"
+    act()
+    return f"{done} {what} live{kept}"
 
 
 def set_autostart(step: SetAutostart, driver: Driver) -> str:
