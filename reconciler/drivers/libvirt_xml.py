@@ -37,6 +37,7 @@ MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
 MARKER_PREFIX = "rc"
 MARKER_ELEMENT = "instance"
 ET.register_namespace(MARKER_PREFIX, MARKER_NAMESPACE)
+_MARKER_PATH = f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}"
 # libvirt's namespace for QEMU arguments it does not model (port forwards, see _add_nics)
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NAMESPACE)
@@ -77,6 +78,10 @@ def render_domain_xml(machine: Machine) -> str:
         for disk in machine.disks:
             if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
                 _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
+        if machine.protected:
+            _sub(marker, f"{{{MARKER_NAMESPACE}}}protect", "true")
+        if machine.delete_disks:
+            _sub(marker, f"{{{MARKER_NAMESPACE}}}deletion-policy", "delete")
     if machine.description is not None:
         _sub(domain, "description", machine.description)
     _sub(domain, "memory", str(machine.max_memory_kib or machine.memory_kib), unit="KiB")
@@ -302,6 +307,10 @@ def parse_domain_xml(xml: str) -> Machine:
         console_log=None if serial_source is None else serial_source.get("path"),
         uuid=root.findtext("uuid") or None,
         marker=_parse_marker(root),
+        protected=root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}protect") == "true",
+        delete_disks=(
+            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}deletion-policy") == "delete"
+        ),
     )
 
 

@@ -50,6 +50,8 @@ def machine_settings(
         "update_policy": UpdatePolicy(spec.get("updatePolicy", UpdatePolicy.NEXT_BOOT)),
         "max_memory_bytes": None if max_memory is None else round_up(max_memory, 1024),
         "max_vcpus": spec.get("maxVcpus"),
+        "protect": spec.get("protect", False),
+        "deletion_policy": DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.RETAIN)),
     }
 
 

@@ -240,3 +240,5 @@ class InstanceSpec:
     update_policy: UpdatePolicy = UpdatePolicy.NEXT_BOOT
     max_memory_bytes: int | None = None  # None: memory is the maximum
     max_vcpus: int | None = None  # None: vcpus is the maximum
+    protect: bool = False  # nothing deletes the domain while its recorded protection is on
+    deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN  # the disks, on absent and prune

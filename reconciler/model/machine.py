@@ -106,6 +106,9 @@ class Machine:
     graphics: Graphics = Graphics.NONE
     rng: bool = False
     guest_agent: bool = False
+    # recorded with the ownership marker, not seen by the hypervisor: what deleting it may do
+    protected: bool = False  # nothing deletes the domain
+    delete_disks: bool = False  # state: absent and prune remove its disks too
     uuid: str | None = None
     marker: OwnershipMarker | None = None
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from reconciler.model.desired import Accelerator, CpuMode, CpuSpec, Firmware, InstanceSpec
+from reconciler.model.desired import (
+    Accelerator,
+    CpuMode,
+    CpuSpec,
+    DeletionPolicy,
+    Firmware,
+    InstanceSpec,
+)
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
     CONFIG_DRIVE_TARGET,
@@ -77,6 +84,8 @@ def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
         graphics=spec.graphics,
         rng=spec.rng,
         guest_agent=spec.guest_agent,
+        protected=spec.protect,
+        delete_disks=spec.deletion_policy is DeletionPolicy.DELETE,
     )
 
 
@@ -107,7 +116,7 @@ def running_shape(machine: Machine) -> Machine:
     what the guest does not run on (the description, which deletion policy a disk has)."""
     shape = shape_of(machine)
     disks = tuple(replace(disk, delete_when_removed=False) for disk in shape.disks)
-    return replace(shape, description=None, disks=disks)
+    return replace(shape, description=None, disks=disks, protected=False, delete_disks=False)
 
 
 def live_memory_change(current: Machine, wanted: Machine) -> bool:
@@ -182,6 +191,11 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
             changes.append(Change(f"{field} {old} -> {new}", restart))
     if current.description != wanted.description:
         changes.append(Change("description", live))
+    if current.protected != wanted.protected:
+        changes.append(Change(f"protect {current.protected} -> {wanted.protected}", live))
+    if current.delete_disks != wanted.delete_disks:
+        policy = "delete" if wanted.delete_disks else "retain"
+        changes.append(Change(f"deletionPolicy -> {policy}", live))
     if current.boot_disk_path != wanted.boot_disk_path:
         changes.append(Change(f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}", restart))
     changes += _data_disk_changes(current, wanted)

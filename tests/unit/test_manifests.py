@@ -190,9 +190,9 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
     assert error == (
         f"{tmp_path}/m.yaml:14:3: /spec/a~1b~0c: unknown field 'a/b~c' "
         "(expected one of: accelerator, allowReplace, autostart, boot, cloudInit, cpu, "
-        "description, disk, disks, files, firmware, graphics, guestAgent, hostname, image, "
-        "machine, maxMemory, maxVcpus, memory, networks, rng, shutdownTimeoutSeconds, ssh, "
-        "state, updatePolicy, vcpus)"
+        "deletionPolicy, description, disk, disks, files, firmware, graphics, guestAgent, "
+        "hostname, image, machine, maxMemory, maxVcpus, memory, networks, protect, rng, "
+        "shutdownTimeoutSeconds, ssh, state, updatePolicy, vcpus)"
     )
 
 
