@@ -9,6 +9,7 @@ the lock that admits one writer at a time.
       instances/<name>/       disk.qcow2 (overlay), console.log
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
+      prune                   while it exists, prune is on (as with --prune)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class StateDir:
     @property
     def source_digests(self) -> Path:
         return self.images / ".sources"
+
+    def prune_enabled(self) -> bool:
+        """Whether prune is on for this state directory (the file STATE/prune exists)."""
+        return (self.root / "prune").exists()
 
     def check_embedded_path_length(self) -> None:
         """Refuse a state directory too long for the embedded driver's unix sockets."""

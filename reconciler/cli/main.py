@@ -135,6 +135,20 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 COMMANDS = ("run", "plan", "status", "gc", "console")
 
 
+def _prune_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete managed domains whose manifest is gone, when every manifest loaded and "
+        "validated (also on while the file STATE/prune exists)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let --prune delete every managed domain when no instance is defined at all",
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser (help, version) and one sub-parser per command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -172,7 +186,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default="5m",
         help="full pass over every instance this often, as events can be lost (default 5m)",
     )
+    for sub in (run,):
+        _prune_options(sub)
     plan = commands.add_parser("plan", parents=[common], help="print the steps, change nothing")
+    _prune_options(plan)
     plan.add_argument("directory", metavar="DIR", type=Path, help="manifest file or directory")
     plan.add_argument(
         "--detailed-exitcode",
@@ -348,11 +365,14 @@ def _open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
 def _settings(args: argparse.Namespace) -> Settings:
     if args.download_attempts < 1:
         raise ConfigError("--download-attempts must be at least 1")
+    state = StateDir((args.state_dir or default_state_dir()).absolute())
     return Settings(
         download_limits=DownloadLimits(attempts=args.download_attempts),
         default_accelerator=Accelerator(args.accelerator),
         sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
         transport=Transport.from_environment(ca_bundle=args.ca_bundle),
+        prune=getattr(args, "prune", False) or state.prune_enabled(),
+        allow_empty=getattr(args, "allow_empty", False),
     )
 
 

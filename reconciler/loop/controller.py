@@ -27,7 +27,7 @@ from reconciler.drivers.base import DomainEvent, Driver
 from reconciler.errors import ReconcilerError
 from reconciler.images.progress import TransferReporter
 from reconciler.loop.control import RequestError
-from reconciler.loop.once import plan_all
+from reconciler.loop.once import plan_all, prune_refusal
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import (
     Failure,
@@ -190,9 +190,15 @@ class Controller:
         or every name (`everything`)."""
         load = load_manifests(self.options.directory)
         specs = {spec.name: spec for spec in load.instances}
+        orphans: set[str] = set()
+        if everything:  # orphans of an earlier run are found by a full pass only
+            try:
+                orphans = set(self.reconciler.orphans(set(specs) | set(load.invalid_names)))
+            except ReconcilerError as err:
+                LOG.warning("cannot list orphans: %s", err)
         with self._lock:
             old = self._specs
-            names = set(old) | set(specs) if everything else set()
+            names = set(old) | set(specs) | orphans if everything else set()
             for name in set(old) | set(specs):
                 before, after = old.get(name), specs.get(name)
                 if before != after or _touched(before, changed) or _touched(after, changed):
@@ -279,22 +285,25 @@ class Controller:
             self._sequence += 1
             sequence = self._sequence
             self._active.add(name)
-        if spec is None:  # its manifest is gone (pruning is not this daemon's job yet)
-            self.status.forget(name)
-            self.queue.forget(name)
-            self._finish(name, sequence, None)
-            return
         if not self.driver.connected():
             self._on_lost(f"connection to {self.driver.uri} lost")
             self._finish(name, sequence, None)  # the reconnection enqueues every name
             return
         started = time.time()
         LOG.info("%s: reconciling (%s)", name, ", ".join(sorted(triggers)) or "request")
-        result = self.reconciler.reconcile(spec)
+        if spec is None:  # its manifest is gone: an orphan, pruned within the guards
+            result = self._prune(name)
+            if result.outcome is Outcome.UNCHANGED and not result.notes:  # not ours, or gone
+                self.status.forget(name)
+                self.queue.forget(name)
+                self._finish(name, sequence, None)
+                return
+        else:
+            result = self.reconciler.reconcile(spec)
         next_retry = None
         if result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT:
             with self._lock:
-                self._parked[name] = _fingerprint(spec)
+                self._parked[name] = None if spec is None else _fingerprint(spec)
             self.queue.forget(name)
         elif result.outcome is Outcome.FAILED:
             delay = self.queue.retry(name)
@@ -319,6 +328,17 @@ class Controller:
         )
         self._write_status()
         self._finish(name, sequence, result)
+
+    def _prune(self, name: str) -> InstanceResult:
+        """Prune orphan `name` if this daemon's last reading of the manifests allows it."""
+        with self._lock:
+            load = self._load
+        refusal = (
+            "the manifests have not been read yet"
+            if load is None
+            else prune_refusal(load, self.reconciler.settings, orphans=1)
+        )
+        return self.reconciler.prune(name, refusal)
 
     def _finish(self, name: str, sequence: int, result: InstanceResult | None) -> None:
         with self._lock:

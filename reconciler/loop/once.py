@@ -11,7 +11,7 @@ import threading
 import time
 
 from reconciler.loop.queue import WorkQueue
-from reconciler.loop.reconcile import InstanceResult, Reconciler
+from reconciler.loop.reconcile import InstanceResult, Reconciler, Settings
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
 from reconciler.planning.plan import InstancePlan
@@ -19,11 +19,39 @@ from reconciler.planning.plan import InstancePlan
 LOG = logging.getLogger(__name__)
 
 
+def prune_refusal(load: LoadResult, settings: Settings, orphans: int) -> str | None:
+    """Why this pass may not prune (None when it may): prune must be on, every manifest must
+    have loaded and validated, and an empty set of instances is never read as "delete them
+    all" unless --allow-empty says so."""
+    if not settings.prune:
+        return "prune is off: --prune, or a file STATE/prune, turns it on"
+    if load.errors:
+        return (
+            f"prune is held back: {len(load.errors)} manifest error(s) in this pass, and "
+            "nothing is pruned unless every manifest loads and validates"
+        )
+    if not load.instances and not load.invalid_names and orphans and not settings.allow_empty:
+        return (
+            "prune is held back: no instance is defined while managed domains exist (an empty "
+            "or half-broken checkout must not delete a fleet); --allow-empty overrides this"
+        )
+    return None
+
+
+def orphans_of(load: LoadResult, reconciler: Reconciler) -> tuple[list[str], str | None]:
+    """The orphans of this pass, and why they may not be pruned (None: they may)."""
+    known = {spec.name for spec in load.instances} | set(load.invalid_names)
+    orphans = reconciler.orphans(known)
+    return orphans, prune_refusal(load, reconciler.settings, len(orphans))
+
+
 def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
-    """Plan every valid instance, in manifest order; nothing is changed."""
+    """Plan every valid instance, in manifest order, then every orphan; nothing is changed."""
     started = time.monotonic()
     resolver = reconciler.resolver(persist_digests=False)
     plans = [reconciler.plan(spec, resolver) for spec in load.instances]
+    orphans, refusal = orphans_of(load, reconciler)
+    plans += [reconciler.plan_orphan(name, refusal) for name in orphans]
     LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
     return plans
 
@@ -46,7 +74,8 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
     queue = WorkQueue(reconciler.clock)
     for name in specs:
         queue.add(name)
-    workers = min(reconciler.settings.max_parallel, len(specs))
+    workers = max(1, min(reconciler.settings.max_parallel, len(specs)))
     WorkerPool(queue, handle, workers, prefix="instance").drain()
     LOG.debug("reconciled %d instances", len(results))
-    return [results[name] for name in specs]
+    orphans, refusal = orphans_of(load, reconciler)
+    return [results[name] for name in specs] + [reconciler.prune(n, refusal) for n in orphans]

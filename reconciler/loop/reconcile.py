@@ -15,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +29,18 @@ from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.resolve import SourceResolver
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.observe import observe_instance
+from reconciler.loop.observe import config_drives, observe_domain, observe_instance
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.planning.network import needs_free_macs
-from reconciler.planning.plan import InstancePlan, PlanContext, plan_instance
+from reconciler.planning.plan import (
+    InstancePlan,
+    PlanContext,
+    foreign_reason,
+    plan_instance,
+    plan_removal,
+)
 from reconciler.statedir import StateDir
 from reconciler.steps.apply import StepContext, apply_step
 
@@ -83,6 +89,8 @@ class Settings:
     sources: SourcePolicy = field(default_factory=SourcePolicy)
     download_limits: DownloadLimits = field(default_factory=DownloadLimits)
     transport: Transport = field(default_factory=Transport)
+    prune: bool = False  # delete managed domains whose manifest is gone (within the guards)
+    allow_empty: bool = False  # prune even when no instance is defined at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,9 @@ class HostFacts:
     host_memory: int | None
     state_dir_id: str | None
 
+
+# an orphan has no manifest to say how long its guest may take to shut down
+PRUNE_SHUTDOWN_SECONDS = 60
 
 # a domain seen in a transition no step of ours is waiting for (the guest shutting itself
 # down) is looked at again after this long, in case no event says when it ends
@@ -199,6 +210,51 @@ class Reconciler:
         if spec.state is not DesiredState.RUNNING or running:
             return ()
         return self.driver.check_attachments(spec.networks)
+
+    def orphans(self, known: Collection[str]) -> list[str]:
+        """Managed domains (this state directory's marker, this instance's disk) whose name no
+        valid or invalid manifest claims, sorted."""
+        state_dir_id = self.host.state_dir_id
+        if state_dir_id is None:
+            return []
+        found = []
+        for record in self.driver.list_domains():
+            definition = record.definition
+            if record.name in known or definition is None or definition.marker is None:
+                continue
+            disk = str(self.state.instance(record.name).disk)
+            if definition.marker.state_dir_id == state_dir_id and definition.boot_disk_path == disk:
+                found.append(record.name)
+        return sorted(found)
+
+    def plan_orphan(self, name: str, refusal: str | None) -> InstancePlan:
+        """What becomes of a managed domain whose manifest is gone: pruned, or (`refusal`
+        says why not) listed as an orphan."""
+        paths = self.state.instance(name)
+        try:
+            domain = observe_domain(self.driver, name)
+        except PermanentError as err:
+            return InstancePlan(name, refusal=str(err))
+        context = PlanContext(paths, paths.disk, self.host.kvm, state_dir_id=self.host.state_dir_id)
+        if domain is None or foreign_reason(domain, context) is not None:
+            return InstancePlan(name)  # gone, or not ours: nothing to prune
+        if refusal is not None:
+            return InstancePlan(name, notes=(f"orphan: its manifest is gone; kept ({refusal})",))
+        return plan_removal(
+            name, domain, context, config_drives(paths), PRUNE_SHUTDOWN_SECONDS, "prune"
+        )
+
+    def prune(self, name: str, refusal: str | None) -> InstanceResult:
+        """Prune the orphan `name` (or report it, when `refusal` says pruning may not happen)."""
+        started = time.monotonic()
+        try:
+            plan = self.plan_orphan(name, refusal)
+        except ReconcilerError as err:
+            return InstanceResult(name, Outcome.FAILED, message=str(err), failure=_failure(err))
+        result = self._converge(plan)
+        if result.outcome is not Outcome.FAILED and plan.steps:
+            result = dataclasses.replace(result, state=DesiredState.ABSENT)
+        return dataclasses.replace(result, seconds=time.monotonic() - started)
 
     def reconcile(
         self, spec: InstanceSpec, resolver: SourceResolver | None = None

@@ -132,7 +132,7 @@ def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
                 ),
             )
     if spec.state is DesiredState.ABSENT:
-        return _plan_absent(spec, domain, context)
+        return _plan_absent(spec, domain, context, actual.config_drives)
     return _plan_present(spec, actual, context)
 
 
@@ -154,17 +154,52 @@ def foreign_reason(domain: DomainFacts, context: PlanContext) -> str | None:
 
 
 def _plan_absent(
-    spec: InstanceSpec, domain: DomainFacts | None, context: PlanContext
+    spec: InstanceSpec, domain: DomainFacts | None, context: PlanContext, drives: frozenset[str]
 ) -> InstancePlan:
+    return plan_removal(
+        spec.name, domain, context, drives, spec.shutdown_timeout_seconds, "state: absent"
+    )
+
+
+def plan_removal(
+    name: str,
+    domain: DomainFacts | None,
+    context: PlanContext,
+    drives: frozenset[str],
+    timeout_seconds: int,
+    reason: str,
+) -> InstancePlan:
+    """Delete an instance's domain (for `state: absent`, or a prune): stop it gracefully,
+    undefine it (its NVRAM and managed save image with it), remove its config drives and, as
+    its recorded deletionPolicy says, its disks. A protected domain is refused."""
     if domain is None:
-        return InstancePlan(spec.name)
+        return InstancePlan(name)
+    definition = domain.definition
+    if definition.protected:
+        return InstancePlan(
+            name,
+            refusal=(
+                f"the domain is protected (protect: true is recorded on it), so {reason} does "
+                "not delete it; set protect: false with the instance kept, apply, then remove it"
+            ),
+        )
     steps: list[Step] = []
     if domain.interrupted:
-        steps.append(RecoverDomain(spec.name, domain.state_reason))
+        steps.append(RecoverDomain(name, domain.state_reason))
     elif domain.state.active:
-        steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
-    steps.append(UndefineDomain(spec.name, context.paths.directory))
-    return InstancePlan(spec.name, tuple(steps))
+        steps.append(StopDomain(name, timeout_seconds))
+    steps.append(UndefineDomain(name, context.paths.directory, not definition.delete_disks))
+    doomed = [context.paths.directory / drive for drive in sorted(drives)]
+    doomed += [
+        Path(disk.path)
+        for disk in definition.disks
+        if disk.device == "disk"
+        and (definition.delete_disks or disk.delete_when_removed)
+        and Path(disk.path).parent == context.paths.directory
+    ]
+    if doomed:
+        steps.append(RemoveFiles(name, tuple(doomed), "files of the deleted instance"))
+    return InstancePlan(name, tuple(steps))
 
 
 def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> InstancePlan:

@@ -307,9 +307,12 @@ class UndefineDomain:
     kind: ClassVar[StepKind] = StepKind.UNDEFINE
     instance: str
     kept: Path
+    disks_kept: bool = True
 
     def describe(self) -> str:
-        return f"undefine domain (its files in {self.kept} are kept)"
+        if not self.disks_kept:
+            return f"undefine domain (deletionPolicy: delete: its disks in {self.kept} go next)"
+        return f"undefine domain (its disks in {self.kept} are kept)"
 
 
 Step = (

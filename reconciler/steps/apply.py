@@ -4,12 +4,19 @@ before acting, so a step planned from stale facts does the right thing or nothin
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError, ReplacementNeeded, StepError
-from reconciler.fileops import publish, remove_leftovers, temporary_path, write_atomically
+from reconciler.fileops import (
+    fsync_directory,
+    publish,
+    remove_leftovers,
+    temporary_path,
+    write_atomically,
+)
 from reconciler.images.cache import ImageCache
 from reconciler.images.diskheaders import (
     HeaderError,
@@ -103,9 +110,7 @@ def apply_step(step: Step, context: StepContext) -> str:
         case ChangeMedium():
             return _change_medium(step, context)
         case RemoveFiles():
-            for path in step.paths:
-                path.unlink(missing_ok=True)
-            return "removed " + ", ".join(path.name for path in step.paths)
+            return _remove_files(step)
         case DefineDomain():
             context.driver.define(step.machine)
             return "defined domain" if not step.changes else f"redefined domain ({step.effect})"
@@ -153,6 +158,21 @@ def _check_existing_overlay(step: CreateOverlay) -> None:
         raise ReplacementNeeded(f"{step.path} exists but is not our qcow2 disk: {err}") from err
     if header.backing_file != str(step.base_path):
         raise ReplacementNeeded(f"{step.path} exists with another base: {header.backing_file}")
+
+
+def _remove_files(step: RemoveFiles) -> str:
+    """Each file is renamed to a temporary name first, then removed: a crash in between
+    leaves a leftover (removed by the next pass), never a file that looks like a real one."""
+    for path in step.paths:
+        doomed = temporary_path(path)
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            continue
+        doomed.unlink()
+    if step.paths:
+        fsync_directory(step.paths[0].parent)
+    return "removed " + ", ".join(path.name for path in step.paths)
 
 
 def _build_config_drive(step: BuildConfigDrive) -> str:
