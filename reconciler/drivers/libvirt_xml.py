@@ -82,6 +82,9 @@ def render_domain_xml(machine: Machine) -> str:
             _sub(marker, f"{{{MARKER_NAMESPACE}}}protect", "true")
         if machine.delete_disks:
             _sub(marker, f"{{{MARKER_NAMESPACE}}}deletion-policy", "delete")
+        if machine.shutdown_timeout_seconds is not None:
+            timeout = str(machine.shutdown_timeout_seconds)
+            _sub(marker, f"{{{MARKER_NAMESPACE}}}shutdown-timeout", timeout)
     if machine.description is not None:
         _sub(domain, "description", machine.description)
     _sub(domain, "memory", str(machine.max_memory_kib or machine.memory_kib), unit="KiB")
@@ -311,6 +314,9 @@ def parse_domain_xml(xml: str) -> Machine:
         delete_disks=(
             root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}deletion-policy") == "delete"
         ),
+        shutdown_timeout_seconds=_int_or_none(
+            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}shutdown-timeout")
+        ),
     )
 
 
@@ -395,6 +401,10 @@ def _slot(address: ET.Element | None, default: int) -> int:
     if address is None or address.get("type") != "pci":
         return default
     return _int(address.get("slot", ""), default)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _int(text: str, default: int) -> int:

@@ -102,7 +102,7 @@ class HostFacts:
     state_dir_id: str | None
 
 
-# an orphan has no manifest to say how long its guest may take to shut down
+# how long a prune waits for the guest of an orphan whose marker does not say
 PRUNE_SHUTDOWN_SECONDS = 60
 
 # a domain seen in a transition no step of ours is waiting for (the guest shutting itself
@@ -240,9 +240,10 @@ class Reconciler:
             return InstancePlan(name)  # gone, or not ours: nothing to prune
         if refusal is not None:
             return InstancePlan(name, notes=(f"orphan: its manifest is gone; kept ({refusal})",))
-        return plan_removal(
-            name, domain, context, config_drives(paths), PRUNE_SHUTDOWN_SECONDS, "prune"
-        )
+        timeout = domain.definition.shutdown_timeout_seconds
+        if timeout is None:  # a domain defined before the marker recorded it
+            timeout = PRUNE_SHUTDOWN_SECONDS
+        return plan_removal(name, domain, context, config_drives(paths), timeout, "prune")
 
     def prune(self, name: str, refusal: str | None) -> InstanceResult:
         """Prune the orphan `name` (or report it, when `refusal` says pruning may not happen)."""

@@ -109,6 +109,7 @@ class Machine:
     # recorded with the ownership marker, not seen by the hypervisor: what deleting it may do
     protected: bool = False  # nothing deletes the domain
     delete_disks: bool = False  # state: absent and prune remove its disks too
+    shutdown_timeout_seconds: int | None = None  # how long a prune waits for its guest
     uuid: str | None = None
     marker: OwnershipMarker | None = None
 

@@ -86,6 +86,7 @@ def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
         guest_agent=spec.guest_agent,
         protected=spec.protect,
         delete_disks=spec.deletion_policy is DeletionPolicy.DELETE,
+        shutdown_timeout_seconds=spec.shutdown_timeout_seconds,
     )
 
 
@@ -116,7 +117,14 @@ def running_shape(machine: Machine) -> Machine:
     what the guest does not run on (the description, which deletion policy a disk has)."""
     shape = shape_of(machine)
     disks = tuple(replace(disk, delete_when_removed=False) for disk in shape.disks)
-    return replace(shape, description=None, disks=disks, protected=False, delete_disks=False)
+    return replace(
+        shape,
+        description=None,
+        disks=disks,
+        protected=False,
+        delete_disks=False,
+        shutdown_timeout_seconds=None,
+    )
 
 
 def live_memory_change(current: Machine, wanted: Machine) -> bool:
@@ -193,6 +201,9 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
         changes.append(Change("description", live))
     if current.protected != wanted.protected:
         changes.append(Change(f"protect {current.protected} -> {wanted.protected}", live))
+    if current.shutdown_timeout_seconds != wanted.shutdown_timeout_seconds:
+        timeouts = f"{current.shutdown_timeout_seconds} -> {wanted.shutdown_timeout_seconds}"
+        changes.append(Change(f"shutdownTimeoutSeconds {timeouts}", live))
     if current.delete_disks != wanted.delete_disks:
         policy = "delete" if wanted.delete_disks else "retain"
         changes.append(Change(f"deletionPolicy -> {policy}", live))

@@ -1,0 +1,92 @@
+"""Prune on real QEMU, through the command line, on a state directory of its own (prune looks
+at every managed domain of a state directory, so it must not share the session's)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.drivers.libvirt_driver import embedded_uri
+from tests.helpers import unique_name, write_base_image, write_manifest
+
+
+@pytest.fixture(scope="module")
+def state_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="rcp-", dir="/tmp"))  # short: libvirt's sockets
+    try:
+        yield root
+    finally:
+        uri = embedded_uri(root / "libvirt")
+        names = subprocess.run(
+            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
+        ).stdout.split()
+        for name in names:
+            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
+            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def reconcile(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "reconciler", *args, "--state-dir", str(state_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def domains(state_dir: Path) -> set[str]:
+    uri = embedded_uri(state_dir / "libvirt")
+    listed = subprocess.run(
+        ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
+    )
+    return set(listed.stdout.split())
+
+
+def test_prune_deletes_orphans_only_when_allowed_and_never_a_protected_one(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    base, sha = write_base_image(tmp_path)
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    kept, gone, guarded = unique_name("rcp"), unique_name("rcp"), unique_name("rcp")
+    for name in (kept, gone):
+        write_manifest(manifests, name, base, sha)
+    write_manifest(manifests, guarded, base, sha, protect=True)
+    first = reconcile(state_dir, "--once", str(manifests), "--image-dir", str(tmp_path))
+    assert first.returncode == 0, first.stdout + first.stderr
+    (manifests / f"{gone}.yaml").unlink()
+    (manifests / f"{guarded}.yaml").unlink()
+
+    # prune off: listed as an orphan, left running
+    listed = reconcile(state_dir, "--once", str(manifests), "--image-dir", str(tmp_path))
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "orphan: its manifest is gone; kept (prune is off" in listed.stdout
+    assert {kept, gone, guarded} <= domains(state_dir)
+
+    # prune on, but another manifest broken: nothing deleted, and the output says why
+    (manifests / "broken.yaml").write_text("apiVersion: [\n")
+    held = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    assert held.returncode == 2
+    assert "nothing is pruned unless every manifest loads and validates" in held.stdout
+    assert {gone, guarded} <= domains(state_dir)
+    (manifests / "broken.yaml").unlink()
+
+    # prune on: the orphan goes, the protected one stays (and says why), its disk is kept
+    plan = reconcile(state_dir, "plan", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    assert f"{gone}: 2 step(s)" in plan.stdout, plan.stdout
+    pruned = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    assert pruned.returncode == 1, pruned.stdout  # the protected orphan is a refusal
+    assert f"{gone}: undefined domain" in pruned.stdout
+    assert "protected (protect: true is recorded on it)" in pruned.stdout
+    assert gone not in domains(state_dir)
+    assert {kept, guarded} <= domains(state_dir)
+    assert (state_dir / "instances" / gone / "disk.qcow2").exists()
+
+    # an empty directory deletes nothing without --allow-empty
+    (manifests / f"{kept}.yaml").unlink()
+    empty = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    assert "no instance is defined while managed domains exist" in empty.stdout, empty.stdout
+    assert kept in domains(state_dir)
