@@ -144,3 +144,35 @@ def test_an_edited_injected_file_reconciles_the_instances_that_name_it(setup: tu
 )
 def test_the_watcher_ignores_only_swap_backup_and_hidden_files(name: str, relevant: bool) -> None:
     assert is_relevant_path(f"/srv/manifests/{name}") is relevant
+
+
+def test_the_daemon_lists_an_orphan_and_prunes_it_only_with_prune_on(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    base, sha = write_base_image(manifests)
+    state = StateDir(tmp_path / "s")
+    state.create()
+    driver = FakeDriver()
+    settings = Settings(sources=SourcePolicy((manifests,)))
+    for prune in (False, True):
+        controller = Controller(
+            driver, state, replace(settings, prune=prune), DaemonOptions(manifests)
+        )
+        write(manifests, "rct-kept", base, sha)
+        write(manifests, "rct-gone", base, sha)
+        controller.reload("start", everything=True)
+        drain(controller)
+        (manifests / "rct-gone.yaml").unlink()
+        controller.reload("manifest", changed={manifests / "rct-gone.yaml"})
+        assert drain(controller) == ["rct-gone"]
+        entry = controller.status.get("rct-gone")
+        if not prune:
+            assert driver.lookup("rct-gone") is not None
+            assert entry is not None and entry.last_reconcile is not None
+            (note,) = entry.last_reconcile["notes"]
+            assert note.startswith("orphan: its manifest is gone; kept (prune is off")
+        else:
+            assert driver.lookup("rct-gone") is None
+        assert driver.lookup("rct-kept") is not None
