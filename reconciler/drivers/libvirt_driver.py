@@ -351,6 +351,13 @@ class LibvirtDriver:
         that check what libvirt accepts)."""
         self._conn.defineXML(xml)
 
+    @_wrap_errors("read the definition of")
+    def xml(self, name: str) -> str:
+        """A domain's persistent definition as libvirt XML (outside the seam: for tests and
+        tools)."""
+        libvirt = _libvirt()
+        return str(self._require(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
     @_wrap_errors("reset")
     def reset(self, name: str) -> None:
         """Reset a running domain, as its reset button would (outside the seam: for tests

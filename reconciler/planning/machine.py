@@ -35,10 +35,28 @@ class ChangeClass(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One difference: `what` in words ("memory 1GiB -> 2GiB"); `field`, `found` and `wanted`
+    when it is one field's value (so that drift can say "drift: memory 2GiB (manifest 1GiB)")."""
+
     what: str
     kind: ChangeClass
+    field: str = ""
+    found: str = ""
+    wanted: str = ""
+    drift: bool = False  # made by hand, behind the reconciler's back
+
+    @classmethod
+    def of(cls, field: str, found: object, wanted: object, kind: ChangeClass) -> Change:
+        return cls(f"{field} {found} -> {wanted}", kind, field, str(found), str(wanted))
+
+    def as_drift(self) -> Change:
+        return replace(self, drift=True)
 
     def describe(self) -> str:
+        if self.drift and self.field:
+            return f"[{self.kind.value}] drift: {self.field} {self.found} (manifest {self.wanted})"
+        if self.drift:
+            return f"[{self.kind.value}] drift: {self.what}"
         return f"[{self.kind.value}] {self.what}"
 
 
@@ -168,15 +186,14 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
     changes: list[Change] = []
     if current.vcpus != wanted.vcpus:
         kind = live if live_vcpu_change(current, wanted) else restart
-        changes.append(Change(f"vcpus {current.vcpus} -> {wanted.vcpus}", kind))
+        changes.append(Change.of("vcpus", current.vcpus, wanted.vcpus, kind))
     if current.max_vcpus != wanted.max_vcpus:
         changes.append(
             Change(f"maxVcpus {current.max_vcpus or '-'} -> {wanted.max_vcpus or '-'}", restart)
         )
     if current.memory_kib != wanted.memory_kib:
         kind = live if live_memory_change(current, wanted) else restart
-        what = f"memory {_kib(current.memory_kib)} -> {_kib(wanted.memory_kib)}"
-        changes.append(Change(what, kind))
+        changes.append(Change.of("memory", _kib(current.memory_kib), _kib(wanted.memory_kib), kind))
     if current.max_memory_kib != wanted.max_memory_kib:
         what = f"maxMemory {_kib(current.max_memory_kib)} -> {_kib(wanted.max_memory_kib)}"
         changes.append(Change(what, restart))
@@ -196,7 +213,7 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
     )
     for field, old, new in settings:
         if old != new:
-            changes.append(Change(f"{field} {old} -> {new}", restart))
+            changes.append(Change.of(field, old, new, restart))
     if current.description != wanted.description:
         changes.append(Change("description", live))
     if current.protected != wanted.protected:

@@ -256,8 +256,17 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
 
     digest = shape.spec_digest()
     running_on = active and not stopping
-    if domain is None or domain.marker is None or domain.marker.spec_digest != digest:
+    # drift: a definition edited behind the reconciler's back, its marker left as it was
+    drift = (
+        domain is not None
+        and domain.marker is not None
+        and domain.marker.spec_digest == digest
+        and shape_of(domain.definition) != shape_of(shape)
+    )
+    if domain is None or domain.marker is None or domain.marker.spec_digest != digest or drift:
         changes, effect = _redefinition(domain, shape, running_on, needs_restart, starting, restart)
+        if drift:
+            changes = tuple(change.as_drift() for change in changes)
         marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
         machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
         steps.append(DefineDomain(spec.name, machine, changes, effect))
@@ -423,7 +432,7 @@ def _redefinition(
     """What a definition changes, and when it takes effect, in words."""
     if domain is None:
         return (), "new"
-    if shape_of(domain.definition) == shape:  # only the marker is out of date
+    if shape_of(domain.definition) == shape_of(shape):  # only the marker is out of date
         return (Change("ownership marker updated", ChangeClass.LIVE),), "the machine is unchanged"
     changes = describe_changes(domain.definition, shape)
     if restart:

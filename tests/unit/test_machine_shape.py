@@ -254,3 +254,15 @@ def test_nics_added_or_removed_at_the_end_change_live_others_take_a_restart() ->
     moved = plan_instance(front, actual, context(front))
     assert [s.kind for s in moved.steps] == [StepKind.DEFINE]
     assert moved.pending_restart
+
+
+def test_a_hand_edit_that_keeps_the_marker_is_drift_and_is_repaired() -> None:
+    actual = running(RUNNING)
+    assert actual.domain is not None
+    edited = replace(actual.domain.definition, memory_kib=256 * 1024)  # the marker kept
+    drifted = replace(actual, domain=replace(actual.domain, definition=edited))
+    plan = plan_instance(RUNNING, drifted, context(RUNNING))
+    (define,) = plan.steps
+    assert isinstance(define, DefineDomain)
+    assert "[restart] drift: memory 256MiB (manifest 128MiB)" in define.describe()
+    assert not plan.pending_restart  # the running domain never took the edit
