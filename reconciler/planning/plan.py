@@ -243,6 +243,13 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     )
     if actual.overlay is None and domain is not None:  # allowed by _refusal: allowReplace
         notes.append(f"disk {paths.disk} was missing: a new, empty one is made (allowReplace)")
+    if actual.overlay is not None and domain is None:
+        # an interrupted creation (disk made, define refused or never reached), or a domain
+        # undefined by hand: the disk is this instance's (checked against its base above)
+        notes.append(
+            f"completing the instance: its disk {paths.disk.name} exists without a domain (a "
+            "creation cut short, or a domain undefined by hand) and is used as it is"
+        )
     if content is not None and drive is not None and drive.name not in actual.config_drives:
         steps.append(BuildConfigDrive(spec.name, drive, content))
     if actual.base_changed:

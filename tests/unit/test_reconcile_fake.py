@@ -184,3 +184,24 @@ def test_a_rebuilt_config_drive_is_swapped_into_the_running_domain(world: World)
     record = world.driver.lookup(spec.name)
     assert record is not None and record.live is not None
     assert record.live.config_drive_path == str(second)
+
+
+def test_a_creation_cut_short_at_the_define_is_completed_by_the_next_pass(world: World) -> None:
+    from reconciler.model.desired import GuestConfig
+
+    spec = replace(world.spec, guest=GuestConfig(hostname="half"))
+    world.driver.failures["define"] = DriverError("define rct-fake", "refused by the hypervisor")
+    failed = world.reconciler.reconcile(spec)
+    assert failed.outcome is Outcome.FAILED
+    assert any(a.startswith("created disk") for a in failed.actions)  # disk and drive made
+    directory = world.reconciler.state.instance(spec.name).directory
+    assert len(list(directory.glob("config-*.iso"))) == 1
+    assert world.driver.lookup(spec.name) is None
+
+    plan = world.reconciler.plan(spec, world.reconciler.resolver(persist_digests=False))
+    assert [step.kind.value for step in plan.steps] == ["define", "start"]
+    assert any(note.startswith("completing the instance") for note in plan.notes)
+    completed = world.reconciler.reconcile(spec)
+    assert completed.outcome is Outcome.CHANGED, completed.message
+    assert len(list(directory.glob("config-*.iso"))) == 1  # one drive, one disk, one domain
+    assert [record.name for record in world.driver.list_domains()] == [spec.name]
