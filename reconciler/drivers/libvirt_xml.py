@@ -82,6 +82,9 @@ def render_domain_xml(machine: Machine) -> str:
             _sub(marker, f"{{{MARKER_NAMESPACE}}}protect", "true")
         if machine.delete_disks:
             _sub(marker, f"{{{MARKER_NAMESPACE}}}deletion-policy", "delete")
+        if machine.asked_running is not None:
+            asked = "running" if machine.asked_running else "stopped"
+            _sub(marker, f"{{{MARKER_NAMESPACE}}}desired-state", asked)
         if machine.shutdown_timeout_seconds is not None:
             timeout = str(machine.shutdown_timeout_seconds)
             _sub(marker, f"{{{MARKER_NAMESPACE}}}shutdown-timeout", timeout)
@@ -314,6 +317,9 @@ def parse_domain_xml(xml: str) -> Machine:
         delete_disks=(
             root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}deletion-policy") == "delete"
         ),
+        asked_running=_asked_running(
+            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}desired-state")
+        ),
         shutdown_timeout_seconds=_int_or_none(
             root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}shutdown-timeout")
         ),
@@ -401,6 +407,10 @@ def _slot(address: ET.Element | None, default: int) -> int:
     if address is None or address.get("type") != "pci":
         return default
     return _int(address.get("slot", ""), default)
+
+
+def _asked_running(text: str | None) -> bool | None:
+    return {"running": True, "stopped": False}.get(text or "")
 
 
 def _int_or_none(text: str | None) -> int | None:

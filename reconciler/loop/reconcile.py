@@ -102,6 +102,11 @@ class HostFacts:
     state_dir_id: str | None
 
 
+# restarts after a failure back off: 1 s doubling to 5 minutes, reset after 2 minutes of running
+CRASH_LOOP_FIRST_SECONDS = 1.0
+CRASH_LOOP_CAP_SECONDS = 300.0
+CRASH_LOOP_RESET_SECONDS = 120.0
+
 # how long a prune waits for the guest of an orphan whose marker does not say
 PRUNE_SHUTDOWN_SECONDS = 60
 
@@ -142,6 +147,9 @@ class Reconciler:
         )
         self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
         self._host: HostFacts | None = None  # observed at the first plan
+        # restarts after a failure, in a row, by name: (how many, when the last one was)
+        self._restarts: dict[str, tuple[int, float]] = {}
+        self._restarts_lock = threading.Lock()
 
     @property
     def host(self) -> HostFacts:
@@ -277,8 +285,40 @@ class Reconciler:
             LOG.exception("%s: unexpected error while planning", name)
             message = f"internal error: {type(err).__name__}: {err}"
             return InstanceResult(name, Outcome.FAILED, message=message, failure=Failure.TRANSIENT)
+        if plan.restart_after is not None and plan.refusal is None:
+            wait = self._crash_loop_wait(name, plan.restart_after)
+            if wait is not None:
+                return wait
         result = dataclasses.replace(self._converge(plan), pending_restart=plan.pending_restart)
+        if plan.restart_after is not None and result.outcome is Outcome.CHANGED:
+            with self._restarts_lock:
+                count, _started = self._restarts.get(name, (0, 0.0))
+                self._restarts[name] = (count + 1, self.clock.monotonic())
+        if plan.kept_off:  # by its run policy: off is where it should be
+            return _reached(result, dataclasses.replace(spec, state=DesiredState.STOPPED))
         return _reached(self._check_outcome(result, spec), spec)
+
+    def _crash_loop_wait(self, name: str, reason: str) -> InstanceResult | None:
+        """A result that holds a restart after a failure back (None: restart now). Restarts
+        in a row wait 1 s, 2 s, 4 s... up to 5 minutes; a domain that ran for a while since
+        its last restart starts over."""
+        now = self.clock.monotonic()
+        with self._restarts_lock:
+            count, started = self._restarts.get(name, (0, 0.0))
+            if count and now - started > CRASH_LOOP_RESET_SECONDS:
+                count = 0
+                self._restarts[name] = (0, started)
+        if count == 0:
+            return None
+        delay = min(CRASH_LOOP_FIRST_SECONDS * 2 ** (count - 1), CRASH_LOOP_CAP_SECONDS)
+        remaining = started + delay - now
+        if remaining <= 0:
+            return None
+        note = (
+            f"crash loop: the domain stopped again ({reason}) after {count} restart(s) in a row; "
+            f"the next start is in {remaining:.1f}s"
+        )
+        return InstanceResult(name, Outcome.UNCHANGED, notes=(note,), requeue_after=remaining)
 
     def _converge(self, plan: InstancePlan) -> InstanceResult:
         if plan.refusal is not None:

@@ -16,6 +16,7 @@ from reconciler.model.desired import (
     Graphics,
     ImageFormat,
     MachineType,
+    RunPolicy,
     UpdatePolicy,
 )
 from reconciler.sizes import round_up
@@ -52,6 +53,7 @@ def machine_settings(
         "max_vcpus": spec.get("maxVcpus"),
         "protect": spec.get("protect", False),
         "deletion_policy": DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.RETAIN)),
+        "run_policy": RunPolicy(spec.get("runPolicy", RunPolicy.ALWAYS)),
     }
 
 

@@ -107,6 +107,16 @@ class UpdatePolicy(enum.StrEnum):
     RESTART = "restart"  # graceful shutdown, define, start
 
 
+class RunPolicy(enum.StrEnum):
+    """What happens when the domain stops without the manifest asking (KubeVirt's run
+    strategies)."""
+
+    ALWAYS = "Always"  # start it again
+    RERUN_ON_FAILURE = "RerunOnFailure"  # again after a crash or a dead QEMU, not a shutdown
+    MANUAL = "Manual"  # never again after the first start
+    HALTED = "Halted"  # keep it off
+
+
 class DiskBus(enum.StrEnum):
     VIRTIO = "virtio"
     SCSI = "scsi"
@@ -242,3 +252,4 @@ class InstanceSpec:
     max_vcpus: int | None = None  # None: vcpus is the maximum
     protect: bool = False  # nothing deletes the domain while its recorded protection is on
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN  # the disks, on absent and prune
+    run_policy: RunPolicy = RunPolicy.ALWAYS

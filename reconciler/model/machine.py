@@ -110,6 +110,7 @@ class Machine:
     protected: bool = False  # nothing deletes the domain
     delete_disks: bool = False  # state: absent and prune remove its disks too
     shutdown_timeout_seconds: int | None = None  # how long a prune waits for its guest
+    asked_running: bool | None = None  # the manifest last asked for it to run (None: unknown)
     uuid: str | None = None
     marker: OwnershipMarker | None = None
 

@@ -11,6 +11,7 @@ from reconciler.model.desired import (
     CpuMode,
     CpuSpec,
     DeletionPolicy,
+    DesiredState,
     Firmware,
     InstanceSpec,
 )
@@ -105,6 +106,7 @@ def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
         protected=spec.protect,
         delete_disks=spec.deletion_policy is DeletionPolicy.DELETE,
         shutdown_timeout_seconds=spec.shutdown_timeout_seconds,
+        asked_running=spec.state is DesiredState.RUNNING,
     )
 
 
@@ -142,6 +144,7 @@ def running_shape(machine: Machine) -> Machine:
         protected=False,
         delete_disks=False,
         shutdown_timeout_seconds=None,
+        asked_running=None,
     )
 
 
@@ -221,6 +224,9 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
     if current.shutdown_timeout_seconds != wanted.shutdown_timeout_seconds:
         timeouts = f"{current.shutdown_timeout_seconds} -> {wanted.shutdown_timeout_seconds}"
         changes.append(Change(f"shutdownTimeoutSeconds {timeouts}", live))
+    if current.asked_running != wanted.asked_running and wanted.asked_running is not None:
+        state = "running" if wanted.asked_running else "stopped"
+        changes.append(Change(f"recorded state -> {state}", live))
     if current.delete_disks != wanted.delete_disks:
         policy = "delete" if wanted.delete_disks else "retain"
         changes.append(Change(f"deletionPolicy -> {policy}", live))

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from reconciler.model.accel import AcceleratorChoice, KvmSupport, resolve_accelerator
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
-from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec, UpdatePolicy
+from reconciler.model.desired import (
+    Accelerator,
+    DesiredState,
+    InstanceSpec,
+    RunPolicy,
+    UpdatePolicy,
+)
 from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine, OwnershipMarker
 from reconciler.planning.cloudinit import DriveContent, drive_content
 from reconciler.planning.disks import data_disk_devices
@@ -96,6 +102,8 @@ class InstancePlan:
     notes: tuple[str, ...] = field(default=())
     accelerator: AcceleratorChoice | None = None
     pending_restart: bool = False  # the running domain's definition is older than the wanted one
+    restart_after: str | None = None  # the start is a restart after a stop nobody asked for
+    kept_off: bool = False  # its run policy keeps it off although the manifest says running
 
     @property
     def converged(self) -> bool:
@@ -226,15 +234,23 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     live_steps, live_after = _live_changes(spec.name, live, shape)
     needs_restart = live_after is not None and running_shape(live_after) != running_shape(shape)
     replacing = _replacing(spec, actual, context)
+    # runPolicy Halted keeps the domain off; the others decide about a stop nobody asked for
+    halted = spec.run_policy is RunPolicy.HALTED
+    run = spec.state is DesiredState.RUNNING and not halted
     restart = (
         active
-        and spec.state is DesiredState.RUNNING
+        and run
         and (
             replacing is not None or (needs_restart and spec.update_policy is UpdatePolicy.RESTART)
         )
     )
-    stopping = active and (spec.state is DesiredState.STOPPED or restart)
-    starting = spec.state is DesiredState.RUNNING and (not active or restart)
+    stopping = active and (not run or restart)
+    unasked = run and not active and domain is not None and _stopped_unasked(domain)
+    held = _held_by_run_policy(spec, domain) if unasked and domain is not None else None
+    if held is not None:
+        notes.append(held)
+    starting = run and held is None and (not active or restart)
+    restart_after = _stop_reason(domain) if unasked and starting and domain is not None else None
 
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
@@ -303,7 +319,17 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     steps += _removals(
         spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
     )
-    return InstancePlan(spec.name, tuple(steps), None, tuple(notes), choice, pending_restart)
+    kept_off = spec.state is DesiredState.RUNNING and not starting and not active
+    return InstancePlan(
+        spec.name,
+        tuple(steps),
+        None,
+        tuple(notes),
+        choice,
+        pending_restart,
+        restart_after,
+        kept_off or (halted and spec.state is DesiredState.RUNNING),
+    )
 
 
 def _wanted_machine(
@@ -488,6 +514,39 @@ def _removals(
         if doomed:
             steps.append(RemoveFiles(name, doomed, "data disk (deletionPolicy: delete)"))
     return steps
+
+
+# shutoff reasons of a domain whose QEMU or guest failed ("unknown": the stop was not seen,
+# as when no process held the embedded driver when QEMU died)
+_FAILURE_REASONS = ("crashed", "failed", "unknown")
+
+
+def _stopped_unasked(domain: DomainFacts) -> bool:
+    """Whether the domain is off although the manifest last asked for it to run (the state
+    recorded on the domain): a stop nobody asked for, which the run policy decides about."""
+    return domain.definition.asked_running is True
+
+
+def _stop_reason(domain: DomainFacts) -> str:
+    return "crashed" if domain.state is PowerState.CRASHED else domain.state_reason
+
+
+def _held_by_run_policy(spec: InstanceSpec, domain: DomainFacts) -> str | None:
+    """Why the run policy keeps a domain off after a stop nobody asked for (None: start it).
+    One branch per policy."""
+    reason = _stop_reason(domain)
+    again = "set state: stopped, apply, then state: running to start it again"
+    if spec.run_policy is RunPolicy.RERUN_ON_FAILURE and reason not in _FAILURE_REASONS:
+        return (
+            f"runPolicy RerunOnFailure: the domain stopped without a failure ({reason}); it is "
+            f"left off ({again})"
+        )
+    if spec.run_policy is RunPolicy.MANUAL:
+        return (
+            f"runPolicy Manual: the domain stopped ({reason}) after its first start; it is not "
+            f"started again ({again})"
+        )
+    return None
 
 
 def _drive_content(spec: InstanceSpec, uuid: str) -> DriveContent | None:

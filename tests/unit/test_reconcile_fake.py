@@ -205,3 +205,61 @@ def test_a_creation_cut_short_at_the_define_is_completed_by_the_next_pass(world:
     assert completed.outcome is Outcome.CHANGED, completed.message
     assert len(list(directory.glob("config-*.iso"))) == 1  # one drive, one disk, one domain
     assert [record.name for record in world.driver.list_domains()] == [spec.name]
+
+
+def test_run_policies_after_a_stop_nobody_asked_for(world: World) -> None:
+    from reconciler.model.desired import RunPolicy
+
+    for policy, after_crash, after_shutdown in (
+        (RunPolicy.ALWAYS, True, True),
+        (RunPolicy.RERUN_ON_FAILURE, True, False),
+        (RunPolicy.MANUAL, False, False),
+    ):
+        spec = replace(world.spec, name=f"rct-{policy.value.lower()}", run_policy=policy)
+        assert world.reconciler.reconcile(spec).outcome is Outcome.CHANGED
+        for stop, expected in (("crash", after_crash), ("shutdown", after_shutdown)):
+            if stop == "crash":
+                world.driver.crash(spec.name)
+            else:
+                assert world.driver.request_shutdown(spec.name)  # the guest powers off
+            world.time.now += 1000  # long enough for no crash loop to count
+            world.reconciler.reconcile(spec)
+            record = world.driver.lookup(spec.name)
+            assert record is not None
+            started = record.state is PowerState.RUNNING
+            assert started is expected, (policy, stop)
+            if not started:  # the next stop starts from a running domain
+                world.driver.start(spec.name)
+    halted = replace(world.spec, name="rct-halted", run_policy=RunPolicy.HALTED)
+    assert world.reconciler.reconcile(halted).outcome is Outcome.CHANGED
+    record = world.driver.lookup("rct-halted")
+    assert record is not None and record.state is PowerState.SHUTOFF  # defined, kept off
+
+
+def test_a_stop_the_manifest_asked_for_is_started_again_whatever_the_policy(world: World) -> None:
+    from reconciler.model.desired import RunPolicy
+
+    spec = replace(world.spec, run_policy=RunPolicy.MANUAL)
+    world.reconciler.reconcile(spec)
+    world.reconciler.reconcile(replace(spec, state=DesiredState.STOPPED))
+    assert world.reconciler.reconcile(spec).outcome is Outcome.CHANGED
+    record = world.driver.lookup(spec.name)
+    assert record is not None and record.state is PowerState.RUNNING
+
+
+def test_a_crash_loop_backs_off_with_growing_delays_and_resets_after_a_while(world: World) -> None:
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.CHANGED
+    waits = []
+    for _ in range(4):
+        world.driver.crash("rct-fake")
+        result = world.reconciler.reconcile(world.spec)
+        if result.requeue_after is not None:  # held back: wait as long as it says, then start
+            assert result.notes[0].startswith("crash loop: the domain stopped again (crashed)")
+            waits.append(round(result.requeue_after))
+            world.time.now += result.requeue_after
+            result = world.reconciler.reconcile(world.spec)
+        assert result.outcome is Outcome.CHANGED, result.message
+    assert waits == [1, 2, 4]  # the first restart is at once
+    world.time.now += 3600  # it ran for a while: the next crash restarts at once
+    world.driver.crash("rct-fake")
+    assert world.reconciler.reconcile(world.spec).requeue_after is None
