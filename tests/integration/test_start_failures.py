@@ -72,3 +72,35 @@ def test_autostart_is_set_where_libvirt_keeps_it(tmp_path: Path) -> None:
         assert [step.kind for step in plan.steps] == [StepKind.SET_AUTOSTART]
     finally:
         driver.close()
+
+
+def test_two_state_directories_on_one_connection_never_prune_each_other(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    base, sha = write_base_image(tmp_path)
+    driver = LibvirtDriver.open("test:///default", tmp_path)
+    try:
+        passes = {}
+        for side in ("ours", "theirs"):
+            manifests = tmp_path / side
+            manifests.mkdir()
+            # test:/// has no ACPI shutdown: a prune of it pulls the plug at once
+            write_manifest(manifests, f"itest-{side}", base, sha, shutdownTimeoutSeconds=0)
+            settings = Settings(
+                Accelerator.AUTO, sources=SourcePolicy.from_settings([tmp_path], manifests)
+            )
+            reconciler = Reconciler(driver, StateDir(tmp_path / f"state-{side}"), settings)
+            (result,) = apply_all(load_manifests(manifests), reconciler)
+            assert result.outcome is Outcome.CHANGED, result.message
+            passes[side] = (manifests, reconciler)
+        manifests, reconciler = passes["ours"]
+        (manifests / "itest-ours.yaml").unlink()
+        write_manifest(manifests, "itest-other", base, sha)
+        pruning = Reconciler(driver, reconciler.state, replace(reconciler.settings, prune=True))
+        results = {r.name: r for r in apply_all(load_manifests(manifests), pruning)}
+        assert results["itest-ours"].outcome is Outcome.CHANGED, results["itest-ours"]
+        assert driver.lookup("itest-ours") is None  # our orphan went
+        assert "itest-theirs" not in results  # theirs is no orphan of ours
+        assert driver.lookup("itest-theirs") is not None
+    finally:
+        driver.close()
