@@ -158,3 +158,34 @@ def test_a_shutdown_interrupted_by_sigkill_converges_on_the_next_pass(
     assert settled.returncode == 0, settled.stdout + settled.stderr
     assert f"{name}: up to date" in settled.stdout
     assert qemu_of(name) is None
+
+
+@pytest.mark.parametrize("moment", ["disk", "config-drive", "definition"])
+def test_a_creation_killed_between_its_steps_converges_to_one_of_each(
+    state_dir: Path, tmp_path: Path, moment: str
+) -> None:
+    """SIGKILL right after the disk, the config drive or the definition appears: the next
+    pass completes the instance, with one disk, one config drive and one domain."""
+    name = unique_name("rci")
+    directory = state_dir / "instances" / name
+    write_guest(tmp_path, name, hostname="half-made")
+    appeared = {
+        "disk": lambda: (directory / "disk.qcow2").exists(),
+        "config-drive": lambda: any(directory.glob("config-*.iso")),
+        "definition": lambda: (state_dir / "libvirt" / "etc" / "qemu" / f"{name}.xml").exists(),
+    }[moment]
+    process = start_pass(state_dir, tmp_path)
+    kill_when(process, f"the {moment} to appear", appeared, 0.0)
+
+    after = reconcile(state_dir, "--once", str(tmp_path))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert len(list(directory.glob("disk*.qcow2"))) == 1
+    assert len(list(directory.glob("config-*.iso"))) == 1
+    assert not list(directory.glob(".*.tmp"))  # leftovers of the killed pass are gone
+    listed = subprocess.run(
+        ["virsh", "-c", embedded_uri(state_dir / "libvirt"), "list", "--all", "--name"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert listed.count(name) == 1
+    settled = reconcile(state_dir, "plan", "--detailed-exitcode", str(tmp_path))
+    assert settled.returncode == 0, settled.stdout + settled.stderr
