@@ -3,7 +3,9 @@ QEMU), real qemu-img, real QEMU. Every domain made here is destroyed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main as cli
-from reconciler.drivers.libvirt_driver import LibvirtDriver
+from reconciler.drivers.libvirt_driver import LibvirtDriver, embedded_uri
 from reconciler.model.actual import PowerState
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
@@ -71,6 +73,24 @@ def reconcile(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli
         return CliRun(code, captured.out, captured.err)
 
     return run
+
+
+@contextlib.contextmanager
+def private_state_dir(prefix: str) -> Iterator[Path]:
+    """A state directory of its own (for tests that run `reconcile` as a process, or that
+    must not see the session's domains); every domain made in it is destroyed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: libvirt's sockets
+    try:
+        yield root
+    finally:
+        uri = embedded_uri(root / "libvirt")
+        names = subprocess.run(
+            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
+        ).stdout.split()
+        for name in names:
+            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
+            subprocess.run(["virsh", "-c", uri, "undefine", "--nvram", name], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

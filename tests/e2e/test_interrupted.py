@@ -7,10 +7,8 @@ process holds the session's embedded libvirt root, and a root admits one process
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +16,15 @@ from pathlib import Path
 import pytest
 
 from reconciler.drivers.libvirt_driver import embedded_uri
+from tests.e2e.conftest import private_state_dir
 from tests.guest import IMAGES, guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
 
 
 @pytest.fixture(scope="module")
 def state_dir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="rci-", dir="/tmp"))  # short: libvirt's sockets
-    try:
+    with private_state_dir("rci-") as root:
         yield root
-    finally:
-        uri = embedded_uri(root / "libvirt")
-        names = subprocess.run(
-            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-        ).stdout.split()
-        for name in names:
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
-            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def command(state_dir: Path, *args: str) -> list[str]:

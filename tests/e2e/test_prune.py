@@ -3,33 +3,22 @@ at every managed domain of a state directory, so it must not share the session's
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.drivers.libvirt_driver import embedded_uri
+from tests.e2e.conftest import private_state_dir
 from tests.helpers import unique_name, write_base_image, write_manifest
 
 
 @pytest.fixture(scope="module")
 def state_dir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="rcp-", dir="/tmp"))  # short: libvirt's sockets
-    try:
+    with private_state_dir("rcp-") as root:
         yield root
-    finally:
-        uri = embedded_uri(root / "libvirt")
-        names = subprocess.run(
-            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-        ).stdout.split()
-        for name in names:
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
-            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def reconcile(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
