@@ -1,0 +1,68 @@
+"""What a plan is made from beside desired and actual (PlanContext), and what it makes
+(InstancePlan, PlanView). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.model.accel import AcceleratorChoice, KvmSupport
+from reconciler.model.desired import Accelerator
+from reconciler.planning.steps import (
+    Step,
+)
+from reconciler.statedir import InstancePaths
+
+NVRAM_FILE = "nvram.fd"  # UEFI variables, in the instance directory
+REPLACED_SUFFIX = "replaced"  # a boot disk moved aside by a replacement (gc removes it)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """Facts beside desired and actual that the plan needs: paths, KVM, defaults, and what was
+    resolved outside the manifest (source and base sizes, the host's memory)."""
+
+    paths: InstancePaths
+    base_path: Path
+    kvm: KvmSupport
+    default_accelerator: Accelerator = Accelerator.AUTO
+    source_size: int | None = None  # of the image source, when known (shown in the plan)
+    state_dir_id: str | None = None  # None before the state directory exists: nothing is ours
+    host_memory: int | None = None  # bytes of memory where the domain runs, when known
+    base_virtual_size: int | None = None  # the disk size the base image holds, when known
+    macs_in_use: frozenset[str] = frozenset()  # by other domains (derived MACs avoid them)
+    unavailable: tuple[str, ...] = ()  # why the interfaces cannot attach (a missing bridge...)
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePlan:
+    """The steps for one instance, or why there are none (`refusal`), plus notes to print."""
+
+    name: str
+    steps: tuple[Step, ...] = ()
+    refusal: str | None = None
+    notes: tuple[str, ...] = field(default=())
+    accelerator: AcceleratorChoice | None = None
+    pending_restart: bool = False  # the running domain's definition is older than the wanted one
+    restart_after: str | None = None  # the start is a restart after a stop nobody asked for
+    kept_off: bool = False  # its run policy keeps it off although the manifest says running
+
+    @property
+    def converged(self) -> bool:
+        return not self.steps and self.refusal is None
+
+    def view(self) -> PlanView:
+        """What is printed of the plan (and what the daemon sends for it)."""
+        return PlanView(
+            self.name, tuple(step.describe() for step in self.steps), self.refusal, self.notes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A plan in words: step descriptions, refusal and notes (JSON-friendly)."""
+
+    name: str
+    steps: tuple[str, ...]
+    refusal: str | None
+    notes: tuple[str, ...]

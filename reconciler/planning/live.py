@@ -1,0 +1,171 @@
+"""The steps that change disks and a running domain in place: the boot and data disks
+(made, grown, replaced), the live changes (medium, memory, vCPUs, disks and NICs), and the
+files nothing uses any more. Pure."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
+from reconciler.model.desired import InstanceSpec
+from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine
+from reconciler.planning.context import REPLACED_SUFFIX, PlanContext
+from reconciler.planning.machine import (
+    live_memory_change,
+    live_nic_change,
+    live_vcpu_change,
+    with_config_drive,
+)
+from reconciler.planning.steps import (
+    AttachDisk,
+    AttachNic,
+    ChangeMedium,
+    CreateDataDisk,
+    CreateOverlay,
+    DetachDisk,
+    DetachNic,
+    FetchBase,
+    MoveDiskAside,
+    RemoveFiles,
+    ResizeDisk,
+    SetMemory,
+    SetVcpus,
+    Step,
+)
+from reconciler.statedir import InstancePaths
+
+
+def live_changes(
+    name: str, live: Machine | None, wanted: Machine
+) -> tuple[list[Step], Machine | None]:
+    """The steps that change the running domain (`live`) towards `wanted` without a restart,
+    and what it is after them. One branch per live-class change."""
+    if live is None:
+        return [], None
+    steps: list[Step] = []
+    after = live
+    # a rebuilt config drive: a medium change
+    drive, running_drive = wanted.config_drive_path, live.config_drive_path
+    if drive is not None and running_drive is not None and running_drive != drive:
+        steps.append(ChangeMedium(name, CONFIG_DRIVE_TARGET, Path(drive)))
+        after = with_config_drive(after, drive)
+    # memory within the maximum: the balloon
+    if live_memory_change(live, wanted):
+        steps.append(SetMemory(name, wanted.memory_kib))
+        after = dataclasses.replace(after, memory_kib=wanted.memory_kib)
+    # vCPUs within the maximum
+    if live_vcpu_change(live, wanted):
+        steps.append(SetVcpus(name, wanted.vcpus))
+        after = dataclasses.replace(after, vcpus=wanted.vcpus)
+    # data disks on a bus that takes hot-plugging: attached and detached
+    running = {disk.path: disk for disk in live.data_disks}
+    disks = dict(running)
+    for disk in wanted.data_disks:
+        if disk.path not in running and disk.hotpluggable:
+            steps.append(AttachDisk(name, disk))
+            disks[disk.path] = disk
+    wanted_paths = {disk.path for disk in wanted.data_disks}
+    for path, disk in running.items():
+        if path not in wanted_paths and disk.hotpluggable:
+            steps.append(DetachDisk(name, disk))
+            del disks[path]
+    others = tuple(disk for disk in after.disks if not disk.is_data_disk)
+    after = dataclasses.replace(after, disks=others + tuple(disks.values()))
+    # NICs added at the end or removed from the end: attached and detached
+    if live_nic_change(live, wanted):
+        kept = min(len(live.nics), len(wanted.nics))
+        steps += [DetachNic(name, nic, i) for i, nic in enumerate(live.nics) if i >= kept]
+        steps += [AttachNic(name, nic, i) for i, nic in enumerate(wanted.nics) if i >= kept]
+        after = dataclasses.replace(after, nics=wanted.nics)
+    return steps, after
+
+
+def disk_steps(
+    spec: InstanceSpec,
+    actual: InstanceActual,
+    context: PlanContext,
+    shape: Machine,
+    replacing: str | None,
+    starting: bool,
+    *,
+    online: bool,
+) -> list[Step]:
+    """The boot disk (fetched base, overlay, a replacement, growth) and the data disks (made
+    empty, grown)."""
+    steps: list[Step] = []
+    paths, overlay = context.paths, actual.overlay
+    fetch = FetchBase(spec.name, spec.image, context.base_path, context.source_size)
+    if replacing is not None:
+        aside = paths.directory / aside_name(overlay)
+        steps.append(MoveDiskAside(spec.name, paths.disk, aside, replacing))
+    if overlay is None or replacing is not None:
+        if not actual.base_cached:
+            steps.append(fetch)
+        steps.append(
+            CreateOverlay(
+                spec.name,
+                paths.disk,
+                spec.image,
+                context.base_path,
+                spec.image.cached_format.value,
+                spec.disk_bytes,
+            )
+        )
+    else:
+        if not actual.base_cached and starting:
+            steps.append(fetch)
+        if overlay.virtual_size < spec.disk_bytes:
+            steps.append(
+                ResizeDisk(spec.name, paths.disk, overlay.virtual_size, spec.disk_bytes, online)
+            )
+    existing = {disk.path: disk for disk in actual.data_disks}
+    for disk_spec, device in zip(spec.disks, shape.data_disks, strict=True):
+        path = Path(device.path)
+        found = existing.get(device.path)
+        if found is None:
+            steps.append(CreateDataDisk(spec.name, path, device.format, disk_spec.size_bytes))
+        elif found.virtual_size < disk_spec.size_bytes:
+            growth = ResizeDisk(
+                spec.name, path, found.virtual_size, disk_spec.size_bytes, online, device.target,
+                device.format,
+            )  # fmt: skip
+            steps.append(growth)
+    return steps
+
+
+def removals(
+    name: str,
+    actual: InstanceActual,
+    domain: DomainFacts | None,
+    drive: Path | None,
+    shape: Machine,
+    live_after: Machine | None,
+    paths: InstancePaths,
+) -> list[Step]:
+    """Files nothing uses once the plan is carried out: replaced config drives, and data disks
+    that left the manifest with deletionPolicy: delete (once detached)."""
+    steps: list[Step] = []
+    in_use = {drive.name} if drive is not None else set()
+    if live_after is not None and live_after.config_drive_path is not None:
+        in_use.add(Path(live_after.config_drive_path).name)
+    stale = sorted(actual.config_drives - in_use)
+    if stale:
+        steps.append(RemoveFiles(name, tuple(paths.directory / n for n in stale)))
+    if domain is not None:
+        wanted = {disk.path for disk in shape.data_disks}
+        running = set() if live_after is None else {d.path for d in live_after.data_disks}
+        doomed = tuple(
+            Path(disk.path)
+            for disk in domain.definition.data_disks
+            if disk.delete_when_removed and disk.path not in wanted and disk.path not in running
+        )
+        if doomed:
+            steps.append(RemoveFiles(name, doomed, "data disk (deletionPolicy: delete)"))
+    return steps
+
+
+def aside_name(overlay: DiskFacts | None) -> str:
+    """The name a replaced boot disk is moved to: it says which base it was built on."""
+    base = Path(overlay.backing_file or "unknown").name if overlay is not None else "unknown"
+    return f"disk.qcow2.{REPLACED_SUFFIX}-{base[:40]}"
