@@ -149,25 +149,20 @@ def running_shape(machine: Machine) -> Machine:
 
 
 def live_memory_change(current: Machine, wanted: Machine) -> bool:
-    """Whether the memory can change on the running domain: the maximum stays, and the new
-    size fits under it."""
-    maximum = current.max_memory_kib
-    return (
-        current.memory_kib != wanted.memory_kib
-        and maximum is not None
-        and wanted.max_memory_kib == maximum
-        and wanted.memory_kib <= maximum
+    """Whether the memory can change on the running domain (through the balloon)."""
+    return _within_maximum(
+        current.memory_kib, wanted.memory_kib, current.max_memory_kib, wanted.max_memory_kib
     )
 
 
 def live_vcpu_change(current: Machine, wanted: Machine) -> bool:
-    maximum = current.max_vcpus
-    return (
-        current.vcpus != wanted.vcpus
-        and maximum is not None
-        and wanted.max_vcpus == maximum
-        and wanted.vcpus <= maximum
-    )
+    """Whether the vCPUs can change on the running domain."""
+    return _within_maximum(current.vcpus, wanted.vcpus, current.max_vcpus, wanted.max_vcpus)
+
+
+def _within_maximum(value: int, wanted: int, maximum: int | None, wanted_max: int | None) -> bool:
+    """A value that changes while its maximum (set, and kept) still holds the new one."""
+    return value != wanted and maximum is not None and wanted_max == maximum and wanted <= maximum
 
 
 def live_nic_change(current: Machine, wanted: Machine) -> bool:
