@@ -98,6 +98,12 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
             )
         if item.get("waitingForChange"):
             lines.append(f"  {'':<{width}}  not retried until its manifest or source changes")
+        loop = item.get("crashLoop")
+        if loop:
+            when = f"next start at {loop['nextStart']}" if loop.get("nextStart") else "started"
+            lines.append(
+                f"  {'':<{width}}  crash loop: {loop['restarts']} restart(s) in a row; {when}"
+            )
         if item.get("pendingRestart"):
             lines.append(
                 f"  {'':<{width}}  restart pending: the running domain has an older definition"

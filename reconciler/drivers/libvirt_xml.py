@@ -127,6 +127,9 @@ def render_domain_xml(machine: Machine) -> str:
     if machine.rng:
         rng = _sub(devices, "rng", model="virtio")
         _sub(rng, "backend", "/dev/urandom", model="random")
+    # pvpanic: a guest kernel panic reaches libvirt, which destroys the domain (on_crash) and
+    # reports it shut off as "crashed", a failure for the run policy
+    _sub(devices, "panic", model="isa")
     if arguments:
         commandline = _sub(domain, f"{{{QEMU_NAMESPACE}}}commandline")
         for argument in arguments:

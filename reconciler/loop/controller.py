@@ -365,6 +365,8 @@ class Controller:
             LOG.warning("%s: failed (%s): %s%s", result.name, result.failure, result.message, retry)
         else:
             LOG.info("%s: %s in %.2fs", result.name, result.outcome.value, result.seconds)
+        for note in result.notes:
+            LOG.info("%s: %s", result.name, note)
 
     def _write_status(self) -> None:
         try:

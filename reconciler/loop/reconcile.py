@@ -78,6 +78,24 @@ class InstanceResult:
     requeue_after: float | None = None  # look again after this many seconds (a transition)
     seconds: float = 0.0  # how long the reconcile took
     pending_restart: bool = False  # the running domain waits for a restart to take a change
+    crash_loop: CrashLoop | None = None  # set while restarts after failures come in a row
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoop:
+    """Restarts after stops nobody asked for, in a row, as one reconcile left them."""
+
+    restarts: int
+    next_start_in: float | None = None  # seconds; None: started (or starting) now
+
+
+@dataclass(slots=True)
+class _Restarts:
+    """The crash-loop record of one instance."""
+
+    count: int  # restarts in a row
+    started: float  # monotonic: the last of them
+    stop_seen: float | None = None  # monotonic: when a pass first found it stopped again
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +165,8 @@ class Reconciler:
         )
         self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
         self._host: HostFacts | None = None  # observed at the first plan
-        # restarts after a failure, in a row, by name: (how many, when the last one was)
-        self._restarts: dict[str, tuple[int, float]] = {}
+        # restarts after a stop nobody asked for, in a row, by name
+        self._restarts: dict[str, _Restarts] = {}
         self._restarts_lock = threading.Lock()
 
     @property
@@ -292,33 +310,45 @@ class Reconciler:
         result = dataclasses.replace(self._converge(plan), pending_restart=plan.pending_restart)
         if plan.restart_after is not None and result.outcome is Outcome.CHANGED:
             with self._restarts_lock:
-                count, _started = self._restarts.get(name, (0, 0.0))
-                self._restarts[name] = (count + 1, self.clock.monotonic())
+                record = self._restarts.get(name)
+                count = record.count + 1 if record else 1
+                self._restarts[name] = _Restarts(count, self.clock.monotonic())
+            result = dataclasses.replace(result, crash_loop=CrashLoop(count))
         if plan.kept_off:  # by its run policy: off is where it should be
             return _reached(result, dataclasses.replace(spec, state=DesiredState.STOPPED))
         return _reached(self._check_outcome(result, spec), spec)
 
     def _crash_loop_wait(self, name: str, reason: str) -> InstanceResult | None:
-        """A result that holds a restart after a failure back (None: restart now). Restarts
-        in a row wait 1 s, 2 s, 4 s... up to 5 minutes; a domain that ran for a while since
-        its last restart starts over."""
+        """A result that holds a restart after a stop nobody asked for back (None: restart
+        now). The n-th restart in a row waits 1 s, 2 s, 4 s... (up to 5 minutes) from when a
+        pass first found the domain stopped again; a domain that ran for a while since its
+        last restart starts over."""
         now = self.clock.monotonic()
         with self._restarts_lock:
-            count, started = self._restarts.get(name, (0, 0.0))
-            if count and now - started > CRASH_LOOP_RESET_SECONDS:
-                count = 0
-                self._restarts[name] = (0, started)
-        if count == 0:
-            return None
+            record = self._restarts.get(name)
+            if record is None:
+                return None
+            if record.stop_seen is None:
+                if now - record.started > CRASH_LOOP_RESET_SECONDS:
+                    del self._restarts[name]
+                    return None
+                record.stop_seen = now
+            count, seen = record.count, record.stop_seen
         delay = min(CRASH_LOOP_FIRST_SECONDS * 2 ** (count - 1), CRASH_LOOP_CAP_SECONDS)
-        remaining = started + delay - now
+        remaining = seen + delay - now
         if remaining <= 0:
             return None
         note = (
             f"crash loop: the domain stopped again ({reason}) after {count} restart(s) in a row; "
             f"the next start is in {remaining:.1f}s"
         )
-        return InstanceResult(name, Outcome.UNCHANGED, notes=(note,), requeue_after=remaining)
+        return InstanceResult(
+            name,
+            Outcome.UNCHANGED,
+            notes=(note,),
+            requeue_after=remaining,
+            crash_loop=CrashLoop(count, remaining),
+        )
 
     def _converge(self, plan: InstancePlan) -> InstanceResult:
         if plan.refusal is not None:

@@ -44,6 +44,7 @@ class InstanceStatus:
     next_retry: float | None = None  # wall-clock time
     waiting_for_change: bool = False  # a permanent failure: retried when the manifest changes
     pending_restart: bool = False
+    crash_loop: dict[str, Any] | None = None  # restarts in a row after failures, next start
     reconciles: int = 0
     triggers: dict[str, int] = field(default_factory=dict)  # reconciles by what caused them
     last_event: dict[str, Any] | None = None
@@ -62,10 +63,21 @@ class InstanceStatus:
             "nextRetry": _iso(self.next_retry),
             "waitingForChange": self.waiting_for_change,
             "pendingRestart": self.pending_restart,
+            "crashLoop": self.crash_loop,
             "reconciles": self.reconciles,
             "triggers": dict(sorted(self.triggers.items())),
             "lastEvent": self.last_event,
         }
+
+
+def _crash_loop(result: InstanceResult, started: float) -> dict[str, Any] | None:
+    loop = result.crash_loop
+    if loop is None:
+        return None
+    next_start = None
+    if loop.next_start_in is not None:
+        next_start = _iso(started + result.seconds + loop.next_start_in)
+    return {"restarts": loop.restarts, "nextStart": next_start}
 
 
 class StatusBook:
@@ -145,6 +157,7 @@ class StatusBook:
             entry.next_retry = next_retry
             entry.waiting_for_change = result.failure is Failure.PERMANENT
             entry.pending_restart = pending_restart
+            entry.crash_loop = _crash_loop(result, started)
 
     def get(self, name: str) -> InstanceStatus | None:
         with self._lock:

@@ -4,14 +4,19 @@ through ACPI: not one)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.drivers.libvirt_driver import is_domain_emulator
 from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
+from tests.e2e.test_daemon import destroy_domains, launch, stop_daemon, wait_until
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
 
@@ -72,3 +77,52 @@ def test_each_run_policy_after_a_killed_qemu_and_a_guest_poweroff(
     assert e2e.state_of(names["Manual"]) is PowerState.SHUTOFF
     settled = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert settled.code == 0, settled.out  # kept off by their policy is converged
+
+
+PANIC_AT_BOOT = "#cloud-config\nreconciler_test: 'reconciler-guest: panic'\n"  # tools/guest
+
+
+def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays() -> None:
+    """The daemon, a guest whose kernel panics at every boot (pvpanic reports it; libvirt
+    destroys the domain, shut off as crashed): each restart in a row waits twice as long, and
+    `status` shows the count and the next attempt."""
+    root = Path(tempfile.mkdtemp(prefix="rcl-", dir="/tmp"))  # short: libvirt's sockets
+    manifests = root / "m"
+    manifests.mkdir()
+    image = guest_image("qcow2")
+    name = unique_name("rcl")
+    write_manifest(
+        manifests, name, image, None, "qcow2", memory="128MiB", networks=[],
+        runPolicy="RerunOnFailure", cloudInit={"userData": PANIC_AT_BOOT},
+    )  # fmt: skip
+    daemon = launch(root, manifests, image, "")
+    held: dict[int, float] = {}  # restarts in a row -> seconds until the next start
+
+    def third_hold() -> bool:
+        try:
+            snapshot = json.loads((daemon.state.root / "status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        entry = next((i for i in snapshot["instances"] if i["name"] == name), {})
+        loop, last = entry.get("crashLoop"), entry.get("lastReconcile") or {}
+        if loop and loop["nextStart"]:
+            held[loop["restarts"]] = _seconds(loop["nextStart"]) - _seconds(last["started"])
+        return len(held) >= 3
+
+    try:
+        wait_until(third_hold, "three restarts held back", daemon, timeout=300)
+        assert sorted(held) == [1, 2, 3]
+        assert [round(held[n]) for n in (1, 2, 3)] == [1, 2, 4], held
+        shown = daemon.cli("status")
+        assert "crash loop:" in shown.stdout, shown.stdout
+        log = daemon.log_text()
+        assert "event lifecycle stopped: crashed" in log
+        assert "crash loop: the domain stopped again (crashed) after 3 restart(s) in a row" in log
+    finally:
+        stop_daemon(daemon.process)
+        destroy_domains(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

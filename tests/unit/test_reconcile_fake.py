@@ -13,7 +13,7 @@ from reconciler.drivers.base import DomainRecord
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.reconcile import Failure, Outcome, Reconciler, Settings
+from reconciler.loop.reconcile import CrashLoop, Failure, Outcome, Reconciler, Settings
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
 from reconciler.model.machine import Machine
@@ -256,9 +256,11 @@ def test_a_crash_loop_backs_off_with_growing_delays_and_resets_after_a_while(wor
         if result.requeue_after is not None:  # held back: wait as long as it says, then start
             assert result.notes[0].startswith("crash loop: the domain stopped again (crashed)")
             waits.append(round(result.requeue_after))
+            assert result.crash_loop == CrashLoop(len(waits), result.requeue_after)
             world.time.now += result.requeue_after
             result = world.reconciler.reconcile(world.spec)
         assert result.outcome is Outcome.CHANGED, result.message
+        assert result.crash_loop == CrashLoop(len(waits) + 1)  # restarts in a row so far
     assert waits == [1, 2, 4]  # the first restart is at once
     world.time.now += 3600  # it ran for a while: the next crash restarts at once
     world.driver.crash("rct-fake")
