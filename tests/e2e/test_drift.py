@@ -52,3 +52,29 @@ def test_memory_edited_and_config_drive_removed_by_hand_are_reported_and_restore
     assert record.definition.config_drive_path == drive
     assert record.state is PowerState.RUNNING  # the running domain never took the edit
     assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0
+
+
+def test_a_domain_undefined_by_hand_is_recreated_on_its_existing_disk(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    name = unique_name("rcd")
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256)
+    assert reconcile("--once", str(tmp_path)).code == 0
+    record = e2e.driver.lookup(name)
+    assert record is not None
+    disk = e2e.state.instance(name).disk
+    inode = disk.stat().st_ino
+    e2e.driver.force_stop(name)
+    e2e.driver.undefine(name)
+    assert e2e.state_of(name) is None
+
+    plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert plan.code == 2, plan.out
+    assert "a domain undefined by hand" in plan.out
+    restored = reconcile("--once", str(tmp_path))
+    assert restored.code == 0, restored.out + restored.err
+    assert "created disk" not in restored.out
+    assert disk.stat().st_ino == inode  # the same disk, not a new one
+    again = e2e.driver.lookup(name)
+    assert again is not None and again.state is PowerState.RUNNING
+    assert again.uuid == record.uuid  # derived from the state directory and the name
