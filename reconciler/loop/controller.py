@@ -184,10 +184,10 @@ class Controller:
 
     def reload(
         self, reason: str, changed: set[Path] | None = None, everything: bool = False
-    ) -> None:
+    ) -> list[str]:
         """Read the manifest directory again and enqueue the names whose manifests changed:
         a different spec, a file in `changed` that defined the name before or defines it now,
-        or every name (`everything`)."""
+        or every name (`everything`, orphans included). Returns the names enqueued."""
         load = load_manifests(self.options.directory)
         specs = {spec.name: spec for spec in load.instances}
         orphans: set[str] = set()
@@ -214,6 +214,7 @@ class Controller:
         if names:
             LOG.info("%s: %d instance(s) to reconcile", reason, len(names))
         self.enqueue(sorted(names), reason)
+        return sorted(names)
 
     def _on_manifest_change(self, paths: set[Path]) -> None:
         shown = ", ".join(
@@ -448,12 +449,12 @@ class Controller:
         with self._lock:
             self._subscribers.append(forward)
         try:
-            self.reload(reason="request", everything=True)
             with self._lock:
-                names, since = list(self._specs), self._sequence
+                since = self._sequence
+            # everything, parked names and orphans included: a requested pass tries them all
+            names = self.reload(reason="request", everything=True)
+            with self._lock:
                 load = self._load
-            # everything, parked names included: a requested pass tries them all
-            self.enqueue(names, "request")
             if not self._wait_for(names, since):
                 raise RequestError("the daemon is stopping")
             with self._lock:

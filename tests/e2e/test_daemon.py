@@ -274,6 +274,19 @@ def test_status_plan_and_once_ask_the_running_daemon(daemon: Daemon) -> None:
     elsewhere = daemon.cli("--once", str(daemon.manifests.parent))
     assert elsewhere.returncode == 2 and "watches" in elsewhere.stderr
 
+    # its manifest moved away: the forwarded pass reports the orphan (kept: prune is off)
+    manifest = daemon.manifests / f"{name}.yaml"
+    aside = daemon.manifests.parent / f"{name}.yaml"
+    manifest.rename(aside)
+    try:
+        orphaned = daemon.cli("--once", str(daemon.manifests))
+        assert orphaned.returncode == 0, orphaned.stdout + orphaned.stderr
+        assert f"{name}  unchanged" in orphaned.stdout
+        assert "note: orphan: its manifest is gone; kept (prune is off" in orphaned.stdout
+    finally:
+        aside.rename(manifest)
+    assert observed(daemon, name, "running")
+
 
 def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
     daemon: Daemon,

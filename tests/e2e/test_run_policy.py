@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.drivers.libvirt_driver import is_domain_emulator
 from reconciler.model.actual import PowerState
@@ -103,7 +104,7 @@ def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays() -
             snapshot = json.loads((daemon.state.root / "status.json").read_text())
         except (OSError, ValueError):
             return False
-        entry = next((i for i in snapshot["instances"] if i["name"] == name), {})
+        entry: dict[str, Any] = next((i for i in snapshot["instances"] if i["name"] == name), {})
         loop, last = entry.get("crashLoop"), entry.get("lastReconcile") or {}
         if loop and loop["nextStart"]:
             held[loop["restarts"]] = _seconds(loop["nextStart"]) - _seconds(last["started"])
