@@ -4,6 +4,7 @@ outcome and error to an exit status (the only place that does).
     reconcile [run] [OPTIONS] DIR          the daemon: watch DIR and keep it converged
     reconcile [run] [OPTIONS] --once DIR   apply once and exit
     reconcile plan [OPTIONS] DIR           print the steps, change nothing
+    reconcile validate PATH...             check manifests only (no libvirt, no state)
     reconcile status [NAME] [-o json]      what the daemon knows about each instance
     reconcile gc [--dry-run]               remove cached bases no disk uses
 
@@ -34,6 +35,7 @@ from reconciler.cli.report import (
     render_status,
     render_summary,
 )
+from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.images.cache import ImageCache
@@ -132,7 +134,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
 
 
-COMMANDS = ("run", "plan", "status", "gc", "console")
+COMMANDS = ("run", "plan", "validate", "status", "gc", "console")
 
 
 def _prune_options(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +159,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         prog="reconcile",
         usage="%(prog)s [run] [OPTIONS] [--once] DIR\n"
         "       %(prog)s plan [OPTIONS] DIR [--detailed-exitcode]\n"
+        "       %(prog)s validate PATH... [-o text|json|github]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]",
@@ -196,6 +199,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="exit 0 when nothing would change, 2 when changes are pending, 1 on error",
     )
+    add_validate_parser(commands)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -264,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(run_status, args)
         if command == "plan":
             return _run_command(run_plan, args)
+        if command == "validate":
+            return _run_command(run_validate, args)
         if command == "console":
             args.directory = Path(".")
             return _run_command(run_console, args)
@@ -279,7 +285,7 @@ def _run_command(
 ) -> int:
     """Run one command, mapping every outcome and error to the exit status."""
     daemon = args.command == "run" and not args.once
-    _configure_logging(args.verbose or daemon, args.debug, args.log_format)
+    _configure_logging(args.verbose or daemon, args.debug, getattr(args, "log_format", "text"))
     try:
         return command(args, sys.stdout)
     except ConfigError as err:

@@ -89,16 +89,28 @@ def find_manifest_files(root: Path) -> list[Path]:
 
 def load_manifests(root: Path) -> LoadResult:
     """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
-    files = find_manifest_files(root)
-    confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
+    return load_paths([root])
+
+
+def load_paths(roots: Iterable[Path]) -> LoadResult:
+    """Load every manifest under each of `roots` (files or directories), checked against each
+    other as one tree (names, MACs). Files a manifest names must lie in its root."""
+    files: list[Path] = []
+    seen: set[Path] = set()
     errors: list[ManifestError] = []
     invalid_names: set[str] = set()
     loaded: list[tuple[InstanceSpec, SourceLocation]] = []
-    for path in files:
-        file_instances, file_errors, file_claims = load_manifest_file(path, confine)
-        loaded.extend(file_instances)
-        errors.extend(file_errors)
-        invalid_names.update(file_claims)
+    for root in roots:
+        confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
+        for path in find_manifest_files(root):
+            if path in seen:
+                continue
+            seen.add(path)
+            files.append(path)
+            file_instances, file_errors, file_claims = load_manifest_file(path, confine)
+            loaded.extend(file_instances)
+            errors.extend(file_errors)
+            invalid_names.update(file_claims)
     instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
     errors.extend(duplicate_errors)
     invalid_names.update(duplicated)
@@ -340,6 +352,7 @@ def _to_instance_spec(
         InstanceSpec(
             name=data["metadata"]["name"],
             manifest=path,
+            host=spec.get("host"),
             state=DesiredState(spec.get("state", DesiredState.RUNNING)),
             vcpus=spec["vcpus"],
             memory_bytes=round_up(memory, 1024),
