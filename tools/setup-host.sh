@@ -16,6 +16,9 @@ packages=(
   openssl
   # tests: a libvirtd the connection-loss test starts and kills itself (never as a service)
   libvirt-daemon
+  # pull mode (--git): fetches and checks commit signatures (OpenPGP with gpg, SSH with
+  # ssh-keygen)
+  git gnupg openssh-client
 )
 missing=()
 for package in "${packages[@]}"; do

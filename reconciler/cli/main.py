@@ -62,8 +62,9 @@ from reconciler.loop.reconcile import (
 )
 from reconciler.loop.status import read_status_file
 from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import Accelerator
-from reconciler.planning.plan import PlanView
+from reconciler.planning.review import Disruption, PlanView, plan_json
 from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
 
 LOG = logging.getLogger("reconciler")
@@ -74,6 +75,7 @@ EXIT_INVALID = 2  # invalid input: manifests or command line
 PLAN_EXIT_NO_CHANGES = 0  # plan --detailed-exitcode
 PLAN_EXIT_ERROR = 1
 PLAN_EXIT_CHANGES = 2
+PLAN_EXIT_DISRUPTIVE = 3  # plan --fail-on: a step at least that disruptive is pending
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +139,22 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 COMMANDS = ("run", "plan", "validate", "status", "gc", "console")
 
 
+def _slice_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        metavar="NAME",
+        default=None,
+        help="manage only the instances whose spec.host is NAME (without it: only those "
+        "naming no host); the others are ignored, never checked nor pruned",
+    )
+    parser.add_argument(
+        "--selector",
+        metavar="KEY=VALUE,...",
+        default=None,
+        help="manage only the instances whose labels have every one of these values",
+    )
+
+
 def _prune_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune",
@@ -167,7 +185,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
         "Of plan: 0 success, 1 error, 2 invalid input; with --detailed-exitcode: "
-        "0 no changes, 2 changes pending, 1 error (invalid input included).",
+        "0 no changes, 2 changes pending, 1 error (invalid input included); with --fail-on: "
+        "3 when a step at least that disruptive is pending. Of validate: 0 valid, 2 invalid.",
     )
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -191,13 +210,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     for sub in (run,):
         _prune_options(sub)
+        _slice_options(sub)
     plan = commands.add_parser("plan", parents=[common], help="print the steps, change nothing")
     _prune_options(plan)
+    _slice_options(plan)
     plan.add_argument("directory", metavar="DIR", type=Path, help="manifest file or directory")
     plan.add_argument(
         "--detailed-exitcode",
         action="store_true",
         help="exit 0 when nothing would change, 2 when changes are pending, 1 on error",
+    )
+    plan.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="output format"
+    )
+    plan.add_argument(
+        "--fail-on",
+        choices=[d.value for d in Disruption if d.rank >= Disruption.RESTART.rank],
+        default=None,
+        help=f"exit {PLAN_EXIT_DISRUPTIVE} when a pending step is at least this disruptive "
+        "(restart < replace < delete), so that CI can ask for a second review",
     )
     add_validate_parser(commands)
     status = commands.add_parser(
@@ -345,13 +376,27 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _load(directory: Path) -> LoadResult:
+def _load(args: argparse.Namespace, out: TextIO) -> LoadResult:
+    """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice."""
+    directory = args.directory
     if not directory.exists():
         raise ConfigError(f"{directory}: no such file or directory")
     load = load_manifests(directory)
     for line in render_manifest_errors(load.errors):
         print(line, file=sys.stderr)
+    selection = _selection(args)
+    load, ignored = select(load, selection)
+    if ignored:
+        print(
+            f"reconcile: {len(ignored)} instance(s) left to other hosts (this one: "
+            f"{selection.describe()})",
+            file=out,
+        )
     return load
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection.parse(getattr(args, "host", None), getattr(args, "selector", None))
 
 
 def _state(args: argparse.Namespace) -> StateDir:
@@ -394,15 +439,12 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     socket_path = _daemon_socket(args)
     if socket_path is not None:
         answer = _ask(socket_path, {"op": "plan", "directory": str(args.directory.absolute())})
-        views = [
-            PlanView(v["name"], tuple(v["steps"]), v["refusal"], tuple(v["notes"]))
-            for v in answer["plans"]
-        ]
+        views = [PlanView.from_json(v) for v in answer["plans"]]
         errors = list(answer["manifestErrors"])
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = _load(args.directory)
+        load = _load(args, out)
         settings = _settings(args)
         state = _state(args)
         driver = _open_driver(args, state)
@@ -411,10 +453,23 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             driver.close()
         errors = [str(error) for error in load.errors]
-    for line in render_plan(views):
-        print(line, file=out)
+    if args.output == "json":
+        print(json.dumps(plan_json(views, errors), indent=2), file=out)
+    else:
+        for line in render_plan(views):
+            print(line, file=out)
     failed = bool(errors) or any(view.refusal for view in views)
     pending = any(view.steps for view in views)
+    if args.fail_on is not None and not failed:
+        threshold = Disruption(args.fail_on)
+        held = [view.name for view in views if view.disruption.rank >= threshold.rank]
+        if held:
+            print(
+                f"reconcile: {', '.join(held)}: the plan holds changes of class "
+                f"{threshold.value} or more (--fail-on {threshold.value})",
+                file=sys.stderr,
+            )
+            return PLAN_EXIT_DISRUPTIVE
     if args.detailed_exitcode:
         if failed:
             return PLAN_EXIT_ERROR
@@ -495,7 +550,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = _load(args.directory)
+        load = _load(args, out)
         errors = [str(error) for error in load.errors]
         results = _run_pass(args, load, progress, out)
     for line in render_summary(results, len(errors)):
@@ -551,7 +606,7 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
     busy = "a daemon may already run there (reconcile status)"
     with _owned_state(args, busy) as (state, driver):
-        options = DaemonOptions(directory, args.workers, resync)
+        options = DaemonOptions(directory, args.workers, resync, _selection(args))
         controller = Controller(driver, state, settings, options)
         server = ControlServer(control_socket(state), controller.handle_request)
         server.start()

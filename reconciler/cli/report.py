@@ -8,7 +8,8 @@ from typing import Any
 from reconciler.errors import ManifestError
 from reconciler.loop.reconcile import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
-from reconciler.planning.plan import InstancePlan, PlanView
+from reconciler.planning.plan import InstancePlan
+from reconciler.planning.review import Disruption, PlanView
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:
@@ -16,25 +17,40 @@ def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:
     return [f"error: {error}" for error in errors]
 
 
+# a plan reads like a diff: + adds (disturbs nothing), ~ changes what runs, ! replaces a boot
+# disk, - deletes
+_DIFF_MARKS = {
+    Disruption.NONE: "+",
+    Disruption.LIVE: "~",
+    Disruption.RESTART: "~",
+    Disruption.REPLACE: "!",
+    Disruption.DELETE: "-",
+}
+
+
 def render_plan(plans: Sequence[InstancePlan | PlanView]) -> list[str]:
     """The steps each instance needs, then a one-line total."""
-    plans = [plan.view() if isinstance(plan, InstancePlan) else plan for plan in plans]
+    views = [plan.view() if isinstance(plan, InstancePlan) else plan for plan in plans]
     lines: list[str] = []
-    for plan in plans:
+    for plan in views:
         if plan.refusal is not None:
             lines.append(f"{plan.name}: cannot converge: {plan.refusal}")
         elif not plan.steps:
             lines.append(f"{plan.name}: up to date")
         else:
-            lines.append(f"{plan.name}: {len(plan.steps)} step(s)")
-            lines.extend(f"  + {step}" for step in plan.steps)
+            lines.append(
+                f"{plan.name}: {len(plan.steps)} step(s), disruption {plan.disruption.value}"
+            )
+            lines.extend(
+                f"  {_DIFF_MARKS[step.disruption]} {step.description}" for step in plan.steps
+            )
         lines.extend(f"  note: {note}" for note in plan.notes)
-    pending = sum(len(plan.steps) for plan in plans)
-    changing = sum(1 for plan in plans if plan.steps)
-    refused = sum(1 for plan in plans if plan.refusal is not None)
+    pending = sum(len(plan.steps) for plan in views)
+    changing = sum(1 for plan in views if plan.steps)
+    refused = sum(1 for plan in views if plan.refusal is not None)
     lines.append(
         f"Plan: {pending} step(s) for {changing} instance(s), "
-        f"{len(plans) - changing - refused} up to date, {refused} cannot converge."
+        f"{len(views) - changing - refused} up to date, {refused} cannot converge."
     )
     return lines
 

@@ -12,14 +12,13 @@ failure, and only once its manifest or its source changes after a permanent one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from reconciler.loop.status import StatusBook
 from reconciler.loop.watch import ManifestWatcher
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import InstanceSpec
 from reconciler.statedir import StateDir
 
@@ -57,6 +57,7 @@ class DaemonOptions:
     directory: Path  # absolute
     workers: int = DEFAULT_WORKERS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    selection: Selection = field(default_factory=Selection)  # this host's slice
 
 
 def _source_identity(spec: InstanceSpec) -> tuple[int, ...] | None:
@@ -188,7 +189,7 @@ class Controller:
         """Read the manifest directory again and enqueue the names whose manifests changed:
         a different spec, a file in `changed` that defined the name before or defines it now,
         or every name (`everything`, orphans included). Returns the names enqueued."""
-        load = load_manifests(self.options.directory)
+        load = self._read_manifests()
         specs = {spec.name: spec for spec in load.instances}
         orphans: set[str] = set()
         if everything:  # orphans of an earlier run are found by a full pass only
@@ -215,6 +216,11 @@ class Controller:
             LOG.info("%s: %d instance(s) to reconcile", reason, len(names))
         self.enqueue(sorted(names), reason)
         return sorted(names)
+
+    def _read_manifests(self) -> LoadResult:
+        """The manifest directory, cut to this host's slice."""
+        load, _ignored = select(load_manifests(self.options.directory), self.options.selection)
+        return load
 
     def _on_manifest_change(self, paths: set[Path]) -> None:
         shown = ", ".join(
@@ -431,10 +437,10 @@ class Controller:
 
     def _plan_answer(self, request: dict[str, Any]) -> dict[str, Any]:
         self._check_directory(request)
-        load = load_manifests(self.options.directory)
+        load = self._read_manifests()
         plans = plan_all(load, self.reconciler)
         return {
-            "plans": [dataclasses.asdict(plan.view()) for plan in plans],
+            "plans": [plan.view().as_json() for plan in plans],
             "manifestErrors": [str(error) for error in load.errors],
         }
 

@@ -235,6 +235,7 @@ class InstanceSpec:
     cpu: CpuSpec
     shutdown_timeout_seconds: int
     labels: tuple[tuple[str, str], ...] = ()
+    host: str | None = None  # the host whose reconciler manages it (--host); None: no host's
     allow_replace: bool = False  # the manifest allows a new, empty boot disk where one is lost
     guest: GuestConfig = GuestConfig()
     networks: tuple[NetworkSpec, ...] = DEFAULT_NETWORKS

@@ -1,5 +1,5 @@
 """What a plan is made from beside desired and actual (PlanContext), and what it makes
-(InstancePlan, PlanView). Pure."""
+(InstancePlan, and its PlanView for review). Pure."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.desired import Accelerator
-from reconciler.planning.steps import (
-    Step,
-)
+from reconciler.planning.review import PlanView, step_view
+from reconciler.planning.steps import Step
 from reconciler.statedir import InstancePaths
 
 NVRAM_FILE = "nvram.fd"  # UEFI variables, in the instance directory
@@ -54,15 +53,5 @@ class InstancePlan:
     def view(self) -> PlanView:
         """What is printed of the plan (and what the daemon sends for it)."""
         return PlanView(
-            self.name, tuple(step.describe() for step in self.steps), self.refusal, self.notes
+            self.name, tuple(step_view(step) for step in self.steps), self.refusal, self.notes
         )
-
-
-@dataclass(frozen=True, slots=True)
-class PlanView:
-    """A plan in words: step descriptions, refusal and notes (JSON-friendly)."""
-
-    name: str
-    steps: tuple[str, ...]
-    refusal: str | None
-    notes: tuple[str, ...]

@@ -27,7 +27,6 @@ from reconciler.planning.context import (
     REPLACED_SUFFIX,
     InstancePlan,
     PlanContext,
-    PlanView,
 )
 from reconciler.planning.disks import data_disk_devices
 from reconciler.planning.live import aside_name, disk_steps, live_changes, removals
@@ -42,6 +41,7 @@ from reconciler.planning.machine import (
 )
 from reconciler.planning.network import build_nics, choose_macs, instance_uuid
 from reconciler.planning.removal import plan_removal
+from reconciler.planning.review import PlanView
 from reconciler.planning.runpolicy import held_by_run_policy, stop_reason, stopped_unasked
 from reconciler.planning.steps import (
     BuildConfigDrive,

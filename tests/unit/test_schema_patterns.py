@@ -16,6 +16,7 @@ from reconciler.sizes import SIZE_PATTERN
 # without an entry here fails the test, so none escapes the check.
 VALID_SAMPLES = {
     "/properties/metadata/properties/name": ["web-1", "a"],
+    "/properties/spec/properties/host": ["hv1", "hv-2.example.com", "a"],
     "/properties/metadata/properties/labels/propertyNames": ["app", "example.com/tier"],
     "/properties/spec/properties/cpu/properties/model": ["qemu64", "Skylake-Client"],
     "/properties/spec/properties/image/properties/source": [
