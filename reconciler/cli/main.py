@@ -38,6 +38,7 @@ from reconciler.cli.report import (
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
+from reconciler.gitops.source import GitSettings, GitSource
 from reconciler.images.cache import ImageCache
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.gc import collect_garbage
@@ -139,6 +140,30 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 COMMANDS = ("run", "plan", "validate", "status", "gc", "console")
 
 
+def _git_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--git",
+        metavar="URL",
+        default=None,
+        help="pull mode: take the manifests from this git repository (kept in STATE/git)",
+    )
+    parser.add_argument("--ref", default="main", help="the branch or tag to follow (main)")
+    parser.add_argument(
+        "--path", default=".", help="the manifest directory inside the repository (.)"
+    )
+    parser.add_argument(
+        "--interval", metavar="DURATION", default="60s", help="how often to fetch (60s)"
+    )
+    parser.add_argument(
+        "--verify-signatures",
+        metavar="KEYRING",
+        type=Path,
+        default=None,
+        help="apply only commits signed by a key of KEYRING: an OpenPGP keyring (gpg) or an "
+        "SSH allowed-signers file",
+    )
+
+
 def _slice_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
@@ -193,8 +218,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run = commands.add_parser(
         "run", parents=[common], help="watch DIR and keep it converged (the default command)"
     )
-    run.add_argument("directory", metavar="DIR", type=Path, help="manifest file or directory")
+    run.add_argument(
+        "directory",
+        metavar="DIR",
+        type=Path,
+        nargs="?",
+        help="manifest file or directory (not with --git)",
+    )
     run.add_argument("--once", action="store_true", help="apply one pass, then exit")
+    _git_options(run)
     run.add_argument(
         "--workers",
         type=int,
@@ -304,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "console":
             args.directory = Path(".")
             return _run_command(run_console, args)
+        if (args.directory is None) == (args.git is None):
+            sub.error("give a manifest directory DIR or --git URL (one of them)")
         if args.once:
             return _run_command(run_once, args)
         return _run_command(run_daemon, args)
@@ -534,6 +568,12 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{name}: {message}", file=out, flush=True)
 
     socket_path = _daemon_socket(args)
+    refused = None
+    if args.git is not None:
+        source = _git_source(args)
+        args.directory = source.directory
+        if socket_path is None:  # a running daemon fetches for itself
+            refused = _sync(source, out)
     if socket_path is not None:
         print(f"reconcile: asking the daemon on {socket_path} for a pass", file=out)
 
@@ -555,7 +595,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
         results = _run_pass(args, load, progress, out)
     for line in render_summary(results, len(errors)):
         print(line, file=out)
-    if errors:
+    if errors or refused:
         return EXIT_INVALID
     return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
 
@@ -593,10 +633,42 @@ def _run_pass(
         return apply_all(load, reconciler)
 
 
+def _git_source(args: argparse.Namespace) -> GitSource:
+    state = _state(args)
+    settings = GitSettings(args.git, args.ref, args.path, args.verify_signatures)
+    if args.verify_signatures is not None and not args.verify_signatures.is_file():
+        raise ConfigError(f"--verify-signatures {args.verify_signatures}: no such file")
+    return GitSource(state.root / "git", settings)
+
+
+def _sync(source: GitSource, out: TextIO) -> str | None:
+    """Fetch and apply the newest good commit for --once; why the newest is not in force
+    (None: it is). Without any good commit, the pass cannot run."""
+    try:
+        source.sync()
+    except ReconcilerError as err:
+        if source.state.applied is None:
+            raise
+        print(f"reconcile: {err}; the commit in force stays", file=sys.stderr)
+    state = source.state
+    if state.applied is None:
+        reason = (state.refused or {}).get("reason", "no commit fetched")
+        raise ConfigError(f"no commit of {state.url} can be applied: {reason}")
+    print(f"reconcile: {state.url} {state.ref} at commit {state.applied[:12]}", file=out)
+    if state.refused is not None:
+        commit, reason = state.refused["commit"], state.refused["reason"]
+        print(f"reconcile: newest commit {commit[:12]} not applied: {reason}", file=sys.stderr)
+        return reason
+    return None
+
+
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile DIR`: the controller, until SIGTERM or SIGINT; SIGHUP rereads DIR."""
+    source = _git_source(args) if args.git is not None else None
+    if source is not None:
+        args.directory = source.directory
     directory = args.directory.absolute()
-    if not directory.is_dir():
+    if source is None and not directory.is_dir():
         raise ConfigError(f"{args.directory}: not a directory (the daemon watches a directory)")
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
@@ -606,7 +678,10 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
     busy = "a daemon may already run there (reconcile status)"
     with _owned_state(args, busy) as (state, driver):
-        options = DaemonOptions(directory, args.workers, resync, _selection(args))
+        interval = parse_duration(args.interval, "--interval")
+        if interval <= 0:
+            raise ConfigError("--interval must be longer than 0")
+        options = DaemonOptions(directory, args.workers, resync, _selection(args), source, interval)
         controller = Controller(driver, state, settings, options)
         server = ControlServer(control_socket(state), controller.handle_request)
         server.start()

@@ -92,7 +92,7 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
             head += " (disconnected from libvirt, reconnecting)"
     else:
         head = f"no daemon running; status as written at {snapshot.get('written')}"
-    lines = [head]
+    lines = [head, *_git_lines(daemon.get("git"))]
     instances = snapshot.get("instances", [])
     width = max((len(i["name"]) for i in instances), default=4)
     lines.append(f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  LAST")
@@ -128,4 +128,28 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
         lines.append(f"error: {error}")
     if not instances:
         lines.append("  no instances")
+    return lines
+
+
+def _git_lines(git: dict[str, Any] | None) -> list[str]:
+    """Pull mode: the commit in force, the newest seen, and why that one is not applied."""
+    if not git:
+        return []
+    applied = git.get("appliedCommit")
+    lines = [
+        f"git {git.get('url')} {git.get('ref')}: "
+        + (
+            f"commit {applied[:12]} applied at {git.get('appliedAt')}"
+            if applied
+            else "none applied"
+        )
+    ]
+    newest = git.get("newestCommit")
+    refused = git.get("notApplied")
+    if refused:
+        lines.append(f"  newest commit {refused['commit'][:12]} not applied: {refused['reason']}")
+    elif newest and newest != applied:
+        lines.append(f"  newest commit {newest[:12]} seen")
+    if git.get("fetchError"):
+        lines.append(f"  last fetch failed: {git['fetchError']}")
     return lines

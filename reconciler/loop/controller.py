@@ -24,6 +24,7 @@ from typing import Any
 
 from reconciler.drivers.base import DomainEvent, Driver
 from reconciler.errors import ReconcilerError
+from reconciler.gitops.source import GitSource
 from reconciler.images.progress import TransferReporter
 from reconciler.loop.control import RequestError
 from reconciler.loop.once import plan_all, prune_refusal
@@ -46,6 +47,7 @@ from reconciler.statedir import StateDir
 
 LOG = logging.getLogger("reconciler.daemon")
 DEFAULT_RESYNC_SECONDS = 300.0
+DEFAULT_GIT_INTERVAL_SECONDS = 60.0
 DEFAULT_WORKERS = 4
 RECONNECT_INITIAL_SECONDS = 1.0
 RECONNECT_CAP_SECONDS = 30.0
@@ -58,6 +60,8 @@ class DaemonOptions:
     workers: int = DEFAULT_WORKERS
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     selection: Selection = field(default_factory=Selection)  # this host's slice
+    git: GitSource | None = None  # pull mode: the manifests come from this repository
+    git_interval_seconds: float = DEFAULT_GIT_INTERVAL_SECONDS
 
 
 def _source_identity(spec: InstanceSpec) -> tuple[int, ...] | None:
@@ -117,7 +121,12 @@ class Controller:
         self._reload_requested = threading.Event()
         self._lost = threading.Event()
         self._workers = WorkerPool(self.queue, self._handle, options.workers)
-        self._watcher = ManifestWatcher(options.directory, self._on_manifest_change)
+        # in pull mode only a fetch changes the manifests: no file watcher
+        self._watcher = (
+            ManifestWatcher(options.directory, self._on_manifest_change)
+            if options.git is None
+            else None
+        )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -125,13 +134,16 @@ class Controller:
         """Serve until `stop()`; `on_ready` is called once the first pass is done."""
         self.state.create()
         self.driver.watch(self._on_event, self._on_lost)
-        self._watcher.start()
+        if self._watcher is not None:
+            self._watcher.start()
+        self._fetch()
         self.reload(reason="start")
         self._workers.start()
         threading.Thread(
             target=self._first_pass, args=(on_ready,), name="first-pass", daemon=True
         ).start()
         next_resync = time.monotonic() + self.options.resync_seconds
+        next_fetch = time.monotonic() + self.options.git_interval_seconds
         while not self._stop.is_set():
             wait = max(0.0, next_resync - time.monotonic())
             self._stop.wait(min(wait, 1.0))
@@ -139,6 +151,10 @@ class Controller:
                 break
             if self._lost.is_set():
                 self._reconnect()
+            if self.options.git is not None and time.monotonic() >= next_fetch:
+                if self._fetch():
+                    self.reload(reason="git", everything=True)
+                next_fetch = time.monotonic() + self.options.git_interval_seconds
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 LOG.info("rereading %s (SIGHUP)", self.options.directory)
@@ -165,7 +181,8 @@ class Controller:
 
     def _shut_down(self) -> None:
         LOG.info("stopping: no new work; waiting for the steps in flight")
-        self._watcher.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
         self.queue.close()
         with self._lock:
             longest = max((s.shutdown_timeout_seconds for s in self._specs.values()), default=0)
@@ -221,6 +238,21 @@ class Controller:
         """The manifest directory, cut to this host's slice."""
         load, _ignored = select(load_manifests(self.options.directory), self.options.selection)
         return load
+
+    def _fetch(self) -> bool:
+        """Pull mode: fetch, and apply the newest commit if it is good; whether a new commit
+        is in force. Failures are logged and shown in `status`; the commit in force stays."""
+        source = self.options.git
+        if source is None:
+            return False
+        try:
+            changed = source.sync().changed
+        except ReconcilerError as err:
+            LOG.warning("%s", err)
+            changed = False
+        self.status.set_daemon(git=source.state.as_json())
+        self._write_status()
+        return changed
 
     def _on_manifest_change(self, paths: set[Path]) -> None:
         shown = ", ".join(
@@ -457,6 +489,7 @@ class Controller:
         try:
             with self._lock:
                 since = self._sequence
+            self._fetch()  # pull mode: the pass is over the newest good commit
             # everything, parked names and orphans included: a requested pass tries them all
             names = self.reload(reason="request", everything=True)
             with self._lock:

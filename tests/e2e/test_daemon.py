@@ -110,11 +110,15 @@ def observed(daemon: Daemon, name: str, state: str) -> bool:
     return entry is not None and entry["observed"] == state
 
 
-def start_daemon(root: Path, manifests: Path, base: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_daemon(
+    root: Path, manifests: Path | None, base: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """The daemon on ROOT/s over MANIFESTS (None: the manifests come from `extra`, --git)."""
     log = (root / "daemon.log").open("ab")
+    directory = [] if manifests is None else [str(manifests)]
     return subprocess.Popen(
         [
-            sys.executable, "-m", "reconciler", str(manifests), "--state-dir", str(root / "s"),
+            sys.executable, "-m", "reconciler", *directory, "--state-dir", str(root / "s"),
             "--image-dir", str(base.parent), "--download-attempts", "1", "--resync", "10m",
             *extra,
         ],
@@ -123,10 +127,11 @@ def start_daemon(root: Path, manifests: Path, base: Path, *extra: str) -> subpro
     )  # fmt: skip
 
 
-def launch(root: Path, manifests: Path, base: Path, sha: str, *extra: str) -> Daemon:
+def launch(root: Path, manifests: Path | None, base: Path, sha: str, *extra: str) -> Daemon:
     """Start a daemon on ROOT/s and wait until it answers on its control socket."""
     process = start_daemon(root, manifests, base, *extra)
-    handle = Daemon(process, StateDir(root / "s"), manifests, base, sha, root / "daemon.log")
+    watched = manifests or root / "s" / "git" / "current"
+    handle = Daemon(process, StateDir(root / "s"), watched, base, sha, root / "daemon.log")
     wait_until(
         lambda: (
             (handle.state.root / "control.sock").exists() and handle.cli("status").returncode == 0

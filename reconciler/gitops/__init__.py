@@ -1,0 +1,1 @@
+"""Manifests from git: pull mode (see source.py)."""
