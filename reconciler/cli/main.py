@@ -15,7 +15,6 @@ socket; otherwise they work on their own.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -23,30 +22,39 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import __version__
 from reconciler.cli.console import run_console
+from reconciler.cli.context import (
+    ask,
+    daemon_socket,
+    load_slice,
+    open_driver,
+    owned_state,
+    parse_duration,
+    selection_of,
+    settings_of,
+    state_of,
+)
+from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
-    render_manifest_errors,
     render_plan,
     render_status,
     render_summary,
 )
 from reconciler.cli.validate import add_validate_parser, run_validate
-from reconciler.drivers.base import Driver
-from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
-from reconciler.gitops.source import GitSettings, GitSource
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.images.cache import ImageCache
-from reconciler.images.download import DownloadLimits, Transport
+from reconciler.images.download import DownloadLimits
 from reconciler.images.gc import collect_garbage
 from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.control import ControlServer, daemon_listening, request
+from reconciler.loop.control import ControlServer
 from reconciler.loop.controller import (
     DEFAULT_WORKERS,
     Controller,
@@ -58,12 +66,10 @@ from reconciler.loop.reconcile import (
     InstanceResult,
     Outcome,
     Reconciler,
-    Settings,
     result_from_json,
 )
 from reconciler.loop.status import read_status_file
-from reconciler.manifests.loader import LoadResult, load_manifests
-from reconciler.manifests.selection import Selection, select
+from reconciler.manifests.loader import LoadResult
 from reconciler.model.desired import Accelerator
 from reconciler.planning.review import Disruption, PlanView, plan_json
 from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
@@ -410,78 +416,20 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _load(args: argparse.Namespace, out: TextIO) -> LoadResult:
-    """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice."""
-    directory = args.directory
-    if not directory.exists():
-        raise ConfigError(f"{directory}: no such file or directory")
-    load = load_manifests(directory)
-    for line in render_manifest_errors(load.errors):
-        print(line, file=sys.stderr)
-    selection = _selection(args)
-    load, ignored = select(load, selection)
-    if ignored:
-        print(
-            f"reconcile: {len(ignored)} instance(s) left to other hosts (this one: "
-            f"{selection.describe()})",
-            file=out,
-        )
-    return load
-
-
-def _selection(args: argparse.Namespace) -> Selection:
-    return Selection.parse(getattr(args, "host", None), getattr(args, "selector", None))
-
-
-def _state(args: argparse.Namespace) -> StateDir:
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
-    if args.connect is None:
-        state.check_embedded_path_length()
-    return state
-
-
-def _open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
-    from reconciler.drivers.libvirt_driver import LibvirtDriver
-
-    state.root.mkdir(parents=True, exist_ok=True)
-    return LibvirtDriver.open(args.connect, state.root)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    if args.download_attempts < 1:
-        raise ConfigError("--download-attempts must be at least 1")
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
-    return Settings(
-        download_limits=DownloadLimits(attempts=args.download_attempts),
-        default_accelerator=Accelerator(args.accelerator),
-        sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
-        transport=Transport.from_environment(ca_bundle=args.ca_bundle),
-        prune=getattr(args, "prune", False) or state.prune_enabled(),
-        allow_empty=getattr(args, "allow_empty", False),
-    )
-
-
-def _daemon_socket(args: argparse.Namespace) -> Path | None:
-    """The control socket of a daemon running on this state directory (None when none runs)."""
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
-    path = control_socket(state)
-    return path if path.exists() and daemon_listening(path) else None
-
-
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile plan DIR` (asked of the daemon when one runs on the state directory)."""
-    socket_path = _daemon_socket(args)
+    socket_path = daemon_socket(args)
     if socket_path is not None:
-        answer = _ask(socket_path, {"op": "plan", "directory": str(args.directory.absolute())})
+        answer = ask(socket_path, {"op": "plan", "directory": str(args.directory.absolute())})
         views = [PlanView.from_json(v) for v in answer["plans"]]
         errors = list(answer["manifestErrors"])
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = _load(args, out)
-        settings = _settings(args)
-        state = _state(args)
-        driver = _open_driver(args, state)
+        load = load_slice(args, out)
+        settings = settings_of(args)
+        state = state_of(args)
+        driver = open_driver(args, state)
         try:
             views = [plan.view() for plan in plan_all(load, Reconciler(driver, state, settings))]
         finally:
@@ -509,30 +457,6 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
             return PLAN_EXIT_ERROR
         return PLAN_EXIT_CHANGES if pending else PLAN_EXIT_NO_CHANGES
     return EXIT_INVALID if errors else EXIT_OK
-
-
-def _ask(
-    socket_path: Path,
-    message: dict[str, object],
-    on_progress: Callable[[dict[str, object]], None] | None = None,
-) -> dict[str, Any]:
-    answer = request(socket_path, message, on_progress)
-    if "error" in answer:
-        raise ConfigError(f"the daemon refused: {answer['error']}")
-    return answer
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
-
-
-def parse_duration(text: str, option: str = "--grace") -> float:
-    """Seconds in '7d', '12h', '30m', '45s' or '0'; ConfigError otherwise."""
-    number, unit = text[:-1], text[-1:]
-    if unit.isdigit():
-        number, unit = text, ""
-    if not number.isdigit() or unit not in _DURATION_UNITS:
-        raise ConfigError(f"{option} {text!r} is not a duration (expected e.g. 7d, 12h, 30m, 0)")
-    return int(number) * _DURATION_UNITS[unit]
 
 
 def run_gc(args: argparse.Namespace, out: TextIO) -> int:
@@ -567,13 +491,13 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
         with printing:
             print(f"{name}: {message}", file=out, flush=True)
 
-    socket_path = _daemon_socket(args)
+    socket_path = daemon_socket(args)
     refused = None
     if args.git is not None:
-        source = _git_source(args)
+        source = git_source(args)
         args.directory = source.directory
         if socket_path is None:  # a running daemon fetches for itself
-            refused = _sync(source, out)
+            refused = sync_for_once(source, out)
     if socket_path is not None:
         print(f"reconcile: asking the daemon on {socket_path} for a pass", file=out)
 
@@ -582,7 +506,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
             if isinstance(update, dict):
                 progress(str(update.get("name")), str(update.get("message")))
 
-        answer = _ask(
+        answer = ask(
             socket_path, {"op": "pass", "directory": str(args.directory.absolute())}, forward
         )
         results = [result_from_json(item) for item in answer["results"]]
@@ -590,7 +514,7 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = _load(args, out)
+        load = load_slice(args, out)
         errors = [str(error) for error in load.errors]
         results = _run_pass(args, load, progress, out)
     for line in render_summary(results, len(errors)):
@@ -600,71 +524,22 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
 
 
-@contextlib.contextmanager
-def _owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
-    """The state directory, created and locked by this process, and a driver on it."""
-    state = _state(args)
-    state.create()
-    lock = StateDirLock(state)
-    try:
-        lock.acquire()
-    except StateDirBusy as err:
-        raise StateDirBusy(f"{err}; {busy_hint}") from err
-    try:
-        driver = _open_driver(args, state)
-        try:
-            yield state, driver
-        finally:
-            driver.close()
-    finally:
-        lock.release()
-
-
 def _run_pass(
     args: argparse.Namespace,
     load: LoadResult,
     progress: Callable[[str, str], None],
     out: TextIO,
 ) -> list[InstanceResult]:
-    settings = _settings(args)
-    with _owned_state(args, "wait for it to finish") as (state, driver):
+    settings = settings_of(args)
+    with owned_state(args, "wait for it to finish") as (state, driver):
         print(f"reconcile: libvirt {driver.uri}, state directory {state.root}", file=out)
         reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
         return apply_all(load, reconciler)
 
 
-def _git_source(args: argparse.Namespace) -> GitSource:
-    state = _state(args)
-    settings = GitSettings(args.git, args.ref, args.path, args.verify_signatures)
-    if args.verify_signatures is not None and not args.verify_signatures.is_file():
-        raise ConfigError(f"--verify-signatures {args.verify_signatures}: no such file")
-    return GitSource(state.root / "git", settings)
-
-
-def _sync(source: GitSource, out: TextIO) -> str | None:
-    """Fetch and apply the newest good commit for --once; why the newest is not in force
-    (None: it is). Without any good commit, the pass cannot run."""
-    try:
-        source.sync()
-    except ReconcilerError as err:
-        if source.state.applied is None:
-            raise
-        print(f"reconcile: {err}; the commit in force stays", file=sys.stderr)
-    state = source.state
-    if state.applied is None:
-        reason = (state.refused or {}).get("reason", "no commit fetched")
-        raise ConfigError(f"no commit of {state.url} can be applied: {reason}")
-    print(f"reconcile: {state.url} {state.ref} at commit {state.applied[:12]}", file=out)
-    if state.refused is not None:
-        commit, reason = state.refused["commit"], state.refused["reason"]
-        print(f"reconcile: newest commit {commit[:12]} not applied: {reason}", file=sys.stderr)
-        return reason
-    return None
-
-
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile DIR`: the controller, until SIGTERM or SIGINT; SIGHUP rereads DIR."""
-    source = _git_source(args) if args.git is not None else None
+    source = git_source(args) if args.git is not None else None
     if source is not None:
         args.directory = source.directory
     directory = args.directory.absolute()
@@ -675,13 +550,15 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     resync = parse_duration(args.resync, "--resync")
     if resync <= 0:
         raise ConfigError("--resync must be longer than 0")
-    settings = _settings(args)
+    settings = settings_of(args)
     busy = "a daemon may already run there (reconcile status)"
-    with _owned_state(args, busy) as (state, driver):
+    with owned_state(args, busy) as (state, driver):
         interval = parse_duration(args.interval, "--interval")
         if interval <= 0:
             raise ConfigError("--interval must be longer than 0")
-        options = DaemonOptions(directory, args.workers, resync, _selection(args), source, interval)
+        options = DaemonOptions(
+            directory, args.workers, resync, selection_of(args), source, interval
+        )
         controller = Controller(driver, state, settings, options)
         server = ControlServer(control_socket(state), controller.handle_request)
         server.start()
@@ -706,9 +583,9 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
 def run_status(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile status [NAME]`: from the daemon, or from the file it last wrote."""
     state = StateDir((args.state_dir or default_state_dir()).absolute())
-    socket_path = _daemon_socket(args)
+    socket_path = daemon_socket(args)
     if socket_path is not None:
-        snapshot = _ask(socket_path, {"op": "status", "name": args.name})["status"]
+        snapshot = ask(socket_path, {"op": "status", "name": args.name})["status"]
     else:
         snapshot = read_status_file(state.root / "status.json")
         if snapshot is None:

@@ -70,6 +70,11 @@ class Driver(Protocol):
         """Create or replace a persistent definition (takes effect at the next start)."""
         ...
 
+    def set_marker(self, name: str, machine: Machine) -> None:
+        """Record `machine`'s ownership marker on the persistent definition of domain `name`,
+        changing nothing else in it (adoption)."""
+        ...
+
     def start(self, name: str) -> None:
         """Start a defined, inactive domain."""
         ...

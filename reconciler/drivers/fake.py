@@ -87,6 +87,20 @@ class FakeDriver:
                 existing.machine = replace(machine, uuid=existing.machine.uuid)
         self._emit(machine.name, "lifecycle", "defined")
 
+    def set_marker(self, name: str, machine: Machine) -> None:
+        with self._lock:
+            self._act("mark", name)
+            domain = self._require("mark", name)
+            marked = replace(
+                domain.machine,
+                marker=machine.marker,
+                protected=machine.protected,
+                delete_disks=machine.delete_disks,
+                shutdown_timeout_seconds=machine.shutdown_timeout_seconds,
+                asked_running=machine.asked_running,
+            )
+            domain.machine = marked
+
     def start(self, name: str) -> None:
         with self._lock:
             domain = self._require("start", name)

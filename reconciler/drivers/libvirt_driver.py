@@ -25,11 +25,14 @@ from urllib.parse import urlsplit
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
+    MARKER_NAMESPACE,
+    MARKER_PREFIX,
     DomainXmlError,
     parse_domain_xml,
     render_disk_xml,
     render_domain_xml,
     render_interface_xml,
+    render_marker_xml,
 )
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
@@ -344,6 +347,17 @@ class LibvirtDriver:
     @_wrap_errors("define")
     def define(self, machine: Machine) -> None:
         self._conn.defineXML(render_domain_xml(machine))
+
+    @_wrap_errors("mark")
+    def set_marker(self, name: str, machine: Machine) -> None:
+        libvirt = _libvirt()
+        self._require(name).setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            render_marker_xml(machine),
+            MARKER_PREFIX,
+            MARKER_NAMESPACE,
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
 
     @_wrap_errors("define")
     def define_xml(self, xml: str) -> None:

@@ -71,23 +71,7 @@ def render_domain_xml(machine: Machine) -> str:
         _sub(domain, "uuid", machine.uuid)
     if machine.marker is not None:
         metadata = _sub(domain, "metadata")
-        marker = _sub(metadata, f"{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
-        _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", machine.marker.manifest)
-        _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", machine.marker.spec_digest)
-        _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", machine.marker.state_dir_id or "")
-        for disk in machine.disks:
-            if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
-                _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
-        if machine.protected:
-            _sub(marker, f"{{{MARKER_NAMESPACE}}}protect", "true")
-        if machine.delete_disks:
-            _sub(marker, f"{{{MARKER_NAMESPACE}}}deletion-policy", "delete")
-        if machine.asked_running is not None:
-            asked = "running" if machine.asked_running else "stopped"
-            _sub(marker, f"{{{MARKER_NAMESPACE}}}desired-state", asked)
-        if machine.shutdown_timeout_seconds is not None:
-            timeout = str(machine.shutdown_timeout_seconds)
-            _sub(marker, f"{{{MARKER_NAMESPACE}}}shutdown-timeout", timeout)
+        metadata.append(_marker_element(machine, machine.marker))
     if machine.description is not None:
         _sub(domain, "description", machine.description)
     _sub(domain, "memory", str(machine.max_memory_kib or machine.memory_kib), unit="KiB")
@@ -136,6 +120,33 @@ def render_domain_xml(machine: Machine) -> str:
             _sub(commandline, f"{{{QEMU_NAMESPACE}}}arg", value=argument)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def render_marker_xml(machine: Machine) -> str:
+    """The ownership marker alone (for adoption, set into a definition left as it is)."""
+    assert machine.marker is not None
+    return ET.tostring(_marker_element(machine, machine.marker), encoding="unicode")
+
+
+def _marker_element(machine: Machine, owner: OwnershipMarker) -> ET.Element:
+    marker = ET.Element(f"{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
+    _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", owner.manifest)
+    _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", owner.spec_digest)
+    _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", owner.state_dir_id or "")
+    for disk in machine.disks:
+        if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
+            _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
+    if machine.protected:
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}protect", "true")
+    if machine.delete_disks:
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}deletion-policy", "delete")
+    if machine.asked_running is not None:
+        asked = "running" if machine.asked_running else "stopped"
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}desired-state", asked)
+    if machine.shutdown_timeout_seconds is not None:
+        timeout = str(machine.shutdown_timeout_seconds)
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}shutdown-timeout", timeout)
+    return marker
 
 
 def render_disk_xml(disk: Disk) -> str:

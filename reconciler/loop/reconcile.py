@@ -21,7 +21,7 @@ from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
-from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.errors import InstanceError, PermanentError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.images.cache import ImageCache
 from reconciler.images.download import DownloadLimits, Transport
@@ -33,6 +33,7 @@ from reconciler.loop.observe import config_drives, observe_domain, observe_insta
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.model.machine import OwnershipMarker
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
     InstancePlan,
@@ -122,6 +123,8 @@ class HostFacts:
 
 # restarts after a failure back off: 1 s doubling to 5 minutes, reset after 2 minutes of running
 CRASH_LOOP_FIRST_SECONDS = 1.0
+# the spec digest of the marker a domain is planned with while it is being adopted
+ADOPTION_DIGEST = "sha256:adopting"
 CRASH_LOOP_CAP_SECONDS = 300.0
 CRASH_LOOP_RESET_SECONDS = 120.0
 
@@ -191,15 +194,21 @@ class Reconciler:
             persist_digests=persist_digests,
         )
 
-    def plan(self, spec: InstanceSpec, resolver: SourceResolver) -> InstancePlan:
+    def plan(
+        self, spec: InstanceSpec, resolver: SourceResolver, *, adopting: bool = False
+    ) -> InstancePlan:
         """Resolve, observe and plan `spec` (no change made, except that a resolver made to
-        persist digests records those of local sources it had to compute)."""
+        persist digests records those of local sources it had to compute). `adopting`: plan
+        an existing domain without a marker as if it were this state directory's, so that
+        the definition step lists what differs from the manifest."""
         paths = self.state.instance(spec.name)
         try:
             resolved = resolver.resolve(spec)
             actual = observe_instance(self.driver, spec.name, paths, resolved)
         except PermanentError as err:  # a refused source, an unreadable domain definition
             return InstancePlan(spec.name, refusal=str(err))
+        if adopting:
+            actual = self._as_adopted(spec, actual)
         context = PlanContext(
             paths=paths,
             base_path=resolved.base_path,
@@ -213,6 +222,22 @@ class Reconciler:
             unavailable=self._unavailable(spec, actual),
         )
         return plan_instance(resolved.spec, actual, context)
+
+    def _as_adopted(self, spec: InstanceSpec, actual: InstanceActual) -> InstanceActual:
+        domain = actual.domain
+        if domain is None:
+            raise InstanceError(f"no libvirt domain named {spec.name!r} to adopt")
+        if domain.marker is not None:
+            raise InstanceError(
+                f"domain {spec.name!r} already carries a reconciler marker (state directory "
+                f"{domain.marker.state_dir_id or 'unknown'}): it is managed, not adopted"
+            )
+        # a marker no manifest ever digested: the plan redefines, and says what differs
+        marker = OwnershipMarker(str(spec.manifest), ADOPTION_DIGEST, self.host.state_dir_id)
+        definition = dataclasses.replace(domain.definition, marker=marker)
+        return dataclasses.replace(
+            actual, domain=dataclasses.replace(domain, definition=definition)
+        )
 
     def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
         """The MACs of the other domains, when a derived MAC has to be chosen (listing every

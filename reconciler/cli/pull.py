@@ -1,0 +1,41 @@
+"""Pull mode on the command line: the repository of this state directory, and the fetch
+before a --once pass (the daemon fetches in its own loop)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from reconciler.cli.context import state_of
+from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.gitops.source import GitSettings, GitSource
+
+
+def git_source(args: argparse.Namespace) -> GitSource:
+    state = state_of(args)
+    settings = GitSettings(args.git, args.ref, args.path, args.verify_signatures)
+    if args.verify_signatures is not None and not args.verify_signatures.is_file():
+        raise ConfigError(f"--verify-signatures {args.verify_signatures}: no such file")
+    return GitSource(state.root / "git", settings)
+
+
+def sync_for_once(source: GitSource, out: TextIO) -> str | None:
+    """Fetch and apply the newest good commit for --once; why the newest is not in force
+    (None: it is). Without any good commit, the pass cannot run."""
+    try:
+        source.sync()
+    except ReconcilerError as err:
+        if source.state.applied is None:
+            raise
+        print(f"reconcile: {err}; the commit in force stays", file=sys.stderr)
+    state = source.state
+    if state.applied is None:
+        reason = (state.refused or {}).get("reason", "no commit fetched")
+        raise ConfigError(f"no commit of {state.url} can be applied: {reason}")
+    print(f"reconcile: {state.url} {state.ref} at commit {state.applied[:12]}", file=out)
+    if state.refused is not None:
+        commit, reason = state.refused["commit"], state.refused["reason"]
+        print(f"reconcile: newest commit {commit[:12]} not applied: {reason}", file=sys.stderr)
+        return reason
+    return None
