@@ -5,6 +5,8 @@ outcome and error to an exit status (the only place that does).
     reconcile [run] [OPTIONS] --once DIR   apply once and exit
     reconcile plan [OPTIONS] DIR           print the steps, change nothing
     reconcile validate PATH...             check manifests only (no libvirt, no state)
+    reconcile export NAME                  print a manifest for an existing domain
+    reconcile adopt NAME DIR               manage an existing domain its manifest matches
     reconcile status [NAME] [-o json]      what the daemon knows about each instance
     reconcile gc [--dry-run]               remove cached bases no disk uses
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler import __version__
+from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
 from reconciler.cli.console import run_console
 from reconciler.cli.context import (
     ask,
@@ -143,7 +146,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
 
 
-COMMANDS = ("run", "plan", "validate", "status", "gc", "console")
+COMMANDS = ("run", "plan", "validate", "status", "gc", "console", "export", "adopt")
 
 
 def _git_options(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +212,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         usage="%(prog)s [run] [OPTIONS] [--once] DIR\n"
         "       %(prog)s plan [OPTIONS] DIR [--detailed-exitcode]\n"
         "       %(prog)s validate PATH... [-o text|json|github]\n"
+        "       %(prog)s export NAME\n"
+        "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]",
@@ -268,7 +273,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help=f"exit {PLAN_EXIT_DISRUPTIVE} when a pending step is at least this disruptive "
         "(restart < replace < delete), so that CI can ask for a second review",
     )
-    add_validate_parser(commands)
+    add_validate_parser(commands, common)
+    add_adoption_parsers(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -339,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(run_plan, args)
         if command == "validate":
             return _run_command(run_validate, args)
+        if command == "export":
+            args.directory = Path(".")
+            return _run_command(run_export, args)
+        if command == "adopt":
+            return _run_command(run_adopt, args)
         if command == "console":
             args.directory = Path(".")
             return _run_command(run_console, args)

@@ -20,9 +20,15 @@ EXIT_VALID = 0
 EXIT_INVALID = 2
 
 
-def add_validate_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_validate_parser(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+) -> None:
+    """`validate` takes the common options (so that scripts can pass them everywhere) and
+    uses none of them."""
     validate = commands.add_parser(
         "validate",
+        parents=[common],
         help="check manifests against the schema and each other; nothing else is touched",
     )
     validate.add_argument(
@@ -37,8 +43,6 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:  # type: 
         default="text",
         help="text (file:line:col: message), json, or github (Actions annotations)",
     )
-    validate.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
 def run_validate(args: argparse.Namespace, out: TextIO) -> int:

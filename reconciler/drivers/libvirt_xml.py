@@ -123,9 +123,13 @@ def render_domain_xml(machine: Machine) -> str:
 
 
 def render_marker_xml(machine: Machine) -> str:
-    """The ownership marker alone (for adoption, set into a definition left as it is)."""
+    """The ownership marker alone, for libvirt's setMetadata (adoption: a definition left as
+    it is gets the marker), which takes it without its namespace and adds that itself."""
     assert machine.marker is not None
-    return ET.tostring(_marker_element(machine, machine.marker), encoding="unicode")
+    element = _marker_element(machine, machine.marker)
+    for node in element.iter():
+        node.tag = node.tag.rpartition("}")[2]
+    return ET.tostring(element, encoding="unicode")
 
 
 def _marker_element(machine: Machine, owner: OwnershipMarker) -> ET.Element:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from reconciler.errors import ReconcilerError
 from reconciler.loop.reconcile import Reconciler
 from reconciler.model.desired import InstanceSpec
+from reconciler.planning.machine import describe_changes, shape_of, with_recorded_fields
 from reconciler.planning.steps import DefineDomain
 
 
@@ -38,8 +39,13 @@ def adopt(reconciler: Reconciler, spec: InstanceSpec, *, dry_run: bool = False) 
     if not defines:  # a marker with the adoption digest is always redefined
         return Adoption(spec.name, False, refusal="internal error: no definition step planned")
     (define,) = defines
-    differences = tuple(change.describe() for change in define.changes)
-    if differences:
+    record = reconciler.driver.lookup(spec.name)
+    if record is None or record.definition is None:
+        return Adoption(spec.name, False, refusal="the domain went away meanwhile")
+    # what the marker records is written with it: only what the hypervisor holds may differ
+    found = with_recorded_fields(record.definition, define.machine)
+    if shape_of(found) != shape_of(define.machine):
+        differences = tuple(c.describe() for c in describe_changes(found, define.machine))
         return Adoption(spec.name, False, differences=differences)
     if not dry_run:
         reconciler.driver.set_marker(spec.name, define.machine)

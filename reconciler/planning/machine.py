@@ -132,6 +132,24 @@ def shape_of(machine: Machine) -> Machine:
     return replace(machine, uuid=None, marker=None, cpu=cpu, disks=disks)
 
 
+def with_recorded_fields(machine: Machine, source: Machine) -> Machine:
+    """`machine` with what the ownership marker records (not the hypervisor) taken from
+    `source`: protection, deletion policies, shutdown timeout, the state last asked for."""
+    policies = {disk.path: disk.delete_when_removed for disk in source.disks}
+    disks = tuple(
+        replace(disk, delete_when_removed=policies.get(disk.path, disk.delete_when_removed))
+        for disk in machine.disks
+    )
+    return replace(
+        machine,
+        disks=disks,
+        protected=source.protected,
+        delete_disks=source.delete_disks,
+        shutdown_timeout_seconds=source.shutdown_timeout_seconds,
+        asked_running=source.asked_running,
+    )
+
+
 def running_shape(machine: Machine) -> Machine:
     """What a running domain is, for the question "does it need a restart": its shape without
     what the guest does not run on (the description, which deletion policy a disk has)."""
