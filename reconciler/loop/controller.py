@@ -234,9 +234,10 @@ class Controller:
         self.enqueue(sorted(names), reason)
         return sorted(names)
 
-    def _read_manifests(self) -> LoadResult:
-        """The manifest directory, cut to this host's slice."""
-        load, _ignored = select(load_manifests(self.options.directory), self.options.selection)
+    def _read_manifests(self, directory: Path | None = None) -> LoadResult:
+        """The manifest directory (or `directory`), cut to this host's slice."""
+        read = load_manifests(directory or self.options.directory)
+        load, _ignored = select(read, self.options.selection)
         return load
 
     def _fetch(self) -> bool:
@@ -468,8 +469,15 @@ class Controller:
         return {"status": snapshot}
 
     def _plan_answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._check_directory(request)
-        load = self._read_manifests()
+        """A plan of the watched directory, or of another one (a pull request's checkout:
+        planning changes nothing), cut to this daemon's slice."""
+        asked = request.get("directory")
+        if asked is not None and not isinstance(asked, str):
+            raise RequestError('"directory" must be a string')
+        directory = Path(asked) if asked else self.options.directory
+        if not directory.exists():
+            raise RequestError(f"{directory}: no such file or directory")
+        load = self._read_manifests(directory)
         plans = plan_all(load, self.reconciler)
         return {
             "plans": [plan.view().as_json() for plan in plans],

@@ -278,6 +278,15 @@ def test_status_plan_and_once_ask_the_running_daemon(daemon: Daemon) -> None:
     assert text.returncode == 0 and name in text.stdout and "running" in text.stdout
     elsewhere = daemon.cli("--once", str(daemon.manifests.parent))
     assert elsewhere.returncode == 2 and "watches" in elsewhere.stderr
+    # a plan of another checkout (a pull request's) is the daemon's to make, and changes nothing
+    review = daemon.manifests.parent / "review"
+    review.mkdir(exist_ok=True)
+    document = manifest_document(name, daemon.base, daemon.sha256, vcpus=2)
+    (review / f"{name}.yaml").write_text(yaml.safe_dump(document))
+    proposed = daemon.cli("plan", "--detailed-exitcode", "--fail-on", "restart", str(review))
+    assert proposed.returncode == 3, proposed.stdout + proposed.stderr
+    assert "vcpus 1 -> 2" in proposed.stdout
+    assert daemon.cli("plan", "--detailed-exitcode", str(daemon.manifests)).returncode == 0
 
     # its manifest moved away: the forwarded pass reports the orphan (kept: prune is off)
     manifest = daemon.manifests / f"{name}.yaml"
