@@ -137,3 +137,26 @@ def test_a_thousand_manifests_validate_without_libvirt_or_a_state_directory(
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == "valid: 1000 file(s), 1000 valid instance(s)\n"
     assert not (tmp_path / "no-state").exists()
+
+
+def test_the_shipped_examples_validate_and_name_the_schema(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from reconciler.manifests.export import SCHEMA_ID
+    from reconciler.manifests.loader import instance_schema
+
+    assert instance_schema()["$id"] == SCHEMA_ID
+    trees = [PROJECT / "manifests", PROJECT / "examples" / "gitops" / "fleet"]
+    code, out, _ = run(capsys, *map(str, trees))
+    assert code == 0, out
+    for tree in trees:
+        for path in tree.rglob("*.yaml"):
+            assert path.read_text().startswith("# yaml-language-server: $schema="), path
+
+
+def test_the_pre_commit_hooks_run_validate() -> None:
+    import yaml
+
+    hooks = yaml.safe_load((PROJECT / ".pre-commit-hooks.yaml").read_text())
+    assert {hook["id"] for hook in hooks} == {"reconcile-validate", "reconcile-validate-system"}
+    assert all(hook["entry"] == "reconcile validate" for hook in hooks)
