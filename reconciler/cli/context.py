@@ -48,15 +48,23 @@ def selection_of(args: argparse.Namespace) -> Selection:
 
 def state_of(args: argparse.Namespace) -> StateDir:
     state = StateDir((args.state_dir or default_state_dir()).absolute())
-    if args.connect is None:
+    if args.connect is None and getattr(args, "driver", "libvirt") == "libvirt":
         state.check_embedded_path_length()
     return state
 
 
 def open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
+    """The driver the run asked for: libvirt (at --connect, else the embedded driver in the
+    state directory) or QMP (QEMU run directly, no libvirt)."""
+    state.root.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "driver", "libvirt") == "qmp":
+        from reconciler.drivers.qmp_driver import QmpDriver
+
+        if args.connect is not None:
+            raise ConfigError("--connect names a libvirt URI: not with --driver qmp")
+        return QmpDriver.open(state.root)
     from reconciler.drivers.libvirt_driver import LibvirtDriver
 
-    state.root.mkdir(parents=True, exist_ok=True)
     return LibvirtDriver.open(args.connect, state.root)
 
 

@@ -97,6 +97,13 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "driver rooted in the state directory)",
     )
     parser.add_argument(
+        "--driver",
+        choices=("libvirt", "qmp"),
+        default=os.environ.get("RECONCILER_DRIVER", "libvirt"),
+        help="libvirt (default; see --connect), or qmp: QEMU run directly and driven over QMP, "
+        "for hosts without libvirt ($RECONCILER_DRIVER)",
+    )
+    parser.add_argument(
         "--state-dir",
         metavar="DIR",
         type=Path,
@@ -579,7 +586,7 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
             signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: controller.request_reload()),
         }
         LOG.info(
-            "watching %s with libvirt %s, state directory %s", directory, driver.uri, state.root
+            "watching %s with driver %s, state directory %s", directory, driver.uri, state.root
         )
         try:
             controller.run(on_ready=lambda: notify_systemd("READY=1"))

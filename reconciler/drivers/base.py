@@ -66,6 +66,11 @@ class Driver(Protocol):
         """One domain by name, or None when there is none."""
         ...
 
+    def cannot_express(self, machine: Machine) -> tuple[str, ...]:
+        """What in `machine` this driver cannot run, each as "field: why, naming the driver"
+        (empty: all of it); the plan refuses such an instance before anything is made."""
+        ...
+
     def define(self, machine: Machine) -> None:
         """Create or replace a persistent definition (takes effect at the next start)."""
         ...

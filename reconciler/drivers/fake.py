@@ -74,6 +74,9 @@ class FakeDriver:
             self._check(f"look up {name}")
             return self._record(name) if name in self.domains else None
 
+    def cannot_express(self, machine: Machine) -> tuple[str, ...]:
+        return ()
+
     def define(self, machine: Machine) -> None:
         with self._lock:
             self._act("define", machine.name)

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.drivers.host import is_domain_emulator, port_in_use
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
     MARKER_NAMESPACE,
@@ -37,7 +37,7 @@ from reconciler.drivers.libvirt_xml import (
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
-from reconciler.model.desired import NetworkSpec, NicType, PortForward, PortProtocol
+from reconciler.model.desired import NetworkSpec, NicType
 from reconciler.model.machine import Disk, Machine, Nic, config_drive_disk
 
 LOG = logging.getLogger(__name__)
@@ -344,6 +344,10 @@ class LibvirtDriver:
             raise DriverError(f"domain {name}", "no such domain (undefined meanwhile?)")
         return domain
 
+    def cannot_express(self, machine: Machine) -> tuple[str, ...]:
+        """libvirt runs every machine the schema describes."""
+        return ()
+
     @_wrap_errors("define")
     def define(self, machine: Machine) -> None:
         self._conn.defineXML(render_domain_xml(machine))
@@ -537,7 +541,7 @@ class LibvirtDriver:
                     f"{port.protocol.value} is in use ({why}); the forward to guest port "
                     f"{port.guest} cannot be set up"
                     for port in network.ports
-                    if (why := _port_in_use(port)) is not None
+                    if (why := port_in_use(port)) is not None
                 ]
         return tuple(problems)
 
@@ -708,35 +712,11 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
     return connection
 
 
-def _port_in_use(port: PortForward) -> str | None:
-    """Why QEMU could not listen on a forwarded host port now (None when it could)."""
-    kind = socket.SOCK_STREAM if port.protocol is PortProtocol.TCP else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's slirp does
-        try:
-            probe.bind((port.address, port.host))
-        except OSError as err:
-            return err.strerror or str(err)
-    return None
-
-
 def _stopped_meanwhile(err: Any, domain: Any) -> bool:
     """Whether a refused stop request only means the domain stopped on its own meanwhile."""
     return bool(
         err.get_error_code() == _libvirt().VIR_ERR_OPERATION_INVALID and not domain.isActive()
     )
-
-
-def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:
-    """Whether a process (its NUL-separated command line and executable) is the QEMU that
-    libvirt started for domain `name` with `uuid`."""
-    if not Path(executable.removesuffix(" (deleted)")).name.startswith("qemu-system-"):
-        return False
-    args = cmdline.decode(errors="replace").split("\0")
-    values = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i] in ("-name", "-uuid")}
-    guest = values.get("-name", "")
-    named = guest == f"guest={name}" or guest.startswith(f"guest={name},")
-    return named and values.get("-uuid", "").lower() == uuid.lower()
 
 
 def _error_lines(log: Path) -> str:

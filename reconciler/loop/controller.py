@@ -263,8 +263,14 @@ class Controller:
                 if p.is_relative_to(self.options.directory)
             )
         )
-        LOG.info("manifests changed: %s", shown or "(directory)")
-        self.reload(reason="manifest", changed=paths)
+        names = self.reload(reason="manifest", changed=paths)
+        # a change that concerns no instance (a log file kept there, notes) is not news: at
+        # INFO it would be written to a log that may itself lie in the directory, forever
+        LOG.log(
+            logging.INFO if names else logging.DEBUG,
+            "manifests changed: %s",
+            shown or "(directory)",
+        )
 
     def _on_event(self, event: DomainEvent) -> None:
         with self._lock:

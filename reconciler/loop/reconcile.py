@@ -42,6 +42,7 @@ from reconciler.planning.plan import (
     plan_instance,
     plan_removal,
 )
+from reconciler.planning.steps import DefineDomain
 from reconciler.statedir import StateDir
 from reconciler.steps.apply import StepContext, apply_step
 
@@ -221,7 +222,13 @@ class Reconciler:
             macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
         )
-        return plan_instance(resolved.spec, actual, context)
+        plan = plan_instance(resolved.spec, actual, context)
+        for step in plan.steps:  # what this driver cannot run is refused before anything
+            if isinstance(step, DefineDomain):
+                problems = self.driver.cannot_express(step.machine)
+                if problems:
+                    return InstancePlan(spec.name, refusal="; ".join(problems))
+        return plan
 
     def _as_adopted(self, spec: InstanceSpec, actual: InstanceActual) -> InstanceActual:
         domain = actual.domain

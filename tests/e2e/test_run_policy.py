@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.drivers.libvirt_driver import is_domain_emulator
+from reconciler.drivers.host import is_domain_emulator
 from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.e2e.test_daemon import destroy_domains, launch, stop_daemon, wait_until

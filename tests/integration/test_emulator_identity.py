@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from reconciler.drivers.libvirt_driver import is_domain_emulator
+from reconciler.drivers.host import is_domain_emulator
 from tests.helpers import unique_name
 
 

@@ -1,0 +1,56 @@
+"""Facts about the local host that both drivers read: whether a process is a given domain's
+QEMU, whether a forwarded host port is free, how much memory there is."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from reconciler.model.desired import PortForward, PortProtocol
+
+
+def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:
+    """Whether a process (its NUL-separated command line and executable) is the QEMU started
+    for domain `name` with `uuid` (by libvirt or by the QMP driver: both pass -name and
+    -uuid)."""
+    if not Path(executable.removesuffix(" (deleted)")).name.startswith("qemu-system-"):
+        return False
+    args = cmdline.decode(errors="replace").split("\0")
+    values = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i] in ("-name", "-uuid")}
+    guest = values.get("-name", "")
+    named = guest == f"guest={name}" or guest.startswith(f"guest={name},")
+    return named and values.get("-uuid", "").lower() == uuid.lower()
+
+
+def emulator_process(pid: int, name: str, uuid: str) -> bool:
+    """Whether live process `pid` is domain `name`'s QEMU (a reused pid is not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        executable = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return is_domain_emulator(cmdline, executable, name, uuid)
+
+
+def port_in_use(port: PortForward) -> str | None:
+    """Why QEMU could not listen on a forwarded host port now (None when it could)."""
+    kind = socket.SOCK_STREAM if port.protocol is PortProtocol.TCP else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's slirp does
+        try:
+            probe.bind((port.address, port.host))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
+def local_memory() -> int | None:
+    """Bytes of memory on this host (None when /proc/meminfo cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

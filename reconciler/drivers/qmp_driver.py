@@ -1,0 +1,587 @@
+"""The QMP driver: QEMU run directly by the reconciler and driven over its QMP socket (with
+qemu.qmp's asyncio client), for hosts where libvirt cannot or should not run.
+
+Each instance's files are in its instance directory (STATE/instances/NAME):
+
+- `domain.xml`: the persistent definition (machine, UUID, ownership marker), in libvirt's
+  domain XML so that both drivers read and write definitions with the same code; written
+  atomically;
+- `qmp.sock`, `qemu.pid`, `console.log` (the serial console), `stopped` (the reason of the
+  last stop this driver saw: shutdown, destroyed, crashed).
+
+QEMU runs in a session of its own (-daemonize), so it outlives the reconciler as under
+libvirt's embedded driver. A process is taken for the instance's only when the pid file names
+a live process whose executable is a QEMU and whose command line carries the instance's name
+and UUID; any other process is never signalled. A guest power-off leaves QEMU in the
+`shutdown` run state and a guest panic in `guest-panicked`; the next observation ends that
+process and records the reason, which is how a stop is told from a failure after the fact.
+A QEMU that died with nobody watching reads as shut off for an unknown reason (a failure, as
+under the embedded libvirt driver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid as uuid_module
+from collections.abc import Coroutine
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient, QMPError, Runstate
+
+from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.drivers.host import emulator_process, local_memory, port_in_use
+from reconciler.drivers.kvm import probe_local_kvm
+from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
+from reconciler.drivers.qemu_argv import (
+    EMULATOR,
+    ProcessFiles,
+    UnsupportedByQemuDriver,
+    blockdev_nodes,
+    hotplug_disk_device,
+    hotplug_nic,
+    render_qemu_argv,
+    unsupported,
+)
+from reconciler.errors import DriverError, PermanentError
+from reconciler.fileops import write_atomically
+from reconciler.model.accel import KvmSupport
+from reconciler.model.actual import PowerState
+from reconciler.model.desired import NetworkSpec, NicType
+from reconciler.model.machine import Disk, Machine, Nic
+
+LOG = logging.getLogger(__name__)
+
+QMP_TIMEOUT_SECONDS = 5.0  # a socket that accepts and never answers: a timeout, not a hang
+LAUNCH_TIMEOUT_SECONDS = 60.0
+EXIT_WAIT_SECONDS = 10.0
+SCAN_SECONDS = 1.0  # how often the watcher looks for processes to attach to
+_T = TypeVar("_T")
+
+# QMP run states -> the power state and reason the rest of the code knows from libvirt
+_RUN_STATES = {
+    "running": (PowerState.RUNNING, "booted"),
+    "paused": (PowerState.PAUSED, "user"),
+    "prelaunch": (PowerState.PAUSED, "starting-up"),
+    "inmigrate": (PowerState.PAUSED, "starting-up"),
+    "io-error": (PowerState.PAUSED, "ioerror"),
+    "internal-error": (PowerState.PAUSED, "crashed"),
+    "watchdog": (PowerState.PAUSED, "watchdog"),
+}
+_EVENTS = {
+    "SHUTDOWN": ("lifecycle", "stopped: shutdown"),
+    "STOP": ("lifecycle", "suspended"),
+    "RESUME": ("lifecycle", "resumed"),
+    "RESET": ("reboot", ""),
+    "GUEST_PANICKED": ("lifecycle", "crashed"),
+    "BLOCK_IO_ERROR": ("io-error", "disk"),
+}
+
+
+class QmpDriver:
+    """Domains as QEMU processes this driver starts, by name."""
+
+    def __init__(self, state_dir: Path, emulator: str = EMULATOR) -> None:
+        self.uri = f"qmp://{state_dir}"
+        self._instances = state_dir / "instances"
+        self._emulator = emulator
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
+        self._thread.start()
+        self._clients: dict[str, QMPClient] = {}
+        self._quitting: set[str] = set()  # names whose QEMU this driver is ending
+        self._lock = threading.RLock()
+        self._on_event: EventCallback | None = None
+        self._scanner: Any = None  # the watcher's scan (a concurrent future)
+        self._listeners: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> QmpDriver:
+        if shutil.which(EMULATOR) is None and not Path(EMULATOR).exists():
+            raise PermanentError(f"--driver qmp needs {EMULATOR} (Debian package qemu-system-x86)")
+        return cls(state_dir)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _directory(self, name: str) -> Path:
+        return self._instances / name
+
+    def _files(self, name: str) -> ProcessFiles:
+        directory = self._directory(name)
+        return ProcessFiles(
+            str(directory / "qmp.sock"),
+            str(directory / "qemu.pid"),
+            str(directory / "guest-agent.sock"),
+        )
+
+    def _definition(self, name: str) -> Machine | None:
+        path = self._directory(name) / "domain.xml"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise DriverError(f"read the definition of {name}", str(err)) from err
+        return parse_domain_xml(text)
+
+    def _write_definition(self, machine: Machine) -> None:
+        directory = self._directory(machine.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / "domain.xml", render_domain_xml(machine).encode(), 0o600)
+
+    def _live(self, name: str) -> Machine | None:
+        """The machine the running QEMU was started as, with the live changes made since."""
+        try:
+            return parse_domain_xml((self._directory(name) / "live.xml").read_text())
+        except (OSError, DomainXmlError):
+            return None
+
+    def _write_live(self, machine: Machine) -> None:
+        live = self._directory(machine.name) / "live.xml"
+        write_atomically(live, render_domain_xml(machine).encode(), 0o600)
+
+    def _change_live(self, name: str, **changes: Any) -> None:
+        live = self._live(name)
+        if live is not None:
+            self._write_live(replace(live, **changes))
+
+    def _pid(self, name: str, uuid: str) -> int | None:
+        """The live QEMU of this instance, proven by its command line (None when there is
+        none: no pid file, a dead pid, or a pid now used by another process)."""
+        try:
+            pid = int(Path(self._files(name).pidfile).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if emulator_process(pid, name, uuid) else None
+
+    def _stop_reason(self, name: str) -> str:
+        try:
+            return (self._directory(name) / "stopped").read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def _record_stop(self, name: str, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            write_atomically(self._directory(name) / "stopped", reason.encode())
+
+    # -- the QMP loop --------------------------------------------------------------------------
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], what: str, timeout: float) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout as err:
+            future.cancel()
+            raise DriverError(what, f"no answer from QEMU within {timeout:.0f}s") from err
+        except (QMPError, OSError, EOFError) as err:
+            raise DriverError(what, str(err) or type(err).__name__) from err
+
+    async def _client(self, name: str) -> QMPClient:
+        with self._lock:
+            client = self._clients.get(name)
+        if client is not None and client.runstate is Runstate.RUNNING:
+            return client
+        client = QMPClient(name)
+        try:
+            await asyncio.wait_for(
+                client.connect(self._files(name).qmp_socket), QMP_TIMEOUT_SECONDS
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise
+        with self._lock:
+            self._clients[name] = client
+        self._listeners.add(self._loop.create_task(self._listen(name, client)))
+        return client
+
+    async def _execute(self, name: str, command: str, arguments: dict[str, Any] | None) -> Any:
+        client = await self._client(name)
+        return await asyncio.wait_for(client.execute(command, arguments), QMP_TIMEOUT_SECONDS)
+
+    def _qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        return self._run(
+            self._execute(name, command, arguments), f"{command} {name}", QMP_TIMEOUT_SECONDS * 2
+        )
+
+    async def _listen(self, name: str, client: QMPClient) -> None:
+        """Deliver this QEMU's events until its socket closes (QEMU gone: a stop)."""
+        consumer = asyncio.ensure_future(self._consume(name, client))
+        try:
+            while client.runstate is Runstate.RUNNING:
+                await client.runstate_changed()
+        finally:
+            consumer.cancel()
+        with self._lock:
+            if self._clients.get(name) is client:
+                del self._clients[name]
+            ended_by_us = name in self._quitting
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+        self._emit(name, "lifecycle", "stopped: destroyed" if ended_by_us else "stopped: failed")
+
+    async def _consume(self, name: str, client: QMPClient) -> None:
+        async for event in client.events:
+            which = str(event["event"])
+            kind, detail = _EVENTS.get(which, ("", ""))
+            data: Any = event.get("data") or {}
+            guest = bool(data.get("guest", True)) if isinstance(data, dict) else True
+            if kind and (which != "SHUTDOWN" or guest):  # not our own quit
+                self._emit(name, kind, detail)
+
+    def _emit(self, name: str, kind: str, detail: str) -> None:
+        callback = self._on_event
+        if callback is not None:
+            callback(DomainEvent(name, kind, detail))
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def kvm_support(self) -> KvmSupport:
+        return probe_local_kvm()
+
+    def host_memory(self) -> int | None:
+        return local_memory()
+
+    def list_domains(self) -> list[DomainRecord]:
+        if not self._instances.is_dir():
+            return []
+        records = []
+        for directory in sorted(self._instances.iterdir()):
+            if (directory / "domain.xml").exists():
+                record = self.lookup(directory.name)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def lookup(self, name: str) -> DomainRecord | None:
+        try:
+            definition = self._definition(name)
+        except DomainXmlError as err:
+            return DomainRecord(name, "", PowerState.SHUTOFF, "unknown", True, None, None, str(err))
+        if definition is None:
+            return None
+        uuid = definition.uuid or ""
+        pid = self._pid(name, uuid)
+        if pid is None:
+            return DomainRecord(
+                name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
+            )
+        status = self._qmp(name, "query-status")
+        run_state = str(status.get("status", ""))
+        if run_state in ("shutdown", "guest-panicked"):  # on_poweroff / on_crash: destroy
+            reason = "shutdown" if run_state == "shutdown" else "crashed"
+            self._end(name, pid, reason)
+            return DomainRecord(name, uuid, PowerState.SHUTOFF, reason, True, definition)
+        state, reason = _RUN_STATES.get(run_state, (PowerState.PAUSED, run_state))
+        live = self._live(name) or definition
+        return DomainRecord(name, uuid, state, reason, True, definition, live)
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        nodes = self._qmp(name, "query-named-block-nodes", {"flat": True})
+        for node in nodes:
+            if node.get("node-name") == target:
+                return int(node["image"]["virtual-size"])
+        raise DriverError(f"read disk {target} of {name}", "no such block node")
+
+    def log_hint(self, name: str) -> str:
+        return f"QEMU's log: {self._directory(name) / 'qemu.log'}"
+
+    def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
+        problems = []
+        for index, network in enumerate(networks):
+            if network.type is not NicType.USER:
+                problems.append(
+                    f"interface {index}: type {network.type.value} needs libvirt (the QMP "
+                    "driver runs user-mode networking only)"
+                )
+            problems += [
+                f"interface {index}: host port {port.address}:{port.host}/"
+                f"{port.protocol.value} is in use ({why}); the forward to guest port "
+                f"{port.guest} cannot be set up"
+                for port in network.ports
+                if (why := port_in_use(port)) is not None
+            ]
+        return tuple(problems)
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    def cannot_express(self, machine: Machine) -> tuple[str, ...]:
+        return tuple(unsupported(machine))
+
+    def define(self, machine: Machine) -> None:
+        problems = unsupported(machine)
+        if problems:
+            raise DriverError(f"define {machine.name}", "; ".join(problems))
+        existing = self._definition(machine.name)
+        if existing is not None and machine.uuid not in (None, existing.uuid):
+            raise DriverError(f"define {machine.name}", "domain exists with another uuid")
+        uuid = (existing.uuid if existing else None) or machine.uuid or str(uuid_module.uuid4())
+        self._write_definition(replace(machine, uuid=uuid))
+        self._emit(machine.name, "lifecycle", "defined")
+
+    def set_marker(self, name: str, machine: Machine) -> None:
+        existing = self._definition(name)
+        if existing is None:
+            raise DriverError(f"mark {name}", "no such domain")
+        self._write_definition(
+            replace(
+                existing,
+                marker=machine.marker,
+                protected=machine.protected,
+                delete_disks=machine.delete_disks,
+                shutdown_timeout_seconds=machine.shutdown_timeout_seconds,
+                asked_running=machine.asked_running,
+            )
+        )
+
+    def undefine(self, name: str) -> None:
+        definition = self._definition(name)
+        if definition is None:
+            raise DriverError(f"undefine {name}", "no such domain")
+        if self._pid(name, definition.uuid or "") is not None:
+            raise DriverError(f"undefine {name}", "domain is running")
+        (self._directory(name) / "domain.xml").unlink()
+        self._emit(name, "lifecycle", "undefined")
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        """The QMP driver keeps no autostart flag (DomainRecord.autostart is None)."""
+
+    # -- power ---------------------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        definition = self._definition(name)
+        if definition is None:
+            raise DriverError(f"start {name}", "no such domain")
+        if self._pid(name, definition.uuid or "") is not None:
+            raise DriverError(f"start {name}", "domain is already running")
+        files = self._files(name)
+        for stale in (files.qmp_socket, files.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        try:
+            argv = render_qemu_argv(definition, files, self._emulator)
+        except UnsupportedByQemuDriver as err:
+            raise DriverError(f"start {name}", str(err)) from err
+        self._launch(name, argv, files)
+        self._write_live(definition)
+        with contextlib.suppress(FileNotFoundError):
+            (self._directory(name) / "stopped").unlink()
+        with self._lock:
+            self._quitting.discard(name)
+        if definition.max_memory_kib is not None:  # QEMU has the maximum, the balloon the rest
+            with contextlib.suppress(DriverError):
+                self._qmp(name, "balloon", {"value": definition.memory_kib * 1024})
+        self._emit(name, "lifecycle", "started")
+
+    def _launch(self, name: str, argv: list[str], files: ProcessFiles) -> None:
+        """Start QEMU in a session of its own (it outlives this process; -daemonize cannot be
+        combined with the sandbox), its output in qemu.log, and wait until it is up: its pid
+        file and QMP socket are there, or it has exited (the log says why)."""
+        log_path = self._directory(name) / "qemu.log"
+        try:
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True, close_fds=True,
+                )  # fmt: skip
+        except OSError as err:
+            raise DriverError(f"start {name}", str(err)) from err
+        # reap it when it ends, so that a QEMU that dies while this process lives is gone
+        threading.Thread(target=process.wait, name=f"reap-{name}", daemon=True).start()
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise DriverError(f"start {name}", _last_line(log_path) or "QEMU exited")
+            if os.path.exists(files.pidfile) and os.path.exists(files.qmp_socket):
+                return
+            time.sleep(0.02)
+        raise DriverError(f"start {name}", f"QEMU not up after {LAUNCH_TIMEOUT_SECONDS:.0f}s")
+
+    def request_shutdown(self, name: str) -> bool:
+        record = self.lookup(name)
+        if record is None or record.state is not PowerState.RUNNING:
+            return False
+        self._qmp(name, "system_powerdown")
+        return True
+
+    def force_stop(self, name: str) -> None:
+        definition = self._definition(name)
+        if definition is None:
+            raise DriverError(f"destroy {name}", "no such domain")
+        pid = self._pid(name, definition.uuid or "")
+        if pid is None:
+            raise DriverError(f"destroy {name}", "domain is not running")
+        self._end(name, pid, "destroyed")
+
+    def tear_down(self, name: str) -> str:
+        definition = self._definition(name)
+        pid = None if definition is None else self._pid(name, definition.uuid or "")
+        if pid is None:
+            return "nothing to tear down: no QEMU of this instance runs"
+        self._end(name, pid, "destroyed")
+        return f"ended QEMU process {pid}"
+
+    def _end(self, name: str, pid: int, reason: str) -> None:
+        """End this instance's QEMU (`quit`, then SIGKILL of the proven pid) and record why."""
+        with self._lock:
+            self._quitting.add(name)
+        self._record_stop(name, reason)
+        with contextlib.suppress(DriverError):
+            self._qmp(name, "quit")
+        deadline = time.monotonic() + EXIT_WAIT_SECONDS
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid) and self._pid(name, self._uuid(name)) == pid:
+            os.kill(pid, signal.SIGKILL)
+
+    def _uuid(self, name: str) -> str:
+        definition = self._definition(name)
+        return (definition.uuid or "") if definition else ""
+
+    # -- live changes --------------------------------------------------------------------------
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        self._qmp(name, "block_resize", {"node-name": target, "size": size_bytes})
+
+    def set_memory(self, name: str, memory_kib: int) -> None:
+        self._qmp(name, "balloon", {"value": memory_kib * 1024})
+        self._change_live(name, memory_kib=memory_kib)
+
+    def set_vcpus(self, name: str, vcpus: int) -> None:
+        raise DriverError(f"set vCPUs of {name}", "the QMP driver does not plug vCPUs")
+
+    def attach_disk(self, name: str, disk: Disk) -> None:
+        live = self._require_live(name, "attach disk to")
+        for node in blockdev_nodes(disk):
+            self._qmp(name, "blockdev-add", node)
+        self._qmp(name, "device_add", hotplug_disk_device(live, disk))
+        self._change_live(name, disks=(*live.disks, disk))
+
+    def detach_disk(self, name: str, disk: Disk) -> None:
+        live = self._require_live(name, "detach disk from")
+        self._unplug(name, disk.target)
+        for node in (disk.target, f"file-{disk.target}"):
+            with contextlib.suppress(DriverError):  # gone with the device on some versions
+                self._qmp(name, "blockdev-del", {"node-name": node})
+        self._change_live(name, disks=tuple(d for d in live.disks if d.target != disk.target))
+
+    def attach_nic(self, name: str, nic: Nic, index: int) -> None:
+        live = self._require_live(name, "attach NIC to")
+        netdev, device = hotplug_nic(live, nic, index)
+        self._qmp(name, "netdev_add", netdev)
+        self._qmp(name, "device_add", device)
+        self._change_live(name, nics=(*live.nics, nic))
+
+    def detach_nic(self, name: str, nic: Nic, index: int) -> None:
+        live = self._require_live(name, "detach NIC from")
+        self._unplug(name, f"net{index}")
+        with contextlib.suppress(DriverError):
+            self._qmp(name, "netdev_del", {"id": f"net{index}"})
+        self._change_live(name, nics=tuple(n for n in live.nics if n.mac != nic.mac))
+
+    def _require_live(self, name: str, what: str) -> Machine:
+        live = self._live(name)
+        if live is None:
+            raise DriverError(f"{what} {name}", "domain is not running")
+        return live
+
+    def _unplug(self, name: str, device: str) -> None:
+        """device_del, then wait until the guest let the device go (it must cooperate)."""
+        self._qmp(name, "device_del", {"id": device})
+        deadline = time.monotonic() + QMP_TIMEOUT_SECONDS * 6
+        while time.monotonic() < deadline:
+            paths = self._qmp(name, "qom-list", {"path": "/machine/peripheral"})
+            if all(entry.get("name") != device for entry in paths):
+                return
+            time.sleep(0.2)
+        raise DriverError(f"detach {device} from {name}", "the guest did not release it")
+
+    def change_medium(self, name: str, target: str, path: str) -> None:
+        self._qmp(
+            name,
+            "blockdev-change-medium",
+            {"id": target, "filename": path, "format": "raw", "read-only-mode": "read-only",
+             "force": True},
+        )  # fmt: skip
+        live = self._live(name)
+        if live is not None:
+            disks = tuple(replace(d, path=path) if d.target == target else d for d in live.disks)
+            self._change_live(name, disks=disks)
+
+    # -- events and connection -----------------------------------------------------------------
+
+    def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
+        """Events of every running instance's QEMU: the driver attaches to each (and to each
+        one started later) and reports its QMP events, and its end when the socket closes."""
+        self._on_event = on_event
+        self._scanner = asyncio.run_coroutine_threadsafe(self._scan(), self._loop)
+
+    async def _scan(self) -> None:
+        while True:
+            for directory in list(self._instances.glob("*/qemu.pid")):
+                name = directory.parent.name
+                with self._lock:
+                    attached = name in self._clients
+                if attached:
+                    continue
+                uuid = await asyncio.to_thread(self._uuid, name)
+                if uuid and await asyncio.to_thread(self._pid, name, uuid) is not None:
+                    with contextlib.suppress(Exception):
+                        await self._client(name)
+            await asyncio.sleep(SCAN_SECONDS)
+
+    def connected(self) -> bool:
+        return self._thread.is_alive()
+
+    def reconnect(self) -> None:
+        """Nothing to reconnect to: each QEMU is reached on its own socket."""
+
+    def close(self) -> None:
+        async def disconnect_all() -> None:
+            with self._lock:
+                clients = list(self._clients.values())
+                self._clients.clear()
+                self._on_event = None
+            for task in list(self._listeners):
+                task.cancel()
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+
+        if self._scanner is not None:
+            self._scanner.cancel()
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(disconnect_all(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
