@@ -104,6 +104,7 @@ class QmpDriver:
         self._on_event: EventCallback | None = None
         self._scanner: Any = None  # the watcher's scan (a concurrent future)
         self._listeners: set[asyncio.Task[None]] = set()
+        self._monitors: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def open(cls, state_dir: Path) -> QmpDriver:
@@ -186,11 +187,7 @@ class QmpDriver:
         except (QMPError, OSError, EOFError) as err:
             raise DriverError(what, str(err) or type(err).__name__) from err
 
-    async def _client(self, name: str) -> QMPClient:
-        with self._lock:
-            client = self._clients.get(name)
-        if client is not None and client.runstate is Runstate.RUNNING:
-            return client
+    async def _connect(self, name: str) -> QMPClient:
         client = QMPClient(name)
         try:
             await asyncio.wait_for(
@@ -200,14 +197,47 @@ class QmpDriver:
             with contextlib.suppress(Exception):
                 await client.disconnect()
             raise
+        return client
+
+    async def _client(self, name: str) -> QMPClient:
+        """The watcher's connection to this QEMU (kept, to hear its events)."""
+        with self._lock:
+            client = self._clients.get(name)
+        if client is not None and client.runstate is Runstate.RUNNING:
+            return client
+        client = await self._connect(name)
         with self._lock:
             self._clients[name] = client
         self._listeners.add(self._loop.create_task(self._listen(name, client)))
         return client
 
     async def _execute(self, name: str, command: str, arguments: dict[str, Any] | None) -> Any:
-        client = await self._client(name)
-        return await asyncio.wait_for(client.execute(command, arguments), QMP_TIMEOUT_SECONDS)
+        """One command. A QEMU's monitor serves one client at a time: a watching driver (the
+        daemon) keeps its connection; otherwise each command connects and lets go, so that
+        another process (a later run, a tool) can reach the same QEMU."""
+        # one conversation per QEMU at a time: a second client of its monitor would wait, or
+        # be dropped, while the first is connected (the workers of a pass ask concurrently)
+        async with self._monitor(name):
+            if self._on_event is not None:
+                client = await self._client(name)
+                return await asyncio.wait_for(
+                    client.execute(command, arguments), QMP_TIMEOUT_SECONDS
+                )
+            client = await self._connect(name)
+            try:
+                return await asyncio.wait_for(
+                    client.execute(command, arguments), QMP_TIMEOUT_SECONDS
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+
+    def _monitor(self, name: str) -> asyncio.Lock:
+        """The lock of one QEMU's monitor (made and used in the loop's thread only)."""
+        lock = self._monitors.get(name)
+        if lock is None:
+            lock = self._monitors[name] = asyncio.Lock()
+        return lock
 
     def _qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
         return self._run(
@@ -403,9 +433,22 @@ class QmpDriver:
             if process.poll() is not None:
                 raise DriverError(f"start {name}", _last_line(log_path) or "QEMU exited")
             if os.path.exists(files.pidfile) and os.path.exists(files.qmp_socket):
-                return
+                break
             time.sleep(0.02)
-        raise DriverError(f"start {name}", f"QEMU not up after {LAUNCH_TIMEOUT_SECONDS:.0f}s")
+        else:
+            raise DriverError(f"start {name}", f"QEMU not up after {LAUNCH_TIMEOUT_SECONDS:.0f}s")
+        # the socket comes before the machine: an unknown CPU model, a disk QEMU cannot open
+        # end QEMU just after it; up is when it answers about a run state
+        try:
+            self._qmp(name, "query-status")
+        except DriverError:
+            if process.wait(EXIT_WAIT_SECONDS) is not None:
+                raise DriverError(f"start {name}", _last_line(log_path) or "QEMU exited") from None
+            raise
+
+    def reset(self, name: str) -> None:
+        """Reset the guest (a hard reboot; for tests and tools, as LibvirtDriver.reset)."""
+        self._qmp(name, "system_reset")
 
     def request_shutdown(self, name: str) -> bool:
         record = self.lookup(name)
@@ -537,7 +580,8 @@ class QmpDriver:
                 uuid = await asyncio.to_thread(self._uuid, name)
                 if uuid and await asyncio.to_thread(self._pid, name, uuid) is not None:
                     with contextlib.suppress(Exception):
-                        await self._client(name)
+                        async with self._monitor(name):
+                            await self._client(name)
             await asyncio.sleep(SCAN_SECONDS)
 
     def connected(self) -> bool:
@@ -564,6 +608,8 @@ class QmpDriver:
             asyncio.run_coroutine_threadsafe(disconnect_all(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()  # its selector and sockets: a command's driver is one of many
 
 
 def _alive(pid: int) -> bool:

@@ -1,5 +1,11 @@
-"""End-to-end fixtures: one embedded libvirt root for the whole session (its first use probes
-QEMU), real qemu-img, real QEMU. Every domain made here is destroyed at the end."""
+"""End-to-end fixtures: one state directory per driver for the whole session (the embedded
+libvirt root's first use probes QEMU), real qemu-img, real QEMU. Every domain made here is
+destroyed at the end.
+
+A module marked `both_drivers` runs each of its tests under libvirt's embedded driver and
+under the QMP driver (`e2e.driver_name` says which); a test that needs what only libvirt has
+is marked `libvirt_only`. Other modules run under libvirt.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,37 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.cli import main as cli
 from reconciler.drivers.libvirt_driver import LibvirtDriver, embedded_uri
+from reconciler.drivers.qmp_driver import QmpDriver
 from reconciler.model.actual import PowerState
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
 from tests.helpers import write_base_image
 
+DRIVERS = ("libvirt", "qmp")
+
 
 @dataclass(frozen=True)
 class E2E:
     state: StateDir
-    driver: LibvirtDriver
+    driver: Any  # LibvirtDriver or QmpDriver; libvirt-only tests use libvirt's extras (xml...)
     base: Path
     sha256: str
+    driver_name: str = "libvirt"
+
+    def qemu_pid(self, name: str) -> int:
+        """The pid the driver recorded for the domain's QEMU (libvirt's pid file, or the QMP
+        driver's in the instance directory)."""
+        if self.driver_name == "libvirt":
+            path = self.state.libvirt_root / "run" / "qemu" / f"{name}.pid"
+        else:
+            path = self.state.instance(name).directory / "qemu.pid"
+        return int(path.read_text().strip())
 
     def state_of(self, name: str) -> PowerState | None:
         """The domain's power state, or None when there is no such domain."""
@@ -42,16 +62,28 @@ class CliRun:
     err: str
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of `both_drivers` modules run once per driver (libvirt_only ones under libvirt)."""
+    if "e2e" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_drivers") is not None
+    only = metafunc.definition.get_closest_marker("libvirt_only") is not None
+    names = DRIVERS if both and not only else DRIVERS[:1]
+    metafunc.parametrize("driver_name", names, scope="session")
+
+
 @pytest.fixture(scope="session")
-def e2e() -> Iterator[E2E]:
+def e2e(driver_name: str) -> Iterator[E2E]:
     # Short path: libvirt's unix sockets live under it (108-byte limit).
-    root = Path(tempfile.mkdtemp(prefix="rce-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=f"rce{driver_name[0]}-", dir="/tmp"))
     images = root / "src"
     images.mkdir()
     base, sha = write_base_image(images)
-    driver = LibvirtDriver.open(None, root)
+    driver: Any = (
+        LibvirtDriver.open(None, root) if driver_name == "libvirt" else QmpDriver.open(root)
+    )
     try:
-        yield E2E(StateDir(root), driver, base, sha)
+        yield E2E(StateDir(root), driver, base, sha, driver_name)
     finally:
         for record in driver.list_domains():
             if record.state.active:
@@ -68,7 +100,8 @@ def reconcile(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli
     def run(*args: str) -> CliRun:
         capsys.readouterr()
         images = ["--image-dir", str(e2e.base.parent), "--image-dir", str(IMAGES)]
-        code = cli.main([*args, "--state-dir", str(e2e.state.root), *images])
+        driver = ["--driver", e2e.driver_name]
+        code = cli.main([*args, "--state-dir", str(e2e.state.root), *driver, *images])
         captured = capsys.readouterr()
         return CliRun(code, captured.out, captured.err)
 

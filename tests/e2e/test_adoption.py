@@ -109,7 +109,7 @@ def test_adopt_marks_a_matching_domain_and_refuses_one_that_differs(
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, state="stopped")
     checked = reconcile("adopt", name, str(tmp_path), "--dry-run")
     assert checked.code == 0 and "matches its manifest" in checked.out
-    assert e2e.driver.lookup(name).definition.marker is None  # type: ignore[union-attr]
+    assert e2e.driver.lookup(name).definition.marker is None
     adopted = reconcile("adopt", name, str(tmp_path))
     assert adopted.code == 0, adopted.out + adopted.err
     assert f"{name}: adopted" in adopted.out

@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.model.actual import PowerState
 from reconciler.sizes import format_size
@@ -13,6 +15,8 @@ from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image, parse_markers, wait_for_marker
 from tests.helpers import unique_name, write_manifest
 from tests.httpserver import Behaviour, image_server
+
+pytestmark = pytest.mark.both_drivers
 
 MIB = 1024**2
 Reconcile = Callable[..., CliRun]

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler.manifests.loader import load_manifests
@@ -25,6 +26,8 @@ from reconciler.steps.configdrive import render_iso
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
+
+pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKz3q0vZ8d2hm1rj3b3x2Y0T7mD0f8m5aXoVn0d3p1c8 t@host"
@@ -171,6 +174,7 @@ def test_console_prints_the_serial_log(e2e: E2E, reconcile: Reconcile, tmp_path:
     assert reconcile("console", "no-such-instance").code == 2
 
 
+@pytest.mark.libvirt_only  # the QMP driver refuses bridges and networks at plan time
 def test_a_missing_bridge_or_network_fails_the_instance_before_anything_is_made(
     e2e: E2E, reconcile: Reconcile, tmp_path: Path
 ) -> None:

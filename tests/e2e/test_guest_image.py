@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import PROJECT
+
+pytestmark = pytest.mark.both_drivers
 
 
 def sha256_of(path: Path) -> str:

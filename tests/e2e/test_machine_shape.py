@@ -11,10 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
+
+pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 MIB = 1024**2
@@ -158,6 +162,7 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
     assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0
 
 
+@pytest.mark.libvirt_only  # the QMP driver boots BIOS guests only (refused at plan time)
 def test_uefi_boots_under_ovmf_with_its_nvram_in_the_instance_directory(
     e2e: E2E, reconcile: Reconcile, tmp_path: Path
 ) -> None:

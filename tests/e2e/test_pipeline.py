@@ -18,6 +18,8 @@ from reconciler.model.machine import Machine
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.helpers import unique_name, write_manifest
 
+pytestmark = pytest.mark.both_drivers
+
 MIB = 1024**2
 Reconcile = Callable[..., CliRun]
 
@@ -143,7 +145,8 @@ def test_foreign_domain_is_left_untouched(e2e: E2E, reconcile: Reconcile, tmp_pa
     assert "not created by reconciler" in result.out
     after = e2e.driver.lookup(name)
     assert after == before
-    assert not e2e.state.instance(name).directory.exists()
+    paths = e2e.state.instance(name)
+    assert not paths.disk.exists() and not list(paths.directory.glob("config-*"))  # nothing made
 
 
 def test_invalid_manifest_does_not_stop_a_valid_one(

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.cli.main import PLAN_EXIT_DISRUPTIVE
 from tests.e2e.conftest import E2E, CliRun
 from tests.helpers import unique_name, write_manifest
+
+pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 

@@ -28,7 +28,7 @@ def kill_qemu(e2e: E2E, name: str) -> None:
     """SIGKILL the domain's QEMU, after checking it is that domain's emulator."""
     record = e2e.driver.lookup(name)
     assert record is not None
-    pid = int((e2e.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text())
+    pid = e2e.qemu_pid(name)
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     assert is_domain_emulator(cmdline, os.readlink(f"/proc/{pid}/exe"), name, record.uuid)
     os.kill(pid, signal.SIGKILL)

@@ -10,12 +10,16 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import Accelerator
 from reconciler.model.machine import Disk, Machine, OwnershipMarker
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image
 from tests.helpers import unique_name, write_manifest
+
+pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 
@@ -26,8 +30,7 @@ def qemu_img(*args: str) -> None:
 
 def qemu_open_files(e2e: E2E, name: str) -> set[str]:
     """Every file the domain's QEMU process holds open."""
-    pid = (e2e.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text().strip()
-    fds = Path(f"/proc/{pid}/fd")
+    fds = Path(f"/proc/{e2e.qemu_pid(name)}/fd")
     return {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
 
 
@@ -100,7 +103,7 @@ def test_a_forged_ownership_marker_proves_nothing(
         assert result.code == 1
         assert "it is left untouched" in result.out
         assert e2e.driver.lookup(name) == before
-        assert not e2e.state.instance(name).directory.exists()
+        assert not e2e.state.instance(name).disk.exists()  # nothing was made for it
         (tmp_path / f"{name}.yaml").unlink()
 
 
