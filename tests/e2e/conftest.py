@@ -68,12 +68,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     both = metafunc.definition.get_closest_marker("both_drivers") is not None
     only = metafunc.definition.get_closest_marker("libvirt_only") is not None
-    names = DRIVERS if both and not only else DRIVERS[:1]
-    metafunc.parametrize("driver_name", names, scope="session")
+    metafunc.parametrize("driver_name", DRIVERS if both and not only else DRIVERS[:1])
 
 
-@pytest.fixture(scope="session")
-def e2e(driver_name: str) -> Iterator[E2E]:
+@contextlib.contextmanager
+def _session_state(driver_name: str) -> Iterator[E2E]:
     # Short path: libvirt's unix sockets live under it (108-byte limit).
     root = Path(tempfile.mkdtemp(prefix=f"rce{driver_name[0]}-", dir="/tmp"))
     images = root / "src"
@@ -91,6 +90,25 @@ def e2e(driver_name: str) -> Iterator[E2E]:
             driver.undefine(record.name)
         driver.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# One state directory per driver, each kept for the whole session (the libvirt one's log file
+# is where every process the tests start sends libvirt's messages)
+@pytest.fixture(scope="session")
+def e2e_libvirt() -> Iterator[E2E]:
+    with _session_state("libvirt") as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def e2e_qmp() -> Iterator[E2E]:
+    with _session_state("qmp") as state:
+        yield state
+
+
+@pytest.fixture
+def e2e(driver_name: str, request: pytest.FixtureRequest) -> E2E:
+    return request.getfixturevalue(f"e2e_{driver_name}")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
