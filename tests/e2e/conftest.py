@@ -107,8 +107,16 @@ def e2e_qmp() -> Iterator[E2E]:
 
 
 @pytest.fixture
-def e2e(driver_name: str, request: pytest.FixtureRequest) -> E2E:
-    return request.getfixturevalue(f"e2e_{driver_name}")  # type: ignore[no-any-return]
+def e2e(driver_name: str, request: pytest.FixtureRequest) -> Iterator[E2E]:
+    """The session's state directory for this driver. What a test left running is stopped
+    after it (names never repeat between tests): idle TCG guests of every earlier test would
+    otherwise share the host's two cores with the guests of the later ones."""
+    state: E2E = request.getfixturevalue(f"e2e_{driver_name}")
+    yield state
+    for record in state.driver.list_domains():
+        if record.state.active:
+            with contextlib.suppress(Exception):
+                state.driver.force_stop(record.name)
 
 
 @pytest.fixture
