@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from reconciler.model.desired import PortForward, PortProtocol
+from reconciler.model.desired import NetworkSpec, PortForward, PortProtocol
 
 
 def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:
@@ -43,6 +43,16 @@ def port_in_use(port: PortForward) -> str | None:
         except OSError as err:
             return err.strerror or str(err)
     return None
+
+
+def busy_ports(index: int, network: NetworkSpec) -> list[str]:
+    """Why the forwards of interface `index` cannot be set up now, one line per busy port."""
+    return [
+        f"interface {index}: host port {port.address}:{port.host}/{port.protocol.value} is in "
+        f"use ({why}); the forward to guest port {port.guest} cannot be set up"
+        for port in network.ports
+        if (why := port_in_use(port)) is not None
+    ]
 
 
 def local_memory() -> int | None:

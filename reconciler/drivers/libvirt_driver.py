@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
-from reconciler.drivers.host import is_domain_emulator, port_in_use
+from reconciler.drivers.host import busy_ports, is_domain_emulator
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
     MARKER_NAMESPACE,
@@ -536,13 +536,7 @@ class LibvirtDriver:
             if problem is not None:
                 problems.append(f"interface {index}: {problem}")
             if self._local():
-                problems += [
-                    f"interface {index}: host port {port.address}:{port.host}/"
-                    f"{port.protocol.value} is in use ({why}); the forward to guest port "
-                    f"{port.guest} cannot be set up"
-                    for port in network.ports
-                    if (why := port_in_use(port)) is not None
-                ]
+                problems += busy_ports(index, network)
         return tuple(problems)
 
     def _attachment_problem(self, network: NetworkSpec) -> str | None:

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from qemu.qmp import QMPClient, QMPError, Runstate
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
-from reconciler.drivers.host import emulator_process, local_memory, port_in_use
+from reconciler.drivers.host import busy_ports, emulator_process, local_memory
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
 from reconciler.drivers.qemu_argv import (
@@ -334,13 +334,7 @@ class QmpDriver:
                     f"interface {index}: type {network.type.value} needs libvirt (the QMP "
                     "driver runs user-mode networking only)"
                 )
-            problems += [
-                f"interface {index}: host port {port.address}:{port.host}/"
-                f"{port.protocol.value} is in use ({why}); the forward to guest port "
-                f"{port.guest} cannot be set up"
-                for port in network.ports
-                if (why := port_in_use(port)) is not None
-            ]
+            problems += busy_ports(index, network)
         return tuple(problems)
 
     # -- definitions ---------------------------------------------------------------------------
