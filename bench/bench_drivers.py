@@ -97,9 +97,8 @@ def main() -> int:
                 times[driver].append(elapsed)
                 run(driver, state, down, root)
     finally:
-        for driver, state in states.items():
-            with_absent = run(driver, state, down, root)
-            del with_absent
+        for driver, state in states.items():  # nothing may keep running
+            run(driver, state, down, root)
         shutil.rmtree(root, ignore_errors=True)
     medians = {driver: statistics.median(values) for driver, values in times.items()}
     print(

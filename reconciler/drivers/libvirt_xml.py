@@ -45,7 +45,7 @@ ET.register_namespace("qemu", QEMU_NAMESPACE)
 # order whichever way each is rendered; libvirt gives other devices the low slots
 NIC_SLOT_BASE = 0x10
 _SOURCE_ATTRIBUTES = {NicType.NETWORK: "network", NicType.BRIDGE: "bridge", NicType.DIRECT: "dev"}
-_QEMU_NIC_DEVICES = {
+QEMU_NIC_DEVICES = {
     NicModel.VIRTIO: "virtio-net-pci",
     NicModel.E1000: "e1000",
     NicModel.RTL8139: "rtl8139",
@@ -203,8 +203,8 @@ def _add_nics(devices: ET.Element, machine: Machine) -> list[str]:
         slot = NIC_SLOT_BASE + index
         if nic.type is NicType.USER and nic.ports:
             netdev = f"{_NETDEV_PREFIX}{index}"
-            rules = "".join(f",hostfwd={_hostfwd(port)}" for port in nic.ports)
-            device = _QEMU_NIC_DEVICES[nic.model]
+            rules = "".join(f",hostfwd={hostfwd_rule(port)}" for port in nic.ports)
+            device = QEMU_NIC_DEVICES[nic.model]
             arguments += ["-netdev", f"user,id={netdev}{rules}"]
             arguments += [
                 "-device",
@@ -237,7 +237,8 @@ def render_interface_xml(nic: Nic, index: int) -> str:
     return ET.tostring(holder[0], encoding="unicode")
 
 
-def _hostfwd(port: PortForward) -> str:
+def hostfwd_rule(port: PortForward) -> str:
+    """QEMU's hostfwd= rule for one port forward (both drivers pass it to -netdev user)."""
     return f"{port.protocol.value}:{port.address}:{port.host}-:{port.guest}"
 
 
@@ -376,7 +377,7 @@ def _parse_nics(root: ET.Element) -> tuple[Nic, ...]:
         elif option == "-device":
             head, *rest = value.split(",")
             devices.append({"driver": head, **dict(f.split("=", 1) for f in rest if "=" in f)})
-    models = {device: model for model, device in _QEMU_NIC_DEVICES.items()}
+    models = {device: model for model, device in QEMU_NIC_DEVICES.items()}
     for device in devices:
         netdev = device.get("netdev")
         if netdev not in netdevs or device["driver"] not in models:

@@ -13,6 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from reconciler.drivers.libvirt_xml import (
+    GUEST_AGENT_CHANNEL,
+    NIC_SLOT_BASE,
+    QEMU_NIC_DEVICES,
+    hostfwd_rule,
+)
 from reconciler.model.desired import (
     Accelerator,
     BootDevice,
@@ -20,22 +26,12 @@ from reconciler.model.desired import (
     CpuSpec,
     Firmware,
     Graphics,
-    NicModel,
     NicType,
-    PortForward,
 )
 from reconciler.model.machine import Disk, Machine, Nic
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
-# NIC i sits in PCI slot NIC_SLOT_BASE + i, as under libvirt: the guest sees the manifest's order
-NIC_SLOT_BASE = 0x10
-DISK_SLOT_BASE = 0x04  # virtio disks, in target order
-_NIC_DEVICES = {
-    NicModel.VIRTIO: "virtio-net-pci",
-    NicModel.E1000: "e1000",
-    NicModel.RTL8139: "rtl8139",
-}
-GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+DISK_SLOT_BASE = 0x04  # virtio disks, in target order (NICs sit where they do under libvirt)
 
 
 class UnsupportedByQemuDriver(ValueError):
@@ -201,7 +197,7 @@ def hotplug_nic(
     """netdev_add's and device_add's arguments for NIC `index` plugged into `machine`."""
     netdev = f"net{index}"
     device: dict[str, object] = {
-        "driver": _NIC_DEVICES[nic.model],
+        "driver": QEMU_NIC_DEVICES[nic.model],
         "netdev": netdev,
         "id": netdev,
         "mac": nic.mac,
@@ -231,18 +227,14 @@ def _nics(machine: Machine) -> list[str]:
     bus = _bus(machine)
     for index, nic in enumerate(machine.nics):
         netdev = f"net{index}"
-        rules = "".join(f",hostfwd={_hostfwd(port)}" for port in nic.ports)
+        rules = "".join(f",hostfwd={hostfwd_rule(port)}" for port in nic.ports)
         argv += ["-netdev", f"user,id={netdev}{rules}"]
         boot = _boot_index(machine, BootDevice.NETWORK) if index == 0 else None
         boot_text = f",bootindex={boot}" if boot is not None else ""
         slot = NIC_SLOT_BASE + index
         argv += [
             "-device",
-            f"{_NIC_DEVICES[nic.model]},netdev={netdev},id={netdev},mac={nic.mac},"
+            f"{QEMU_NIC_DEVICES[nic.model]},netdev={netdev},id={netdev},mac={nic.mac},"
             f"bus={bus},addr={slot:#x}{boot_text}",
         ]
     return argv
-
-
-def _hostfwd(port: PortForward) -> str:
-    return f"{port.protocol.value}:{port.address}:{port.host}-:{port.guest}"
