@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.drivers.host import is_domain_emulator
 from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
@@ -39,6 +41,7 @@ def stopped(e2e: E2E, name: str) -> Callable[[], bool]:
     return lambda: e2e.state_of(name) is PowerState.SHUTOFF
 
 
+@pytest.mark.both_drivers
 def test_each_run_policy_after_a_killed_qemu_and_a_guest_poweroff(
     e2e: E2E, reconcile: Reconcile, tmp_path: Path
 ) -> None:

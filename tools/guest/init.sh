@@ -117,6 +117,9 @@ for device in /sys/class/input/event*; do
   fi
 done
 say "power-button=${power_button:-none}"
+# opened before `ready`: evdev gives an event only to a reader that has the device open, and a
+# press that came between `ready` and the first read would be lost (seen on a loaded host)
+[ -n "$power_button" ] && exec 3<"$power_button"
 say ready
 
 # disks plugged in or out while the guest runs, checked every second
@@ -139,7 +142,7 @@ say ready
 # then type, code and the two halves of value.
 while [ -n "$power_button" ]; do
   # shellcheck disable=SC2046
-  set -- $(dd if="$power_button" bs=24 count=1 2>/dev/null | od -An -v -tu2)
+  set -- $(dd bs=24 count=1 <&3 2>/dev/null | od -An -v -tu2)
   if [ "$#" -ge 11 ] && [ "$9" = 1 ] && [ "${10}" = 116 ] && [ "${11}" = 1 ]; then
     say shutdown
     umount /mnt/config 2>/dev/null
