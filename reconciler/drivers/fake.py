@@ -30,6 +30,7 @@ class FakeDomain:
     live: Machine | None = None
     capacities: dict[str, int] = field(default_factory=dict)
     honours_acpi: bool = True
+    presses_missed: int = 0  # ACPI presses the guest misses before it listens (early boot)
     autostart: bool = False
 
 
@@ -121,6 +122,9 @@ class FakeDriver:
             if domain.state is not PowerState.RUNNING:
                 return False
             if not domain.honours_acpi:
+                return True
+            if domain.presses_missed:
+                domain.presses_missed -= 1
                 return True
             self._power_off(domain, "shutdown")
         self._emit(name, "lifecycle", "stopped: shutdown")
@@ -245,6 +249,10 @@ class FakeDriver:
 
     def ignore_acpi(self, name: str) -> None:
         self.domains[name].honours_acpi = False
+
+    def miss_acpi(self, name: str, presses: int) -> None:
+        """The guest misses its next `presses` ACPI presses (it is not listening yet)."""
+        self.domains[name].presses_missed = presses
 
     def lose_connection(self) -> None:
         self._connected = False

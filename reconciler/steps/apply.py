@@ -3,13 +3,14 @@ before acting, so a step planned from stale facts does the right thing or nothin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
-from reconciler.errors import InstanceError, ReplacementNeeded, StepError
+from reconciler.errors import DriverError, InstanceError, ReplacementNeeded, StepError
 from reconciler.fileops import (
     fsync_directory,
     publish,
@@ -56,6 +57,7 @@ from reconciler.steps.configdrive import render_iso
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
+SHUTDOWN_REPRESS_SECONDS = 10  # as Nova's SHUTDOWN_RETRY_INTERVAL
 # libvirt itself tears down a start it finds interrupted when it reconnects to the domain, in
 # the background, about a second after the connection opens: wait that long before acting.
 RECOVER_SETTLE_SECONDS = 5.0
@@ -287,7 +289,9 @@ def _watch_for_pause(step: StartDomain, context: StepContext) -> None:
 
 
 def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:
-    """ACPI power button, wait up to the timeout, then pull the plug."""
+    """ACPI power button, pressed again every SHUTDOWN_REPRESS_SECONDS (a guest that was not
+    listening yet, early in its boot, misses a press), wait up to the timeout, then pull the
+    plug."""
     record = context.driver.lookup(name)
     if record is None or not record.state.active:
         return "domain already stopped"
@@ -298,10 +302,18 @@ def _stop(name: str, timeout_seconds: int, context: StepContext) -> str:
         # waited for; one that cannot take the request (paused) is forced off at once
         requested = context.driver.request_shutdown(name)
         if requested or record.state is PowerState.SHUTDOWN:
+            presses = 1
+            next_press = clock.monotonic() + SHUTDOWN_REPRESS_SECONDS
             while clock.monotonic() < deadline:
                 record = context.driver.lookup(name)
                 if record is None or not record.state.active:
-                    return "shut down gracefully"
+                    again = f" (pressed {presses} times)" if presses > 1 else ""
+                    return f"shut down gracefully{again}"
+                if clock.monotonic() >= next_press and record.state is PowerState.RUNNING:
+                    with contextlib.suppress(DriverError):  # it may be going down meanwhile
+                        if context.driver.request_shutdown(name):
+                            presses += 1
+                    next_press = clock.monotonic() + SHUTDOWN_REPRESS_SECONDS
                 clock.sleep(POLL_SECONDS)
         elif not _active(name, context):
             return "domain already stopped"

@@ -265,3 +265,17 @@ def test_a_crash_loop_backs_off_with_growing_delays_and_resets_after_a_while(wor
     world.time.now += 3600  # it ran for a while: the next crash restarts at once
     world.driver.crash("rct-fake")
     assert world.reconciler.reconcile(world.spec).requeue_after is None
+
+
+def test_a_guest_that_missed_the_first_acpi_press_gets_another(world: World) -> None:
+    """A guest not yet listening (early in its boot) misses a press; the stop presses again
+    every 10 s rather than waiting out the whole timeout and forcing it off."""
+    world.reconciler.reconcile(world.spec)
+    world.driver.miss_acpi("rct-fake", presses=2)
+    stopped = replace(world.spec, state=DesiredState.STOPPED, shutdown_timeout_seconds=60)
+    result = world.reconciler.reconcile(stopped)
+    assert result.outcome is Outcome.CHANGED, result.message
+    assert any("shut down gracefully (pressed 3 times)" in a for a in result.actions), result
+    assert [call for call, _ in world.driver.calls].count("shut down") == 3
+    assert 20 <= world.time.slept < 21
+    assert world.driver.domains["rct-fake"].state is PowerState.SHUTOFF
