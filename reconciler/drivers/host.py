@@ -3,6 +3,7 @@ QEMU, whether a forwarded host port is free, how much memory there is."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -31,6 +32,17 @@ def emulator_process(pid: int, name: str, uuid: str) -> bool:
     except OSError:
         return False
     return is_domain_emulator(cmdline, executable, name, uuid)
+
+
+def find_emulator(name: str, uuid: str) -> int | None:
+    """The pid of a live QEMU started for domain `name` with `uuid`, found by its command line
+    among all processes (for one whose pid file is not written yet)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and emulator_process(int(entry), name, uuid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                    return int(entry)
+    return None
 
 
 def port_in_use(port: PortForward) -> str | None:

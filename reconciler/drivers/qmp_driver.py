@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from qemu.qmp import QMPClient, QMPError, Runstate
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
-from reconciler.drivers.host import busy_ports, emulator_process, local_memory
+from reconciler.drivers.host import busy_ports, emulator_process, find_emulator, local_memory
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
 from reconciler.drivers.qemu_argv import (
@@ -65,6 +65,7 @@ LOG = logging.getLogger(__name__)
 QMP_TIMEOUT_SECONDS = 5.0  # a socket that accepts and never answers: a timeout, not a hang
 LAUNCH_TIMEOUT_SECONDS = 60.0
 EXIT_WAIT_SECONDS = 10.0
+DYING_WAIT_SECONDS = 1.0  # a killed QEMU is gone in milliseconds; a wedged one stays
 SCAN_SECONDS = 1.0  # how often the watcher looks for processes to attach to
 _T = TypeVar("_T")
 
@@ -83,7 +84,7 @@ _EVENTS = {
     "STOP": ("lifecycle", "suspended"),
     "RESUME": ("lifecycle", "resumed"),
     "RESET": ("reboot", ""),
-    "GUEST_PANICKED": ("lifecycle", "crashed"),
+    "GUEST_PANICKED": ("lifecycle", "stopped: crashed"),  # ended at its next observation
     "BLOCK_IO_ERROR": ("io-error", "disk"),
 }
 
@@ -306,7 +307,14 @@ class QmpDriver:
             return DomainRecord(
                 name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
             )
-        status = self._qmp(name, "query-status")
+        try:
+            status = self._qmp(name, "query-status")
+        except DriverError:
+            if not self._ended(name, uuid, pid):
+                raise
+            return DomainRecord(
+                name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
+            )
         run_state = str(status.get("status", ""))
         if run_state in ("shutdown", "guest-panicked"):  # on_poweroff / on_crash: destroy
             reason = "shutdown" if run_state == "shutdown" else "crashed"
@@ -315,6 +323,16 @@ class QmpDriver:
         state, reason = _RUN_STATES.get(run_state, (PowerState.PAUSED, run_state))
         live = self._live(name) or definition
         return DomainRecord(name, uuid, state, reason, True, definition, live)
+
+    def _ended(self, name: str, uuid: str, pid: int) -> bool:
+        """Whether a QEMU whose monitor just failed is ending (killed while asked): it is
+        given a moment to be gone; one that lives on (stopped, wedged) is a real failure."""
+        deadline = time.monotonic() + DYING_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if self._pid(name, uuid) != pid:
+                return True
+            time.sleep(0.05)
+        return False
 
     def disk_capacity(self, name: str, target: str) -> int:
         nodes = self._qmp(name, "query-named-block-nodes", {"flat": True})
@@ -389,14 +407,15 @@ class QmpDriver:
         if self._pid(name, definition.uuid or "") is not None:
             raise DriverError(f"start {name}", "domain is already running")
         files = self._files(name)
-        for stale in (files.qmp_socket, files.pidfile):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-        try:
-            argv = render_qemu_argv(definition, files, self._emulator)
-        except UnsupportedByQemuDriver as err:
-            raise DriverError(f"start {name}", str(err)) from err
-        self._launch(name, argv, files)
+        if not self._adopt_launched(name, definition.uuid or "", files):
+            for stale in (files.qmp_socket, files.pidfile):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+            try:
+                argv = render_qemu_argv(definition, files, self._emulator)
+            except UnsupportedByQemuDriver as err:
+                raise DriverError(f"start {name}", str(err)) from err
+            self._launch(name, argv, files)
         self._write_live(definition)
         with contextlib.suppress(FileNotFoundError):
             (self._directory(name) / "stopped").unlink()
@@ -406,6 +425,27 @@ class QmpDriver:
             with contextlib.suppress(DriverError):
                 self._qmp(name, "balloon", {"value": definition.memory_kib * 1024})
         self._emit(name, "lifecycle", "started")
+
+    def _adopt_launched(self, name: str, uuid: str, files: ProcessFiles) -> bool:
+        """Whether a QEMU of this instance that a process launched and did not see up (it was
+        killed at that moment) came up: it is waited for, not launched twice on one disk; one
+        that does not come up in time is ended."""
+        pid = find_emulator(name, uuid)
+        if pid is None:
+            return False
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
+        while time.monotonic() < deadline and _alive(pid):
+            if self._pid(name, uuid) == pid and os.path.exists(files.qmp_socket):
+                with contextlib.suppress(DriverError):
+                    self._qmp(name, "query-status")
+                    return True
+            time.sleep(0.05)
+        if emulator_process(pid, name, uuid):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + EXIT_WAIT_SECONDS
+            while time.monotonic() < deadline and _alive(pid):  # its disk locks go with it
+                time.sleep(0.05)
+        return False
 
     def _launch(self, name: str, argv: list[str], files: ProcessFiles) -> None:
         """Start QEMU in a session of its own (it outlives this process; -daemonize cannot be

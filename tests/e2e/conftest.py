@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -63,12 +64,16 @@ class CliRun:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests of `both_drivers` modules run once per driver (libvirt_only ones under libvirt)."""
-    if "e2e" not in metafunc.fixturenames:
+    """Tests of `both_drivers` modules run once per driver (libvirt_only ones under libvirt),
+    whether through `e2e` or by asking for `driver_name` (for a state directory of their
+    own). The parameter is module-scoped: a module's fixtures may depend on it, and its tests
+    run under one driver, then the other."""
+    if "driver_name" not in metafunc.fixturenames:
         return
     both = metafunc.definition.get_closest_marker("both_drivers") is not None
     only = metafunc.definition.get_closest_marker("libvirt_only") is not None
-    metafunc.parametrize("driver_name", DRIVERS if both and not only else DRIVERS[:1])
+    drivers = DRIVERS if both and not only else DRIVERS[:1]
+    metafunc.parametrize("driver_name", drivers, scope="module")
 
 
 @contextlib.contextmanager
@@ -142,14 +147,81 @@ def private_state_dir(prefix: str) -> Iterator[Path]:
     try:
         yield root
     finally:
-        uri = embedded_uri(root / "libvirt")
-        names = subprocess.run(
-            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-        ).stdout.split()
-        for name in names:
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True)
-            subprocess.run(["virsh", "-c", uri, "undefine", "--nvram", name], capture_output=True)
+        destroy_domains(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A state directory of its own and the driver the reconciler processes on it use."""
+
+    root: Path
+    driver_name: str
+
+    def command(self, *args: str) -> list[str]:
+        """`reconcile ARGS` on this state directory, under this driver, as an argument list."""
+        state = ["--state-dir", str(self.root), "--driver", self.driver_name]
+        return [sys.executable, "-m", "reconciler", *args, *state]
+
+    def domains(self) -> dict[str, PowerState]:
+        return domain_states(self.root, self.driver_name)
+
+    def definition_file(self, name: str) -> Path:
+        return definition_file(self.root, self.driver_name, name)
+
+
+@contextlib.contextmanager
+def private_host(prefix: str, driver_name: str) -> Iterator[Host]:
+    """private_state_dir, with the driver its reconcilers are to use."""
+    with private_state_dir(f"{prefix}{driver_name[0]}-") as root:
+        yield Host(root, driver_name)
+
+
+def _virsh(state_dir: Path, *args: str) -> str:
+    uri = embedded_uri(state_dir / "libvirt")
+    command = ["virsh", "-c", uri, *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout
+
+
+_VIRSH_STATES = {"shut off": PowerState.SHUTOFF, "in shutdown": PowerState.SHUTDOWN}
+
+
+def domain_states(state_dir: Path, driver_name: str) -> dict[str, PowerState]:
+    """Domain name -> power state in a state directory that no reconciler process has open
+    at the moment (an embedded libvirt root admits one process: virsh asks, never this one)."""
+    if driver_name == "qmp":
+        driver = QmpDriver(state_dir)
+        try:
+            return {record.name: record.state for record in driver.list_domains()}
+        finally:
+            driver.close()
+    names = _virsh(state_dir, "list", "--all", "--name").split()
+    states = {name: _virsh(state_dir, "domstate", name).strip() for name in names}
+    return {name: _VIRSH_STATES.get(text) or PowerState(text) for name, text in states.items()}
+
+
+def definition_file(state_dir: Path, driver_name: str, name: str) -> Path:
+    """Where the driver keeps the domain's persistent definition."""
+    if driver_name == "qmp":
+        return state_dir / "instances" / name / "domain.xml"
+    return state_dir / "libvirt" / "etc" / "qemu" / f"{name}.xml"
+
+
+def destroy_domains(state_dir: Path) -> None:
+    """End every QEMU of a state directory, under either driver (no reconciler has it open)."""
+    if (state_dir / "libvirt").is_dir():
+        for name in _virsh(state_dir, "list", "--all", "--name").split():
+            _virsh(state_dir, "destroy", name)
+            _virsh(state_dir, "undefine", "--nvram", name)
+    if any((state_dir / "instances").glob("*/qemu.pid")):
+        driver = QmpDriver(state_dir)
+        try:
+            for record in driver.list_domains():
+                if record.state.active:
+                    with contextlib.suppress(Exception):
+                        driver.force_stop(record.name)
+        finally:
+            driver.close()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,8 +1,9 @@
-"""The daemon end to end: `reconcile DIR` as a subprocess on its own state directory (its own
-embedded libvirt root, which admits one process), real QEMU, real qemu-img. Conditions are
-awaited with deadlines, never fixed sleeps; one daemon is shared by the tests of this module.
+"""The daemon end to end, under each driver: `reconcile DIR` as a subprocess on its own state
+directory (its own embedded libvirt root, which admits one process, or its own QEMUs), real
+QEMU, real qemu-img. Conditions are awaited with deadlines, never fixed sleeps; one daemon
+per driver is shared by the tests of this module.
 
-The test process never opens the daemon's libvirt root: it asks the daemon (`reconcile status
+The test process never opens the daemon's hypervisor: it asks the daemon (`reconcile status
 -o json` over the control socket) and reads the files it makes.
 """
 
@@ -30,11 +31,14 @@ import yaml
 
 from reconciler.images.diskheaders import parse_qcow2_header, read_head
 from reconciler.statedir import StateDir
+from tests.e2e.conftest import destroy_domains
 from tests.helpers import manifest_document, unique_name, write_base_image
 from tests.httpserver import Behaviour, image_server
 
 MIB = 1024**2
 DEADLINE = 60.0
+
+pytestmark = pytest.mark.both_drivers
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Daemon:
     base: Path
     sha256: str
     log: Path
+    driver_name: str = "libvirt"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -81,8 +86,12 @@ class Daemon:
 
     def qemu_pid(self, name: str) -> int | None:
         """The domain's QEMU pid (None between a death and the next start)."""
+        if self.driver_name == "qmp":
+            path = self.state.instance(name).directory / "qemu.pid"
+        else:
+            path = self.state.libvirt_root / "run" / "qemu" / f"{name}.pid"
         try:
-            return int((self.state.libvirt_root / "run" / "qemu" / f"{name}.pid").read_text())
+            return int(path.read_text())
         except (OSError, ValueError):
             return None
 
@@ -111,7 +120,7 @@ def observed(daemon: Daemon, name: str, state: str) -> bool:
 
 
 def start_daemon(
-    root: Path, manifests: Path | None, base: Path, *extra: str
+    root: Path, manifests: Path | None, base: Path, *extra: str, driver: str = "libvirt"
 ) -> subprocess.Popen[bytes]:
     """The daemon on ROOT/s over MANIFESTS (None: the manifests come from `extra`, --git)."""
     log = (root / "daemon.log").open("ab")
@@ -120,18 +129,21 @@ def start_daemon(
         [
             sys.executable, "-m", "reconciler", *directory, "--state-dir", str(root / "s"),
             "--image-dir", str(base.parent), "--download-attempts", "1", "--resync", "10m",
-            *extra,
+            "--driver", driver, *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
-def launch(root: Path, manifests: Path | None, base: Path, sha: str, *extra: str) -> Daemon:
+def launch(
+    root: Path, manifests: Path | None, base: Path, sha: str, *extra: str, driver: str = "libvirt"
+) -> Daemon:
     """Start a daemon on ROOT/s and wait until it answers on its control socket."""
-    process = start_daemon(root, manifests, base, *extra)
+    process = start_daemon(root, manifests, base, *extra, driver=driver)
     watched = manifests or root / "s" / "git" / "current"
-    handle = Daemon(process, StateDir(root / "s"), watched, base, sha, root / "daemon.log")
+    state, log = StateDir(root / "s"), root / "daemon.log"
+    handle = Daemon(process, state, watched, base, sha, log, driver)
     wait_until(
         lambda: (
             (handle.state.root / "control.sock").exists() and handle.cli("status").returncode == 0
@@ -148,30 +160,20 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=90)
 
 
-def destroy_domains(root: Path) -> None:
-    uri = f"qemu:///embed?root={root / 's' / 'libvirt'}"
-    listed = subprocess.run(
-        ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True, check=False
-    )
-    for name in filter(None, listed.stdout.split()):
-        subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, check=False)
-        subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True, check=False)
-
-
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
+def daemon(driver_name: str) -> Iterator[Daemon]:
     root = Path(tempfile.mkdtemp(prefix="rcw-", dir="/tmp"))  # short: libvirt's sockets
     manifests = root / "m"
     manifests.mkdir()
     images = root / "src"
     images.mkdir()
     base, sha = write_base_image(images)
-    handle = launch(root, manifests, base, sha)
+    handle = launch(root, manifests, base, sha, driver=driver_name)
     try:
         yield handle
     finally:
         stop_daemon(handle.process)
-        destroy_domains(root)
+        destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -327,7 +329,7 @@ def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
 
 
 def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alone(
-    tmp_path: Path,
+    tmp_path: Path, driver_name: str
 ) -> None:
     root = Path(tempfile.mkdtemp(prefix="rcs-", dir="/tmp"))
     try:
@@ -336,7 +338,7 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
         base, sha = write_base_image(root)
         slow_name, name = unique_name(), unique_name()
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump(manifest_document(name, base, sha)))
-        handle = launch(root, manifests, base, sha)
+        handle = launch(root, manifests, base, sha, driver=driver_name)
         process, state = handle.process, handle.state
         wait_until(lambda: observed(handle, name, "running"), "the instance to run", handle)
         with image_server() as server:
@@ -351,7 +353,7 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
             assert process.wait(timeout=90) == 0
         assert not list(state.root.rglob(".*.tmp")), "a temporary file was left behind"
         pid = handle.qemu_pid(name)
-        handle = launch(root, manifests, base, sha)
+        handle = launch(root, manifests, base, sha, driver=driver_name)
         try:
             wait_until(
                 lambda: (handle.instance(name) or {}).get("lastReconcile"), "a reconcile", handle
@@ -363,5 +365,5 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
         finally:
             assert stop_daemon(handle.process) == 0
     finally:
-        destroy_domains(root)
+        destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)

@@ -1,41 +1,37 @@
 """Prune on real QEMU, through the command line, on a state directory of its own (prune looks
-at every managed domain of a state directory, so it must not share the session's)."""
+at every managed domain of a state directory, so it must not share the session's), under
+each driver."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reconciler.drivers.libvirt_driver import embedded_uri
-from tests.e2e.conftest import private_state_dir
+from tests.e2e.conftest import Host, private_host
 from tests.helpers import unique_name, write_base_image, write_manifest
+
+pytestmark = pytest.mark.both_drivers
 
 
 @pytest.fixture(scope="module")
-def state_dir() -> Iterator[Path]:
-    with private_state_dir("rcp-") as root:
-        yield root
+def host(driver_name: str) -> Iterator[Host]:
+    with private_host("rcp", driver_name) as made:
+        yield made
 
 
-def reconcile(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "reconciler", *args, "--state-dir", str(state_dir)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+def reconcile(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(host.command(*args), capture_output=True, text=True, timeout=300)
 
 
-def domains(state_dir: Path) -> set[str]:
-    uri = embedded_uri(state_dir / "libvirt")
-    listed = subprocess.run(
-        ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-    )
-    return set(listed.stdout.split())
+def domains(host: Host) -> set[str]:
+    return set(host.domains())
 
 
 def test_prune_deletes_orphans_only_when_allowed_and_never_a_protected_one(
-    state_dir: Path, tmp_path: Path
+    host: Host, tmp_path: Path
 ) -> None:
     base, sha = write_base_image(tmp_path)
     manifests = tmp_path / "m"
@@ -44,38 +40,38 @@ def test_prune_deletes_orphans_only_when_allowed_and_never_a_protected_one(
     for name in (kept, gone):
         write_manifest(manifests, name, base, sha)
     write_manifest(manifests, guarded, base, sha, protect=True)
-    first = reconcile(state_dir, "--once", str(manifests), "--image-dir", str(tmp_path))
+    first = reconcile(host, "--once", str(manifests), "--image-dir", str(tmp_path))
     assert first.returncode == 0, first.stdout + first.stderr
     (manifests / f"{gone}.yaml").unlink()
     (manifests / f"{guarded}.yaml").unlink()
 
     # prune off: listed as an orphan, left running
-    listed = reconcile(state_dir, "--once", str(manifests), "--image-dir", str(tmp_path))
+    listed = reconcile(host, "--once", str(manifests), "--image-dir", str(tmp_path))
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "orphan: its manifest is gone; kept (prune is off" in listed.stdout
-    assert {kept, gone, guarded} <= domains(state_dir)
+    assert {kept, gone, guarded} <= domains(host)
 
     # prune on, but another manifest broken: nothing deleted, and the output says why
     (manifests / "broken.yaml").write_text("apiVersion: [\n")
-    held = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    held = reconcile(host, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
     assert held.returncode == 2
     assert "nothing is pruned unless every manifest loads and validates" in held.stdout
-    assert {gone, guarded} <= domains(state_dir)
+    assert {gone, guarded} <= domains(host)
     (manifests / "broken.yaml").unlink()
 
     # prune on: the orphan goes, the protected one stays (and says why), its disk is kept
-    plan = reconcile(state_dir, "plan", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    plan = reconcile(host, "plan", "--prune", str(manifests), "--image-dir", str(tmp_path))
     assert f"{gone}: 2 step(s)" in plan.stdout, plan.stdout
-    pruned = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    pruned = reconcile(host, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
     assert pruned.returncode == 1, pruned.stdout  # the protected orphan is a refusal
     assert f"{gone}: undefined domain" in pruned.stdout
     assert "protected (protect: true is recorded on it)" in pruned.stdout
-    assert gone not in domains(state_dir)
-    assert {kept, guarded} <= domains(state_dir)
-    assert (state_dir / "instances" / gone / "disk.qcow2").exists()
+    assert gone not in domains(host)
+    assert {kept, guarded} <= domains(host)
+    assert (host.root / "instances" / gone / "disk.qcow2").exists()
 
     # an empty directory deletes nothing without --allow-empty
     (manifests / f"{kept}.yaml").unlink()
-    empty = reconcile(state_dir, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
+    empty = reconcile(host, "--once", "--prune", str(manifests), "--image-dir", str(tmp_path))
     assert "no instance is defined while managed domains exist" in empty.stdout, empty.stdout
-    assert kept in domains(state_dir)
+    assert kept in domains(host)

@@ -2,7 +2,7 @@
 (file:// URLs). A new commit is applied; a broken commit is not and the commit in force
 stays, with the reason in `status`; unsigned commits are refused under --verify-signatures;
 with --host, two reconcilers on two state directories over one repository each touch only
-their own instances."""
+their own instances. Under each driver."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +18,14 @@ from typing import Any
 
 import pytest
 
-from reconciler.drivers.libvirt_driver import embedded_uri
-from tests.e2e.conftest import private_state_dir
-from tests.e2e.test_daemon import destroy_domains, launch, stop_daemon, wait_until
+from reconciler.model.actual import PowerState
+from tests.e2e.conftest import Host, destroy_domains, private_host
+from tests.e2e.test_daemon import launch, stop_daemon, wait_until
 from tests.gitrepo import Repository, openpgp_signing_key, ssh_signing_key
 from tests.helpers import unique_name, write_base_image
+
+pytestmark = pytest.mark.both_drivers
+RUNNING, SHUTOFF = PowerState.RUNNING, PowerState.SHUTOFF
 
 
 @pytest.fixture
@@ -34,26 +36,9 @@ def world(tmp_path: Path) -> Iterator[tuple[Repository, Path, str]]:
     yield Repository(tmp_path / "repo"), base, sha
 
 
-def reconcile(state: Path, base: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [
-        sys.executable, "-m", "reconciler", *args, "--state-dir", str(state),
-        "--image-dir", str(base.parent),
-    ]  # fmt: skip
+def reconcile(host: Host, base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = host.command(*args, "--image-dir", str(base.parent))
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-
-def domains(state: Path) -> dict[str, str]:
-    """Domain name -> state, in this state directory's embedded libvirt."""
-    uri = embedded_uri(state / "libvirt")
-    listed = subprocess.run(
-        ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-    ).stdout.split()
-    return {
-        name: subprocess.run(
-            ["virsh", "-c", uri, "domstate", name], capture_output=True, text=True
-        ).stdout.strip()
-        for name in listed
-    }
 
 
 @contextlib.contextmanager
@@ -66,12 +51,12 @@ def agent_stopped(env: dict[str, str]) -> Iterator[None]:
             subprocess.run(["gpgconf", "--kill", "gpg-agent"], env={**os.environ, **env})
 
 
-def git_state(state: Path) -> dict[str, Any]:
-    return dict(json.loads((state / "git" / "state.json").read_text()))
+def git_state(host: Host) -> dict[str, Any]:
+    return dict(json.loads((host.root / "git" / "state.json").read_text()))
 
 
 def test_once_applies_each_host_its_slice_and_keeps_the_last_good_commit(
-    world: tuple[Repository, Path, str],
+    world: tuple[Repository, Path, str], driver_name: str
 ) -> None:
     repo, base, sha = world
     first, second = unique_name("rcg"), unique_name("rcg")
@@ -80,14 +65,14 @@ def test_once_applies_each_host_its_slice_and_keeps_the_last_good_commit(
     repo.write("README.md", "not a manifest\n")
     good = repo.commit("two hosts")
     pull = ("--once", "--git", repo.url, "--path", "fleet")
-    with private_state_dir("rcga-") as host_a, private_state_dir("rcgb-") as host_b:
+    with private_host("rcga", driver_name) as host_a, private_host("rcgb", driver_name) as host_b:
         applied = reconcile(host_a, base, *pull, "--host", "hv-a")
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert f"at commit {good[:12]}" in applied.stdout
         assert "1 instance(s) left to other hosts" in applied.stdout
-        assert domains(host_a) == {first: "running"}
+        assert host_a.domains() == {first: RUNNING}
         assert reconcile(host_b, base, *pull, "--host", "hv-b").returncode == 0
-        assert domains(host_b) == {second: "running"}
+        assert host_b.domains() == {second: RUNNING}
 
         # a broken commit: not applied, the commit in force stays, the reason is kept
         repo.write_instance("fleet", first, base, sha, host="hv-a", memory="lots")
@@ -97,7 +82,7 @@ def test_once_applies_each_host_its_slice_and_keeps_the_last_good_commit(
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert f"newest commit {broken[:12]} not applied: 1 manifest error(s)" in refused.stderr
         assert f"{first}.yaml:" in refused.stderr and "/spec/memory" in refused.stderr
-        assert domains(host_b) == {second: "running"}  # the good commit's state: running
+        assert host_b.domains() == {second: RUNNING}  # the good commit's state: running
         recorded = git_state(host_b)
         assert recorded["applied"] == good and recorded["newest"] == broken
         assert recorded["refused"]["commit"] == broken
@@ -107,18 +92,18 @@ def test_once_applies_each_host_its_slice_and_keeps_the_last_good_commit(
         fixed = repo.commit("fixed")
         again = reconcile(host_b, base, *pull, "--host", "hv-b")
         assert again.returncode == 0, again.stdout + again.stderr
-        assert domains(host_b) == {second: "shut off"}
+        assert host_b.domains() == {second: SHUTOFF}
         assert git_state(host_b)["applied"] == fixed
         assert git_state(host_b)["refused"] is None
-        assert domains(host_a) == {first: "running"}
+        assert host_a.domains() == {first: RUNNING}
         # the clone keeps one checkout, that of the commit in force
-        trees = [p.name for p in (host_b / "git" / "trees").iterdir()]
+        trees = [p.name for p in (host_b.root / "git" / "trees").iterdir()]
         assert trees == [fixed]
 
 
 @pytest.mark.parametrize("kind", ["ssh", "openpgp"])
 def test_only_signed_commits_are_applied_under_verify_signatures(
-    world: tuple[Repository, Path, str], tmp_path: Path, kind: str
+    world: tuple[Repository, Path, str], tmp_path: Path, kind: str, driver_name: str
 ) -> None:
     repo, base, sha = world
     env: dict[str, str] = {}
@@ -130,29 +115,30 @@ def test_only_signed_commits_are_applied_under_verify_signatures(
     repo.write_instance(".", name, base, sha)
     unsigned = repo.commit("unsigned")
     pull = ("--once", "--git", repo.url, "--verify-signatures", str(keyring))
-    with private_state_dir("rcgs-") as state, agent_stopped(env):
+    with private_host("rcgs", driver_name) as state, agent_stopped(env):
         refused = reconcile(state, base, *pull)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "no commit of" in refused.stderr and "signature does not verify" in refused.stderr
-        assert domains(state) == {}
+        assert state.domains() == {}
         assert git_state(state)["refused"]["commit"] == unsigned
 
         signed = repo.commit("signed", *sign, **env)
         applied = reconcile(state, base, *pull)
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert f"at commit {signed[:12]}" in applied.stdout
-        assert domains(state) == {name: "running"}
+        assert state.domains() == {name: RUNNING}
 
 
 def test_the_daemon_pulls_new_commits_and_shows_a_refused_one_in_status(
-    world: tuple[Repository, Path, str],
+    world: tuple[Repository, Path, str], driver_name: str
 ) -> None:
     repo, base, sha = world
     first = unique_name("rcg")
     repo.write_instance(".", first, base, sha)
     good = repo.commit("one")
     root = Path(tempfile.mkdtemp(prefix="rcgd-", dir="/tmp"))  # short: libvirt's sockets
-    daemon = launch(root, None, base, sha, "--git", repo.url, "--interval", "1s")
+    git = ("--git", repo.url, "--interval", "1s")
+    daemon = launch(root, None, base, sha, *git, driver=driver_name)
     try:
         wait_until(
             lambda: (daemon.instance(first) or {}).get("observed") == "running",
@@ -189,5 +175,5 @@ def test_the_daemon_pulls_new_commits_and_shows_a_refused_one_in_status(
         assert daemon.instance(second)["observed"] == "running"  # type: ignore[index]
     finally:
         stop_daemon(daemon.process)
-        destroy_domains(root)
+        destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)

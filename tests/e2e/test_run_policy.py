@@ -1,6 +1,6 @@
 """Run policy on real QEMU: what a pass does with a domain that stopped without the manifest
-asking, by the stop reason libvirt reports (QEMU killed: a failure; the guest powered off
-through ACPI: not one)."""
+asking, by the stop reason the driver reports (QEMU killed: a failure; the guest powered off
+through ACPI: not one). Under both drivers."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 
 from reconciler.drivers.host import is_domain_emulator
 from reconciler.model.actual import PowerState
-from tests.e2e.conftest import E2E, CliRun, wait_for
-from tests.e2e.test_daemon import destroy_domains, launch, stop_daemon, wait_until
+from tests.e2e.conftest import E2E, CliRun, destroy_domains, wait_for
+from tests.e2e.test_daemon import launch, stop_daemon, wait_until
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
 
@@ -86,7 +86,10 @@ def test_each_run_policy_after_a_killed_qemu_and_a_guest_poweroff(
 PANIC_AT_BOOT = "#cloud-config\nreconciler_test: 'reconciler-guest: panic'\n"  # tools/guest
 
 
-def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays() -> None:
+@pytest.mark.both_drivers
+def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays(
+    driver_name: str,
+) -> None:
     """The daemon, a guest whose kernel panics at every boot (pvpanic reports it; libvirt
     destroys the domain, shut off as crashed): each restart in a row waits twice as long, and
     `status` shows the count and the next attempt."""
@@ -99,7 +102,7 @@ def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays() -
         manifests, name, image, None, "qcow2", memory="128MiB", networks=[],
         runPolicy="RerunOnFailure", cloudInit={"userData": PANIC_AT_BOOT},
     )  # fmt: skip
-    daemon = launch(root, manifests, image, "")
+    daemon = launch(root, manifests, image, "", driver=driver_name)
     held: dict[int, float] = {}  # restarts in a row -> seconds until the next start
 
     def third_hold() -> bool:
@@ -124,7 +127,7 @@ def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays() -
         assert "crash loop: the domain stopped again (crashed) after 3 restart(s) in a row" in log
     finally:
         stop_daemon(daemon.process)
-        destroy_domains(root)
+        destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)
 
 
