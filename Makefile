@@ -19,7 +19,7 @@ demo: setup image
 	@$(BIN)/python tools/reach.py http://127.0.0.1:18080/ 60
 
 test: setup image lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadscope tests
 
 lint: setup
 	$(BIN)/ruff check .
