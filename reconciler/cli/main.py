@@ -57,13 +57,6 @@ from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
-from reconciler.loop.control import ControlServer
-from reconciler.loop.controller import (
-    DEFAULT_WORKERS,
-    Controller,
-    DaemonOptions,
-    notify_systemd,
-)
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import (
     InstanceResult,
@@ -72,6 +65,7 @@ from reconciler.loop.reconcile import (
     result_from_json,
 )
 from reconciler.loop.status import read_status_file
+from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.manifests.loader import LoadResult
 from reconciler.model.desired import Accelerator
 from reconciler.planning.review import Disruption, PlanView, plan_json
@@ -557,6 +551,9 @@ def _run_pass(
 
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile DIR`: the controller, until SIGTERM or SIGINT; SIGHUP rereads DIR."""
+    from reconciler.loop.control import ControlServer  # the daemon's own: not for one pass
+    from reconciler.loop.controller import Controller, DaemonOptions, notify_systemd
+
     source = git_source(args) if args.git is not None else None
     if source is not None:
         args.directory = source.directory

@@ -15,6 +15,7 @@ The ownership marker lives in <metadata> in the project's own namespace:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -253,13 +254,19 @@ def _add_cpu(domain: ET.Element, cpu: CpuSpec) -> None:
     _sub(domain, "cpu", mode=cpu.mode.value)
 
 
+PARSED_XML_CACHE = 8192  # texts: more than the domains of one host, two texts each
+
+
 class DomainXmlError(Exception):
     """The XML libvirt returned is not a domain definition we can read."""
 
 
+@functools.lru_cache(maxsize=PARSED_XML_CACHE)
 def parse_domain_xml(xml: str) -> Machine:
     """The machine a domain's XML describes: identity, shape, disks and our marker (if any).
-    What the Machine type does not model is ignored."""
+    What the Machine type does not model is ignored. Kept per text (a Machine is immutable):
+    a pass, a resync and every poll of a start read the same XML again, and parsing it is
+    most of what observing a domain costs."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as err:

@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import ipaddress
 import logging
 import os
 import re
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from reconciler.clock import Clock
 from reconciler.errors import ConfigError, InstanceError, StepError
+
+if TYPE_CHECKING:  # imported where used: a pass with local sources never speaks HTTP
+    import http.client
+    import ssl
 
 LOG = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -123,6 +125,8 @@ class Transport:
         return proxy
 
     def tls_context(self) -> ssl.SSLContext:
+        import ssl
+
         if self.ca_bundle is None:
             return ssl.create_default_context()
         return ssl.create_default_context(cafile=str(self.ca_bundle))
@@ -275,6 +279,8 @@ def _copy_body(
     limits: DownloadLimits,
     progress: TransferCallback | None,
 ) -> None:
+    import http.client
+
     while True:
         try:
             chunk = response.read1(CHUNK)
@@ -312,6 +318,9 @@ def _request(
     transport: Transport,
 ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
     """Send the request, following at most `limits.max_redirects` same-scheme redirects."""
+    import http.client
+    import ssl
+
     first = url
     scheme = urlsplit(url).scheme
     for _hop in range(limits.max_redirects + 1):
@@ -372,6 +381,8 @@ def _connection(
     Through a proxy, plain HTTP asks the proxy for the absolute URL; HTTPS opens a CONNECT
     tunnel and checks the server's certificate against its own host name as usual.
     """
+    import http.client
+
     host = parts.hostname or ""
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":

@@ -39,7 +39,7 @@ from reconciler.loop.reconcile import (
 )
 from reconciler.loop.status import StatusBook
 from reconciler.loop.watch import ManifestWatcher
-from reconciler.loop.workers import WorkerPool
+from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import InstanceSpec
@@ -48,7 +48,6 @@ from reconciler.statedir import StateDir
 LOG = logging.getLogger("reconciler.daemon")
 DEFAULT_RESYNC_SECONDS = 300.0
 DEFAULT_GIT_INTERVAL_SECONDS = 60.0
-DEFAULT_WORKERS = 4
 RECONNECT_INITIAL_SECONDS = 1.0
 RECONNECT_CAP_SECONDS = 30.0
 SHUTDOWN_MARGIN_SECONDS = 30.0

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from reconciler.loop.queue import WorkQueue
 
 LOG = logging.getLogger(__name__)
+DEFAULT_WORKERS = 4  # the daemon's worker threads
 
 
 class WorkerPool:

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
-
-import jsonschema
 
 from reconciler.errors import ManifestError, SourceLocation
 from reconciler.manifests.guest import guest_config, networks
@@ -39,6 +37,9 @@ from reconciler.model.desired import (
     InstanceSpec,
 )
 from reconciler.sizes import format_size, parse_size, round_up
+
+if TYPE_CHECKING:  # imported when a document is validated (not every command does)
+    import jsonschema
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -63,12 +64,14 @@ def instance_schema() -> dict[str, Any]:
         resources.files("reconciler.manifests.schemas").joinpath("instance.schema.json").read_text()
     )
     schema: dict[str, Any] = json.loads(text)
-    jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(instance_schema())
     return jsonschema.Draft202012Validator(instance_schema())
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.model.desired import (
     Accelerator,
@@ -133,6 +134,19 @@ class Machine:
 
     def spec_digest(self) -> str:
         """A digest of the machine's shape (everything but its uuid and marker)."""
-        shape = dataclasses.asdict(dataclasses.replace(self, uuid=None, marker=None))
+        shape = _plain(self)
+        shape["uuid"] = shape["marker"] = None
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """What dataclasses.asdict makes of `value`, as JSON sees it (tuples as lists), without
+    its deep copies: a digest is computed for every instance of every pass."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    return value

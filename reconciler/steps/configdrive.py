@@ -16,24 +16,25 @@ import time
 import types
 from collections.abc import Iterator
 
-import pycdlib
-import pycdlib.dates
-import pycdlib.headervd
-import pycdlib.pycdlib
-import pycdlib.utils
-
 from reconciler.planning.cloudinit import DriveContent
 
 VOLUME_LABEL = "cidata"
 FIXED_TIME = 946684800.0  # 2000-01-01T00:00:00Z
-_PYCDLIB_MODULES = (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
 _clock_lock = threading.Lock()
 
 
 def render_iso(content: DriveContent) -> bytes:
-    """The ISO image holding `content`'s files at its root."""
+    """The ISO image holding `content`'s files at its root (pycdlib is imported here: a pass
+    that makes no config drive does without it)."""
+    import pycdlib
+    import pycdlib.dates
+    import pycdlib.headervd
+    import pycdlib.pycdlib
+    import pycdlib.utils
+
     iso = pycdlib.PyCdlib()
-    with _fixed_clock():
+    modules = (pycdlib.dates, pycdlib.headervd, pycdlib.pycdlib, pycdlib.utils)
+    with _fixed_clock(modules):
         iso.new(interchange_level=1, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
         for index, (name, data) in enumerate(content.files):
             iso.add_fp(
@@ -56,19 +57,19 @@ def _short_name(name: str, index: int) -> str:
 
 
 @contextlib.contextmanager
-def _fixed_clock() -> Iterator[None]:
-    """pycdlib's modules see a clock stopped at FIXED_TIME, in UTC."""
+def _fixed_clock(modules: tuple[types.ModuleType, ...]) -> Iterator[None]:
+    """pycdlib's `modules` see a clock stopped at FIXED_TIME, in UTC."""
     fixed = types.SimpleNamespace(
         **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
     )
     fixed.time = lambda: FIXED_TIME
     fixed.localtime = lambda seconds=None: time.gmtime(FIXED_TIME if seconds is None else seconds)
     with _clock_lock:
-        saved = [module.time for module in _PYCDLIB_MODULES]
-        for module in _PYCDLIB_MODULES:
+        saved = [module.time for module in modules]
+        for module in modules:
             module.time = fixed  # type: ignore[attr-defined]
         try:
             yield
         finally:
-            for module, original in zip(_PYCDLIB_MODULES, saved, strict=True):
+            for module, original in zip(modules, saved, strict=True):
                 module.time = original  # type: ignore[attr-defined]

@@ -3,6 +3,9 @@ parsing it back. The e2e suite defines every golden file on libvirt (test_golden
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -122,6 +125,16 @@ def test_golden_domain_xml(case: str) -> None:
 def test_parsing_gives_back_the_machine(case: str) -> None:
     machine = GOLDEN_MACHINES[case]
     assert parse_domain_xml(render_domain_xml(machine)) == machine
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_MACHINES))
+def test_the_spec_digest_is_the_one_earlier_versions_recorded(case: str) -> None:
+    """The digest is recorded on every domain: computing it faster must not change it (an
+    upgrade would otherwise redefine every domain). The first way was dataclasses.asdict."""
+    machine = GOLDEN_MACHINES[case]
+    shape = dataclasses.asdict(dataclasses.replace(machine, uuid=None, marker=None))
+    canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
+    assert machine.spec_digest() == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_values_are_escaped_not_concatenated() -> None:

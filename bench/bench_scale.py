@@ -1,0 +1,211 @@
+"""No-op passes at scale: N managed instances (defined, not started), one manifest file each.
+
+For each N, in a fresh state directory (libvirt's embedded driver unless --driver qmp), a set-up
+pass (not measured) fetches nothing (the base is local), makes N qcow2 overlays and defines N
+domains with `state: stopped`. Then, medians of --repeat runs, each a process of its own as a
+user runs it:
+
+  - `reconcile validate DIR`          schema and cross-file checks only
+  - `reconcile plan DIR`              no-op plan (exit 0 with --detailed-exitcode)
+  - `reconcile --once DIR`            no-op pass (checked to write nothing under the state)
+  - the daemon's full resync          SIGHUP to `reconcile DIR`, until status shows the pass
+
+and the time per instance. A profile of one no-op --once (cProfile, cumulative) splits it into
+start-up (imports), load (YAML and specs), validate (the schema), observe (the driver and the
+disk headers) and plan.
+
+    .venv/bin/python bench/bench_scale.py [-n 100 1000 5000] [--repeat 3] [--driver qmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pstats
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+sys.path.insert(0, str(PROJECT))
+RECONCILE = [sys.executable, "-m", "reconciler"]
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+from tests.helpers import write_base_image  # noqa: E402
+
+
+def write_manifests(directory: Path, count: int, base: Path, sha: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        document = {
+            "apiVersion": "reconciler/v1alpha1",
+            "kind": "Instance",
+            "metadata": {"name": f"rcbench-{index:05d}"},
+            "spec": {
+                "state": "stopped",
+                "vcpus": 1,
+                "memory": "64MiB",
+                "accelerator": "tcg",
+                "image": {"source": str(base), "sha256": sha, "format": "raw"},
+                "disk": {"size": "64MiB"},
+                "networks": [],
+            },
+        }
+        (directory / f"rcbench-{index:05d}.yaml").write_text(yaml.safe_dump(document))
+
+
+def run(command: list[str], *, ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV, cwd=PROJECT)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in ok:
+        raise SystemExit(
+            f"{command} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr}"
+        )
+    return elapsed, done.stdout
+
+
+def snapshot(state: Path) -> dict[str, int]:
+    return {
+        str(path): path.stat().st_mtime_ns
+        for top in ("instances", "images", "libvirt/etc")
+        for path in (state / top).rglob("*")
+        if path.is_file() and not path.name.endswith(".log")
+    }
+
+
+def profile_once(common: list[str], manifests: Path) -> dict[str, float]:
+    """One no-op --once in a child process under cProfile: seconds per phase."""
+    out = Path(tempfile.mkstemp(suffix=".prof")[1])
+    code = (
+        "import cProfile, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "profile = cProfile.Profile()\n"
+        "profile.enable()\n"
+        "from reconciler.cli import main\n"
+        "code = main.main(sys.argv[2:])\n"
+        "profile.disable()\n"
+        "profile.dump_stats(sys.argv[1])\n"
+        "sys.exit(code)\n"
+    )
+    run([sys.executable, "-c", code, str(out), "--once", str(manifests), *common])
+    stats = pstats.Stats(str(out), stream=io.StringIO())
+    out.unlink()
+    cumulative: dict[str, float] = {}
+    for (filename, _, function), entry in stats.stats.items():  # type: ignore[attr-defined]
+        key = "/".join(Path(filename).parts[-2:]) + f":{function}"
+        cumulative[key] = max(cumulative.get(key, 0.0), entry[3])
+
+    def phase(*keys: str) -> float:
+        return sum(cumulative.get(key, 0.0) for key in keys)
+
+    validate = phase("manifests/loader.py:validate_document")
+    return {
+        "start-up": phase("<frozen importlib._bootstrap>:_find_and_load"),
+        "load": phase("manifests/loader.py:load_paths") - validate,
+        "validate": validate,
+        "observe": phase("loop/observe.py:observe_instance"),
+        "plan": phase("planning/plan.py:plan_instance"),
+        "total": max(cumulative.values()),
+    }
+
+
+def resync_seconds(common: list[str], manifests: Path, root: Path, repeat: int) -> float:
+    """The daemon's full pass over every instance: `reconcile --once DIR` while the daemon
+    runs forwards it (the daemon rereads DIR, enqueues every name and answers when all are
+    done); the first one (it waits for the start-up pass) is not counted."""
+    log = (root / "daemon.log").open("ab")
+    process = subprocess.Popen(
+        [*RECONCILE, str(manifests), *common, "--resync", "1h"],
+        stdout=log, stderr=subprocess.STDOUT, env=CHILD_ENV, cwd=PROJECT,
+    )  # fmt: skip
+    control = root / "s" / "control.sock"
+    try:
+        deadline = time.monotonic() + 600
+        while not control.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"no daemon: {(root / 'daemon.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        forwarded = [*RECONCILE, "--once", str(manifests), *common]
+        run(forwarded)
+        return statistics.median(run(forwarded)[0] for _ in range(repeat))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+
+
+def measure(count: int, repeat: int, driver: str, keep: bool) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix=f"rcsb{count}-", dir="/tmp"))
+    images, manifests, state = root / "src", root / "m", root / "s"
+    images.mkdir()
+    try:
+        base, sha = write_base_image(images)
+        write_manifests(manifests, count, base, sha)
+        common = ["--state-dir", str(state), "--image-dir", str(images), "--driver", driver]
+        setup, _ = run([*RECONCILE, "--once", str(manifests), *common])
+        figures: dict[str, list[float]] = {"validate": [], "plan": [], "once": []}
+        for _ in range(repeat):
+            figures["validate"].append(run([*RECONCILE, "validate", str(manifests)])[0])
+            plan = [*RECONCILE, "plan", "--detailed-exitcode", str(manifests), *common]
+            figures["plan"].append(run(plan)[0])
+            before = snapshot(state)
+            figures["once"].append(run([*RECONCILE, "--once", str(manifests), *common])[0])
+            if snapshot(state) != before:
+                raise SystemExit("the no-op --once changed files under the state directory")
+        medians = {key: statistics.median(values) for key, values in figures.items()}
+        medians["resync"] = resync_seconds(common, manifests, root, repeat)
+        return {"n": count, "setup": setup, **medians, "profile": profile_once(common, manifests)}
+    finally:
+        if not keep:
+            _destroy(state, driver)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _destroy(state: Path, driver: str) -> None:
+    if driver == "libvirt":
+        uri = f"qemu:///embed?root={state / 'libvirt'}"
+        names = subprocess.run(
+            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
+        ).stdout.split()
+        for name in names:
+            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("-n", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--driver", choices=("libvirt", "qmp"), default="libvirt")
+    parser.add_argument("--keep", action="store_true", help="keep the state directories")
+    args = parser.parse_args()
+    print(
+        f"{'N':>6} {'setup':>8} {'validate':>9} {'plan':>7} {'--once':>7} {'resync':>7} "
+        f"{'once/inst':>10}  profile of one --once (s)"
+    )
+    for count in args.n:
+        row = measure(count, args.repeat, args.driver, args.keep)
+        profile = row["profile"]
+        assert isinstance(profile, dict)
+        shares = " ".join(f"{k} {v:.3f}" for k, v in profile.items())
+        print(
+            f"{count:>6} {row['setup']:>8.1f} {row['validate']:>9.3f} {row['plan']:>7.3f} "
+            f"{row['once']:>7.3f} {row['resync']:>7.3f} "
+            f"{1000 * float(row['once']) / count:>8.2f}ms  {shares}",  # type: ignore[arg-type]
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
