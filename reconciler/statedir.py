@@ -85,6 +85,12 @@ class StateDir:
     def source_digests(self) -> Path:
         return self.images / ".sources"
 
+    @property
+    def validated_documents(self) -> Path:
+        """The content keys of the manifest documents the schema accepted in the last pass
+        (see manifests.loader.document_key): the next pass skips the schema for those."""
+        return self.root / "validated-documents"
+
     def prune_enabled(self) -> bool:
         """Whether prune is on for this state directory (the file STATE/prune exists)."""
         return (self.root / "prune").exists()

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from reconciler.cli.report import render_manifest_errors
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, StateDirBusy
+from reconciler.fileops import write_atomically
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.control import daemon_listening, request
@@ -22,13 +24,20 @@ from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import Accelerator
 from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
 
+_T = TypeVar("_T")
+
 
 def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
-    """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice."""
-    directory = args.directory
-    if not directory.exists():
-        raise ConfigError(f"{directory}: no such file or directory")
-    load = load_manifests(directory)
+    """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice.
+    Documents an earlier pass on this state directory validated skip the schema."""
+    directory = check_directory(args)
+    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    known = _read_validated(state)
+    load = load_manifests(directory, known)
+    if load.valid_documents != known and state.root.is_dir():
+        text = "".join(f"{key}\n" for key in sorted(load.valid_documents))
+        with contextlib.suppress(OSError):  # a cache: a pass without it validates everything
+            write_atomically(state.validated_documents, text.encode())
     for line in render_manifest_errors(load.errors):
         print(line, file=sys.stderr)
     selection = selection_of(args)
@@ -40,6 +49,21 @@ def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
             file=out,
         )
     return load
+
+
+def check_directory(args: argparse.Namespace) -> Path:
+    """DIR, which must exist."""
+    directory: Path = args.directory
+    if not directory.exists():
+        raise ConfigError(f"{directory}: no such file or directory")
+    return directory
+
+
+def _read_validated(state: StateDir) -> frozenset[str]:
+    try:
+        return frozenset(state.validated_documents.read_text().split())
+    except OSError:
+        return frozenset()
 
 
 def selection_of(args: argparse.Namespace) -> Selection:
@@ -116,6 +140,61 @@ def parse_duration(text: str, option: str = "--grace") -> float:
 @contextlib.contextmanager
 def owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
     """The state directory, created and locked by this process, and a driver on it."""
+    with _locked_state(args, busy_hint) as state:
+        driver = open_driver(args, state)
+        try:
+            yield state, driver
+        finally:
+            driver.close()
+
+
+@contextlib.contextmanager
+def owned_state_loading(
+    args: argparse.Namespace, busy_hint: str, out: TextIO
+) -> Iterator[tuple[StateDir, Driver, LoadResult]]:
+    """owned_state, and this run's manifests (load_slice) loaded while the driver opens."""
+    check_directory(args)  # before anything is made for it
+    with _locked_state(args, busy_hint) as state:
+        driver, load = opened_while(args, state, lambda: load_slice(args, out))
+        try:
+            yield state, driver, load
+        finally:
+            driver.close()
+
+
+def opened_while(
+    args: argparse.Namespace, state: StateDir, work: Callable[[], _T]
+) -> tuple[Driver, _T]:
+    """open_driver in a thread of its own while `work` runs in this one, and both results.
+    The embedded libvirt driver's start-up (it reads every domain's definition: 0.6 s with
+    1,000) is most of a no-op pass's fixed cost, and it is C code that lets Python run. If
+    either fails, the other is waited for (and the driver closed) before the error rises."""
+    opened: list[Driver] = []
+    failed: list[BaseException] = []
+
+    def opening() -> None:
+        try:
+            opened.append(open_driver(args, state))
+        except BaseException as err:  # handed to the caller's thread
+            failed.append(err)
+
+    thread = threading.Thread(target=opening, name="open-driver", daemon=True)
+    thread.start()
+    try:
+        value = work()
+    except BaseException:
+        thread.join()
+        for driver in opened:
+            driver.close()
+        raise
+    thread.join()
+    if failed:
+        raise failed[0]
+    return opened[0], value
+
+
+@contextlib.contextmanager
+def _locked_state(args: argparse.Namespace, busy_hint: str) -> Iterator[StateDir]:
     state = state_of(args)
     state.create()
     lock = StateDirLock(state)
@@ -124,10 +203,6 @@ def owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[Stat
     except StateDirBusy as err:
         raise StateDirBusy(f"{err}; {busy_hint}") from err
     try:
-        driver = open_driver(args, state)
-        try:
-            yield state, driver
-        finally:
-            driver.close()
+        yield state
     finally:
         lock.release()

@@ -33,10 +33,12 @@ from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
 from reconciler.cli.console import run_console
 from reconciler.cli.context import (
     ask,
+    check_directory,
     daemon_socket,
     load_slice,
-    open_driver,
+    opened_while,
     owned_state,
+    owned_state_loading,
     parse_duration,
     selection_of,
     settings_of,
@@ -438,10 +440,10 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = load_slice(args, out)
         settings = settings_of(args)
         state = state_of(args)
-        driver = open_driver(args, state)
+        check_directory(args)
+        driver, load = opened_while(args, state, lambda: load_slice(args, out))
         try:
             views = [plan.view() for plan in plan_all(load, Reconciler(driver, state, settings))]
         finally:
@@ -526,9 +528,8 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
     else:
-        load = load_slice(args, out)
+        load, results = _run_pass(args, progress, out)
         errors = [str(error) for error in load.errors]
-        results = _run_pass(args, load, progress, out)
     for line in render_summary(results, len(errors)):
         print(line, file=out)
     if errors or refused:
@@ -537,16 +538,13 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_pass(
-    args: argparse.Namespace,
-    load: LoadResult,
-    progress: Callable[[str, str], None],
-    out: TextIO,
-) -> list[InstanceResult]:
+    args: argparse.Namespace, progress: Callable[[str, str], None], out: TextIO
+) -> tuple[LoadResult, list[InstanceResult]]:
     settings = settings_of(args)
-    with owned_state(args, "wait for it to finish") as (state, driver):
+    with owned_state_loading(args, "wait for it to finish", out) as (state, driver, load):
         print(f"reconcile: libvirt {driver.uri}, state directory {state.root}", file=out)
         reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
-        return apply_all(load, reconciler)
+        return load, apply_all(load, reconciler)
 
 
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:

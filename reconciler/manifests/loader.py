@@ -8,9 +8,10 @@ pointer of the field and what was expected. Valid instances of other files are u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -49,22 +50,47 @@ MIN_MEMORY_BYTES = 16 * 1024**2
 @dataclass(frozen=True, slots=True)
 class LoadResult:
     """Instances that loaded cleanly, every error found, and the names that invalid
-    documents claim (so that nothing acts on those instances this pass)."""
+    documents claim (so that nothing acts on those instances this pass). `valid_documents`:
+    the content keys of the documents the schema accepted (see `document_key`)."""
 
     instances: tuple[InstanceSpec, ...]
     errors: tuple[ManifestError, ...]
     files: tuple[Path, ...]
     invalid_names: frozenset[str]
+    valid_documents: frozenset[str] = frozenset()
+
+
+@cache
+def _schema_text() -> str:
+    return (
+        resources.files("reconciler.manifests.schemas").joinpath("instance.schema.json").read_text()
+    )
 
 
 @cache
 def instance_schema() -> dict[str, Any]:
     """The instance JSON Schema shipped with the package."""
-    text = (
-        resources.files("reconciler.manifests.schemas").joinpath("instance.schema.json").read_text()
-    )
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = json.loads(_schema_text())
     return schema
+
+
+def document_key(data: Any) -> str | None:
+    """A key for "this schema accepted this content": the digest of the schema and of the
+    document as JSON (None when the document holds what JSON cannot say, a YAML timestamp:
+    such a document is always validated). Validity is a function of the two alone, so a
+    key a run recorded lets a later run skip the schema for the same content."""
+    try:
+        content = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(_schema_digest())
+    digest.update(content.encode())
+    return digest.hexdigest()
+
+
+@cache
+def _schema_digest() -> bytes:
+    return hashlib.sha256(_schema_text().encode()).digest()
 
 
 @cache
@@ -90,14 +116,17 @@ def find_manifest_files(root: Path) -> list[Path]:
     return found
 
 
-def load_manifests(root: Path) -> LoadResult:
+def load_manifests(root: Path, known_valid: Collection[str] = frozenset()) -> LoadResult:
     """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
-    return load_paths([root])
+    return load_paths([root], known_valid)
 
 
-def load_paths(roots: Iterable[Path]) -> LoadResult:
+def load_paths(roots: Iterable[Path], known_valid: Collection[str] = frozenset()) -> LoadResult:
     """Load every manifest under each of `roots` (files or directories), checked against each
-    other as one tree (names, MACs). Files a manifest names must lie in its root."""
+    other as one tree (names, MACs). Files a manifest names must lie in its root. A document
+    whose `document_key` is in `known_valid` skips the schema (an earlier run validated that
+    content); everything else, the cross-document checks included, runs as always."""
+    valid: set[str] = set()
     files: list[Path] = []
     seen: set[Path] = set()
     errors: list[ManifestError] = []
@@ -110,7 +139,9 @@ def load_paths(roots: Iterable[Path]) -> LoadResult:
                 continue
             seen.add(path)
             files.append(path)
-            file_instances, file_errors, file_claims = load_manifest_file(path, confine)
+            file_instances, file_errors, file_claims = load_manifest_file(
+                path, confine, known_valid, valid
+            )
             loaded.extend(file_instances)
             errors.extend(file_errors)
             invalid_names.update(file_claims)
@@ -125,15 +156,20 @@ def load_paths(roots: Iterable[Path]) -> LoadResult:
         errors=tuple(errors),
         files=tuple(files),
         invalid_names=frozenset(invalid_names),
+        valid_documents=frozenset(valid),
     )
 
 
 def load_manifest_file(
-    path: Path, confine: Path | None = None
+    path: Path,
+    confine: Path | None = None,
+    known_valid: Collection[str] = frozenset(),
+    valid: set[str] | None = None,
 ) -> tuple[list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str]]:
     """Load one file: its valid instances (with where each is named), its errors, and the
     names its invalid documents claim. Files the manifest names (user-data, injected files)
-    must lie inside `confine` (default: the manifest's own directory)."""
+    must lie inside `confine` (default: the manifest's own directory). The keys of the
+    documents the schema accepts are added to `valid`."""
     confine = confine or Path(os.path.realpath(path.parent))
     try:
         with path.open("rb") as stream:
@@ -159,7 +195,10 @@ def load_manifest_file(
     errors: list[ManifestError] = []
     claims: set[str] = set()
     for document in documents:
-        document_errors = validate_document(path, document)
+        key = document_key(document.data)
+        document_errors = validate_document(path, document, key is not None and key in known_valid)
+        if not document_errors and key is not None and valid is not None:
+            valid.add(key)
         if not document_errors:
             spec, conversion_errors = _to_instance_spec(path, document, confine)
             document_errors = sorted(
@@ -175,14 +214,18 @@ def load_manifest_file(
     return instances, errors, claims
 
 
-def validate_document(path: Path, document: YamlDocument) -> list[ManifestError]:
-    """Every problem in one document: YAML-level ones (duplicate keys) and schema ones."""
+def validate_document(
+    path: Path, document: YamlDocument, schema_known_valid: bool = False
+) -> list[ManifestError]:
+    """Every problem in one document: YAML-level ones (duplicate keys) and schema ones (not
+    looked for again when `schema_known_valid`)."""
     errors = [
         ManifestError(SourceLocation(str(path), mark.line, mark.column), pointer, message)
         for mark, pointer, message in document.problems
     ]
     seen: set[str] = set()
-    for error in _validator().iter_errors(document.data):
+    schema_errors = () if schema_known_valid else _validator().iter_errors(document.data)
+    for error in schema_errors:
         for manifest_error in _schema_errors(path, document, error):
             if str(manifest_error) not in seen:  # "required" repeats per missing field
                 seen.add(str(manifest_error))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.manifests import loader
 from reconciler.manifests.loader import load_manifests
 from reconciler.model.desired import Accelerator, DesiredState, ImageFormat
 
@@ -236,3 +237,34 @@ def test_sizes_beyond_any_machine_are_refused(
     original = "memory: 256MiB" if field == "memory" else "size: 1.5GiB"
     (error,) = errors_of(tmp_path, VALID.replace(original, replacement))
     assert f": {pointer}: " in error and message in error
+
+
+def test_a_document_an_earlier_pass_validated_skips_the_schema_and_only_that_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys of accepted documents let the next pass skip the schema for the same content;
+    a changed document (even one character) is validated, and its errors are as precise."""
+    (tmp_path / "web.yaml").write_text(VALID)
+    first = load_manifests(tmp_path)
+    (key,) = first.valid_documents
+
+    def no_schema() -> None:
+        raise AssertionError("the schema ran for content already validated")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loader, "_validator", no_schema)
+        again = load_manifests(tmp_path, first.valid_documents)
+    assert again.instances == first.instances and again.valid_documents == {key}
+
+    (tmp_path / "web.yaml").write_text(VALID.replace("vcpus: 2", "vcpus: two"))
+    broken = load_manifests(tmp_path, first.valid_documents)
+    assert [str(e) for e in broken.errors] == [str(e) for e in load_manifests(tmp_path).errors]
+    assert broken.errors and "/spec/vcpus" in str(broken.errors[0])
+    assert broken.valid_documents == frozenset()
+
+
+def test_a_document_json_cannot_say_is_always_validated(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(VALID + "  note: 2026-12-01\n")  # a YAML timestamp
+    result = load_manifests(tmp_path)
+    assert result.valid_documents == frozenset()
+    assert result.errors  # and the schema saw it: no such field
