@@ -4,6 +4,7 @@ Measured in the same run, alternating, median of --repeat rounds:
   - hand-written: a thread per instance, qemu-img create + defineXML + create (handwritten.py)
   - reconcile --once, cold (overlays, defines and starts everything)
   - reconcile --once again, no-op (must write nothing: checked by file mtimes and domain XML)
+  - the hand-written no-op floor: list the domains with their XML, check each, exit
 
     .venv/bin/python bench/bench_cold_start.py [-n 10] [--repeat 3] [--connect URI]
 """
@@ -106,7 +107,7 @@ def main() -> int:
     cleanup = [PYTHON, str(HERE / "handwritten.py"), "cleanup", uri, str(state)]
     timed([*cleanup, "rcw"])
 
-    hand, cold, noop = [], [], []
+    hand, cold, noop, floor = [], [], [], []
     for _round in range(args.repeat):
         elapsed, _ = timed(
             [
@@ -134,9 +135,11 @@ def main() -> int:
         assert "nothing to do" in out, out
         assert snapshot(state) == before, "the no-op pass touched files"
         noop.append(elapsed)
+        check = [PYTHON, str(HERE / "handwritten.py"), "noop", uri, str(state), "rcb"]
+        floor.append(timed([*check, str(args.n)])[0])
         timed([*cleanup, "rcb"])
 
-    hand_s, cold_s, noop_s = (statistics.median(x) for x in (hand, cold, noop))
+    hand_s, cold_s, noop_s, floor_s = (statistics.median(x) for x in (hand, cold, noop, floor))
 
     def rounds(values: list[float]) -> str:
         return ", ".join(f"{value:.2f}" for value in values)
@@ -146,6 +149,8 @@ def main() -> int:
     print(f"reconcile --once, cold:     {cold_s:6.2f} s   (rounds: {rounds(cold)})")
     print(f"ratio cold / hand-written:  {cold_s / hand_s:6.2f}")
     print(f"reconcile --once, no-op:    {noop_s:6.2f} s   (rounds: {rounds(noop)})")
+    print(f"hand-written no-op floor:   {floor_s:6.2f} s   (rounds: {rounds(floor)})")
+    print(f"ratio no-op / floor:        {noop_s / floor_s:6.2f}")
     shutil.rmtree(state, ignore_errors=True)
     return 0
 

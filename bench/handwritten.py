@@ -1,7 +1,10 @@
 """The shortest hand-written path to N running instances, for comparison with reconciler:
 one thread per instance runs `qemu-img create` for its overlay, then defineXML + create.
+And the shortest hand-written no-op: list the domains with their XML, check that each of
+the N runs and its disk file is there, exit.
 
     python bench/handwritten.py create URI STATE_DIR BASE PREFIX N
+    python bench/handwritten.py noop URI STATE_DIR PREFIX N
     python bench/handwritten.py cleanup URI STATE_DIR PREFIX...
 """
 
@@ -90,6 +93,22 @@ def create(uri: str, state_dir: Path, base: Path, prefix: str, count: int) -> No
     connection.close()
 
 
+def noop(uri: str, state_dir: Path, prefix: str, count: int) -> None:
+    """Exit 0 when the N domains run with their disks in place (reconciler's layout)."""
+    connection = open_connection(uri)
+    running = {
+        domain.name(): domain.XMLDesc(0)
+        for domain in connection.listAllDomains(0)
+        if domain.isActive()
+    }
+    for index in range(count):
+        name = f"{prefix}-{index}"
+        disk = state_dir / "instances" / name / "disk.qcow2"
+        if name not in running or str(disk) not in running[name] or not disk.exists():
+            raise SystemExit(f"{name} is not as it should be")
+    connection.close()
+
+
 def cleanup(uri: str, state_dir: Path, prefixes: list[str]) -> None:
     connection = open_connection(uri)
     for domain in connection.listAllDomains(0):
@@ -112,5 +131,7 @@ if __name__ == "__main__":
     command, uri, state = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if command == "create":
         create(uri, state, Path(sys.argv[4]), sys.argv[5], int(sys.argv[6]))
+    elif command == "noop":
+        noop(uri, state, sys.argv[4], int(sys.argv[5]))
     else:
         cleanup(uri, state, sys.argv[4:])
