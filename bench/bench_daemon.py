@@ -11,6 +11,7 @@ Median and worst of --repeat repetitions. Readiness is polled on the daemon's co
 every 10 ms (what `reconcile status` asks), so the figures include at most that much polling.
 
     .venv/bin/python bench/bench_daemon.py [--repeat 10] [--idle-instances 100] [--idle-seconds 60]
+        [--idle-resync 1m] [--idle-only]
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ POLL = 0.01
 
 
 class Daemon:
-    def __init__(self, root: Path, manifests: Path, images: Path) -> None:
+    def __init__(self, root: Path, manifests: Path, images: Path, *extra: str) -> None:
         self.root = root
         self.state = root / "s"
         self.log = (root / "daemon.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "reconciler", str(manifests), "--state-dir", str(self.state),
-             "--image-dir", str(images)],
+             "--image-dir", str(images), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=PROJECT, env=CHILD_ENV,
         )  # fmt: skip
         self.socket = self.state / "control.sock"
@@ -157,7 +158,7 @@ def reaction_times(repeat: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def idle_cost(count: int, seconds: float) -> None:
+def idle_cost(count: int, seconds: float, resync: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="rcb-", dir="/tmp"))
     manifests, images = root / "m", root / "src"
     manifests.mkdir()
@@ -168,7 +169,7 @@ def idle_cost(count: int, seconds: float) -> None:
         for i in range(count)
     ]
     (manifests / "idle.yaml").write_text(yaml.safe_dump_all(documents))
-    daemon = Daemon(root, manifests, images)
+    daemon = Daemon(root, manifests, images, "--resync", resync)
     try:
         daemon.wait(
             lambda: (
@@ -185,8 +186,9 @@ def idle_cost(count: int, seconds: float) -> None:
         used = _cpu_seconds(pid) - before
         rss = _rss_kib(pid)
         print(
-            f"idle daemon, {count} defined instances: RSS {rss / 1024:.1f} MiB, "
-            f"CPU {used:.3f} s over {seconds:.0f} s ({used / seconds * 60:.3f} s per minute)"
+            f"idle daemon, {count} defined instances, --resync {resync}: RSS "
+            f"{rss / 1024:.1f} MiB, CPU {used:.3f} s over {seconds:.0f} s "
+            f"({used / seconds * 60:.3f} s per minute)"
         )
     finally:
         daemon.stop()
@@ -213,9 +215,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--idle-instances", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--idle-resync", default="1m", help="the idle daemon's --resync")
+    parser.add_argument("--idle-only", action="store_true", help="skip the reaction times")
     args = parser.parse_args()
-    reaction_times(args.repeat)
-    idle_cost(args.idle_instances, args.idle_seconds)
+    if not args.idle_only:
+        reaction_times(args.repeat)
+    idle_cost(args.idle_instances, args.idle_seconds, args.idle_resync)
     return 0
 
 

@@ -174,19 +174,8 @@ def measure(count: int, repeat: int, driver: str, keep: bool) -> dict[str, objec
         medians["resync"] = resync_seconds(common, manifests, root, repeat)
         return {"n": count, "setup": setup, **medians, "profile": profile_once(common, manifests)}
     finally:
-        if not keep:
-            _destroy(state, driver)
+        if not keep:  # nothing runs (state: stopped); the embedded root goes with the directory
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _destroy(state: Path, driver: str) -> None:
-    if driver == "libvirt":
-        uri = f"qemu:///embed?root={state / 'libvirt'}"
-        names = subprocess.run(
-            ["virsh", "-c", uri, "list", "--all", "--name"], capture_output=True, text=True
-        ).stdout.split()
-        for name in names:
-            subprocess.run(["virsh", "-c", uri, "undefine", name], capture_output=True)
 
 
 def main() -> int:
