@@ -15,6 +15,7 @@ the lock that admits one writer at a time.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ class InstancePaths:
     console_log: Path
 
 
+@functools.lru_cache(maxsize=16384)
+def _instance_paths(root: Path, name: str) -> InstancePaths:
+    """Kept: every pass builds every instance's paths several times (pathlib is slow)."""
+    directory = root / "instances" / name
+    return InstancePaths(directory, directory / "disk.qcow2", directory / "console.log")
+
+
 @dataclass(frozen=True, slots=True)
 class StateDir:
     """Paths inside one state directory. Computing them has no side effects."""
@@ -69,8 +77,7 @@ class StateDir:
 
     def instance(self, name: str) -> InstancePaths:
         """Paths for instance `name`, which the schema has already restricted to [a-z0-9-]."""
-        directory = self.instances / name
-        return InstancePaths(directory, directory / "disk.qcow2", directory / "console.log")
+        return _instance_paths(self.root, name)
 
     def cached_base(self, image: ImageSource) -> Path:
         """The content-addressed cache file for a base image whose digest is known."""
