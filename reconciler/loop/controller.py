@@ -122,6 +122,7 @@ class Controller:
         self._validated: frozenset[str] = frozenset()  # see manifests.loader.document_key
         self._status_dirty = threading.Event()
         self._status_writer: threading.Thread | None = None
+        self._status_write_lock = threading.Lock()
         self._lost = threading.Event()
         self._workers = WorkerPool(self.queue, self._handle, options.workers)
         # in pull mode only a fetch changes the manifests: no file watcher
@@ -439,10 +440,13 @@ class Controller:
             time.sleep(STATUS_WRITE_SECONDS)
 
     def _write_status_now(self) -> None:
-        try:
-            self.status.write()
-        except OSError as err:  # a full disk must not stop the controller
-            LOG.warning("cannot write the status file: %s", err)
+        # one write (snapshot, then file) at a time: the writer thread's older snapshot must
+        # never land after the final one written at shutdown
+        with self._status_write_lock:
+            try:
+                self.status.write()
+            except OSError as err:  # a full disk must not stop the controller
+                LOG.warning("cannot write the status file: %s", err)
 
     def _progress(self, name: str, message: str) -> None:
         LOG.info("%s: %s", name, message)
