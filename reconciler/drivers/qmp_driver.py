@@ -472,13 +472,21 @@ class QmpDriver:
         else:
             raise DriverError(f"start {name}", f"QEMU not up after {LAUNCH_TIMEOUT_SECONDS:.0f}s")
         # the socket comes before the machine: an unknown CPU model, a disk QEMU cannot open
-        # end QEMU just after it; up is when it answers about a run state
-        try:
-            self._qmp(name, "query-status")
-        except DriverError:
-            if process.wait(EXIT_WAIT_SECONDS) is not None:
+        # end QEMU just after it; up is when it answers about a run state (on a loaded host
+        # its first answer can take longer than one command's timeout: asked again until the
+        # launch deadline, as long as it lives)
+        while True:
+            try:
+                self._qmp(name, "query-status")
+                return
+            except DriverError:
+                try:
+                    process.wait(DYING_WAIT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() < deadline:
+                        continue
+                    raise
                 raise DriverError(f"start {name}", _last_line(log_path) or "QEMU exited") from None
-            raise
 
     def reset(self, name: str) -> None:
         """Reset the guest (a hard reboot; for tests and tools, as LibvirtDriver.reset)."""
