@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError
@@ -64,13 +65,24 @@ def observe_domain(driver: Driver, name: str) -> DomainFacts | None:
 
 
 def observe_instance(
-    driver: Driver, name: str, paths: InstancePaths, source: ResolvedSource
+    driver: Driver,
+    name: str,
+    paths: InstancePaths,
+    source: ResolvedSource,
+    listed: Mapping[str, DomainRecord] | None = None,
 ) -> InstanceActual:
-    """What exists for instance `name`: its domain (if any), its disk, and its cached base."""
+    """What exists for instance `name`: its domain (if any), its disk, and its cached base.
+    `listed`: every domain, from one listing taken earlier in the pass, read instead of a
+    lookup of its own (a plan from it is only as fresh as the listing)."""
     overlay, problem = read_overlay(str(paths.disk))
     data_disks, data_problem = read_data_disks(source.spec, paths)
+    if listed is None:
+        domain = observe_domain(driver, name)
+    else:
+        record = listed.get(name)
+        domain = None if record is None else domain_facts(record)
     return InstanceActual(
-        domain=observe_domain(driver, name),
+        domain=domain,
         overlay=overlay,
         overlay_problem=problem,
         base_cached=source.base_cached,

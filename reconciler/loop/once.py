@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
+from reconciler.drivers.base import DomainRecord
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import InstanceResult, Reconciler, Settings
 from reconciler.loop.workers import WorkerPool
@@ -38,19 +40,24 @@ def prune_refusal(load: LoadResult, settings: Settings, orphans: int) -> str | N
     return None
 
 
-def orphans_of(load: LoadResult, reconciler: Reconciler) -> tuple[list[str], str | None]:
-    """The orphans of this pass, and why they may not be pruned (None: they may)."""
+def orphans_of(
+    load: LoadResult, reconciler: Reconciler, listed: Mapping[str, DomainRecord] | None = None
+) -> tuple[list[str], str | None]:
+    """The orphans of this pass (from `listed` when given), and why they may not be pruned
+    (None: they may)."""
     known = {spec.name for spec in load.instances} | set(load.invalid_names)
-    orphans = reconciler.orphans(known)
+    orphans = reconciler.orphans(known, listed)
     return orphans, prune_refusal(load, reconciler.settings, len(orphans))
 
 
 def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
-    """Plan every valid instance, in manifest order, then every orphan; nothing is changed."""
+    """Plan every valid instance, in manifest order, then every orphan; nothing is changed.
+    Every domain is listed once, and each plan reads the listing."""
     started = time.monotonic()
     resolver = reconciler.resolver(persist_digests=False)
-    plans = [reconciler.plan(spec, resolver) for spec in load.instances]
-    orphans, refusal = orphans_of(load, reconciler)
+    listed = reconciler.list_domains()
+    plans = [reconciler.plan(spec, resolver, listed=listed) for spec in load.instances]
+    orphans, refusal = orphans_of(load, reconciler, listed)
     plans += [reconciler.plan_orphan(name, refusal) for name in orphans]
     LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
     return plans
@@ -58,11 +65,16 @@ def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
 
 def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
     """Reconcile every valid instance once (several in parallel); one result per instance, in
-    manifest order. Failures are reported, not retried: a daemon retries, a pass does not."""
+    manifest order. Failures are reported, not retried: a daemon retries, a pass does not.
+
+    Every domain is listed once; an instance that the listing shows converged is settled in
+    this thread, and only the others go to the workers, which observe them afresh (a no-op
+    pass is bound by the interpreter's lock: threads would only take turns)."""
     reconciler.state.create()
     reconciler.refresh_host()
     specs = {spec.name: spec for spec in load.instances}
     resolver = reconciler.resolver(persist_digests=True)  # bases shared by the whole pass
+    listed = reconciler.list_domains()
     results: dict[str, InstanceResult] = {}
     guard = threading.Lock()
 
@@ -72,10 +84,16 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
             results[name] = result
 
     queue = WorkQueue(reconciler.clock)
-    for name in specs:
-        queue.add(name)
-    workers = max(1, min(reconciler.settings.max_parallel, len(specs)))
-    WorkerPool(queue, handle, workers, prefix="instance").drain()
-    LOG.debug("reconciled %d instances", len(results))
-    orphans, refusal = orphans_of(load, reconciler)
+    for name, spec in specs.items():
+        settled = reconciler.settled(spec, resolver, listed)
+        if settled is None:
+            queue.add(name)
+        else:
+            results[name] = settled
+    settled_here = len(results)
+    if settled_here < len(specs):
+        workers = max(1, min(reconciler.settings.max_parallel, len(specs) - settled_here))
+        WorkerPool(queue, handle, workers, prefix="instance").drain()
+    LOG.debug("reconciled %d instances, %d settled from the listing", len(results), settled_here)
+    orphans, refusal = orphans_of(load, reconciler, listed)
     return [results[name] for name in specs] + [reconciler.prune(n, refusal) for n in orphans]

@@ -15,12 +15,12 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.clock import Clock
-from reconciler.drivers.base import Driver
+from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError, PermanentError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.images.cache import ImageCache
@@ -196,16 +196,22 @@ class Reconciler:
         )
 
     def plan(
-        self, spec: InstanceSpec, resolver: SourceResolver, *, adopting: bool = False
+        self,
+        spec: InstanceSpec,
+        resolver: SourceResolver,
+        *,
+        adopting: bool = False,
+        listed: Mapping[str, DomainRecord] | None = None,
     ) -> InstancePlan:
         """Resolve, observe and plan `spec` (no change made, except that a resolver made to
         persist digests records those of local sources it had to compute). `adopting`: plan
         an existing domain without a marker as if it were this state directory's, so that
-        the definition step lists what differs from the manifest."""
+        the definition step lists what differs from the manifest. `listed`: every domain by
+        name, from one listing of the pass, instead of a lookup."""
         paths = self.state.instance(spec.name)
         try:
             resolved = resolver.resolve(spec)
-            actual = observe_instance(self.driver, spec.name, paths, resolved)
+            actual = observe_instance(self.driver, spec.name, paths, resolved, listed)
         except PermanentError as err:  # a refused source, an unreadable domain definition
             return InstancePlan(spec.name, refusal=str(err))
         if adopting:
@@ -269,14 +275,22 @@ class Reconciler:
             return ()
         return self.driver.check_attachments(spec.networks)
 
-    def orphans(self, known: Collection[str]) -> list[str]:
+    def list_domains(self) -> dict[str, DomainRecord]:
+        """Every domain by name, in one listing (for a pass to plan from)."""
+        return {record.name: record for record in self.driver.list_domains()}
+
+    def orphans(
+        self, known: Collection[str], listed: Mapping[str, DomainRecord] | None = None
+    ) -> list[str]:
         """Managed domains (this state directory's marker, this instance's disk) whose name no
-        valid or invalid manifest claims, sorted."""
+        valid or invalid manifest claims, sorted (from `listed`, a listing of the pass, when
+        given)."""
         state_dir_id = self.host.state_dir_id
         if state_dir_id is None:
             return []
         found = []
-        for record in self.driver.list_domains():
+        records = self.driver.list_domains() if listed is None else listed.values()
+        for record in records:
             definition = record.definition
             if record.name in known or definition is None or definition.marker is None:
                 continue
@@ -314,6 +328,31 @@ class Reconciler:
         if result.outcome is not Outcome.FAILED and plan.steps:
             result = dataclasses.replace(result, state=DesiredState.ABSENT)
         return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+    def settled(
+        self, spec: InstanceSpec, resolver: SourceResolver, listed: Mapping[str, DomainRecord]
+    ) -> InstanceResult | None:
+        """The result of reconciling `spec` when it is converged already, planned from
+        `listed` (a listing of every domain taken in this pass) without a lookup of its own.
+        None when a reconcile would do anything (a step, a refusal, a restart held back, a
+        leftover to remove): `reconcile` it then, which observes afresh."""
+        started = time.monotonic()
+        try:
+            plan = self.plan(spec, resolver, listed=listed)
+        except ReconcilerError:
+            return None
+        if plan.steps or plan.refusal is not None or plan.restart_after is not None:
+            return None
+        if remove_dead_leftovers(self.state.instance(spec.name).directory, dry_run=True):
+            return None
+        result = dataclasses.replace(
+            self._converge(plan),
+            pending_restart=plan.pending_restart,
+            seconds=time.monotonic() - started,
+        )
+        if plan.kept_off:
+            return _reached(result, dataclasses.replace(spec, state=DesiredState.STOPPED))
+        return _reached(result, spec)
 
     def reconcile(
         self, spec: InstanceSpec, resolver: SourceResolver | None = None

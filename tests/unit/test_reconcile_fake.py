@@ -13,7 +13,9 @@ from reconciler.drivers.base import DomainRecord
 from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
+from reconciler.loop.once import apply_all
 from reconciler.loop.reconcile import CrashLoop, Failure, Outcome, Reconciler, Settings
+from reconciler.manifests.loader import LoadResult
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
 from reconciler.model.machine import Machine
@@ -279,3 +281,38 @@ def test_a_guest_that_missed_the_first_acpi_press_gets_another(world: World) -> 
     assert [call for call, _ in world.driver.calls].count("shut down") == 3
     assert 20 <= world.time.slept < 21
     assert world.driver.domains["rct-fake"].state is PowerState.SHUTOFF
+
+
+def test_a_pass_settles_converged_instances_from_one_listing_and_observes_the_rest(
+    world: World,
+) -> None:
+    """`--once` lists every domain once; converged instances are settled from that listing
+    (no lookup of their own), and only an instance with something to do is reconciled,
+    observed afresh."""
+    specs = tuple(replace(world.spec, name=f"rct-fake-{index}") for index in range(3))
+    load = LoadResult(instances=specs, errors=(), files=(), invalid_names=frozenset())
+    first = apply_all(load, world.reconciler)
+    assert [r.outcome for r in first] == [Outcome.CHANGED] * 3, [r.message for r in first]
+
+    looked_up: list[str] = []
+    lookup = world.driver.lookup
+
+    def counting_lookup(name: str) -> DomainRecord | None:
+        looked_up.append(name)
+        return lookup(name)
+
+    world.driver.lookup = counting_lookup  # type: ignore[method-assign]
+    world.driver.calls.clear()
+    again = apply_all(load, world.reconciler)
+    assert [(r.outcome, r.state) for r in again] == [(Outcome.UNCHANGED, DesiredState.RUNNING)] * 3
+    assert looked_up == [] and world.driver.calls == []
+
+    world.driver.crash("rct-fake-1")
+    after_crash = apply_all(load, world.reconciler)
+    assert [r.outcome for r in after_crash] == [
+        Outcome.UNCHANGED,
+        Outcome.CHANGED,
+        Outcome.UNCHANGED,
+    ]
+    assert set(looked_up) == {"rct-fake-1"}
+    assert [call for call, _ in world.driver.calls] == ["start"]
