@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import itertools
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 
 from reconciler.model.desired import (
     Accelerator,
@@ -38,7 +37,6 @@ MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
 MARKER_PREFIX = "rc"
 MARKER_ELEMENT = "instance"
 ET.register_namespace(MARKER_PREFIX, MARKER_NAMESPACE)
-_MARKER_PATH = f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}"
 # libvirt's namespace for QEMU arguments it does not model (port forwards, see _add_nics)
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NAMESPACE)
@@ -261,6 +259,37 @@ class DomainXmlError(Exception):
     """The XML libvirt returned is not a domain definition we can read."""
 
 
+class _Children:
+    """An element's children by tag, in document order: one walk, then dictionary lookups (a
+    find with a path or a namespace goes through ElementPath's machinery every time, and a
+    domain's XML is read at every pass)."""
+
+    __slots__ = ("_by_tag",)
+
+    def __init__(self, element: ET.Element | None) -> None:
+        by_tag: dict[str, list[ET.Element]] = {}
+        if element is not None:
+            for child in element:
+                by_tag.setdefault(child.tag, []).append(child)
+        self._by_tag = by_tag
+
+    def first(self, tag: str) -> ET.Element | None:
+        found = self._by_tag.get(tag)
+        return found[0] if found else None
+
+    def all(self, tag: str) -> list[ET.Element]:
+        return self._by_tag.get(tag, [])
+
+    def text(self, tag: str) -> str | None:
+        """As findtext: None when there is no such child, "" when it has no text."""
+        element = self.first(tag)
+        return None if element is None else element.text or ""
+
+
+def _ns(tag: str) -> str:
+    return f"{{{MARKER_NAMESPACE}}}{tag}"
+
+
 @functools.lru_cache(maxsize=PARSED_XML_CACHE)
 def parse_domain_xml(xml: str) -> Machine:
     """The machine a domain's XML describes: identity, shape, disks and our marker (if any).
@@ -273,13 +302,17 @@ def parse_domain_xml(xml: str) -> Machine:
         raise DomainXmlError(f"unreadable domain XML: {err}") from err
     if root.tag != "domain":
         raise DomainXmlError(f"expected <domain>, got <{root.tag}>")
-    maximum_kib = _memory_kib(root.find("memory"))
-    memory_kib = _memory_kib(root.find("currentMemory")) or maximum_kib
-    vcpu = root.find("vcpu")
+    top = _Children(root)
+    devices = _Children(top.first("devices"))
+    marker = _Children(_Children(top.first("metadata")).first(_ns(MARKER_ELEMENT)))
+    maximum_kib = _memory_kib(top.first("memory"))
+    memory_kib = _memory_kib(top.first("currentMemory")) or maximum_kib
+    vcpu = top.first("vcpu")
     maximum_vcpus = int(vcpu.text or 0) if vcpu is not None else 0
     vcpus = int(vcpu.get("current", maximum_vcpus)) if vcpu is not None else 0
+    deletable = {element.text for element in marker.all(_ns("delete-when-removed"))}
     disks = []
-    for disk in root.findall("devices/disk"):
+    for disk in devices.all("disk"):
         target = disk.find("target")
         source = disk.find("source")
         driver = disk.find("driver")
@@ -294,61 +327,58 @@ def parse_domain_xml(xml: str) -> Machine:
                 bus=target.get("bus", ""),
                 device=disk.get("device", "disk"),
                 read_only=disk.find("readonly") is not None,
+                delete_when_removed=path in deletable,
             )
         )
-    deletable = {
-        element.text
-        for element in root.findall(
-            f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}/{{{MARKER_NAMESPACE}}}delete-when-removed"
-        )
-    }
-    disks = [replace(disk, delete_when_removed=disk.path in deletable) for disk in disks]
-    serial_source = root.find("devices/serial[@type='file']/source")
-    os_type = root.find("os/type")
-    os_element = root.find("os")
+    serial_source = next(
+        (
+            source
+            for serial in devices.all("serial")
+            if serial.get("type") == "file" and (source := serial.find("source")) is not None
+        ),
+        None,
+    )
+    os_element = top.first("os")
+    os_children = _Children(os_element)
+    os_type = os_children.first("type")
     uefi = os_element is not None and (
-        os_element.get("firmware") == "efi" or os_element.find("loader") is not None
+        os_element.get("firmware") == "efi" or os_children.first("loader") is not None
     )
     boot = tuple(
-        BootDevice(b.get("dev", "")) for b in root.findall("os/boot") if b.get("dev") in _BOOT
+        BootDevice(b.get("dev", "")) for b in os_children.all("boot") if b.get("dev") in _BOOT
     )
-    graphics = root.find("devices/graphics")
+    graphics = devices.first("graphics")
     return Machine(
-        name=root.findtext("name", ""),
+        name=top.text("name") or "",
         accelerator=_ACCELERATORS.get(root.get("type", "")),
         vcpus=vcpus,
         memory_kib=memory_kib,
         max_vcpus=maximum_vcpus if maximum_vcpus != vcpus else None,
         max_memory_kib=maximum_kib if maximum_kib != memory_kib else None,
         firmware=Firmware.UEFI if uefi else Firmware.BIOS,
-        nvram=(root.findtext("os/nvram") or None) if uefi else None,
+        nvram=(os_children.text("nvram") or None) if uefi else None,
         boot=boot or (BootDevice.HD,),
-        description=root.findtext("description"),
+        description=top.text("description"),
         graphics=Graphics.VNC
         if graphics is not None and graphics.get("type") == "vnc"
         else (Graphics.NONE),
-        rng=root.find("devices/rng") is not None,
+        rng=devices.first("rng") is not None,
         guest_agent=any(
             target.get("name") == GUEST_AGENT_CHANNEL
-            for target in root.findall("devices/channel/target")
+            for channel in devices.all("channel")
+            for target in channel.findall("target")
         ),
-        cpu=_parse_cpu(root.find("cpu")),
+        cpu=_parse_cpu(top.first("cpu")),
         machine_type=_machine_type(os_type.get("machine", "") if os_type is not None else ""),
         disks=tuple(disks),
-        nics=_parse_nics(root),
+        nics=_parse_nics(devices, top),
         console_log=None if serial_source is None else serial_source.get("path"),
-        uuid=root.findtext("uuid") or None,
-        marker=_parse_marker(root),
-        protected=root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}protect") == "true",
-        delete_disks=(
-            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}deletion-policy") == "delete"
-        ),
-        asked_running=_asked_running(
-            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}desired-state")
-        ),
-        shutdown_timeout_seconds=_int_or_none(
-            root.findtext(f"{_MARKER_PATH}/{{{MARKER_NAMESPACE}}}shutdown-timeout")
-        ),
+        uuid=top.text("uuid") or None,
+        marker=_parse_marker(marker),
+        protected=marker.text(_ns("protect")) == "true",
+        delete_disks=marker.text(_ns("deletion-policy")) == "delete",
+        asked_running=_asked_running(marker.text(_ns("desired-state"))),
+        shutdown_timeout_seconds=_int_or_none(marker.text(_ns("shutdown-timeout"))),
     )
 
 
@@ -360,20 +390,22 @@ def _memory_kib(element: ET.Element | None) -> int:
     return 0 if element is None else _to_kib(int(element.text or 0), element.get("unit", "KiB"))
 
 
-def _parse_nics(root: ET.Element) -> tuple[Nic, ...]:
+def _parse_nics(devices: _Children, top: _Children) -> tuple[Nic, ...]:
     """The NICs of a definition: its <interface> elements and the user-mode ones given to QEMU
     as arguments, in PCI slot order (document order where there is no slot)."""
     found: list[tuple[int, Nic]] = []
-    for position, element in enumerate(root.findall("devices/interface")):
+    for position, element in enumerate(devices.all("interface")):
         nic = _parse_interface(element)
         if nic is not None:
             found.append((_slot(element.find("address"), 1000 + position), nic))
     arguments = [
         arg.get("value", "")
-        for arg in root.findall(f"{{{QEMU_NAMESPACE}}}commandline/{{{QEMU_NAMESPACE}}}arg")
+        for commandline in top.all(f"{{{QEMU_NAMESPACE}}}commandline")
+        for arg in commandline
+        if arg.tag == f"{{{QEMU_NAMESPACE}}}arg"
     ]
     netdevs: dict[str, tuple[PortForward, ...]] = {}
-    devices: list[dict[str, str]] = []
+    qemu_devices: list[dict[str, str]] = []
     for option, value in itertools.pairwise(arguments):
         if option == "-netdev" and value.startswith("user,"):
             fields = value.split(",")
@@ -383,9 +415,9 @@ def _parse_nics(root: ET.Element) -> tuple[Nic, ...]:
             )
         elif option == "-device":
             head, *rest = value.split(",")
-            devices.append({"driver": head, **dict(f.split("=", 1) for f in rest if "=" in f)})
+            qemu_devices.append({"driver": head, **dict(f.split("=", 1) for f in rest if "=" in f)})
     models = {device: model for model, device in QEMU_NIC_DEVICES.items()}
-    for device in devices:
+    for device in qemu_devices:
         netdev = device.get("netdev")
         if netdev not in netdevs or device["driver"] not in models:
             continue
@@ -470,15 +502,12 @@ def _parse_cpu(element: ET.Element | None) -> CpuSpec:
         return CpuSpec(CpuMode.CUSTOM, mode)
 
 
-def _parse_marker(root: ET.Element) -> OwnershipMarker | None:
-    element = root.find(f"metadata/{{{MARKER_NAMESPACE}}}{MARKER_ELEMENT}")
-    if element is None:
-        return None
-    digest = element.findtext(f"{{{MARKER_NAMESPACE}}}spec-digest")
-    manifest = element.findtext(f"{{{MARKER_NAMESPACE}}}manifest")
+def _parse_marker(marker: _Children) -> OwnershipMarker | None:
+    digest = marker.text(_ns("spec-digest"))
+    manifest = marker.text(_ns("manifest"))
     if not digest or manifest is None:
         return None
-    state_dir_id = element.findtext(f"{{{MARKER_NAMESPACE}}}state-dir") or None
+    state_dir_id = marker.text(_ns("state-dir")) or None
     return OwnershipMarker(manifest=manifest, spec_digest=digest, state_dir_id=state_dir_id)
 
 
