@@ -40,6 +40,7 @@ from reconciler.loop.reconcile import (
 from reconciler.loop.status import StatusBook
 from reconciler.loop.watch import ManifestWatcher
 from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
+from reconciler.manifests.filecache import ManifestFileCache
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import InstanceSpec
@@ -120,6 +121,7 @@ class Controller:
         self._subscribers: list[Callable[[str, str], None]] = []
         self._reload_requested = threading.Event()
         self._validated: frozenset[str] = frozenset()  # see manifests.loader.document_key
+        self._readings = ManifestFileCache()  # a resync rereads only the files that changed
         self._status_dirty = threading.Event()
         self._status_writer: threading.Thread | None = None
         self._status_write_lock = threading.Lock()
@@ -240,8 +242,10 @@ class Controller:
 
     def _read_manifests(self, directory: Path | None = None) -> LoadResult:
         """The manifest directory (or `directory`), cut to this host's slice."""
-        read = load_manifests(directory or self.options.directory, self._validated)
-        if directory is None:  # documents validated once are not validated at every resync
+        if directory is not None:
+            read = load_manifests(directory, self._validated)
+        else:  # documents validated once are not validated, files unchanged not reread
+            read = load_manifests(self.options.directory, self._validated, self._readings)
             self._validated = read.valid_documents
         load, _ignored = select(read, self.options.selection)
         return load

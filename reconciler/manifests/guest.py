@@ -35,15 +35,22 @@ MAX_GUEST_CONFIG_BYTES = 32 * 1024**2
 Fail = Callable[[str, str], None]
 
 
-def guest_config(spec: dict[str, Any], manifest: Path, confine: Path, fail: Fail) -> GuestConfig:
-    """The config drive's inputs from `spec`, with the files it names read (inside `confine`)."""
+def guest_config(
+    spec: dict[str, Any],
+    manifest: Path,
+    confine: Path,
+    fail: Fail,
+    named: list[Path] | None = None,
+) -> GuestConfig:
+    """The config drive's inputs from `spec`, with the files it names read (inside `confine`;
+    each one's path is added to `named`, whether it could be read or not)."""
     cloud = spec.get("cloudInit", {})
     user_data: bytes | None = None
     if "userData" in cloud:
         user_data = cloud["userData"].encode()
     elif "userDataFile" in cloud:
         user_data = read_guest_file(
-            manifest, confine, cloud["userDataFile"], "/spec/cloudInit/userDataFile", fail
+            manifest, confine, cloud["userDataFile"], "/spec/cloudInit/userDataFile", fail, named
         )
     pointer = (
         "/spec/cloudInit/userDataFile" if "userDataFile" in cloud else "/spec/cloudInit/userData"
@@ -57,7 +64,7 @@ def guest_config(spec: dict[str, Any], manifest: Path, confine: Path, fail: Fail
             content: bytes | None = item["content"].encode()
         else:
             content = read_guest_file(
-                manifest, confine, item["source"], f"/spec/files/{index}/source", fail
+                manifest, confine, item["source"], f"/spec/files/{index}/source", fail, named
             )
         if content is not None:
             files.append(
@@ -84,11 +91,19 @@ def guest_config(spec: dict[str, Any], manifest: Path, confine: Path, fail: Fail
 
 
 def read_guest_file(
-    manifest: Path, confine: Path, name: str, pointer: str, fail: Fail
+    manifest: Path,
+    confine: Path,
+    name: str,
+    pointer: str,
+    fail: Fail,
+    named: list[Path] | None = None,
 ) -> bytes | None:
     """A file named by a manifest (relative to it), if it lies inside `confine` once every
-    symlink is followed and is not too large; None after reporting why not."""
+    symlink is followed and is not too large; None after reporting why not. Its path is added
+    to `named`."""
     path = manifest.parent / name
+    if named is not None:
+        named.append(path)
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(confine):
         shown = f"{name} (which resolves to {real})" if real != path else name

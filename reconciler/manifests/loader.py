@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from reconciler.errors import ManifestError, SourceLocation
+from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
 from reconciler.manifests.guest import guest_config, networks
 from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings
 from reconciler.manifests.yamlsource import (
@@ -116,16 +117,26 @@ def find_manifest_files(root: Path) -> list[Path]:
     return found
 
 
-def load_manifests(root: Path, known_valid: Collection[str] = frozenset()) -> LoadResult:
+def load_manifests(
+    root: Path,
+    known_valid: Collection[str] = frozenset(),
+    cache: ManifestFileCache | None = None,
+) -> LoadResult:
     """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
-    return load_paths([root], known_valid)
+    return load_paths([root], known_valid, cache)
 
 
-def load_paths(roots: Iterable[Path], known_valid: Collection[str] = frozenset()) -> LoadResult:
+def load_paths(
+    roots: Iterable[Path],
+    known_valid: Collection[str] = frozenset(),
+    cache: ManifestFileCache | None = None,
+) -> LoadResult:
     """Load every manifest under each of `roots` (files or directories), checked against each
     other as one tree (names, MACs). Files a manifest names must lie in its root. A document
     whose `document_key` is in `known_valid` skips the schema (an earlier run validated that
-    content); everything else, the cross-document checks included, runs as always."""
+    content); everything else, the cross-document checks included, runs as always. A file
+    whose reading `cache` holds, unchanged since, is not read again (nor the files it names);
+    what it gave takes part in the cross-document checks as if it had been."""
     valid: set[str] = set()
     files: list[Path] = []
     seen: set[Path] = set()
@@ -139,12 +150,15 @@ def load_paths(roots: Iterable[Path], known_valid: Collection[str] = frozenset()
                 continue
             seen.add(path)
             files.append(path)
-            file_instances, file_errors, file_claims = load_manifest_file(
-                path, confine, known_valid, valid
+            file_instances, file_errors, file_claims, file_valid = _load_file(
+                path, confine, known_valid, cache
             )
+            valid.update(file_valid)
             loaded.extend(file_instances)
             errors.extend(file_errors)
             invalid_names.update(file_claims)
+    if cache is not None:
+        cache.keep_only(seen)
     instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
     errors.extend(duplicate_errors)
     invalid_names.update(duplicated)
@@ -160,16 +174,42 @@ def load_paths(roots: Iterable[Path], known_valid: Collection[str] = frozenset()
     )
 
 
+_FileLoad = tuple[
+    list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str], frozenset[str]
+]
+
+
+def _load_file(
+    path: Path, confine: Path, known_valid: Collection[str], cache: ManifestFileCache | None
+) -> _FileLoad:
+    """One file's load (and the keys of its valid documents), from `cache` when it holds."""
+    before = stamp(path)
+    if cache is not None:
+        reading = cache.get(path, confine, before)
+        if reading is not None:
+            kept: _FileLoad = reading.result
+            return kept
+    valid: set[str] = set()
+    named: list[Path] = []
+    instances, errors, claims = load_manifest_file(path, confine, known_valid, valid, named)
+    result: _FileLoad = (instances, errors, claims, frozenset(valid))
+    if cache is not None:
+        files = tuple(NamedFile.now(p) for p in named)
+        cache.put(path, Reading(before, confine, files, result))
+    return result
+
+
 def load_manifest_file(
     path: Path,
     confine: Path | None = None,
     known_valid: Collection[str] = frozenset(),
     valid: set[str] | None = None,
+    named: list[Path] | None = None,
 ) -> tuple[list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str]]:
     """Load one file: its valid instances (with where each is named), its errors, and the
     names its invalid documents claim. Files the manifest names (user-data, injected files)
-    must lie inside `confine` (default: the manifest's own directory). The keys of the
-    documents the schema accepts are added to `valid`."""
+    must lie inside `confine` (default: the manifest's own directory); their paths are added
+    to `named`. The keys of the documents the schema accepts are added to `valid`."""
     confine = confine or Path(os.path.realpath(path.parent))
     try:
         with path.open("rb") as stream:
@@ -200,7 +240,7 @@ def load_manifest_file(
         if not document_errors and key is not None and valid is not None:
             valid.add(key)
         if not document_errors:
-            spec, conversion_errors = _to_instance_spec(path, document, confine)
+            spec, conversion_errors = _to_instance_spec(path, document, confine, named)
             document_errors = sorted(
                 conversion_errors, key=lambda e: (e.location.line, e.location.column)
             )
@@ -354,9 +394,10 @@ def resolve_image_source(manifest: Path, source: str) -> Path | str:
 
 
 def _to_instance_spec(
-    path: Path, document: YamlDocument, confine: Path
+    path: Path, document: YamlDocument, confine: Path, named: list[Path] | None = None
 ) -> tuple[InstanceSpec | None, list[ManifestError]]:
-    """Build the InstanceSpec from a schema-valid document; unit errors are ManifestErrors."""
+    """Build the InstanceSpec from a schema-valid document; unit errors are ManifestErrors.
+    The files it names are added to `named`."""
     data: dict[str, Any] = document.data
     spec: dict[str, Any] = data["spec"]
     errors: list[ManifestError] = []
@@ -380,7 +421,7 @@ def _to_instance_spec(
     except ValueError as err:
         fail("/spec/image/source", str(err))
         image_location = None
-    guest = guest_config(spec, path, confine, fail)
+    guest = guest_config(spec, path, confine, fail, named)
     interfaces = networks(spec, fail)
     settings = machine_settings(
         spec,

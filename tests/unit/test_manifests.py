@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler.manifests import loader
+from reconciler.manifests import filecache, loader
+from reconciler.manifests.filecache import ManifestFileCache
 from reconciler.manifests.loader import load_manifests
 from reconciler.model.desired import Accelerator, DesiredState, ImageFormat
 
@@ -268,3 +272,104 @@ def test_a_document_json_cannot_say_is_always_validated(tmp_path: Path) -> None:
     result = load_manifests(tmp_path)
     assert result.valid_documents == frozenset()
     assert result.errors  # and the schema saw it: no such field
+
+
+class CountingReads:
+    """Counts the manifest files the loader actually reads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paths: list[str] = []
+        real = loader.load_manifest_file
+
+        def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+            self.paths.append(path.name)
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(loader, "load_manifest_file", counting)
+
+    def take(self) -> list[str]:
+        taken, self.paths = sorted(self.paths), []
+        return taken
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> CountingReads:
+    monkeypatch.setattr(filecache, "RACY_SECONDS", 0.0)  # files written just now may be kept
+    return CountingReads(monkeypatch)
+
+
+def test_a_reading_is_kept_until_the_file_or_a_file_it_names_changes(
+    tmp_path: Path, reads: CountingReads
+) -> None:
+    (tmp_path / "user-data").write_text("#cloud-config\n")
+    (tmp_path / "a.yaml").write_text(VALID + "  cloudInit: {userDataFile: user-data}\n")
+    (tmp_path / "b.yaml").write_text(VALID.replace("name: web", "name: db"))
+    cache = ManifestFileCache()
+    first = load_manifests(tmp_path, cache=cache)
+    assert first.errors == () and reads.take() == ["a.yaml", "b.yaml"]
+
+    again = load_manifests(tmp_path, cache=cache)
+    assert again == first and reads.take() == []
+
+    # the same size, the modification time put back: the change time still tells
+    text = (tmp_path / "b.yaml").read_text()
+    before = (tmp_path / "b.yaml").stat()
+    (tmp_path / "b.yaml").write_text(text.replace("vcpus: 2", "vcpus: 3"))
+    os.utime(tmp_path / "b.yaml", ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed = load_manifests(tmp_path, cache=cache)
+    assert reads.take() == ["b.yaml"]
+    assert {s.name: s.vcpus for s in changed.instances} == {"web": 2, "db": 3}
+
+    (tmp_path / "user-data").write_text("#cloud-config\nhostname: other\n")
+    load_manifests(tmp_path, cache=cache)
+    assert reads.take() == ["a.yaml"]
+
+    # a named file repointed (a symlink) is a change, even to a file unchanged itself
+    (tmp_path / "other").write_text("#cloud-config\n")
+    (tmp_path / "link").symlink_to("user-data")
+    (tmp_path / "a.yaml").write_text(VALID + "  cloudInit: {userDataFile: link}\n")
+    load_manifests(tmp_path, cache=cache)
+    assert reads.take() == ["a.yaml"]
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("other")
+    load_manifests(tmp_path, cache=cache)
+    assert reads.take() == ["a.yaml"]
+
+
+def test_errors_and_cross_file_checks_are_the_same_from_kept_readings(
+    tmp_path: Path, reads: CountingReads
+) -> None:
+    """A kept reading gives its errors again, and takes part in the checks across files:
+    a name defined in a second file fails both, though the first is not reread."""
+    bad = VALID.replace("vcpus: 2", "vcpus: many").replace("name: web", "name: bad")
+    (tmp_path / "bad.yaml").write_text(bad)
+    (tmp_path / "missing.yaml").write_text(VALID + "  cloudInit: {userDataFile: nothing}\n")
+    (tmp_path / "web.yaml").write_text(VALID.replace("name: web", "name: web2"))
+    cache = ManifestFileCache()
+    cold = load_manifests(tmp_path, cache=cache)
+    reads.take()
+    warm = load_manifests(tmp_path, cache=cache)
+    assert reads.take() == [] and [str(e) for e in warm.errors] == [str(e) for e in cold.errors]
+    assert len(cold.errors) == 2
+
+    (tmp_path / "nothing").write_text("#cloud-config\n")  # the missing file appears
+    (tmp_path / "twin.yaml").write_text(VALID.replace("name: web", "name: web2"))
+    load = load_manifests(tmp_path, cache=cache)
+    assert reads.take() == ["missing.yaml", "twin.yaml"]
+    assert "web2" in load.invalid_names and [s.name for s in load.instances] == ["web"]
+    (tmp_path / "twin.yaml").unlink()
+    assert [s.name for s in load_manifests(tmp_path, cache=cache).instances] == ["web", "web2"]
+    assert reads.take() == [] and len(cache) == 3
+
+
+def test_a_file_modified_just_now_is_read_again(tmp_path: Path) -> None:
+    """Two writes inside one timestamp tick would look the same: a file written within
+    RACY_SECONDS of its reading is never kept."""
+    (tmp_path / "web.yaml").write_text(VALID)
+    cache = ManifestFileCache()
+    load_manifests(tmp_path, cache=cache)
+    assert len(cache) == 0
+    old = time.time() - 10
+    os.utime(tmp_path / "web.yaml", (old, old))  # the change time is now, still too recent
+    load_manifests(tmp_path, cache=cache)
+    assert len(cache) == 0
