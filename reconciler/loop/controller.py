@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.drivers.base import DomainEvent, Driver
+from reconciler.drivers.base import DomainEvent, DomainRecord, Driver
 from reconciler.errors import ReconcilerError
 from reconciler.gitops.source import GitSource
 from reconciler.images.progress import TransferReporter
+from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import RequestError
 from reconciler.loop.once import plan_all, prune_refusal
 from reconciler.loop.queue import WorkQueue
@@ -118,6 +119,9 @@ class Controller:
         self._completed: dict[str, int] = {}  # name -> sequence of its last finished reconcile
         self._results: dict[str, InstanceResult] = {}
         self._active: set[str] = set()  # names being reconciled now
+        # a full pass lists every domain once; each name it enqueued (and that nothing else
+        # asked for meanwhile) is settled from that listing when converged
+        self._listing: PassListing | None = None
         self._subscribers: list[Callable[[str, str], None]] = []
         self._reload_requested = threading.Event()
         self._validated: frozenset[str] = frozenset()  # see manifests.loader.document_key
@@ -206,6 +210,29 @@ class Controller:
                 self._triggers.setdefault(name, set()).add(trigger)
                 self.queue.add(name, delay)
 
+    def _list_for_pass(self, names: Iterable[str]) -> None:
+        """List every domain once for a full pass over `names` (those being reconciled now
+        excepted: the listing may have caught them halfway)."""
+        try:
+            domains = self.reconciler.list_domains()
+        except ReconcilerError as err:
+            LOG.debug("no listing for this pass (%s): each name is looked up", err)
+            return
+        resolver = self.reconciler.resolver(persist_digests=True)
+        with self._lock:
+            self._listing = PassListing(domains, set(names) - self._active, resolver)
+
+    def _listed(self, name: str, triggers: set[str]) -> PassListing | None:
+        """The pass listing to settle `name` from, if a full pass alone asked for it (under
+        the lock; a name is settled from a listing once)."""
+        listing = self._listing
+        if listing is None or name not in listing.names:
+            return None
+        listing.names.discard(name)
+        if not listing.names:
+            self._listing = None  # every name of the pass has had its turn
+        return listing if triggers and triggers <= _FULL_PASS_TRIGGERS else None
+
     def reload(
         self, reason: str, changed: set[Path] | None = None, everything: bool = False
     ) -> list[str]:
@@ -237,6 +264,8 @@ class Controller:
             self.status.set_desired(spec.name, str(spec.manifest), spec.state.value)
         if names:
             LOG.info("%s: %d instance(s) to reconcile", reason, len(names))
+        if everything:
+            self._list_for_pass(names)
         self.enqueue(sorted(names), reason)
         return sorted(names)
 
@@ -312,6 +341,8 @@ class Controller:
                 delay = min(delay * 2, RECONNECT_CAP_SECONDS)
                 continue
             self._lost.clear()
+            with self._lock:
+                self._listing = None  # from before the connection was lost
             self.status.set_daemon(connected=True)
             LOG.info("connection back: reconciling every instance")
             with self._lock:
@@ -330,6 +361,7 @@ class Controller:
                 for name, spec in self._specs.items()
                 if self._parked.get(name) != _fingerprint(spec)
             ]
+        self._list_for_pass(names)
         self.enqueue(names, "resync")
 
     # -- one name ----------------------------------------------------------------------------
@@ -341,11 +373,13 @@ class Controller:
             self._sequence += 1
             sequence = self._sequence
             self._active.add(name)
+            listing = self._listed(name, triggers)
         if not self.driver.connected():
             self._on_lost(f"connection to {self.driver.uri} lost")
             self._finish(name, sequence, None)  # the reconnection enqueues every name
             return
         started = time.time()
+        settled: InstanceResult | None = None
         LOG.info("%s: reconciling (%s)", name, ", ".join(sorted(triggers)) or "request")
         if spec is None:  # its manifest is gone: an orphan, pruned within the guards
             result = self._prune(name)
@@ -355,7 +389,9 @@ class Controller:
                 self._finish(name, sequence, None)
                 return
         else:
-            result = self.reconciler.reconcile(spec)
+            if listing is not None:
+                settled = self.reconciler.settled(spec, listing.resolver, listing.domains)
+            result = settled or self.reconciler.reconcile(spec)
         next_retry = None
         if result.outcome is Outcome.FAILED and result.failure is Failure.PERMANENT:
             with self._lock:
@@ -377,7 +413,7 @@ class Controller:
             result,
             started=started,
             triggers=triggers,
-            observed=self._observed(name),
+            observed=self._observed(name, listing if settled is not None else None),
             failures=self.queue.retry_state(name).failures,
             next_retry=next_retry,
             pending_restart=result.pending_restart,
@@ -404,11 +440,15 @@ class Controller:
                 self._results[name] = result
             self._lock.notify_all()
 
-    def _observed(self, name: str) -> str | None:
-        try:
-            record = self.driver.lookup(name)
-        except ReconcilerError:
-            return None
+    def _observed(self, name: str, listing: PassListing | None = None) -> str | None:
+        """The power state of `name` now (as `listing` saw it, for a name settled from it)."""
+        if listing is not None:
+            record = listing.domains.get(name)
+        else:
+            try:
+                record = self.driver.lookup(name)
+            except ReconcilerError:
+                return None
         return "absent" if record is None else record.state.value
 
     def _log_result(self, result: InstanceResult, next_retry: float | None) -> None:
@@ -552,6 +592,19 @@ class Controller:
             "manifestErrors": [str(error) for error in (load.errors if load else ())],
         }
 
+
+@dataclass(slots=True)
+class PassListing:
+    """Every domain, listed once for a full pass; the names still to be settled from it; the
+    resolver the pass shares."""
+
+    domains: dict[str, DomainRecord]
+    names: set[str]
+    resolver: SourceResolver
+
+
+# the triggers of a full pass: a name any other trigger also asked for is observed afresh
+_FULL_PASS_TRIGGERS = frozenset({"resync", "request", "reload", "git"})
 
 # What the steps themselves cause: seen while the name is being reconciled, these are the echo
 # of our own define, start, stop or undefine, and enqueueing them would only repeat the

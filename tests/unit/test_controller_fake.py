@@ -129,6 +129,39 @@ def test_an_edited_injected_file_reconciles_the_instances_that_name_it(setup: tu
     assert "config-" in record.live.config_drive_path
 
 
+def test_a_resync_settles_converged_names_from_one_listing(setup: tuple) -> None:  # type: ignore[type-arg]
+    """A full pass lists every domain once: the converged names are settled from that listing
+    (no lookup of their own, status as before), a name an event also asked for is observed
+    afresh, and a crashed one is started."""
+    controller, driver, manifests, base, sha = setup
+    for name in ("rct-a", "rct-b", "rct-c"):
+        write(manifests, name, base, sha)
+    controller.reload("start")
+    drain(controller)
+    looked_up: list[str] = []
+    lookup = driver.lookup
+
+    def counting_lookup(name: str) -> Any:
+        looked_up.append(name)
+        return lookup(name)
+
+    driver.lookup = counting_lookup
+    driver.calls.clear()
+    controller.resync()
+    assert sorted(drain(controller)) == ["rct-a", "rct-b", "rct-c"]
+    assert looked_up == [] and driver.calls == []
+    status = controller.status.get("rct-b")
+    assert status is not None and status.observed == "running"
+    assert status.last_reconcile is not None and status.last_reconcile["outcome"] == "unchanged"
+    assert status.triggers == {"start": 1, "resync": 1}
+
+    controller.resync()
+    driver.crash("rct-b")  # after the listing: its event asks for rct-b too
+    assert sorted(drain(controller)) == ["rct-a", "rct-b", "rct-c"]
+    assert set(looked_up) == {"rct-b"} and [call for call, _ in driver.calls] == ["start"]
+    assert driver.domains["rct-b"].state.value == "running"
+
+
 @pytest.mark.parametrize(
     ("name", "relevant"),
     [
