@@ -26,26 +26,24 @@ PROJECT = HERE.parent
 RECONCILE = [sys.executable, "-m", "reconciler"]
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 DRIVERS = ("libvirt", "qmp")
+sys.path.insert(0, str(PROJECT))
+
+from tests.helpers import manifest_document  # noqa: E402
 
 
 def write_manifests(directory: Path, count: int, base: Path, sha: str, state: str) -> None:
     documents = [
-        {
-            "apiVersion": "reconciler/v1alpha1",
-            "kind": "Instance",
-            "metadata": {"name": f"rcd-{index}"},
-            "spec": {
-                "state": state,
-                "vcpus": 1,
-                "memory": "128MiB",
-                "accelerator": "tcg",
-                "image": {"source": str(base), "sha256": sha, "format": "raw"},
-                "disk": {"size": "2GiB"},
-                "networks": [],
-                "deletionPolicy": "delete",
-                "shutdownTimeoutSeconds": 1,
-            },
-        }
+        manifest_document(
+            f"rcd-{index}",
+            base,
+            sha,
+            state=state,
+            memory="128MiB",
+            accelerator="tcg",
+            disk={"size": "2GiB"},
+            networks=[],
+            deletionPolicy="delete",
+        )
         for index in range(count)
     ]
     directory.mkdir(parents=True, exist_ok=True)

@@ -40,27 +40,17 @@ sys.path.insert(0, str(PROJECT))
 RECONCILE = [sys.executable, "-m", "reconciler"]
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
-from tests.helpers import write_base_image  # noqa: E402
+from tests.helpers import manifest_document, write_base_image  # noqa: E402
 
 
 def write_manifests(directory: Path, count: int, base: Path, sha: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        document = {
-            "apiVersion": "reconciler/v1alpha1",
-            "kind": "Instance",
-            "metadata": {"name": f"rcbench-{index:05d}"},
-            "spec": {
-                "state": "stopped",
-                "vcpus": 1,
-                "memory": "64MiB",
-                "accelerator": "tcg",
-                "image": {"source": str(base), "sha256": sha, "format": "raw"},
-                "disk": {"size": "64MiB"},
-                "networks": [],
-            },
-        }
-        (directory / f"rcbench-{index:05d}.yaml").write_text(yaml.safe_dump(document))
+        name = f"rcbench-{index:05d}"
+        document = manifest_document(
+            name, base, sha, state="stopped", accelerator="tcg", networks=[]
+        )
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(document))
 
 
 def run(command: list[str], *, ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
