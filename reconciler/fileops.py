@@ -28,9 +28,12 @@ def remove_leftovers(target: Path) -> list[Path]:
 def remove_dead_leftovers(directory: Path, *, dry_run: bool = False) -> list[Path]:
     """Delete (or, `dry_run`, only list) every temporary file in `directory` whose writer
     process no longer exists."""
-    if not directory.is_dir():
+    try:
+        names = os.listdir(directory)  # one call: a pass looks in every instance's directory
+    except OSError:  # none (yet), or not a directory
         return []
-    return _remove_dead(directory.glob(".*.tmp"), dry_run=dry_run, own=False)
+    candidates = (directory / n for n in names if n.startswith(".") and n.endswith(".tmp"))
+    return _remove_dead(candidates, dry_run=dry_run, own=False)
 
 
 def _remove_dead(candidates: Iterable[Path], *, dry_run: bool, own: bool) -> list[Path]:

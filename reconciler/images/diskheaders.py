@@ -58,6 +58,29 @@ def read_head(path: str, size: int = HEADER_READ_BYTES) -> bytes:
         return stream.read(size)
 
 
+# an overlay's header, extensions and backing file name come first: qemu-img writes them in
+# the first few hundred bytes
+OVERLAY_FIRST_READ_BYTES = 4096
+
+
+def read_overlay_header(path: str) -> Qcow2Header:
+    """What `parse_qcow2_header(read_head(path))` gives, reading only the first 4 KiB when the
+    header names a backing file that lies there (the extensions then end before it, so more
+    bytes could not change the answer); otherwise the whole head is read. Raises OSError or
+    HeaderError."""
+    with open(path, "rb") as stream:
+        head = stream.read(OVERLAY_FIRST_READ_BYTES)
+        try:
+            header = parse_qcow2_header(head)
+        except HeaderError:
+            header = None
+        if header is not None and header.backing_file is not None:
+            return header
+        if len(head) == OVERLAY_FIRST_READ_BYTES:
+            head += stream.read(HEADER_READ_BYTES - len(head))
+    return parse_qcow2_header(head)
+
+
 def parse_qcow2_header(head: bytes) -> Qcow2Header:
     """Parse a qcow2 header (versions 2 and 3) and its extensions from the file's first bytes."""
     if len(head) < 72 or head[:4] != QCOW2_MAGIC:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError
-from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.images.diskheaders import HeaderError, read_overlay_header
 from reconciler.images.resolve import ResolvedSource
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
 from reconciler.model.desired import ImageFormat, InstanceSpec
@@ -38,13 +38,11 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
     """An overlay's facts from its qcow2 header (no qemu-img). (None, None) when it does not
     exist; (None, problem) when it exists but is not a qcow2 we can read."""
     try:
-        head = read_head(path)
+        header = read_overlay_header(path)
     except FileNotFoundError:
         return None, None
     except OSError as err:
         return None, f"cannot read {path}: {err.strerror}"
-    try:
-        header = parse_qcow2_header(head)
     except HeaderError as err:
         return None, f"{path}: {err}"
     facts = DiskFacts(

@@ -11,7 +11,12 @@ import pytest
 
 from reconciler.errors import InstanceError, UnsafeImageError
 from reconciler.images.cache import CacheUse, ImageCache
-from reconciler.images.diskheaders import parse_qcow2_header, read_head
+from reconciler.images.diskheaders import (
+    HeaderError,
+    parse_qcow2_header,
+    read_head,
+    read_overlay_header,
+)
 from reconciler.images.inspect import inspect_base_image
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
@@ -41,6 +46,37 @@ def test_overlay_header_facts_match_qemu_img(tmp_path: Path) -> None:
     assert read_overlay(str(tmp_path / "missing.qcow2")) == (None, None)
     facts, problem = read_overlay(str(base))
     assert facts is None and problem is not None and "not a qcow2" in problem
+
+
+def test_an_overlay_header_read_from_its_first_bytes_is_the_whole_heads_reading(
+    tmp_path: Path,
+) -> None:
+    """read_overlay_header reads 4 KiB when that decides everything, else the whole head: the
+    same answer (or the same refusal) as parsing the whole head, whatever the file."""
+    base, _ = write_base_image(tmp_path)
+    overlay, plain, far = tmp_path / "o.qcow2", tmp_path / "p.qcow2", tmp_path / "far.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay), "3G")
+    qemu_img("create", "-f", "qcow2", str(plain), "1G")
+    # a backing name past the first 4 KiB (qemu-img never writes one there; a hostile file may)
+    head = bytearray(plain.read_bytes()[:65536].ljust(65536, b"\0"))
+    name = str(base).encode()
+    struct.pack_into(">QI", head, 8, 5000, len(name))
+    head[5000 : 5000 + len(name)] = name
+    far.write_bytes(bytes(head))
+    short = tmp_path / "short"
+    short.write_bytes(b"QFI\xfb")
+    for path in (overlay, plain, far, short, base):
+        try:
+            expected: object = parse_qcow2_header(read_head(str(path)))
+        except HeaderError as err:
+            expected = str(err)
+        try:
+            got: object = read_overlay_header(str(path))
+        except HeaderError as err:
+            got = str(err)
+        assert got == expected, path.name
+    far_header = read_overlay_header(str(far))
+    assert far_header.backing_file == str(base) and far_header.virtual_size == 1024**3
 
 
 def test_plain_qcow2_and_raw_pass_inspection(tmp_path: Path) -> None:
