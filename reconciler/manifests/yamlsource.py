@@ -15,9 +15,36 @@ import yaml
 # Aliases can make a small file expand into a huge tree ("billion laughs"); stop early.
 MAX_NODES_PER_DOCUMENT = 100_000
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_STR_TAG = "tag:yaml.org,2002:str"
 # libyaml's parser (about 10 times faster) where PyYAML was built with it; the same nodes and
 # marks, and the same safe constructor for scalars
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MEMO_MAX_ENTRIES = 65536
+_MEMO_MAX_LENGTH = 64
+_scalar_tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """The safe loader, with the tag of each short scalar remembered (a tag depends only on
+    the text and its quoting: the safe loader has no path resolvers), and the resolver's
+    path tracking (for path resolvers, of which it has none) skipped."""
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is not yaml.ScalarNode or len(value) > _MEMO_MAX_LENGTH:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = _scalar_tags.get(key)
+        if tag is None:
+            tag = str(super().resolve(kind, value, implicit))
+            if len(_scalar_tags) < _MEMO_MAX_ENTRIES:
+                _scalar_tags[key] = tag
+        return tag
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +62,9 @@ class YamlDocument:
 
     data: Any
     start: Mark
-    value_marks: dict[str, Mark] = field(default_factory=dict)
-    key_marks: dict[str, Mark] = field(default_factory=dict)
+    # the parser's own marks (0-based), made Marks only when asked for
+    value_marks: dict[str, yaml.Mark] = field(default_factory=dict)
+    key_marks: dict[str, yaml.Mark] = field(default_factory=dict)
     problems: list[tuple[Mark, str, str]] = field(default_factory=list)  # mark, pointer, message
 
     def mark_of(self, pointer: str, *, key: bool = False) -> Mark:
@@ -44,9 +72,9 @@ class YamlDocument:
         marks = self.key_marks if key else self.value_marks
         while True:
             if pointer in marks:
-                return marks[pointer]
+                return _mark(marks[pointer])
             if pointer in self.value_marks:
-                return self.value_marks[pointer]
+                return _mark(self.value_marks[pointer])
             if not pointer:
                 return self.start
             pointer = pointer.rsplit("/", 1)[0]
@@ -87,33 +115,39 @@ class _Builder:
                 _mark(node.start_mark),
                 f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?)",
             )
-        self._document.value_marks.setdefault(pointer, _mark(node.start_mark))
+        self._document.value_marks.setdefault(pointer, node.start_mark)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
             raise YamlSyntaxError(_mark(node.start_mark), f"unsupported tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             return self._build_mapping(node, pointer)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, f"{pointer}/{index}") for index, item in enumerate(node.value)]
+        if node.tag == _STR_TAG:  # what the safe constructor makes of it, without its calls
+            return node.value
         return self._loader.construct_object(node, deep=True)
 
     def _build_mapping(self, node: yaml.MappingNode, pointer: str) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        first_seen: dict[str, Mark] = {}
+        first_seen: dict[str, yaml.Mark] = {}
         for key_node, value_node in node.value:
-            key_mark = _mark(key_node.start_mark)
+            key_mark = key_node.start_mark
             if isinstance(key_node, yaml.ScalarNode):
-                key_value = self._loader.construct_object(key_node)
+                key_value = (
+                    key_node.value
+                    if key_node.tag == _STR_TAG
+                    else self._loader.construct_object(key_node)
+                )
                 key = key_value if isinstance(key_value, str) else str(key_node.value)
             else:
                 self._document.problems.append(
-                    (key_mark, pointer, "a mapping key must be a plain string")
+                    (_mark(key_mark), pointer, "a mapping key must be a plain string")
                 )
                 continue
             child = f"{pointer}/{escape_pointer_token(key)}"
             if key in first_seen:
-                first = first_seen[key]
+                first = _mark(first_seen[key])
                 self._document.problems.append(
-                    (key_mark, child, f"duplicate key {key!r} (first at line {first.line})")
+                    (_mark(key_mark), child, f"duplicate key {key!r} (first at line {first.line})")
                 )
                 continue
             first_seen[key] = key_mark
@@ -124,7 +158,7 @@ class _Builder:
 
 def parse_documents(text: str) -> Iterator[YamlDocument]:
     """Yield each non-empty document of `text`; raise YamlSyntaxError on malformed YAML."""
-    loader = _SafeLoader(text)
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
