@@ -1,7 +1,5 @@
 """`python -m reconciler` is the `reconcile` command."""
 
-import sys
+from reconciler.cli.main import console
 
-from reconciler.cli.main import main
-
-sys.exit(main())
+console()

@@ -17,6 +17,7 @@ socket; otherwise they work on their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from reconciler import __version__
 from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
@@ -327,8 +328,23 @@ def _split_command(
     return "run", argv
 
 
+def console() -> NoReturn:
+    """The `reconcile` command (and `python -m reconciler`): `main`, then out of the process
+    without the interpreter's teardown. Freeing every module and object at exit takes 60 to
+    100 ms on these machines, a sixth of a no-op pass; by the time `main` returns, every
+    command has closed its driver, released its lock and joined its threads, so nothing is
+    left for the teardown but flushing the output and the log."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Run the command `argv` names (default: the process's arguments); returns the exit
+    status."""
     parser, subparsers = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
