@@ -181,18 +181,39 @@ def idle_cost(count: int, seconds: float, resync: str) -> None:
         )
         time.sleep(2)  # let the last status writes and events settle
         pid = daemon.process.pid
+        files_before = _state_files(root / "s")
+        resyncs_before = _resync_reconciles(daemon)
         before = _cpu_seconds(pid)
         time.sleep(seconds)
         used = _cpu_seconds(pid) - before
         rss = _rss_kib(pid)
+        files_after = _state_files(root / "s")
+        rewritten = sorted(p for p, m in files_after.items() if files_before.get(p) != m)
         print(
             f"idle daemon, {count} defined instances, --resync {resync}: RSS "
             f"{rss / 1024:.1f} MiB, CPU {used:.3f} s over {seconds:.0f} s "
-            f"({used / seconds * 60:.3f} s per minute)"
+            f"({used / seconds * 60:.3f} s per minute); "
+            f"{_resync_reconciles(daemon) - resyncs_before} reconciles by resync; "
+            f"files rewritten under the state directory (status.json and logs aside): "
+            f"{len(rewritten)} {rewritten[:5]}"
         )
     finally:
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _state_files(state: Path) -> dict[str, int]:
+    """Every file under the state directory, by modification time: what a resync must leave."""
+    return {
+        str(path): path.stat().st_mtime_ns
+        for path in state.rglob("*")
+        if path.is_file() and path.name != "status.json" and not path.name.endswith(".log")
+    }
+
+
+def _resync_reconciles(daemon: Daemon) -> int:
+    instances = daemon.instances() or {}
+    return sum(int(i.get("triggers", {}).get("resync", 0)) for i in instances.values())
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -15,6 +15,12 @@ start-up (imports), load (YAML and specs), validate (the schema), observe (the d
 disk headers) and plan.
 
     .venv/bin/python bench/bench_scale.py [-n 100 1000 5000] [--repeat 3] [--driver qmp]
+
+With --hosts K: N x K manifests in one directory, K state directories (one per host, each
+with --host): each host's no-op plan and --once over its slice, and a check that each defined
+only its own instances.
+
+    .venv/bin/python bench/bench_scale.py -n 1000 --hosts 3
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECOD
 from tests.helpers import manifest_document, write_base_image  # noqa: E402
 
 
-def write_manifests(directory: Path, count: int, base: Path, sha: str) -> None:
+def write_manifests(
+    directory: Path, count: int, base: Path, sha: str, host: str | None = None
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
+    extra = {} if host is None else {"host": host}
     for index in range(count):
-        name = f"rcbench-{index:05d}"
+        name = f"rcbench-{host + '-' if host else ''}{index:05d}"
         document = manifest_document(
-            name, base, sha, state="stopped", accelerator="tcg", networks=[]
+            name, base, sha, state="stopped", accelerator="tcg", networks=[], **extra
         )
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(document))
 
@@ -168,6 +177,45 @@ def measure(count: int, repeat: int, driver: str, keep: bool) -> dict[str, objec
             shutil.rmtree(root, ignore_errors=True)
 
 
+def measure_hosts(count: int, hosts: int, repeat: int, driver: str) -> None:
+    """One directory of count x hosts manifests, `hosts` state directories standing for as
+    many hosts, each with --host: each one's no-op plan and --once (over its own slice of
+    `count`), and a check that each defined only its own slice."""
+    root = Path(tempfile.mkdtemp(prefix=f"rcsh{count}-", dir="/tmp"))
+    images, manifests = root / "src", root / "m"
+    images.mkdir()
+    names = [f"hv-{chr(ord('a') + i)}" for i in range(hosts)]
+    try:
+        base, sha = write_base_image(images)
+        for host in names:
+            write_manifests(manifests, count, base, sha, host)
+        print(f"{count * hosts} instances in one directory, {hosts} hosts of {count} each")
+        for host in names:
+            state = root / host
+            common = [
+                *("--state-dir", str(state), "--image-dir", str(images), "--driver", driver),
+                *("--host", host),
+            ]
+            setup, out = run([*RECONCILE, "--once", str(manifests), *common])
+            left = f"{count * (hosts - 1)} instance(s) left to other hosts"
+            if left not in out:
+                raise SystemExit(f"{host}: the pass did not keep to its slice:\n{out[:2000]}")
+            plan = [*RECONCILE, "plan", "--detailed-exitcode", str(manifests), *common]
+            plans = [run(plan)[0] for _ in range(repeat)]
+            onces = [run([*RECONCILE, "--once", str(manifests), *common])[0] for _ in range(repeat)]
+            defined = sorted(p.name for p in (state / "instances").iterdir())
+            if len(defined) != count or not all(n.startswith(f"rcbench-{host}-") for n in defined):
+                raise SystemExit(f"{host}: instances made outside its slice: {defined[:5]}...")
+            print(
+                f"  {host}: set-up {setup:.1f} s, no-op plan {statistics.median(plans):.3f} s, "
+                f"no-op --once {statistics.median(onces):.3f} s, {len(defined)} instances, "
+                "none of another host's",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -176,7 +224,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--driver", choices=("libvirt", "qmp"), default="libvirt")
     parser.add_argument("--keep", action="store_true", help="keep the state directories")
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=0,
+        help="instead: N x HOSTS manifests in one directory, one state directory per host",
+    )
     args = parser.parse_args()
+    if args.hosts:
+        for count in args.n:
+            measure_hosts(count, args.hosts, args.repeat, args.driver)
+        return 0
     print(
         f"{'N':>6} {'setup':>8} {'validate':>9} {'plan':>7} {'--once':>7} {'resync':>7} "
         f"{'once/inst':>10}  profile of one --once (s)"
