@@ -175,7 +175,7 @@ class StatusBook:
 
     def write(self) -> None:
         """Write the status file atomically (a reader sees the old file or the new one)."""
-        text = json.dumps(self.snapshot(), indent=2) + "\n"
+        text = render_status(self.snapshot())
         with self._lock:  # one writer at a time: the temporary name is per process
             temporary = temporary_path(self._path)
             try:
@@ -189,6 +189,20 @@ class StatusBook:
         if entry is None:
             entry = self._instances[name] = InstanceStatus(name)
         return entry
+
+
+def render_status(snapshot: dict[str, Any]) -> str:
+    """The status file's text: the daemon's facts indented, then one instance per line.
+    Each line comes from json's C encoder; its indenting encoder is written in Python and
+    took a second for 5,000 instances, written four times a second."""
+    head = {key: value for key, value in snapshot.items() if key != "instances"}
+    opening = json.dumps(head, indent=2)
+    if not head:
+        opening = "{\n}"
+    instances = [json.dumps(item) for item in snapshot.get("instances", [])]
+    body = "[\n    " + ",\n    ".join(instances) + "\n  ]" if instances else "[]"
+    separator = ",\n" if head else "\n"
+    return f'{opening[:-2]}{separator}  "instances": {body}\n}}\n'
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:

@@ -4,9 +4,11 @@ their manifest changes."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -17,6 +19,7 @@ from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
 from reconciler.loop.reconcile import Settings
+from reconciler.loop.status import read_status_file, render_status
 from reconciler.loop.watch import is_relevant_path
 from reconciler.statedir import StateDir
 from tests.helpers import manifest_document, write_base_image
@@ -209,3 +212,22 @@ def test_the_daemon_lists_an_orphan_and_prunes_it_only_with_prune_on(tmp_path: P
         else:
             assert driver.lookup("rct-gone") is None
         assert driver.lookup("rct-kept") is not None
+
+
+def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: tuple) -> None:  # type: ignore[type-arg]
+    """One instance per line (json's C encoder), the rest indented: the same JSON either way."""
+    controller, _driver, manifests, base, sha = setup
+    controller._write_status_now()  # no instance yet
+    written = read_status_file(controller.state.root / "status.json")
+    assert written == controller.status.snapshot() | {"written": ANY}
+    assert written is not None and written["instances"] == []
+    for name in ("rct-a", "rct-b"):
+        write(manifests, name, base, sha)
+    (manifests / "broken.yaml").write_text('kind: "\\u00e9\\n\\t"\n')
+    controller.reload("start")
+    drain(controller)
+    snapshot = controller.status.snapshot()
+    text = render_status(snapshot)
+    assert json.loads(text) == snapshot
+    assert len(snapshot["instances"]) == 2 and snapshot["manifestErrors"]
+    assert text.count("\n    {") == 2  # one line per instance
