@@ -53,12 +53,9 @@ from reconciler.cli.report import (
 )
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.errors import ConfigError, ReconcilerError
-from reconciler.images.cache import ImageCache
 from reconciler.images.download import DownloadLimits
-from reconciler.images.gc import collect_garbage
 from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
-from reconciler.images.qemuimg import QemuImg
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import (
@@ -495,6 +492,10 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
     state = StateDir((args.state_dir or default_state_dir()).absolute())
     if not state.root.is_dir():
         raise ConfigError(f"state directory {state.root} does not exist")
+    from reconciler.images.cache import ImageCache  # gc's own: not for every command
+    from reconciler.images.gc import collect_garbage
+    from reconciler.images.qemuimg import QemuImg
+
     cache = ImageCache(state, QemuImg(), SourcePolicy())
     with StateDirLock(state):
         report = collect_garbage(state, cache, grace, dry_run=args.dry_run)

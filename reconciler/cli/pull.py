@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from reconciler.cli.context import state_of
 from reconciler.errors import ConfigError, ReconcilerError
-from reconciler.gitops.source import GitSettings, GitSource
+
+if TYPE_CHECKING:  # imported in pull mode only (git, subprocesses)
+    from reconciler.gitops.source import GitSource
 
 
 def git_source(args: argparse.Namespace) -> GitSource:
+    from reconciler.gitops.source import GitSettings, GitSource
+
     state = state_of(args)
     settings = GitSettings(args.git, args.ref, args.path, args.verify_signatures)
     if args.verify_signatures is not None and not args.verify_signatures.is_file():

@@ -17,11 +17,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +33,14 @@ from reconciler.images.download import DownloadLimits, DownloadRefused, Transpor
 from reconciler.images.inspect import check_with_qemu_img, inspect_base_image
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
+from reconciler.images.records import (
+    EntryRecord,
+    EntryRecords,
+    PermanentFailures,
+    file_identity,
+    hash_fd,
+    hash_file,
+)
 from reconciler.images.sources import SourcePolicy, check_url
 from reconciler.model.desired import ImageSource
 from reconciler.statedir import StateDir
@@ -46,161 +52,6 @@ FICLONE = 0x40049409
 
 class Abandoned(StepError):
     """A download given up because the process is stopping (its temporary file is removed)."""
-
-
-class SourceDigests:
-    """sha256 of local source files that manifests name without a checksum.
-
-    Hashing a large image on every pass would make a no-op pass slow, so a digest is kept per
-    source path together with the file's identity (device, inode, size, mtime, ctime) and
-    reused while the identity is unchanged.
-    """
-
-    def __init__(self, state: StateDir, policy: SourcePolicy) -> None:
-        self._directory = state.source_digests
-        self._policy = policy
-
-    def _memo_path(self, source: Path) -> Path:
-        key = hashlib.sha256(str(source).encode()).hexdigest()[:32]
-        return self._directory / f"{key}.json"
-
-    def digest(self, source: Path, *, persist: bool) -> str:
-        """The sha256 of `source` (from the memo when the file is unchanged); raises
-        InstanceError when the file cannot be read. `persist` records a fresh digest."""
-        source = self._policy.resolve_local(source)
-        identity = _identity(source)
-        try:
-            memo = json.loads(self._memo_path(source).read_text())
-            if memo.get("path") == str(source) and memo.get("identity") == identity:
-                return str(memo["sha256"])
-        except (OSError, ValueError, KeyError):
-            pass
-        digest = _hash_file(source)
-        if persist and _identity(source) == identity:
-            self._record(source, identity, digest)
-        return digest
-
-    def _record(self, source: Path, identity: list[int], digest: str) -> None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        target = self._memo_path(source)
-        temporary = temporary_path(target)
-        temporary.write_text(
-            json.dumps({"path": str(source), "identity": identity, "sha256": digest})
-        )
-        os.replace(temporary, target)
-
-
-def _identity(source: Path) -> list[int]:
-    try:
-        st = source.stat()
-    except FileNotFoundError as err:
-        raise InstanceError(f"image source {source} does not exist") from err
-    except OSError as err:
-        raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
-    if not stat.S_ISREG(st.st_mode):
-        raise InstanceError(f"image source {source} is not a regular file")
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _hash_file(source: Path) -> str:
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
-    try:
-        return _hash_fd(fd)
-    finally:
-        os.close(fd)
-
-
-class PermanentFailures:
-    """Downloads that can never succeed as the manifest stands (404, checksum mismatch, size
-    cap), remembered by URL and sha256 so that later passes do not fetch them again. A
-    manifest that changes either retries at once; deleting the record retries too."""
-
-    def __init__(self, state: StateDir) -> None:
-        self._directory = state.images / ".failures"
-
-    def _path(self, image: ImageSource) -> Path:
-        key = hashlib.sha256(f"{image.location}\0{image.sha256}".encode()).hexdigest()[:32]
-        return self._directory / f"{key}.json"
-
-    def record(self, image: ImageSource, reason: str) -> None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        target = self._path(image)
-        temporary = temporary_path(target)
-        temporary.write_text(
-            json.dumps({"url": image.location, "sha256": image.sha256, "reason": reason})
-        )
-        os.replace(temporary, target)
-
-    def raise_if_recorded(self, image: ImageSource) -> None:
-        path = self._path(image)
-        try:
-            memo = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        if memo.get("url") == image.location and memo.get("sha256") == image.sha256:
-            raise DownloadRefused(
-                f"{memo.get('reason')} (remembered: not fetched again until the manifest's "
-                f"source or sha256 changes, or {path} is deleted)"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class EntryRecord:
-    """What a cache entry was when it was last verified."""
-
-    identity: list[int]
-    sha256: str | None  # of the entry's content (None: not known, for a legacy entry)
-
-
-class EntryRecords:
-    """The verification record of each cache entry; its mtime is the entry's last use (gc)."""
-
-    def __init__(self, state: StateDir) -> None:
-        self.directory = state.images / ".entries"
-
-    def path(self, entry: Path) -> Path:
-        return self.directory / f"{entry.name}.json"
-
-    def read(self, entry: Path) -> EntryRecord | None:
-        try:
-            memo = json.loads(self.path(entry).read_text())
-            return EntryRecord(list(memo["identity"]), memo.get("sha256"))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def write(self, entry: Path, record: EntryRecord) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        target = self.path(entry)
-        temporary = temporary_path(target)
-        temporary.write_text(json.dumps({"identity": record.identity, "sha256": record.sha256}))
-        os.replace(temporary, target)
-
-    def changed(self, entry: Path) -> bool:
-        """True when the entry's file is not the one last verified (read-only: for the plan)."""
-        record = self.read(entry)
-        try:
-            return record is None or record.identity != _identity(entry)
-        except InstanceError:
-            return True
-
-    def stamp_used(self, entry: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path(entry))
-
-    def last_used(self, entry: Path) -> float:
-        """When the entry was last used: its record's mtime, else the entry's own."""
-        for candidate in (self.path(entry), entry):
-            try:
-                return candidate.stat().st_mtime
-            except FileNotFoundError:
-                continue
-        return 0.0
-
-    def remove(self, entry: Path) -> None:
-        self.path(entry).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,12 +127,12 @@ class ImageCache:
             digest = image.sha256
             if image.convert_to is not None and image.convert_to is not image.format:
                 temporary = self._convert(image, temporary, target)
-                digest = _hash_file(temporary)
+                digest = hash_file(temporary)
             os.chmod(temporary, 0o444)
             publish(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
-        self.records.write(target, EntryRecord(_identity(target), digest))
+        self.records.write(target, EntryRecord(file_identity(target), digest))
         LOG.info("cached %s as %s", image.location, target.name)
 
     def _check_entry(self, target: Path, image: ImageSource) -> str | None:
@@ -289,7 +140,7 @@ class ImageCache:
         its file identity changed since it was last verified."""
         cached_format = image.cached_format
         record = self.records.read(target)
-        identity = _identity(target)
+        identity = file_identity(target)
         if record is not None and record.identity == identity:
             try:
                 inspect_base_image(target, cached_format)
@@ -299,7 +150,7 @@ class ImageCache:
         converted = image.convert_to is not None and image.convert_to is not image.format
         expected = record.sha256 if record is not None else None
         expected = expected or (None if converted else image.sha256)
-        digest = _hash_file(target)
+        digest = hash_file(target)
         if expected is not None and digest != expected:
             return (
                 f"changed since it was fetched (its content's sha256 is {digest}, "
@@ -412,7 +263,7 @@ def _copy_hashing(source: Path, destination: Path) -> str:
         )
         try:
             if _reflink(source_fd, destination_fd):
-                return _hash_fd(destination_fd)
+                return hash_fd(destination_fd)
             digest = hashlib.sha256()
             while chunk := os.read(source_fd, CHUNK):
                 digest.update(chunk)
@@ -436,12 +287,3 @@ def _reflink(source_fd: int, destination_fd: int) -> bool:
             return False
         raise
     return True
-
-
-def _hash_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()

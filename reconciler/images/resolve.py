@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.images.cache import EntryRecords, PermanentFailures, SourceDigests
 from reconciler.images.diskheaders import HeaderError, image_virtual_size
 from reconciler.images.download import Transport, probe_size
+from reconciler.images.records import EntryRecords, PermanentFailures, SourceDigests
 from reconciler.images.sources import SourcePolicy, check_url
 from reconciler.model.desired import ImageSource, InstanceSpec
 from reconciler.statedir import StateDir

@@ -17,16 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError, PermanentError, ReconcilerError
 from reconciler.fileops import remove_dead_leftovers
-from reconciler.images.cache import ImageCache
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.progress import TransferReporter
-from reconciler.images.qemuimg import QemuImg
 from reconciler.images.resolve import SourceResolver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
@@ -44,7 +42,9 @@ from reconciler.planning.plan import (
 )
 from reconciler.planning.steps import DefineDomain
 from reconciler.statedir import StateDir
-from reconciler.steps.apply import StepContext, apply_step
+
+if TYPE_CHECKING:  # imported when a step first runs (Reconciler.steps)
+    from reconciler.steps.apply import StepContext
 
 LOG = logging.getLogger(__name__)
 MAX_PARALLEL_INSTANCES = 16
@@ -156,22 +156,39 @@ class Reconciler:
         self.settings = settings
         self._progress = progress or (lambda _name, _message: None)
         self.clock = clock or Clock()
-        qemu_img = QemuImg()
-        self.cache = ImageCache(
-            state,
-            qemu_img,
-            settings.sources,
-            settings.download_limits,
-            transfers,
-            self.clock,
-            settings.transport,
-            cancel,
-        )
-        self.steps = StepContext(driver, self.cache, qemu_img, self.clock)
+        self._transfers = transfers
+        self._cancel = cancel
+        self._steps: StepContext | None = None  # made when a step first runs
+        self._steps_lock = threading.Lock()
         self._host: HostFacts | None = None  # observed at the first plan
         # restarts after a stop nobody asked for, in a row, by name
         self._restarts: dict[str, _Restarts] = {}
         self._restarts_lock = threading.Lock()
+
+    @property
+    def steps(self) -> StepContext:
+        """What the steps work with: the image cache and qemu-img. Made (and their modules
+        imported: downloads, inspection, subprocesses) when a step first runs, since a
+        no-op pass needs none of it."""
+        from reconciler.images.cache import ImageCache
+        from reconciler.images.qemuimg import QemuImg
+        from reconciler.steps.apply import StepContext
+
+        with self._steps_lock:
+            if self._steps is None:
+                qemu_img = QemuImg()
+                cache = ImageCache(
+                    self.state,
+                    qemu_img,
+                    self.settings.sources,
+                    self.settings.download_limits,
+                    self._transfers,
+                    self.clock,
+                    self.settings.transport,
+                    self._cancel,
+                )
+                self._steps = StepContext(self.driver, cache, qemu_img, self.clock)
+            return self._steps
 
     @property
     def host(self) -> HostFacts:
@@ -434,6 +451,8 @@ class Reconciler:
             return InstanceResult(
                 plan.name, Outcome.UNCHANGED, notes=plan.notes, accelerator=plan.accelerator
             )
+        from reconciler.steps.apply import apply_step  # see Reconciler.steps
+
         actions: list[str] = []
         for step in plan.steps:
             started = time.monotonic()

@@ -45,7 +45,7 @@ class ImageSource:
 
     `location` is a resolved local path, or an http(s) URL string. `sha256` is None when the
     manifest leaves it out (allowed for local files only): the content's digest is then
-    computed from the file (see reconciler.images.cache.SourceDigests). `convert_to` asks for
+    computed from the file (see reconciler.images.records.SourceDigests). `convert_to` asks for
     the cached copy in another format (a qcow2 source stored as raw).
     """
 

@@ -156,7 +156,7 @@ def test_cache_refuses_an_image_declared_with_another_format(tmp_path: Path) -> 
 
 
 def test_source_digest_is_memoised_by_file_identity(tmp_path: Path) -> None:
-    from reconciler.images.cache import SourceDigests
+    from reconciler.images.records import SourceDigests
 
     base, sha = write_base_image(tmp_path)
     digests = SourceDigests(StateDir(tmp_path / "state"), SourcePolicy((tmp_path,)))
