@@ -12,9 +12,9 @@ import re
 import time
 from typing import BinaryIO, TextIO
 
+from reconciler.cli.context import state_dir_of
 from reconciler.errors import ConfigError
 from reconciler.manifests.loader import instance_schema
-from reconciler.statedir import StateDir, default_state_dir
 
 FOLLOW_POLL_SECONDS = 0.2
 CHUNK = 64 * 1024
@@ -26,7 +26,7 @@ def run_console(args: argparse.Namespace, out: TextIO) -> int:
     name_pattern = instance_schema()["properties"]["metadata"]["properties"]["name"]["pattern"]
     if not re.search(name_pattern, args.name):
         raise ConfigError(f"{args.name!r} is not an instance name")
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     path = state.instance(args.name).console_log
     try:
         stream = path.open("rb")

@@ -31,7 +31,7 @@ def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
     """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice.
     Documents an earlier pass on this state directory validated skip the schema."""
     directory = check_directory(args)
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     known = _read_validated(state)
     load = load_manifests(directory, known)
     if load.valid_documents != known and state.root.is_dir():
@@ -70,8 +70,14 @@ def selection_of(args: argparse.Namespace) -> Selection:
     return Selection.parse(getattr(args, "host", None), getattr(args, "selector", None))
 
 
+def state_dir_of(args: argparse.Namespace) -> StateDir:
+    """The state directory the command line names (--state-dir, else the default)."""
+    return StateDir((args.state_dir or default_state_dir()).absolute())
+
+
 def state_of(args: argparse.Namespace) -> StateDir:
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    """state_dir_of, checked to be usable by the driver the command line asks for."""
+    state = state_dir_of(args)
     if args.connect is None and getattr(args, "driver", "libvirt") == "libvirt":
         state.check_embedded_path_length()
     return state
@@ -95,7 +101,7 @@ def open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
 def settings_of(args: argparse.Namespace) -> Settings:
     if args.download_attempts < 1:
         raise ConfigError("--download-attempts must be at least 1")
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     return Settings(
         download_limits=DownloadLimits(attempts=args.download_attempts),
         default_accelerator=Accelerator(args.accelerator),
@@ -108,7 +114,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 def daemon_socket(args: argparse.Namespace) -> Path | None:
     """The control socket of a daemon running on this state directory (None when none runs)."""
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     path = control_socket(state)
     return path if path.exists() and daemon_listening(path) else None
 

@@ -43,6 +43,7 @@ from reconciler.cli.context import (
     parse_duration,
     selection_of,
     settings_of,
+    state_dir_of,
     state_of,
 )
 from reconciler.cli.pull import git_source, sync_for_once
@@ -69,7 +70,7 @@ from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.manifests.loader import LoadResult
 from reconciler.model.desired import Accelerator
 from reconciler.planning.review import Disruption, PlanView, plan_json
-from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
+from reconciler.statedir import StateDirLock, control_socket
 
 LOG = logging.getLogger("reconciler")
 
@@ -489,7 +490,7 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
 def run_gc(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile gc`: remove cached bases no disk uses, after the grace period."""
     grace = parse_duration(args.grace)
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     if not state.root.is_dir():
         raise ConfigError(f"state directory {state.root} does not exist")
     from reconciler.images.cache import ImageCache  # gc's own: not for every command
@@ -612,7 +613,7 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
 
 def run_status(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile status [NAME]`: from the daemon, or from the file it last wrote."""
-    state = StateDir((args.state_dir or default_state_dir()).absolute())
+    state = state_dir_of(args)
     socket_path = daemon_socket(args)
     if socket_path is not None:
         snapshot = ask(socket_path, {"op": "status", "name": args.name})["status"]

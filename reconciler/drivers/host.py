@@ -3,7 +3,6 @@ QEMU, whether a forwarded host port is free, how much memory there is."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from pathlib import Path
@@ -36,13 +35,22 @@ def emulator_process(pid: int, name: str, uuid: str) -> bool:
 
 def find_emulator(name: str, uuid: str) -> int | None:
     """The pid of a live QEMU started for domain `name` with `uuid`, found by its command line
-    among all processes (for one whose pid file is not written yet)."""
+    among all processes (for one whose pid file is not written yet). A zombie has no command
+    line left, so it is never taken for one."""
     for entry in os.listdir("/proc"):
         if entry.isdigit() and emulator_process(int(entry), name, uuid):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-                    return int(entry)
+            return int(entry)
     return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs: it exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] != "Z"
 
 
 def port_in_use(port: PortForward) -> str | None:

@@ -40,7 +40,13 @@ from typing import Any, TypeVar
 from qemu.qmp import QMPClient, QMPError, Runstate
 
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
-from reconciler.drivers.host import busy_ports, emulator_process, find_emulator, local_memory
+from reconciler.drivers.host import (
+    busy_ports,
+    emulator_process,
+    find_emulator,
+    local_memory,
+    process_alive,
+)
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
 from reconciler.drivers.qemu_argv import (
@@ -434,7 +440,7 @@ class QmpDriver:
         if pid is None:
             return False
         deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             if self._pid(name, uuid) == pid and os.path.exists(files.qmp_socket):
                 with contextlib.suppress(DriverError):
                     self._qmp(name, "query-status")
@@ -443,7 +449,7 @@ class QmpDriver:
         if emulator_process(pid, name, uuid):
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + EXIT_WAIT_SECONDS
-            while time.monotonic() < deadline and _alive(pid):  # its disk locks go with it
+            while time.monotonic() < deadline and process_alive(pid):  # its disk locks go with it
                 time.sleep(0.05)
         return False
 
@@ -524,9 +530,9 @@ class QmpDriver:
         with contextlib.suppress(DriverError):
             self._qmp(name, "quit")
         deadline = time.monotonic() + EXIT_WAIT_SECONDS
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.05)
-        if _alive(pid) and self._pid(name, self._uuid(name)) == pid:
+        if process_alive(pid) and self._pid(name, self._uuid(name)) == pid:
             os.kill(pid, signal.SIGKILL)
 
     def _uuid(self, name: str) -> str:
@@ -652,19 +658,6 @@ class QmpDriver:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()  # its selector and sockets: a command's driver is one of many
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _last_line(log: Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.drivers.host import process_alive
 from tests.e2e.conftest import Host, private_host
 from tests.guest import IMAGES, guest_image, wait_for_marker
 from tests.helpers import unique_name, write_manifest
@@ -69,15 +70,6 @@ def qemu_of(name: str) -> int | None:
     return None
 
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie no one reaped yet does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def kill_when(process: subprocess.Popen[str], condition: str, check: object, delay: float) -> None:
     """SIGKILL `process` `delay` seconds after `check()` first holds (polled every ms)."""
     assert callable(check)
@@ -118,7 +110,7 @@ def test_a_start_interrupted_by_sigkill_converges_on_the_next_pass(
         )
     # whichever way, one QEMU runs the domain, and not the one left behind at launch
     assert qemu_of(name) is not None
-    assert orphan is None or orphan == qemu_of(name) or not alive(orphan)
+    assert orphan is None or orphan == qemu_of(name) or not process_alive(orphan)
     # libvirt's own lines (its reconnect warnings among them) go to its log, not the terminal
     assert after.stderr == ""
     if host.driver_name == "libvirt":
