@@ -34,6 +34,7 @@ from reconciler.images.inspect import check_with_qemu_img, inspect_base_image
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
 from reconciler.images.records import (
+    CHUNK,
     EntryRecord,
     EntryRecords,
     PermanentFailures,
@@ -46,7 +47,6 @@ from reconciler.model.desired import ImageSource
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)
-CHUNK = 1024 * 1024
 FICLONE = 0x40049409
 
 

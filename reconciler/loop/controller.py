@@ -41,7 +41,7 @@ from reconciler.loop.reconcile import (
 from reconciler.loop.status import StatusBook
 from reconciler.loop.watch import ManifestWatcher
 from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
-from reconciler.manifests.filecache import ManifestFileCache
+from reconciler.manifests.filecache import FileStamp, ManifestFileCache, stamp
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import InstanceSpec
@@ -67,18 +67,12 @@ class DaemonOptions:
     git_interval_seconds: float = DEFAULT_GIT_INTERVAL_SECONDS
 
 
-def _source_identity(spec: InstanceSpec) -> tuple[int, ...] | None:
+def _source_identity(spec: InstanceSpec) -> FileStamp:
     """What says a local source file changed (None for a remote source or a missing file)."""
-    if spec.image.is_remote:
-        return None
-    try:
-        st = spec.image.path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return None if spec.image.is_remote else stamp(spec.image.path)
 
 
-def _fingerprint(spec: InstanceSpec) -> tuple[InstanceSpec, tuple[int, ...] | None]:
+def _fingerprint(spec: InstanceSpec) -> tuple[InstanceSpec, FileStamp]:
     return spec, _source_identity(spec)
 
 

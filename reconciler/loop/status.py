@@ -175,7 +175,7 @@ class StatusBook:
 
     def write(self) -> None:
         """Write the status file atomically (a reader sees the old file or the new one)."""
-        text = render_status(self.snapshot())
+        text = status_file_text(self.snapshot())
         with self._lock:  # one writer at a time: the temporary name is per process
             temporary = temporary_path(self._path)
             try:
@@ -191,7 +191,7 @@ class StatusBook:
         return entry
 
 
-def render_status(snapshot: dict[str, Any]) -> str:
+def status_file_text(snapshot: dict[str, Any]) -> str:
     """The status file's text: the daemon's facts indented, then one instance per line.
     Each line comes from json's C encoder; its indenting encoder is written in Python and
     took a second for 5,000 instances, written four times a second."""

@@ -86,14 +86,12 @@ class ManifestFileCache:
     def put(self, path: Path, reading: Reading) -> None:
         """Keep `reading`, unless the file or a file it names was modified too recently."""
         now_ns = time.time_ns()
-        if reading.stamp is None or _racy(reading.stamp, now_ns):
-            self.forget([path])
-            return
-        if any(_racy(named.stamp, now_ns) for named in reading.named):
-            self.forget([path])
-            return
+        stamps = [reading.stamp, *(named.stamp for named in reading.named)]
         with self._lock:
-            self._readings[path] = reading
+            if reading.stamp is None or any(_racy(s, now_ns) for s in stamps):
+                self._readings.pop(path, None)
+            else:
+                self._readings[path] = reading
 
     def forget(self, paths: Iterable[Path]) -> None:
         with self._lock:

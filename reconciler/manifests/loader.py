@@ -182,19 +182,19 @@ def _load_file(
     path: Path, confine: Path, known_valid: Collection[str], cache: ManifestFileCache | None
 ) -> _FileLoad:
     """One file's load (and the keys of its valid documents), from `cache` when it holds."""
-    before = stamp(path)
-    if cache is not None:
-        reading = cache.get(path, confine, before)
-        if reading is not None:
-            kept: _FileLoad = reading.result
-            return kept
     valid: set[str] = set()
+    if cache is None:
+        instances, errors, claims = load_manifest_file(path, confine, known_valid, valid)
+        return instances, errors, claims, frozenset(valid)
+    before = stamp(path)  # before the read: a change while reading shows next time
+    reading = cache.get(path, confine, before)
+    if reading is not None:
+        kept: _FileLoad = reading.result
+        return kept
     named: list[Path] = []
     instances, errors, claims = load_manifest_file(path, confine, known_valid, valid, named)
     result: _FileLoad = (instances, errors, claims, frozenset(valid))
-    if cache is not None:
-        files = tuple(NamedFile.now(p) for p in named)
-        cache.put(path, Reading(before, confine, files, result))
+    cache.put(path, Reading(before, confine, tuple(NamedFile.now(p) for p in named), result))
     return result
 
 

@@ -19,7 +19,7 @@ from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
 from reconciler.loop.reconcile import Settings
-from reconciler.loop.status import read_status_file, render_status
+from reconciler.loop.status import read_status_file, status_file_text
 from reconciler.loop.watch import is_relevant_path
 from reconciler.statedir import StateDir
 from tests.helpers import manifest_document, write_base_image
@@ -227,7 +227,7 @@ def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: t
     controller.reload("start")
     drain(controller)
     snapshot = controller.status.snapshot()
-    text = render_status(snapshot)
+    text = status_file_text(snapshot)
     assert json.loads(text) == snapshot
     assert len(snapshot["instances"]) == 2 and snapshot["manifestErrors"]
     assert text.count("\n    {") == 2  # one line per instance
