@@ -31,7 +31,11 @@ pair that raises and catches them; they are not ReconcilerErrors.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+EXCERPT_CHARACTERS = 60  # the most of a value from a file that a message quotes
+MAX_MESSAGE_CHARACTERS = 400  # a message longer than this is cut (see ManifestError)
 
 
 class ReconcilerError(Exception):
@@ -69,13 +73,41 @@ class ManifestError(PermanentError):
     ) -> None:
         self.location = location
         self.pointer = pointer
-        self.message = message
-        self.hint = hint
+        self.message = _cut(message)
+        self.hint = _cut(hint)
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.location}: {_printable(self.pointer) or '/'}: {self.message}"
+        where = (
+            f"{self.location}: {_printable(_short_pointer(self.pointer)) or '/'}: {self.message}"
+        )
         return f"{where} ({self.hint})" if self.hint else where
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARACTERS) -> str:
+    """`text` quoted and escaped as JSON, cut to `limit` characters with its length said: the
+    most of a value from an untrusted file that any message carries."""
+    if len(text) <= limit:
+        return json.dumps(text)
+    return f"{json.dumps(text[:limit])}... ({len(text)} characters)"
+
+
+def _short_pointer(pointer: str) -> str:
+    """A JSON pointer whose tokens (keys from a file) are cut to EXCERPT_CHARACTERS each."""
+    tokens = pointer.split("/")
+    if all(len(token) <= EXCERPT_CHARACTERS for token in tokens):
+        return pointer
+    return "/".join(
+        t if len(t) <= EXCERPT_CHARACTERS else f"{t[:EXCERPT_CHARACTERS]}..." for t in tokens
+    )
+
+
+def _cut(text: str) -> str:
+    """A message (or hint) cut to MAX_MESSAGE_CHARACTERS: whatever a message is built from, it
+    can never carry a file's content."""
+    if len(text) <= MAX_MESSAGE_CHARACTERS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARACTERS]}... (cut: {len(text)} characters)"
 
 
 def _printable(text: str) -> str:

@@ -1,4 +1,5 @@
-"""Atomic file placement: temporary names beside the target, fsync, rename, fsync the directory.
+"""Files: atomic placement (temporary names beside the target, fsync, rename, fsync the
+directory), and reading a file that untrusted input names (confined, regular, bounded).
 
 A temporary name always has the shape `.NAME.<pid>.<random>.tmp`, so a later pass can tell
 leftovers apart from real files and remove them; they are never used.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
+
+from reconciler.sizes import format_size
 
 
 def temporary_path(target: Path) -> Path:
@@ -94,3 +98,77 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
         publish(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class InputFileRefused(Exception):
+    """A file named by untrusted input was not read; the message says why (never its content).
+    Callers turn it into their own located error."""
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `mode` is, in words ("a regular file", "a FIFO", ...)."""
+    return next((what for test, what in _KINDS if test(mode)), "a regular file")
+
+
+def read_input_file(
+    path: Path, confine: Path | None, limit: int, shown: str = "", limit_for: str = ""
+) -> bytes:
+    """The bytes of `path`, a file that untrusted input names: it must resolve (every symlink
+    followed) inside `confine` (None: anywhere), be a regular file, and hold at most `limit`
+    bytes. It is opened without blocking (a FIFO or a device never hangs the caller) and
+    without following a last symlink swapped in after the check; its kind is checked on the
+    opened descriptor. Raises InputFileRefused, with a message that names the path and never
+    quotes the file (`shown`: how to name it, default its path; `limit_for`: what the limit is
+    for, said after it)."""
+    real = os.path.realpath(path)
+    name = shown or str(path)
+    if confine is not None and not Path(real).is_relative_to(confine):
+        link = f" (which resolves to {real})" if real != os.path.abspath(path) else ""
+        raise InputFileRefused(f"{name}{link} is outside {confine}; it was not read")
+    try:
+        before = os.lstat(real)
+    except OSError as err:
+        raise InputFileRefused(f"cannot read {name}: {err.strerror}") from err
+    if not stat.S_ISREG(before.st_mode):  # not even opened: opening a device can act
+        raise InputFileRefused(f"{name} is {file_kind(before.st_mode)}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(real, flags)
+    except OSError as err:
+        raise InputFileRefused(f"cannot read {name}: {err.strerror}") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced between the check and the open
+            raise InputFileRefused(f"{name} is {file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise InputFileRefused(
+                f"{name} is {format_size(info.st_size)}, more than the maximum of "
+                f"{format_size(limit)}{limit_for}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise InputFileRefused(f"cannot read {name}: {err.strerror}") from err
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew while being read
+        raise InputFileRefused(
+            f"{name} is larger than the maximum of {format_size(limit)}{limit_for}"
+        )
+    return b"".join(chunks)

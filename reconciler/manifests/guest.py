@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.model.desired import (
     DEFAULT_NETWORKS,
     GuestConfig,
@@ -110,26 +111,12 @@ def read_guest_file(
         fail(pointer, f"{shown} is outside the manifest directory {confine}")
         return None
     try:
-        with real.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if size > MAX_GUEST_FILE_BYTES:
-                fail(
-                    pointer,
-                    f"{name} is {format_size(size)}, more than the maximum of "
-                    f"{format_size(MAX_GUEST_FILE_BYTES)} for a file on the config drive",
-                )
-                return None
-            data = stream.read(MAX_GUEST_FILE_BYTES + 1)
-    except IsADirectoryError:
-        fail(pointer, f"{name} is a directory, not a file")
+        return read_input_file(
+            path, confine, MAX_GUEST_FILE_BYTES, name, " for a file on the config drive"
+        )
+    except InputFileRefused as err:
+        fail(pointer, str(err))
         return None
-    except OSError as err:
-        fail(pointer, f"cannot read {name}: {err.strerror}")
-        return None
-    if len(data) > MAX_GUEST_FILE_BYTES:  # it grew while being read
-        fail(pointer, f"{name} is larger than {format_size(MAX_GUEST_FILE_BYTES)}")
-        return None
-    return data
 
 
 def _check_user_data(data: bytes, pointer: str, fail: Fail) -> None:

@@ -9,16 +9,18 @@ pointer of the field and what was expected. Valid instances of other files are u
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from reconciler.errors import ManifestError, SourceLocation
+from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation, excerpt
+from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
 from reconciler.manifests.guest import guest_config, networks
 from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings
@@ -44,6 +46,8 @@ if TYPE_CHECKING:  # imported when a document is validated (not every command do
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DOCUMENTS_PER_FILE = 1000  # instances in one file; a fleet that big splits its files
+MAX_ERRORS_PER_FILE = 50  # reported per file; the rest are counted ("and N more")
 MIN_MEMORY_BYTES = 16 * 1024**2
 
 
@@ -103,7 +107,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 def find_manifest_files(root: Path) -> list[Path]:
     """Every *.yaml / *.yml file under `root` (or `root` itself), skipping hidden entries."""
-    if root.is_file():
+    if root.exists() and not root.is_dir():  # a file named on the command line, of any kind
         return [root]
     found: list[Path] = []
     for directory, subdirs, filenames in os.walk(root):
@@ -161,9 +165,10 @@ def load_paths(
     instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
     errors.extend(duplicate_errors)
     invalid_names.update(duplicated)
-    mac_errors, shared = _reject_shared_macs(loaded)
-    errors.extend(mac_errors)
-    invalid_names.update(shared)
+    for reject in (_reject_shared_macs, _reject_shared_ports):
+        shared_errors, shared = reject(loaded)
+        errors.extend(shared_errors)
+        invalid_names.update(shared)
     return LoadResult(
         instances=tuple(i for i in instances if i.name not in invalid_names),
         errors=tuple(errors),
@@ -210,25 +215,27 @@ def load_manifest_file(
     must lie inside `confine` (default: the manifest's own directory); their paths are added
     to `named`. The keys of the documents the schema accepts are added to `valid`."""
     confine = confine or Path(os.path.realpath(path.parent))
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as err:
-        message = f"cannot read: {err.strerror}"
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
-    if len(raw) > MAX_MANIFEST_BYTES:
-        message = f"file is larger than {MAX_MANIFEST_BYTES} bytes"
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
+    try:  # a link out of the tree, a FIFO, a device: refused unread (never quoted back)
+        raw = read_input_file(path, confine, MAX_MANIFEST_BYTES)
+    except InputFileRefused as err:
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", str(err))], set()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         message = f"not UTF-8 text (byte {err.start})"
         return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
     try:
-        documents = list(parse_documents(text))
+        documents = list(itertools.islice(parse_documents(text), MAX_DOCUMENTS_PER_FILE + 1))
     except YamlSyntaxError as err:
         location = SourceLocation(str(path), err.mark.line, err.mark.column)
         return [], [ManifestError(location, "", f"malformed YAML: {err.message}")], set()
+    if len(documents) > MAX_DOCUMENTS_PER_FILE:
+        location = SourceLocation(str(path), *_line_column(documents[-1]))
+        message = (
+            f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; the rest is not read "
+            "and none of the file's instances is used (split the file)"
+        )
+        return [], [ManifestError(location, "", message)], set()
 
     instances: list[tuple[InstanceSpec, SourceLocation]] = []
     errors: list[ManifestError] = []
@@ -250,7 +257,21 @@ def load_manifest_file(
         name = _claimed_name(document.data)
         if name is not None:
             claims.add(name)
-    return instances, errors, claims
+    return instances, _capped_errors(path, errors), claims
+
+
+def _line_column(document: YamlDocument) -> tuple[int, int]:
+    return document.start.line, document.start.column
+
+
+def _capped_errors(path: Path, errors: list[ManifestError]) -> list[ManifestError]:
+    """The first MAX_ERRORS_PER_FILE errors, and one more that counts the rest."""
+    if len(errors) <= MAX_ERRORS_PER_FILE:
+        return errors
+    rest = len(errors) - MAX_ERRORS_PER_FILE
+    location = errors[MAX_ERRORS_PER_FILE].location
+    summary = ManifestError(location, "", f"and {rest} more error(s) in {path.name}, not shown")
+    return [*errors[:MAX_ERRORS_PER_FILE], summary]
 
 
 def validate_document(
@@ -269,6 +290,8 @@ def validate_document(
             if str(manifest_error) not in seen:  # "required" repeats per missing field
                 seen.add(str(manifest_error))
                 errors.append(manifest_error)
+        if len(errors) > MAX_ERRORS_PER_FILE:  # the file reports no more than that
+            break
     errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
     return errors
 
@@ -296,7 +319,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value}"
     if isinstance(value, str):
-        return json.dumps(value)
+        return excerpt(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -325,7 +348,7 @@ def _schema_errors(
             ManifestError(
                 _location(path, document, _child(pointer, key), key=True),
                 _child(pointer, key),
-                f"unknown field {key!r}",
+                f"unknown field {_quoted_key(key)}",
                 f"expected one of: {allowed}" if allowed else "",
             )
             for key in sorted(set(value) - known)
@@ -351,7 +374,7 @@ def _schema_errors(
         return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
     if "propertyNames" in error.absolute_schema_path:  # a bad key: the error is the key's own
         key = value if isinstance(value, str) else str(value)
-        message = f"{json.dumps(key)} is not a valid key"
+        message = f"{excerpt(key)} is not a valid key"
         return [
             ManifestError(
                 _location(path, document, _child(pointer, key), key=True),
@@ -364,7 +387,15 @@ def _schema_errors(
         message = f"{_describe(value)} is not valid (expected {expected})"
         hint = _YAML11_HINT if isinstance(value, bool) else ""
         return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
-    return [ManifestError(_location(path, document, pointer), pointer, error.message)]
+    # jsonschema's own message quotes the whole value: only a short one is let through
+    short = not isinstance(value, str | dict | list) or len(repr(value)) <= EXCERPT_CHARACTERS
+    message = error.message if short else f"{_describe(value)} is not valid ({error.validator})"
+    return [ManifestError(_location(path, document, pointer), pointer, message)]
+
+
+def _quoted_key(key: object) -> str:
+    text = str(key)
+    return repr(text) if len(text) <= EXCERPT_CHARACTERS else excerpt(text)
 
 
 def _claimed_name(data: Any) -> str | None:
@@ -514,20 +545,49 @@ def _reject_shared_macs(
 ) -> tuple[list[ManifestError], set[str]]:
     """An error at each instance that gives a MAC another instance gives too, and their
     names (derived MACs are kept apart when they are chosen, see planning.network)."""
+    return _reject_shared(
+        loaded, lambda spec: [nic.mac for nic in spec.networks if nic.mac is not None], "mac"
+    )
+
+
+def _reject_shared_ports(
+    loaded: list[tuple[InstanceSpec, SourceLocation]],
+) -> tuple[list[ManifestError], set[str]]:
+    """An error at each instance that forwards a host port (address, port, protocol) another
+    instance forwards too, and their names: only one of them could ever listen on it."""
+    return _reject_shared(
+        loaded,
+        lambda spec: [
+            f"{port.address}:{port.host}/{port.protocol.value}"
+            for nic in spec.networks
+            for port in nic.ports
+        ],
+        "host port",
+    )
+
+
+def _reject_shared(
+    loaded: list[tuple[InstanceSpec, SourceLocation]],
+    values_of: Callable[[InstanceSpec], list[str]],
+    what: str,
+) -> tuple[list[ManifestError], set[str]]:
+    """An error at each instance that gives a value (of `values_of`) that another instance
+    gives too, naming the others and where they are, and the names of all of them."""
     owners: dict[str, list[tuple[str, SourceLocation]]] = {}
     for spec, location in loaded:
-        for nic in spec.networks:
-            if nic.mac is not None:
-                owners.setdefault(nic.mac, []).append((spec.name, location))
+        for value in dict.fromkeys(values_of(spec)):
+            owners.setdefault(value, []).append((spec.name, location))
     errors: list[ManifestError] = []
     names: set[str] = set()
-    for mac, users in owners.items():
+    for value, users in owners.items():
         if len({name for name, _ in users}) < 2:
             continue
         for name, location in users:
             others = ", ".join(f"{o} ({where})" for o, where in users if o != name)
             errors.append(
-                ManifestError(location, "/spec/networks", f"mac {mac} is also given by {others}")
+                ManifestError(
+                    location, "/spec/networks", f"{what} {value} is also given by {others}"
+                )
             )
             names.add(name)
     return errors, names

@@ -182,7 +182,7 @@ def test_an_unreadable_file_is_a_located_error(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     errors, _ = load(tmp_path, "  files: [{path: /etc/k, source: dir}]\n")
     assert errors == [
-        f"{tmp_path}/m.yaml:14:34: /spec/files/0/source: dir is a directory, not a file"
+        f"{tmp_path}/m.yaml:14:34: /spec/files/0/source: dir is a directory, not a regular file"
     ]
 
 
