@@ -10,17 +10,26 @@ from pathlib import Path
 from reconciler.model.desired import NetworkSpec, PortForward, PortProtocol
 
 
+def _domain_of(cmdline: bytes) -> tuple[str, str] | None:
+    """The domain name and UUID (lower case) a QEMU command line carries (-name guest=NAME,...
+    and -uuid), or None."""
+    args = cmdline.decode(errors="replace").split("\0")
+    values = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i] in ("-name", "-uuid")}
+    guest = values.get("-name", "")
+    if not guest.startswith("guest=") or "-uuid" not in values:
+        return None
+    return guest.removeprefix("guest=").split(",", 1)[0], values["-uuid"].lower()
+
+
+def _is_emulator(executable: str) -> bool:
+    return Path(executable.removesuffix(" (deleted)")).name.startswith("qemu-system-")
+
+
 def is_domain_emulator(cmdline: bytes, executable: str, name: str, uuid: str) -> bool:
     """Whether a process (its NUL-separated command line and executable) is the QEMU started
     for domain `name` with `uuid` (by libvirt or by the QMP driver: both pass -name and
     -uuid)."""
-    if not Path(executable.removesuffix(" (deleted)")).name.startswith("qemu-system-"):
-        return False
-    args = cmdline.decode(errors="replace").split("\0")
-    values = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i] in ("-name", "-uuid")}
-    guest = values.get("-name", "")
-    named = guest == f"guest={name}" or guest.startswith(f"guest={name},")
-    return named and values.get("-uuid", "").lower() == uuid.lower()
+    return _is_emulator(executable) and _domain_of(cmdline) == (name, uuid.lower())
 
 
 def emulator_process(pid: int, name: str, uuid: str) -> bool:
@@ -33,14 +42,30 @@ def emulator_process(pid: int, name: str, uuid: str) -> bool:
     return is_domain_emulator(cmdline, executable, name, uuid)
 
 
+def emulators() -> dict[tuple[str, str], int]:
+    """Every live QEMU on this host that carries a domain's name and UUID, by (name, UUID in
+    lower case): one look at each process's executable, and at the command line of QEMUs
+    only. A zombie has no executable left, so it is never taken for one."""
+    found: dict[tuple[str, str], int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if not _is_emulator(os.readlink(f"/proc/{entry}/exe")):
+                continue
+            domain = _domain_of(Path(f"/proc/{entry}/cmdline").read_bytes())
+        except OSError:
+            continue
+        if domain is not None:
+            found[domain] = int(entry)
+    return found
+
+
 def find_emulator(name: str, uuid: str) -> int | None:
     """The pid of a live QEMU started for domain `name` with `uuid`, found by its command line
-    among all processes (for one whose pid file is not written yet). A zombie has no command
-    line left, so it is never taken for one."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and emulator_process(int(entry), name, uuid):
-            return int(entry)
-    return None
+    among all processes (for one whose pid file is missing or wrong)."""
+    pid = emulators().get((name, uuid.lower()))
+    return pid if pid is not None and emulator_process(pid, name, uuid) else None
 
 
 def process_alive(pid: int) -> bool:

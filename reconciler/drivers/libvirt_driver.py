@@ -222,6 +222,17 @@ def _lost_message(uri: str, err: Any) -> str:
     return f"connection to {uri} lost ({err.get_error_message() or err})"
 
 
+_LOCAL_HOSTS = (None, "", "localhost", "127.0.0.1", "::1")
+
+
+def uri_is_local(uri: str) -> bool:
+    """Whether a libvirt URI's domains run on this host: it names no other host, whatever its
+    transport (`qemu+unix:///system?socket=...` and `qemu+ssh:///system` are local; libvirt's
+    test driver runs nothing anywhere)."""
+    parts = urlsplit(uri)
+    return parts.hostname in _LOCAL_HOSTS and not parts.scheme.startswith("test")
+
+
 class LibvirtDriver:
     """Driver over one libvirt connection (any URI, embedded QEMU by default)."""
 
@@ -277,12 +288,7 @@ class LibvirtDriver:
 
     def _local(self) -> bool:
         """Whether the domains run on this host (so its devices and ports are ours to see)."""
-        parts = urlsplit(self.uri)
-        return (
-            parts.hostname in (None, "", "localhost")
-            and "+" not in parts.scheme
-            and not parts.scheme.startswith("test")
-        )
+        return uri_is_local(self.uri)
 
     def _remote_kvm_support(self, host: str) -> KvmSupport:
         libvirt = _libvirt()
@@ -438,7 +444,7 @@ class LibvirtDriver:
         it (its executable is a QEMU and its command line names this domain and uuid)."""
         if self._embedded_root is not None:
             pid_file = self._embedded_root / "run" / "qemu" / f"{name}.pid"
-        elif urlsplit(self.uri).scheme == "qemu" and not urlsplit(self.uri).hostname:
+        elif self._local() and urlsplit(self.uri).scheme.split("+")[0] == "qemu":
             pid_file = Path("/run/libvirt/qemu") / f"{name}.pid"
         else:
             return None  # a remote host's processes are out of reach
@@ -465,7 +471,9 @@ class LibvirtDriver:
             libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            # the NVRAM file is the plan's to remove, once proven the instance's own: libvirt
+            # would remove whatever file a hand-edited definition names
+            | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
         )
         domain = self._require(name)
         try:

@@ -43,6 +43,7 @@ from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, Lo
 from reconciler.drivers.host import (
     busy_ports,
     emulator_process,
+    emulators,
     find_emulator,
     local_memory,
     process_alive,
@@ -73,6 +74,7 @@ LAUNCH_TIMEOUT_SECONDS = 60.0
 EXIT_WAIT_SECONDS = 10.0
 DYING_WAIT_SECONDS = 1.0  # a killed QEMU is gone in milliseconds; a wedged one stays
 SCAN_SECONDS = 1.0  # how often the watcher looks for processes to attach to
+EMULATORS_SECONDS = 1.0  # how long one look at every QEMU of the host serves lookups
 _T = TypeVar("_T")
 
 # QMP run states -> the power state and reason the rest of the code knows from libvirt
@@ -112,6 +114,8 @@ class QmpDriver:
         self._scanner: Any = None  # the watcher's scan (a concurrent future)
         self._listeners: set[asyncio.Task[None]] = set()
         self._monitors: dict[str, asyncio.Lock] = {}
+        self._emulators_seen: dict[tuple[str, str], int] = {}
+        self._emulators_at = -EMULATORS_SECONDS * 2
 
     @classmethod
     def open(cls, state_dir: Path) -> QmpDriver:
@@ -164,13 +168,45 @@ class QmpDriver:
             self._write_live(replace(live, **changes))
 
     def _pid(self, name: str, uuid: str) -> int | None:
-        """The live QEMU of this instance, proven by its command line (None when there is
-        none: no pid file, a dead pid, or a pid now used by another process)."""
+        """The live QEMU of this instance, proven by its command line: the one its pid file
+        names, or, when the pid file is missing or names anything else (a dead pid, another
+        process), the one found among all processes. None when no QEMU of it runs."""
+        pid = self._recorded_pid(name)
+        if pid is not None and emulator_process(pid, name, uuid):
+            return pid
+        found = self._emulators().get((name, uuid.lower()))
+        return found if found is not None and emulator_process(found, name, uuid) else None
+
+    def _recorded_pid(self, name: str) -> int | None:
         try:
-            pid = int(Path(self._files(name).pidfile).read_text().strip())
+            return int(Path(self._files(name).pidfile).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if emulator_process(pid, name, uuid) else None
+
+    def _emulators(self) -> dict[tuple[str, str], int]:
+        """Every QEMU on the host by domain, looked up at most every EMULATORS_SECONDS (a
+        listing of stopped instances would scan /proc once per instance otherwise); each
+        pid taken from it is proven again."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._emulators_at > EMULATORS_SECONDS:
+                self._emulators_seen = emulators()
+                self._emulators_at = now
+            return self._emulators_seen
+
+    def _adopt(self, name: str, pid: int) -> None:
+        """Take a running QEMU proven to be this instance's (command line, UUID, an answering
+        monitor) as its own again: its pid file is written anew. Never a kill."""
+        if self._recorded_pid(name) == pid:
+            return
+        LOG.warning(
+            "%s: QEMU process %d runs this instance but its pid file is missing or names "
+            "another process: adopted (pid file rewritten)",
+            name,
+            pid,
+        )
+        with contextlib.suppress(OSError):
+            write_atomically(Path(self._files(name).pidfile), f"{pid}\n".encode(), 0o600)
 
     def _stop_reason(self, name: str) -> str:
         try:
@@ -321,6 +357,7 @@ class QmpDriver:
             return DomainRecord(
                 name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
             )
+        self._adopt(name, pid)  # it answers: a pid file lost or forged is written anew
         run_state = str(status.get("status", ""))
         if run_state in ("shutdown", "guest-panicked"):  # on_poweroff / on_crash: destroy
             reason = "shutdown" if run_state == "shutdown" else "crashed"
@@ -433,24 +470,28 @@ class QmpDriver:
         self._emit(name, "lifecycle", "started")
 
     def _adopt_launched(self, name: str, uuid: str, files: ProcessFiles) -> bool:
-        """Whether a QEMU of this instance that a process launched and did not see up (it was
-        killed at that moment) came up: it is waited for, not launched twice on one disk; one
-        that does not come up in time is ended."""
+        """Whether a live QEMU of this instance (launched by a process killed before it saw
+        it up, or running with its pid file lost) was adopted: it is waited for until its
+        monitor answers, never launched twice on one disk, and never killed to make way for a
+        start. One that never answers is an error, and is left running."""
         pid = find_emulator(name, uuid)
         if pid is None:
             return False
         deadline = time.monotonic() + LAUNCH_TIMEOUT_SECONDS
         while time.monotonic() < deadline and process_alive(pid):
-            if self._pid(name, uuid) == pid and os.path.exists(files.qmp_socket):
+            if os.path.exists(files.qmp_socket):
                 with contextlib.suppress(DriverError):
                     self._qmp(name, "query-status")
+                    self._adopt(name, pid)
                     return True
             time.sleep(0.05)
         if emulator_process(pid, name, uuid):
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + EXIT_WAIT_SECONDS
-            while time.monotonic() < deadline and process_alive(pid):  # its disk locks go with it
-                time.sleep(0.05)
+            raise DriverError(
+                f"start {name}",
+                f"QEMU process {pid} of this instance runs but its monitor did not answer "
+                f"within {LAUNCH_TIMEOUT_SECONDS:.0f}s; it is left running (a forced stop ends "
+                "it)",
+            )
         return False
 
     def _launch(self, name: str, argv: list[str], files: ProcessFiles) -> None:

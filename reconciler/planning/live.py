@@ -17,6 +17,7 @@ from reconciler.planning.machine import (
     live_vcpu_change,
     with_config_drive,
 )
+from reconciler.planning.removal import removable_files
 from reconciler.planning.steps import (
     AttachDisk,
     AttachNic,
@@ -142,27 +143,35 @@ def removals(
     shape: Machine,
     live_after: Machine | None,
     paths: InstancePaths,
-) -> list[Step]:
+) -> tuple[list[Step], tuple[str, ...]]:
     """Files nothing uses once the plan is carried out: replaced config drives, and data disks
-    that left the manifest with deletionPolicy: delete (once detached)."""
+    that left the manifest with deletionPolicy: delete (once detached); and a note for each
+    file the definition names that is not the instance's own (left in place)."""
     steps: list[Step] = []
+    notes: tuple[str, ...] = ()
     in_use = {drive.name} if drive is not None else set()
     if live_after is not None and live_after.config_drive_path is not None:
         in_use.add(Path(live_after.config_drive_path).name)
     stale = sorted(actual.config_drives - in_use)
     if stale:
-        steps.append(RemoveFiles(name, tuple(paths.directory / n for n in stale)))
+        drives = tuple(paths.directory / n for n in stale)
+        steps.append(RemoveFiles(name, drives, paths.directory))
     if domain is not None:
         wanted = {disk.path for disk in shape.data_disks}
         running = set() if live_after is None else {d.path for d in live_after.data_disks}
-        doomed = tuple(
-            Path(disk.path)
-            for disk in domain.definition.data_disks
-            if disk.delete_when_removed and disk.path not in wanted and disk.path not in running
+        doomed, notes = removable_files(
+            (
+                disk.path
+                for disk in domain.definition.data_disks
+                if disk.delete_when_removed and disk.path not in wanted and disk.path not in running
+            ),
+            paths.directory,
         )
         if doomed:
-            steps.append(RemoveFiles(name, doomed, "data disk (deletionPolicy: delete)"))
-    return steps
+            steps.append(
+                RemoveFiles(name, doomed, paths.directory, "data disk (deletionPolicy: delete)")
+            )
+    return steps, notes
 
 
 def aside_name(overlay: DiskFacts | None) -> str:

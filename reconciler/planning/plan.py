@@ -222,9 +222,11 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
         watch = START_WATCH_SECONDS if risky else 0.0
         steps.append(StartDomain(spec.name, choice, spec.image, watch))
-    steps += removals(
+    removal_steps, removal_notes = removals(
         spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
     )
+    steps += removal_steps
+    notes += removal_notes
     kept_off = spec.state is DesiredState.RUNNING and not starting and not active
     return InstancePlan(
         spec.name,

@@ -1,11 +1,15 @@
-"""Deleting an instance: for `state: absent` and for a prune. Pure."""
+"""Deleting an instance: for `state: absent` and for a prune; and which files a definition
+may have removed at all. Pure."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler.model.actual import DomainFacts
-from reconciler.planning.context import InstancePlan, PlanContext
+from reconciler.planning.context import NVRAM_FILE, InstancePlan, PlanContext
 from reconciler.planning.steps import (
     RecoverDomain,
     RemoveFiles,
@@ -13,6 +17,41 @@ from reconciler.planning.steps import (
     StopDomain,
     UndefineDomain,
 )
+
+# the only files of an instance directory the reconciler ever removes: those it makes there
+# (the boot disk, data disks, config drives, UEFI variables)
+_MADE_HERE = re.compile(
+    r"disk\.qcow2|data-[a-z0-9][a-z0-9-]*\.(qcow2|raw)|config-[0-9a-f]+\.iso|"
+    + re.escape(NVRAM_FILE)
+)
+
+
+def removable_files(
+    candidates: Iterable[str | Path], directory: Path
+) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Of the files a definition (or a plan) names for removal, those the reconciler made: a
+    file of its own kinds, directly in this instance's `directory` (the path absolute and
+    already normal: no `..`, no `.`, no doubled slash); and a note for each other one, which
+    is left alone. A definition is editable by whoever can define domains, so what it names
+    is checked here, not trusted (the step checks again, symlinks resolved)."""
+    kept: list[Path] = []
+    refused: list[str] = []
+    for candidate in candidates:
+        text = str(candidate)
+        path = Path(text)
+        if (
+            os.path.isabs(text)
+            and os.path.normpath(text) == text
+            and path.parent == directory
+            and _MADE_HERE.fullmatch(path.name)
+        ):
+            kept.append(path)
+        else:
+            refused.append(
+                f"the definition names {text!r} for removal, which is not a file this "
+                f"instance's directory {directory} holds: left in place"
+            )
+    return tuple(kept), tuple(refused)
 
 
 def plan_removal(
@@ -43,14 +82,20 @@ def plan_removal(
     elif domain.state.active:
         steps.append(StopDomain(name, timeout_seconds))
     steps.append(UndefineDomain(name, context.paths.directory, not definition.delete_disks))
-    doomed = [context.paths.directory / drive for drive in sorted(drives)]
-    doomed += [
-        Path(disk.path)
+    directory = context.paths.directory
+    named = [directory / drive for drive in sorted(drives)]
+    if definition.nvram is not None:  # the driver keeps it: removed here, if it is ours
+        named.append(Path(definition.nvram))
+    doomed, notes = removable_files(named, directory)
+    # a disk kept by its policy is not named at all: a path elsewhere is no one's business
+    deleted_disks = [
+        disk.path
         for disk in definition.disks
-        if disk.device == "disk"
-        and (definition.delete_disks or disk.delete_when_removed)
-        and Path(disk.path).parent == context.paths.directory
+        if disk.device == "disk" and (definition.delete_disks or disk.delete_when_removed)
     ]
-    if doomed:
-        steps.append(RemoveFiles(name, tuple(doomed), "files of the deleted instance"))
-    return InstancePlan(name, tuple(steps))
+    disks, disk_notes = removable_files(deleted_disks, directory)
+    if doomed or disks:
+        steps.append(
+            RemoveFiles(name, (*doomed, *disks), directory, "files of the deleted instance")
+        )
+    return InstancePlan(name, tuple(steps), notes=notes + disk_notes)

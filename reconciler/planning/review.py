@@ -196,7 +196,7 @@ def _review(step: Step) -> tuple[Disruption, tuple[FieldChange, ...]]:
         case MoveDiskAside(path=path, aside=aside):
             return Disruption.REPLACE, (FieldChange("boot disk", path.name, aside.name),)
         case RemoveFiles(paths=paths, what=what):
-            removed = FieldChange(what, ", ".join(p.name for p in paths), None)
+            removed = FieldChange(what, ", ".join(str(p) for p in paths), None)
             # a replaced config drive is a file nothing uses; anything else is data
             kept = what == "replaced config drive"
             return (Disruption.NONE if kept else Disruption.DELETE), (removed,)

@@ -253,10 +253,11 @@ class RemoveFiles:
     kind: ClassVar[StepKind] = StepKind.REMOVE_FILES
     instance: str
     paths: tuple[Path, ...]
+    directory: Path  # the instance directory: every path must lie in it (checked again)
     what: str = "replaced config drive"
 
     def describe(self) -> str:
-        return f"remove {self.what} " + ", ".join(p.name for p in self.paths)
+        return f"remove {self.what} " + ", ".join(str(p) for p in self.paths)
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,17 +164,25 @@ def _check_existing_overlay(step: CreateOverlay) -> None:
 
 def _remove_files(step: RemoveFiles) -> str:
     """Each file is renamed to a temporary name first, then removed: a crash in between
-    leaves a leftover (removed by the next pass), never a file that looks like a real one."""
+    leaves a leftover (removed by the next pass), never a file that looks like a real one.
+    A path is removed only when its directory, symlinks resolved, is the instance's own, and
+    only the entry itself goes (a symlink, never what it points to)."""
+    own = os.path.realpath(step.directory)
+    removed: list[str] = []
     for path in step.paths:
+        if os.path.realpath(path.parent) != own or path.name in ("", ".", ".."):
+            LOG.warning("%s: not removing %s: it is not in %s", step.instance, path, own)
+            continue
         doomed = temporary_path(path)
         try:
             os.rename(path, doomed)
         except FileNotFoundError:
             continue
         doomed.unlink()
-    if step.paths:
-        fsync_directory(step.paths[0].parent)
-    return "removed " + ", ".join(path.name for path in step.paths)
+        removed.append(str(path))
+    if removed:
+        fsync_directory(step.directory)
+    return "removed " + (", ".join(removed) or "nothing (already gone)")
 
 
 def _build_config_drive(step: BuildConfigDrive) -> str:

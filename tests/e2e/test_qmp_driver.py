@@ -62,6 +62,11 @@ def qemu_pid(root: Path, name: str) -> int | None:
     return pid if emulator_process(pid, name, uuid) else None
 
 
+def uuid_of(root: Path, name: str) -> str:
+    xml = (root / "instances" / name / "domain.xml").read_text()
+    return xml.split("<uuid>", 1)[1].split("</uuid>", 1)[0]
+
+
 def reconcile(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "-m", "reconciler", *args, "--driver", "qmp",
@@ -100,6 +105,29 @@ def test_a_guest_boots_grows_online_stops_and_is_reattached_without_a_restart(
     again = reconcile(state, "plan", "--detailed-exitcode", str(tmp_path))
     assert again.returncode == 0, again.stdout + again.stderr
     assert qemu_pid(state, name) == pid
+
+    # its pid file lost, then naming an unrelated process: the running QEMU, proven by its
+    # command line, UUID and monitor, is adopted (pid file rewritten), never killed
+    pidfile = state / "instances" / name / "qemu.pid"
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        for forge in (pidfile.unlink, lambda: pidfile.write_text(f"{bystander.pid}\n")):
+            forge()
+            plan = reconcile(state, "plan", "--detailed-exitcode", str(tmp_path))
+            assert plan.returncode == 0, plan.stdout + plan.stderr
+            assert "start" not in plan.stdout
+            began = time.monotonic()
+            kept = reconcile(state, "--once", str(tmp_path))
+            assert kept.returncode == 0, kept.stdout + kept.stderr
+            assert time.monotonic() - began < 30
+            assert "started domain" not in kept.stdout
+            assert "adopted" in kept.stderr
+            assert emulator_process(pid, name, uuid_of(state, name))
+            assert qemu_pid(state, name) == pid  # the pid file names it again
+            assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
     # online growth through block_resize
     write_guest(tmp_path, name, disk={"size": "96MiB"}, **spec)

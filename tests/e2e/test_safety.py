@@ -4,6 +4,7 @@ base."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -147,3 +148,67 @@ def test_a_disk_smaller_than_its_base_is_refused_in_the_plan(
     assert applied.code == 1
     assert not e2e.state.instance(name).directory.exists()
     assert e2e.state_of(name) is None
+
+
+def test_a_hand_edited_definition_cannot_make_the_reconciler_delete_a_file_elsewhere(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    """Whoever can define domains adds a data disk marked delete-when-removed whose source is
+    a file outside the instance directory (directly, through `..`, and one of the driver's own
+    files beside the disks): neither the drift repair nor a deletion removes any of them."""
+    name = unique_name()
+    directory = e2e.state.instance(name).directory
+    outside = Path(f"/var/tmp/{name}-outside")
+    outside.mkdir()
+    victims = [outside / "victim.txt", outside / "through-dotdot.txt"]
+    for victim in victims:
+        victim.write_text("keep me\n")
+    own_file = directory / "keep-me.txt"  # not a kind of file the reconciler makes
+    try:
+        write_manifest(
+            tmp_path, name, e2e.base, e2e.sha256, state="stopped", deletionPolicy="delete"
+        )
+        assert reconcile("--once", str(tmp_path)).code == 0
+        own_file.write_text("keep me too\n")
+        named = [
+            str(victims[0]),
+            f"{directory}/../../../../../../..{victims[1]}",
+            str(own_file),
+        ]
+        record = e2e.driver.lookup(name)
+        machine = record.definition
+        planted = tuple(
+            Disk(f"vd{letter}", path, "raw", delete_when_removed=True)
+            for letter, path in zip("bcd", named, strict=True)
+        )
+        e2e.driver.define(dataclasses.replace(machine, disks=(*machine.disks, *planted)))
+
+        plan = reconcile("plan", str(tmp_path))
+        for path in named:
+            assert f"the definition names {path!r} for removal" in plan.out, plan.out
+        repaired = reconcile("--once", str(tmp_path))
+        assert repaired.code == 0, repaired.out + repaired.err
+        assert "left in place" in repaired.out
+        assert all(victim.read_text() == "keep me\n" for victim in victims)
+        assert own_file.exists()
+
+        # the same disks planted again, then the instance deleted with its disks
+        e2e.driver.define(
+            dataclasses.replace(
+                e2e.driver.lookup(name).definition,
+                disks=(*e2e.driver.lookup(name).definition.disks, *planted),
+            )
+        )
+        write_manifest(
+            tmp_path, name, e2e.base, e2e.sha256, state="absent", deletionPolicy="delete"
+        )
+        deleted = reconcile("--once", str(tmp_path))
+        assert deleted.code == 0, deleted.out + deleted.err
+        assert f"removed {directory}/disk.qcow2" in deleted.out  # its own disk, by full path
+        assert e2e.driver.lookup(name) is None
+        assert all(victim.read_text() == "keep me\n" for victim in victims)
+        assert own_file.exists()
+    finally:
+        for victim in victims:
+            victim.unlink(missing_ok=True)
+        outside.rmdir()

@@ -1,6 +1,9 @@
 from pathlib import Path
 
+import pytest
+
 from reconciler.drivers.kvm import probe_local_kvm
+from reconciler.drivers.libvirt_driver import uri_is_local
 from reconciler.model.accel import KvmSupport, resolve_accelerator
 from reconciler.model.desired import Accelerator
 
@@ -41,3 +44,21 @@ def test_resolution() -> None:
     assert resolve_accelerator(Accelerator.AUTO, no).accelerator is Accelerator.TCG
     assert resolve_accelerator(Accelerator.TCG, yes).accelerator is Accelerator.TCG
     assert resolve_accelerator(Accelerator.KVM, no).reason == "requested"
+
+
+@pytest.mark.parametrize(
+    ("uri", "local"),
+    [
+        ("qemu:///system", True),
+        ("qemu:///embed?root=/var/lib/reconciler/libvirt", True),
+        ("qemu+unix:///system?socket=/run/libvirt/libvirt-sock", True),  # a transport, no host
+        ("qemu+ssh:///system", True),
+        ("qemu+tcp://localhost/system", True),
+        ("qemu+ssh://root@kvm-host-7/system", False),
+        ("qemu+tls://10.0.0.7/system", False),
+        ("qemu://kvm-host-7/system", False),
+        ("test:///default", False),
+    ],
+)
+def test_a_uri_is_remote_only_when_it_names_another_host(uri: str, local: bool) -> None:
+    assert uri_is_local(uri) is local

@@ -317,7 +317,7 @@ def test_a_rebuilt_drive_is_swapped_into_the_running_domain_and_the_old_one_remo
         StepKind.REMOVE_FILES,
     ]
     assert not plan.pending_restart
-    assert plan.steps[3] == RemoveFiles("web", (old_drive,))
+    assert plan.steps[3] == RemoveFiles("web", (old_drive,), old_drive.parent)
     assert any("only once per instance-id" in note for note in plan.notes)
 
 

@@ -216,8 +216,9 @@ def test_removed_disks_are_detached_and_deleted_only_by_their_policy() -> None:
         StepKind.DETACH_DISK,
         StepKind.REMOVE_FILES,
     ]
+    directory = context(spec).paths.directory
     assert plan.steps[-1].describe() == (
-        "remove data disk (deletionPolicy: delete) data-drop.qcow2"
+        f"remove data disk (deletionPolicy: delete) {directory}/data-drop.qcow2"
     )
 
 

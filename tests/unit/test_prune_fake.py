@@ -13,7 +13,10 @@ from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import Outcome, Reconciler, Settings
 from reconciler.manifests.loader import load_manifests
+from reconciler.planning.removal import removable_files
+from reconciler.planning.steps import RemoveFiles
 from reconciler.statedir import StateDir
+from reconciler.steps.apply import _remove_files
 from tests.helpers import write_base_image, write_manifest
 
 
@@ -122,3 +125,52 @@ def test_another_state_directory_never_prunes_these_domains(tmp_path: Path) -> N
     assert ours.driver.lookup("rct-ours") is not None
     assert theirs.reconciler().orphans({"rct-theirs"}) == []
     assert ours.reconciler().orphans(set()) == ["rct-ours"]
+
+
+def test_only_files_the_reconciler_makes_in_the_instance_directory_are_removable() -> None:
+    directory = Path("/state/instances/web")
+    kept, notes = removable_files(
+        [
+            "/state/instances/web/disk.qcow2",
+            "/state/instances/web/data-logs.raw",
+            "/state/instances/web/config-0123abcd.iso",
+            "/state/instances/web/nvram.fd",
+            "/var/tmp/outside/victim.txt",  # elsewhere
+            "/state/instances/web/../other/disk.qcow2",  # climbs out
+            "/state/instances/web//disk.qcow2",  # not normal
+            "state/instances/web/disk.qcow2",  # relative
+            "/state/instances/web/domain.xml",  # the QMP driver's own file
+            "/state/instances/web/.disk.qcow2.1.ab.tmp",
+            "/state/instances/web/sub/disk.qcow2",
+        ],
+        directory,
+    )
+    assert [str(p) for p in kept] == [
+        "/state/instances/web/disk.qcow2",
+        "/state/instances/web/data-logs.raw",
+        "/state/instances/web/config-0123abcd.iso",
+        "/state/instances/web/nvram.fd",
+    ]
+    assert len(notes) == 7
+    assert notes[0] == (
+        "the definition names '/var/tmp/outside/victim.txt' for removal, which is not a file "
+        "this instance's directory /state/instances/web holds: left in place"
+    )
+
+
+def test_the_removal_step_checks_the_directory_again_with_symlinks_resolved(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "instances" / "web"
+    directory.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "disk.qcow2").write_text("victim")
+    (directory / "link").symlink_to(elsewhere)
+    (directory / "data-x.raw").symlink_to(elsewhere / "disk.qcow2")
+    step = RemoveFiles(
+        "web", (directory / "link" / "disk.qcow2", directory / "data-x.raw"), directory, "disks"
+    )
+    assert _remove_files(step) == f"removed {directory}/data-x.raw"
+    assert (elsewhere / "disk.qcow2").read_text() == "victim"  # the link went, not its target
+    assert not (directory / "data-x.raw").is_symlink()
