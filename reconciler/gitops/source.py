@@ -13,8 +13,10 @@ signatures itself, OpenPGP through gpg and SSH through ssh-keygen; dulwich would
 that rebuilt, and GitPython drives the same command anyway.
 
 Credentials: a URL's user:password part is never logged nor written to the status (see
-`redact`); git itself keeps the remote URL in repo.git/config, in the state directory
-(mode 0700), as `git clone` would.
+`redact`), never given to git in an argument (any local user reads command lines in `ps`) and
+never written to repo.git/config: the remote is configured without them, and git asks for them
+through GIT_ASKPASS, a script in STATE/git that answers from its own environment (readable by
+its owner only).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from reconciler.errors import ConfigError, TransientError
 from reconciler.fileops import temporary_path, write_atomically
@@ -96,6 +98,29 @@ class SyncResult:
     load: LoadResult | None = field(default=None)  # of the commit in force, when one is
 
 
+def without_credentials(url: str) -> str:
+    """`url` without its user and password part (what git is given and keeps)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+# git runs this (not through a shell) with its prompt as the one argument
+_ASKPASS = """#!/bin/sh
+# reconciler pull mode: answers git's credential prompts from the environment of this git
+case "$1" in
+  Username*) printf '%s\\n' "$RECONCILER_GIT_USERNAME" ;;
+  *) printf '%s\\n' "$RECONCILER_GIT_PASSWORD" ;;
+esac
+"""
+
+
 def redact(url: str) -> str:
     """`url` without its password (and user) part, for logs and the status."""
     parts = urlsplit(url)
@@ -157,11 +182,15 @@ class GitSource:
 
     def _ensure_repository(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._credentials():
+            askpass = self.root / "askpass"
+            if not askpass.exists() or askpass.read_text() != _ASKPASS:
+                write_atomically(askpass, _ASKPASS.encode(), mode=0o700)
         if not (self.repo / "HEAD").exists():
             scratch = temporary_path(self.repo)
             self._git("init", "--quiet", "--bare", str(scratch), git_dir=None)
             os.replace(scratch, self.repo)
-        self._git("config", "remote.origin.url", self.settings.url)
+        self._git("config", "remote.origin.url", without_credentials(self.settings.url))
 
     def _fetch(self) -> str:
         ref = self.settings.ref
@@ -271,6 +300,7 @@ class GitSource:
         if git_dir == "repo":
             command += ["--git-dir", str(self.repo)]
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
+        env.update(self._credentials())
         try:
             done = subprocess.run(
                 [*command, *args], capture_output=True, text=True, env=env,
@@ -284,6 +314,19 @@ class GitSource:
             message = _scrub(done.stderr.strip() or done.stdout.strip(), self.settings.url)
             raise GitError(f"git {args[0]} failed: {message[-500:]}")
         return done.stdout
+
+    def _credentials(self) -> dict[str, str]:
+        """The environment that hands the URL's user and password to git (through the askpass
+        script), empty when the URL has none."""
+        parts = urlsplit(self.settings.url)
+        if parts.username is None and parts.password is None:
+            return {}
+        return {
+            "GIT_ASKPASS": str(self.root / "askpass"),
+            "SSH_ASKPASS": "/bin/false",
+            "RECONCILER_GIT_USERNAME": unquote(parts.username or ""),
+            "RECONCILER_GIT_PASSWORD": unquote(parts.password or ""),
+        }
 
     def _read_state(self) -> GitState:
         url, ref = redact(self.settings.url), self.settings.ref
