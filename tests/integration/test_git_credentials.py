@@ -76,7 +76,7 @@ def test_a_url_password_reaches_git_without_a_command_line_or_the_config(
     _repository, port = served
     url = f"http://alice:{PASSWORD}@127.0.0.1:{port}/origin.git"
     source = GitSource(tmp_path / "git", GitSettings(url, path="fleet"))
-    stop, seen = threading.Event(), []
+    stop, seen = threading.Event(), list[str]()
     watcher = threading.Thread(target=command_lines_with, args=(PASSWORD, stop, seen))
     watcher.start()
     try:
