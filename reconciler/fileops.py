@@ -87,7 +87,7 @@ def publish(temporary: Path, target: Path) -> None:
     fsync_directory(target.parent)
 
 
-def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomically(target: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `target` through a temporary file created with `mode` (so a secret is
     never readable by others, not even for a moment), fsynced and renamed into place."""
     temporary = temporary_path(target)

@@ -16,15 +16,26 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ConfigError, StateDirBusy
 from reconciler.model.desired import ImageSource
 
+LOG = logging.getLogger(__name__)
+
 ENV_STATE_DIR = "RECONCILER_STATE_DIR"
+# What the state directory holds is its owner's alone: guest disks (cloud-init writes secrets
+# into them), consoles, the status, sockets. Every command runs under one of these umasks.
+PRIVATE_UMASK = 0o077  # directories 0700, files and sockets 0600
+# with a system libvirt (qemu:///system), QEMU runs as another user that libvirt hands each
+# disk to: directories 0711 let it pass through them without listing them (as libvirt's own
+# /var/lib/libvirt/images), files stay 0600
+TRAVERSABLE_UMASK = 0o066
 # libvirt puts unix sockets under the embedded root (about 50 more bytes), and a socket path
 # is limited to 108 bytes.
 MAX_STATE_DIR_LENGTH = 48
@@ -112,9 +123,11 @@ class StateDir:
             )
 
     def create(self) -> str:
-        """Create the directory tree and its id (idempotent); return the id."""
+        """Create the directory tree and its id (idempotent); return the id. A tree that other
+        users could read (made by an older version, or by hand) is made private first."""
         for directory in (self.root, self.images, self.instances):
             directory.mkdir(parents=True, exist_ok=True)
+        self.make_private(current_umask())
         existing = self.read_id()
         if existing is not None:
             return existing
@@ -131,6 +144,35 @@ class StateDir:
             raise ConfigError(f"state directory {self.root} has an unreadable id file")
         return made
 
+    def make_private(self, umask: int) -> int:
+        """Take from every entry under the state directory the permissions `umask` forbids
+        (symlinks are not followed); return how many changed, saying so once. Only looked
+        at when the directory itself is too open: under a private one nothing is reachable,
+        and everything the reconciler makes is made private."""
+        try:
+            if stat.S_IMODE(os.lstat(self.root).st_mode) & umask == 0:
+                return 0
+        except OSError:
+            return 0
+        changed = 0
+        for directory, subdirs, files in os.walk(self.root):
+            for entry in [directory, *(os.path.join(directory, n) for n in (*subdirs, *files))]:
+                try:
+                    info = os.lstat(entry)
+                    if not stat.S_ISLNK(info.st_mode) and stat.S_IMODE(info.st_mode) & umask:
+                        os.chmod(entry, stat.S_IMODE(info.st_mode) & ~umask)
+                        changed += 1
+                except OSError:  # gone meanwhile
+                    continue
+        LOG.warning(
+            "state directory %s was open to other users: %d entries made private to their "
+            "owner (umask %04o)",
+            self.root,
+            changed,
+            umask,
+        )
+        return changed
+
     def read_id(self) -> str | None:
         """The directory's id (None before `create`): proof that a domain is ours."""
         try:
@@ -138,6 +180,13 @@ class StateDir:
         except FileNotFoundError:
             return None
         return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def current_umask() -> int:
+    """The process's umask (set to the strictest one for the instant it takes to read it)."""
+    umask = os.umask(PRIVATE_UMASK)
+    os.umask(umask)
+    return umask
 
 
 def control_socket(state: StateDir) -> Path:
@@ -154,7 +203,7 @@ class StateDirLock:
 
     def acquire(self) -> None:
         """Take the lock or raise StateDirBusy naming the holder."""
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

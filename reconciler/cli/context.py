@@ -22,7 +22,14 @@ from reconciler.loop.reconcile import Settings
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
 from reconciler.model.desired import Accelerator
-from reconciler.statedir import StateDir, StateDirLock, control_socket, default_state_dir
+from reconciler.statedir import (
+    PRIVATE_UMASK,
+    TRAVERSABLE_UMASK,
+    StateDir,
+    StateDirLock,
+    control_socket,
+    default_state_dir,
+)
 
 _T = TypeVar("_T")
 
@@ -81,6 +88,17 @@ def state_of(args: argparse.Namespace) -> StateDir:
     if args.connect is None and getattr(args, "driver", "libvirt") == "libvirt":
         state.check_embedded_path_length()
     return state
+
+
+def umask_of(args: argparse.Namespace) -> int:
+    """The umask every command runs under: private to the owner, but with directories that
+    a system libvirt's QEMU user can pass through when a local libvirtd runs the guests."""
+    uri = getattr(args, "connect", None)
+    if uri is None or getattr(args, "driver", "libvirt") != "libvirt" or "embed" in uri:
+        return PRIVATE_UMASK
+    from reconciler.drivers.libvirt_driver import uri_is_local
+
+    return TRAVERSABLE_UMASK if uri_is_local(uri) else PRIVATE_UMASK
 
 
 def open_driver(args: argparse.Namespace, state: StateDir) -> Driver:

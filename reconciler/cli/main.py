@@ -45,6 +45,7 @@ from reconciler.cli.context import (
     settings_of,
     state_dir_of,
     state_of,
+    umask_of,
 )
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
@@ -385,6 +386,7 @@ def _run_command(
     """Run one command, mapping every outcome and error to the exit status."""
     daemon = args.command == "run" and not args.once
     _configure_logging(args.verbose or daemon, args.debug, getattr(args, "log_format", "text"))
+    os.umask(umask_of(args))  # what the state directory holds is its owner's alone
     try:
         return command(args, sys.stdout)
     except ConfigError as err:

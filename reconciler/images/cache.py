@@ -128,7 +128,7 @@ class ImageCache:
             if image.convert_to is not None and image.convert_to is not image.format:
                 temporary = self._convert(image, temporary, target)
                 digest = hash_file(temporary)
-            os.chmod(temporary, 0o444)
+            os.chmod(temporary, 0o400)
             publish(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
@@ -183,7 +183,7 @@ class ImageCache:
         with thread_lock:
             target.parent.mkdir(parents=True, exist_ok=True)
             lock_path = target.with_name(target.name + ".lock")
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
