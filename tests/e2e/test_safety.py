@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import Accelerator
 from reconciler.model.machine import Disk, Machine, OwnershipMarker
-from tests.e2e.conftest import E2E, CliRun
+from tests.e2e.conftest import E2E, CliRun, private_host, wait_for
 from tests.guest import guest_image
 from tests.helpers import unique_name, write_manifest
 
@@ -212,3 +213,80 @@ def test_a_hand_edited_definition_cannot_make_the_reconciler_delete_a_file_elsew
         for victim in victims:
             victim.unlink(missing_ok=True)
         outside.rmdir()
+
+
+READER = "rct-reader"  # a second local user, made by the test when missing
+
+
+def second_user() -> str:
+    if subprocess.run(["id", READER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", READER],
+            check=True,
+            capture_output=True,
+        )
+    return READER
+
+
+def readable_by(user: str, path: Path) -> bool:
+    """Whether `user` can open `path` for reading (or list it, for a directory)."""
+    probe = "import os,sys; p=sys.argv[1]; os.listdir(p) if os.path.isdir(p) else open(p,'rb')"
+    done = subprocess.run(
+        ["python3", "-c", probe, str(path)], user=user, capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+def test_the_state_directory_is_private_to_its_owner(driver_name: str, tmp_path: Path) -> None:
+    """A state directory made open (by hand, or by an older version) is made private at the
+    next start, saying so; guest disks, drives, consoles, logs and sockets made afterwards
+    are the owner's alone; a second local user reads none of them."""
+    reader = second_user()
+    with private_host("rcm", driver_name) as host:
+        host.root.chmod(0o755)
+        old = host.root / "instances" / "old" / "leftover.log"
+        old.parent.mkdir(parents=True)
+        old.write_text("from before\n")
+        old.chmod(0o644)
+        old.parent.chmod(0o755)
+        name = unique_name()
+        base = guest_image("qcow2")
+        write_manifest(
+            tmp_path, name, base, None, "qcow2", memory="64MiB", hostname="private",
+            disks=[{"name": "data", "size": "8MiB"}],
+        )  # fmt: skip
+        images = ["--image-dir", str(base.parent)]
+        done = subprocess.run(
+            host.command("--once", str(tmp_path), *images),
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stderr.count("made private to their owner") == 1, done.stderr
+        directory = host.root / "instances" / name
+        wait_for(lambda: (directory / "console.log").exists(), 30, "the console log")
+        open_entries = []
+        # libvirt's embedded root keeps its own modes inside: the directory itself is the wall
+        libvirt_root = host.root / "libvirt"
+        assert not libvirt_root.exists() or libvirt_root.stat().st_mode & 0o077 == 0
+        for parent, subdirs, files in os.walk(host.root):
+            if Path(parent).is_relative_to(libvirt_root):
+                continue
+            for entry in [parent, *(os.path.join(parent, n) for n in (*subdirs, *files))]:
+                info = os.lstat(entry)
+                if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
+                    open_entries.append(f"{entry} {stat.filemode(info.st_mode)}")
+        assert open_entries == []
+        for path in (
+            host.root,
+            directory / "disk.qcow2",
+            directory / "data-data.qcow2",
+            directory / "console.log",
+            old,
+            *directory.glob("config-*.iso"),
+        ):
+            assert not readable_by(reader, path), path
+        again = subprocess.run(
+            host.command("--once", str(tmp_path), *images),
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0 and "made private" not in again.stderr  # said once
