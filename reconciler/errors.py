@@ -17,6 +17,7 @@ ReconcilerError
  |    +-- ConfigError               a bad command-line setting or environment
  +-- TransientError             a later attempt may succeed
       +-- StepError                 a step failed while acting (qemu-img, file system)
+      |    +-- NoSpaceLeft              a file system or quota full where a file was written
       |    +-- DownloadFailed           every retry of a download failed (images.download)
       |    +-- Abandoned                a download given up on stop (images.cache)
       |         +-- ProxyRefused            the proxy would not carry it (images.download)
@@ -132,6 +133,20 @@ class UnsafeImageError(InstanceError):
 
 class StepError(TransientError):
     """A step failed while acting on the world; a later pass may succeed."""
+
+
+class NoSpaceLeft(StepError):
+    """A file system (or a quota) was full where a file was being written: retried, since
+    room may be made. Says where, how much is free and, when known, how much was needed."""
+
+    def __init__(self, path: str, free: int | None, needed: int | None = None) -> None:
+        self.path = path
+        shown_free = "unknown" if free is None else f"{free} bytes"
+        want = f"; {needed} bytes were needed" if needed is not None else ""
+        super().__init__(
+            f"no space left on the file system of {path} ({shown_free} free{want}): make room "
+            "there; it is tried again"
+        )
 
 
 class DriverError(TransientError):

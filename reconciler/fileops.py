@@ -7,12 +7,14 @@ leftovers apart from real files and remove them; they are never used.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from reconciler.errors import NoSpaceLeft
 from reconciler.sizes import format_size
 
 
@@ -172,3 +174,32 @@ def read_input_file(
             f"{name} is larger than the maximum of {format_size(limit)}{limit_for}"
         )
     return b"".join(chunks)
+
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(err: BaseException) -> bool:
+    """Whether `err` says a file system or a quota is full."""
+    return isinstance(err, OSError) and err.errno in _OUT_OF_SPACE
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Bytes free to this process on the file system of `path` (or of its nearest existing
+    parent), None when it cannot be told."""
+    candidate = Path(path)
+    while True:
+        try:
+            info = os.statvfs(candidate)
+            return info.f_bavail * info.f_frsize
+        except OSError:
+            if candidate.parent == candidate:
+                return None
+            candidate = candidate.parent
+
+
+def no_space_left(err: OSError, path: Path | str, needed: int | None = None) -> NoSpaceLeft:
+    """The NoSpaceLeft error for `err` (ENOSPC or EDQUOT) met while writing under `path`
+    (the file `err` names, when it names one)."""
+    where = str(err.filename) if err.filename else str(path)
+    return NoSpaceLeft(where, free_bytes(where), needed)

@@ -55,6 +55,7 @@ from reconciler.cli.report import (
 )
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.fileops import is_out_of_space, no_space_left
 from reconciler.images.download import DownloadLimits
 from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
@@ -406,6 +407,11 @@ def _run_command(
     except OSError as err:  # e.g. a state directory that cannot be created or written
         if args.debug:
             LOG.exception("run failed")
+        if is_out_of_space(err):
+            print(
+                f"reconcile: error: {no_space_left(err, state_dir_of(args).root)}", file=sys.stderr
+            )
+            return EXIT_FAILED
         where = f"{err.filename}: " if err.filename else ""
         print(f"reconcile: error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_FAILED

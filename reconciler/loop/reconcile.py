@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.clock import Clock
 from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError, PermanentError, ReconcilerError
-from reconciler.fileops import remove_dead_leftovers
+from reconciler.fileops import is_out_of_space, no_space_left, remove_dead_leftovers
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import SourceResolver
@@ -468,8 +468,13 @@ class Reconciler:
                     failure=_failure(err),
                 )
             except Exception as err:  # a bug must not take the other instances down with it
-                LOG.exception("%s: unexpected error in %s", plan.name, step.kind.value)
-                message = f"{step.kind.value}: internal error: {type(err).__name__}: {err}"
+                if is_out_of_space(err):  # a full disk is no bug: said where, and retried
+                    assert isinstance(err, OSError)
+                    full = no_space_left(err, self.state.instance(plan.name).directory)
+                    message = f"{step.kind.value}: {full}"
+                else:
+                    LOG.exception("%s: unexpected error in %s", plan.name, step.kind.value)
+                    message = f"{step.kind.value}: internal error: {type(err).__name__}: {err}"
                 return InstanceResult(
                     plan.name,
                     Outcome.FAILED,

@@ -13,6 +13,8 @@ from reconciler.drivers.base import Driver
 from reconciler.errors import DriverError, InstanceError, ReplacementNeeded, StepError
 from reconciler.fileops import (
     fsync_directory,
+    is_out_of_space,
+    no_space_left,
     publish,
     remove_leftovers,
     temporary_path,
@@ -190,10 +192,15 @@ def _build_config_drive(step: BuildConfigDrive) -> str:
     digest, so an existing file is already the right one."""
     if step.path.exists():
         return "config drive already built"
-    step.path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(step.path)
     image = render_iso(step.content)
-    write_atomically(step.path, image, 0o600)
+    try:
+        step.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(step.path)
+        write_atomically(step.path, image, 0o600)
+    except OSError as err:
+        if is_out_of_space(err):
+            raise no_space_left(err, step.path, len(image)) from err
+        raise
     return f"built config drive {step.path.name} ({format_size(len(image))})"
 
 

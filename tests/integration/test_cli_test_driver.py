@@ -3,8 +3,11 @@ about disks, which are still made by real qemu-img here)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,3 +159,58 @@ def test_unusable_state_directory_is_one_line_not_a_traceback(
     assert err == f"reconcile: error: {blocked / 's'}: Not a directory\n"
     code, _out, err = run(capsys, "gc", "--state-dir", str(blocked))
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def small_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (the test runs as root); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_while_the_config_drive_is_built_is_a_clear_transient_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    one_manifest: tuple[Path, str],
+    small_file_system: Path,
+) -> None:
+    manifests, sha = one_manifest
+    (manifests / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    base = manifests / "bootsector.raw"
+    files = [{"path": "/srv/big.bin", "source": "big.bin"}]
+    write_manifest(manifests, "itest-a", base, sha, files=files)
+    state = small_file_system / "s"
+    code, out, err = run(capsys, "--once", str(manifests), "--state-dir", str(state),
+                         "--connect", TEST_URI)  # fmt: skip
+    assert code == 1
+    assert "internal error" not in out + err
+    assert f"no space left on the file system of {state}/instances/itest-a/config-" in out
+    assert "bytes free; " in out and "bytes were needed" in out
+
+
+def test_a_full_disk_at_lock_time_names_the_state_directory(
+    capsys: pytest.CaptureFixture[str], one_manifest: tuple[Path, str], small_file_system: Path
+) -> None:
+    manifests, _sha = one_manifest
+    state = small_file_system / "s"
+    # every block taken (the close's flush too may meet the full disk)
+    with contextlib.suppress(OSError), (small_file_system / "filler").open("wb") as filler:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    code, _out, err = run(capsys, "--once", str(manifests), "--state-dir", str(state),
+                          "--connect", TEST_URI)  # fmt: skip
+    assert code == 1
+    assert f"reconcile: error: no space left on the file system of {state}" in err
+    assert "(0 bytes free)" in err
