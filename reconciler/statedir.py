@@ -6,7 +6,7 @@ the lock that admits one writer at a time.
       lock                    flock held by the process that applies changes (holds its pid)
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
       images/.sources/        digests of local sources given without sha256, by file identity
-      instances/<name>/       disk.qcow2 (overlay), console.log
+      instances/<name>/       disk.qcow2 (overlay), console.log, host-shutdown
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
       prune                   while it exists, prune is on (as with --prune)
@@ -59,13 +59,16 @@ class InstancePaths:
     directory: Path
     disk: Path
     console_log: Path
+    host_shutdown: Path  # while it exists: shut down with the host, started at the next pass
 
 
 @functools.lru_cache(maxsize=16384)
 def _instance_paths(root: Path, name: str) -> InstancePaths:
     """Kept: every pass builds every instance's paths several times (pathlib is slow)."""
     directory = root / "instances" / name
-    return InstancePaths(directory, directory / "disk.qcow2", directory / "console.log")
+    return InstancePaths(
+        directory, directory / "disk.qcow2", directory / "console.log", directory / "host-shutdown"
+    )
 
 
 @dataclass(frozen=True, slots=True)

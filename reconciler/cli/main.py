@@ -53,6 +53,7 @@ from reconciler.cli.report import (
     render_status,
     render_summary,
 )
+from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left
@@ -220,7 +221,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
-        "       %(prog)s console NAME [-f]",
+        "       %(prog)s console NAME [-f]\n"
+        "       %(prog)s shutdown-guests",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
@@ -279,6 +281,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     add_validate_parser(commands, common)
     add_adoption_parsers(commands, common)
+    add_shutdown_parser(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -372,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "console":
             args.directory = Path(".")
             return _run_command(run_console, args)
+        if command == "shutdown-guests":
+            args.directory = Path(".")
+            return _run_command(run_shutdown_guests, args)
         if (args.directory is None) == (args.git is None):
             sub.error("give a manifest directory DIR or --git URL (one of them)")
         if args.once:

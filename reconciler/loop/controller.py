@@ -125,6 +125,7 @@ class Controller:
         self._status_writer: threading.Thread | None = None
         self._status_write_lock = threading.Lock()
         self._lost = threading.Event()
+        self._host_down = threading.Event()  # shutdown-guests was asked: reconcile nothing
         self._workers = WorkerPool(self.queue, self._handle, options.workers)
         # in pull mode only a fetch changes the manifests: no file watcher
         self._watcher = (
@@ -369,6 +370,11 @@ class Controller:
             sequence = self._sequence
             self._active.add(name)
             listing = self._listed(name, triggers)
+        if self._host_down.is_set():  # the host is going down: nothing starts again
+            LOG.info("%s: not reconciled: the host is shutting down", name)
+            self.queue.forget(name)
+            self._finish(name, sequence, None)
+            return
         if not self.driver.connected():
             self._on_lost(f"connection to {self.driver.uri} lost")
             self._finish(name, sequence, None)  # the reconnection enqueues every name
@@ -533,7 +539,36 @@ class Controller:
             return self._plan_answer(request)
         if op == "pass":
             return self._pass_answer(request, reply)
-        raise RequestError(f"unknown op {op!r} (expected ping, status, plan or pass)")
+        if op == "shutdown-guests":
+            return self._shutdown_guests_answer(reply)
+        raise RequestError(
+            f"unknown op {op!r} (expected ping, status, plan, pass or shutdown-guests)"
+        )
+
+    def _shutdown_guests_answer(self, reply: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """The host is going down: reconcile nothing more (a guest shut down must not be
+        started again), let the reconciles in flight end, then shut every managed guest down
+        (see loop.hostshutdown)."""
+        from reconciler.loop.hostshutdown import shut_down_guests
+
+        if not self._host_down.is_set():
+            LOG.warning("host shutdown: reconciling nothing more; shutting the guests down")
+            self._host_down.set()
+            self.status.set_daemon(hostShutdown=_iso_now())
+        with self._lock:
+            longest = max((s.shutdown_timeout_seconds for s in self._specs.values()), default=0)
+            deadline = time.monotonic() + longest + SHUTDOWN_MARGIN_SECONDS
+            while self._active and time.monotonic() < deadline:
+                self._lock.wait(0.5)
+
+        def forward(name: str, message: str) -> None:
+            LOG.info("%s: %s", name, message)
+            with contextlib.suppress(OSError):  # the client went away: carry on
+                reply({"progress": {"name": name, "message": message}})
+
+        results = shut_down_guests(self.reconciler, forward)
+        self._write_status()
+        return {"results": [result_to_json(result) for result in results]}
 
     def _check_directory(self, request: dict[str, Any]) -> None:
         asked = request.get("directory")

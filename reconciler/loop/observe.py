@@ -86,6 +86,7 @@ def observe_instance(
         base_cached=source.base_cached,
         base_changed=source.base_changed,
         config_drives=config_drives(paths),
+        host_shutdown=os.path.exists(paths.host_shutdown),
         data_disks=data_disks,
         data_disk_problem=data_problem,
     )

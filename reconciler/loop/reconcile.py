@@ -302,6 +302,14 @@ class Reconciler:
         """Managed domains (this state directory's marker, this instance's disk) whose name no
         valid or invalid manifest claims, sorted (from `listed`, a listing of the pass, when
         given)."""
+        records = self.managed_domains(listed)
+        return sorted(record.name for record in records if record.name not in known)
+
+    def managed_domains(
+        self, listed: Mapping[str, DomainRecord] | None = None
+    ) -> list[DomainRecord]:
+        """Every domain this state directory manages (its marker carries this directory's id,
+        its boot disk is this instance's disk), from `listed` when given."""
         state_dir_id = self.host.state_dir_id
         if state_dir_id is None:
             return []
@@ -309,12 +317,12 @@ class Reconciler:
         records = self.driver.list_domains() if listed is None else listed.values()
         for record in records:
             definition = record.definition
-            if record.name in known or definition is None or definition.marker is None:
+            if definition is None or definition.marker is None:
                 continue
             disk = str(self.state.instance(record.name).disk)
             if definition.marker.state_dir_id == state_dir_id and definition.boot_disk_path == disk:
-                found.append(record.name)
-        return sorted(found)
+                found.append(record)
+        return found
 
     def plan_orphan(self, name: str, refusal: str | None) -> InstancePlan:
         """What becomes of a managed domain whose manifest is gone: pruned, or (`refusal`

@@ -152,11 +152,21 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     )
     stopping = active and (not run or restart)
     unasked = run and not active and domain is not None and stopped_unasked(domain)
-    held = held_by_run_policy(spec, domain) if unasked and domain is not None else None
+    # shut down with the host (reconcile shutdown-guests): started again, whatever the policy
+    host_shutdown = unasked and actual.host_shutdown
+    held = (
+        held_by_run_policy(spec, domain)
+        if unasked and domain is not None and not host_shutdown
+        else None
+    )
     if held is not None:
         notes.append(held)
     starting = run and held is None and (not active or restart)
-    restart_after = stop_reason(domain) if unasked and starting and domain is not None else None
+    restart_after = (
+        stop_reason(domain)
+        if unasked and starting and domain is not None and not host_shutdown
+        else None
+    )
 
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
@@ -221,7 +231,8 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         if risky:
             notes.append(f"KVM was requested, but {context.kvm.reason}: the guest may fail")
         watch = START_WATCH_SECONDS if risky else 0.0
-        steps.append(StartDomain(spec.name, choice, spec.image, watch))
+        record = paths.host_shutdown if host_shutdown else None
+        steps.append(StartDomain(spec.name, choice, spec.image, watch, record))
     removal_steps, removal_notes = removals(
         spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
     )

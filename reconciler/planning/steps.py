@@ -287,10 +287,12 @@ class StartDomain:
     accelerator: AcceleratorChoice
     image: ImageSource | None = None  # the base under the disk, verified before QEMU opens it
     watch_seconds: float = 0.0  # how long to watch for a pause on error right after start
+    host_shutdown: Path | None = None  # the record of a host shutdown, removed once started
 
     def describe(self) -> str:
         choice = self.accelerator
-        return f"start domain (accelerator {choice.accelerator.value}; {choice.reason})"
+        again = ", again after the host shut it down" if self.host_shutdown else ""
+        return f"start domain{again} (accelerator {choice.accelerator.value}; {choice.reason})"
 
 
 @dataclass(frozen=True, slots=True)

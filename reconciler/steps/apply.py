@@ -240,7 +240,12 @@ def _start(step: StartDomain, context: StepContext) -> str:
     note = _verify_base(step.image, context)
     context.driver.start(step.instance)
     _watch_for_pause(step, context)
-    return _with_note(f"started domain (accelerator {step.accelerator.accelerator.value})", note)
+    again = ""
+    if step.host_shutdown is not None:  # its host shutdown is over
+        step.host_shutdown.unlink(missing_ok=True)
+        again = " again after the host shut it down"
+    done = f"started domain{again} (accelerator {step.accelerator.accelerator.value})"
+    return _with_note(done, note)
 
 
 def _verify_base(image: ImageSource | None, context: StepContext) -> str | None:
