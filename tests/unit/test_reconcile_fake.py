@@ -316,3 +316,35 @@ def test_a_pass_settles_converged_instances_from_one_listing_and_observes_the_re
     ]
     assert set(looked_up) == {"rct-fake-1"}
     assert [call for call, _ in world.driver.calls] == ["start"]
+
+
+def test_a_guest_shut_down_with_the_host_is_started_again_whatever_its_policy(
+    world: World,
+) -> None:
+    from reconciler.loop.hostshutdown import shut_down_guests
+    from reconciler.model.desired import RunPolicy
+
+    spec = replace(world.spec, run_policy=RunPolicy.MANUAL)
+    other = replace(world.spec, name="rct-other", run_policy=RunPolicy.ALWAYS)
+    stopped = replace(world.spec, name="rct-stopped", state=DesiredState.STOPPED)
+    for each in (spec, other, stopped):
+        assert world.reconciler.reconcile(each).outcome is Outcome.CHANGED
+    results = shut_down_guests(world.reconciler)
+    assert [(r.name, r.outcome, r.actions) for r in results] == [
+        ("rct-fake", Outcome.CHANGED, ("shut down gracefully",)),
+        ("rct-other", Outcome.CHANGED, ("shut down gracefully",)),
+    ]  # the stopped one was not running: nothing to do, nothing recorded
+    record_file = world.reconciler.state.instance(spec.name).host_shutdown
+    assert record_file.exists()
+    assert not world.reconciler.state.instance("rct-stopped").host_shutdown.exists()
+
+    started = world.reconciler.reconcile(spec)  # runPolicy Manual would leave it off
+    assert started.outcome is Outcome.CHANGED, started.message
+    assert "started domain again after the host shut it down (accelerator tcg)" in (started.actions)
+    assert started.crash_loop is None  # not a restart after a failure
+    assert not record_file.exists()
+
+    assert world.driver.request_shutdown(spec.name)  # now the guest powers off by itself
+    world.reconciler.reconcile(spec)
+    record = world.driver.lookup(spec.name)
+    assert record is not None and record.state is PowerState.SHUTOFF  # Manual again
