@@ -250,7 +250,8 @@ def _copy_hashing(source: Path, destination: Path) -> str:
     """Copy `source` to a new file `destination` (reflink where the file system can) and
     return the sha256 of the bytes written."""
     try:
-        source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        # never blocks on a FIFO swapped in for the file (refused as not a regular file)
+        source_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError as err:
         raise InstanceError(f"image source {source} does not exist") from err
     except OSError as err:

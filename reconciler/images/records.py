@@ -80,10 +80,12 @@ def file_identity(source: Path) -> list[int]:
 
 def hash_file(source: Path) -> str:
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
         raise InstanceError(f"cannot read image source {source}: {err.strerror}") from err
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device: never read
+            raise InstanceError(f"image source {source} is not a regular file")
         return hash_fd(fd)
     finally:
         os.close(fd)

@@ -304,6 +304,35 @@ def test_status_plan_and_once_ask_the_running_daemon(daemon: Daemon) -> None:
     assert observed(daemon, name, "running")
 
 
+def test_a_fifo_in_the_manifest_directory_never_hangs_the_daemon(daemon: Daemon) -> None:
+    """A FIFO as a manifest and as a file a manifest names: the resync and a requested pass
+    go on, the valid instance beside them converges, and both are reported where they are."""
+    sub = daemon.manifests / "fifo-test"
+    sub.mkdir()
+    os.mkfifo(sub / "pipe.yaml")
+    os.mkfifo(sub / "fifo")
+    name = unique_name()
+    document = manifest_document(name, daemon.base, daemon.sha256)
+    document["spec"]["files"] = [{"path": "/etc/x", "source": "fifo"}]
+    (sub / "named.yaml").write_text(yaml.safe_dump(document))
+    try:
+        fine = daemon.new_running()
+        began = time.monotonic()
+        once = subprocess.run(
+            [sys.executable, "-m", "reconciler", "--once", str(daemon.manifests),
+             "--state-dir", str(daemon.state.root)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert time.monotonic() - began < 60
+        assert once.returncode == 2, once.stdout + once.stderr  # manifest errors
+        assert f"{sub}/pipe.yaml is a FIFO, not a regular file" in once.stderr
+        assert "/spec/files/0/source: fifo is a FIFO, not a regular file" in once.stderr
+        assert f"{fine}  unchanged" in once.stdout
+        assert daemon.cli("status").returncode == 0
+    finally:
+        shutil.rmtree(sub)
+
+
 def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
     daemon: Daemon,
 ) -> None:
