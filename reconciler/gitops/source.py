@@ -211,6 +211,9 @@ class GitSource:
                 return problem, None
         tree = self._checkout(commit)
         directory = tree / self.settings.path
+        if not Path(os.path.realpath(directory)).is_relative_to(os.path.realpath(tree)):
+            self._remove_tree(tree)  # a symlink to a host directory: never read
+            return f"{self.settings.path} leads out of the repository (a symlink)", None
         if not directory.is_dir():
             self._remove_tree(tree)
             return f"{self.settings.path} is not a directory in this commit", None

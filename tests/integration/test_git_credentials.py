@@ -102,3 +102,29 @@ def test_a_wrong_password_fails_without_prompting_or_showing_it(
     with pytest.raises(Exception) as caught:
         source.sync()
     assert "wrong-" not in str(caught.value)
+
+
+def test_a_pushed_symlink_out_of_the_repository_is_never_read(tmp_path: Path) -> None:
+    """Whoever can push commits `fleet -> /etc` (the --path itself), or a manifest that links
+    to a host file: the commit is not applied, and its reason quotes nothing of the file."""
+    secret = tmp_path / "host-secret.yaml"
+    secret.write_text("AWS_SECRET=topsecretvalue123\n")
+    repository = Repository(tmp_path / "remote")
+    (repository.work).mkdir(parents=True, exist_ok=True)
+    os.symlink(tmp_path, repository.work / "fleet")
+    repository.commit("the path is a link to the host")
+    source = GitSource(tmp_path / "git", GitSettings(repository.url, path="fleet"))
+    result = source.sync()
+    assert not result.changed and source.state.refused is not None
+    assert "fleet leads out of the repository" in source.state.refused["reason"]
+
+    (repository.work / "fleet").unlink()
+    (repository.work / "fleet").mkdir()
+    os.symlink(secret, repository.work / "fleet" / "env.yaml")
+    repository.commit("a manifest that is a link to a host file")
+    result = source.sync()
+    assert not result.changed and source.state.refused is not None
+    reason = source.state.refused["reason"]
+    assert "env.yaml (which resolves to" in reason and "is outside" in reason
+    assert "topsecret" not in reason
+    assert "topsecret" not in (tmp_path / "git" / "state.json").read_text()
