@@ -137,6 +137,25 @@ def daemon_socket(args: argparse.Namespace) -> Path | None:
     return path if path.exists() and daemon_listening(path) else None
 
 
+def progress_printers(
+    out: TextIO,
+) -> tuple[Callable[[str, str], None], Callable[[dict[str, Any]], None]]:
+    """Print progress as `NAME: MESSAGE` lines, from any thread: the callback for a pass run
+    here, and the one for the progress lines a daemon sends."""
+    printing = threading.Lock()
+
+    def progress(name: str, message: str) -> None:
+        with printing:
+            print(f"{name}: {message}", file=out, flush=True)
+
+    def forward(message: dict[str, Any]) -> None:
+        update = message.get("progress")
+        if isinstance(update, dict):
+            progress(str(update.get("name")), str(update.get("message")))
+
+    return progress, forward
+
+
 def ask(
     socket_path: Path,
     message: dict[str, object],

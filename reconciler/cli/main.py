@@ -23,11 +23,10 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 from reconciler import __version__
 from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
@@ -41,6 +40,7 @@ from reconciler.cli.context import (
     owned_state,
     owned_state_loading,
     parse_duration,
+    progress_printers,
     selection_of,
     settings_of,
     state_dir_of,
@@ -531,12 +531,7 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
 
 def run_once(args: argparse.Namespace, out: TextIO) -> int:
     """`reconcile --once DIR` (a pass of the daemon when one runs on the state directory)."""
-    printing = threading.Lock()
-
-    def progress(name: str, message: str) -> None:
-        with printing:
-            print(f"{name}: {message}", file=out, flush=True)
-
+    progress, forward = progress_printers(out)
     socket_path = daemon_socket(args)
     refused = None
     if args.git is not None:
@@ -546,12 +541,6 @@ def run_once(args: argparse.Namespace, out: TextIO) -> int:
             refused = sync_for_once(source, out)
     if socket_path is not None:
         print(f"reconcile: asking the daemon on {socket_path} for a pass", file=out)
-
-        def forward(message: dict[str, Any]) -> None:
-            update = message.get("progress")
-            if isinstance(update, dict):
-                progress(str(update.get("name")), str(update.get("message")))
-
         answer = ask(
             socket_path, {"op": "pass", "directory": str(args.directory.absolute())}, forward
         )

@@ -6,10 +6,15 @@ runs on the state directory: it then reconciles nothing more until it exits."""
 from __future__ import annotations
 
 import argparse
-import threading
-from typing import Any, TextIO
+from typing import TextIO
 
-from reconciler.cli.context import ask, daemon_socket, owned_state, settings_of
+from reconciler.cli.context import (
+    ask,
+    daemon_socket,
+    owned_state,
+    progress_printers,
+    settings_of,
+)
 from reconciler.loop.reconcile import Outcome, Reconciler, result_from_json
 
 EXIT_OK = 0
@@ -31,21 +36,10 @@ def add_shutdown_parser(
 def run_shutdown_guests(args: argparse.Namespace, out: TextIO) -> int:
     from reconciler.loop.hostshutdown import shut_down_guests
 
-    printing = threading.Lock()
-
-    def progress(name: str, message: str) -> None:
-        with printing:
-            print(f"{name}: {message}", file=out, flush=True)
-
+    progress, forward = progress_printers(out)
     socket_path = daemon_socket(args)
     if socket_path is not None:
         print(f"reconcile: asking the daemon on {socket_path} to shut the guests down", file=out)
-
-        def forward(message: dict[str, Any]) -> None:
-            update = message.get("progress")
-            if isinstance(update, dict):
-                progress(str(update.get("name")), str(update.get("message")))
-
         answer = ask(socket_path, {"op": "shutdown-guests"}, forward)
         results = [result_from_json(item) for item in answer["results"]]
     else:
