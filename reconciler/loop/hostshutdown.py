@@ -22,6 +22,7 @@ from reconciler.planning.steps import StopDomain
 
 LOG = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_SECONDS = 60  # a domain whose marker records none (the manifest's default)
+MAX_AT_ONCE = 256  # guests asked and waited for at once (each thread mostly waits)
 
 
 def shut_down_guests(
@@ -32,7 +33,8 @@ def shut_down_guests(
     running = [r for r in reconciler.managed_domains() if r.state.active]
     if not running:
         return []
-    with ThreadPoolExecutor(max_workers=len(running), thread_name_prefix="shutdown") as pool:
+    at_once = min(len(running), MAX_AT_ONCE)
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="shutdown") as pool:
         results = list(pool.map(lambda r: _shut_down(reconciler, r, progress), running))
     return sorted(results, key=lambda result: result.name)
 

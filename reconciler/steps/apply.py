@@ -236,6 +236,8 @@ def _resize_disk(step: ResizeDisk, context: StepContext) -> str:
 def _start(step: StartDomain, context: StepContext) -> str:
     record = context.driver.lookup(step.instance)
     if record is not None and record.state.active:
+        if step.host_shutdown is not None:  # started meanwhile: its host shutdown is over
+            step.host_shutdown.unlink(missing_ok=True)
         return "domain already running"
     note = _verify_base(step.image, context)
     context.driver.start(step.instance)
