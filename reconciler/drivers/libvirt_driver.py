@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -96,6 +97,47 @@ def _route_libvirt_logs(log_file: Path | None) -> None:
     else:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_file}"
+
+
+_native_stderr_routed = False
+
+
+def _route_native_stderr(log_file: Path | None) -> None:
+    """Send whatever C code writes to file descriptor 2 (libvirt itself whatever its log
+    settings, the children it forks, anything it runs) to `log_file`, and keep Python's own
+    stderr (messages, the log, progress) on the terminal through a copy of the descriptor.
+
+    libvirt has several ways onto the terminal that its log settings do not cover (the log
+    outputs of a forked helper, a warning printed before our settings are read); routing the
+    descriptor covers them all. Done once per process, and only when Python's stderr is the
+    process's descriptor 2 (not when a test captures it in this process)."""
+    global _native_stderr_routed
+    if _native_stderr_routed or log_file is None:
+        return
+    try:
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor
+        return
+    try:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        LOG.debug("libvirt's output stays on stderr: %s", err)
+        return
+    old = sys.stderr
+    old.flush()
+    terminal = os.fdopen(
+        os.dup(2), "w", buffering=1, encoding=old.encoding, errors="backslashreplace"
+    )
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = terminal
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(terminal)
+    _native_stderr_routed = True
 
 
 def _libvirt() -> Any:
@@ -263,7 +305,9 @@ class LibvirtDriver:
             embedded_root = state_dir / "libvirt"
             prepare_embedded_root(embedded_root)
             uri = embedded_uri(embedded_root)
-        _route_libvirt_logs(state_dir / "libvirt.log" if state_dir.is_dir() else None)
+        log_file = state_dir / "libvirt.log" if state_dir.is_dir() else None
+        _route_libvirt_logs(log_file)
+        _route_native_stderr(log_file)
         _start_event_loop()
         if embedded_root is None:
             return cls(uri, _connect(uri, state_dir, None), None, state_dir)
