@@ -498,7 +498,10 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         if failed:
             return PLAN_EXIT_ERROR
         return PLAN_EXIT_CHANGES if pending else PLAN_EXIT_NO_CHANGES
-    return EXIT_INVALID if errors else EXIT_OK
+    if errors:
+        return EXIT_INVALID
+    # an instance that cannot converge is an error of the plan, as of --once
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def run_gc(args: argparse.Namespace, out: TextIO) -> int:

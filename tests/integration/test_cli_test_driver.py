@@ -140,6 +140,10 @@ def test_plan_refuses_a_source_outside_the_allowed_directories(
     code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common)
     assert code == 1
     assert f"itest-o: cannot converge: image source {base} is outside the allowed" in out
+    # an instance that cannot converge fails the plan however it is asked (CI must not pass)
+    for extra in ([], ["--fail-on", "delete"], ["-o", "json"]):
+        code, _out, _err = run(capsys, "plan", str(manifests), *common, *extra)
+        assert code == 1, extra
     allowed = ["--image-dir", str(elsewhere)]
     code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common, *allowed)
     assert code == 2
