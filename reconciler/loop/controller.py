@@ -143,10 +143,12 @@ class Controller:
         if self._watcher is not None:
             self._watcher.start()
         self._fetch()
+        with self._lock:  # before the first reconcile: each one after it counts for readiness
+            since = self._sequence
         self.reload(reason="start")
         self._workers.start()
         threading.Thread(
-            target=self._first_pass, args=(on_ready,), name="first-pass", daemon=True
+            target=self._first_pass, args=(on_ready, since), name="first-pass", daemon=True
         ).start()
         next_resync = time.monotonic() + self.options.resync_seconds
         next_fetch = time.monotonic() + self.options.git_interval_seconds
@@ -176,9 +178,11 @@ class Controller:
     def request_reload(self) -> None:
         self._reload_requested.set()
 
-    def _first_pass(self, on_ready: Callable[[], None] | None) -> None:
+    def _first_pass(self, on_ready: Callable[[], None] | None, since: int) -> None:
+        """Ready (systemd's READY=1) once every name has been reconciled once since start,
+        whatever the outcome: a failure, even a permanent one, is an answer too."""
         with self._lock:
-            names, since = list(self._specs), self._sequence
+            names = list(self._specs)
         self._wait_for(names, since)
         if not self._stop.is_set():
             LOG.info("first pass done: %d instance(s)", len(names))

@@ -396,3 +396,50 @@ def test_sigterm_during_a_step_exits_0_and_a_restart_leaves_running_domains_alon
     finally:
         destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_daemon_tells_systemd_it_is_ready_after_one_reconcile_of_each_name(
+    driver_name: str,
+) -> None:
+    """READY=1 through $NOTIFY_SOCKET once every name has been reconciled once since start,
+    whatever the outcome: a permanent failure among them does not hold it back, and it comes
+    long before the next resync (10 minutes)."""
+    root = Path(tempfile.mkdtemp(prefix="rcy-", dir="/tmp"))
+    manifests = root / "m"
+    manifests.mkdir()
+    images = root / "src"
+    images.mkdir()
+    base, sha = write_base_image(images)
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    outside, outside_sha = write_base_image(elsewhere)  # not an allowed image directory
+    names = [unique_name(), unique_name()]
+    (manifests / "good.yaml").write_text(
+        yaml.safe_dump(manifest_document(names[0], base, sha, state="stopped"))
+    )
+    (manifests / "refused.yaml").write_text(
+        yaml.safe_dump(manifest_document(names[1], outside, outside_sha))
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(root / "notify.sock"))
+    notify.settimeout(90)
+    os.environ["NOTIFY_SOCKET"] = str(root / "notify.sock")
+    try:
+        process = start_daemon(root, manifests, base, driver=driver_name)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    try:
+        began = time.monotonic()
+        message = notify.recv(4096).decode()
+        assert message == "READY=1", message
+        assert time.monotonic() - began < 90
+        log = (root / "daemon.log").read_text()
+        assert f"{names[1]}: failed (permanent)" in log
+        assert "first pass done: 2 instance(s)" in log
+        assert stop_daemon(process) == 0
+        assert notify.recv(4096).decode() == "STOPPING=1"
+    finally:
+        stop_daemon(process)
+        notify.close()
+        destroy_domains(root / "s")
+        shutil.rmtree(root, ignore_errors=True)
