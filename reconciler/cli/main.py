@@ -231,7 +231,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "3 when a step at least that disruptive is pending. Of validate: 0 valid, 2 invalid.",
     )
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", prog="reconcile")
     run = commands.add_parser(
         "run", parents=[common], help="watch DIR and keep it converged (the default command)"
     )

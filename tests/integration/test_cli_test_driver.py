@@ -218,3 +218,22 @@ def test_a_full_disk_at_lock_time_names_the_state_directory(
     assert code == 1
     assert f"reconcile: error: no space left on the file system of {state}" in err
     assert "(0 bytes free)" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["run", "plan", "validate", "export", "adopt", "status", "gc", "console", "shutdown-guests"],
+)
+def test_each_command_help_has_its_own_usage_line(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([command, "--help"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"usage: reconcile {command} [-h]"), first
+
+
+def test_a_missing_argument_names_the_command_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: reconcile validate [-h]"), err[:200]
+    assert "the following arguments are required: PATH" in err
