@@ -55,6 +55,7 @@ from reconciler.cli.report import (
 )
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
 from reconciler.cli.validate import add_validate_parser, run_validate
+from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left
 from reconciler.images.download import DownloadLimits
@@ -566,9 +567,16 @@ def _run_pass(
 ) -> tuple[LoadResult, list[InstanceResult]]:
     settings = settings_of(args)
     with owned_state_loading(args, "wait for it to finish", out) as (state, driver, load):
-        print(f"reconcile: libvirt {driver.uri}, state directory {state.root}", file=out)
+        print(f"reconcile: {driver_text(driver)}, state directory {state.root}", file=out)
         reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
         return load, apply_all(load, reconciler)
+
+
+def driver_text(driver: Driver) -> str:
+    """The driver in use, in words: `libvirt URI`, or the QMP driver (no libvirt)."""
+    if driver.uri.startswith("qmp://"):
+        return "QMP driver (QEMU run directly, no libvirt)"
+    return f"libvirt {driver.uri}"
 
 
 def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
@@ -605,7 +613,7 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
             signal.SIGHUP: signal.signal(signal.SIGHUP, lambda *_: controller.request_reload()),
         }
         LOG.info(
-            "watching %s with driver %s, state directory %s", directory, driver.uri, state.root
+            "watching %s with %s, state directory %s", directory, driver_text(driver), state.root
         )
         try:
             controller.run(on_ready=lambda: notify_systemd("READY=1"))

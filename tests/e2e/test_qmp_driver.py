@@ -93,6 +93,9 @@ def test_a_guest_boots_grows_online_stops_and_is_reattached_without_a_restart(
     write_guest(tmp_path, name, **spec)
     started = reconcile(state, "--once", str(tmp_path))
     assert started.returncode == 0, started.stdout + started.stderr
+    assert "reconcile: QMP driver (QEMU run directly, no libvirt), state directory" in (
+        started.stdout
+    )
     console = state / "instances" / name / "console.log"
     report = wait_for_marker(console, "ready")
     assert report.config_drive == "cidata" and report.hostname == "qmp-guest"
