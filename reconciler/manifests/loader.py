@@ -146,6 +146,7 @@ def load_paths(
     errors: list[ManifestError] = []
     invalid_names: set[str] = set()
     loaded: list[tuple[InstanceSpec, SourceLocation]] = []
+    claimed: list[tuple[str, SourceLocation]] = []  # names of invalid documents, and where
     for root in roots:
         confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
         for path in find_manifest_files(root):
@@ -160,9 +161,10 @@ def load_paths(
             loaded.extend(file_instances)
             errors.extend(file_errors)
             invalid_names.update(file_claims)
+            claimed.extend(file_claims.items())
     if cache is not None:
         cache.keep_only(seen)
-    instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded)
+    instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded, claimed)
     errors.extend(duplicate_errors)
     invalid_names.update(duplicated)
     for reject in (_reject_shared_macs, _reject_shared_ports):
@@ -179,7 +181,10 @@ def load_paths(
 
 
 _FileLoad = tuple[
-    list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str], frozenset[str]
+    list[tuple[InstanceSpec, SourceLocation]],
+    list[ManifestError],
+    dict[str, SourceLocation],
+    frozenset[str],
 ]
 
 
@@ -209,37 +214,40 @@ def load_manifest_file(
     known_valid: Collection[str] = frozenset(),
     valid: set[str] | None = None,
     named: list[Path] | None = None,
-) -> tuple[list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], set[str]]:
+) -> tuple[
+    list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], dict[str, SourceLocation]
+]:
     """Load one file: its valid instances (with where each is named), its errors, and the
-    names its invalid documents claim. Files the manifest names (user-data, injected files)
-    must lie inside `confine` (default: the manifest's own directory); their paths are added
-    to `named`. The keys of the documents the schema accepts are added to `valid`."""
+    names its invalid documents claim (with where). Files the manifest names (user-data,
+    injected files) must lie inside `confine` (default: the manifest's own directory); their
+    paths are added to `named`. The keys of the documents the schema accepts are added to
+    `valid`."""
     confine = confine or Path(os.path.realpath(path.parent))
     try:  # a link out of the tree, a FIFO, a device: refused unread (never quoted back)
         raw = read_input_file(path, confine, MAX_MANIFEST_BYTES)
     except InputFileRefused as err:
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", str(err))], set()
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", str(err))], {}
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         message = f"not UTF-8 text (byte {err.start})"
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], set()
+        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], {}
     try:
         documents = list(itertools.islice(parse_documents(text), MAX_DOCUMENTS_PER_FILE + 1))
     except YamlSyntaxError as err:
         location = SourceLocation(str(path), err.mark.line, err.mark.column)
-        return [], [ManifestError(location, "", f"malformed YAML: {err.message}")], set()
+        return [], [ManifestError(location, "", f"malformed YAML: {err.message}")], {}
     if len(documents) > MAX_DOCUMENTS_PER_FILE:
         location = SourceLocation(str(path), *_line_column(documents[-1]))
         message = (
             f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; the rest is not read "
             "and none of the file's instances is used (split the file)"
         )
-        return [], [ManifestError(location, "", message)], set()
+        return [], [ManifestError(location, "", message)], {}
 
     instances: list[tuple[InstanceSpec, SourceLocation]] = []
     errors: list[ManifestError] = []
-    claims: set[str] = set()
+    claims: dict[str, SourceLocation] = {}
     for document in documents:
         key = document_key(document.data)
         document_errors = validate_document(path, document, key is not None and key in known_valid)
@@ -253,11 +261,51 @@ def load_manifest_file(
             if spec is not None and not document_errors:
                 instances.append((spec, _location(path, document, "/metadata/name")))
                 continue
+        else:  # every check that can run on what parsed, so that errors do not come in rounds
+            reported = {error.pointer for error in document_errors}
+            document_errors += [
+                error
+                for error in _checks_on_what_parsed(path, document, confine, named)
+                if error.pointer not in reported
+            ]
+            document_errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
         errors.extend(document_errors)
         name = _claimed_name(document.data)
         if name is not None:
-            claims.add(name)
+            claims[name] = _location(path, document, "/metadata/name")
     return instances, _capped_errors(path, errors), claims
+
+
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _checks_on_what_parsed(
+    path: Path, document: YamlDocument, confine: Path, named: list[Path] | None
+) -> list[ManifestError]:
+    """The checks beyond the schema (sizes, the files a manifest names, repeated paths, MACs
+    and host ports) on a document the schema refused: each part of the spec is checked as
+    far as its shape allows, so that one round of fixes answers every error."""
+    errors: list[ManifestError] = []
+
+    def fail(pointer: str, message: str) -> None:
+        errors.append(ManifestError(_location(path, document, pointer), pointer, message))
+
+    data = document.data
+    spec = data.get("spec") if isinstance(data, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    parts: tuple[Callable[[], object], ...] = (
+        lambda: _size_or_error(spec["memory"], "/spec/memory", fail),
+        lambda: _size_or_error(spec["disk"]["size"], "/spec/disk/size", fail),
+        lambda: guest_config(spec, path, confine, fail, named),
+        lambda: networks(spec, fail),
+    )
+    for part in parts:
+        try:
+            part()
+        except _MALFORMED:  # that part's shape is wrong: the schema said so already
+            continue
+    return errors
 
 
 def _line_column(document: YamlDocument) -> tuple[int, int]:
@@ -524,12 +572,15 @@ class DuplicateNameError(ManifestError):
 
 def _reject_duplicate_names(
     loaded: list[tuple[InstanceSpec, SourceLocation]],
+    claimed: Iterable[tuple[str, SourceLocation]] = (),
 ) -> tuple[list[InstanceSpec], list[ManifestError], set[str]]:
     """The instances whose name is unique, an error at each place of a repeated name, and the
-    repeated names."""
+    repeated names. `claimed`: the names invalid documents give, and where: a name repeated
+    there is a duplicate too, so that an invalid document never takes a valid one's place
+    without a word."""
     by_name: dict[str, list[SourceLocation]] = {}
-    for spec, location in loaded:
-        by_name.setdefault(spec.name, []).append(location)
+    for name, location in [*((spec.name, where) for spec, where in loaded), *claimed]:
+        by_name.setdefault(name, []).append(location)
     errors: list[ManifestError] = []
     for name, locations in by_name.items():
         if len(locations) > 1:

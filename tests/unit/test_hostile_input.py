@@ -175,3 +175,35 @@ def test_the_same_host_port_in_two_files_fails_both_with_both_places(tmp_path: P
         f"{tmp_path}/b.yaml:4:9: /spec/networks: host port 127.0.0.1:18551/tcp is also given "
         f"by web ({tmp_path}/a.yaml:4:9)",
     ]
+
+
+def test_an_invalid_document_reusing_a_valid_name_is_a_duplicate_at_both_places(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(VALID)
+    (tmp_path / "b.yaml").write_text(VALID.replace("vcpus: 2", "vcpus: many"))
+    result = load_manifests(tmp_path)
+    assert result.instances == ()
+    errors = sorted(str(e) for e in result.errors)
+    assert (
+        f"{tmp_path}/a.yaml:4:9: /metadata/name: instance name 'web' is also defined at "
+        in (errors[0])
+    )
+    assert any(
+        e.startswith(f"{tmp_path}/b.yaml:4:9: /metadata/name: instance name") for e in errors
+    )
+    assert any("/spec/vcpus" in e for e in errors)  # and its own error
+
+
+def test_every_check_runs_on_what_parsed_in_one_round(tmp_path: Path) -> None:
+    """A schema error does not hide the checks beyond the schema in the same document."""
+    ports = (
+        "  networks: [{type: user, ports: [{host: 2222, guest: 22}, {host: 2222, guest: 23}]}]\n"
+    )
+    files = "  files: [{path: /etc/a, source: missing.txt}]\n"
+    (tmp_path / "m.yaml").write_text(VALID.replace("vcpus: 2", "vcpus: many") + ports + files)
+    errors = [str(e) for e in load_manifests(tmp_path).errors]
+    pointers = [e.split(": ")[1] for e in errors]
+    assert "/spec/vcpus" in pointers
+    assert "/spec/networks/0/ports/1/host" in pointers  # the repeated host port
+    assert "/spec/files/0/source" in pointers  # the missing file
