@@ -418,7 +418,7 @@ def _schema_errors(
         scalar_for_string = "string" in str(error.validator_value) and isinstance(
             value, bool | int | float
         )
-        hint = _YAML11_HINT if scalar_for_string else ""
+        hint = _YAML11_HINT if scalar_for_string and "quote" not in expected else ""
         return [ManifestError(_location(path, document, pointer), pointer, message, hint)]
     if "propertyNames" in error.absolute_schema_path:  # a bad key: the error is the key's own
         key = value if isinstance(value, str) else str(value)

@@ -358,4 +358,6 @@ def _undefine(step: UndefineDomain, context: StepContext) -> str:
     if record.state.active:
         context.driver.force_stop(step.instance)
     context.driver.undefine(step.instance)
+    if not step.disks_kept:  # deletionPolicy: delete: the removal step that follows says what
+        return "undefined domain"
     return f"undefined domain; files kept in {step.kept}"

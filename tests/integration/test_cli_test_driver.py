@@ -237,3 +237,14 @@ def test_a_missing_argument_names_the_command_alone(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith("usage: reconcile validate [-h]"), err[:200]
     assert "the following arguments are required: PATH" in err
+
+
+def test_console_of_an_unknown_instance_says_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    (state / "instances" / "itest-made").mkdir(parents=True)
+    code, _out, err = run(capsys, "console", "itest-nosuch", "--state-dir", str(state))
+    assert code == 2 and f"no instance named itest-nosuch in {state}" in err
+    code, _out, err = run(capsys, "console", "itest-made", "--state-dir", str(state))
+    assert code == 2 and "has no console log" in err and "not been started yet" in err

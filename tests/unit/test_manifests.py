@@ -93,7 +93,7 @@ def test_yaml11_boolean_is_rejected_with_hint(tmp_path: Path) -> None:
     (error,) = errors_of(tmp_path, text)
     assert error.startswith(f"{tmp_path}/m.yaml:6:14: /metadata/labels/enabled: expected")
     assert "got the boolean false" in error
-    assert "quote the value" in error
+    assert error.count("quote") == 1  # said once, by the field's own expectation
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "<a>", "", "x" * 300, "Web", "a\u0000b", "-a"])
