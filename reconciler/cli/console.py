@@ -34,8 +34,7 @@ def run_console(args: argparse.Namespace, out: TextIO) -> int:
         if not path.parent.is_dir():
             raise ConfigError(f"no instance named {args.name} in {state.root}") from None
         raise ConfigError(
-            f"instance {args.name} has no console log in {state.root} (it has not been "
-            "started yet)"
+            f"instance {args.name} has no console log in {state.root} (it has not been started yet)"
         ) from None
     sink: BinaryIO | None = getattr(out, "buffer", None)
     try:

@@ -26,7 +26,6 @@ from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, Lo
 from reconciler.drivers.host import busy_ports, is_domain_emulator
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
-    MARKER_NAMESPACE,
     MARKER_PREFIX,
     DomainXmlError,
     parse_domain_xml,
@@ -39,7 +38,7 @@ from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType
-from reconciler.model.machine import Disk, Machine, Nic, config_drive_disk
+from reconciler.model.machine import MARKER_NAMESPACE, Disk, Machine, Nic, config_drive_disk
 
 LOG = logging.getLogger(__name__)
 

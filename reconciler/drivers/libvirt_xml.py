@@ -31,9 +31,8 @@ from reconciler.model.desired import (
     PortForward,
     PortProtocol,
 )
-from reconciler.model.machine import Disk, Machine, Nic, OwnershipMarker
+from reconciler.model.machine import MARKER_NAMESPACE, Disk, Machine, Nic, OwnershipMarker
 
-MARKER_NAMESPACE = "urn:x-reconciler:instance:1"
 MARKER_PREFIX = "rc"
 MARKER_ELEMENT = "instance"
 ET.register_namespace(MARKER_PREFIX, MARKER_NAMESPACE)

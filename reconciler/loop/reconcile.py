@@ -31,7 +31,7 @@ from reconciler.loop.observe import config_drives, observe_domain, observe_insta
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
-from reconciler.model.machine import OwnershipMarker
+from reconciler.model.machine import MARKER_NAMESPACE, OwnershipMarker
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
     InstancePlan,
@@ -257,10 +257,17 @@ class Reconciler:
         domain = actual.domain
         if domain is None:
             raise InstanceError(f"no libvirt domain named {spec.name!r} to adopt")
+        if domain.marker is not None and domain.marker.state_dir_id == self.host.state_dir_id:
+            raise InstanceError(
+                f"domain {spec.name!r} is already managed by this state directory: nothing to adopt"
+            )
         if domain.marker is not None:
             raise InstanceError(
-                f"domain {spec.name!r} already carries a reconciler marker (state directory "
-                f"{domain.marker.state_dir_id or 'unknown'}): it is managed, not adopted"
+                f"domain {spec.name!r} carries the marker of another state directory "
+                f"({domain.marker.state_dir_id or 'no id'}): it is foreign here, and that "
+                "state directory's reconciler manages it; not adopted (to move it here, remove "
+                f"that marker first: virsh metadata {spec.name} --uri {MARKER_NAMESPACE} "
+                "--remove --config)"
             )
         # a marker no manifest ever digested: the plan redefines, and says what differs
         marker = OwnershipMarker(str(spec.manifest), ADOPTION_DIGEST, self.host.state_dir_id)

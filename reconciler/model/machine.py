@@ -27,6 +27,7 @@ from reconciler.model.desired import (
 
 BOOT_DISK_TARGET = "vda"
 CONFIG_DRIVE_TARGET = "sda"  # a read-only SATA CD-ROM
+MARKER_NAMESPACE = "urn:x-reconciler:instance:1"  # of the marker in a domain's metadata
 
 
 @dataclass(frozen=True, slots=True)

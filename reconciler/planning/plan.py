@@ -79,11 +79,17 @@ def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     if domain is not None:
         foreign = foreign_reason(domain, context)
         if foreign is not None:
+            adopt = (
+                f", or adopt it if it is the machine this manifest describes (reconcile adopt "
+                f"{spec.name} DIR)"
+                if domain.marker is None
+                else ""
+            )
             return InstancePlan(
                 spec.name,
                 refusal=(
                     f"a libvirt domain named {spec.name!r} exists but {foreign}; it is left "
-                    "untouched: rename the instance or remove that domain yourself"
+                    f"untouched: rename the instance or remove that domain yourself{adopt}"
                 ),
             )
     if spec.state is DesiredState.ABSENT:

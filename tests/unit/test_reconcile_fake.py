@@ -348,3 +348,27 @@ def test_a_guest_shut_down_with_the_host_is_started_again_whatever_its_policy(
     world.reconciler.reconcile(spec)
     record = world.driver.lookup(spec.name)
     assert record is not None and record.state is PowerState.SHUTOFF  # Manual again
+
+
+def test_adopt_tells_a_domain_of_another_state_directory_from_one_already_managed(
+    world: World,
+) -> None:
+    from reconciler.loop.adopt import adopt
+    from reconciler.model.machine import OwnershipMarker
+
+    assert world.reconciler.reconcile(world.spec).outcome is Outcome.CHANGED
+    own = adopt(world.reconciler, world.spec, dry_run=True)
+    assert own.refusal is not None and "already managed by this state directory" in own.refusal
+    record = world.driver.lookup(world.spec.name)
+    assert record is not None and record.definition is not None
+    other = OwnershipMarker("/elsewhere.yaml", "sha256:x", "f" * 32)
+    world.driver.define(replace(record.definition, marker=other))
+    foreign = adopt(world.reconciler, world.spec, dry_run=True)
+    assert foreign.refusal is not None
+    assert f"carries the marker of another state directory ({'f' * 32})" in foreign.refusal
+    assert "virsh metadata rct-fake --uri urn:x-reconciler:instance:1 --remove" in (foreign.refusal)
+    plan = world.reconciler.plan(world.spec, world.reconciler.resolver(persist_digests=False))
+    assert plan.refusal is not None and "reconcile adopt" not in plan.refusal  # it has a marker
+    world.driver.define(replace(record.definition, marker=None))
+    plan = world.reconciler.plan(world.spec, world.reconciler.resolver(persist_digests=False))
+    assert plan.refusal is not None and "reconcile adopt rct-fake DIR" in plan.refusal
