@@ -40,7 +40,7 @@ from reconciler.planning.plan import (
     plan_instance,
     plan_removal,
 )
-from reconciler.planning.steps import DefineDomain
+from reconciler.planning.steps import CreateOverlay, DefineDomain, FetchBase, StartDomain
 from reconciler.statedir import StateDir
 
 if TYPE_CHECKING:  # imported when a step first runs (Reconciler.steps)
@@ -454,17 +454,18 @@ class Reconciler:
         )
 
     def _converge(self, plan: InstancePlan) -> InstanceResult:
+        notes = plan.notes + plan.base_forecasts
         if plan.refusal is not None:
             return InstanceResult(
                 plan.name,
                 Outcome.FAILED,
                 message=plan.refusal,
-                notes=plan.notes,
+                notes=notes,
                 failure=Failure.PERMANENT,
             )
         if not plan.steps:
             return InstanceResult(
-                plan.name, Outcome.UNCHANGED, notes=plan.notes, accelerator=plan.accelerator
+                plan.name, Outcome.UNCHANGED, notes=notes, accelerator=plan.accelerator
             )
         from reconciler.steps.apply import apply_step  # see Reconciler.steps
 
@@ -479,7 +480,7 @@ class Reconciler:
                     Outcome.FAILED,
                     tuple(actions),
                     f"{step.kind.value}: {err}",
-                    plan.notes,
+                    notes,
                     failure=_failure(err),
                 )
             except Exception as err:  # a bug must not take the other instances down with it
@@ -495,17 +496,20 @@ class Reconciler:
                     Outcome.FAILED,
                     tuple(actions),
                     message,
-                    plan.notes,
+                    notes,
                     failure=Failure.TRANSIENT,
                 )
             LOG.debug("%s: %s took %.3fs", plan.name, step.kind.value, time.monotonic() - started)
             actions.append(done)
             self._progress(plan.name, done)
+        # a step that used the base checked it (and fetched it again when spoiled): its
+        # own action says what it found, and the plan's forecast is out of date
+        checked = any(isinstance(s, StartDomain | CreateOverlay | FetchBase) for s in plan.steps)
         return InstanceResult(
             plan.name,
             Outcome.CHANGED,
             tuple(actions),
-            notes=plan.notes,
+            notes=plan.notes if checked else notes,
             accelerator=plan.accelerator,
         )
 

@@ -45,6 +45,9 @@ class InstancePlan:
     pending_restart: bool = False  # the running domain's definition is older than the wanted one
     restart_after: str | None = None  # the start is a restart after a stop nobody asked for
     kept_off: bool = False  # its run policy keeps it off although the manifest says running
+    # what the steps that use the base image will find out (a cached base changed): shown in
+    # the plan, and left out of a pass's result once such a step has run and found out
+    base_forecasts: tuple[str, ...] = ()
 
     @property
     def converged(self) -> bool:
@@ -52,6 +55,5 @@ class InstancePlan:
 
     def view(self) -> PlanView:
         """What is printed of the plan (and what the daemon sends for it)."""
-        return PlanView(
-            self.name, tuple(step_view(step) for step in self.steps), self.refusal, self.notes
-        )
+        steps = tuple(step_view(step) for step in self.steps)
+        return PlanView(self.name, steps, self.refusal, self.notes + self.base_forecasts)

@@ -190,11 +190,14 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         )
     if content is not None and drive is not None and drive.name not in actual.config_drives:
         steps.append(BuildConfigDrive(spec.name, drive, content))
-    if actual.base_changed:
-        notes.append(
+    forecasts = (
+        (
             f"cached base {context.base_path.name} changed since it was verified: it is "
-            "checked again before use, and fetched again if it no longer matches"
+            "checked again before use, and fetched again if it no longer matches",
         )
+        if actual.base_changed
+        else ()
+    )
     paused = domain is not None and domain.state is PowerState.PAUSED
     if paused and domain is not None and domain.state_reason == "user" and not stopping:
         notes.append("domain was paused by hand; it is left paused")
@@ -254,6 +257,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         pending_restart,
         restart_after,
         kept_off or (halted and spec.state is DesiredState.RUNNING),
+        forecasts,
     )
 
 

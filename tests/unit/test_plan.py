@@ -376,4 +376,4 @@ def test_a_changed_cached_base_is_noted_and_checked_at_start() -> None:
     plan = plan_instance(RUNNING, actual, context(RUNNING))
     (start,) = plan.steps
     assert start.kind is START and start.image == RUNNING.image  # type: ignore[union-attr]
-    assert any("changed since it was verified" in note for note in plan.notes)
+    assert any("changed since it was verified" in note for note in plan.view().notes)
