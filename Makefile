@@ -30,11 +30,14 @@ lint: setup
 setup: $(STAMP)
 	@tools/setup-host.sh
 
+# pip's and setuptools' warnings ask nothing of the user: kept in .venv/pip.log, shown only
+# when an install fails
 $(STAMP): pyproject.toml tools/setup-host.sh
 	@tools/setup-host.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@echo "setup: installing the Python packages into $(VENV) (a minute on a fresh host)"
+	@$(BIN)/pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(BIN)/pip install -q -e '.[dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@touch $(STAMP)
 
 image: $(IMAGE) guest

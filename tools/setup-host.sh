@@ -19,6 +19,8 @@ packages=(
   # pull mode (--git): fetches and checks commit signatures (OpenPGP with gpg, SSH with
   # ssh-keygen)
   git gnupg openssh-client
+  # /bin/kill, which the systemd units call to reload the daemon (absent from a minimal Debian)
+  procps
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -31,7 +33,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
     exit 1
   fi
-  echo "setup: installing ${missing[*]}"
+  echo "setup: installing ${#missing[@]} Debian package(s) (a minute or two on a fresh host): ${missing[*]}"
+  echo "setup: updating the package lists"
   apt-get update -qq
   # start no service while installing (libvirt-daemon would start a system libvirtd)
   policy=/usr/sbin/policy-rc.d
@@ -39,7 +42,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     trap 'rm -f "$policy"' EXIT
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # debconf's notes ("delaying package configuration, since apt-utils is not installed") ask
+  # nothing of the user: apt's messages are shown only when the install fails
+  apt_log=$(mktemp)
+  install=(apt-get install -y -qq --no-install-recommends)
+  echo "setup: downloading"
+  DEBIAN_FRONTEND=noninteractive "${install[@]}" --download-only "${missing[@]}" >"$apt_log" 2>&1 \
+    || { cat "$apt_log" >&2; exit 1; }
+  echo "setup: unpacking and configuring"
+  DEBIAN_FRONTEND=noninteractive "${install[@]}" "${missing[@]}" >"$apt_log" 2>&1 \
+    || { cat "$apt_log" >&2; exit 1; }
+  rm -f "$apt_log"
+  echo "setup: Debian packages installed"
 fi
 
 # libvirt's QEMU driver resolves this user when it starts, even when QEMU runs as root.
