@@ -158,6 +158,11 @@ class Driver(Protocol):
         """Where to read why a domain failed (its QEMU log), in words."""
         ...
 
+    def cpu_seconds(self, name: str) -> float | None:
+        """The CPU time a running domain has used so far, in seconds (None when the driver
+        cannot tell): how far a guest got, whatever the host's load."""
+        ...
+
     def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
         """Deliver events about every domain to `on_event`, and call `on_lost` (with the reason)
         when the connection is lost, both from a driver thread. Kept across `reconnect`."""

@@ -226,6 +226,10 @@ class FakeDriver:
     def log_hint(self, name: str) -> str:
         return f"the fake driver keeps no log for {name}"
 
+    def cpu_seconds(self, name: str) -> float | None:
+        """The fake driver runs no guest: it cannot tell."""
+        return None
+
     def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
         self._watchers = (on_event, on_lost)
 

@@ -78,6 +78,17 @@ def process_alive(pid: int) -> bool:
     return bool(fields) and fields[0] != "Z"
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """The CPU time process `pid` has used (user and system, all its threads), in seconds;
+    None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def port_in_use(port: PortForward) -> str | None:
     """Why QEMU could not listen on a forwarded host port now (None when it could)."""
     kind = socket.SOCK_STREAM if port.protocol is PortProtocol.TCP else socket.SOCK_DGRAM

@@ -620,6 +620,10 @@ class LibvirtDriver:
         capacity, _allocation, _physical = self._require(name).blockInfo(target)
         return int(capacity)
 
+    @_wrap_errors("read the CPU time of")
+    def cpu_seconds(self, name: str) -> float | None:
+        return float(self._require(name).info()[4]) / 1e9  # cpuTime, in nanoseconds
+
     def log_hint(self, name: str) -> str:
         if self._embedded_root is None:
             return "see the domain's QEMU log on the libvirt host"

@@ -47,6 +47,7 @@ from reconciler.drivers.host import (
     find_emulator,
     local_memory,
     process_alive,
+    process_cpu_seconds,
 )
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
@@ -383,6 +384,11 @@ class QmpDriver:
             if node.get("node-name") == target:
                 return int(node["image"]["virtual-size"])
         raise DriverError(f"read disk {target} of {name}", "no such block node")
+
+    def cpu_seconds(self, name: str) -> float | None:
+        definition = self._definition(name)
+        pid = None if definition is None else self._pid(name, definition.uuid or "")
+        return None if pid is None else process_cpu_seconds(pid)
 
     def log_hint(self, name: str) -> str:
         return f"QEMU's log: {self._directory(name) / 'qemu.log'}"

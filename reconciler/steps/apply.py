@@ -59,6 +59,10 @@ from reconciler.steps.configdrive import render_iso
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
+# a guest started where its accelerator may not work is watched until it has used this much
+# CPU time (a guest that faults does so at its bootloader, long before), up to this long
+WATCH_CPU_SECONDS = 2.0
+WATCH_LONGEST_SECONDS = 120.0
 SHUTDOWN_REPRESS_SECONDS = 10  # as Nova's SHUTDOWN_RETRY_INTERVAL
 # libvirt itself tears down a start it finds interrupted when it reconnects to the domain, in
 # the background, about a second after the connection opens: wait that long before acting.
@@ -296,10 +300,16 @@ def _what(step: RecoverDomain) -> str:
 
 
 def _watch_for_pause(step: StartDomain, context: StepContext) -> None:
-    """Fail the step if the domain pauses on an error (or stops) within the watch window."""
+    """Fail the step if the domain pauses on an error (or stops) before it has shown it runs:
+    the watch window has passed and the guest has used WATCH_CPU_SECONDS of CPU time (on a
+    loaded host a guest gets less of it in the same time, so the watch lasts longer; up to
+    WATCH_LONGEST_SECONDS, and just the window where the driver cannot tell CPU time)."""
+    if step.watch_seconds <= 0:
+        return
     clock = context.clock
-    deadline = clock.monotonic() + step.watch_seconds
-    while clock.monotonic() < deadline:
+    window = clock.monotonic() + step.watch_seconds
+    longest = clock.monotonic() + WATCH_LONGEST_SECONDS
+    while True:
         record = context.driver.lookup(step.instance)
         if record is None or record.state is not PowerState.RUNNING:
             state = "gone" if record is None else f"{record.state.value} ({record.state_reason})"
@@ -307,6 +317,13 @@ def _watch_for_pause(step: StartDomain, context: StepContext) -> None:
                 f"domain is {state} right after start with accelerator "
                 f"{step.accelerator.accelerator.value}; {context.driver.log_hint(step.instance)}"
             )
+        now = clock.monotonic()
+        if now >= longest:
+            return
+        if now >= window:
+            used = context.driver.cpu_seconds(step.instance)
+            if used is None or used >= WATCH_CPU_SECONDS:
+                return
         clock.sleep(POLL_SECONDS)
 
 

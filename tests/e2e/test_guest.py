@@ -11,7 +11,7 @@ import pytest
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.model.actual import PowerState
 from reconciler.sizes import format_size
-from tests.e2e.conftest import E2E, CliRun
+from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.guest import guest_image, parse_markers, wait_for_marker
 from tests.helpers import unique_name, write_manifest
 from tests.httpserver import Behaviour, image_server
@@ -82,6 +82,9 @@ def test_kvm_where_it_cannot_run_guests_is_a_failure_not_running(
     assert result.code == 1, result.out
     assert f"{name}  failed" in result.out
     assert "running" not in result.out.split(f"{name}  failed", 1)[1].splitlines()[0]
+    # the pass watched the guest until it had used some CPU time, however loaded the host:
+    # by then it has faulted (paused) or QEMU has gone, and it stays so
+    wait_for(lambda: e2e.state_of(name) is not PowerState.RUNNING, 60, f"{name} to settle")
     plan = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert plan.code in (1, 2), plan.out  # a refusal (paused on error), or a start pending
     assert f"{name}: up to date" not in plan.out
