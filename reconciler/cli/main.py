@@ -49,6 +49,7 @@ from reconciler.cli.context import (
 )
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
+    render_inventory,
     render_plan,
     render_status,
     render_summary,
@@ -56,7 +57,7 @@ from reconciler.cli.report import (
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.drivers.base import Driver
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
 from reconciler.fileops import is_out_of_space, no_space_left
 from reconciler.images.download import DownloadLimits
 from reconciler.images.progress import LOG as PROGRESS_LOG
@@ -572,6 +573,39 @@ def _run_pass(
         return load, apply_all(load, reconciler)
 
 
+def _observed_status(args: argparse.Namespace, out: TextIO) -> int | None:
+    """The state directory's instances observed now (no daemon runs); None while another
+    process holds the state directory."""
+    from reconciler.loop.inventory import inventory
+
+    state = state_dir_of(args)
+    if not state.root.is_dir():
+        raise ConfigError(f"no state directory at {state.root}: nothing was reconciled with it")
+    try:
+        with owned_state(args, "") as (owned, driver):
+            entries = inventory(Reconciler(driver, owned, settings_of(args)))
+            where = driver_text(driver)
+    except StateDirBusy:
+        return None
+    if args.name is not None:
+        entries = [entry for entry in entries if entry.name == args.name]
+        if not entries:
+            raise ConfigError(f"no instance named {args.name!r} in {state.root}")
+    if args.output == "json":
+        snapshot = {
+            "version": 1,
+            "observed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "daemon": {"running": False, "uri": where},
+            "instances": [entry.as_json() for entry in entries],
+        }
+        print(json.dumps(snapshot, indent=2), file=out)
+        return EXIT_OK
+    print(f"no daemon runs on {state.root}; observed now with {where}", file=out)
+    for line in render_inventory(entries):
+        print(line, file=out)
+    return EXIT_OK
+
+
 def driver_text(driver: Driver) -> str:
     """The driver in use, in words: `libvirt URI`, or the QMP driver (no libvirt)."""
     if driver.uri.startswith("qmp://"):
@@ -626,15 +660,21 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_status(args: argparse.Namespace, out: TextIO) -> int:
-    """`reconcile status [NAME]`: from the daemon, or from the file it last wrote."""
+    """`reconcile status [NAME]`: from the daemon; without one, the state directory observed
+    now (or, while another process holds it, the file the daemon last wrote)."""
     state = state_dir_of(args)
     socket_path = daemon_socket(args)
     if socket_path is not None:
         snapshot = ask(socket_path, {"op": "status", "name": args.name})["status"]
     else:
+        observed = _observed_status(args, out)
+        if observed is not None:
+            return observed
         snapshot = read_status_file(state.root / "status.json")
         if snapshot is None:
-            raise ConfigError(f"no daemon runs on {state.root} and none has written a status there")
+            raise ConfigError(
+                f"another process holds {state.root} and no daemon has written a status there"
+            )
         snapshot["daemon"]["running"] = False
         if args.name is not None:
             snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == args.name]

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.errors import ManifestError
+from reconciler.loop.inventory import InventoryEntry
 from reconciler.loop.reconcile import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
 from reconciler.planning.plan import InstancePlan
@@ -80,6 +81,25 @@ def render_summary(results: Sequence[InstanceResult], invalid: int) -> list[str]
     if results and counts[Outcome.CHANGED] == 0 and counts[Outcome.FAILED] == 0:
         head += ": nothing to do"
     return [head, *lines]
+
+
+def render_inventory(entries: Sequence[InventoryEntry]) -> list[str]:
+    """The instances of a state directory observed now, as a table."""
+    if not entries:
+        return ["  no instances"]
+    names = max(len(entry.name) for entry in entries)
+    sizes = max(len(entry.disk_text) for entry in entries)
+    lines = [
+        f"  {'NAME':<{names}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  "
+        f"{'DISK':<{sizes}}  PORTS"
+    ]
+    for entry in entries:
+        lines.append(
+            f"  {entry.name:<{names}}  {entry.desired:<8}  {entry.observed:<13}  "
+            f"{entry.accelerator:<5}  {entry.disk_text:<{sizes}}  "
+            f"{', '.join(entry.ports) or '-'}"
+        )
+    return lines
 
 
 def render_status(snapshot: dict[str, Any]) -> list[str]:

@@ -227,3 +227,34 @@ def test_local_image_without_checksum_converges_and_stays_converged(
     assert first.code == 0, first.out + first.err
     assert e2e.state_of(name) is PowerState.RUNNING
     assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0
+
+
+def test_status_without_a_daemon_observes_the_state_directory(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    name, stopped = unique_name(), unique_name()
+    forward = [{"type": "user", "ports": [{"host": port, "guest": 22}]}]
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, networks=forward)
+    write_manifest(tmp_path, stopped, e2e.base, e2e.sha256, state="stopped")
+    assert reconcile("--once", str(tmp_path)).code == 0
+    status = reconcile("status")
+    assert status.code == 0, status.out + status.err
+    assert f"no daemon runs on {e2e.state.root}; observed now with" in status.out
+    (line,) = [row for row in status.out.splitlines() if row.split()[:1] == [name]]
+    accelerator = "kvm" if probe_local_kvm().usable else "tcg"  # auto, on this host
+    assert line.split()[1:5] == ["running", "running", accelerator, "64MiB"]
+    assert f"127.0.0.1:{port}/tcp->22" in line
+    (other,) = [row for row in status.out.splitlines() if row.split()[:1] == [stopped]]
+    assert other.split()[1:3] == ["stopped", "shutoff"]
+    one = reconcile("status", name, "-o", "json")
+    assert one.code == 0, one.err
+    (entry,) = json.loads(one.out)["instances"]
+    assert entry["observed"] == "running" and entry["disk"]["bytes"] == 64 * 1024**2
+    missing = reconcile("status", "rct-nosuch")
+    assert missing.code == 2 and "no instance named 'rct-nosuch'" in missing.err

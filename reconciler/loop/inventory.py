@@ -1,0 +1,73 @@
+"""What a state directory holds now, observed afresh (for `reconcile status` when no daemon
+runs): each domain this state directory manages, its power state, the state its manifest last
+asked for, its accelerator, its boot disk and its port forwards. Read-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.drivers.base import DomainRecord
+from reconciler.loop.observe import read_overlay
+from reconciler.loop.reconcile import Reconciler
+from reconciler.sizes import format_size
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryEntry:
+    name: str
+    manifest: str
+    desired: str  # what the manifest last asked for, as recorded on the domain
+    observed: str  # the power state now
+    reason: str
+    accelerator: str
+    disk: str
+    disk_bytes: int | None  # the boot disk's virtual size (None: unreadable or missing)
+    ports: tuple[str, ...]  # host address:port/protocol -> guest port
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "manifest": self.manifest,
+            "desired": self.desired,
+            "observed": self.observed,
+            "stateReason": self.reason,
+            "accelerator": self.accelerator,
+            "disk": {"path": self.disk, "bytes": self.disk_bytes},
+            "ports": list(self.ports),
+        }
+
+    @property
+    def disk_text(self) -> str:
+        return "missing" if self.disk_bytes is None else format_size(self.disk_bytes)
+
+
+def inventory(reconciler: Reconciler) -> list[InventoryEntry]:
+    """Every domain the state directory manages, by name."""
+    return sorted(
+        (_entry(reconciler, record) for record in reconciler.managed_domains()),
+        key=lambda entry: entry.name,
+    )
+
+
+def _entry(reconciler: Reconciler, record: DomainRecord) -> InventoryEntry:
+    definition = record.definition
+    assert definition is not None  # managed domains have one
+    disk = str(reconciler.state.instance(record.name).disk)
+    overlay, _problem = read_overlay(disk)
+    asked = definition.asked_running
+    ports = tuple(
+        f"{port.address}:{port.host}/{port.protocol.value}->{port.guest}"
+        for nic in definition.nics
+        for port in nic.ports
+    )
+    return InventoryEntry(
+        name=record.name,
+        manifest=definition.marker.manifest if definition.marker else "",
+        desired="-" if asked is None else "running" if asked else "stopped",
+        observed=record.state.value,
+        reason=record.state_reason,
+        accelerator=definition.accelerator.value if definition.accelerator else "-",
+        disk=disk,
+        disk_bytes=None if overlay is None else overlay.virtual_size,
+        ports=ports,
+    )
