@@ -10,6 +10,7 @@ GUEST := build/images/reconciler-guest.raw
 .PHONY: demo test lint setup image guest bench clean
 
 demo: setup image
+	@tools/write-demo-config.sh
 	$(BIN)/reconcile --once manifests/ --image-dir build/images
 	@echo
 	@echo "Serial consoles of the running examples (markers: tools/guest/README.md):"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# the host's configuration file (/etc/reconciler/config.yaml, which `make demo` may write) is
+# not the tests': every command they run, in this process or as a subprocess, reads none
+# unless a test names one
+os.environ["RECONCILER_CONFIG"] = ""
 
 PROXY_VARIABLES = (
     "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",

@@ -47,6 +47,7 @@ from reconciler.cli.context import (
     state_of,
     umask_of,
 )
+from reconciler.cli.hostconfig import apply_config
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
     render_inventory,
@@ -92,16 +93,16 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect",
         metavar="URI",
-        default=os.environ.get("LIBVIRT_DEFAULT_URI"),
-        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else libvirt's embedded QEMU "
-        "driver rooted in the state directory)",
+        default=None,
+        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else the configuration file's, else "
+        "libvirt's embedded QEMU driver rooted in the state directory)",
     )
     parser.add_argument(
         "--driver",
         choices=("libvirt", "qmp"),
-        default=os.environ.get("RECONCILER_DRIVER", "libvirt"),
+        default=None,
         help="libvirt (default; see --connect), or qmp: QEMU run directly and driven over QMP, "
-        "for hosts without libvirt ($RECONCILER_DRIVER)",
+        "for hosts without libvirt ($RECONCILER_DRIVER, or the configuration file's)",
     )
     parser.add_argument(
         "--state-dir",
@@ -109,7 +110,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="images, disks and the embedded libvirt root (default: $RECONCILER_STATE_DIR, "
-        "else /var/lib/reconciler as root, else ~/.local/state/reconciler)",
+        "else the configuration file's, else /var/lib/reconciler as root, else "
+        "~/.local/state/reconciler)",
     )
     parser.add_argument(
         "--accelerator",
@@ -125,7 +127,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="a directory local image sources may come from (repeatable; the manifest "
-        "directory and $RECONCILER_IMAGE_DIRS are always allowed)",
+        "directory, $RECONCILER_IMAGE_DIRS and the configuration file's are always allowed)",
     )
     parser.add_argument(
         "--ca-bundle",
@@ -395,6 +397,11 @@ def _run_command(
     """Run one command, mapping every outcome and error to the exit status."""
     daemon = args.command == "run" and not args.once
     _configure_logging(args.verbose or daemon, args.debug, getattr(args, "log_format", "text"))
+    try:
+        apply_config(args)  # the environment's settings, then the host's configuration file
+    except ConfigError as err:
+        print(f"reconcile: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
     os.umask(umask_of(args))  # what the state directory holds is its owner's alone
     try:
         return command(args, sys.stdout)

@@ -45,7 +45,8 @@ class SourcePolicy:
         shown = f"{source} (which resolves to {real})" if real != source else str(source)
         raise SourceRefused(
             f"image source {shown} is outside the allowed image directories ({allowed}); "
-            "allow its directory with --image-dir"
+            "allow its directory with --image-dir, or under image-dir in the host's "
+            "configuration file (/etc/reconciler/config.yaml)"
         )
 
 

@@ -148,6 +148,19 @@ def test_plan_refuses_a_source_outside_the_allowed_directories(
     code, out, _err = run(capsys, "plan", "--detailed-exitcode", str(manifests), *common, *allowed)
     assert code == 2
     assert f"fetch base image {base} into the cache" in out
+    # or by the host's configuration file, with no flag at all (the state directory too)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"image-dir: [{elsewhere}]\nstate-dir: {tmp_path / 's'}\n")
+    config.chmod(0o644)
+    os.environ["RECONCILER_CONFIG"] = str(config)
+    try:
+        code, out, _err = run(
+            capsys, "plan", "--detailed-exitcode", str(manifests), "--connect", TEST_URI
+        )
+    finally:
+        os.environ["RECONCILER_CONFIG"] = ""
+    assert code == 2, out
+    assert f"fetch base image {base} into the cache" in out
 
 
 def test_unusable_state_directory_is_one_line_not_a_traceback(

@@ -1,0 +1,102 @@
+"""The host's configuration file: the settings a host keeps for every command, so that the
+commands of the README work as typed (`reconcile plan manifests/`, `reconcile status`).
+
+    # /etc/reconciler/config.yaml ($RECONCILER_CONFIG; an empty value: no file)
+    state-dir: /var/lib/reconciler
+    image-dir: [/srv/images]          # added to --image-dir and $RECONCILER_IMAGE_DIRS
+    driver: libvirt                   # libvirt | qmp
+    connect: qemu:///system           # a libvirt URI
+    host: hv-a                        # this host's slice (run, --once, plan)
+    ca-bundle: /etc/ssl/private-ca.pem
+
+The keys are the long options'. A flag wins over the environment ($RECONCILER_STATE_DIR,
+$RECONCILER_DRIVER, $LIBVIRT_DEFAULT_URI), the environment over the file; image directories
+add up. The file is the host's, never the manifests': it is read only from its fixed place
+(or $RECONCILER_CONFIG), never from a manifest tree, since a pusher must not widen what the
+host allows; one that other users may write is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import ConfigError
+from reconciler.fileops import InputFileRefused, read_input_file
+
+ENV_CONFIG = "RECONCILER_CONFIG"
+DEFAULT_CONFIG = Path("/etc/reconciler/config.yaml")
+MAX_CONFIG_BYTES = 64 * 1024
+_STRINGS = ("state-dir", "driver", "connect", "host", "ca-bundle")
+_KEYS = (*_STRINGS, "image-dir")
+
+
+def config_path() -> Path | None:
+    """The configuration file in force: $RECONCILER_CONFIG (empty: none), else the default
+    one when it exists."""
+    configured = os.environ.get(ENV_CONFIG)
+    if configured is not None:
+        return Path(configured) if configured else None
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The settings in `path`, checked (ConfigError names the file and what is wrong)."""
+    try:
+        if os.stat(path).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(
+                f"{path}: other users may write it, so it is not used (chmod go-w {path})"
+            )
+        text = read_input_file(path, None, MAX_CONFIG_BYTES)
+    except (OSError, InputFileRefused) as err:
+        raise ConfigError(f"configuration file {path}: {err}") from err
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings ({', '.join(_KEYS)})")
+    unknown = sorted(str(key) for key in data if key not in _KEYS)
+    if unknown:
+        known = ", ".join(_KEYS)
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {known})")
+    for key in _STRINGS:
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{path}: {key} must be a string")
+    dirs = data.get("image-dir", [])
+    if isinstance(dirs, str):
+        dirs = [dirs]
+    if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+        raise ConfigError(f"{path}: image-dir must be a directory or a list of directories")
+    if data.get("driver", "libvirt") not in ("libvirt", "qmp"):
+        raise ConfigError(f"{path}: driver must be libvirt or qmp")
+    return {**data, "image-dir": dirs}
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """Fill what the command line left unset: from the environment, then from the host's
+    configuration file."""
+    path = config_path()
+    config = read_config(path) if path is not None else {}
+    if getattr(args, "connect", None) is None:
+        args.connect = os.environ.get("LIBVIRT_DEFAULT_URI") or config.get("connect")
+    if getattr(args, "driver", None) is None:
+        args.driver = os.environ.get("RECONCILER_DRIVER") or config.get("driver") or "libvirt"
+    if args.driver not in ("libvirt", "qmp"):
+        raise ConfigError(f"$RECONCILER_DRIVER {args.driver!r}: expected libvirt or qmp")
+    unset = getattr(args, "state_dir", None) is None and "RECONCILER_STATE_DIR" not in os.environ
+    if unset and "state-dir" in config:
+        args.state_dir = Path(config["state-dir"])
+    if hasattr(args, "image_dir"):
+        args.image_dir = [*args.image_dir, *(Path(d) for d in config.get("image-dir", ()))]
+    if hasattr(args, "host") and args.host is None:
+        args.host = config.get("host")
+    if getattr(args, "ca_bundle", None) is None and "ca-bundle" in config:
+        args.ca_bundle = Path(config["ca-bundle"])

@@ -1,0 +1,95 @@
+"""The host's configuration file: its settings fill what flags and the environment leave
+unset, it is checked like any input, and only the host's own file is read."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli.context import state_dir_of
+from reconciler.cli.hostconfig import apply_config
+from reconciler.errors import ConfigError
+
+
+def namespace(**given: object) -> argparse.Namespace:
+    values: dict[str, object] = {
+        "connect": None, "driver": None, "state_dir": None, "image_dir": [], "host": None,
+        "ca_bundle": None,
+    }  # fmt: skip
+    values.update(given)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "state-dir: /srv/state\nimage-dir: [/srv/images]\ndriver: qmp\n"
+        "connect: qemu:///system\nhost: hv-a\nca-bundle: /etc/ca.pem\n"
+    )
+    path.chmod(0o644)
+    monkeypatch.setenv("RECONCILER_CONFIG", str(path))
+    for variable in ("RECONCILER_STATE_DIR", "RECONCILER_DRIVER", "LIBVIRT_DEFAULT_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    return path
+
+
+def test_the_file_fills_what_nothing_else_set(config: Path) -> None:
+    args = namespace(image_dir=[Path("/flag/images")])
+    apply_config(args)
+    assert (args.state_dir, args.driver, args.connect, args.host, args.ca_bundle) == (
+        Path("/srv/state"), "qmp", "qemu:///system", "hv-a", Path("/etc/ca.pem"),
+    )  # fmt: skip
+    assert args.image_dir == [Path("/flag/images"), Path("/srv/images")]  # they add up
+
+
+def test_flags_win_over_the_environment_and_the_environment_over_the_file(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = namespace(state_dir=Path("/flag"), driver="libvirt", connect="test:///default")
+    apply_config(flags)
+    assert (flags.state_dir, flags.driver, flags.connect) == (
+        Path("/flag"), "libvirt", "test:///default",
+    )  # fmt: skip
+    monkeypatch.setenv("RECONCILER_STATE_DIR", "/env/state")
+    monkeypatch.setenv("RECONCILER_DRIVER", "libvirt")
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu:///session")
+    environment = namespace()
+    apply_config(environment)
+    assert state_dir_of(environment).root == Path("/env/state")
+    assert (environment.driver, environment.connect) == ("libvirt", "qemu:///session")
+
+
+def test_no_file_and_an_empty_setting_read_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILER_CONFIG", "")
+    monkeypatch.delenv("RECONCILER_DRIVER", raising=False)
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    args = namespace()
+    apply_config(args)
+    assert (args.driver, args.connect, args.state_dir) == ("libvirt", None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("image-dirs: [/x]\n", "unknown setting(s) image-dirs"),
+        ("driver: xen\n", "driver must be libvirt or qmp"),
+        ("host: [a]\n", "host must be a string"),
+        ("state-dir: [\n", "config.yaml:2:1: not valid YAML"),
+        ("- a\n", "expected a mapping of settings"),
+    ],
+)
+def test_a_bad_file_is_a_clear_error(config: Path, text: str, expected: str) -> None:
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        apply_config(namespace())
+    assert expected in str(caught.value)
+
+
+def test_a_file_others_may_write_is_refused(config: Path) -> None:
+    config.chmod(0o666)
+    with pytest.raises(ConfigError) as caught:
+        apply_config(namespace())
+    assert "other users may write it" in str(caught.value)
