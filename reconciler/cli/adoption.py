@@ -7,12 +7,10 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from reconciler.cli.context import load_slice, owned_state, settings_of
+from reconciler.cli.context import ask, daemon_socket, load_slice, owned_state, settings_of
 from reconciler.errors import ConfigError
-from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
-from reconciler.loop.adopt import adopt
+from reconciler.loop.adopt import adopt, adoption_from_json, export_domain
 from reconciler.loop.reconcile import Reconciler
-from reconciler.manifests.export import ExportFacts, export_manifest
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,59 +37,36 @@ def add_adoption_parsers(
 
 
 def run_export(args: argparse.Namespace, out: TextIO) -> int:
-    with owned_state(args, "stop the daemon first: export reads libvirt itself") as (state, driver):
-        record = driver.lookup(args.name)
-        if record is None or record.definition is None:
-            why = "no such domain" if record is None else record.problem
-            raise ConfigError(f"cannot export {args.name!r}: {why}")
-        machine = record.definition
-        boot = machine.boot_disk_path
-        source, image_format, size = _boot_disk_facts(boot)
-        facts = ExportFacts(
-            running=record.state.active,
-            autostart=record.autostart,
-            image_source=source,
-            image_format=image_format,
-            disk_bytes=size,
-            instance_disk=str(state.instance(args.name).disk),
-        )
-    print(export_manifest(machine, facts), end="", file=out)
+    """The manifest of an existing domain (asked of the daemon when one runs)."""
+    socket_path = daemon_socket(args)
+    if socket_path is not None:
+        text = str(ask(socket_path, {"op": "export", "name": args.name})["manifest"])
+    else:
+        with owned_state(args, "wait for it to finish") as (state, driver):
+            text = export_domain(driver, state, args.name)
+    print(text, end="", file=out)
     return EXIT_OK
 
 
-def _boot_disk_facts(path: str | None) -> tuple[str | None, str | None, int | None]:
-    """The boot disk's base (its backing file, else itself), the base's format and the disk's
-    virtual size, read from its header (no subprocess; a raw disk's size is its length)."""
-    if path is None:
-        return None, None, None
-    try:
-        head = read_head(path)
-        header = parse_qcow2_header(head)
-    except HeaderError:
-        try:
-            return path, "raw", Path(path).stat().st_size
-        except OSError:
-            return path, "raw", None
-    except OSError:
-        return path, None, None
-    if header.backing_file is None:
-        return path, "qcow2", header.virtual_size
-    backing = Path(header.backing_file)
-    if not backing.is_absolute():
-        backing = Path(path).parent / backing
-    return str(backing), header.backing_format or "raw", header.virtual_size
-
-
 def run_adopt(args: argparse.Namespace, out: TextIO) -> int:
-    load = load_slice(args, out)
-    spec = next((s for s in load.instances if s.name == args.name), None)
-    if spec is None:
-        raise ConfigError(
-            f"no valid manifest for {args.name!r} in {args.directory}: adoption needs one"
-        )
-    settings = settings_of(args)
-    with owned_state(args, "stop the daemon, or adopt between its passes") as (state, driver):
-        adoption = adopt(Reconciler(driver, state, settings), spec, dry_run=args.dry_run)
+    """Adopt a domain whose manifest matches it (asked of the daemon when one runs)."""
+    socket_path = daemon_socket(args)
+    if socket_path is not None:
+        request = {
+            "op": "adopt", "name": args.name, "directory": str(args.directory.absolute()),
+            "dryRun": bool(args.dry_run),
+        }  # fmt: skip
+        adoption = adoption_from_json(ask(socket_path, request)["adoption"])
+    else:
+        load = load_slice(args, out)
+        spec = next((s for s in load.instances if s.name == args.name), None)
+        if spec is None:
+            raise ConfigError(
+                f"no valid manifest for {args.name!r} in {args.directory}: adoption needs one"
+            )
+        settings = settings_of(args)
+        with owned_state(args, "wait for it to finish") as (state, driver):
+            adoption = adopt(Reconciler(driver, state, settings), spec, dry_run=args.dry_run)
     if adoption.refusal is not None:
         print(f"{args.name}: cannot be adopted: {adoption.refusal}", file=out)
         return EXIT_FAILED

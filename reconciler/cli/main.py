@@ -520,12 +520,19 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
     if not state.root.is_dir():
         raise ConfigError(f"state directory {state.root} does not exist")
     from reconciler.images.cache import ImageCache  # gc's own: not for every command
-    from reconciler.images.gc import collect_garbage
+    from reconciler.images.gc import GcReport, collect_garbage
     from reconciler.images.qemuimg import QemuImg
 
-    cache = ImageCache(state, QemuImg(), SourcePolicy())
-    with StateDirLock(state):
-        report = collect_garbage(state, cache, grace, dry_run=args.dry_run)
+    socket_path = daemon_socket(args)
+    if socket_path is not None:  # the daemon holds the state directory: it collects
+        answer = ask(socket_path, {"op": "gc", "graceSeconds": grace, "dryRun": args.dry_run})
+        report = GcReport(
+            **{key: [Path(p) for p in answer[key]] for key in GcReport.__dataclass_fields__}
+        )
+    else:
+        cache = ImageCache(state, QemuImg(), SourcePolicy())
+        with StateDirLock(state):
+            report = collect_garbage(state, cache, grace, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in report.removed:
         print(f"{verb} {path.name}", file=out)

@@ -1,5 +1,6 @@
 """Adoption: an existing domain that no reconciler made becomes managed, when its manifest
-matches it, only when asked (`reconcile adopt NAME DIR`), never implicitly.
+matches it, only when asked (`reconcile adopt NAME DIR`), never implicitly; and export, the
+manifest an existing domain would have (`reconcile export NAME`), its first step.
 
 The domain is planned as if it were this state directory's (Reconciler.plan, adopting): the
 definition step then lists every managed field where the domain and the manifest differ.
@@ -10,12 +11,17 @@ it is otherwise (libvirt's domain metadata), so nothing the manifest does not ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from reconciler.errors import ReconcilerError
+from reconciler.drivers.base import Driver
+from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
 from reconciler.loop.reconcile import Reconciler
+from reconciler.manifests.export import ExportFacts, export_manifest
 from reconciler.model.desired import InstanceSpec
 from reconciler.planning.machine import describe_changes, shape_of, with_recorded_fields
 from reconciler.planning.steps import DefineDomain
+from reconciler.statedir import StateDir
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +56,71 @@ def adopt(reconciler: Reconciler, spec: InstanceSpec, *, dry_run: bool = False) 
     if not dry_run:
         reconciler.driver.set_marker(spec.name, define.machine)
     return Adoption(spec.name, not dry_run, next_steps=others)
+
+
+def adoption_json(adoption: Adoption) -> dict[str, object]:
+    """An adoption as the daemon sends it."""
+    return {
+        "name": adoption.name,
+        "adopted": adoption.adopted,
+        "differences": list(adoption.differences),
+        "refusal": adoption.refusal,
+        "nextSteps": list(adoption.next_steps),
+    }
+
+
+def adoption_from_json(data: dict[str, object]) -> Adoption:
+    def strings(key: str) -> tuple[str, ...]:
+        value = data.get(key)
+        return tuple(str(item) for item in value) if isinstance(value, list) else ()
+
+    refusal = data.get("refusal")
+    return Adoption(
+        str(data.get("name")),
+        bool(data.get("adopted")),
+        strings("differences"),
+        None if refusal is None else str(refusal),
+        strings("nextSteps"),
+    )
+
+
+def export_domain(driver: Driver, state: StateDir, name: str) -> str:
+    """The manifest of existing domain `name` (ConfigError when there is none to export)."""
+    record = driver.lookup(name)
+    if record is None or record.definition is None:
+        why = "no such domain" if record is None else record.problem
+        raise ConfigError(f"cannot export {name!r}: {why}")
+    machine = record.definition
+    source, image_format, size = boot_disk_facts(machine.boot_disk_path)
+    facts = ExportFacts(
+        running=record.state.active,
+        autostart=record.autostart,
+        image_source=source,
+        image_format=image_format,
+        disk_bytes=size,
+        instance_disk=str(state.instance(name).disk),
+    )
+    return export_manifest(machine, facts)
+
+
+def boot_disk_facts(path: str | None) -> tuple[str | None, str | None, int | None]:
+    """The boot disk's base (its backing file, else itself), the base's format and the disk's
+    virtual size, read from its header (no subprocess; a raw disk's size is its length)."""
+    if path is None:
+        return None, None, None
+    try:
+        head = read_head(path)
+        header = parse_qcow2_header(head)
+    except HeaderError:
+        try:
+            return path, "raw", Path(path).stat().st_size
+        except OSError:
+            return path, "raw", None
+    except OSError:
+        return path, None, None
+    if header.backing_file is None:
+        return path, "qcow2", header.virtual_size
+    backing = Path(header.backing_file)
+    if not backing.is_absolute():
+        backing = Path(path).parent / backing
+    return str(backing), header.backing_format or "raw", header.virtual_size

@@ -545,9 +545,64 @@ class Controller:
             return self._pass_answer(request, reply)
         if op == "shutdown-guests":
             return self._shutdown_guests_answer(reply)
+        if op == "export":
+            return {"manifest": self._export_answer(request)}
+        if op == "adopt":
+            return self._adopt_answer(request)
+        if op == "gc":
+            return self._gc_answer(request)
         raise RequestError(
-            f"unknown op {op!r} (expected ping, status, plan, pass or shutdown-guests)"
+            f"unknown op {op!r} (expected ping, status, plan, pass, export, adopt, gc or "
+            "shutdown-guests)"
         )
+
+    def _export_answer(self, request: dict[str, Any]) -> str:
+        from reconciler.loop.adopt import export_domain
+
+        name = request.get("name")
+        if not isinstance(name, str):
+            raise RequestError('"name" must be a string')
+        try:
+            return export_domain(self.driver, self.state, name)
+        except ReconcilerError as err:
+            raise RequestError(str(err)) from err
+
+    def _adopt_answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Adopt (or, dryRun, check) a domain against its manifest in the request's directory
+        (this daemon's, or another: a manifest for a domain it does not manage yet)."""
+        from reconciler.loop.adopt import adopt, adoption_json
+
+        name, asked = request.get("name"), request.get("directory")
+        if not isinstance(name, str) or not isinstance(asked, str):
+            raise RequestError('"name" and "directory" must be strings')
+        directory = Path(asked)
+        if not directory.exists():
+            raise RequestError(f"{directory}: no such file or directory")
+        load = self._read_manifests(directory)
+        spec = next((s for s in load.instances if s.name == name), None)
+        if spec is None:
+            raise RequestError(f"no valid manifest for {name!r} in {directory}: adoption needs one")
+        adoption = adopt(self.reconciler, spec, dry_run=bool(request.get("dryRun")))
+        if adoption.adopted:
+            self.enqueue([name], "request")
+        return {"adoption": adoption_json(adoption)}
+
+    def _gc_answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Garbage collection of the image cache, in this process (which holds the state
+        directory): a base in use is never removed, checked under the entry's lock."""
+        from reconciler.images.gc import collect_garbage
+
+        grace = request.get("graceSeconds")
+        if not isinstance(grace, int | float) or grace < 0:
+            raise RequestError('"graceSeconds" must be a number of seconds')
+        report = collect_garbage(
+            self.state, self.reconciler.steps.cache, float(grace),
+            dry_run=bool(request.get("dryRun")),
+        )  # fmt: skip
+        return {
+            key: [str(path) for path in getattr(report, key)]
+            for key in ("removed", "in_use", "too_young", "leftovers", "replaced")
+        }
 
     def _shutdown_guests_answer(self, reply: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """The host is going down: reconcile nothing more (a guest shut down must not be

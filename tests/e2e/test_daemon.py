@@ -333,6 +333,24 @@ def test_a_fifo_in_the_manifest_directory_never_hangs_the_daemon(daemon: Daemon)
         shutil.rmtree(sub)
 
 
+def test_export_adopt_and_gc_ask_the_running_daemon(daemon: Daemon) -> None:
+    """The daemon holds the state directory (and the embedded root): the commands that read
+    it, and gc, are its to answer, not refused as "in use"."""
+    name = daemon.new_running()
+    exported = daemon.cli("export", name)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    document = yaml.safe_load(exported.stdout)
+    assert document["metadata"]["name"] == name and document["spec"]["state"] == "running"
+    adopted = daemon.cli("adopt", name, str(daemon.manifests), "--dry-run")
+    assert adopted.returncode == 1, adopted.stdout + adopted.stderr
+    assert "already managed by this state directory" in adopted.stdout
+    collected = daemon.cli("gc", "--dry-run")
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert "in use" in collected.stdout and "in use by another" not in collected.stderr
+    missing = daemon.cli("export", "rct-nosuch")
+    assert missing.returncode == 2 and "no such domain" in missing.stderr
+
+
 def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
     daemon: Daemon,
 ) -> None:
