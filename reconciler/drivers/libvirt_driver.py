@@ -394,8 +394,18 @@ class LibvirtDriver:
         return domain
 
     def cannot_express(self, machine: Machine) -> tuple[str, ...]:
-        """libvirt runs every machine the schema describes."""
-        return ()
+        """libvirt runs every machine the schema describes, on this host. A libvirt on
+        another host cannot: the disks, config drives and image cache are files of this
+        host's state directory, which that host's QEMU would look for on its own disks."""
+        host = urlsplit(self.uri).hostname
+        if host in _LOCAL_HOSTS:
+            return ()
+        return (
+            f"{self.uri} runs domains on {host}, which cannot open the disks this reconciler "
+            f"makes in its state directory on this host ({self._state_dir}); remote libvirt "
+            "URIs are not supported: run one reconciler on each host, over the same "
+            "manifests (see the README, 'One reconciler per host')",
+        )
 
     @_wrap_errors("define")
     def define(self, machine: Machine) -> None:

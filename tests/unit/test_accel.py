@@ -62,3 +62,18 @@ def test_resolution() -> None:
 )
 def test_a_uri_is_remote_only_when_it_names_another_host(uri: str, local: bool) -> None:
     assert uri_is_local(uri) is local
+
+
+def test_a_remote_libvirt_is_refused_at_plan_time_with_the_way_to_many_hosts() -> None:
+    from pathlib import Path
+
+    from reconciler.drivers.libvirt_driver import LibvirtDriver
+    from reconciler.model.machine import Machine
+
+    machine = Machine("web", Accelerator.TCG, vcpus=1, memory_kib=65536)
+    remote = LibvirtDriver("qemu+ssh://root@kvm-host-7/system", None, None, Path("/srv/state"))
+    (problem,) = remote.cannot_express(machine)
+    assert "runs domains on kvm-host-7, which cannot open the disks" in problem
+    assert "run one reconciler on each host" in problem
+    for uri in ("qemu:///system", "qemu+unix:///system?socket=/x", "test:///default"):
+        assert LibvirtDriver(uri, None, None, Path("/srv/state")).cannot_express(machine) == ()
