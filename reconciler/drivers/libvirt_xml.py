@@ -237,7 +237,8 @@ def render_interface_xml(nic: Nic, index: int) -> str:
 
 def hostfwd_rule(port: PortForward) -> str:
     """QEMU's hostfwd= rule for one port forward (both drivers pass it to -netdev user)."""
-    return f"{port.protocol.value}:{port.address}:{port.host}-:{port.guest}"
+    guest = port.guest_address or ""
+    return f"{port.protocol.value}:{port.address}:{port.host}-{guest}:{port.guest}"
 
 
 def _add_cpu(domain: ET.Element, cpu: CpuSpec) -> None:
@@ -449,13 +450,16 @@ def _parse_interface(element: ET.Element) -> Nic | None:
 
 
 def _parse_hostfwd(rule: str) -> PortForward | None:
-    """tcp:127.0.0.1:2222-:22 as a PortForward (None when it is not in that form)."""
+    """tcp:127.0.0.1:2222-:22 (or -10.0.2.50:22) as a PortForward (None when it is not in
+    that form)."""
     host_part, _, guest_part = rule.partition("-")
     protocol, _, rest = host_part.partition(":")
     address, _, host_port = rest.rpartition(":")
-    guest_port = guest_part.rpartition(":")[2]
+    guest_address, _, guest_port = guest_part.rpartition(":")
     try:
-        return PortForward(int(host_port), int(guest_port), PortProtocol(protocol), address)
+        return PortForward(
+            int(host_port), int(guest_port), PortProtocol(protocol), address, guest_address or None
+        )
     except ValueError:
         return None
 

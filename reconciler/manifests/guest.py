@@ -9,6 +9,8 @@ manifest error.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -179,6 +181,7 @@ def networks(spec: dict[str, Any], fail: Fail) -> tuple[NetworkSpec, ...]:
                 port["guest"],
                 PortProtocol(port.get("protocol", PortProtocol.TCP)),
                 port.get("address", "127.0.0.1"),
+                port.get("guestAddress"),
             )
             for port in item.get("ports", [])
         )
@@ -202,6 +205,73 @@ def networks(spec: dict[str, Any], fail: Fail) -> tuple[NetworkSpec, ...]:
             fail(f"/spec/networks/{index}/ports", f"host port {binding} is forwarded twice")
         forwarded |= bound
     return tuple(result)
+
+
+USER_SUBNET = ipaddress.IPv4Network("10.0.2.0/24")  # QEMU's user-mode network
+
+
+def aim_forwards(
+    spec: dict[str, Any], interfaces: tuple[NetworkSpec, ...], fail: Fail
+) -> tuple[NetworkSpec, ...]:
+    """The port forwards aimed at the guest's static address, when the network configuration
+    gives the one (user-mode) interface a static address: QEMU's user-mode network sends a
+    forward with no guest address to its first DHCP address, 10.0.2.15, which the guest then
+    does not have. A static address outside 10.0.2.0/24 on that interface is an error: the
+    guest would be unreachable, its forwards would go nowhere. With several interfaces nothing
+    says which address is whose: `ports[].guestAddress` says it."""
+    statics = _static_addresses(spec.get("cloudInit", {}).get("networkConfig"))
+    if not statics or len(interfaces) != 1 or interfaces[0].type is not NicType.USER:
+        return interfaces
+    inside = [a for a in statics if a in USER_SUBNET]
+    if not inside:
+        shown = ", ".join(str(a) for a in statics)
+        fail(
+            "/spec/cloudInit/networkConfig",
+            f"static address {shown} on a user-mode interface: QEMU's user-mode network is "
+            f"{USER_SUBNET} (gateway 10.0.2.2), so the guest would be unreachable and its port "
+            "forwards would go nowhere; use an address from 10.0.2.4 to 10.0.2.254",
+        )
+        return interfaces
+    nic = interfaces[0]
+    aimed = tuple(
+        port if port.guest_address else dataclasses.replace(port, guest_address=str(inside[0]))
+        for port in nic.ports
+    )
+    return (dataclasses.replace(nic, ports=aimed),)
+
+
+def _static_addresses(config: Any) -> list[ipaddress.IPv4Address]:
+    """The static IPv4 addresses a cloud-init network configuration (version 1 or 2, a
+    mapping or its YAML text) gives its interfaces; [] when it gives none or cannot be read."""
+    if isinstance(config, str):
+        try:
+            config = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return []
+    if not isinstance(config, dict):
+        return []
+    texts: list[Any] = []
+    ethernets = config.get("ethernets")
+    if isinstance(ethernets, dict):  # version 2
+        for interface in ethernets.values():
+            if isinstance(interface, dict) and isinstance(interface.get("addresses"), list):
+                texts += interface["addresses"]
+    entries = config.get("config")
+    if isinstance(entries, list):  # version 1
+        for entry in entries:
+            subnets = entry.get("subnets") if isinstance(entry, dict) else None
+            for subnet in subnets if isinstance(subnets, list) else []:
+                if isinstance(subnet, dict) and subnet.get("type") == "static":
+                    texts.append(subnet.get("address"))
+    addresses = []
+    for text in texts:
+        try:
+            address = ipaddress.ip_interface(str(text).strip()).ip
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv4Address):
+            addresses.append(address)
+    return addresses
 
 
 def _reject_repeats(

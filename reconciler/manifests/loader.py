@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation, excerpt
 from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
-from reconciler.manifests.guest import guest_config, networks
+from reconciler.manifests.guest import aim_forwards, guest_config, networks
 from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings
 from reconciler.manifests.yamlsource import (
     YamlDocument,
@@ -500,7 +500,7 @@ def _to_instance_spec(
         fail("/spec/image/source", str(err))
         image_location = None
     guest = guest_config(spec, path, confine, fail, named)
-    interfaces = networks(spec, fail)
+    interfaces = aim_forwards(spec, networks(spec, fail), fail)
     settings = machine_settings(
         spec,
         memory,

@@ -171,9 +171,11 @@ class PortForward:
     guest: int
     protocol: PortProtocol = PortProtocol.TCP
     address: str = "127.0.0.1"  # the host address the port listens on
+    guest_address: str | None = None  # None: the guest's first DHCP address (10.0.2.15)
 
     def describe(self) -> str:
-        return f"{self.address}:{self.host} -> guest {self.guest}/{self.protocol.value}"
+        guest = f"{self.guest_address}:{self.guest}" if self.guest_address else str(self.guest)
+        return f"{self.address}:{self.host} -> guest {guest}/{self.protocol.value}"
 
 
 @dataclass(frozen=True, slots=True)

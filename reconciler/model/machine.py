@@ -148,7 +148,12 @@ def _plain(value: Any) -> Any:
         return value
     names = _field_names(type(value))
     if names is not None:
-        return {name: _plain(getattr(value, name)) for name in names}
+        late = _LATE_FIELDS.get(type(value), ())
+        return {
+            name: _plain(getattr(value, name))
+            for name in names
+            if not (name in late and getattr(value, name) is None)
+        }
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     if isinstance(value, dict):
@@ -157,6 +162,10 @@ def _plain(value: Any) -> Any:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+
+# fields added after domains were defined with this digest: left out while unset (None), so
+# that a new version does not read every existing domain as changed
+_LATE_FIELDS: dict[type, tuple[str, ...]] = {PortForward: ("guest_address",)}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}

@@ -327,3 +327,45 @@ def test_interfaces_that_cannot_attach_refuse_the_instance_before_anything_is_ma
         RUNNING, InstanceActual(None, None, None, False), context(RUNNING, unavailable=(problem,))
     )
     assert plan.refusal == problem and plan.steps == ()
+
+
+STATIC_V2 = (
+    "  networks: [{type: user, ports: [{host: 2222, guest: 22}, "
+    "{host: 8080, guest: 80, guestAddress: 10.0.2.60}]}]\n"
+    "  cloudInit:\n"
+    "    networkConfig: {version: 2, ethernets: {eth0: {addresses: [%s/24]}}}\n"
+)
+
+
+def test_forwards_go_to_the_static_address_the_network_configuration_gives(
+    tmp_path: Path,
+) -> None:
+    errors, instances = load(tmp_path, STATIC_V2 % "10.0.2.50")
+    assert errors == []
+    (nic,) = instances[0].networks
+    assert [p.guest_address for p in nic.ports] == ["10.0.2.50", "10.0.2.60"]  # one said its own
+    from reconciler.drivers.libvirt_xml import hostfwd_rule
+
+    assert hostfwd_rule(nic.ports[0]) == "tcp:127.0.0.1:2222-10.0.2.50:22"
+    v1 = (
+        "  networks: [{type: user, ports: [{host: 2222, guest: 22}]}]\n"
+        "  cloudInit:\n"
+        "    networkConfig: {version: 1, config: [{type: physical, name: eth0, subnets: "
+        "[{type: static, address: 10.0.2.51/24, gateway: 10.0.2.2}]}]}\n"
+    )
+    errors, instances = load(tmp_path, v1)
+    assert errors == [] and instances[0].networks[0].ports[0].guest_address == "10.0.2.51"
+
+
+def test_a_static_address_outside_the_user_subnet_is_refused(tmp_path: Path) -> None:
+    errors, instances = load(tmp_path, STATIC_V2 % "192.168.7.5")
+    assert instances == ()
+    (error,) = errors
+    assert "/spec/cloudInit/networkConfig: static address 192.168.7.5 on a user-mode " in error
+    assert "use an address from 10.0.2.4 to 10.0.2.254" in error
+
+
+def test_a_guest_address_outside_the_user_subnet_is_refused(tmp_path: Path) -> None:
+    extra = "  networks: [{type: user, ports: [{host: 2222, guest: 22, guestAddress: 10.0.3.5}]}]\n"
+    (error,) = load(tmp_path, extra)[0]
+    assert "/spec/networks/0/ports/0/guestAddress" in error and "10.0.2.4 to 10.0.2.254" in error

@@ -39,6 +39,12 @@ VALID_SAMPLES = {
     "/properties/spec/properties/files/items/properties/owner": ["root", "root:root"],
     "/properties/spec/properties/networks/items/properties/source": ["default", "br0"],
     "/properties/spec/properties/networks/items/properties/mac": ["52:54:00:12:34:56"],
+    "/properties/spec/properties/networks/items/properties/ports/items/properties/guestAddress": [
+        "10.0.2.4",
+        "10.0.2.15",
+        "10.0.2.50",
+        "10.0.2.254",
+    ],
     "/properties/spec/properties/networks/items/properties/ports/items/properties/address": [
         "127.0.0.1",
         "0.0.0.0",
