@@ -118,6 +118,6 @@ def test_adopt_marks_a_matching_domain_and_refuses_one_that_differs(
     assert settled.code == 0, settled.out  # managed, and nothing to change
 
     again = reconcile("adopt", name, str(tmp_path))
-    assert again.code == 1 and "already carries a reconciler marker" in again.out
+    assert again.code == 1 and "already managed by this state directory" in again.out
     missing = reconcile("adopt", "rcy-no-manifest", str(tmp_path))
     assert missing.code == 2 and "no valid manifest" in missing.err
