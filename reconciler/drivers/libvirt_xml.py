@@ -107,8 +107,10 @@ def render_domain_xml(machine: Machine) -> str:
     # a balloon only where memory may change while the domain runs
     _sub(devices, "memballoon", model="virtio" if machine.max_memory_kib else "none")
     if machine.rng:
+        # QEMU's own getrandom(), not a device node: libvirt's private /dev may lack one
+        # (in a container or a chroot, /dev/urandom may not be there to copy)
         rng = _sub(devices, "rng", model="virtio")
-        _sub(rng, "backend", "/dev/urandom", model="random")
+        _sub(rng, "backend", model="builtin")
     # pvpanic: a guest kernel panic reaches libvirt, which destroys the domain (on_crash) and
     # reports it shut off as "crashed", a failure for the run policy
     _sub(devices, "panic", model="isa")

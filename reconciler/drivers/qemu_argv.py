@@ -100,7 +100,7 @@ def render_qemu_argv(machine: Machine, files: ProcessFiles, emulator: str = EMUL
     if machine.max_memory_kib is not None:
         argv += ["-device", "virtio-balloon-pci,id=balloon0"]
     if machine.rng:
-        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
+        argv += ["-object", "rng-builtin,id=rng0"]  # getrandom(): no device node needed
         argv += ["-device", "virtio-rng-pci,rng=rng0"]
     if machine.guest_agent:
         argv += ["-chardev", f"socket,id=qga0,path={files.guest_agent_socket},server=on,wait=off"]
