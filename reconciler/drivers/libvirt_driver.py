@@ -9,6 +9,7 @@ Every libvirtError is wrapped here, once, into a DriverError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -266,6 +267,22 @@ def _lost_message(uri: str, err: Any) -> str:
 _LOCAL_HOSTS = (None, "", "localhost", "127.0.0.1", "::1")
 
 
+def _with_balloon_target(live: Machine | None, definition: Machine) -> Machine | None:
+    """The running domain with its balloon's target as its memory. libvirt's live XML shows
+    the balloon's actual size, which a guest without a balloon driver leaves at the maximum
+    (and which reads as "no maximum" then): the target is what was asked, the definition's
+    current memory, as long as the running maximum is the defined one."""
+    if live is None:
+        return None
+    running_maximum = live.max_memory_kib or live.memory_kib
+    defined_maximum = definition.max_memory_kib or definition.memory_kib
+    if definition.max_memory_kib is None or running_maximum != defined_maximum:
+        return live
+    return dataclasses.replace(
+        live, memory_kib=definition.memory_kib, max_memory_kib=definition.max_memory_kib
+    )
+
+
 def uri_is_local(uri: str) -> bool:
     """Whether a libvirt URI's domains run on this host: it names no other host, whatever its
     transport (`qemu+unix:///system?socket=...` and `qemu+ssh:///system` are local; libvirt's
@@ -359,6 +376,7 @@ class LibvirtDriver:
         try:
             definition = parse_domain_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             live = parse_domain_xml(domain.XMLDesc(0)) if active else None
+            live = _with_balloon_target(live, definition)
             problem = None
         except DomainXmlError as err:
             LOG.warning("domain %s: %s", name, err)

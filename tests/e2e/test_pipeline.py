@@ -258,3 +258,27 @@ def test_status_without_a_daemon_observes_the_state_directory(
     assert entry["observed"] == "running" and entry["disk"]["bytes"] == 64 * 1024**2
     missing = reconcile("status", "rct-nosuch")
     assert missing.code == 2 and "no instance named 'rct-nosuch'" in missing.err
+
+
+def test_a_balloon_change_on_a_guest_without_a_balloon_driver_converges(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    """The boot-sector guest has no balloon driver, so the balloon's actual size stays at the
+    maximum: the plan compares the target asked for, says no restart is pending, and a live
+    memory change converges in one pass."""
+    name = unique_name()
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, memory="128MiB", maxMemory="256MiB")
+    assert reconcile("--once", str(tmp_path)).code == 0
+    created = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert created.code == 0, created.out
+    assert "older definition" not in created.out
+    write_manifest(tmp_path, name, e2e.base, e2e.sha256, memory="96MiB", maxMemory="256MiB")
+    change = reconcile("plan", str(tmp_path))
+    assert "[live] memory 128MiB -> 96MiB (takes effect now on the running domain)" in change.out
+    assert "set the running domain's memory to 96MiB" in change.out
+    assert "older definition" not in change.out
+    applied = reconcile("--once", str(tmp_path))
+    assert applied.code == 0, applied.out
+    assert "older definition" not in applied.out
+    settled = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert settled.code == 0, settled.out
