@@ -121,6 +121,9 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
         summary = f"{last.get('outcome', '-')} at {last.get('started', '-')}"
         if last:
             summary += f" ({last.get('seconds')}s)"
+        change = item.get("lastChange")
+        if change and last.get("outcome") != "changed":  # a later pass found nothing to do
+            summary += f"; last changed at {change.get('at')}"
         lines.append(
             f"  {item['name']:<{width}}  {item.get('desired') or '-':<8}  "
             f"{item.get('observed') or '-':<13}  {item.get('accelerator') or '-':<5}  {summary}"

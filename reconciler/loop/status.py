@@ -39,6 +39,7 @@ class InstanceStatus:
     accelerator: str | None = None
     accelerator_reason: str | None = None
     last_reconcile: dict[str, Any] | None = None
+    last_change: dict[str, Any] | None = None  # the last reconcile that changed something
     last_error: dict[str, Any] | None = None
     failures: int = 0
     next_retry: float | None = None  # wall-clock time
@@ -58,6 +59,7 @@ class InstanceStatus:
             "accelerator": self.accelerator,
             "acceleratorReason": self.accelerator_reason,
             "lastReconcile": self.last_reconcile,
+            "lastChange": self.last_change,
             "lastError": self.last_error,
             "failures": self.failures,
             "nextRetry": _iso(self.next_retry),
@@ -141,6 +143,11 @@ class StatusBook:
                 "notes": list(result.notes),
                 "triggers": sorted(triggers),
             }
+            if result.outcome is Outcome.CHANGED:
+                entry.last_change = {
+                    "at": _iso(started),
+                    "actions": list(result.actions),
+                }
             if result.accelerator is not None:
                 entry.accelerator = result.accelerator.accelerator.value
                 entry.accelerator_reason = result.accelerator.reason

@@ -231,3 +231,28 @@ def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: t
     assert json.loads(text) == snapshot
     assert len(snapshot["instances"]) == 2 and snapshot["manifestErrors"]
     assert text.count("\n    {") == 2  # one line per instance
+
+
+def test_status_shows_the_last_change_after_a_pass_that_found_nothing_to_do(
+    tmp_path: Path,
+) -> None:
+    from reconciler.cli.report import render_status
+    from reconciler.loop.reconcile import InstanceResult, Outcome
+    from reconciler.loop.status import StatusBook
+
+    book = StatusBook(tmp_path / "status.json", {"running": True, "pid": 1})
+    book.set_desired("web", "/m/web.yaml", "running")
+    changed = InstanceResult("web", Outcome.CHANGED, ("redefined domain",), seconds=2.13)
+    book.record_result(
+        changed, started=1_000_000.0, triggers={"manifest"}, observed="running", failures=0,
+        next_retry=None, pending_restart=False,
+    )  # fmt: skip
+    unchanged = InstanceResult("web", Outcome.UNCHANGED, seconds=0.01)
+    book.record_result(
+        unchanged, started=1_000_001.0, triggers={"event"}, observed="running", failures=0,
+        next_retry=None, pending_restart=False,
+    )  # fmt: skip
+    (entry,) = book.snapshot()["instances"]
+    assert entry["lastChange"]["actions"] == ["redefined domain"]
+    (row,) = [line for line in render_status(book.snapshot()) if line.strip().startswith("web")]
+    assert "unchanged at " in row and "; last changed at 1970-01-12T13:46:40" in row
