@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 IMAGE := build/images/bootsector.raw
 GUEST := build/images/reconciler-guest.raw
 
-.PHONY: demo test lint setup image guest bench clean
+.PHONY: demo test lint setup image guest bench dist clean
 
 demo: setup image
 	@tools/write-demo-config.sh
@@ -49,6 +49,10 @@ $(IMAGE): tools/make-bootsector-image.py
 # The test guest from Debian packages (cached; the script itself skips unchanged inputs).
 guest: setup
 	$(BIN)/python tools/guest/build-guest-image.py build/images
+
+# the wheel and the sdist, in dist/ (the commit they are built from recorded in them)
+dist: setup
+	$(BIN)/python tools/build-dist.py dist
 
 bench: setup image
 	$(BIN)/python bench/bench_cold_start.py

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from reconciler import __version__
 from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
@@ -212,6 +212,38 @@ def _prune_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _VersionAction(argparse.Action):
+    """--version: the version and the commit it was built from (worked out only when asked:
+    a checkout asks git)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: Any) -> None:
+        print(f"reconcile {__version__} ({source_commit()})")
+        parser.exit()
+
+
+def source_commit() -> str:
+    """The commit this copy was built from: the one a package records (reconciler/COMMIT,
+    written by `make dist`), else its checkout's HEAD, else unknown."""
+    package = Path(__file__).resolve().parent.parent
+    recorded = package / "COMMIT"
+    if recorded.is_file():
+        return f"commit {recorded.read_text().strip()[:12]}"
+    checkout = package.parent
+    if (checkout / ".git").exists():
+        import subprocess
+
+        done = subprocess.run(
+            ["git", "-C", str(checkout), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, check=False, timeout=10,
+        )  # fmt: skip
+        if done.returncode == 0:
+            return f"commit {done.stdout.strip()}, from the checkout {checkout}"
+    return "commit unknown"
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser (help, version) and one sub-parser per command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -234,7 +266,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "0 no changes, 2 changes pending, 1 error (invalid input included); with --fail-on: "
         "3 when a step at least that disruptive is pending. Of validate: 0 valid, 2 invalid.",
     )
-    parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version and the commit, then exit"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", prog="reconcile")
     run = commands.add_parser(
         "run", parents=[common], help="watch DIR and keep it converged (the default command)"
