@@ -258,7 +258,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]\n"
-        "       %(prog)s shutdown-guests",
+        "       %(prog)s shutdown-guests\n"
+        "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
         epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
@@ -342,6 +343,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     console.add_argument(
         "-f", "--follow", action="store_true", help="keep printing what the guest writes"
     )
+    commands.add_parser(
+        "schema",
+        parents=[common],
+        help="print the manifests' JSON Schema (for editors: save it beside the manifests)",
+    )
     return parser, dict(commands.choices)
 
 
@@ -413,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "console":
             args.directory = Path(".")
             return _run_command(run_console, args)
+        if command == "schema":
+            args.directory = Path(".")
+            return _run_command(run_schema, args)
         if command == "shutdown-guests":
             args.directory = Path(".")
             return _run_command(run_shutdown_guests, args)
@@ -545,6 +554,14 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_INVALID
     # an instance that cannot converge is an error of the plan, as of --once
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def run_schema(args: argparse.Namespace, out: TextIO) -> int:
+    """`reconcile schema`: the JSON Schema this version validates manifests with."""
+    from reconciler.manifests.loader import schema_text
+
+    print(schema_text(), end="", file=out)
+    return EXIT_OK
 
 
 def run_gc(args: argparse.Namespace, out: TextIO) -> int:

@@ -64,6 +64,11 @@ class LoadResult:
     valid_documents: frozenset[str] = frozenset()
 
 
+def schema_text() -> str:
+    """The instance JSON Schema shipped with the package, as text."""
+    return _schema_text()
+
+
 @cache
 def _schema_text() -> str:
     # beside this module (the package is installed as files): importlib.resources would

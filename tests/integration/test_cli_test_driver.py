@@ -235,7 +235,18 @@ def test_a_full_disk_at_lock_time_names_the_state_directory(
 
 @pytest.mark.parametrize(
     "command",
-    ["run", "plan", "validate", "export", "adopt", "status", "gc", "console", "shutdown-guests"],
+    [
+        "run",
+        "plan",
+        "validate",
+        "export",
+        "adopt",
+        "status",
+        "gc",
+        "console",
+        "shutdown-guests",
+        "schema",
+    ],
 )
 def test_each_command_help_has_its_own_usage_line(
     command: str, capsys: pytest.CaptureFixture[str]
