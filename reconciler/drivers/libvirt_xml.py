@@ -137,6 +137,8 @@ def _marker_element(machine: Machine, owner: OwnershipMarker) -> ET.Element:
     _sub(marker, f"{{{MARKER_NAMESPACE}}}manifest", owner.manifest)
     _sub(marker, f"{{{MARKER_NAMESPACE}}}spec-digest", owner.spec_digest)
     _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", owner.state_dir_id or "")
+    if owner.instance_id is not None:
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}instance-id", owner.instance_id)
     for disk in machine.disks:
         if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
             _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
@@ -513,7 +515,8 @@ def _parse_marker(marker: _Children) -> OwnershipMarker | None:
     if not digest or manifest is None:
         return None
     state_dir_id = marker.text(_ns("state-dir")) or None
-    return OwnershipMarker(manifest=manifest, spec_digest=digest, state_dir_id=state_dir_id)
+    instance_id = marker.text(_ns("instance-id")) or None
+    return OwnershipMarker(manifest, digest, state_dir_id, instance_id)
 
 
 _KIB_PER_UNIT = {

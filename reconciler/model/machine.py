@@ -38,6 +38,7 @@ class OwnershipMarker:
     manifest: str
     spec_digest: str
     state_dir_id: str | None = None
+    instance_id: str | None = None  # the config drive's cloud-init instance-id, when it has one
 
 
 @dataclass(frozen=True, slots=True)

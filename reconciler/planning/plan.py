@@ -215,7 +215,10 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         changes, effect = _redefinition(domain, shape, running_on, needs_restart, starting, restart)
         if drift:
             changes = tuple(change.as_drift() for change in changes)
-        marker = OwnershipMarker(str(spec.manifest), digest, context.state_dir_id or "")
+        instance_id = None if content is None else spec.guest.instance_id or uuid
+        marker = OwnershipMarker(
+            str(spec.manifest), digest, context.state_dir_id or "", instance_id
+        )
         machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
         steps.append(DefineDomain(spec.name, machine, changes, effect))
     if running_on:
@@ -228,7 +231,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             "apply it now"
         )
     if drive is not None and domain is not None and drive.name not in actual.config_drives:
-        notes.append(_drive_note(spec, uuid))
+        notes.append(_drive_note(spec, uuid, domain.marker))
     # libvirt's autostart: set after the definition (where the driver keeps it at all)
     known = domain is not None and domain.autostart is not None
     if (known and domain is not None and domain.autostart != spec.autostart) or (
@@ -323,9 +326,18 @@ def _drive_content(spec: InstanceSpec, uuid: str) -> DriveContent | None:
     return drive_content(spec.guest, spec.name, spec.guest.instance_id or uuid)
 
 
-def _drive_note(spec: InstanceSpec, uuid: str) -> str:
-    """What a guest that has booted makes of a rebuilt config drive."""
+def _drive_note(spec: InstanceSpec, uuid: str, marker: OwnershipMarker | None) -> str:
+    """What a guest that has booted makes of a rebuilt config drive: the same instance-id
+    (cloud-init applies most modules once per instance-id), or a new one (recorded on the
+    domain with the drive it was written to)."""
     instance_id = spec.guest.instance_id or uuid
+    before = marker.instance_id if marker is not None else None
+    if before is not None and before != instance_id:
+        return (
+            f"config drive rebuilt with a new instance-id {instance_id} (was {before}): "
+            "cloud-init takes the guest for a new instance at its next boot and applies its "
+            "per-instance modules (users, keys, write_files, runcmd) again"
+        )
     return (
         f"config drive rebuilt with instance-id {instance_id} unchanged: the guest sees the new "
         "files on the drive, but cloud-init applies most modules (users, keys, write_files) "

@@ -319,6 +319,17 @@ def test_a_rebuilt_drive_is_swapped_into_the_running_domain_and_the_old_one_remo
     assert not plan.pending_restart
     assert plan.steps[3] == RemoveFiles("web", (old_drive,), old_drive.parent)
     assert any("only once per instance-id" in note for note in plan.notes)
+    assert machine.marker is not None and machine.marker.instance_id == machine.uuid  # recorded
+
+    # a new instance-id (the README's remedy) is a new instance to cloud-init: said so
+    renewed = replace(spec, guest=GuestConfig(hostname="old", instance_id="web-v2"))
+    plan = plan_instance(renewed, actual, context(renewed))
+    (note,) = [n for n in plan.notes if "instance-id" in n]
+    assert note.startswith(
+        f"config drive rebuilt with a new instance-id web-v2 (was {machine.uuid})"
+    )
+    define = next(step for step in plan.steps if isinstance(step, DefineDomain))
+    assert define.machine.marker is not None and define.machine.marker.instance_id == "web-v2"
 
 
 def test_interfaces_that_cannot_attach_refuse_the_instance_before_anything_is_made() -> None:
