@@ -9,7 +9,12 @@ from typing import Any
 import yaml
 
 from reconciler.model.desired import BootDevice, CpuMode, Firmware, Graphics, NicType
-from reconciler.model.machine import BOOT_DISK_TARGET, CONFIG_DRIVE_TARGET, Machine
+from reconciler.model.machine import (
+    BOOT_DISK_TARGET,
+    CONFIG_DRIVE_TARGET,
+    LIBVIRT_DEFAULT_CPU,
+    Machine,
+)
 from reconciler.sizes import format_size
 
 SCHEMA_ID = "https://reconciler.invalid/schemas/instance.schema.json"
@@ -38,7 +43,7 @@ def export_manifest(machine: Machine, facts: ExportFacts) -> str:
         spec["maxMemory"] = format_size(machine.max_memory_kib * 1024)
     if machine.max_vcpus is not None:
         spec["maxVcpus"] = machine.max_vcpus
-    if machine.cpu.mode is not CpuMode.DEFAULT:
+    if machine.cpu.mode is not CpuMode.DEFAULT and machine.cpu != LIBVIRT_DEFAULT_CPU:
         cpu: dict[str, str] = {"mode": machine.cpu.mode.value}
         if machine.cpu.model is not None:
             cpu["model"] = machine.cpu.model

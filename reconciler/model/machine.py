@@ -17,6 +17,7 @@ from typing import Any
 from reconciler.model.desired import (
     Accelerator,
     BootDevice,
+    CpuMode,
     CpuSpec,
     Firmware,
     Graphics,
@@ -28,6 +29,8 @@ from reconciler.model.desired import (
 BOOT_DISK_TARGET = "vda"
 CONFIG_DRIVE_TARGET = "sda"  # a read-only SATA CD-ROM
 MARKER_NAMESPACE = "urn:x-reconciler:instance:1"  # of the marker in a domain's metadata
+# libvirt writes the default CPU out as this model in a definition that named none
+LIBVIRT_DEFAULT_CPU = CpuSpec(CpuMode.CUSTOM, "qemu64")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 
 from reconciler.model.desired import (
     Accelerator,
-    CpuMode,
     CpuSpec,
     DeletionPolicy,
     DesiredState,
@@ -18,6 +17,7 @@ from reconciler.model.desired import (
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
     CONFIG_DRIVE_TARGET,
+    LIBVIRT_DEFAULT_CPU,
     Disk,
     Machine,
     Nic,
@@ -119,14 +119,10 @@ def with_config_drive(machine: Machine, path: str) -> Machine:
     return replace(machine, disks=disks)
 
 
-# libvirt writes the default CPU out as this model in a definition that named none
-_LIBVIRT_DEFAULT_CPU = CpuSpec(CpuMode.CUSTOM, "qemu64")
-
-
 def shape_of(machine: Machine) -> Machine:
     """`machine` without its identity (uuid, marker), with the defaults a hypervisor fills in
     read as defaults: what two definitions compare on."""
-    cpu = CpuSpec() if machine.cpu == _LIBVIRT_DEFAULT_CPU else machine.cpu
+    cpu = CpuSpec() if machine.cpu == LIBVIRT_DEFAULT_CPU else machine.cpu
     # libvirt keeps disks sorted by bus and target, whatever the order they were given in
     disks = tuple(sorted(machine.disks, key=lambda disk: disk.target))
     return replace(machine, uuid=None, marker=None, cpu=cpu, disks=disks)
