@@ -3,6 +3,7 @@ machines, each in words with its class: live, restart or replace. Pure."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, replace
 
@@ -251,7 +252,30 @@ def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
     if current.nics != wanted.nics:
         kind = live if live_nic_change(current, wanted) else restart
         changes.append(Change(f"network {_nics(current)} -> {_nics(wanted)}", kind))
-    return tuple(changes) or (Change("definition updated", live),)
+    if current.console_log != wanted.console_log:
+        was, becomes = current.console_log or "none", wanted.console_log or "none"
+        changes.append(Change(f"serial console {was} -> {becomes}", restart))
+    if current.nvram != wanted.nvram:
+        changes.append(Change(f"nvram {current.nvram or '-'} -> {wanted.nvram or '-'}", restart))
+    before, after = current.disk(BOOT_DISK_TARGET), wanted.disk(BOOT_DISK_TARGET)
+    if before is not None and after is not None and before != after and before.path == after.path:
+        changes.append(Change(f"boot disk {_disk(before)} -> {_disk(after)}", restart))
+    return tuple(changes) or tuple(_other_changes(current, wanted))
+
+
+def _disk(disk: Disk) -> str:
+    return f"{disk.format} on {disk.bus}{' (read-only)' if disk.read_only else ''}"
+
+
+def _other_changes(current: Machine, wanted: Machine) -> list[Change]:
+    """Every other field that differs, by name (a definition never differs without a word)."""
+    changes = []
+    for field in dataclasses.fields(Machine):
+        before, after = getattr(current, field.name), getattr(wanted, field.name)
+        if before != after:
+            what = f"{field.name} {before!r} -> {after!r}"
+            changes.append(Change(what[:200], ChangeClass.RESTART))
+    return changes or [Change("definition updated", ChangeClass.LIVE)]
 
 
 def _data_disk_changes(current: Machine, wanted: Machine) -> list[Change]:

@@ -267,3 +267,15 @@ def test_a_hand_edit_that_keeps_the_marker_is_drift_and_is_repaired() -> None:
     assert isinstance(define, DefineDomain)
     assert "[restart] drift: memory 256MiB (manifest 128MiB)" in define.describe()
     assert not plan.pending_restart  # the running domain never took the edit
+
+
+def test_every_difference_is_named_never_just_definition_updated() -> None:
+    base = defined(RUNNING)
+    other_console = replace(base, console_log="/var/log/hand-made.log")
+    (change,) = describe_changes(other_console, base)
+    assert change.describe().startswith("[restart] serial console /var/log/hand-made.log -> ")
+    boot = base.disk("vda")
+    assert boot is not None
+    other_bus = replace(base, disks=(replace(boot, bus="sata"), *base.disks[1:]))
+    (change,) = describe_changes(other_bus, base)
+    assert "boot disk qcow2 on sata -> qcow2 on virtio" in change.describe()
