@@ -378,9 +378,14 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
         # another base under the existing disk (unless the manifest allows replacing it)
         change = _base_change(spec, overlay, context)
         if change is not None and not spec.allow_replace:
+            base = spec.image.cached_format.value
             return _replacement(
                 f"disk {paths.disk} {change}: changing the base image would discard the guest's "
-                "data (allowReplace: true replaces the disk)"
+                "data (allowReplace: true replaces the disk). If it is the same image at another "
+                f"path (a disk made by hand: sha256sum {overlay.backing_file} prints "
+                f"{spec.image.sha256 or 'the sha256 of ' + str(spec.image.location)}), point the "
+                "disk at the cached copy instead, with the domain shut off, which keeps its data: "
+                f"qemu-img rebase -u -F {base} -b {context.base_path} {paths.disk}"
             )
         # a smaller disk
         if overlay.virtual_size > spec.disk_bytes:

@@ -227,6 +227,9 @@ def test_a_new_base_is_refused_unless_replacement_is_allowed() -> None:
     moved = replace(actual, overlay=overlay(RUNNING, backing="/state/images/sha256-other.raw"))
     refusal = kinds_of(RUNNING, moved)
     assert isinstance(refusal, str) and "allowReplace: true replaces the disk" in refusal
+    # the safe way for the same bytes at another path, with the check that says so
+    assert "sha256sum /state/images/sha256-other.raw prints " in refusal
+    assert "qemu-img rebase -u -F raw -b " in refusal
     allowed = replace(RUNNING, allow_replace=True)
     plan = plan_instance(allowed, moved, context(allowed))
     assert [s.kind for s in plan.steps] == [
