@@ -10,6 +10,8 @@ it is otherwise (libvirt's domain metadata), so nothing the manifest does not ma
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +94,42 @@ def export_domain(driver: Driver, state: StateDir, name: str) -> str:
         raise ConfigError(f"cannot export {name!r}: {why}")
     machine = record.definition
     source, image_format, size = boot_disk_facts(machine.boot_disk_path)
+    entry = _CACHE_ENTRY.fullmatch(Path(source).name) if source is not None else None
+    cached = source is not None and Path(source).parent == state.images and entry is not None
+    digest = entry.group(1) if cached and entry is not None else None
     facts = ExportFacts(
         running=record.state.active,
         autostart=record.autostart,
-        image_source=source,
+        image_source=_remembered_source(state, digest) or source,
         image_format=image_format,
         disk_bytes=size,
         instance_disk=str(state.instance(name).disk),
+        image_sha256=digest,
+        cached=cached and _remembered_source(state, digest) is None,
     )
     return export_manifest(machine, facts)
+
+
+_CACHE_ENTRY = re.compile(r"sha256-([0-9a-f]{64})\.(?:raw|qcow2)")
+
+
+def _remembered_source(state: StateDir, digest: str | None) -> str | None:
+    """The local source a cache entry was made from, when the cache remembers one (the
+    digests of local sources named without a checksum)."""
+    if digest is None:
+        return None
+    try:
+        memos = sorted(state.source_digests.glob("*.json"))
+    except OSError:
+        return None
+    for memo in memos:
+        try:
+            data = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("sha256") == digest and data.get("path"):
+            return str(data["path"])
+    return None
 
 
 def boot_disk_facts(path: str | None) -> tuple[str | None, str | None, int | None]:

@@ -4,6 +4,7 @@ express as fields, and comments for what it cannot. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,6 +31,8 @@ class ExportFacts:
     image_format: str | None
     disk_bytes: int | None  # the boot disk's virtual size
     instance_disk: str  # where this state directory keeps the instance's boot disk
+    image_sha256: str | None = None  # known when the base is an entry of the image cache
+    cached: bool = False  # the base is an entry of the image cache (not a source to name)
 
 
 def export_manifest(machine: Machine, facts: ExportFacts) -> str:
@@ -108,10 +111,16 @@ def export_manifest(machine: Machine, facts: ExportFacts) -> str:
 def _image_and_disk(
     machine: Machine, facts: ExportFacts, notes: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    image: dict[str, Any] = {
-        "source": facts.image_source or "FILL-IN: the base image",
-        "format": facts.image_format or "qcow2",
-    }
+    source = facts.image_source or "FILL-IN: the base image"
+    if facts.cached and facts.image_source is not None:
+        source = "FILL-IN: where the image comes from (a path or URL with this sha256)"
+        notes.append(
+            f"the base is the image cache's entry {Path(facts.image_source).name}: name where "
+            "the image comes from (the cache is not a source); its sha256 is below"
+        )
+    image: dict[str, Any] = {"source": source, "format": facts.image_format or "qcow2"}
+    if facts.image_sha256 is not None:
+        image["sha256"] = facts.image_sha256
     boot = machine.boot_disk_path
     if facts.image_source is None:
         notes.append("the domain has no boot disk (vda) the reconciler can read")
@@ -120,7 +129,8 @@ def _image_and_disk(
             f"the boot disk {boot} has no backing file: it is named as the base image, which "
             "a new instance copies"
         )
-    notes.append("no sha256 for the base image: add it to have the image checked")
+    if facts.image_sha256 is None:
+        notes.append("no sha256 for the base image: add it to have the image checked")
     if boot is not None and boot != facts.instance_disk:
         notes.append(
             f"the boot disk is {boot}; the reconciler keeps an instance's boot disk at "

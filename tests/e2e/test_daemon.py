@@ -341,6 +341,8 @@ def test_export_adopt_and_gc_ask_the_running_daemon(daemon: Daemon) -> None:
     assert exported.returncode == 0, exported.stdout + exported.stderr
     document = yaml.safe_load(exported.stdout)
     assert document["metadata"]["name"] == name and document["spec"]["state"] == "running"
+    assert document["spec"]["image"]["sha256"] == daemon.sha256  # the cache entry's digest
+    assert "/images/sha256-" not in document["spec"]["image"]["source"]  # never the cache
     adopted = daemon.cli("adopt", name, str(daemon.manifests), "--dry-run")
     assert adopted.returncode == 1, adopted.stdout + adopted.stderr
     assert "already managed by this state directory" in adopted.stdout
