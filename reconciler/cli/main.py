@@ -401,30 +401,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = subparsers[command]
         args = sub.parse_intermixed_args(rest)
         args.command = command
-        if command == "gc":
+        # the commands that read no manifest directory, then those that name one
+        without_directory: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+            "gc": run_gc, "status": run_status, "export": run_export, "console": run_console,
+            "schema": run_schema, "shutdown-guests": run_shutdown_guests,
+        }  # fmt: skip
+        if command in without_directory:
             args.directory = Path(".")
-            return _run_command(run_gc, args)
-        if command == "status":
-            args.directory = Path(".")
-            return _run_command(run_status, args)
-        if command == "plan":
-            return _run_command(run_plan, args)
-        if command == "validate":
-            return _run_command(run_validate, args)
-        if command == "export":
-            args.directory = Path(".")
-            return _run_command(run_export, args)
-        if command == "adopt":
-            return _run_command(run_adopt, args)
-        if command == "console":
-            args.directory = Path(".")
-            return _run_command(run_console, args)
-        if command == "schema":
-            args.directory = Path(".")
-            return _run_command(run_schema, args)
-        if command == "shutdown-guests":
-            args.directory = Path(".")
-            return _run_command(run_shutdown_guests, args)
+            return _run_command(without_directory[command], args)
+        with_directory = {"plan": run_plan, "validate": run_validate, "adopt": run_adopt}
+        if command in with_directory:
+            return _run_command(with_directory[command], args)
         if (args.directory is None) == (args.git is None):
             sub.error("give a manifest directory DIR or --git URL (one of them)")
         if args.once:
