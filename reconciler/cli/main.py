@@ -155,9 +155,6 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
 
 
-COMMANDS = ("run", "plan", "validate", "status", "gc", "console", "export", "adopt")
-
-
 def _git_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--git",
