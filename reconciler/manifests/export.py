@@ -134,7 +134,8 @@ def _image_and_disk(
     if boot is not None and boot != facts.instance_disk:
         notes.append(
             f"the boot disk is {boot}; the reconciler keeps an instance's boot disk at "
-            f"{facts.instance_disk} (move it there, with the domain shut off, to adopt it)"
+            f"{facts.instance_disk} (to adopt it: with the domain shut off, move the file there "
+            "and point the domain's vda at it, e.g. with virsh edit)"
         )
     size = facts.disk_bytes
     disk = {"size": format_size(size) if size is not None else "FILL-IN"}
