@@ -160,13 +160,7 @@ class StateDir:
         changed = 0
         for directory, subdirs, files in os.walk(self.root):
             for entry in [directory, *(os.path.join(directory, n) for n in (*subdirs, *files))]:
-                try:
-                    info = os.lstat(entry)
-                    if not stat.S_ISLNK(info.st_mode) and stat.S_IMODE(info.st_mode) & umask:
-                        os.chmod(entry, stat.S_IMODE(info.st_mode) & ~umask)
-                        changed += 1
-                except OSError:  # gone meanwhile
-                    continue
+                changed += _make_private(entry, umask)
         LOG.warning(
             "state directory %s was open to other users: %d entries made private to their "
             "owner (umask %04o)",
@@ -183,6 +177,28 @@ class StateDir:
         except FileNotFoundError:
             return None
         return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _make_private(entry: str, umask: int) -> int:
+    """Take `umask`'s permissions from `entry` (1 when it changed). The entry is opened
+    without following a symlink and changed through that descriptor, so that one swapped in
+    for it (by whoever could write to a directory that was open) is never followed: a symlink,
+    and anything that cannot be opened so (a socket), is left as it is."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(entry, flags)
+    except OSError:  # a symlink (ELOOP), a socket (ENXIO), gone meanwhile
+        return 0
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if not mode & umask:
+            return 0
+        os.fchmod(fd, mode & ~umask)
+        return 1
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:

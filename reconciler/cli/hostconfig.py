@@ -53,7 +53,9 @@ def read_config(path: Path) -> dict[str, Any]:
                 f"{path}: other users may write it, so it is not used (chmod go-w {path})"
             )
         text = read_input_file(path, None, MAX_CONFIG_BYTES)
-    except (OSError, InputFileRefused) as err:
+    except OSError as err:
+        raise ConfigError(f"configuration file {path}: {err.strerror or err}") from err
+    except InputFileRefused as err:
         raise ConfigError(f"configuration file {path}: {err}") from err
     try:
         data = yaml.safe_load(text) if text.strip() else {}

@@ -93,3 +93,33 @@ def test_a_file_others_may_write_is_refused(config: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         apply_config(namespace())
     assert "other users may write it" in str(caught.value)
+
+
+def test_a_missing_file_named_by_the_environment_is_a_plain_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILER_CONFIG", str(tmp_path / "none.yaml"))
+    with pytest.raises(ConfigError) as caught:
+        apply_config(namespace())
+    assert str(caught.value) == (
+        f"configuration file {tmp_path / 'none.yaml'}: No such file or directory"
+    )
+
+
+def test_making_an_open_state_directory_private_never_follows_a_link(tmp_path: Path) -> None:
+    from reconciler.statedir import PRIVATE_UMASK, StateDir
+
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's\n")
+    victim.chmod(0o644)
+    root = tmp_path / "state"
+    (root / "instances" / "web").mkdir(parents=True)
+    (root / "instances" / "web" / "disk.qcow2").write_text("disk")
+    (root / "instances" / "web" / "planted").symlink_to(victim)
+    for path in (root, root / "instances", root / "instances" / "web"):
+        path.chmod(0o777)
+    (root / "instances" / "web" / "disk.qcow2").chmod(0o666)
+    assert StateDir(root).make_private(PRIVATE_UMASK) == 4
+    assert victim.stat().st_mode & 0o777 == 0o644  # the link's target is not touched
+    assert (root / "instances" / "web" / "disk.qcow2").stat().st_mode & 0o777 == 0o600
+    assert root.stat().st_mode & 0o777 == 0o700
