@@ -10,6 +10,8 @@ import pytest
 # not the tests': every command they run, in this process or as a subprocess, reads none
 # unless a test names one
 os.environ["RECONCILER_CONFIG"] = ""
+# a reconciler the tests find hung gets SIGABRT (tests.helpers.run_bounded): every thread's stack
+os.environ["PYTHONFAULTHANDLER"] = "1"
 
 PROXY_VARIABLES = (
     "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import secrets
+import signal
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,37 @@ def write_base_image(directory: Path) -> tuple[Path, str]:
     path = directory / "bootsector.raw"
     path.write_bytes(data)
     return path, hashlib.sha256(data).hexdigest()
+
+
+def run_bounded(
+    command: Sequence[str],
+    timeout: float,
+    state_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(command, capture_output, text) that, past `timeout`, fails the test with
+    what the process was doing: it gets SIGABRT first, so Python's faulthandler (enabled for
+    the whole suite) prints every thread's stack, to the terminal or, once the libvirt driver
+    has routed descriptor 2, to STATE/libvirt.log, whose tail is quoted."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            try:
+                stdout, stderr = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+            log = state_dir / "libvirt.log" if state_dir is not None else None
+            tail = log.read_text(errors="replace")[-12000:] if log and log.is_file() else ""
+            raise AssertionError(
+                f"{' '.join(command)} still ran after {timeout} s\n--- stdout\n{stdout}"
+                f"\n--- stderr\n{stderr}\n--- {log}\n{tail}"
+            ) from None
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def unique_name(prefix: str = "rct") -> str:

@@ -18,7 +18,7 @@ import pytest
 from reconciler.drivers.host import process_alive
 from tests.e2e.conftest import Host, private_host
 from tests.guest import IMAGES, guest_image, wait_for_marker
-from tests.helpers import unique_name, write_manifest
+from tests.helpers import run_bounded, unique_name, write_manifest
 
 pytestmark = pytest.mark.both_drivers
 
@@ -40,9 +40,7 @@ def environment() -> dict[str, str]:
 
 
 def reconcile(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(host, *args), capture_output=True, text=True, timeout=300, env=environment()
-    )
+    return run_bounded(command(host, *args), 300, host.root, environment())
 
 
 def start_pass(host: Host, manifests: Path) -> subprocess.Popen[str]:

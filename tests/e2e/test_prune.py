@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Host, private_host
-from tests.helpers import unique_name, write_base_image, write_manifest
+from tests.helpers import run_bounded, unique_name, write_base_image, write_manifest
 
 pytestmark = pytest.mark.both_drivers
 
@@ -23,7 +23,7 @@ def host(driver_name: str) -> Iterator[Host]:
 
 
 def reconcile(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(host.command(*args), capture_output=True, text=True, timeout=300)
+    return run_bounded(host.command(*args), 300, host.root)
 
 
 def domains(host: Host) -> set[str]:

@@ -22,7 +22,7 @@ from reconciler.model.actual import PowerState
 from tests.e2e.conftest import Host, destroy_domains, private_host
 from tests.e2e.test_daemon import launch, stop_daemon, wait_until
 from tests.gitrepo import Repository, openpgp_signing_key, ssh_signing_key
-from tests.helpers import unique_name, write_base_image
+from tests.helpers import run_bounded, unique_name, write_base_image
 
 pytestmark = pytest.mark.both_drivers
 RUNNING, SHUTOFF = PowerState.RUNNING, PowerState.SHUTOFF
@@ -38,7 +38,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Repository, Path, str]]:
 
 def reconcile(host: Host, base: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = host.command(*args, "--image-dir", str(base.parent))
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return run_bounded(command, 300, host.root)
 
 
 @contextlib.contextmanager

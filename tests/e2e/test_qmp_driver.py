@@ -23,7 +23,7 @@ import pytest
 from reconciler.drivers.host import emulator_process
 from reconciler.images.diskheaders import parse_qcow2_header, read_head
 from tests.guest import IMAGES, guest_image, wait_for_marker
-from tests.helpers import unique_name, write_manifest
+from tests.helpers import run_bounded, unique_name, write_manifest
 
 MIB = 1024**2
 
@@ -72,7 +72,7 @@ def reconcile(root: Path, *args: str, timeout: float = 300) -> subprocess.Comple
         sys.executable, "-m", "reconciler", *args, "--driver", "qmp",
         "--state-dir", str(root), "--image-dir", str(IMAGES),
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return run_bounded(command, timeout, root)
 
 
 def write_guest(directory: Path, name: str, **spec: object) -> None:
