@@ -21,6 +21,8 @@ packages=(
   git gnupg openssh-client
   # /bin/kill, which the systemd units call to reload the daemon (absent from a minimal Debian)
   procps
+  # tests: systemd-analyze checks the shipped units (systemd need not run for that)
+  systemd
 )
 missing=()
 for package in "${packages[@]}"; do
