@@ -75,8 +75,10 @@ def run_adopt(args: argparse.Namespace, out: TextIO) -> int:
         for difference in adoption.differences:
             print(f"  {difference}", file=out)
         return EXIT_FAILED
-    verb = "matches its manifest" if args.dry_run else "adopted: now managed by this state"
+    verb = "matches its manifest" if args.dry_run else "adopted: managed by this state directory"
     print(f"{args.name}: {verb}", file=out)
+    for action in adoption.take_over:
+        print(f"  {'to do: ' if args.dry_run else 'done: '}{action}", file=out)
     for step in adoption.next_steps:
         print(f"  next pass: {step}", file=out)
     return EXIT_OK

@@ -80,6 +80,11 @@ class Driver(Protocol):
         changing nothing else in it (adoption)."""
         ...
 
+    def repoint_boot_disk(self, name: str, path: str) -> None:
+        """Point the persistent definition's boot disk (vda) at the file `path`, changing
+        nothing else in it (adoption, with the domain shut off)."""
+        ...
+
     def start(self, name: str) -> None:
         """Start a defined, inactive domain."""
         ...

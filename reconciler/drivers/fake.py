@@ -19,7 +19,7 @@ from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec
-from reconciler.model.machine import Disk, Machine, Nic
+from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
 
 @dataclass
@@ -104,6 +104,16 @@ class FakeDriver:
                 asked_running=machine.asked_running,
             )
             domain.machine = marked
+
+    def repoint_boot_disk(self, name: str, path: str) -> None:
+        with self._lock:
+            self._act("repoint", name)
+            domain = self._require("point the boot disk of", name)
+            disks = tuple(
+                replace(disk, path=path) if disk.target == BOOT_DISK_TARGET else disk
+                for disk in domain.machine.disks
+            )
+            domain.machine = replace(domain.machine, disks=disks)
 
     def start(self, name: str) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
     MARKER_PREFIX,
     DomainXmlError,
+    disk_with_source,
     parse_domain_xml,
     render_disk_xml,
     render_domain_xml,
@@ -39,7 +40,14 @@ from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType
-from reconciler.model.machine import MARKER_NAMESPACE, Disk, Machine, Nic, config_drive_disk
+from reconciler.model.machine import (
+    BOOT_DISK_TARGET,
+    MARKER_NAMESPACE,
+    Disk,
+    Machine,
+    Nic,
+    config_drive_disk,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -439,6 +447,17 @@ class LibvirtDriver:
             MARKER_NAMESPACE,
             libvirt.VIR_DOMAIN_AFFECT_CONFIG,
         )
+
+    @_wrap_errors("point the boot disk of")
+    def repoint_boot_disk(self, name: str, path: str) -> None:
+        libvirt = _libvirt()
+        domain = self._require(name)
+        xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        try:
+            disk = disk_with_source(xml, BOOT_DISK_TARGET, path)
+        except DomainXmlError as err:
+            raise DriverError(f"point the boot disk of {name} at {path}", str(err)) from err
+        domain.updateDeviceFlags(disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
     @_wrap_errors("define")
     def define_xml(self, xml: str) -> None:

@@ -162,6 +162,25 @@ def render_disk_xml(disk: Disk) -> str:
     return ET.tostring(holder[0], encoding="unicode")
 
 
+def disk_with_source(domain_xml: str, target: str, path: str) -> str:
+    """The <disk> element of `domain_xml` with target `target`, its file source replaced by
+    `path` and everything else as it was (for updating that one device of a definition);
+    DomainXmlError when there is no such file-backed disk."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError as err:
+        raise DomainXmlError(f"unparsable domain XML: {err}") from err
+    for disk in root.iterfind("devices/disk"):
+        found = disk.find("target")
+        source = disk.find("source")
+        if found is not None and found.get("dev") == target:
+            if disk.get("type") != "file" or source is None or source.get("file") is None:
+                raise DomainXmlError(f"disk {target} is not a file")
+            source.set("file", path)
+            return ET.tostring(disk, encoding="unicode")
+    raise DomainXmlError(f"the domain has no disk {target}")
+
+
 def _add_os(domain: ET.Element, machine: Machine) -> None:
     """<os>: machine type, firmware (UEFI chosen by libvirt among the firmware descriptors,
     without secure boot) and the boot order."""

@@ -66,7 +66,7 @@ from reconciler.fileops import write_atomically
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType
-from reconciler.model.machine import Disk, Machine, Nic
+from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
 LOG = logging.getLogger(__name__)
 
@@ -435,6 +435,12 @@ class QmpDriver:
             )
         )
 
+    def repoint_boot_disk(self, name: str, path: str) -> None:
+        existing = self._definition(name)
+        if existing is None:
+            raise DriverError(f"point the boot disk of {name}", "no such domain")
+        self._write_definition(replace(existing, disks=_repointed(existing.disks, path)))
+
     def undefine(self, name: str) -> None:
         definition = self._definition(name)
         if definition is None:
@@ -705,6 +711,13 @@ class QmpDriver:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()  # its selector and sockets: a command's driver is one of many
+
+
+def _repointed(disks: tuple[Disk, ...], path: str) -> tuple[Disk, ...]:
+    """`disks` with the boot disk's file replaced by `path`."""
+    if not any(disk.target == BOOT_DISK_TARGET for disk in disks):
+        raise DriverError("point the boot disk", f"the domain has no disk {BOOT_DISK_TARGET}")
+    return tuple(replace(d, path=path) if d.target == BOOT_DISK_TARGET else d for d in disks)
 
 
 def _last_line(log: Path) -> str:

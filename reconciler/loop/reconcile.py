@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import DomainRecord, Driver
-from reconciler.errors import InstanceError, PermanentError, ReconcilerError
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left, remove_dead_leftovers
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.progress import TransferReporter
-from reconciler.images.resolve import SourceResolver
+from reconciler.images.resolve import ResolvedSource, SourceResolver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
-from reconciler.model.machine import MARKER_NAMESPACE, OwnershipMarker
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
     InstancePlan,
@@ -124,8 +123,6 @@ class HostFacts:
 
 # restarts after a failure back off: 1 s doubling to 5 minutes, reset after 2 minutes of running
 CRASH_LOOP_FIRST_SECONDS = 1.0
-# the spec digest of the marker a domain is planned with while it is being adopted
-ADOPTION_DIGEST = "sha256:adopting"
 CRASH_LOOP_CAP_SECONDS = 300.0
 CRASH_LOOP_RESET_SECONDS = 120.0
 
@@ -217,24 +214,34 @@ class Reconciler:
         spec: InstanceSpec,
         resolver: SourceResolver,
         *,
-        adopting: bool = False,
         listed: Mapping[str, DomainRecord] | None = None,
     ) -> InstancePlan:
         """Resolve, observe and plan `spec` (no change made, except that a resolver made to
-        persist digests records those of local sources it had to compute). `adopting`: plan
-        an existing domain without a marker as if it were this state directory's, so that
-        the definition step lists what differs from the manifest. `listed`: every domain by
-        name, from one listing of the pass, instead of a lookup."""
-        paths = self.state.instance(spec.name)
+        persist digests records those of local sources it had to compute). `listed`: every
+        domain by name, from one listing of the pass, instead of a lookup."""
         try:
-            resolved = resolver.resolve(spec)
-            actual = observe_instance(self.driver, spec.name, paths, resolved, listed)
+            resolved, actual = self.observe(spec, resolver, listed)
         except PermanentError as err:  # a refused source, an unreadable domain definition
             return InstancePlan(spec.name, refusal=str(err))
-        if adopting:
-            actual = self._as_adopted(spec, actual)
+        return self.plan_observed(resolved, actual)
+
+    def observe(
+        self,
+        spec: InstanceSpec,
+        resolver: SourceResolver,
+        listed: Mapping[str, DomainRecord] | None = None,
+    ) -> tuple[ResolvedSource, InstanceActual]:
+        """`spec` with its source resolved, and what exists for it now (PermanentError: a
+        refused source, an unreadable domain definition)."""
+        resolved = resolver.resolve(spec)
+        paths = self.state.instance(spec.name)
+        return resolved, observe_instance(self.driver, spec.name, paths, resolved, listed)
+
+    def plan_observed(self, resolved: ResolvedSource, actual: InstanceActual) -> InstancePlan:
+        """The plan from `actual` to the resolved spec (see `plan`)."""
+        spec = resolved.spec
         context = PlanContext(
-            paths=paths,
+            paths=self.state.instance(spec.name),
             base_path=resolved.base_path,
             kvm=self.host.kvm,
             default_accelerator=self.settings.default_accelerator,
@@ -245,36 +252,13 @@ class Reconciler:
             macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
         )
-        plan = plan_instance(resolved.spec, actual, context)
+        plan = plan_instance(spec, actual, context)
         for step in plan.steps:  # what this driver cannot run is refused before anything
             if isinstance(step, DefineDomain):
                 problems = self.driver.cannot_express(step.machine)
                 if problems:
                     return InstancePlan(spec.name, refusal="; ".join(problems))
         return plan
-
-    def _as_adopted(self, spec: InstanceSpec, actual: InstanceActual) -> InstanceActual:
-        domain = actual.domain
-        if domain is None:
-            raise InstanceError(f"no libvirt domain named {spec.name!r} to adopt")
-        if domain.marker is not None and domain.marker.state_dir_id == self.host.state_dir_id:
-            raise InstanceError(
-                f"domain {spec.name!r} is already managed by this state directory: nothing to adopt"
-            )
-        if domain.marker is not None:
-            raise InstanceError(
-                f"domain {spec.name!r} carries the marker of another state directory "
-                f"({domain.marker.state_dir_id or 'no id'}): it is foreign here, and that "
-                "state directory's reconciler manages it; not adopted (to move it here, remove "
-                f"that marker first: virsh metadata {spec.name} --uri {MARKER_NAMESPACE} "
-                "--remove --config)"
-            )
-        # a marker no manifest ever digested: the plan redefines, and says what differs
-        marker = OwnershipMarker(str(spec.manifest), ADOPTION_DIGEST, self.host.state_dir_id)
-        definition = dataclasses.replace(domain.definition, marker=marker)
-        return dataclasses.replace(
-            actual, domain=dataclasses.replace(domain, definition=definition)
-        )
 
     def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
         """The MACs of the other domains, when a derived MAC has to be chosen (listing every

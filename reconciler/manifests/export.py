@@ -127,15 +127,16 @@ def _image_and_disk(
     elif facts.image_source == boot:
         notes.append(
             f"the boot disk {boot} has no backing file: it is named as the base image, which "
-            "a new instance copies"
+            "a new instance boots from an overlay of; this domain cannot be adopted as it is "
+            "(an instance's disk is an overlay of its image)"
         )
     if facts.image_sha256 is None:
         notes.append("no sha256 for the base image: add it to have the image checked")
     if boot is not None and boot != facts.instance_disk:
         notes.append(
             f"the boot disk is {boot}; the reconciler keeps an instance's boot disk at "
-            f"{facts.instance_disk} (to adopt it: with the domain shut off, move the file there "
-            "and point the domain's vda at it, e.g. with virsh edit)"
+            f"{facts.instance_disk}: `reconcile adopt` moves it there, with the domain shut off "
+            "(a rename: the same file system), onto the image cache's copy of its base"
         )
     size = facts.disk_bytes
     disk = {"size": format_size(size) if size is not None else "FILL-IN"}
