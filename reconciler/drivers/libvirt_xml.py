@@ -139,6 +139,8 @@ def _marker_element(machine: Machine, owner: OwnershipMarker) -> ET.Element:
     _sub(marker, f"{{{MARKER_NAMESPACE}}}state-dir", owner.state_dir_id or "")
     if owner.instance_id is not None:
         _sub(marker, f"{{{MARKER_NAMESPACE}}}instance-id", owner.instance_id)
+    for key, value in owner.labels:
+        _sub(marker, f"{{{MARKER_NAMESPACE}}}label", value, key=key)
     for disk in machine.disks:
         if disk.delete_when_removed:  # the manifest's deletionPolicy: delete
             _sub(marker, f"{{{MARKER_NAMESPACE}}}delete-when-removed", disk.path)
@@ -535,7 +537,10 @@ def _parse_marker(marker: _Children) -> OwnershipMarker | None:
         return None
     state_dir_id = marker.text(_ns("state-dir")) or None
     instance_id = marker.text(_ns("instance-id")) or None
-    return OwnershipMarker(manifest, digest, state_dir_id, instance_id)
+    labels = tuple(
+        (element.get("key") or "", element.text or "") for element in marker.all(_ns("label"))
+    )
+    return OwnershipMarker(manifest, digest, state_dir_id, instance_id, labels)
 
 
 _KIB_PER_UNIT = {

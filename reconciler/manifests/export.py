@@ -89,10 +89,13 @@ def export_manifest(machine: Machine, facts: ExportFacts) -> str:
         spec["guestAgent"] = True
     if facts.autostart:
         spec["autostart"] = True
+    metadata: dict[str, Any] = {"name": machine.name}
+    if machine.marker is not None and machine.marker.labels:  # recorded by a reconciler
+        metadata["labels"] = dict(machine.marker.labels)
     document = {
         "apiVersion": "reconciler/v1alpha1",
         "kind": "Instance",
-        "metadata": {"name": machine.name},
+        "metadata": metadata,
         "spec": spec,
     }
     head = [

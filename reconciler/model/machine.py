@@ -42,6 +42,7 @@ class OwnershipMarker:
     spec_digest: str
     state_dir_id: str | None = None
     instance_id: str | None = None  # the config drive's cloud-init instance-id, when it has one
+    labels: tuple[tuple[str, str], ...] = ()  # the manifest's metadata.labels (for export)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,14 @@ class Machine:
         disk = self.disk(BOOT_DISK_TARGET)
         return None if disk is None else disk.path
 
-    def spec_digest(self) -> str:
-        """A digest of the machine's shape (everything but its uuid and marker)."""
+    def spec_digest(self, labels: tuple[tuple[str, str], ...] = ()) -> str:
+        """A digest of the machine's shape (everything but its uuid and marker), and of the
+        manifest's labels the marker records, when there are any (a digest without labels is
+        what it was before the marker recorded them)."""
         shape = _plain(self)
         shape["uuid"] = shape["marker"] = None
+        if labels:
+            shape["labels"] = [list(label) for label in labels]
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -202,7 +202,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     if paused and domain is not None and domain.state_reason == "user" and not stopping:
         notes.append("domain was paused by hand; it is left paused")
 
-    digest = shape.spec_digest()
+    digest = shape.spec_digest(spec.labels)
     running_on = active and not stopping
     # drift: a definition edited behind the reconciler's back, its marker left as it was
     drift = (
@@ -217,7 +217,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             changes = tuple(change.as_drift() for change in changes)
         instance_id = None if content is None else spec.guest.instance_id or uuid
         marker = OwnershipMarker(
-            str(spec.manifest), digest, context.state_dir_id or "", instance_id
+            str(spec.manifest), digest, context.state_dir_id or "", instance_id, spec.labels
         )
         machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
         steps.append(DefineDomain(spec.name, machine, changes, effect))

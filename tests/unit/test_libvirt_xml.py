@@ -11,8 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler.drivers.libvirt_xml import parse_domain_xml, render_domain_xml
+from reconciler.manifests.export import ExportFacts, export_manifest
 from reconciler.model.desired import (
     Accelerator,
     BootDevice,
@@ -173,3 +175,18 @@ def test_digest_changes_with_what_the_domain_is_built_from() -> None:
     # the disk size and the state are not part of the definition; nor are uuid and marker
     assert build_machine(replace(spec, disk_bytes=9 * 1024**3), LAYOUT).spec_digest() == base
     assert complete(build_machine(spec, LAYOUT), "u").spec_digest() == base
+
+
+def test_the_marker_records_the_manifests_labels_and_export_gives_them_back() -> None:
+    """So that `export` of a managed domain writes the labels its manifest had (a selector
+    or a host slice depends on them)."""
+    labels = (("app", 'web <&> "q"'), ("example.com/tier", "front"))
+    shape = build_machine(make_spec(), LAYOUT)
+    marker = OwnershipMarker("m/web.yaml", shape.spec_digest(labels), STATE_DIR_ID, None, labels)
+    parsed = parse_domain_xml(render_domain_xml(replace(shape, marker=marker)))
+    assert parsed.marker is not None and parsed.marker.labels == labels
+    facts = ExportFacts(True, None, "/srv/base.raw", "raw", 1024**3, "/x/disk.qcow2")
+    document = yaml.safe_load(export_manifest(parsed, facts))
+    assert document["metadata"] == {"name": "web", "labels": dict(labels)}
+    # the digest moves with the labels, and is what it always was without any
+    assert shape.spec_digest(labels) != shape.spec_digest() == shape.spec_digest(())

@@ -18,6 +18,8 @@ VALID_SAMPLES = {
     "/properties/metadata/properties/name": ["web-1", "a"],
     "/properties/spec/properties/host": ["hv1", "hv-2.example.com", "a"],
     "/properties/metadata/properties/labels/propertyNames": ["app", "example.com/tier"],
+    "/properties/metadata/properties/labels/additionalProperties": ["web", "", "a b: c"],
+    "/properties/spec/properties/description": ["web server", "", "two\nlines\twith a tab"],
     "/properties/spec/properties/cpu/properties/model": ["qemu64", "Skylake-Client"],
     "/properties/spec/properties/image/properties/source": [
         "../images/base.raw",
@@ -63,6 +65,11 @@ VALID_SAMPLES = {
         ("/properties/spec/properties/files/items/properties/path", "etc/passwd"),
         ("/properties/spec/properties/cloudInit/properties/userDataFile", "/etc/shadow"),
         ("/properties/spec/properties/networks/items/properties/mac", "53:54:00:12:34:56"),
+        # control characters, which libvirt's XML cannot hold
+        ("/properties/metadata/properties/labels/additionalProperties", "a\x01b"),
+        ("/properties/metadata/properties/labels/additionalProperties", "a\tb"),
+        ("/properties/spec/properties/description", "bell\x07"),
+        ("/properties/spec/properties/description", "\x00"),
     ],
 )
 def test_hostile_values_do_not_match(pointer: str, sample: str) -> None:
