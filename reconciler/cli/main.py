@@ -65,12 +65,8 @@ from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.images.progress import TransferReporter
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
-from reconciler.loop.reconcile import (
-    InstanceResult,
-    Outcome,
-    Reconciler,
-    result_from_json,
-)
+from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.results import InstanceResult, Outcome, result_from_json
 from reconciler.loop.status import read_status_file
 from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.manifests.loader import LoadResult

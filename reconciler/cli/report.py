@@ -7,7 +7,7 @@ from typing import Any
 
 from reconciler.errors import ManifestError
 from reconciler.loop.inventory import InventoryEntry
-from reconciler.loop.reconcile import InstanceResult, Outcome
+from reconciler.loop.results import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
 from reconciler.planning.plan import InstancePlan
 from reconciler.planning.review import Disruption, PlanView

@@ -15,7 +15,8 @@ from reconciler.cli.context import (
     progress_printers,
     settings_of,
 )
-from reconciler.loop.reconcile import Outcome, Reconciler, result_from_json
+from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.results import Outcome, result_from_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1

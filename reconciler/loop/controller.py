@@ -30,14 +30,8 @@ from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import RequestError
 from reconciler.loop.once import plan_all, prune_refusal
 from reconciler.loop.queue import WorkQueue
-from reconciler.loop.reconcile import (
-    Failure,
-    InstanceResult,
-    Outcome,
-    Reconciler,
-    Settings,
-    result_to_json,
-)
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.loop.results import Failure, InstanceResult, Outcome, result_to_json
 from reconciler.loop.status import StatusBook
 from reconciler.loop.watch import ManifestWatcher
 from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from reconciler.drivers.base import DomainRecord
 from reconciler.errors import ReconcilerError
 from reconciler.fileops import write_atomically
-from reconciler.loop.reconcile import Failure, InstanceResult, Outcome, Reconciler
+from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.results import Failure, InstanceResult, Outcome
 from reconciler.planning.steps import StopDomain
 
 LOG = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 from reconciler.drivers.base import DomainRecord
 from reconciler.loop.queue import WorkQueue
-from reconciler.loop.reconcile import InstanceResult, Reconciler, Settings
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.loop.results import InstanceResult
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
 from reconciler.planning.plan import InstancePlan

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.fileops import temporary_path
-from reconciler.loop.reconcile import Failure, InstanceResult, Outcome
+from reconciler.loop.results import Failure, InstanceResult, Outcome
 
 STATUS_VERSION = 1
 

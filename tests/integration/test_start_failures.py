@@ -12,7 +12,8 @@ import pytest
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
-from reconciler.loop.reconcile import Outcome, Reconciler, Settings
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.loop.results import Outcome
 from reconciler.manifests.loader import load_manifests
 from reconciler.model.desired import Accelerator
 from reconciler.planning.plan import StepKind

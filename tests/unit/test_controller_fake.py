@@ -237,7 +237,7 @@ def test_status_shows_the_last_change_after_a_pass_that_found_nothing_to_do(
     tmp_path: Path,
 ) -> None:
     from reconciler.cli.report import render_status
-    from reconciler.loop.reconcile import InstanceResult, Outcome
+    from reconciler.loop.results import InstanceResult, Outcome
     from reconciler.loop.status import StatusBook
 
     book = StatusBook(tmp_path / "status.json", {"running": True, "pid": 1})

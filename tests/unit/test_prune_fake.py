@@ -11,7 +11,8 @@ from typing import Any
 from reconciler.drivers.fake import FakeDriver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
-from reconciler.loop.reconcile import Outcome, Reconciler, Settings
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.loop.results import Outcome
 from reconciler.manifests.loader import load_manifests
 from reconciler.planning.removal import removable_files
 from reconciler.planning.steps import RemoveFiles

@@ -14,7 +14,8 @@ from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all
-from reconciler.loop.reconcile import CrashLoop, Failure, Outcome, Reconciler, Settings
+from reconciler.loop.reconcile import Reconciler, Settings
+from reconciler.loop.results import CrashLoop, Failure, Outcome
 from reconciler.manifests.loader import LoadResult
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
