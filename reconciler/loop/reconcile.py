@@ -26,8 +26,9 @@ from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import ResolvedSource, SourceResolver
 from reconciler.images.sources import SourcePolicy
+from reconciler.loop.crashloop import CrashLoopGuard
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
-from reconciler.loop.results import CrashLoop, Failure, InstanceResult, Outcome
+from reconciler.loop.results import Failure, InstanceResult, Outcome
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import InstanceActual, PowerState
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
@@ -51,15 +52,6 @@ MAX_PARALLEL_INSTANCES = 16
 ProgressCallback = Callable[[str, str], None]
 
 
-@dataclass(slots=True)
-class _Restarts:
-    """The crash-loop record of one instance."""
-
-    count: int  # restarts in a row
-    started: float  # monotonic: the last of them
-    stop_seen: float | None = None  # monotonic: when a pass first found it stopped again
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Run-wide settings from the command line."""
@@ -81,11 +73,6 @@ class HostFacts:
     host_memory: int | None
     state_dir_id: str | None
 
-
-# restarts after a failure back off: 1 s doubling to 5 minutes, reset after 2 minutes of running
-CRASH_LOOP_FIRST_SECONDS = 1.0
-CRASH_LOOP_CAP_SECONDS = 300.0
-CRASH_LOOP_RESET_SECONDS = 120.0
 
 # how long a prune waits for the guest of an orphan whose marker does not say
 PRUNE_SHUTDOWN_SECONDS = 60
@@ -120,8 +107,7 @@ class Reconciler:
         self._steps_lock = threading.Lock()
         self._host: HostFacts | None = None  # observed at the first plan
         # restarts after a stop nobody asked for, in a row, by name
-        self._restarts: dict[str, _Restarts] = {}
-        self._restarts_lock = threading.Lock()
+        self._crash_loops = CrashLoopGuard(self.clock)
 
     @property
     def steps(self) -> StepContext:
@@ -352,51 +338,15 @@ class Reconciler:
             message = f"internal error: {type(err).__name__}: {err}"
             return InstanceResult(name, Outcome.FAILED, message=message, failure=Failure.TRANSIENT)
         if plan.restart_after is not None and plan.refusal is None:
-            wait = self._crash_loop_wait(name, plan.restart_after)
+            wait = self._crash_loops.wait(name, plan.restart_after)
             if wait is not None:
                 return wait
         result = dataclasses.replace(self._converge(plan), pending_restart=plan.pending_restart)
         if plan.restart_after is not None and result.outcome is Outcome.CHANGED:
-            with self._restarts_lock:
-                record = self._restarts.get(name)
-                count = record.count + 1 if record else 1
-                self._restarts[name] = _Restarts(count, self.clock.monotonic())
-            result = dataclasses.replace(result, crash_loop=CrashLoop(count))
+            result = dataclasses.replace(result, crash_loop=self._crash_loops.restarted(name))
         if plan.kept_off:  # by its run policy: off is where it should be
             return _reached(result, dataclasses.replace(spec, state=DesiredState.STOPPED))
         return _reached(self._check_outcome(result, spec), spec)
-
-    def _crash_loop_wait(self, name: str, reason: str) -> InstanceResult | None:
-        """A result that holds a restart after a stop nobody asked for back (None: restart
-        now). The n-th restart in a row waits 1 s, 2 s, 4 s... (up to 5 minutes) from when a
-        pass first found the domain stopped again; a domain that ran for a while since its
-        last restart starts over."""
-        now = self.clock.monotonic()
-        with self._restarts_lock:
-            record = self._restarts.get(name)
-            if record is None:
-                return None
-            if record.stop_seen is None:
-                if now - record.started > CRASH_LOOP_RESET_SECONDS:
-                    del self._restarts[name]
-                    return None
-                record.stop_seen = now
-            count, seen = record.count, record.stop_seen
-        delay = min(CRASH_LOOP_FIRST_SECONDS * 2 ** (count - 1), CRASH_LOOP_CAP_SECONDS)
-        remaining = seen + delay - now
-        if remaining <= 0:
-            return None
-        note = (
-            f"crash loop: the domain stopped again ({reason}) after {count} restart(s) in a row; "
-            f"the next start is in {remaining:.1f}s"
-        )
-        return InstanceResult(
-            name,
-            Outcome.UNCHANGED,
-            notes=(note,),
-            requeue_after=remaining,
-            crash_loop=CrashLoop(count, remaining),
-        )
 
     def _converge(self, plan: InstancePlan) -> InstanceResult:
         notes = plan.notes + plan.base_forecasts
