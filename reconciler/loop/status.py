@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ class StatusBook:
         result: InstanceResult,
         *,
         started: float,
-        triggers: set[str],
+        triggers: AbstractSet[str],
         observed: str | None,
         failures: int,
         next_retry: float | None,

@@ -18,6 +18,7 @@ from reconciler.drivers.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
+from reconciler.loop.names import Trigger
 from reconciler.loop.reconcile import Settings
 from reconciler.loop.status import read_status_file, status_file_text
 from reconciler.loop.watch import is_relevant_path
@@ -35,7 +36,7 @@ def setup(tmp_path: Path) -> tuple[Controller, FakeDriver, Path, Path, str]:
     driver = FakeDriver()
     settings = Settings(sources=SourcePolicy((manifests,)))
     controller = Controller(driver, state, settings, DaemonOptions(manifests))
-    driver.watch(controller._on_event, controller._on_lost)  # as run() does
+    controller.attach()  # as run() does
     return controller, driver, manifests, base, sha
 
 
@@ -46,22 +47,17 @@ def write(manifests: Path, name: str, base: Path, sha: str, **spec: Any) -> None
 
 def drain(controller: Controller) -> list[str]:
     """Reconcile every name due now, in order; return them."""
-    handled = []
-    while (name := controller.queue.pop_ready(time.monotonic())) is not None:
-        controller._handle(name)
-        controller.queue.done(name)
-        handled.append(name)
-    return handled
+    return controller.reconcile_ready()
 
 
 def test_only_changed_manifests_are_reconciled_again(setup: tuple) -> None:  # type: ignore[type-arg]
     controller, _driver, manifests, base, sha = setup
     write(manifests, "rct-a", base, sha)
     write(manifests, "rct-b", base, sha)
-    controller.reload("start")
+    controller.reload(Trigger.START)
     assert sorted(drain(controller)) == ["rct-a", "rct-b"]
     write(manifests, "rct-b", base, sha, memory="80MiB")
-    controller.reload("manifest", changed={manifests / "rct-b.yaml"})
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-b.yaml"})
     assert drain(controller) == ["rct-b"]
     status = controller.status.get("rct-b")
     assert status is not None and status.triggers == {"start": 1, "manifest": 1}
@@ -70,9 +66,9 @@ def test_only_changed_manifests_are_reconciled_again(setup: tuple) -> None:  # t
 def test_events_enqueue_managed_names_only(setup: tuple) -> None:  # type: ignore[type-arg]
     controller, driver, manifests, base, sha = setup
     write(manifests, "rct-a", base, sha)
-    controller.reload("start")
+    controller.reload(Trigger.START)
     drain(controller)
-    controller._on_event(DomainEvent("someone-elses", "lifecycle", "stopped"))
+    controller.on_event(DomainEvent("someone-elses", "lifecycle", "stopped"))
     assert drain(controller) == []
     driver.crash("rct-a")
     assert drain(controller) == ["rct-a"]  # the fake emitted "stopped: crashed"
@@ -82,7 +78,7 @@ def test_events_enqueue_managed_names_only(setup: tuple) -> None:  # type: ignor
 def test_a_transient_failure_backs_off_and_a_success_resets_it(setup: tuple) -> None:  # type: ignore[type-arg]
     controller, driver, manifests, base, sha = setup
     write(manifests, "rct-a", base, sha)
-    controller.reload("start")
+    controller.reload(Trigger.START)
     driver.failures["start"] = DriverError("start rct-a", "busy")
     assert drain(controller) == ["rct-a"]
     retry = controller.queue.retry_state("rct-a")
@@ -98,10 +94,10 @@ def test_a_transient_failure_backs_off_and_a_success_resets_it(setup: tuple) -> 
 def test_a_permanent_failure_waits_for_its_manifest_to_change(setup: tuple) -> None:  # type: ignore[type-arg]
     controller, _driver, manifests, base, sha = setup
     write(manifests, "rct-a", base, sha, disk={"size": "64MiB"})
-    controller.reload("start")
+    controller.reload(Trigger.START)
     drain(controller)
     write(manifests, "rct-a", base, sha, disk={"size": "32MiB"})  # a shrink: refused
-    controller.reload("manifest", changed={manifests / "rct-a.yaml"})
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-a.yaml"})
     assert drain(controller) == ["rct-a"]
     status = controller.status.get("rct-a")
     assert status is not None and status.waiting_for_change and status.next_retry is None
@@ -120,11 +116,11 @@ def test_an_edited_injected_file_reconciles_the_instances_that_name_it(setup: tu
     files = [{"path": "/etc/motd", "source": "motd"}]
     write(manifests, "rct-a", base, sha, files=files)
     write(manifests, "rct-b", base, sha)
-    controller.reload("start")
+    controller.reload(Trigger.START)
     assert sorted(drain(controller)) == ["rct-a", "rct-b"]
     assert is_relevant_path(str(manifests / "motd"))  # the watcher passes such a change on
     (manifests / "motd").write_text("two\n")
-    controller.reload("manifest", changed={manifests / "motd"})
+    controller.reload(Trigger.MANIFEST, changed={manifests / "motd"})
     assert drain(controller) == ["rct-a"]
     record = driver.lookup("rct-a")
     assert record is not None and record.live is not None
@@ -139,7 +135,7 @@ def test_a_resync_settles_converged_names_from_one_listing(setup: tuple) -> None
     controller, driver, manifests, base, sha = setup
     for name in ("rct-a", "rct-b", "rct-c"):
         write(manifests, name, base, sha)
-    controller.reload("start")
+    controller.reload(Trigger.START)
     drain(controller)
     looked_up: list[str] = []
     lookup = driver.lookup
@@ -198,10 +194,10 @@ def test_the_daemon_lists_an_orphan_and_prunes_it_only_with_prune_on(tmp_path: P
         )
         write(manifests, "rct-kept", base, sha)
         write(manifests, "rct-gone", base, sha)
-        controller.reload("start", everything=True)
+        controller.reload(Trigger.START, everything=True)
         drain(controller)
         (manifests / "rct-gone.yaml").unlink()
-        controller.reload("manifest", changed={manifests / "rct-gone.yaml"})
+        controller.reload(Trigger.MANIFEST, changed={manifests / "rct-gone.yaml"})
         assert drain(controller) == ["rct-gone"]
         entry = controller.status.get("rct-gone")
         if not prune:
@@ -217,14 +213,14 @@ def test_the_daemon_lists_an_orphan_and_prunes_it_only_with_prune_on(tmp_path: P
 def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: tuple) -> None:  # type: ignore[type-arg]
     """One instance per line (json's C encoder), the rest indented: the same JSON either way."""
     controller, _driver, manifests, base, sha = setup
-    controller._write_status_now()  # no instance yet
+    controller.status_writer.now()  # no instance yet
     written = read_status_file(controller.state.root / "status.json")
     assert written == controller.status.snapshot() | {"written": ANY}
     assert written is not None and written["instances"] == []
     for name in ("rct-a", "rct-b"):
         write(manifests, name, base, sha)
     (manifests / "broken.yaml").write_text('kind: "\\u00e9\\n\\t"\n')
-    controller.reload("start")
+    controller.reload(Trigger.START)
     drain(controller)
     snapshot = controller.status.snapshot()
     text = status_file_text(snapshot)
