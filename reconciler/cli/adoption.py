@@ -7,13 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TextIO
 
-from reconciler.cli.context import ask, daemon_socket, load_slice, owned_state, settings_of
-from reconciler.errors import ConfigError
-from reconciler.loop.adopt import adopt, adoption_from_json, export_domain
-from reconciler.loop.reconcile import Reconciler
-
-EXIT_OK = 0
-EXIT_FAILED = 1
+from reconciler.cli.backends import backend_for
+from reconciler.cli.options import Exit, Options
 
 
 def add_adoption_parsers(
@@ -36,49 +31,28 @@ def add_adoption_parsers(
     )
 
 
-def run_export(args: argparse.Namespace, out: TextIO) -> int:
+def run_export(options: Options, out: TextIO) -> int:
     """The manifest of an existing domain (asked of the daemon when one runs)."""
-    socket_path = daemon_socket(args)
-    if socket_path is not None:
-        text = str(ask(socket_path, {"op": "export", "name": args.name})["manifest"])
-    else:
-        with owned_state(args, "wait for it to finish") as (state, driver):
-            text = export_domain(driver, state, args.name)
-    print(text, end="", file=out)
-    return EXIT_OK
+    print(backend_for(options).export(options.name or ""), end="", file=out)
+    return Exit.OK
 
 
-def run_adopt(args: argparse.Namespace, out: TextIO) -> int:
+def run_adopt(options: Options, out: TextIO) -> int:
     """Adopt a domain whose manifest matches it (asked of the daemon when one runs)."""
-    socket_path = daemon_socket(args)
-    if socket_path is not None:
-        request = {
-            "op": "adopt", "name": args.name, "directory": str(args.directory.absolute()),
-            "dryRun": bool(args.dry_run),
-        }  # fmt: skip
-        adoption = adoption_from_json(ask(socket_path, request)["adoption"])
-    else:
-        load = load_slice(args, out)
-        spec = next((s for s in load.instances if s.name == args.name), None)
-        if spec is None:
-            raise ConfigError(
-                f"no valid manifest for {args.name!r} in {args.directory}: adoption needs one"
-            )
-        settings = settings_of(args)
-        with owned_state(args, "wait for it to finish") as (state, driver):
-            adoption = adopt(Reconciler(driver, state, settings), spec, dry_run=args.dry_run)
+    adoption = backend_for(options).adopt(out)
+    name = options.name
     if adoption.refusal is not None:
-        print(f"{args.name}: cannot be adopted: {adoption.refusal}", file=out)
-        return EXIT_FAILED
+        print(f"{name}: cannot be adopted: {adoption.refusal}", file=out)
+        return Exit.FAILED
     if adoption.differences:
-        print(f"{args.name}: differs from its manifest, not adopted:", file=out)
+        print(f"{name}: differs from its manifest, not adopted:", file=out)
         for difference in adoption.differences:
             print(f"  {difference}", file=out)
-        return EXIT_FAILED
-    verb = "matches its manifest" if args.dry_run else "adopted: managed by this state directory"
-    print(f"{args.name}: {verb}", file=out)
+        return Exit.FAILED
+    verb = "matches its manifest" if options.dry_run else "adopted: managed by this state directory"
+    print(f"{name}: {verb}", file=out)
     for action in adoption.take_over:
-        print(f"  {'to do: ' if args.dry_run else 'done: '}{action}", file=out)
+        print(f"  {'to do: ' if options.dry_run else 'done: '}{action}", file=out)
     for step in adoption.next_steps:
         print(f"  next pass: {step}", file=out)
-    return EXIT_OK
+    return Exit.OK

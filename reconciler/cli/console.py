@@ -6,13 +6,12 @@ directory, and needs no libvirt connection.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import time
 from typing import BinaryIO, TextIO
 
-from reconciler.cli.context import state_dir_of
+from reconciler.cli.options import Exit, Options
 from reconciler.errors import ConfigError
 from reconciler.manifests.loader import instance_schema
 
@@ -20,26 +19,27 @@ FOLLOW_POLL_SECONDS = 0.2
 CHUNK = 64 * 1024
 
 
-def run_console(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the console log of instance `args.name`; with `args.follow`, keep printing what
-    the guest writes until interrupted (a log replaced by a restart is followed anew)."""
+def run_console(options: Options, out: TextIO) -> int:
+    """Print the console log of instance `options.name`; with `options.follow`, keep printing
+    what the guest writes until interrupted (a log replaced by a restart is followed anew)."""
+    name = options.name or ""
     name_pattern = instance_schema()["properties"]["metadata"]["properties"]["name"]["pattern"]
-    if not re.search(name_pattern, args.name):
-        raise ConfigError(f"{args.name!r} is not an instance name")
-    state = state_dir_of(args)
-    path = state.instance(args.name).console_log
+    if not re.search(name_pattern, name):
+        raise ConfigError(f"{name!r} is not an instance name")
+    state = options.state
+    path = state.instance(name).console_log
     try:
         stream = path.open("rb")
     except FileNotFoundError:
         if not path.parent.is_dir():
-            raise ConfigError(f"no instance named {args.name} in {state.root}") from None
+            raise ConfigError(f"no instance named {name} in {state.root}") from None
         raise ConfigError(
-            f"instance {args.name} has no console log in {state.root} (it has not been started yet)"
+            f"instance {name} has no console log in {state.root} (it has not been started yet)"
         ) from None
     sink: BinaryIO | None = getattr(out, "buffer", None)
     try:
         _copy(stream, out, sink)
-        while args.follow:
+        while options.follow:
             if not _copy(stream, out, sink):
                 if _replaced(stream, path):
                     stream.close()
@@ -50,7 +50,7 @@ def run_console(args: argparse.Namespace, out: TextIO) -> int:
         pass
     finally:
         stream.close()
-    return 0
+    return Exit.OK
 
 
 def _copy(stream: BinaryIO, out: TextIO, sink: BinaryIO | None) -> bool:

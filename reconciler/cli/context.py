@@ -3,7 +3,6 @@ settings, this host's slice of the manifests, and the running daemon's control s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import threading
@@ -11,34 +10,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from reconciler.cli.options import Options
 from reconciler.cli.report import render_manifest_errors
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, StateDirBusy
 from reconciler.fileops import write_atomically
-from reconciler.images.download import DownloadLimits, Transport
-from reconciler.images.sources import SourcePolicy
 from reconciler.loop.control import daemon_listening, request
-from reconciler.loop.reconcile import Settings
 from reconciler.manifests.loader import LoadResult, load_manifests
-from reconciler.manifests.selection import Selection, select
-from reconciler.model.desired import Accelerator
+from reconciler.manifests.selection import select
 from reconciler.statedir import (
-    PRIVATE_UMASK,
-    TRAVERSABLE_UMASK,
     StateDir,
     StateDirLock,
     control_socket,
-    default_state_dir,
 )
 
 _T = TypeVar("_T")
 
 
-def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
+def load_slice(options: Options, out: TextIO) -> LoadResult:
     """The manifests of this run: DIR loaded, its errors printed, cut to this host's slice.
     Documents an earlier pass on this state directory validated skip the schema."""
-    directory = check_directory(args)
-    state = state_dir_of(args)
+    directory = check_directory(options)
+    state = options.state
     known = _read_validated(state)
     load = load_manifests(directory, known)
     if load.valid_documents != known and state.root.is_dir():
@@ -47,7 +40,7 @@ def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
             write_atomically(state.validated_documents, text.encode())
     for line in render_manifest_errors(load.errors):
         print(line, file=sys.stderr)
-    selection = selection_of(args)
+    selection = options.selection
     load, ignored = select(load, selection)
     if ignored:
         print(
@@ -58,9 +51,9 @@ def load_slice(args: argparse.Namespace, out: TextIO) -> LoadResult:
     return load
 
 
-def check_directory(args: argparse.Namespace) -> Path:
+def check_directory(options: Options) -> Path:
     """DIR, which must exist."""
-    directory: Path = args.directory
+    directory = options.directory
     if not directory.exists():
         raise ConfigError(f"{directory}: no such file or directory")
     return directory
@@ -73,67 +66,24 @@ def _read_validated(state: StateDir) -> frozenset[str]:
         return frozenset()
 
 
-def selection_of(args: argparse.Namespace) -> Selection:
-    return Selection.parse(getattr(args, "host", None), getattr(args, "selector", None))
-
-
-def state_dir_of(args: argparse.Namespace) -> StateDir:
-    """The state directory the command line names (--state-dir, else the default)."""
-    return StateDir((args.state_dir or default_state_dir()).absolute())
-
-
-def state_of(args: argparse.Namespace) -> StateDir:
-    """state_dir_of, checked to be usable by the driver the command line asks for."""
-    state = state_dir_of(args)
-    if args.connect is None and getattr(args, "driver", "libvirt") == "libvirt":
-        state.check_embedded_path_length()
-    return state
-
-
-def umask_of(args: argparse.Namespace) -> int:
-    """The umask every command runs under: private to the owner, but with directories that
-    a system libvirt's QEMU user can pass through when a local libvirtd runs the guests."""
-    uri = getattr(args, "connect", None)
-    if uri is None or getattr(args, "driver", "libvirt") != "libvirt" or "embed" in uri:
-        return PRIVATE_UMASK
-    from reconciler.drivers.libvirt_driver import uri_is_local
-
-    return TRAVERSABLE_UMASK if uri_is_local(uri) else PRIVATE_UMASK
-
-
-def open_driver(args: argparse.Namespace, state: StateDir) -> Driver:
+def open_driver(options: Options, state: StateDir) -> Driver:
     """The driver the run asked for: libvirt (at --connect, else the embedded driver in the
     state directory) or QMP (QEMU run directly, no libvirt)."""
     state.root.mkdir(parents=True, exist_ok=True)
-    if getattr(args, "driver", "libvirt") == "qmp":
+    if options.driver == "qmp":
         from reconciler.drivers.qmp_driver import QmpDriver
 
-        if args.connect is not None:
+        if options.connect is not None:
             raise ConfigError("--connect names a libvirt URI: not with --driver qmp")
         return QmpDriver.open(state.root)
     from reconciler.drivers.libvirt_driver import LibvirtDriver
 
-    return LibvirtDriver.open(args.connect, state.root)
+    return LibvirtDriver.open(options.connect, state.root)
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    if args.download_attempts < 1:
-        raise ConfigError("--download-attempts must be at least 1")
-    state = state_dir_of(args)
-    return Settings(
-        download_limits=DownloadLimits(attempts=args.download_attempts),
-        default_accelerator=Accelerator(args.accelerator),
-        sources=SourcePolicy.from_settings(args.image_dir, args.directory.absolute()),
-        transport=Transport.from_environment(ca_bundle=args.ca_bundle),
-        prune=getattr(args, "prune", False) or state.prune_enabled(),
-        allow_empty=getattr(args, "allow_empty", False),
-    )
-
-
-def daemon_socket(args: argparse.Namespace) -> Path | None:
+def daemon_socket(options: Options) -> Path | None:
     """The control socket of a daemon running on this state directory (None when none runs)."""
-    state = state_dir_of(args)
-    path = control_socket(state)
+    path = control_socket(options.state)
     return path if path.exists() and daemon_listening(path) else None
 
 
@@ -167,24 +117,11 @@ def ask(
     return answer
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
-
-
-def parse_duration(text: str, option: str = "--grace") -> float:
-    """Seconds in '7d', '12h', '30m', '45s' or '0'; ConfigError otherwise."""
-    number, unit = text[:-1], text[-1:]
-    if unit.isdigit():
-        number, unit = text, ""
-    if not number.isdigit() or unit not in _DURATION_UNITS:
-        raise ConfigError(f"{option} {text!r} is not a duration (expected e.g. 7d, 12h, 30m, 0)")
-    return int(number) * _DURATION_UNITS[unit]
-
-
 @contextlib.contextmanager
-def owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
+def owned_state(options: Options, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
     """The state directory, created and locked by this process, and a driver on it."""
-    with _locked_state(args, busy_hint) as state:
-        driver = open_driver(args, state)
+    with _locked_state(options, busy_hint) as state:
+        driver = open_driver(options, state)
         try:
             yield state, driver
         finally:
@@ -193,21 +130,19 @@ def owned_state(args: argparse.Namespace, busy_hint: str) -> Iterator[tuple[Stat
 
 @contextlib.contextmanager
 def owned_state_loading(
-    args: argparse.Namespace, busy_hint: str, out: TextIO
+    options: Options, busy_hint: str, out: TextIO
 ) -> Iterator[tuple[StateDir, Driver, LoadResult]]:
     """owned_state, and this run's manifests (load_slice) loaded while the driver opens."""
-    check_directory(args)  # before anything is made for it
-    with _locked_state(args, busy_hint) as state:
-        driver, load = opened_while(args, state, lambda: load_slice(args, out))
+    check_directory(options)  # before anything is made for it
+    with _locked_state(options, busy_hint) as state:
+        driver, load = opened_while(options, state, lambda: load_slice(options, out))
         try:
             yield state, driver, load
         finally:
             driver.close()
 
 
-def opened_while(
-    args: argparse.Namespace, state: StateDir, work: Callable[[], _T]
-) -> tuple[Driver, _T]:
+def opened_while(options: Options, state: StateDir, work: Callable[[], _T]) -> tuple[Driver, _T]:
     """open_driver in a thread of its own while `work` runs in this one, and both results.
     The embedded libvirt driver's start-up (it reads every domain's definition: 0.6 s with
     1,000) is most of a no-op pass's fixed cost, and it is C code that lets Python run. If
@@ -217,7 +152,7 @@ def opened_while(
 
     def opening() -> None:
         try:
-            opened.append(open_driver(args, state))
+            opened.append(open_driver(options, state))
         except BaseException as err:  # handed to the caller's thread
             failed.append(err)
 
@@ -237,8 +172,8 @@ def opened_while(
 
 
 @contextlib.contextmanager
-def _locked_state(args: argparse.Namespace, busy_hint: str) -> Iterator[StateDir]:
-    state = state_of(args)
+def _locked_state(options: Options, busy_hint: str) -> Iterator[StateDir]:
+    state = options.checked_state()
     state.create()
     lock = StateDirLock(state)
     try:

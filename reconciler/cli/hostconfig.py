@@ -18,7 +18,6 @@ host allows; one that other users may write is refused.
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 from pathlib import Path
@@ -80,25 +79,3 @@ def read_config(path: Path) -> dict[str, Any]:
     if data.get("driver", "libvirt") not in ("libvirt", "qmp"):
         raise ConfigError(f"{path}: driver must be libvirt or qmp")
     return {**data, "image-dir": dirs}
-
-
-def apply_config(args: argparse.Namespace) -> None:
-    """Fill what the command line left unset: from the environment, then from the host's
-    configuration file."""
-    path = config_path()
-    config = read_config(path) if path is not None else {}
-    if getattr(args, "connect", None) is None:
-        args.connect = os.environ.get("LIBVIRT_DEFAULT_URI") or config.get("connect")
-    if getattr(args, "driver", None) is None:
-        args.driver = os.environ.get("RECONCILER_DRIVER") or config.get("driver") or "libvirt"
-    if args.driver not in ("libvirt", "qmp"):
-        raise ConfigError(f"$RECONCILER_DRIVER {args.driver!r}: expected libvirt or qmp")
-    unset = getattr(args, "state_dir", None) is None and "RECONCILER_STATE_DIR" not in os.environ
-    if unset and "state-dir" in config:
-        args.state_dir = Path(config["state-dir"])
-    if hasattr(args, "image_dir"):
-        args.image_dir = [*args.image_dir, *(Path(d) for d in config.get("image-dir", ()))]
-    if hasattr(args, "host") and args.host is None:
-        args.host = config.get("host")
-    if getattr(args, "ca_bundle", None) is None and "ca-bundle" in config:
-        args.ca_bundle = Path(config["ca-bundle"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,30 +27,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from reconciler import __version__
 from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
+from reconciler.cli.backends import Local, backend_for
 from reconciler.cli.console import run_console
-from reconciler.cli.context import (
-    ask,
-    check_directory,
-    daemon_socket,
-    load_slice,
-    opened_while,
-    owned_state,
-    owned_state_loading,
-    parse_duration,
-    progress_printers,
-    selection_of,
-    settings_of,
-    state_dir_of,
-    state_of,
-    umask_of,
-)
-from reconciler.cli.hostconfig import apply_config
+from reconciler.cli.context import owned_state
+from reconciler.cli.options import Command, Exit, Options, options_from
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
+    driver_text,
     render_inventory,
     render_plan,
     render_status,
@@ -57,32 +45,20 @@ from reconciler.cli.report import (
 )
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
 from reconciler.cli.validate import add_validate_parser, run_validate
-from reconciler.drivers.base import Driver
-from reconciler.errors import ConfigError, ReconcilerError, StateDirBusy
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left
 from reconciler.images.download import DownloadLimits
 from reconciler.images.progress import LOG as PROGRESS_LOG
-from reconciler.images.progress import TransferReporter
-from reconciler.images.sources import SourcePolicy
-from reconciler.loop.once import apply_all, plan_all
-from reconciler.loop.reconcile import Reconciler
-from reconciler.loop.results import InstanceResult, Outcome, result_from_json
-from reconciler.loop.status import read_status_file
+from reconciler.loop.results import Outcome
 from reconciler.loop.workers import DEFAULT_WORKERS
-from reconciler.manifests.loader import LoadResult
 from reconciler.model.desired import Accelerator
-from reconciler.planning.review import Disruption, PlanView, plan_json
-from reconciler.statedir import StateDirLock, control_socket
+from reconciler.planning.review import Disruption, plan_json
+from reconciler.statedir import control_socket
+
+if TYPE_CHECKING:
+    from reconciler.loop.inventory import InventoryEntry
 
 LOG = logging.getLogger("reconciler")
-
-EXIT_OK = 0  # converged (or, for plan, success)
-EXIT_FAILED = 1  # an instance failed, or the run could not proceed
-EXIT_INVALID = 2  # invalid input: manifests or command line
-PLAN_EXIT_NO_CHANGES = 0  # plan --detailed-exitcode
-PLAN_EXIT_ERROR = 1
-PLAN_EXIT_CHANGES = 2
-PLAN_EXIT_DISRUPTIVE = 3  # plan --fail-on: a step at least that disruptive is pending
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -308,7 +284,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--fail-on",
         choices=[d.value for d in Disruption if d.rank >= Disruption.RESTART.rank],
         default=None,
-        help=f"exit {PLAN_EXIT_DISRUPTIVE} when a pending step is at least this disruptive "
+        help=f"exit {Exit.DISRUPTIVE.value} when a pending step is at least this disruptive "
         "(restart < replace < delete), so that CI can ask for a second review",
     )
     add_validate_parser(commands, common)
@@ -393,66 +369,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, rest = _split_command(arguments, subparsers)
         sub = subparsers[command]
         args = sub.parse_intermixed_args(rest)
-        args.command = command
-        # the commands that read no manifest directory, then those that name one
-        without_directory: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-            "gc": run_gc, "status": run_status, "export": run_export, "console": run_console,
-            "schema": run_schema, "shutdown-guests": run_shutdown_guests,
-        }  # fmt: skip
-        if command in without_directory:
-            args.directory = Path(".")
-            return _run_command(without_directory[command], args)
-        with_directory = {"plan": run_plan, "validate": run_validate, "adopt": run_adopt}
-        if command in with_directory:
-            return _run_command(with_directory[command], args)
-        if (args.directory is None) == (args.git is None):
+        if command == "run" and (args.directory is None) == (args.git is None):
             sub.error("give a manifest directory DIR or --git URL (one of them)")
-        if args.once:
-            return _run_command(run_once, args)
-        return _run_command(run_daemon, args)
     except SystemExit as exit_request:
-        return EXIT_INVALID if exit_request.code else EXIT_OK
+        return Exit.INVALID if exit_request.code else Exit.OK
+    daemon = command == "run" and not args.once
+    _configure_logging(args.verbose or daemon, args.debug, args.log_format)
+    try:  # every setting checked before anything is opened
+        options = options_from(command, args)
+    except ConfigError as err:
+        print(f"reconcile: error: {err}", file=sys.stderr)
+        return Exit.INVALID
+    return _run_command(COMMANDS[options.command], options)
 
 
-def _run_command(
-    command: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace
-) -> int:
+def _run_command(command: Callable[[Options, TextIO], int], options: Options) -> int:
     """Run one command, mapping every outcome and error to the exit status."""
-    daemon = args.command == "run" and not args.once
-    _configure_logging(args.verbose or daemon, args.debug, getattr(args, "log_format", "text"))
+    os.umask(options.umask())  # what the state directory holds is its owner's alone
     try:
-        apply_config(args)  # the environment's settings, then the host's configuration file
+        return command(options, sys.stdout)
     except ConfigError as err:
         print(f"reconcile: error: {err}", file=sys.stderr)
-        return EXIT_INVALID
-    os.umask(umask_of(args))  # what the state directory holds is its owner's alone
-    try:
-        return command(args, sys.stdout)
-    except ConfigError as err:
-        print(f"reconcile: error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        return Exit.INVALID
     except ReconcilerError as err:
-        if args.debug:
+        if options.debug:
             LOG.exception("run failed")
         print(f"reconcile: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     except KeyboardInterrupt:
         print("reconcile: interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+        return Exit.FAILED
     except OSError as err:  # e.g. a state directory that cannot be created or written
-        if args.debug:
+        if options.debug:
             LOG.exception("run failed")
         if is_out_of_space(err):
-            print(
-                f"reconcile: error: {no_space_left(err, state_dir_of(args).root)}", file=sys.stderr
-            )
-            return EXIT_FAILED
+            print(f"reconcile: error: {no_space_left(err, options.state.root)}", file=sys.stderr)
+            return Exit.FAILED
         where = f"{err.filename}: " if err.filename else ""
         print(f"reconcile: error: {where}{err.strerror or err}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
 
 
 def _configure_logging(verbose: bool, debug: bool, log_format: str = "text") -> None:
@@ -490,34 +448,19 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def run_plan(args: argparse.Namespace, out: TextIO) -> int:
+def run_plan(options: Options, out: TextIO) -> int:
     """`reconcile plan DIR` (asked of the daemon when one runs on the state directory)."""
-    socket_path = daemon_socket(args)
-    if socket_path is not None:
-        answer = ask(socket_path, {"op": "plan", "directory": str(args.directory.absolute())})
-        views = [PlanView.from_json(v) for v in answer["plans"]]
-        errors = list(answer["manifestErrors"])
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-    else:
-        settings = settings_of(args)
-        state = state_of(args)
-        check_directory(args)
-        driver, load = opened_while(args, state, lambda: load_slice(args, out))
-        try:
-            views = [plan.view() for plan in plan_all(load, Reconciler(driver, state, settings))]
-        finally:
-            driver.close()
-        errors = [str(error) for error in load.errors]
-    if args.output == "json":
+    answer = backend_for(options).plan(out)
+    views, errors = answer.plans, answer.errors
+    if options.output == "json":
         print(json.dumps(plan_json(views, errors), indent=2), file=out)
     else:
         for line in render_plan(views):
             print(line, file=out)
     failed = bool(errors) or any(view.refusal for view in views)
     pending = any(view.steps for view in views)
-    if args.fail_on is not None and not failed:
-        threshold = Disruption(args.fail_on)
+    if options.fail_on is not None and not failed:
+        threshold = options.fail_on
         held = [view.name for view in views if view.disruption.rank >= threshold.rank]
         if held:
             print(
@@ -525,46 +468,32 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
                 f"{threshold.value} or more (--fail-on {threshold.value})",
                 file=sys.stderr,
             )
-            return PLAN_EXIT_DISRUPTIVE
-    if args.detailed_exitcode:
+            return Exit.DISRUPTIVE
+    if options.detailed_exitcode:
         if failed:
-            return PLAN_EXIT_ERROR
-        return PLAN_EXIT_CHANGES if pending else PLAN_EXIT_NO_CHANGES
+            return Exit.FAILED
+        return Exit.CHANGES_PENDING if pending else Exit.OK
     if errors:
-        return EXIT_INVALID
+        return Exit.INVALID
     # an instance that cannot converge is an error of the plan, as of --once
-    return EXIT_FAILED if failed else EXIT_OK
+    return Exit.FAILED if failed else Exit.OK
 
 
-def run_schema(args: argparse.Namespace, out: TextIO) -> int:
+def run_schema(_options: Options, out: TextIO) -> int:
     """`reconcile schema`: the JSON Schema this version validates manifests with."""
     from reconciler.manifests.loader import schema_text
 
     print(schema_text(), end="", file=out)
-    return EXIT_OK
+    return Exit.OK
 
 
-def run_gc(args: argparse.Namespace, out: TextIO) -> int:
+def run_gc(options: Options, out: TextIO) -> int:
     """`reconcile gc`: remove cached bases no disk uses, after the grace period."""
-    grace = parse_duration(args.grace)
-    state = state_dir_of(args)
+    state = options.state
     if not state.root.is_dir():
         raise ConfigError(f"state directory {state.root} does not exist")
-    from reconciler.images.cache import ImageCache  # gc's own: not for every command
-    from reconciler.images.gc import GcReport, collect_garbage
-    from reconciler.images.qemuimg import QemuImg
-
-    socket_path = daemon_socket(args)
-    if socket_path is not None:  # the daemon holds the state directory: it collects
-        answer = ask(socket_path, {"op": "gc", "graceSeconds": grace, "dryRun": args.dry_run})
-        report = GcReport(
-            **{key: [Path(p) for p in answer[key]] for key in GcReport.__dataclass_fields__}
-        )
-    else:
-        cache = ImageCache(state, QemuImg(), SourcePolicy())
-        with StateDirLock(state):
-            report = collect_garbage(state, cache, grace, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
+    report = backend_for(options).gc()
+    verb = "would remove" if options.dry_run else "removed"
     for path in report.removed:
         print(f"{verb} {path.name}", file=out)
     for path in report.leftovers:
@@ -573,117 +502,53 @@ def run_gc(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{verb} replaced disk {path.relative_to(state.root)}", file=out)
     print(
         f"gc: {len(report.removed)} {verb}, {len(report.in_use)} in use, "
-        f"{len(report.too_young)} used within {args.grace}",
+        f"{len(report.too_young)} used within {options.grace}",
         file=out,
     )
-    return EXIT_OK
+    return Exit.OK
 
 
-def run_once(args: argparse.Namespace, out: TextIO) -> int:
+def run_once(options: Options, out: TextIO) -> int:
     """`reconcile --once DIR` (a pass of the daemon when one runs on the state directory)."""
-    progress, forward = progress_printers(out)
-    socket_path = daemon_socket(args)
     refused = None
-    if args.git is not None:
-        source = git_source(args)
-        args.directory = source.directory
-        if socket_path is None:  # a running daemon fetches for itself
+    backend = backend_for(options)
+    if options.git is not None:
+        source = git_source(options)
+        options = dataclasses.replace(options, directory=source.directory)
+        if isinstance(backend, Local):  # a running daemon fetches for itself
             refused = sync_for_once(source, out)
-    if socket_path is not None:
-        print(f"reconcile: asking the daemon on {socket_path} for a pass", file=out)
-        answer = ask(
-            socket_path, {"op": "pass", "directory": str(args.directory.absolute())}, forward
-        )
-        results = [result_from_json(item) for item in answer["results"]]
-        errors = list(answer["manifestErrors"])
-        for error in errors:
-            print(f"error: {error}", file=sys.stderr)
-    else:
-        load, results = _run_pass(args, progress, out)
-        errors = [str(error) for error in load.errors]
-    for line in render_summary(results, len(errors)):
+        backend = backend_for(options)
+    answer = backend.apply(out)
+    for line in render_summary(answer.results, len(answer.errors)):
         print(line, file=out)
-    if errors or refused:
-        return EXIT_INVALID
-    return EXIT_FAILED if any(r.outcome is Outcome.FAILED for r in results) else EXIT_OK
+    if answer.errors or refused:
+        return Exit.INVALID
+    return Exit.FAILED if any(r.outcome is Outcome.FAILED for r in answer.results) else Exit.OK
 
 
-def _run_pass(
-    args: argparse.Namespace, progress: Callable[[str, str], None], out: TextIO
-) -> tuple[LoadResult, list[InstanceResult]]:
-    settings = settings_of(args)
-    with owned_state_loading(args, "wait for it to finish", out) as (state, driver, load):
-        print(f"reconcile: {driver_text(driver)}, state directory {state.root}", file=out)
-        reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
-        return load, apply_all(load, reconciler)
-
-
-def _observed_status(args: argparse.Namespace, out: TextIO) -> int | None:
-    """The state directory's instances observed now (no daemon runs); None while another
-    process holds the state directory."""
-    from reconciler.loop.inventory import inventory
-
-    state = state_dir_of(args)
-    if not state.root.is_dir():
-        raise ConfigError(f"no state directory at {state.root}: nothing was reconciled with it")
-    try:
-        with owned_state(args, "") as (owned, driver):
-            entries = inventory(Reconciler(driver, owned, settings_of(args)))
-            where = driver_text(driver)
-    except StateDirBusy:
-        return None
-    if args.name is not None:
-        entries = [entry for entry in entries if entry.name == args.name]
-        if not entries:
-            raise ConfigError(f"no instance named {args.name!r} in {state.root}")
-    if args.output == "json":
-        snapshot = {
-            "version": 1,
-            "observed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "daemon": {"running": False, "uri": where},
-            "instances": [entry.as_json() for entry in entries],
-        }
-        print(json.dumps(snapshot, indent=2), file=out)
-        return EXIT_OK
-    print(f"no daemon runs on {state.root}; observed now with {where}", file=out)
-    for line in render_inventory(entries):
-        print(line, file=out)
-    return EXIT_OK
-
-
-def driver_text(driver: Driver) -> str:
-    """The driver in use, in words: `libvirt URI`, or the QMP driver (no libvirt)."""
-    if driver.uri.startswith("qmp://"):
-        return "QMP driver (QEMU run directly, no libvirt)"
-    return f"libvirt {driver.uri}"
-
-
-def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
+def run_daemon(options: Options, out: TextIO) -> int:
     """`reconcile DIR`: the controller, until SIGTERM or SIGINT; SIGHUP rereads DIR."""
     from reconciler.loop.control import ControlServer  # the daemon's own: not for one pass
     from reconciler.loop.controller import Controller, DaemonOptions, notify_systemd
 
-    source = git_source(args) if args.git is not None else None
+    source = git_source(options) if options.git is not None else None
     if source is not None:
-        args.directory = source.directory
-    directory = args.directory.absolute()
+        options = dataclasses.replace(options, directory=source.directory)
+    directory = options.directory.absolute()
     if source is None and not directory.is_dir():
-        raise ConfigError(f"{args.directory}: not a directory (the daemon watches a directory)")
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    resync = parse_duration(args.resync, "--resync")
-    if resync <= 0:
-        raise ConfigError("--resync must be longer than 0")
-    settings = settings_of(args)
+        raise ConfigError(f"{options.directory}: not a directory (the daemon watches a directory)")
+    settings = options.settings()
     busy = "a daemon may already run there (reconcile status)"
-    with owned_state(args, busy) as (state, driver):
-        interval = parse_duration(args.interval, "--interval")
-        if interval <= 0:
-            raise ConfigError("--interval must be longer than 0")
-        options = DaemonOptions(
-            directory, args.workers, resync, selection_of(args), source, interval
+    with owned_state(options, busy) as (state, driver):
+        daemon = DaemonOptions(
+            directory,
+            options.workers,
+            options.resync_seconds,
+            options.selection,
+            source,
+            options.git.interval_seconds if options.git is not None else 60.0,
         )
-        controller = Controller(driver, state, settings, options)
+        controller = Controller(driver, state, settings, daemon)
         server = ControlServer(control_socket(state), controller.handle_request)
         server.start()
         previous = {
@@ -701,33 +566,61 @@ def run_daemon(args: argparse.Namespace, out: TextIO) -> int:
             server.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    return EXIT_OK
+    return Exit.OK
 
 
-def run_status(args: argparse.Namespace, out: TextIO) -> int:
+def run_status(options: Options, out: TextIO) -> int:
     """`reconcile status [NAME]`: from the daemon; without one, the state directory observed
     now (or, while another process holds it, the file the daemon last wrote)."""
-    state = state_dir_of(args)
-    socket_path = daemon_socket(args)
-    if socket_path is not None:
-        snapshot = ask(socket_path, {"op": "status", "name": args.name})["status"]
-    else:
-        observed = _observed_status(args, out)
-        if observed is not None:
-            return observed
-        snapshot = read_status_file(state.root / "status.json")
-        if snapshot is None:
-            raise ConfigError(
-                f"another process holds {state.root} and no daemon has written a status there"
-            )
-        snapshot["daemon"]["running"] = False
-        if args.name is not None:
-            snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == args.name]
-    if args.name is not None and not snapshot["instances"]:
-        raise ConfigError(f"no instance named {args.name!r} in the daemon's status")
-    if args.output == "json":
+    answer = backend_for(options).status()
+    name = options.name
+    if answer.observed is not None:
+        return _print_observed(options, answer.observed, answer.where, out)
+    snapshot = answer.snapshot
+    assert snapshot is not None
+    if name is not None and not snapshot["instances"]:
+        raise ConfigError(f"no instance named {name!r} in the daemon's status")
+    if options.output == "json":
         print(json.dumps(snapshot, indent=2), file=out)
     else:
         for line in render_status(snapshot):
             print(line, file=out)
-    return EXIT_OK
+    return Exit.OK
+
+
+def _print_observed(
+    options: Options, entries: list[InventoryEntry], where: str, out: TextIO
+) -> int:
+    """The instances observed now (no daemon runs)."""
+    if options.name is not None:
+        entries = [entry for entry in entries if entry.name == options.name]
+        if not entries:
+            raise ConfigError(f"no instance named {options.name!r} in {options.state.root}")
+    if options.output == "json":
+        snapshot = {
+            "version": 1,
+            "observed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "daemon": {"running": False, "uri": where},
+            "instances": [entry.as_json() for entry in entries],
+        }
+        print(json.dumps(snapshot, indent=2), file=out)
+        return Exit.OK
+    print(f"no daemon runs on {options.state.root}; observed now with {where}", file=out)
+    for line in render_inventory(entries):
+        print(line, file=out)
+    return Exit.OK
+
+
+COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
+    Command.DAEMON: run_daemon,
+    Command.ONCE: run_once,
+    Command.PLAN: run_plan,
+    Command.VALIDATE: run_validate,
+    Command.EXPORT: run_export,
+    Command.ADOPT: run_adopt,
+    Command.STATUS: run_status,
+    Command.GC: run_gc,
+    Command.CONSOLE: run_console,
+    Command.SCHEMA: run_schema,
+    Command.SHUTDOWN_GUESTS: run_shutdown_guests,
+}

@@ -3,24 +3,25 @@ before a --once pass (the daemon fetches in its own loop)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from reconciler.cli.context import state_of
+from reconciler.cli.options import Options
 from reconciler.errors import ConfigError, ReconcilerError
 
 if TYPE_CHECKING:  # imported in pull mode only (git, subprocesses)
     from reconciler.gitops.source import GitSource
 
 
-def git_source(args: argparse.Namespace) -> GitSource:
+def git_source(options: Options) -> GitSource:
     from reconciler.gitops.source import GitSettings, GitSource
 
-    state = state_of(args)
-    settings = GitSettings(args.git, args.ref, args.path, args.verify_signatures)
-    if args.verify_signatures is not None and not args.verify_signatures.is_file():
-        raise ConfigError(f"--verify-signatures {args.verify_signatures}: no such file")
+    git = options.git
+    assert git is not None
+    state = options.checked_state()
+    settings = GitSettings(git.url, git.ref, git.path, git.verify_signatures)
+    if git.verify_signatures is not None and not git.verify_signatures.is_file():
+        raise ConfigError(f"--verify-signatures {git.verify_signatures}: no such file")
     return GitSource(state.root / "git", settings)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from reconciler.drivers.base import Driver
 from reconciler.errors import ManifestError
 from reconciler.loop.inventory import InventoryEntry
 from reconciler.loop.results import InstanceResult, Outcome
@@ -176,3 +177,10 @@ def _git_lines(git: dict[str, Any] | None) -> list[str]:
     if git.get("fetchError"):
         lines.append(f"  last fetch failed: {git['fetchError']}")
     return lines
+
+
+def driver_text(driver: Driver) -> str:
+    """The driver in use, in words: `libvirt URI`, or the QMP driver (no libvirt)."""
+    if driver.uri.startswith("qmp://"):
+        return "QMP driver (QEMU run directly, no libvirt)"
+    return f"libvirt {driver.uri}"

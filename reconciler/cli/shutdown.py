@@ -8,18 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from reconciler.cli.context import (
-    ask,
-    daemon_socket,
-    owned_state,
-    progress_printers,
-    settings_of,
-)
-from reconciler.loop.reconcile import Reconciler
-from reconciler.loop.results import Outcome, result_from_json
-
-EXIT_OK = 0
-EXIT_FAILED = 1
+from reconciler.cli.backends import backend_for
+from reconciler.cli.options import Exit, Options
+from reconciler.loop.results import Outcome
 
 
 def add_shutdown_parser(
@@ -34,19 +25,8 @@ def add_shutdown_parser(
     )
 
 
-def run_shutdown_guests(args: argparse.Namespace, out: TextIO) -> int:
-    from reconciler.loop.hostshutdown import shut_down_guests
-
-    progress, forward = progress_printers(out)
-    socket_path = daemon_socket(args)
-    if socket_path is not None:
-        print(f"reconcile: asking the daemon on {socket_path} to shut the guests down", file=out)
-        answer = ask(socket_path, {"op": "shutdown-guests"}, forward)
-        results = [result_from_json(item) for item in answer["results"]]
-    else:
-        with owned_state(args, "wait for it to finish") as (state, driver):
-            reconciler = Reconciler(driver, state, settings_of(args), progress)
-            results = shut_down_guests(reconciler, progress)
+def run_shutdown_guests(options: Options, out: TextIO) -> int:
+    results = backend_for(options).shutdown_guests(out)
     failed = [r for r in results if r.outcome is Outcome.FAILED]
     for result in failed:
         print(f"{result.name}: not shut down: {result.message}", file=out)
@@ -55,4 +35,4 @@ def run_shutdown_guests(args: argparse.Namespace, out: TextIO) -> int:
         + ("" if results else " (no managed guest was running)"),
         file=out,
     )
-    return EXIT_FAILED if failed else EXIT_OK
+    return Exit.FAILED if failed else Exit.OK

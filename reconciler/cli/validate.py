@@ -12,12 +12,11 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+from reconciler.cli.options import Exit, Options
 from reconciler.errors import ConfigError, ManifestError
 from reconciler.manifests.loader import LoadResult, load_paths
 
 VALIDATE_JSON_VERSION = 1
-EXIT_VALID = 0
-EXIT_INVALID = 2
 
 
 def add_validate_parser(
@@ -45,15 +44,15 @@ def add_validate_parser(
     )
 
 
-def run_validate(args: argparse.Namespace, out: TextIO) -> int:
-    missing = [str(path) for path in args.paths if not path.exists()]
+def run_validate(options: Options, out: TextIO) -> int:
+    missing = [str(path) for path in options.paths if not path.exists()]
     if missing:
         raise ConfigError(f"{', '.join(missing)}: no such file or directory")
-    load = load_paths(args.paths)
-    render = {"text": _text, "json": _json, "github": _github}[args.output]
+    load = load_paths(options.paths)
+    render = {"text": _text, "json": _json, "github": _github}[options.output]
     for line in render(load):
         print(line, file=out)
-    return EXIT_INVALID if load.errors else EXIT_VALID
+    return Exit.INVALID if load.errors else Exit.OK
 
 
 def _summary(load: LoadResult) -> str:

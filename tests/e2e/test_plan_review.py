@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli.main import PLAN_EXIT_DISRUPTIVE
+from reconciler.cli.options import Exit
 from tests.e2e.conftest import E2E, CliRun
 from tests.helpers import unique_name, write_manifest
 
@@ -85,11 +85,11 @@ def test_plan_json_has_each_disruption_class_and_fail_on_holds_them(
 
     for threshold in ("restart", "replace", "delete"):
         held = reconcile("plan", "--fail-on", threshold, str(tmp_path))
-        assert held.code == PLAN_EXIT_DISRUPTIVE, (threshold, held.out, held.err)
+        assert held.code == Exit.DISRUPTIVE, (threshold, held.out, held.err)
         assert f"--fail-on {threshold}" in held.err
     # without the deletion, --fail-on delete lets the plan through (exit 0, or 2 pending)
     write_manifest(tmp_path, names["delete"], e2e.base, e2e.sha256)
     assert reconcile("plan", "--fail-on", "delete", str(tmp_path)).code == 0
     detailed = reconcile("plan", "--fail-on", "delete", "--detailed-exitcode", str(tmp_path))
     assert detailed.code == 2
-    assert reconcile("plan", "--fail-on", "replace", str(tmp_path)).code == PLAN_EXIT_DISRUPTIVE
+    assert reconcile("plan", "--fail-on", "replace", str(tmp_path)).code == Exit.DISRUPTIVE

@@ -3,23 +3,20 @@ unset, it is checked like any input, and only the host's own file is read."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from reconciler.cli.context import state_dir_of
-from reconciler.cli.hostconfig import apply_config
+from reconciler.cli.main import build_parser
+from reconciler.cli.options import Options, options_from
 from reconciler.errors import ConfigError
+from reconciler.statedir import default_state_dir
 
 
-def namespace(**given: object) -> argparse.Namespace:
-    values: dict[str, object] = {
-        "connect": None, "driver": None, "state_dir": None, "image_dir": [], "host": None,
-        "ca_bundle": None,
-    }  # fmt: skip
-    values.update(given)
-    return argparse.Namespace(**values)
+def options(*flags: str) -> Options:
+    """`reconcile plan DIR FLAGS`, as main() builds its options."""
+    _parser, commands = build_parser()
+    return options_from("plan", commands["plan"].parse_intermixed_args(["m", *flags]))
 
 
 @pytest.fixture
@@ -37,28 +34,25 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_file_fills_what_nothing_else_set(config: Path) -> None:
-    args = namespace(image_dir=[Path("/flag/images")])
-    apply_config(args)
-    assert (args.state_dir, args.driver, args.connect, args.host, args.ca_bundle) == (
-        Path("/srv/state"), "qmp", "qemu:///system", "hv-a", Path("/etc/ca.pem"),
-    )  # fmt: skip
-    assert args.image_dir == [Path("/flag/images"), Path("/srv/images")]  # they add up
+    args = options("--image-dir", "/flag/images")
+    assert (
+        args.state.root, args.driver, args.connect, args.selection.host, args.ca_bundle
+    ) == (Path("/srv/state"), "qmp", "qemu:///system", "hv-a", Path("/etc/ca.pem"))  # fmt: skip
+    assert args.image_dirs == (Path("/flag/images"), Path("/srv/images"))  # they add up
 
 
 def test_flags_win_over_the_environment_and_the_environment_over_the_file(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flags = namespace(state_dir=Path("/flag"), driver="libvirt", connect="test:///default")
-    apply_config(flags)
-    assert (flags.state_dir, flags.driver, flags.connect) == (
+    flags = options("--state-dir", "/flag", "--driver", "libvirt", "--connect", "test:///default")
+    assert (flags.state.root, flags.driver, flags.connect) == (
         Path("/flag"), "libvirt", "test:///default",
     )  # fmt: skip
     monkeypatch.setenv("RECONCILER_STATE_DIR", "/env/state")
     monkeypatch.setenv("RECONCILER_DRIVER", "libvirt")
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu:///session")
-    environment = namespace()
-    apply_config(environment)
-    assert state_dir_of(environment).root == Path("/env/state")
+    environment = options()
+    assert environment.state.root == Path("/env/state")
     assert (environment.driver, environment.connect) == ("libvirt", "qemu:///session")
 
 
@@ -66,9 +60,10 @@ def test_no_file_and_an_empty_setting_read_nothing(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RECONCILER_CONFIG", "")
     monkeypatch.delenv("RECONCILER_DRIVER", raising=False)
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
-    args = namespace()
-    apply_config(args)
-    assert (args.driver, args.connect, args.state_dir) == ("libvirt", None, None)
+    monkeypatch.delenv("RECONCILER_STATE_DIR", raising=False)
+    args = options()
+    assert (args.driver, args.connect) == ("libvirt", None)
+    assert args.state.root == default_state_dir()  # no file: the built-in default
 
 
 @pytest.mark.parametrize(
@@ -84,14 +79,14 @@ def test_no_file_and_an_empty_setting_read_nothing(monkeypatch: pytest.MonkeyPat
 def test_a_bad_file_is_a_clear_error(config: Path, text: str, expected: str) -> None:
     config.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        apply_config(namespace())
+        options()
     assert expected in str(caught.value)
 
 
 def test_a_file_others_may_write_is_refused(config: Path) -> None:
     config.chmod(0o666)
     with pytest.raises(ConfigError) as caught:
-        apply_config(namespace())
+        options()
     assert "other users may write it" in str(caught.value)
 
 
@@ -100,7 +95,7 @@ def test_a_missing_file_named_by_the_environment_is_a_plain_error(
 ) -> None:
     monkeypatch.setenv("RECONCILER_CONFIG", str(tmp_path / "none.yaml"))
     with pytest.raises(ConfigError) as caught:
-        apply_config(namespace())
+        options()
     assert str(caught.value) == (
         f"configuration file {tmp_path / 'none.yaml'}: No such file or directory"
     )

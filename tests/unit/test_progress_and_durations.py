@@ -4,7 +4,7 @@ import logging
 import pytest
 
 from reconciler.cli import main as cli
-from reconciler.cli.context import parse_duration
+from reconciler.cli.options import parse_duration
 from reconciler.errors import ConfigError
 from reconciler.images.progress import TransferReporter, render_transfer
 

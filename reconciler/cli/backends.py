@@ -1,0 +1,249 @@
+"""The one switch between doing a command here and asking the daemon: while a daemon holds
+the state directory, plan, a pass, status, export, adopt, gc and shutdown-guests are asked of
+it over its control socket (it alone may open the embedded driver and take the lock);
+otherwise they run in this process. `backend_for` chooses once; the commands render what
+either answers, the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from reconciler.cli.context import (
+    ask,
+    check_directory,
+    daemon_socket,
+    load_slice,
+    opened_while,
+    owned_state,
+    owned_state_loading,
+    progress_printers,
+)
+from reconciler.cli.options import Options
+from reconciler.errors import ConfigError, StateDirBusy
+from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.results import InstanceResult, result_from_json
+from reconciler.loop.status import read_status_file
+from reconciler.planning.review import PlanView
+
+if TYPE_CHECKING:
+    from reconciler.images.gc import GcReport
+    from reconciler.loop.adopt import Adoption
+    from reconciler.loop.inventory import InventoryEntry
+
+Progress = Callable[[str, str], None]
+BUSY_HINT = "wait for it to finish"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Results (a pass, a shutdown) or plans, with the manifest errors met on the way."""
+
+    results: list[InstanceResult] = dataclasses.field(default_factory=list)
+    plans: list[PlanView] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """What `status` shows: the daemon's snapshot (or the file it last wrote), or, with no
+    daemon, the instances observed now."""
+
+    snapshot: dict[str, Any] | None = None
+    observed: list[InventoryEntry] | None = None
+    where: str = ""  # the driver that observed them
+
+
+class Backend(Protocol):
+    def plan(self, out: TextIO) -> Answer: ...
+
+    def apply(self, out: TextIO) -> Answer: ...
+
+    def status(self) -> StatusAnswer: ...
+
+    def export(self, name: str) -> str: ...
+
+    def adopt(self, out: TextIO) -> Adoption: ...
+
+    def gc(self) -> GcReport: ...
+
+    def shutdown_guests(self, out: TextIO) -> list[InstanceResult]: ...
+
+
+def backend_for(options: Options) -> Backend:
+    """The daemon running on the state directory, else this process."""
+    socket_path = daemon_socket(options)
+    return Local(options) if socket_path is None else Daemon(options, socket_path)
+
+
+class Daemon:
+    """Asks the daemon over its control socket."""
+
+    def __init__(self, options: Options, socket_path: Path) -> None:
+        self.options = options
+        self.socket_path = socket_path
+
+    def plan(self, out: TextIO) -> Answer:
+        directory = str(self.options.directory.absolute())
+        answer = ask(self.socket_path, {"op": "plan", "directory": directory})
+        return Answer(
+            plans=[PlanView.from_json(view) for view in answer["plans"]],
+            errors=self._errors(answer),
+        )
+
+    def apply(self, out: TextIO) -> Answer:
+        _progress, forward = progress_printers(out)
+        print(f"reconcile: asking the daemon on {self.socket_path} for a pass", file=out)
+        directory = str(self.options.directory.absolute())
+        answer = ask(self.socket_path, {"op": "pass", "directory": directory}, forward)
+        results = [result_from_json(item) for item in answer["results"]]
+        return Answer(results=results, errors=self._errors(answer))
+
+    @staticmethod
+    def _errors(answer: dict[str, Any]) -> list[str]:
+        errors = [str(error) for error in answer["manifestErrors"]]
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return errors
+
+    def status(self) -> StatusAnswer:
+        answer = ask(self.socket_path, {"op": "status", "name": self.options.name})
+        return StatusAnswer(snapshot=answer["status"])
+
+    def export(self, name: str) -> str:
+        return str(ask(self.socket_path, {"op": "export", "name": name})["manifest"])
+
+    def adopt(self, out: TextIO) -> Adoption:
+        from reconciler.loop.adopt import adoption_from_json
+
+        request: dict[str, object] = {
+            "op": "adopt", "name": self.options.name,
+            "directory": str(self.options.directory.absolute()), "dryRun": self.options.dry_run,
+        }  # fmt: skip
+        return adoption_from_json(ask(self.socket_path, request)["adoption"])
+
+    def gc(self) -> GcReport:
+        from reconciler.images.gc import GcReport
+
+        request = {"op": "gc", "graceSeconds": self.options.grace_seconds}
+        answer = ask(self.socket_path, {**request, "dryRun": self.options.dry_run})
+        fields = GcReport.__dataclass_fields__
+        return GcReport(**{key: [Path(p) for p in answer[key]] for key in fields})
+
+    def shutdown_guests(self, out: TextIO) -> list[InstanceResult]:
+        _progress, forward = progress_printers(out)
+        print(
+            f"reconcile: asking the daemon on {self.socket_path} to shut the guests down",
+            file=out,
+        )
+        answer = ask(self.socket_path, {"op": "shutdown-guests"}, forward)
+        return [result_from_json(item) for item in answer["results"]]
+
+
+class Local:
+    """Does it in this process, which takes the state directory's lock for it."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def plan(self, out: TextIO) -> Answer:
+        from reconciler.loop.once import plan_all
+
+        options = self.options
+        settings = options.settings()
+        state = options.checked_state()
+        check_directory(options)
+        driver, load = opened_while(options, state, lambda: load_slice(options, out))
+        try:
+            plans = plan_all(load, Reconciler(driver, state, settings))
+        finally:
+            driver.close()
+        return Answer(
+            plans=[plan.view() for plan in plans], errors=[str(error) for error in load.errors]
+        )
+
+    def apply(self, out: TextIO) -> Answer:
+        from reconciler.cli.report import driver_text
+        from reconciler.images.progress import TransferReporter
+        from reconciler.loop.once import apply_all
+
+        progress, _forward = progress_printers(out)
+        settings = self.options.settings()
+        with owned_state_loading(self.options, BUSY_HINT, out) as (state, driver, load):
+            print(f"reconcile: {driver_text(driver)}, state directory {state.root}", file=out)
+            reconciler = Reconciler(driver, state, settings, progress, transfers=TransferReporter())
+            results = apply_all(load, reconciler)
+        return Answer(results=results, errors=[str(error) for error in load.errors])
+
+    def status(self) -> StatusAnswer:
+        """The state directory observed now; while another process holds it (a daemon that
+        is starting or stopping, a pass), the status file the daemon last wrote."""
+        from reconciler.cli.report import driver_text
+        from reconciler.loop.inventory import inventory
+
+        state = self.options.state
+        if not state.root.is_dir():
+            raise ConfigError(f"no state directory at {state.root}: nothing was reconciled with it")
+        try:
+            with owned_state(self.options, "") as (owned, driver):
+                entries = inventory(Reconciler(driver, owned, self.options.settings()))
+                return StatusAnswer(observed=entries, where=driver_text(driver))
+        except StateDirBusy:
+            pass
+        snapshot = read_status_file(state.root / "status.json")
+        if snapshot is None:
+            raise ConfigError(
+                f"another process holds {state.root} and no daemon has written a status there"
+            )
+        snapshot["daemon"]["running"] = False
+        name = self.options.name
+        if name is not None:
+            snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
+        return StatusAnswer(snapshot=snapshot)
+
+    def export(self, name: str) -> str:
+        from reconciler.loop.adopt import export_domain
+
+        with owned_state(self.options, BUSY_HINT) as (state, driver):
+            return export_domain(driver, state, name)
+
+    def adopt(self, out: TextIO) -> Adoption:
+        from reconciler.loop.adopt import adopt
+
+        options = self.options
+        load = load_slice(options, out)
+        spec = next((s for s in load.instances if s.name == options.name), None)
+        if spec is None:
+            raise ConfigError(
+                f"no valid manifest for {options.name!r} in {options.directory}: adoption needs one"
+            )
+        settings = options.settings()
+        with owned_state(options, BUSY_HINT) as (state, driver):
+            return adopt(Reconciler(driver, state, settings), spec, dry_run=options.dry_run)
+
+    def gc(self) -> GcReport:
+        from reconciler.images.cache import ImageCache
+        from reconciler.images.gc import collect_garbage
+        from reconciler.images.qemuimg import QemuImg
+        from reconciler.images.sources import SourcePolicy
+        from reconciler.statedir import StateDirLock
+
+        state = self.options.state
+        cache = ImageCache(state, QemuImg(), SourcePolicy())
+        with StateDirLock(state):
+            return collect_garbage(
+                state, cache, self.options.grace_seconds, dry_run=self.options.dry_run
+            )
+
+    def shutdown_guests(self, out: TextIO) -> list[InstanceResult]:
+        from reconciler.loop.hostshutdown import shut_down_guests
+
+        progress, _forward = progress_printers(out)
+        with owned_state(self.options, BUSY_HINT) as (state, driver):
+            reconciler = Reconciler(driver, state, self.options.settings(), progress)
+            return shut_down_guests(reconciler, progress)
