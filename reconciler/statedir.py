@@ -1,21 +1,9 @@
-"""The state directory: where images, instance disks and the embedded libvirt root live, and
-the lock that admits one writer at a time.
-
-    STATE/
-      id                      a random id made with the directory; domain markers carry it
-      lock                    flock held by the process that applies changes (holds its pid)
-      images/                 base image cache, content-addressed: sha256-<hex>.<format>
-      images/.sources/        digests of local sources given without sha256, by file identity
-      instances/<name>/       disk.qcow2 (overlay), console.log, host-shutdown
-      libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
-      libvirt.log             libvirt's own warnings and errors
-      prune                   while it exists, prune is on (as with --prune)
-"""
+"""The state directory: its creation, its id, its modes, and the lock that admits one writer
+at a time. Where each file lives is reconciler.layout's (StateDir is a StateLayout)."""
 
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import os
 import secrets
@@ -24,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ConfigError, StateDirBusy
-from reconciler.model.desired import ImageSource
+from reconciler.layout import StateLayout
 
 LOG = logging.getLogger(__name__)
 
@@ -53,68 +41,12 @@ def default_state_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class InstancePaths:
-    """The files of one instance."""
-
-    directory: Path
-    disk: Path
-    console_log: Path
-    host_shutdown: Path  # while it exists: shut down with the host, started at the next pass
-
-
-@functools.lru_cache(maxsize=16384)
-def _instance_paths(root: Path, name: str) -> InstancePaths:
-    """Kept: every pass builds every instance's paths several times (pathlib is slow)."""
-    directory = root / "instances" / name
-    return InstancePaths(
-        directory, directory / "disk.qcow2", directory / "console.log", directory / "host-shutdown"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StateDir:
-    """Paths inside one state directory. Computing them has no side effects."""
-
-    root: Path
-
-    @property
-    def images(self) -> Path:
-        return self.root / "images"
-
-    @property
-    def instances(self) -> Path:
-        return self.root / "instances"
-
-    @property
-    def libvirt_root(self) -> Path:
-        return self.root / "libvirt"
-
-    def instance(self, name: str) -> InstancePaths:
-        """Paths for instance `name`, which the schema has already restricted to [a-z0-9-]."""
-        return _instance_paths(self.root, name)
-
-    def cached_base(self, image: ImageSource) -> Path:
-        """The content-addressed cache file for a base image whose digest is known."""
-        if image.sha256 is None:
-            raise ValueError(f"the digest of {image.location} is not known yet")
-        suffix = image.format.value
-        if image.convert_to is not None and image.convert_to is not image.format:
-            suffix += f".{image.convert_to.value}"  # e.g. sha256-X.qcow2.raw: converted
-        return self.images / f"sha256-{image.sha256}.{suffix}"
-
-    @property
-    def source_digests(self) -> Path:
-        return self.images / ".sources"
-
-    @property
-    def validated_documents(self) -> Path:
-        """The content keys of the manifest documents the schema accepted in the last pass
-        (see manifests.loader.document_key): the next pass skips the schema for those."""
-        return self.root / "validated-documents"
+class StateDir(StateLayout):
+    """A state directory: its layout, and what is done to it as a whole."""
 
     def prune_enabled(self) -> bool:
         """Whether prune is on for this state directory (the file STATE/prune exists)."""
-        return (self.root / "prune").exists()
+        return self.prune_flag.exists()
 
     def check_embedded_path_length(self) -> None:
         """Refuse a state directory too long for the embedded driver's unix sockets."""
@@ -137,7 +69,7 @@ class StateDir:
         temporary = self.root / f".id.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         temporary.write_text(secrets.token_hex(16) + "\n")
         try:
-            os.link(temporary, self.root / "id")  # never replaces an id another process made
+            os.link(temporary, self.id_file)  # never replaces an id another process made
         except FileExistsError:
             pass
         finally:
@@ -173,7 +105,7 @@ class StateDir:
     def read_id(self) -> str | None:
         """The directory's id (None before `create`): proof that a domain is ours."""
         try:
-            text = (self.root / "id").read_text().strip()
+            text = self.id_file.read_text().strip()
         except FileNotFoundError:
             return None
         return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else None
@@ -208,16 +140,11 @@ def current_umask() -> int:
     return umask
 
 
-def control_socket(state: StateDir) -> Path:
-    """The daemon's control socket in the state directory."""
-    return state.root / "control.sock"
-
-
 class StateDirLock:
     """An exclusive flock on STATE/lock; the file names the holder's pid and command."""
 
     def __init__(self, state: StateDir) -> None:
-        self._path = state.root / "lock"
+        self._path = state.lock_file
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.layout import StateLayout
 from reconciler.model.desired import (
     CpuSpec,
     DesiredState,
@@ -66,7 +67,7 @@ def run_bounded(
             except subprocess.TimeoutExpired:
                 process.kill()
                 stdout, stderr = process.communicate()
-            log = state_dir / "libvirt.log" if state_dir is not None else None
+            log = StateLayout(state_dir).libvirt_log if state_dir is not None else None
             tail = log.read_text(errors="replace")[-12000:] if log and log.is_file() else ""
             raise AssertionError(
                 f"{' '.join(command)} still ran after {timeout} s\n--- stdout\n{stdout}"

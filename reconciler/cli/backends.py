@@ -195,7 +195,7 @@ class Local:
                 return StatusAnswer(observed=entries, where=driver_text(driver))
         except StateDirBusy:
             pass
-        snapshot = read_status_file(state.root / "status.json")
+        snapshot = read_status_file(state.status_file)
         if snapshot is None:
             raise ConfigError(
                 f"another process holds {state.root} and no daemon has written a status there"

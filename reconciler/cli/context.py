@@ -21,7 +21,6 @@ from reconciler.manifests.selection import select
 from reconciler.statedir import (
     StateDir,
     StateDirLock,
-    control_socket,
 )
 
 _T = TypeVar("_T")
@@ -75,15 +74,15 @@ def open_driver(options: Options, state: StateDir) -> Driver:
 
         if options.connect is not None:
             raise ConfigError("--connect names a libvirt URI: not with --driver qmp")
-        return QmpDriver.open(state.root)
+        return QmpDriver.open(state)
     from reconciler.drivers.libvirt_driver import LibvirtDriver
 
-    return LibvirtDriver.open(options.connect, state.root)
+    return LibvirtDriver.open(options.connect, state)
 
 
 def daemon_socket(options: Options) -> Path | None:
     """The control socket of a daemon running on this state directory (None when none runs)."""
-    path = control_socket(options.state)
+    path = options.state.control_socket
     return path if path.exists() and daemon_listening(path) else None
 
 

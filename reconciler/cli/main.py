@@ -53,7 +53,6 @@ from reconciler.loop.results import Outcome
 from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.model.desired import Accelerator
 from reconciler.planning.review import Disruption, plan_json
-from reconciler.statedir import control_socket
 
 if TYPE_CHECKING:
     from reconciler.loop.inventory import InventoryEntry
@@ -549,7 +548,7 @@ def run_daemon(options: Options, out: TextIO) -> int:
             options.git.interval_seconds if options.git is not None else 60.0,
         )
         controller = Controller(driver, state, settings, daemon)
-        server = ControlServer(control_socket(state), controller.handle_request)
+        server = ControlServer(state.control_socket, controller.handle_request)
         server.start()
         previous = {
             signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: controller.stop()),

@@ -22,7 +22,7 @@ def git_source(options: Options) -> GitSource:
     settings = GitSettings(git.url, git.ref, git.path, git.verify_signatures)
     if git.verify_signatures is not None and not git.verify_signatures.is_file():
         raise ConfigError(f"--verify-signatures {git.verify_signatures}: no such file")
-    return GitSource(state.root / "git", settings)
+    return GitSource(state.git, settings)
 
 
 def sync_for_once(source: GitSource, out: TextIO) -> str | None:

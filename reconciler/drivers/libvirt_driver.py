@@ -37,6 +37,7 @@ from reconciler.drivers.libvirt_xml import (
     render_marker_xml,
 )
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
+from reconciler.layout import StateLayout
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType
@@ -303,38 +304,37 @@ class LibvirtDriver:
     """Driver over one libvirt connection (any URI, embedded QEMU by default)."""
 
     def __init__(
-        self,
-        uri: str,
-        connection: Any,
-        embedded_root: Path | None,
-        state_dir: Path | None = None,
+        self, uri: str, connection: Any, layout: StateLayout | None, *, embedded: bool = False
     ) -> None:
         self.uri = uri
         self._conn = connection
-        self._embedded_root = embedded_root
-        self._state_dir = state_dir
+        self._layout = layout  # the state directory's (None: a tool's connection)
+        self._embedded_root = layout.libvirt_root if embedded and layout is not None else None
+        self._state_dir = None if layout is None else layout.root
         self._watchers: tuple[EventCallback, LostCallback] | None = None
         self._callback_ids: list[int] = []
         self._watch_lock = threading.Lock()
 
     @classmethod
-    def open(cls, uri: str | None, state_dir: Path) -> LibvirtDriver:
-        """Open `uri`, or the embedded QEMU driver rooted in `state_dir` when it is None.
+    def open(cls, uri: str | None, layout: StateLayout) -> LibvirtDriver:
+        """Open `uri`, or the embedded QEMU driver rooted in the state directory when it is
+        None.
 
         Raises StateDirBusy when another process holds the embedded root, DriverError when the
         connection cannot be opened.
         """
+        state_dir = layout.root
         embedded_root = None
         if uri is None:
-            embedded_root = state_dir / "libvirt"
+            embedded_root = layout.libvirt_root
             prepare_embedded_root(embedded_root)
             uri = embedded_uri(embedded_root)
-        log_file = state_dir / "libvirt.log" if state_dir.is_dir() else None
+        log_file = layout.libvirt_log if state_dir.is_dir() else None
         _route_libvirt_logs(log_file)
         _route_native_stderr(log_file)
         _start_event_loop()
         if embedded_root is None:
-            return cls(uri, _connect(uri, state_dir, None), None, state_dir)
+            return cls(uri, _connect(uri, state_dir, None), layout)
         with _embedded_lock:
             if not _embedded:
                 _embedded[uri] = _connect(uri, state_dir, embedded_root)
@@ -344,7 +344,7 @@ class LibvirtDriver:
                     f"this process already runs libvirt's embedded driver for "
                     f"{next(iter(_embedded))}, and it serves one root per process",
                 )
-            return cls(uri, _embedded[uri], embedded_root, state_dir)
+            return cls(uri, _embedded[uri], layout, embedded=True)
 
     def kvm_support(self) -> KvmSupport:
         parts = urlsplit(self.uri)
@@ -532,8 +532,8 @@ class LibvirtDriver:
     def _emulator_pid(self, name: str, uuid: str) -> int | None:
         """The pid of this domain's QEMU, from libvirt's pid file, if that process really is
         it (its executable is a QEMU and its command line names this domain and uuid)."""
-        if self._embedded_root is not None:
-            pid_file = self._embedded_root / "run" / "qemu" / f"{name}.pid"
+        if self._embedded_root is not None and self._layout is not None:
+            pid_file = self._layout.libvirt_pid_file(name)
         elif self._local() and urlsplit(self.uri).scheme.split("+")[0] == "qemu":
             pid_file = Path("/run/libvirt/qemu") / f"{name}.pid"
         else:
@@ -672,9 +672,9 @@ class LibvirtDriver:
         return float(self._require(name).info()[4]) / 1e9  # cpuTime, in nanoseconds
 
     def log_hint(self, name: str) -> str:
-        if self._embedded_root is None:
+        if self._embedded_root is None or self._layout is None:
             return "see the domain's QEMU log on the libvirt host"
-        log = self._embedded_root / "log" / "qemu" / f"{name}.log"
+        log = self._layout.libvirt_qemu_log(name)
         errors = _error_lines(log)
         return f"QEMU log {log}" + (f" says: {errors}" if errors else "")
 
@@ -800,7 +800,7 @@ def _connect(uri: str, state_dir: Path, embedded_root: Path | None) -> Any:
         if embedded_root is not None and "Failed to acquire pid file" in message:
             raise StateDirBusy(
                 f"state directory {state_dir} is in use by another process "
-                f"({_embedded_holder(embedded_root)})",
+                f"({_embedded_holder(StateLayout(state_dir))})",
                 "only one process at a time can hold libvirt's embedded driver",
             ) from err
         raise DriverError(f"cannot open libvirt connection {uri}", message) from err
@@ -825,10 +825,10 @@ def _error_lines(log: Path) -> str:
     return " / ".join(wanted[-3:])
 
 
-def _embedded_holder(libvirt_root: Path) -> str:
+def _embedded_holder(layout: StateLayout) -> str:
     """Who holds the embedded root, from libvirt's own pid file."""
     try:
-        pid = (libvirt_root / "run" / "qemu" / "driver.pid").read_text().strip()
+        pid = layout.libvirt_driver_pid.read_text().strip()
     except OSError:
         return "holder unknown"
     if not pid.isdigit():

@@ -63,6 +63,7 @@ from reconciler.drivers.qemu_argv import (
 )
 from reconciler.errors import DriverError, PermanentError
 from reconciler.fileops import write_atomically
+from reconciler.layout import QEMU_PID_FILE, InstancePaths, StateLayout
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import PowerState
 from reconciler.model.desired import NetworkSpec, NicType
@@ -101,9 +102,10 @@ _EVENTS = {
 class QmpDriver:
     """Domains as QEMU processes this driver starts, by name."""
 
-    def __init__(self, state_dir: Path, emulator: str = EMULATOR) -> None:
-        self.uri = f"qmp://{state_dir}"
-        self._instances = state_dir / "instances"
+    def __init__(self, layout: StateLayout, emulator: str = EMULATOR) -> None:
+        self.uri = f"qmp://{layout.root}"
+        self._layout = layout
+        self._instances = layout.instances
         self._emulator = emulator
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
@@ -119,26 +121,24 @@ class QmpDriver:
         self._emulators_at = -EMULATORS_SECONDS * 2
 
     @classmethod
-    def open(cls, state_dir: Path) -> QmpDriver:
+    def open(cls, layout: StateLayout) -> QmpDriver:
         if shutil.which(EMULATOR) is None and not Path(EMULATOR).exists():
             raise PermanentError(f"--driver qmp needs {EMULATOR} (Debian package qemu-system-x86)")
-        return cls(state_dir)
+        return cls(layout)
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _directory(self, name: str) -> Path:
-        return self._instances / name
+    def _paths(self, name: str) -> InstancePaths:
+        return self._layout.instance(name)
 
     def _files(self, name: str) -> ProcessFiles:
-        directory = self._directory(name)
+        paths = self._paths(name)
         return ProcessFiles(
-            str(directory / "qmp.sock"),
-            str(directory / "qemu.pid"),
-            str(directory / "guest-agent.sock"),
+            str(paths.qmp_socket), str(paths.qemu_pid), str(paths.guest_agent_socket)
         )
 
     def _definition(self, name: str) -> Machine | None:
-        path = self._directory(name) / "domain.xml"
+        path = self._paths(name).definition
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -148,19 +148,19 @@ class QmpDriver:
         return parse_domain_xml(text)
 
     def _write_definition(self, machine: Machine) -> None:
-        directory = self._directory(machine.name)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(directory / "domain.xml", render_domain_xml(machine).encode(), 0o600)
+        paths = self._paths(machine.name)
+        paths.directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(paths.definition, render_domain_xml(machine).encode(), 0o600)
 
     def _live(self, name: str) -> Machine | None:
         """The machine the running QEMU was started as, with the live changes made since."""
         try:
-            return parse_domain_xml((self._directory(name) / "live.xml").read_text())
+            return parse_domain_xml(self._paths(name).live_definition.read_text())
         except (OSError, DomainXmlError):
             return None
 
     def _write_live(self, machine: Machine) -> None:
-        live = self._directory(machine.name) / "live.xml"
+        live = self._paths(machine.name).live_definition
         write_atomically(live, render_domain_xml(machine).encode(), 0o600)
 
     def _change_live(self, name: str, **changes: Any) -> None:
@@ -211,13 +211,13 @@ class QmpDriver:
 
     def _stop_reason(self, name: str) -> str:
         try:
-            return (self._directory(name) / "stopped").read_text().strip() or "unknown"
+            return self._paths(name).stopped.read_text().strip() or "unknown"
         except OSError:
             return "unknown"
 
     def _record_stop(self, name: str, reason: str) -> None:
         with contextlib.suppress(OSError):
-            write_atomically(self._directory(name) / "stopped", reason.encode())
+            write_atomically(self._paths(name).stopped, reason.encode())
 
     # -- the QMP loop --------------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class QmpDriver:
             return []
         records = []
         for directory in sorted(self._instances.iterdir()):
-            if (directory / "domain.xml").exists():
+            if self._paths(directory.name).definition.exists():
                 record = self.lookup(directory.name)
                 if record is not None:
                     records.append(record)
@@ -391,7 +391,7 @@ class QmpDriver:
         return None if pid is None else process_cpu_seconds(pid)
 
     def log_hint(self, name: str) -> str:
-        return f"QEMU's log: {self._directory(name) / 'qemu.log'}"
+        return f"QEMU's log: {self._paths(name).qemu_log}"
 
     def check_attachments(self, networks: tuple[NetworkSpec, ...]) -> tuple[str, ...]:
         problems = []
@@ -447,7 +447,7 @@ class QmpDriver:
             raise DriverError(f"undefine {name}", "no such domain")
         if self._pid(name, definition.uuid or "") is not None:
             raise DriverError(f"undefine {name}", "domain is running")
-        (self._directory(name) / "domain.xml").unlink()
+        self._paths(name).definition.unlink()
         self._emit(name, "lifecycle", "undefined")
 
     def set_autostart(self, name: str, autostart: bool) -> None:
@@ -473,7 +473,7 @@ class QmpDriver:
             self._launch(name, argv, files)
         self._write_live(definition)
         with contextlib.suppress(FileNotFoundError):
-            (self._directory(name) / "stopped").unlink()
+            self._paths(name).stopped.unlink()
         with self._lock:
             self._quitting.discard(name)
         if definition.max_memory_kib is not None:  # QEMU has the maximum, the balloon the rest
@@ -510,7 +510,7 @@ class QmpDriver:
         """Start QEMU in a session of its own (it outlives this process; -daemonize cannot be
         combined with the sandbox), its output in qemu.log, and wait until it is up: its pid
         file and QMP socket are there, or it has exited (the log says why)."""
-        log_path = self._directory(name) / "qemu.log"
+        log_path = self._paths(name).qemu_log
         try:
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(
@@ -672,8 +672,8 @@ class QmpDriver:
 
     async def _scan(self) -> None:
         while True:
-            for directory in list(self._instances.glob("*/qemu.pid")):
-                name = directory.parent.name
+            for pid_file in list(self._instances.glob(f"*/{QEMU_PID_FILE}")):
+                name = pid_file.parent.name
                 with self._lock:
                     attached = name in self._clients
                 if attached:

@@ -19,7 +19,7 @@ from pathlib import Path
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.images.cache import ImageCache
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
-from reconciler.planning.plan import REPLACED_SUFFIX
+from reconciler.layout import REPLACED_SUFFIX
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)

@@ -103,7 +103,7 @@ class Controller:
         )
         self.queue = WorkQueue(self.clock)
         self.status = StatusBook(
-            state.root / "status.json",
+            state.status_file,
             {
                 "pid": os.getpid(),
                 "manifests": str(options.directory),

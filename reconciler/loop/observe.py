@@ -9,9 +9,9 @@ from reconciler.drivers.base import DomainRecord, Driver
 from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, read_overlay_header
 from reconciler.images.resolve import ResolvedSource
+from reconciler.layout import InstancePaths, is_config_drive
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
 from reconciler.model.desired import ImageFormat, InstanceSpec
-from reconciler.statedir import InstancePaths
 
 
 def domain_facts(record: DomainRecord) -> DomainFacts:
@@ -126,4 +126,4 @@ def config_drives(paths: InstancePaths) -> frozenset[str]:
         names = os.listdir(paths.directory)
     except OSError:
         return frozenset()
-    return frozenset(n for n in names if n.startswith("config-") and n.endswith(".iso"))
+    return frozenset(name for name in names if is_config_drive(name))

@@ -6,14 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.layout import InstancePaths
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.desired import Accelerator
 from reconciler.planning.review import PlanView, step_view
 from reconciler.planning.steps import Step
-from reconciler.statedir import InstancePaths
-
-NVRAM_FILE = "nvram.fd"  # UEFI variables, in the instance directory
-REPLACED_SUFFIX = "replaced"  # a boot disk moved aside by a replacement (gc removes it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from reconciler.layout import InstancePaths
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
 from reconciler.model.desired import InstanceSpec
 from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine
-from reconciler.planning.context import REPLACED_SUFFIX, PlanContext
+from reconciler.planning.context import PlanContext
 from reconciler.planning.machine import (
     live_memory_change,
     live_nic_change,
@@ -34,7 +35,6 @@ from reconciler.planning.steps import (
     SetVcpus,
     Step,
 )
-from reconciler.statedir import InstancePaths
 
 
 def live_changes(
@@ -98,7 +98,7 @@ def disk_steps(
     paths, overlay = context.paths, actual.overlay
     fetch = FetchBase(spec.name, spec.image, context.base_path, context.source_size)
     if replacing is not None:
-        aside = paths.directory / aside_name(overlay)
+        aside = paths.aside(aside_base(overlay))
         steps.append(MoveDiskAside(spec.name, paths.disk, aside, replacing))
     if overlay is None or replacing is not None:
         if not actual.base_cached:
@@ -174,7 +174,6 @@ def removals(
     return steps, notes
 
 
-def aside_name(overlay: DiskFacts | None) -> str:
-    """The name a replaced boot disk is moved to: it says which base it was built on."""
-    base = Path(overlay.backing_file or "unknown").name if overlay is not None else "unknown"
-    return f"disk.qcow2.{REPLACED_SUFFIX}-{base[:40]}"
+def aside_base(overlay: DiskFacts | None) -> str:
+    """The base a replaced boot disk was built on, as its new name says it."""
+    return Path(overlay.backing_file or "unknown").name if overlay is not None else "unknown"

@@ -22,14 +22,9 @@ from reconciler.model.desired import (
 )
 from reconciler.model.machine import Machine, OwnershipMarker
 from reconciler.planning.cloudinit import DriveContent, drive_content
-from reconciler.planning.context import (
-    NVRAM_FILE,
-    REPLACED_SUFFIX,
-    InstancePlan,
-    PlanContext,
-)
+from reconciler.planning.context import InstancePlan, PlanContext
 from reconciler.planning.disks import data_disk_devices
-from reconciler.planning.live import aside_name, disk_steps, live_changes, removals
+from reconciler.planning.live import disk_steps, live_changes, removals
 from reconciler.planning.machine import (
     Change,
     ChangeClass,
@@ -56,13 +51,11 @@ from reconciler.planning.steps import (
 from reconciler.sizes import format_size
 
 __all__ = [
-    "REPLACED_SUFFIX",
     "InstancePlan",
     "PlanContext",
     "PlanView",
     "Step",
     "StepKind",
-    "aside_name",
     "plan_instance",
     "plan_removal",
 ]
@@ -140,7 +133,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     # changes it can take live
     uuid = domain.uuid if domain else instance_uuid(context.state_dir_id or "", spec.name)
     content = _drive_content(spec, uuid)
-    drive = None if content is None else paths.directory / f"config-{content.digest[:16]}.iso"
+    drive = None if content is None else paths.config_drive(content.digest)
     shape = _wanted_machine(spec, domain, context, choice.accelerator, drive)
     live = domain.live_definition if domain is not None and active else None
     live_steps, live_after = live_changes(spec.name, live, shape)
@@ -283,7 +276,7 @@ def _wanted_machine(
         None if drive is None else str(drive),
         build_nics(spec.networks, macs),
         data_disk_devices(spec.disks, paths.directory, current),
-        str(paths.directory / NVRAM_FILE),
+        str(paths.nvram),
     )
     return build_machine(spec, layout)
 

@@ -4,12 +4,12 @@ may have removed at all. Pure."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from reconciler.layout import REMOVABLE_FILE
 from reconciler.model.actual import DomainFacts
-from reconciler.planning.context import NVRAM_FILE, InstancePlan, PlanContext
+from reconciler.planning.context import InstancePlan, PlanContext
 from reconciler.planning.steps import (
     RecoverDomain,
     RemoveFiles,
@@ -20,10 +20,7 @@ from reconciler.planning.steps import (
 
 # the only files of an instance directory the reconciler ever removes: those it makes there
 # (the boot disk, data disks, config drives, UEFI variables)
-_MADE_HERE = re.compile(
-    r"disk\.qcow2|data-[a-z0-9][a-z0-9-]*\.(qcow2|raw)|config-[0-9a-f]+\.iso|"
-    + re.escape(NVRAM_FILE)
-)
+_MADE_HERE = REMOVABLE_FILE
 
 
 def removable_files(

@@ -25,6 +25,7 @@ import pytest
 from reconciler.cli import main as cli
 from reconciler.drivers.libvirt_driver import LibvirtDriver, embedded_uri
 from reconciler.drivers.qmp_driver import QmpDriver
+from reconciler.layout import QEMU_PID_FILE, StateLayout
 from reconciler.model.actual import PowerState
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
@@ -45,9 +46,9 @@ class E2E:
         """The pid the driver recorded for the domain's QEMU (libvirt's pid file, or the QMP
         driver's in the instance directory)."""
         if self.driver_name == "libvirt":
-            path = self.state.libvirt_root / "run" / "qemu" / f"{name}.pid"
+            path = self.state.libvirt_pid_file(name)
         else:
-            path = self.state.instance(name).directory / "qemu.pid"
+            path = self.state.instance(name).qemu_pid
         return int(path.read_text().strip())
 
     def state_of(self, name: str) -> PowerState | None:
@@ -84,7 +85,9 @@ def _session_state(driver_name: str) -> Iterator[E2E]:
     images.mkdir()
     base, sha = write_base_image(images)
     driver: Any = (
-        LibvirtDriver.open(None, root) if driver_name == "libvirt" else QmpDriver.open(root)
+        LibvirtDriver.open(None, StateDir(root))
+        if driver_name == "libvirt"
+        else QmpDriver.open(StateDir(root))
     )
     try:
         yield E2E(StateDir(root), driver, base, sha, driver_name)
@@ -178,7 +181,7 @@ def private_host(prefix: str, driver_name: str) -> Iterator[Host]:
 
 
 def _virsh(state_dir: Path, *args: str) -> str:
-    uri = embedded_uri(state_dir / "libvirt")
+    uri = embedded_uri(StateLayout(state_dir).libvirt_root)
     command = ["virsh", "-c", uri, *args]
     return subprocess.run(command, capture_output=True, text=True, check=False).stdout
 
@@ -190,7 +193,7 @@ def domain_states(state_dir: Path, driver_name: str) -> dict[str, PowerState]:
     """Domain name -> power state in a state directory that no reconciler process has open
     at the moment (an embedded libvirt root admits one process: virsh asks, never this one)."""
     if driver_name == "qmp":
-        driver = QmpDriver(state_dir)
+        driver = QmpDriver(StateLayout(state_dir))
         try:
             return {record.name: record.state for record in driver.list_domains()}
         finally:
@@ -202,19 +205,21 @@ def domain_states(state_dir: Path, driver_name: str) -> dict[str, PowerState]:
 
 def definition_file(state_dir: Path, driver_name: str, name: str) -> Path:
     """Where the driver keeps the domain's persistent definition."""
+    layout = StateLayout(state_dir)
     if driver_name == "qmp":
-        return state_dir / "instances" / name / "domain.xml"
-    return state_dir / "libvirt" / "etc" / "qemu" / f"{name}.xml"
+        return layout.instance(name).definition
+    return layout.libvirt_definition(name)
 
 
 def destroy_domains(state_dir: Path) -> None:
     """End every QEMU of a state directory, under either driver (no reconciler has it open)."""
-    if (state_dir / "libvirt").is_dir():
+    layout = StateLayout(state_dir)
+    if layout.libvirt_root.is_dir():
         for name in _virsh(state_dir, "list", "--all", "--name").split():
             _virsh(state_dir, "destroy", name)
             _virsh(state_dir, "undefine", "--nvram", name)
-    if any((state_dir / "instances").glob("*/qemu.pid")):
-        driver = QmpDriver(state_dir)
+    if any(layout.instances.glob(f"*/{QEMU_PID_FILE}")):
+        driver = QmpDriver(layout)
         try:
             for record in driver.list_domains():
                 if record.state.active:

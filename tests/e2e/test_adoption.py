@@ -270,7 +270,7 @@ def test_adopt_leaves_a_disk_it_cannot_take_over_as_it_is_and_says_why(
         e2e.driver.force_stop(name)
 
         # a disk of the state directory (another instance's) is never taken over
-        inside = e2e.state.root / "instances" / f"{name}-other"
+        inside = e2e.state.instance(f"{name}-other").directory
         inside.mkdir(parents=True)
         os.rename(disk, inside / "disk.qcow2")
         e2e.driver.repoint_boot_disk(name, str(inside / "disk.qcow2"))
@@ -280,4 +280,4 @@ def test_adopt_leaves_a_disk_it_cannot_take_over_as_it_is_and_says_why(
         assert e2e.driver.lookup(name).definition.marker is None
     finally:
         e2e.driver.undefine(name)
-        shutil.rmtree(e2e.state.root / "instances" / f"{name}-other", ignore_errors=True)
+        shutil.rmtree(e2e.state.instance(f"{name}-other").directory, ignore_errors=True)

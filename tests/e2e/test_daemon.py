@@ -87,9 +87,9 @@ class Daemon:
     def qemu_pid(self, name: str) -> int | None:
         """The domain's QEMU pid (None between a death and the next start)."""
         if self.driver_name == "qmp":
-            path = self.state.instance(name).directory / "qemu.pid"
+            path = self.state.instance(name).qemu_pid
         else:
-            path = self.state.libvirt_root / "run" / "qemu" / f"{name}.pid"
+            path = self.state.libvirt_pid_file(name)
         try:
             return int(path.read_text())
         except (OSError, ValueError):
@@ -145,9 +145,7 @@ def launch(
     state, log = StateDir(root / "s"), root / "daemon.log"
     handle = Daemon(process, state, watched, base, sha, log, driver)
     wait_until(
-        lambda: (
-            (handle.state.root / "control.sock").exists() and handle.cli("status").returncode == 0
-        ),
+        lambda: handle.state.control_socket.exists() and handle.cli("status").returncode == 0,
         "the daemon to listen",
         handle,
     )
@@ -356,7 +354,7 @@ def test_export_adopt_and_gc_ask_the_running_daemon(daemon: Daemon) -> None:
 def test_garbage_on_the_control_socket_gets_an_error_and_the_daemon_carries_on(
     daemon: Daemon,
 ) -> None:
-    path = daemon.state.root / "control.sock"
+    path = daemon.state.control_socket
     assert path.stat().st_mode & 0o777 == 0o600
     for garbage in (
         b"\x00\xff not json\n",

@@ -11,6 +11,7 @@ import pytest
 
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.images.sources import SourcePolicy
+from reconciler.layout import StateLayout
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import Outcome
@@ -38,7 +39,7 @@ def test_a_domain_that_stops_right_after_start_is_a_failure_and_stays_pending(
     load = load_manifests(tmp_path)
     state = StateDir(tmp_path / "state")
     settings = Settings(Accelerator.AUTO, sources=SourcePolicy.from_settings([], tmp_path))
-    driver = EmulatorExitsAtOnce.open("test:///default", tmp_path)
+    driver = EmulatorExitsAtOnce.open("test:///default", StateLayout(tmp_path))
     try:
         (result,) = apply_all(load, Reconciler(driver, state, settings))
         assert result.outcome is Outcome.FAILED
@@ -58,7 +59,7 @@ def test_autostart_is_set_where_libvirt_keeps_it(tmp_path: Path) -> None:
     write_manifest(tmp_path, "itest-auto", base, sha, autostart=True, state="stopped")
     state = StateDir(tmp_path / "state")
     settings = Settings(Accelerator.AUTO, sources=SourcePolicy.from_settings([], tmp_path))
-    driver = LibvirtDriver.open("test:///default", tmp_path)
+    driver = LibvirtDriver.open("test:///default", StateLayout(tmp_path))
     try:
         reconciler = Reconciler(driver, state, settings)
         (result,) = apply_all(load_manifests(tmp_path), reconciler)
@@ -79,7 +80,7 @@ def test_two_state_directories_on_one_connection_never_prune_each_other(tmp_path
     from dataclasses import replace
 
     base, sha = write_base_image(tmp_path)
-    driver = LibvirtDriver.open("test:///default", tmp_path)
+    driver = LibvirtDriver.open("test:///default", StateLayout(tmp_path))
     try:
         passes = {}
         for side in ("ours", "theirs"):

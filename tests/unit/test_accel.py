@@ -4,6 +4,7 @@ import pytest
 
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_driver import uri_is_local
+from reconciler.layout import StateLayout
 from reconciler.model.accel import KvmSupport, resolve_accelerator
 from reconciler.model.desired import Accelerator
 
@@ -71,9 +72,13 @@ def test_a_remote_libvirt_is_refused_at_plan_time_with_the_way_to_many_hosts() -
     from reconciler.model.machine import Machine
 
     machine = Machine("web", Accelerator.TCG, vcpus=1, memory_kib=65536)
-    remote = LibvirtDriver("qemu+ssh://root@kvm-host-7/system", None, None, Path("/srv/state"))
+    remote = LibvirtDriver(
+        "qemu+ssh://root@kvm-host-7/system", None, StateLayout(Path("/srv/state"))
+    )
     (problem,) = remote.cannot_express(machine)
     assert "runs domains on kvm-host-7, which cannot open the disks" in problem
     assert "run one reconciler on each host" in problem
     for uri in ("qemu:///system", "qemu+unix:///system?socket=/x", "test:///default"):
-        assert LibvirtDriver(uri, None, None, Path("/srv/state")).cannot_express(machine) == ()
+        assert (
+            LibvirtDriver(uri, None, StateLayout(Path("/srv/state"))).cannot_express(machine) == ()
+        )

@@ -214,7 +214,7 @@ def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: t
     """One instance per line (json's C encoder), the rest indented: the same JSON either way."""
     controller, _driver, manifests, base, sha = setup
     controller.status_writer.now()  # no instance yet
-    written = read_status_file(controller.state.root / "status.json")
+    written = read_status_file(controller.state.status_file)
     assert written == controller.status.snapshot() | {"written": ANY}
     assert written is not None and written["instances"] == []
     for name in ("rct-a", "rct-b"):
