@@ -19,12 +19,13 @@ ReconcilerError
       +-- StepError                 a step failed while acting (qemu-img, file system)
       |    +-- NoSpaceLeft              a file system or quota full where a file was written
       |    +-- DownloadFailed           every retry of a download failed (images.download)
+      |    |    +-- ProxyRefused            the proxy would not carry it (images.download)
       |    +-- Abandoned                a download given up on stop (images.cache)
-      |         +-- ProxyRefused            the proxy would not carry it (images.download)
       +-- DriverError               the hypervisor driver failed (message, cause)
-           +-- ConnectionLost           the connection is gone: never "domain not found"
-           +-- StateDirBusy             another process holds the state directory (holder)
-           +-- DaemonUnavailable        the state directory's daemon did not answer
+      |    +-- ConnectionLost           the connection is gone: never "domain not found"
+      +-- StateDirBusy              another process holds the state directory (holder)
+      +-- DaemonUnavailable         the state directory's daemon did not answer
+      +-- GitError                  a fetch or a check of the repository failed (gitops.source)
 
 Internal parse errors (HeaderError, DomainXmlError, YamlSyntaxError) never leave the module
 pair that raises and catches them; they are not ReconcilerErrors.
@@ -163,16 +164,23 @@ class ConnectionLost(DriverError):
     believe a domain does not exist."""
 
 
-class StateDirBusy(DriverError):
+class StateDirBusy(TransientError):
     """Another process holds the state directory (or the embedded libvirt root in it)."""
 
     def __init__(self, message: str, cause: str = "", holder: int | None = None) -> None:
-        super().__init__(message, cause)
+        self.message = message
+        self.cause = cause
         self.holder = holder
+        super().__init__(f"{message}: {cause}" if cause else message)
 
 
-class DaemonUnavailable(DriverError):
+class DaemonUnavailable(TransientError):
     """The daemon that holds a state directory did not answer on its control socket."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        self.message = message
+        self.cause = cause
+        super().__init__(f"{message}: {cause}" if cause else message)
 
 
 class ConfigError(PermanentError):
