@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, poll
 
 MARKER = "reconciler-guest: "
 IMAGES = PROJECT / "build" / "images"
@@ -106,14 +105,23 @@ def wait_for_marker(
 
     Boots under TCG take 6 to 8 s on an idle machine and up to 35 s on a loaded one.
     """
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = console_log.read_text(errors="replace") if console_log.exists() else ""
-        pieces = boots(text)
-        if boot is None and f"{MARKER}{marker}" in text:
-            return parse_markers(text)
-        if boot is not None and len(pieces) > boot and f"{MARKER}{marker}" in pieces[boot]:
+
+    def text() -> str:
+        return console_log.read_text(errors="replace") if console_log.exists() else ""
+
+    def found() -> GuestReport | None:
+        current = text()
+        if boot is None:
+            return parse_markers(current) if f"{MARKER}{marker}" in current else None
+        pieces = boots(current)
+        if len(pieces) > boot and f"{MARKER}{marker}" in pieces[boot]:
             return parse_markers(pieces[boot])
-        time.sleep(0.25)
-    raise AssertionError(f"no '{marker}' marker in {console_log} after {timeout}s:\n{text[-2000:]}")
+        return None
+
+    return poll(
+        found,
+        timeout,
+        f"the '{marker}' marker in {console_log}",
+        interval=0.25,
+        context=lambda: text()[-2000:],
+    )

@@ -7,9 +7,10 @@ import importlib.util
 import secrets
 import signal
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -74,6 +75,34 @@ def run_bounded(
                 f"\n--- stderr\n{stderr}\n--- {log}\n{tail}"
             ) from None
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+_T = TypeVar("_T")
+
+
+def poll(
+    condition: Callable[[], _T | None],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.2,
+    broken: Callable[[], str | None] = lambda: None,
+    context: Callable[[], str] = lambda: "",
+) -> _T:
+    """The one polling loop of the tests: `condition()` until it returns something true,
+    which is returned, or fail after `timeout` seconds saying `what` was awaited (and
+    `context()`). `broken()` is asked every round: a message fails the test at once (a daemon
+    that exited will not make the condition true)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        failure = broken()
+        assert failure is None, f"{failure} while waiting for {what}\n{context()}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
+        time.sleep(interval)
 
 
 def unique_name(prefix: str = "rct") -> str:

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from reconciler.layout import QEMU_PID_FILE, StateLayout
 from reconciler.model.actual import PowerState
 from reconciler.statedir import StateDir
 from tests.guest import IMAGES
-from tests.helpers import write_base_image
+from tests.helpers import poll, write_base_image
 
 DRIVERS = ("libvirt", "qmp")
 
@@ -231,9 +230,4 @@ def destroy_domains(state_dir: Path) -> None:
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `condition` until true or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    poll(condition, timeout, what)

@@ -32,7 +32,7 @@ import yaml
 from reconciler.images.diskheaders import parse_qcow2_header, read_head
 from reconciler.statedir import StateDir
 from tests.e2e.conftest import destroy_domains
-from tests.helpers import manifest_document, unique_name, write_base_image
+from tests.helpers import manifest_document, poll, unique_name, write_base_image
 from tests.httpserver import Behaviour, image_server
 
 MIB = 1024**2
@@ -102,15 +102,12 @@ class Daemon:
 def wait_until(
     condition: Callable[[], Any], what: str, daemon: Daemon, timeout: float = DEADLINE
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert daemon.process.poll() is None, f"daemon exited:\n{daemon.log_text()[-3000:]}"
-        time.sleep(0.2)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}\n{daemon.log_text()[-3000:]}"
+    return poll(
+        condition,
+        timeout,
+        what,
+        broken=lambda: "daemon exited" if daemon.process.poll() is not None else None,
+        context=lambda: daemon.log_text()[-3000:],
     )
 
 
@@ -189,6 +186,9 @@ def test_a_new_manifest_runs_and_edits_are_applied(daemon: Daemon) -> None:
     )
     daemon.write(name, disk={"size": "96MiB"}, state="stopped")
     wait_until(lambda: observed(daemon, name, "shutoff"), "the instance to stop", daemon)
+    entry = daemon.instance(name)
+    assert entry is not None and (entry["desired"], entry["observed"]) == ("stopped", "shutoff")
+    assert parse_qcow2_header(read_head(str(disk))).virtual_size == 96 * MIB  # the edit held
 
 
 def test_an_editor_save_causes_exactly_one_reconcile(daemon: Daemon) -> None:

@@ -13,6 +13,7 @@ from reconciler.errors import InstanceError, UnsafeImageError
 from reconciler.images.cache import CacheUse, ImageCache
 from reconciler.images.diskheaders import (
     HeaderError,
+    detect_formats,
     parse_qcow2_header,
     read_head,
     read_overlay_header,
@@ -81,10 +82,13 @@ def test_an_overlay_header_read_from_its_first_bytes_is_the_whole_heads_reading(
 
 def test_plain_qcow2_and_raw_pass_inspection(tmp_path: Path) -> None:
     base, _ = write_base_image(tmp_path)
-    inspect_base_image(base, ImageFormat.RAW)
     plain = tmp_path / "plain.qcow2"
     qemu_img("create", "-f", "qcow2", str(plain), "16M")
-    inspect_base_image(plain, ImageFormat.QCOW2)
+    for image, declared in ((base, ImageFormat.RAW), (plain, ImageFormat.QCOW2)):
+        before = image.read_bytes()
+        inspect_base_image(image, declared)  # accepted: nothing raised
+        assert detect_formats(str(image)) == [declared.value]  # what it judged by
+        assert image.read_bytes() == before  # inspection only reads
 
 
 def test_qcow2_declared_raw_is_refused(tmp_path: Path) -> None:
