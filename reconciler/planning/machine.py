@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from reconciler.model.desired import (
@@ -191,76 +192,139 @@ def live_nic_change(current: Machine, wanted: Machine) -> bool:
     )
 
 
+Classifier = Callable[[Machine, Machine], ChangeClass]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How a change of one Machine field reaches a domain: its class (or, when that depends
+    on the change, the function that says), and the change in words."""
+
+    kind: ChangeClass | Classifier
+    words: Callable[[Machine, Machine], str]
+    applies: Callable[[Machine, Machine], bool] = lambda _current, _wanted: True
+
+    def changes(self, current: Machine, wanted: Machine) -> list[Change]:
+        if not self.applies(current, wanted):
+            return []
+        kind = self.kind if isinstance(self.kind, ChangeClass) else self.kind(current, wanted)
+        return [Change(self.words(current, wanted), kind)]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingRule:
+    """A setting shown as `label old -> new` (and so as drift: `label old (manifest new)`)."""
+
+    label: str
+    kind: ChangeClass | Classifier
+    show: Callable[[Machine], object]
+
+    def changes(self, current: Machine, wanted: Machine) -> list[Change]:
+        kind = self.kind if isinstance(self.kind, ChangeClass) else self.kind(current, wanted)
+        return [Change.of(self.label, self.show(current), self.show(wanted), kind)]
+
+
+@dataclass(frozen=True, slots=True)
+class ManyRule:
+    """A field that holds several devices: each difference a change of its own class."""
+
+    changes: Callable[[Machine, Machine], list[Change]]
+
+
+Rule = FieldRule | SettingRule | ManyRule
+LIVE, RESTART = ChangeClass.LIVE, ChangeClass.RESTART
+
+# Every field of Machine, and how a change of it reaches the domain, in the order changes are
+# told. A field that is not shape (identity) is in NOT_SHAPE; a new Machine field without a
+# rule here fails tests/unit/test_change_rules.py, which also checks that each renders and
+# reads back under both drivers.
+NOT_SHAPE = ("name", "uuid", "marker")
+CHANGE_RULES: dict[str, Rule] = {
+    "vcpus": SettingRule(
+        "vcpus", lambda c, w: LIVE if live_vcpu_change(c, w) else RESTART, lambda m: m.vcpus
+    ),
+    "max_vcpus": FieldRule(
+        RESTART, lambda c, w: f"maxVcpus {c.max_vcpus or '-'} -> {w.max_vcpus or '-'}"
+    ),
+    "memory_kib": SettingRule(
+        "memory",
+        lambda c, w: LIVE if live_memory_change(c, w) else RESTART,
+        lambda m: _kib(m.memory_kib),
+    ),
+    "max_memory_kib": FieldRule(
+        RESTART, lambda c, w: f"maxMemory {_kib(c.max_memory_kib)} -> {_kib(w.max_memory_kib)}"
+    ),
+    "accelerator": FieldRule(
+        RESTART, lambda c, w: f"accelerator {_accelerator(c)} -> {_accelerator(w)}"
+    ),
+    "cpu": FieldRule(RESTART, lambda c, w: f"cpu {_cpu(c)} -> {_cpu(w)}"),
+    "machine_type": SettingRule("machine", RESTART, lambda m: m.machine_type),
+    "firmware": SettingRule("firmware", RESTART, lambda m: m.firmware.value),
+    "boot": SettingRule("boot", RESTART, lambda m: ",".join(m.boot)),
+    "graphics": SettingRule("graphics", RESTART, lambda m: m.graphics.value),
+    "rng": SettingRule("rng", RESTART, lambda m: m.rng),
+    "guest_agent": SettingRule("guestAgent", RESTART, lambda m: m.guest_agent),
+    "description": FieldRule(LIVE, lambda _c, _w: "description"),
+    "protected": FieldRule(LIVE, lambda c, w: f"protect {c.protected} -> {w.protected}"),
+    "shutdown_timeout_seconds": FieldRule(
+        LIVE,
+        lambda c, w: (
+            f"shutdownTimeoutSeconds {c.shutdown_timeout_seconds} -> {w.shutdown_timeout_seconds}"
+        ),
+    ),
+    "asked_running": FieldRule(
+        LIVE,
+        lambda _c, w: f"recorded state -> {'running' if w.asked_running else 'stopped'}",
+        applies=lambda _c, w: w.asked_running is not None,
+    ),
+    "delete_disks": FieldRule(
+        LIVE, lambda _c, w: f"deletionPolicy -> {'delete' if w.delete_disks else 'retain'}"
+    ),
+    "disks": ManyRule(lambda c, w: _disk_changes(c, w)),
+    "nics": FieldRule(
+        lambda c, w: LIVE if live_nic_change(c, w) else RESTART,
+        lambda c, w: f"network {_nics(c)} -> {_nics(w)}",
+    ),
+    "console_log": FieldRule(
+        RESTART,
+        lambda c, w: f"serial console {c.console_log or 'none'} -> {w.console_log or 'none'}",
+    ),
+    "nvram": FieldRule(RESTART, lambda c, w: f"nvram {c.nvram or '-'} -> {w.nvram or '-'}"),
+}
+
+
 def describe_changes(current: Machine, wanted: Machine) -> tuple[Change, ...]:
-    """What redefining `current` as `wanted` changes, each with its class. One branch per
-    field of the machine."""
+    """What redefining `current` as `wanted` changes, each with its class: the rule of each
+    field that differs (CHANGE_RULES)."""
     current, wanted = shape_of(current), shape_of(wanted)
-    live, restart = ChangeClass.LIVE, ChangeClass.RESTART
     changes: list[Change] = []
-    if current.vcpus != wanted.vcpus:
-        kind = live if live_vcpu_change(current, wanted) else restart
-        changes.append(Change.of("vcpus", current.vcpus, wanted.vcpus, kind))
-    if current.max_vcpus != wanted.max_vcpus:
-        changes.append(
-            Change(f"maxVcpus {current.max_vcpus or '-'} -> {wanted.max_vcpus or '-'}", restart)
-        )
-    if current.memory_kib != wanted.memory_kib:
-        kind = live if live_memory_change(current, wanted) else restart
-        changes.append(Change.of("memory", _kib(current.memory_kib), _kib(wanted.memory_kib), kind))
-    if current.max_memory_kib != wanted.max_memory_kib:
-        what = f"maxMemory {_kib(current.max_memory_kib)} -> {_kib(wanted.max_memory_kib)}"
-        changes.append(Change(what, restart))
-    if current.accelerator != wanted.accelerator:
-        was = current.accelerator.value if current.accelerator else "other"
-        becomes = wanted.accelerator.value if wanted.accelerator else "other"
-        changes.append(Change(f"accelerator {was} -> {becomes}", restart))
-    if current.cpu != wanted.cpu:
-        changes.append(Change(f"cpu {_cpu(current)} -> {_cpu(wanted)}", restart))
-    settings: tuple[tuple[str, object, object], ...] = (
-        ("machine", current.machine_type, wanted.machine_type),
-        ("firmware", current.firmware.value, wanted.firmware.value),
-        ("boot", ",".join(current.boot), ",".join(wanted.boot)),
-        ("graphics", current.graphics.value, wanted.graphics.value),
-        ("rng", current.rng, wanted.rng),
-        ("guestAgent", current.guest_agent, wanted.guest_agent),
-    )
-    for field, old, new in settings:
-        if old != new:
-            changes.append(Change.of(field, old, new, restart))
-    if current.description != wanted.description:
-        changes.append(Change("description", live))
-    if current.protected != wanted.protected:
-        changes.append(Change(f"protect {current.protected} -> {wanted.protected}", live))
-    if current.shutdown_timeout_seconds != wanted.shutdown_timeout_seconds:
-        timeouts = f"{current.shutdown_timeout_seconds} -> {wanted.shutdown_timeout_seconds}"
-        changes.append(Change(f"shutdownTimeoutSeconds {timeouts}", live))
-    if current.asked_running != wanted.asked_running and wanted.asked_running is not None:
-        state = "running" if wanted.asked_running else "stopped"
-        changes.append(Change(f"recorded state -> {state}", live))
-    if current.delete_disks != wanted.delete_disks:
-        policy = "delete" if wanted.delete_disks else "retain"
-        changes.append(Change(f"deletionPolicy -> {policy}", live))
+    for field, rule in CHANGE_RULES.items():
+        if getattr(current, field) != getattr(wanted, field):
+            changes += rule.changes(current, wanted)
+    return tuple(changes) or tuple(_other_changes(current, wanted))
+
+
+def _disk_changes(current: Machine, wanted: Machine) -> list[Change]:
+    """The boot disk's file, the data disks, the config drive, the boot disk's format."""
+    changes = []
     if current.boot_disk_path != wanted.boot_disk_path:
-        changes.append(Change(f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}", restart))
+        what = f"disk {current.boot_disk_path} -> {wanted.boot_disk_path}"
+        changes.append(Change(what, RESTART))
     changes += _data_disk_changes(current, wanted)
     if current.config_drive_path != wanted.config_drive_path:
         previous = _file_name(current.config_drive_path)
-        kind = live if current.config_drive_path and wanted.config_drive_path else restart
+        kind = LIVE if current.config_drive_path and wanted.config_drive_path else RESTART
         changes.append(
             Change(f"config drive {previous} -> {_file_name(wanted.config_drive_path)}", kind)
         )
-    if current.nics != wanted.nics:
-        kind = live if live_nic_change(current, wanted) else restart
-        changes.append(Change(f"network {_nics(current)} -> {_nics(wanted)}", kind))
-    if current.console_log != wanted.console_log:
-        was, becomes = current.console_log or "none", wanted.console_log or "none"
-        changes.append(Change(f"serial console {was} -> {becomes}", restart))
-    if current.nvram != wanted.nvram:
-        changes.append(Change(f"nvram {current.nvram or '-'} -> {wanted.nvram or '-'}", restart))
     before, after = current.disk(BOOT_DISK_TARGET), wanted.disk(BOOT_DISK_TARGET)
     if before is not None and after is not None and before != after and before.path == after.path:
-        changes.append(Change(f"boot disk {_disk(before)} -> {_disk(after)}", restart))
-    return tuple(changes) or tuple(_other_changes(current, wanted))
+        changes.append(Change(f"boot disk {_disk(before)} -> {_disk(after)}", RESTART))
+    return changes
+
+
+def _accelerator(machine: Machine) -> str:
+    return machine.accelerator.value if machine.accelerator else "other"
 
 
 def _disk(disk: Disk) -> str:
