@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ BASE = replace(
 FILES = ProcessFiles("/s/qmp.sock", "/s/qemu.pid", "/s/ga.sock")
 
 # A value other than BASE's for every field of Machine (a new field without one fails)
-SAMPLES: dict[str, object] = {
+SAMPLES: dict[str, Any] = {
     "accelerator": Accelerator.KVM,
     "vcpus": 3,
     "memory_kib": 256 * 1024,
