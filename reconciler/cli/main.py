@@ -52,7 +52,8 @@ from reconciler.images.progress import LOG as PROGRESS_LOG
 from reconciler.loop.results import Outcome
 from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.model.desired import Accelerator
-from reconciler.planning.review import Disruption, plan_json
+from reconciler.planning.disruption import Disruption
+from reconciler.planning.review import plan_json
 
 if TYPE_CHECKING:
     from reconciler.loop.inventory import InventoryEntry

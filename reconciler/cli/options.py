@@ -21,7 +21,7 @@ from reconciler.loop.reconcile import Settings
 from reconciler.loop.workers import DEFAULT_WORKERS
 from reconciler.manifests.selection import Selection
 from reconciler.model.desired import Accelerator
-from reconciler.planning.review import Disruption
+from reconciler.planning.disruption import Disruption
 from reconciler.statedir import PRIVATE_UMASK, TRAVERSABLE_UMASK, StateDir, default_state_dir
 
 

@@ -10,8 +10,9 @@ from reconciler.errors import ManifestError
 from reconciler.loop.inventory import InventoryEntry
 from reconciler.loop.results import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
+from reconciler.planning.disruption import Disruption
 from reconciler.planning.plan import InstancePlan
-from reconciler.planning.review import Disruption, PlanView
+from reconciler.planning.review import PlanView
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:

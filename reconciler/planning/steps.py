@@ -12,6 +12,13 @@ from reconciler.model.accel import AcceleratorChoice
 from reconciler.model.desired import ImageSource
 from reconciler.model.machine import Disk, Machine, Nic
 from reconciler.planning.cloudinit import DriveContent
+from reconciler.planning.disruption import (
+    CLASS_DISRUPTION,
+    Disruption,
+    FieldChange,
+    Review,
+    most_disruptive,
+)
 from reconciler.planning.machine import Change, ChangeClass
 from reconciler.sizes import format_size
 
@@ -55,6 +62,10 @@ class RecoverDomain:
             "finishing it): tear the domain down"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.RESTART, (FieldChange("power", "running", "off"),)
+
 
 @dataclass(frozen=True, slots=True)
 class FetchBase:
@@ -73,6 +84,10 @@ class FetchBase:
             + ")"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("base image", None, str(self.image.location)),)
+
 
 @dataclass(frozen=True, slots=True)
 class CreateOverlay:
@@ -88,6 +103,11 @@ class CreateOverlay:
         base = self.base_path.name
         short = base[:19] + "..." if len(base) > 22 else base
         return f"create disk {self.path} ({format_size(self.size)}, qcow2 over {short})"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange("disk", None, f"{self.path.name} {self.size} bytes")
+        return Disruption.NONE, (change,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,11 @@ class ResizeDisk:
             f"({how})"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange(f"disk {self.target} bytes", str(self.current), str(self.size))
+        return (Disruption.LIVE if self.online else Disruption.NONE), (change,)
+
 
 @dataclass(frozen=True, slots=True)
 class CreateDataDisk:
@@ -121,6 +146,11 @@ class CreateDataDisk:
 
     def describe(self) -> str:
         return f"create data disk {self.path.name} ({format_size(self.size)}, empty {self.format})"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange("data disk", None, f"{self.path.name} {self.size} bytes")
+        return Disruption.NONE, (change,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +170,10 @@ class MoveDiskAside:
             "the next gc"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.REPLACE, (FieldChange("boot disk", self.path.name, self.aside.name),)
+
 
 @dataclass(frozen=True, slots=True)
 class SetMemory:
@@ -151,6 +185,10 @@ class SetMemory:
         size = format_size(self.memory_kib * 1024)
         return f"set the running domain's memory to {size} (live, through the balloon)"
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange("running memory KiB", None, str(self.memory_kib)),)
+
 
 @dataclass(frozen=True, slots=True)
 class SetVcpus:
@@ -161,6 +199,10 @@ class SetVcpus:
     def describe(self) -> str:
         return f"set the running domain's vCPUs to {self.vcpus} (live)"
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange("running vCPUs", None, str(self.vcpus)),)
+
 
 @dataclass(frozen=True, slots=True)
 class AttachDisk:
@@ -170,6 +212,10 @@ class AttachDisk:
 
     def describe(self) -> str:
         return f"attach disk {self.disk.target} ({Path(self.disk.path).name}) to the running domain"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange(f"disk {self.disk.target}", None, self.disk.path),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +229,10 @@ class DetachDisk:
             f"detach disk {self.disk.target} ({Path(self.disk.path).name}) from the running domain"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange(f"disk {self.disk.target}", self.disk.path, None),)
+
 
 @dataclass(frozen=True, slots=True)
 class AttachNic:
@@ -193,6 +243,11 @@ class AttachNic:
 
     def describe(self) -> str:
         return f"attach network interface {self.index} ({self.nic.mac}) to the running domain"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange(f"network interface {self.index}", None, self.nic.mac)
+        return Disruption.LIVE, (change,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +260,11 @@ class DetachNic:
     def describe(self) -> str:
         return f"detach network interface {self.index} ({self.nic.mac}) from the running domain"
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange(f"network interface {self.index}", self.nic.mac, None)
+        return Disruption.LIVE, (change,)
+
 
 @dataclass(frozen=True, slots=True)
 class SetAutostart:
@@ -214,6 +274,11 @@ class SetAutostart:
 
     def describe(self) -> str:
         return f"{'enable' if self.autostart else 'disable'} libvirt's autostart"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        change = FieldChange("autostart", str(not self.autostart), str(self.autostart))
+        return Disruption.NONE, (change,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +292,10 @@ class BuildConfigDrive:
 
     def describe(self) -> str:
         return f"build config drive {self.path.name} ({self.content.describe()})"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("config drive file", None, self.path.name),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +313,10 @@ class ChangeMedium:
             "new files from the drive at once)"
         )
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange(f"medium {self.target}", None, self.path.name),)
+
 
 @dataclass(frozen=True, slots=True)
 class RemoveFiles:
@@ -258,6 +331,13 @@ class RemoveFiles:
 
     def describe(self) -> str:
         return f"remove {self.what} " + ", ".join(str(p) for p in self.paths)
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        removed = FieldChange(self.what, ", ".join(str(p) for p in self.paths), None)
+        # a replaced config drive is a file nothing uses; anything else is data
+        kept = self.what == "replaced config drive"
+        return (Disruption.NONE if kept else Disruption.DELETE), (removed,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +359,19 @@ class DefineDomain:
     def classes(self) -> frozenset[ChangeClass]:
         return frozenset(change.kind for change in self.changes)
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        if not self.changes:
+            return Disruption.NONE, (FieldChange("domain", None, self.instance),)
+        disruption = most_disruptive([CLASS_DISRUPTION[c.kind] for c in self.changes])
+        fields = tuple(
+            FieldChange(c.field, c.found, c.wanted, c.drift)
+            if c.field
+            else FieldChange(c.what, None, None, c.drift)
+            for c in self.changes
+        )
+        return disruption, fields
+
 
 @dataclass(frozen=True, slots=True)
 class StartDomain:
@@ -294,6 +387,10 @@ class StartDomain:
         again = ", again after the host shut it down" if self.host_shutdown else ""
         return f"start domain{again} (accelerator {choice.accelerator.value}; {choice.reason})"
 
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("power", "off", "running"),)
+
 
 @dataclass(frozen=True, slots=True)
 class StopDomain:
@@ -303,6 +400,10 @@ class StopDomain:
 
     def describe(self) -> str:
         return f"shut down domain (ACPI power button, forced off after {self.timeout_seconds}s)"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.RESTART, (FieldChange("power", "running", "off"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +417,10 @@ class UndefineDomain:
         if not self.disks_kept:
             return f"undefine domain (deletionPolicy: delete: its disks in {self.kept} go next)"
         return f"undefine domain (its disks in {self.kept} are kept)"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.DELETE, (FieldChange("domain", self.instance, None),)
 
 
 Step = (
