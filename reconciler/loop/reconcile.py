@@ -40,7 +40,7 @@ from reconciler.planning.plan import (
     plan_instance,
     plan_removal,
 )
-from reconciler.planning.steps import CreateOverlay, DefineDomain, FetchBase, StartDomain
+from reconciler.planning.steps import CreateOverlay, FetchBase, StartDomain
 from reconciler.statedir import StateDir
 
 if TYPE_CHECKING:  # imported when a step first runs (Reconciler.steps)
@@ -198,14 +198,9 @@ class Reconciler:
             base_virtual_size=resolved.base_virtual_size,
             macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
+            cannot_express=self.driver.cannot_express,
         )
-        plan = plan_instance(spec, actual, context)
-        for step in plan.steps:  # what this driver cannot run is refused before anything
-            if isinstance(step, DefineDomain):
-                problems = self.driver.cannot_express(step.machine)
-                if problems:
-                    return InstancePlan(spec.name, refusal="; ".join(problems))
-        return plan
+        return plan_instance(spec, actual, context)
 
     def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
         """The MACs of the other domains, when a derived MAC has to be chosen (listing every

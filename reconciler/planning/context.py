@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.layout import InstancePaths
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
 from reconciler.model.desired import Accelerator
+from reconciler.model.machine import Machine
 from reconciler.planning.review import PlanView, step_view
 from reconciler.planning.steps import Step
 
@@ -28,6 +30,9 @@ class PlanContext:
     base_virtual_size: int | None = None  # the disk size the base image holds, when known
     macs_in_use: frozenset[str] = frozenset()  # by other domains (derived MACs avoid them)
     unavailable: tuple[str, ...] = ()  # why the interfaces cannot attach (a missing bridge...)
+    # the driver's capabilities: what in a machine it cannot run, each "field: why" (a pure
+    # function of the machine; see Driver.cannot_express): the plan refuses such a machine
+    cannot_express: Callable[[Machine], tuple[str, ...]] = lambda _machine: ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,6 +213,9 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             str(spec.manifest), digest, context.state_dir_id or "", instance_id, spec.labels
         )
         machine = dataclasses.replace(shape, uuid=uuid, marker=marker)
+        problems = context.cannot_express(machine)  # what the driver cannot run is refused
+        if problems:
+            return InstancePlan(spec.name, refusal="; ".join(problems))
         steps.append(DefineDomain(spec.name, machine, changes, effect))
     if running_on:
         steps += live_steps

@@ -377,3 +377,13 @@ def test_a_changed_cached_base_is_noted_and_checked_at_start() -> None:
     (start,) = plan.steps
     assert start.kind is START and start.image == RUNNING.image  # type: ignore[union-attr]
     assert any("changed since it was verified" in note for note in plan.view().notes)
+
+
+def test_what_the_driver_cannot_run_is_refused_by_the_planner_itself() -> None:
+    """The driver's capabilities are in the plan context: a machine it cannot run is refused
+    before any step, by the planner (not vetoed afterwards)."""
+    spec = make_spec()
+    refusing = context(spec, cannot_express=lambda machine: (f"{machine.name}: not here",))
+    plan = plan_instance(spec, InstanceActual(), refusing)
+    assert plan.refusal == f"{spec.name}: not here" and plan.steps == ()
+    assert plan_instance(spec, InstanceActual(), context(spec)).refusal is None
