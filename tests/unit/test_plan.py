@@ -384,6 +384,7 @@ def test_what_the_driver_cannot_run_is_refused_by_the_planner_itself() -> None:
     before any step, by the planner (not vetoed afterwards)."""
     spec = make_spec()
     refusing = context(spec, cannot_express=lambda machine: (f"{machine.name}: not here",))
-    plan = plan_instance(spec, InstanceActual(), refusing)
+    nothing = InstanceActual(None, None, None, False)
+    plan = plan_instance(spec, nothing, refusing)
     assert plan.refusal == f"{spec.name}: not here" and plan.steps == ()
-    assert plan_instance(spec, InstanceActual(), context(spec)).refusal is None
+    assert plan_instance(spec, nothing, context(spec)).refusal is None
