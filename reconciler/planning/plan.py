@@ -37,7 +37,13 @@ from reconciler.planning.machine import (
 from reconciler.planning.network import build_nics, choose_macs, instance_uuid
 from reconciler.planning.removal import plan_removal
 from reconciler.planning.review import PlanView
-from reconciler.planning.runpolicy import held_by_run_policy, stop_reason, stopped_unasked
+from reconciler.planning.runpolicy import (
+    PowerFacts,
+    decide_power,
+    held_by_run_policy,
+    stop_reason,
+    stopped_unasked,
+)
 from reconciler.planning.steps import (
     BuildConfigDrive,
     DefineDomain,
@@ -142,30 +148,25 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     # runPolicy Halted keeps the domain off; the others decide about a stop nobody asked for
     halted = spec.run_policy is RunPolicy.HALTED
     run = spec.state is DesiredState.RUNNING and not halted
-    restart = (
-        active
-        and run
-        and (
-            replacing is not None or (needs_restart and spec.update_policy is UpdatePolicy.RESTART)
+    power = decide_power(
+        PowerFacts(
+            run=run,
+            exists=domain is not None,
+            active=active,
+            change_needs_restart=replacing is not None
+            or (needs_restart and spec.update_policy is UpdatePolicy.RESTART),
+            stopped_unasked=domain is not None and stopped_unasked(domain),
+            # shut down with the host (reconcile shutdown-guests): started again, whatever
+            # the policy
+            host_shutdown=actual.host_shutdown,
+            held=held_by_run_policy(spec, domain) if domain is not None else None,
         )
     )
-    stopping = active and (not run or restart)
-    unasked = run and not active and domain is not None and stopped_unasked(domain)
-    # shut down with the host (reconcile shutdown-guests): started again, whatever the policy
-    host_shutdown = unasked and actual.host_shutdown
-    held = (
-        held_by_run_policy(spec, domain)
-        if unasked and domain is not None and not host_shutdown
-        else None
-    )
-    if held is not None:
-        notes.append(held)
-    starting = run and held is None and (not active or restart)
-    restart_after = (
-        stop_reason(domain)
-        if unasked and starting and domain is not None and not host_shutdown
-        else None
-    )
+    restart, stopping, starting = power.restart, power.stop, power.start
+    host_shutdown = power.after_host_shutdown
+    if power.held is not None:
+        notes.append(power.held)
+    restart_after = stop_reason(domain) if power.after_unasked_stop and domain is not None else None
 
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))

@@ -1,7 +1,9 @@
-"""The run policy: what becomes of a domain that stopped without the manifest asking.
-Pure."""
+"""The power decision (stop, start, restart) and the run policy: what becomes of a domain
+that stopped without the manifest asking. Pure."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from reconciler.model.actual import DomainFacts, PowerState
 from reconciler.model.desired import InstanceSpec, RunPolicy
@@ -37,3 +39,44 @@ def held_by_run_policy(spec: InstanceSpec, domain: DomainFacts) -> str | None:
             f"started again ({again})"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class PowerFacts:
+    """What the power decision is made from."""
+
+    run: bool  # the manifest asks for it to run (state running, runPolicy not Halted)
+    exists: bool  # there is a domain
+    active: bool  # it runs now (an interrupted start or shutdown is not running)
+    change_needs_restart: bool  # a new boot disk, or a restart-class change it must take now
+    stopped_unasked: bool  # it is off although the manifest last asked for it to run
+    host_shutdown: bool  # the host shut it down (reconcile shutdown-guests left its record)
+    held: str | None = None  # why its run policy keeps it off after a stop nobody asked for
+
+
+@dataclass(frozen=True, slots=True)
+class PowerDecision:
+    stop: bool  # stop it first (before its disks change)
+    start: bool  # start it at the end
+    restart: bool  # both: a running domain that must take a change now
+    held: str | None  # kept off by its run policy (said in a note)
+    after_unasked_stop: bool  # the start follows a stop nobody asked for (crash-loop guarded)
+    after_host_shutdown: bool  # the start follows a host shutdown: whatever the run policy
+
+
+def decide_power(facts: PowerFacts) -> PowerDecision:
+    """Stop, start or restart, from the facts; table-tested (tests/unit/test_plan.py)."""
+    restart = facts.active and facts.run and facts.change_needs_restart
+    stop = facts.active and (not facts.run or restart)
+    unasked = facts.run and not facts.active and facts.exists and facts.stopped_unasked
+    host_shutdown = unasked and facts.host_shutdown
+    held = facts.held if unasked and not host_shutdown else None
+    start = facts.run and held is None and (not facts.active or restart)
+    return PowerDecision(
+        stop=stop,
+        start=start,
+        restart=restart,
+        held=held,
+        after_unasked_stop=unasked and start and not host_shutdown,
+        after_host_shutdown=host_shutdown,
+    )

@@ -388,3 +388,36 @@ def test_what_the_driver_cannot_run_is_refused_by_the_planner_itself() -> None:
     plan = plan_instance(spec, nothing, refusing)
     assert plan.refusal == f"{spec.name}: not here" and plan.steps == ()
     assert plan_instance(spec, nothing, context(spec)).refusal is None
+
+
+# run, exists, active, change needs a restart, stopped unasked, host shutdown, held ->
+# stop, start, restart, held, after an unasked stop, after a host shutdown
+POWER_TABLE = [
+    # nothing yet: start it (or not, when it should not run)
+    ((True, False, False, False, False, False, None), (False, True, False, None, False, False)),
+    ((False, False, False, False, False, False, None), (False, False, False, None, False, False)),
+    # running as it should: nothing; a change it must take now: restart
+    ((True, True, True, False, False, False, None), (False, False, False, None, False, False)),
+    ((True, True, True, True, False, False, None), (True, True, True, None, False, False)),
+    # running but asked to stop: stop (a pending change does not restart it)
+    ((False, True, True, True, False, False, None), (True, False, False, None, False, False)),
+    # off because someone stopped it with the manifest's consent (state recorded stopped)
+    ((True, True, False, False, False, False, "held"), (False, True, False, None, False, False)),
+    # off although the manifest asked it to run: the run policy decides
+    ((True, True, False, False, True, False, None), (False, True, False, None, True, False)),
+    ((True, True, False, False, True, False, "held"), (False, False, False, "held", False, False)),
+    # the host shut it down: started again whatever the policy, no crash-loop guard
+    ((True, True, False, False, True, True, "held"), (False, True, False, None, False, True)),
+    # a host-shutdown record means nothing for a domain that should stay off
+    ((False, True, False, False, True, True, None), (False, False, False, None, False, False)),
+]
+
+
+@pytest.mark.parametrize(("facts", "decision"), POWER_TABLE)
+def test_the_power_decision_table(
+    facts: tuple[bool, bool, bool, bool, bool, bool, str | None],
+    decision: tuple[bool, bool, bool, str | None, bool, bool],
+) -> None:
+    from reconciler.planning.runpolicy import PowerDecision, PowerFacts, decide_power
+
+    assert decide_power(PowerFacts(*facts)) == PowerDecision(*decision)
