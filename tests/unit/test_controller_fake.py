@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from reconciler.drivers.base import DomainEvent
-from reconciler.drivers.fake import FakeDriver
+from reconciler.testing.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.drivers.fake import FakeDriver
+from reconciler.testing.fake import FakeDriver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import Reconciler, Settings

@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import DomainRecord
-from reconciler.drivers.fake import FakeDriver
+from reconciler.testing.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all
