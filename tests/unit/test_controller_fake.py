@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from reconciler.drivers.base import DomainEvent
-from reconciler.testing.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
@@ -23,6 +22,7 @@ from reconciler.loop.reconcile import Settings
 from reconciler.loop.status import read_status_file, status_file_text
 from reconciler.loop.watch import is_relevant_path
 from reconciler.statedir import StateDir
+from reconciler.testing.fake import FakeDriver
 from tests.helpers import manifest_document, write_base_image
 
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.testing.fake import FakeDriver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import Reconciler, Settings
@@ -18,6 +17,7 @@ from reconciler.planning.removal import removable_files
 from reconciler.planning.steps import RemoveFiles
 from reconciler.statedir import StateDir
 from reconciler.steps.apply import _remove_files
+from reconciler.testing.fake import FakeDriver
 from tests.helpers import write_base_image, write_manifest
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import DomainRecord
-from reconciler.testing.fake import FakeDriver
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all
@@ -21,6 +20,7 @@ from reconciler.model.actual import PowerState
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
 from reconciler.model.machine import Machine
 from reconciler.statedir import StateDir
+from reconciler.testing.fake import FakeDriver
 from tests.helpers import make_spec, write_base_image
 
 
