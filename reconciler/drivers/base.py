@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import PowerState, StateReason
 from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import Disk, Machine, Nic
 
@@ -26,7 +26,7 @@ class DomainRecord:
     name: str
     uuid: str
     state: PowerState
-    state_reason: str
+    state_reason: StateReason
     persistent: bool
     definition: Machine | None
     live: Machine | None = None  # only while the domain is active
@@ -43,6 +43,17 @@ class DomainEvent:
     name: str
     kind: str
     detail: str = ""
+
+    @property
+    def may_echo_a_step(self) -> bool:
+        """Whether a step of ours causes such events (a define, a start, a stop, an
+        undefine): seen while that domain is being reconciled, it is the echo of the step.
+        Crashes, failures and errors never are."""
+        return self.kind == "lifecycle" and self.detail.startswith(_ECHOES)
+
+
+# the lifecycle events our own steps cause
+_ECHOES = ("defined", "undefined", "started", "resumed", "stopped: shutdown", "stopped: destroyed")
 
 
 EventCallback = Callable[[DomainEvent], None]

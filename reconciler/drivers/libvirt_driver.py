@@ -39,7 +39,7 @@ from reconciler.drivers.libvirt_xml import (
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.layout import StateLayout
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import PowerState, StateReason
 from reconciler.model.desired import NetworkSpec, NicType
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
@@ -226,28 +226,30 @@ _STATES = {
     6: PowerState.CRASHED,
     7: PowerState.SUSPENDED,
 }
+_WHY = StateReason
+# libvirt's reason codes, in its order, per state
 _PAUSED_REASONS = (
-    "unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from-snapshot",
-    "shutting-down", "snapshot", "crashed", "starting-up", "postcopy", "postcopy-failed",
-    "api-error",
+    _WHY.UNKNOWN, _WHY.USER, _WHY.MIGRATION, _WHY.SAVE, _WHY.DUMP, _WHY.IOERROR, _WHY.WATCHDOG,
+    _WHY.FROM_SNAPSHOT, _WHY.SHUTTING_DOWN, _WHY.SNAPSHOT, _WHY.CRASHED, _WHY.STARTING_UP,
+    _WHY.POSTCOPY, _WHY.POSTCOPY_FAILED, _WHY.API_ERROR,
 )  # fmt: skip
 _SHUTOFF_REASONS = (
-    "unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
-    "from-snapshot", "daemon",
+    _WHY.UNKNOWN, _WHY.SHUTDOWN, _WHY.DESTROYED, _WHY.CRASHED, _WHY.MIGRATED, _WHY.SAVED,
+    _WHY.FAILED, _WHY.FROM_SNAPSHOT, _WHY.DAEMON,
 )  # fmt: skip
 _RUNNING_REASONS = (
-    "unknown", "booted", "migrated", "restored", "from-snapshot", "unpaused",
-    "migration-canceled", "save-canceled", "wakeup", "crashed", "postcopy",
+    _WHY.UNKNOWN, _WHY.BOOTED, _WHY.MIGRATED, _WHY.RESTORED, _WHY.FROM_SNAPSHOT, _WHY.UNPAUSED,
+    _WHY.MIGRATION_CANCELED, _WHY.SAVE_CANCELED, _WHY.WAKEUP, _WHY.CRASHED, _WHY.POSTCOPY,
 )  # fmt: skip
 
 
-def _reason_name(state: PowerState, reason: int) -> str:
+def _reason_name(state: PowerState, reason: int) -> StateReason:
     table = {
         PowerState.PAUSED: _PAUSED_REASONS,
         PowerState.SHUTOFF: _SHUTOFF_REASONS,
         PowerState.RUNNING: _RUNNING_REASONS,
     }.get(state, ())
-    return table[reason] if 0 <= reason < len(table) else str(reason)
+    return table[reason] if 0 <= reason < len(table) else StateReason.UNKNOWN
 
 
 _LIFECYCLE_EVENTS = (

@@ -65,7 +65,7 @@ from reconciler.errors import DriverError, PermanentError
 from reconciler.fileops import write_atomically
 from reconciler.layout import QEMU_PID_FILE, InstancePaths, StateLayout
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import PowerState, StateReason
 from reconciler.model.desired import NetworkSpec, NicType
 from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
@@ -79,15 +79,15 @@ SCAN_SECONDS = 1.0  # how often the watcher looks for processes to attach to
 EMULATORS_SECONDS = 1.0  # how long one look at every QEMU of the host serves lookups
 _T = TypeVar("_T")
 
-# QMP run states -> the power state and reason the rest of the code knows from libvirt
+# QMP run states -> the power state and its reason, in the seam's vocabulary
 _RUN_STATES = {
-    "running": (PowerState.RUNNING, "booted"),
-    "paused": (PowerState.PAUSED, "user"),
-    "prelaunch": (PowerState.PAUSED, "starting-up"),
-    "inmigrate": (PowerState.PAUSED, "starting-up"),
-    "io-error": (PowerState.PAUSED, "ioerror"),
-    "internal-error": (PowerState.PAUSED, "crashed"),
-    "watchdog": (PowerState.PAUSED, "watchdog"),
+    "running": (PowerState.RUNNING, StateReason.BOOTED),
+    "paused": (PowerState.PAUSED, StateReason.USER),
+    "prelaunch": (PowerState.PAUSED, StateReason.STARTING_UP),
+    "inmigrate": (PowerState.PAUSED, StateReason.STARTING_UP),
+    "io-error": (PowerState.PAUSED, StateReason.IOERROR),
+    "internal-error": (PowerState.PAUSED, StateReason.CRASHED),
+    "watchdog": (PowerState.PAUSED, StateReason.WATCHDOG),
 }
 _EVENTS = {
     "SHUTDOWN": ("lifecycle", "stopped: shutdown"),
@@ -209,13 +209,13 @@ class QmpDriver:
         with contextlib.suppress(OSError):
             write_atomically(Path(self._files(name).pidfile), f"{pid}\n".encode(), 0o600)
 
-    def _stop_reason(self, name: str) -> str:
+    def _stop_reason(self, name: str) -> StateReason:
         try:
-            return self._paths(name).stopped.read_text().strip() or "unknown"
+            return StateReason.of(self._paths(name).stopped.read_text().strip())
         except OSError:
-            return "unknown"
+            return StateReason.UNKNOWN
 
-    def _record_stop(self, name: str, reason: str) -> None:
+    def _record_stop(self, name: str, reason: StateReason) -> None:
         with contextlib.suppress(OSError):
             write_atomically(self._paths(name).stopped, reason.encode())
 
@@ -341,7 +341,8 @@ class QmpDriver:
         try:
             definition = self._definition(name)
         except DomainXmlError as err:
-            return DomainRecord(name, "", PowerState.SHUTOFF, "unknown", True, None, None, str(err))
+            unknown = StateReason.UNKNOWN
+            return DomainRecord(name, "", PowerState.SHUTOFF, unknown, True, None, None, str(err))
         if definition is None:
             return None
         uuid = definition.uuid or ""
@@ -361,10 +362,10 @@ class QmpDriver:
         self._adopt(name, pid)  # it answers: a pid file lost or forged is written anew
         run_state = str(status.get("status", ""))
         if run_state in ("shutdown", "guest-panicked"):  # on_poweroff / on_crash: destroy
-            reason = "shutdown" if run_state == "shutdown" else "crashed"
+            reason = StateReason.SHUTDOWN if run_state == "shutdown" else StateReason.CRASHED
             self._end(name, pid, reason)
             return DomainRecord(name, uuid, PowerState.SHUTOFF, reason, True, definition)
-        state, reason = _RUN_STATES.get(run_state, (PowerState.PAUSED, run_state))
+        state, reason = _RUN_STATES.get(run_state, (PowerState.PAUSED, StateReason.UNKNOWN))
         live = self._live(name) or definition
         return DomainRecord(name, uuid, state, reason, True, definition, live)
 
@@ -565,17 +566,17 @@ class QmpDriver:
         pid = self._pid(name, definition.uuid or "")
         if pid is None:
             raise DriverError(f"destroy {name}", "domain is not running")
-        self._end(name, pid, "destroyed")
+        self._end(name, pid, StateReason.DESTROYED)
 
     def tear_down(self, name: str) -> str:
         definition = self._definition(name)
         pid = None if definition is None else self._pid(name, definition.uuid or "")
         if pid is None:
             return "nothing to tear down: no QEMU of this instance runs"
-        self._end(name, pid, "destroyed")
+        self._end(name, pid, StateReason.DESTROYED)
         return f"ended QEMU process {pid}"
 
-    def _end(self, name: str, pid: int, reason: str) -> None:
+    def _end(self, name: str, pid: int, reason: StateReason) -> None:
         """End this instance's QEMU (`quit`, then SIGKILL of the proven pid) and record why."""
         with self._lock:
             self._quitting.add(name)

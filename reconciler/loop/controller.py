@@ -343,7 +343,7 @@ class Controller:
         echo of the step reconciling it now."""
         with self._lock:
             managed = event.name in self._specs
-            echo = self.names.is_active(event.name) and _is_echo(event)
+            echo = self.names.is_active(event.name) and event.may_echo_a_step
         if not managed:
             return
         LOG.info("%s: event %s %s", event.name, event.kind, event.detail)
@@ -546,16 +546,6 @@ class PassListing:
     domains: dict[str, DomainRecord]
     names: set[str]
     resolver: SourceResolver
-
-
-# What the steps themselves cause: seen while the name is being reconciled, these are the echo
-# of our own define, start, stop or undefine, and enqueueing them would only repeat the
-# reconcile (or cut a backoff short). Crashes, failures and errors always enqueue.
-_ECHOES = ("defined", "undefined", "started", "resumed", "stopped: shutdown", "stopped: destroyed")
-
-
-def _is_echo(event: DomainEvent) -> bool:
-    return event.kind == "lifecycle" and event.detail.startswith(_ECHOES)
 
 
 def _touched(spec: InstanceSpec | None, changed: set[Path] | None) -> bool:

@@ -30,7 +30,7 @@ from reconciler.loop.crashloop import CrashLoopGuard
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
 from reconciler.loop.results import Failure, InstanceResult, Outcome
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import InstanceActual, PowerState
+from reconciler.model.actual import InstanceActual, PowerState, StateReason
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
@@ -419,7 +419,7 @@ class Reconciler:
             return _failed(result, "domain vanished after the pass")
         if record.state is PowerState.RUNNING:
             return result
-        if record.state is PowerState.PAUSED and record.state_reason == "user":
+        if record.state is PowerState.PAUSED and record.state_reason is StateReason.USER:
             return result
         if record.state is PowerState.SHUTDOWN:  # the guest is powering itself off
             return dataclasses.replace(result, requeue_after=TRANSITION_RECHECK_SECONDS)

@@ -25,8 +25,52 @@ class PowerState(enum.StrEnum):
         return self in (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
-# libvirt's paused reasons for a domain caught between two states by a process that died
-INTERRUPTED_REASONS = ("starting-up", "shutting-down")
+class StateReason(enum.StrEnum):
+    """Why a domain is in its power state: one vocabulary for every driver (its words are
+    libvirt's, which each driver maps its own codes to, once)."""
+
+    UNKNOWN = "unknown"
+    # running
+    BOOTED = "booted"
+    RESTORED = "restored"
+    UNPAUSED = "unpaused"
+    WAKEUP = "wakeup"
+    MIGRATION_CANCELED = "migration-canceled"
+    SAVE_CANCELED = "save-canceled"
+    # paused
+    USER = "user"  # paused by hand
+    STARTING_UP = "starting-up"  # a start whose process died (or under way)
+    SHUTTING_DOWN = "shutting-down"  # a shutdown whose process died (or under way)
+    IOERROR = "ioerror"
+    WATCHDOG = "watchdog"
+    MIGRATION = "migration"
+    SAVE = "save"
+    DUMP = "dump"
+    SNAPSHOT = "snapshot"
+    POSTCOPY = "postcopy"
+    POSTCOPY_FAILED = "postcopy-failed"
+    API_ERROR = "api-error"
+    # shut off
+    SHUTDOWN = "shutdown"  # the guest powered off
+    DESTROYED = "destroyed"  # pulled the plug
+    CRASHED = "crashed"
+    FAILED = "failed"  # the emulator failed
+    MIGRATED = "migrated"
+    SAVED = "saved"
+    FROM_SNAPSHOT = "from-snapshot"
+    DAEMON = "daemon"
+
+    @classmethod
+    def of(cls, word: str) -> StateReason:
+        """The reason a word names (UNKNOWN for one no driver uses)."""
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+# the paused reasons of a domain caught between two states by a process that died
+INTERRUPTED_REASONS = frozenset({StateReason.STARTING_UP, StateReason.SHUTTING_DOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +80,7 @@ class DomainFacts:
     name: str
     uuid: str
     state: PowerState
-    state_reason: str
+    state_reason: StateReason
     persistent: bool
     definition: Machine
     live_definition: Machine | None

@@ -12,7 +12,13 @@ import dataclasses
 from pathlib import Path
 
 from reconciler.model.accel import resolve_accelerator
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
+from reconciler.model.actual import (
+    DiskFacts,
+    DomainFacts,
+    InstanceActual,
+    PowerState,
+    StateReason,
+)
 from reconciler.model.desired import (
     Accelerator,
     DesiredState,
@@ -193,7 +199,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         else ()
     )
     paused = domain is not None and domain.state is PowerState.PAUSED
-    if paused and domain is not None and domain.state_reason == "user" and not stopping:
+    if paused and domain is not None and domain.state_reason is StateReason.USER and not stopping:
         notes.append("domain was paused by hand; it is left paused")
 
     digest = shape.spec_digest(spec.labels)
@@ -399,7 +405,7 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
         domain is not None
         and domain.state is PowerState.PAUSED
         and not domain.interrupted
-        and domain.state_reason != "user"
+        and domain.state_reason is not StateReason.USER
         and spec.state is not DesiredState.STOPPED
     ):
         return (

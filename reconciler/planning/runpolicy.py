@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.model.actual import DomainFacts, PowerState
+from reconciler.model.actual import DomainFacts, PowerState, StateReason
 from reconciler.model.desired import InstanceSpec, RunPolicy
 
 # shutoff reasons of a domain whose QEMU or guest failed ("unknown": the stop was not seen,
 # as when no process held the embedded driver when QEMU died)
-_FAILURE_REASONS = ("crashed", "failed", "unknown")
+_FAILURE_REASONS = frozenset({StateReason.CRASHED, StateReason.FAILED, StateReason.UNKNOWN})
 
 
 def stopped_unasked(domain: DomainFacts) -> bool:
@@ -19,8 +19,8 @@ def stopped_unasked(domain: DomainFacts) -> bool:
     return domain.definition.asked_running is True
 
 
-def stop_reason(domain: DomainFacts) -> str:
-    return "crashed" if domain.state is PowerState.CRASHED else domain.state_reason
+def stop_reason(domain: DomainFacts) -> StateReason:
+    return StateReason.CRASHED if domain.state is PowerState.CRASHED else domain.state_reason
 
 
 def held_by_run_policy(spec: InstanceSpec, domain: DomainFacts) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
 from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import PowerState, StateReason
 from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
@@ -26,7 +26,7 @@ from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 class FakeDomain:
     machine: Machine
     state: PowerState = PowerState.SHUTOFF
-    reason: str = "unknown"
+    reason: StateReason = StateReason.UNKNOWN
     live: Machine | None = None
     capacities: dict[str, int] = field(default_factory=dict)
     honours_acpi: bool = True
@@ -123,7 +123,11 @@ class FakeDriver:
             boot = domain.machine.boot_disk_path
             if self._check_disks and boot is not None and not os.path.exists(boot):
                 raise DriverError(f"start {name}", f"Cannot access storage file '{boot}'")
-            domain.state, domain.reason, domain.live = PowerState.RUNNING, "booted", domain.machine
+            domain.state, domain.reason, domain.live = (
+                PowerState.RUNNING,
+                StateReason.BOOTED,
+                domain.machine,
+            )
         self._emit(name, "lifecycle", "started")
 
     def request_shutdown(self, name: str) -> bool:
@@ -136,7 +140,7 @@ class FakeDriver:
             if domain.presses_missed:
                 domain.presses_missed -= 1
                 return True
-            self._power_off(domain, "shutdown")
+            self._power_off(domain, StateReason.SHUTDOWN)
         self._emit(name, "lifecycle", "stopped: shutdown")
         return True
 
@@ -145,7 +149,7 @@ class FakeDriver:
             domain = self._require("stop", name)
             if not domain.state.active:
                 return
-            self._power_off(domain, "destroyed")
+            self._power_off(domain, StateReason.DESTROYED)
         self._emit(name, "lifecycle", "stopped: destroyed")
 
     def tear_down(self, name: str) -> str:
@@ -258,7 +262,7 @@ class FakeDriver:
     def crash(self, name: str) -> None:
         """The domain's emulator dies (as after a SIGKILL of QEMU)."""
         with self._lock:
-            self._power_off(self.domains[name], "crashed")
+            self._power_off(self.domains[name], StateReason.CRASHED)
         self._emit(name, "lifecycle", "stopped: crashed")
 
     def ignore_acpi(self, name: str) -> None:
@@ -310,7 +314,7 @@ class FakeDriver:
         return domain
 
     @staticmethod
-    def _power_off(domain: FakeDomain, reason: str) -> None:
+    def _power_off(domain: FakeDomain, reason: StateReason) -> None:
         domain.state, domain.reason, domain.live = PowerState.SHUTOFF, reason, None
 
     def _emit(self, name: str, kind: str, detail: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.manifests.loader import load_manifests
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState, StateReason
 from reconciler.model.desired import (
     BootDevice,
     DataDiskSpec,
@@ -47,7 +47,9 @@ def running(spec: InstanceSpec, state: PowerState = PowerState.RUNNING) -> Insta
     """`spec`'s domain as the plan made it, running, with its data disk files there."""
     machine = defined(spec)
     live = machine if state.active else None
-    facts = DomainFacts(spec.name, machine.uuid or "", state, "booted", True, machine, live)
+    facts = DomainFacts(
+        spec.name, machine.uuid or "", state, StateReason.BOOTED, True, machine, live
+    )
     disks = tuple(
         DiskFacts(str(DIRECTORY / d.file_name), d.format.value, d.size_bytes, None, None)
         for d in spec.disks

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState
+from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState, StateReason
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.model.machine import Disk, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
@@ -71,7 +71,7 @@ def domain(
             older = replace(marker, spec_digest="sha256:older")
             live = replace(definition, memory_kib=live_memory_kib, marker=older)
     uuid = definition.uuid or ""
-    return DomainFacts(spec.name, uuid, state, reason, True, definition, live)
+    return DomainFacts(spec.name, uuid, state, StateReason(reason), True, definition, live)
 
 
 def overlay(spec: InstanceSpec, size: int | None = None, backing: str | None = None) -> DiskFacts:

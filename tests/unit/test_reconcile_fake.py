@@ -16,7 +16,7 @@ from reconciler.loop.once import apply_all
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import CrashLoop, Failure, Outcome
 from reconciler.manifests.loader import LoadResult
-from reconciler.model.actual import PowerState
+from reconciler.model.actual import PowerState, StateReason
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
 from reconciler.model.machine import Machine
 from reconciler.statedir import StateDir
@@ -146,7 +146,13 @@ def test_the_domain_must_really_run_after_the_pass(world: World) -> None:
 
 def test_a_domain_whose_definition_cannot_be_read_is_refused_in_the_plan(world: World) -> None:
     unreadable = DomainRecord(
-        "rct-fake", "u", PowerState.SHUTOFF, "unknown", True, None, problem="unreadable XML"
+        "rct-fake",
+        "u",
+        PowerState.SHUTOFF,
+        StateReason.UNKNOWN,
+        True,
+        None,
+        problem="unreadable XML",
     )
     world.driver.lookup = lambda _name: unreadable  # type: ignore[method-assign,assignment]
     plan = world.reconciler.plan(world.spec, world.reconciler.resolver(persist_digests=False))
