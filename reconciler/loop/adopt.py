@@ -121,7 +121,7 @@ def _as_adopted(
     domain = actual.domain
     state_dir_id = reconciler.host.state_dir_id
     if domain is None:
-        raise InstanceError(f"no libvirt domain named {spec.name!r} to adopt")
+        raise InstanceError(f"no domain named {spec.name!r} to adopt")
     if domain.marker is not None and domain.marker.state_dir_id == state_dir_id:
         raise InstanceError(
             f"domain {spec.name!r} is already managed by this state directory: nothing to adopt"

@@ -93,7 +93,7 @@ def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             return InstancePlan(
                 spec.name,
                 refusal=(
-                    f"a libvirt domain named {spec.name!r} exists but {foreign}; it is left "
+                    f"a domain named {spec.name!r} exists but {foreign}; it is left "
                     f"untouched: rename the instance or remove that domain yourself{adopt}"
                 ),
             )

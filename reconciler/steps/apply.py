@@ -279,7 +279,7 @@ def _recover(step: RecoverDomain, context: StepContext) -> str:
         record = driver.lookup(name)
         if record is None or not _still_interrupted(record.state, record.state_reason):
             state = "gone" if record is None else record.state.value
-            return f"recovered an interrupted {_what(step)}: libvirt tore it down (now {state})"
+            return f"recovered an interrupted {_what(step)}: the driver tore it down (now {state})"
         clock.sleep(POLL_SECONDS)
     how = driver.tear_down(name)
     deadline = clock.monotonic() + RECOVER_STOP_SECONDS
