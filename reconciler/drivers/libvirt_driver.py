@@ -489,10 +489,19 @@ class LibvirtDriver:
         libvirt = _libvirt()
         domain = self._require(name)
         try:
-            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            try:
+                domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except libvirt.libvirtError as err:
+                unsupported = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
+                if err.get_error_code() not in unsupported:
+                    raise
+                domain.shutdown()  # a hypervisor without that method: its default one
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
                 return False  # stopped meanwhile, or not running (paused, shutting down)
+            with contextlib.suppress(libvirt.libvirtError):
+                if not domain.isActive():  # said otherwise by some hypervisors
+                    return False
             raise
         return True
 
