@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from reconciler.drivers.base import DomainEvent, DomainRecord, Driver
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.drivers.base import DomainEvent, Driver
+from reconciler.model.actual import DomainFacts, PowerState, StateReason
 from reconciler.model.machine import Machine
 from tests.helpers import poll
 
@@ -54,13 +54,13 @@ def exercise(
     seen = Seen()
     driver.watch(seen.add, lambda _reason: None)
 
-    def record() -> DomainRecord:
+    def record() -> DomainFacts:
         found = driver.lookup(name)
-        assert found is not None, f"{name} vanished"
+        assert isinstance(found, DomainFacts), f"{name}: {found}"
         return found
 
-    def reaches(state: PowerState, what: str) -> DomainRecord:
-        def there() -> DomainRecord | None:
+    def reaches(state: PowerState, what: str) -> DomainFacts:
+        def there() -> DomainFacts | None:
             found = record()
             return found if found.state is state else None
 

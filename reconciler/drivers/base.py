@@ -12,26 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.model.actual import ObservedDomain
 from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import Disk, Machine, Nic
-
-
-@dataclass(frozen=True, slots=True)
-class DomainRecord:
-    """A domain as the driver reports it: its state and its machine, persistent and (while it
-    runs) live. `definition` is None when the driver could not read the domain's definition
-    (`problem` says why): such a domain is never touched."""
-
-    name: str
-    uuid: str
-    state: PowerState
-    state_reason: StateReason
-    persistent: bool
-    definition: Machine | None
-    live: Machine | None = None  # only while the domain is active
-    problem: str | None = None
-    autostart: bool | None = None  # None where the driver does not keep libvirt's autostart
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +52,11 @@ class Driver(Protocol):
         """Whether KVM can run guests where this driver runs them."""
         ...
 
-    def list_domains(self) -> list[DomainRecord]:
+    def list_domains(self) -> list[ObservedDomain]:
         """Every domain the connection sees, ours or not."""
         ...
 
-    def lookup(self, name: str) -> DomainRecord | None:
+    def lookup(self, name: str) -> ObservedDomain | None:
         """One domain by name, or None when there is none."""
         ...
 
@@ -153,7 +136,7 @@ class Driver(Protocol):
         ...
 
     def set_autostart(self, name: str, autostart: bool) -> None:
-        """Set libvirt's autostart flag (only where `DomainRecord.autostart` is not None)."""
+        """Set libvirt's autostart flag (only where `DomainFacts.autostart` is not None)."""
         ...
 
     def change_medium(self, name: str, target: str, path: str) -> None:

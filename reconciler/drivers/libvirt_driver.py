@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
 from reconciler.drivers.host import busy_ports, is_domain_emulator
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
@@ -39,7 +39,13 @@ from reconciler.drivers.libvirt_xml import (
 from reconciler.errors import ConnectionLost, DriverError, StateDirBusy
 from reconciler.layout import StateLayout
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.model.actual import (
+    DomainFacts,
+    ObservedDomain,
+    PowerState,
+    StateReason,
+    UnreadableDomain,
+)
 from reconciler.model.desired import NetworkSpec, NicType
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
@@ -369,37 +375,36 @@ class LibvirtDriver:
         return KvmSupport(True, f"libvirt on {host} offers kvm")
 
     @_wrap_errors("list domains")
-    def list_domains(self) -> list[DomainRecord]:
+    def list_domains(self) -> list[ObservedDomain]:
         return [self._record(domain) for domain in self._conn.listAllDomains(0)]
 
     @_wrap_errors("read domain")
-    def lookup(self, name: str) -> DomainRecord | None:
+    def lookup(self, name: str) -> ObservedDomain | None:
         domain = self._find(name)
         return None if domain is None else self._record(domain)
 
-    def _record(self, domain: Any) -> DomainRecord:
+    def _record(self, domain: Any) -> ObservedDomain:
         libvirt = _libvirt()
         state_code, reason_code = domain.state()
         state = _STATES.get(state_code, PowerState.OTHER)
         active = state.active
         name = domain.name()
+        reason = _reason_name(state, reason_code)
         try:
             definition = parse_domain_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             live = parse_domain_xml(domain.XMLDesc(0)) if active else None
             live = _with_balloon_target(live, definition)
-            problem = None
         except DomainXmlError as err:
             LOG.warning("domain %s: %s", name, err)
-            definition, live, problem = None, None, str(err)
-        return DomainRecord(
+            return UnreadableDomain(name, domain.UUIDString(), state, reason, str(err))
+        return DomainFacts(
             name=name,
             uuid=domain.UUIDString(),
             state=state,
-            state_reason=_reason_name(state, reason_code),
+            state_reason=reason,
             persistent=bool(domain.isPersistent()),
             definition=definition,
-            live=live,
-            problem=problem,
+            live_definition=live,
             # the embedded driver's autostart is not used: the daemon starts instances
             autostart=None if self._embedded_root is not None else bool(domain.autostart()),
         )

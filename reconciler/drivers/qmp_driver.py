@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError, Runstate
 
-from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
 from reconciler.drivers.host import (
     busy_ports,
     emulator_process,
@@ -65,7 +65,13 @@ from reconciler.errors import DriverError, PermanentError
 from reconciler.fileops import write_atomically
 from reconciler.layout import QEMU_PID_FILE, InstancePaths, StateLayout
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.model.actual import (
+    DomainFacts,
+    ObservedDomain,
+    PowerState,
+    StateReason,
+    UnreadableDomain,
+)
 from reconciler.model.desired import NetworkSpec, NicType
 from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
@@ -326,7 +332,7 @@ class QmpDriver:
     def host_memory(self) -> int | None:
         return local_memory()
 
-    def list_domains(self) -> list[DomainRecord]:
+    def list_domains(self) -> list[ObservedDomain]:
         if not self._instances.is_dir():
             return []
         records = []
@@ -337,18 +343,18 @@ class QmpDriver:
                     records.append(record)
         return records
 
-    def lookup(self, name: str) -> DomainRecord | None:
+    def lookup(self, name: str) -> ObservedDomain | None:
         try:
             definition = self._definition(name)
         except DomainXmlError as err:
             unknown = StateReason.UNKNOWN
-            return DomainRecord(name, "", PowerState.SHUTOFF, unknown, True, None, None, str(err))
+            return UnreadableDomain(name, "", PowerState.SHUTOFF, unknown, str(err))
         if definition is None:
             return None
         uuid = definition.uuid or ""
         pid = self._pid(name, uuid)
         if pid is None:
-            return DomainRecord(
+            return DomainFacts(
                 name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
             )
         try:
@@ -356,7 +362,7 @@ class QmpDriver:
         except DriverError:
             if not self._ended(name, uuid, pid):
                 raise
-            return DomainRecord(
+            return DomainFacts(
                 name, uuid, PowerState.SHUTOFF, self._stop_reason(name), True, definition
             )
         self._adopt(name, pid)  # it answers: a pid file lost or forged is written anew
@@ -364,10 +370,10 @@ class QmpDriver:
         if run_state in ("shutdown", "guest-panicked"):  # on_poweroff / on_crash: destroy
             reason = StateReason.SHUTDOWN if run_state == "shutdown" else StateReason.CRASHED
             self._end(name, pid, reason)
-            return DomainRecord(name, uuid, PowerState.SHUTOFF, reason, True, definition)
+            return DomainFacts(name, uuid, PowerState.SHUTOFF, reason, True, definition)
         state, reason = _RUN_STATES.get(run_state, (PowerState.PAUSED, StateReason.UNKNOWN))
         live = self._live(name) or definition
-        return DomainRecord(name, uuid, state, reason, True, definition, live)
+        return DomainFacts(name, uuid, state, reason, True, definition, live)
 
     def _ended(self, name: str, uuid: str, pid: int) -> bool:
         """Whether a QEMU whose monitor just failed is ending (killed while asked): it is
@@ -452,7 +458,7 @@ class QmpDriver:
         self._emit(name, "lifecycle", "undefined")
 
     def set_autostart(self, name: str, autostart: bool) -> None:
-        """The QMP driver keeps no autostart flag (DomainRecord.autostart is None)."""
+        """The QMP driver keeps no autostart flag (ObservedDomain.autostart is None)."""
 
     # -- power ---------------------------------------------------------------------------------
 

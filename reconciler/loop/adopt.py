@@ -288,7 +288,7 @@ def adoption_from_json(data: dict[str, object]) -> Adoption:
 def export_domain(driver: Driver, state: StateDir, name: str) -> str:
     """The manifest of existing domain `name` (ConfigError when there is none to export)."""
     record = driver.lookup(name)
-    if record is None or record.definition is None:
+    if not isinstance(record, DomainFacts):
         why = "no such domain" if record is None else record.problem
         raise ConfigError(f"cannot export {name!r}: {why}")
     machine = record.definition

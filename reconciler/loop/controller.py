@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.clock import Clock
-from reconciler.drivers.base import DomainEvent, DomainRecord, Driver
+from reconciler.drivers.base import DomainEvent, Driver
 from reconciler.errors import ReconcilerError
 from reconciler.gitops.source import GitSource
 from reconciler.images.progress import TransferReporter
@@ -46,6 +46,7 @@ from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
 from reconciler.manifests.filecache import FileStamp, ManifestFileCache, stamp
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
+from reconciler.model.actual import ObservedDomain
 from reconciler.model.desired import InstanceSpec
 from reconciler.statedir import StateDir
 
@@ -543,7 +544,7 @@ class PassListing:
     """Every domain, listed once for a full pass; the names still to be settled from it; the
     resolver the pass shares."""
 
-    domains: dict[str, DomainRecord]
+    domains: dict[str, ObservedDomain]
     names: set[str]
     resolver: SourceResolver
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from reconciler.drivers.base import DomainRecord
 from reconciler.errors import ReconcilerError
 from reconciler.fileops import write_atomically
 from reconciler.loop.reconcile import Reconciler
 from reconciler.loop.results import Failure, InstanceResult, Outcome
+from reconciler.model.actual import DomainFacts
 from reconciler.planning.steps import StopDomain
 
 LOG = logging.getLogger(__name__)
@@ -41,17 +41,13 @@ def shut_down_guests(
 
 
 def _shut_down(
-    reconciler: Reconciler, record: DomainRecord, progress: Callable[[str, str], None] | None
+    reconciler: Reconciler, record: DomainFacts, progress: Callable[[str, str], None] | None
 ) -> InstanceResult:
     from reconciler.steps.apply import apply_step  # steps import what a no-op pass never needs
 
     name, started = record.name, time.monotonic()
-    definition = record.definition
-    timeout = (
-        definition.shutdown_timeout_seconds
-        if definition is not None and definition.shutdown_timeout_seconds is not None
-        else DEFAULT_TIMEOUT_SECONDS
-    )
+    recorded = record.definition.shutdown_timeout_seconds
+    timeout = recorded if recorded is not None else DEFAULT_TIMEOUT_SECONDS
     try:
         paths = reconciler.state.instance(name)
         write_atomically(paths.host_shutdown, b"shut down with the host\n")

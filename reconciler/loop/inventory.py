@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.drivers.base import DomainRecord
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
+from reconciler.model.actual import DomainFacts
 from reconciler.sizes import format_size
 
 
@@ -49,9 +49,8 @@ def inventory(reconciler: Reconciler) -> list[InventoryEntry]:
     )
 
 
-def _entry(reconciler: Reconciler, record: DomainRecord) -> InventoryEntry:
+def _entry(reconciler: Reconciler, record: DomainFacts) -> InventoryEntry:
     definition = record.definition
-    assert definition is not None  # managed domains have one
     disk = str(reconciler.state.instance(record.name).disk)
     overlay, _problem = read_overlay(disk)
     asked = definition.asked_running

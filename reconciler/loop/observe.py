@@ -5,33 +5,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from reconciler.drivers.base import DomainRecord, Driver
+from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, read_overlay_header
 from reconciler.images.resolve import ResolvedSource
 from reconciler.layout import InstancePaths, is_config_drive
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
+from reconciler.model.actual import (
+    DiskFacts,
+    DomainFacts,
+    InstanceActual,
+    ObservedDomain,
+    UnreadableDomain,
+)
 from reconciler.model.desired import ImageFormat, InstanceSpec
 
 
-def domain_facts(record: DomainRecord) -> DomainFacts:
-    """A driver record as the plan reads it; InstanceError for a domain whose definition the
-    driver could not read (it cannot carry a marker we could trust, so it is never touched)."""
-    if record.definition is None:
+def domain_facts(record: ObservedDomain) -> DomainFacts:
+    """A domain as the plan reads it; InstanceError for one whose definition the driver could
+    not read (it cannot carry a marker we could trust, so it is never touched)."""
+    if isinstance(record, UnreadableDomain):
         raise InstanceError(
             f"domain {record.name}: {record.problem or 'unreadable definition'}; "
             "it is left untouched"
         )
-    return DomainFacts(
-        name=record.name,
-        uuid=record.uuid,
-        state=record.state,
-        state_reason=record.state_reason,
-        persistent=record.persistent,
-        definition=record.definition,
-        live_definition=record.live,
-        autostart=record.autostart,
-    )
+    return record
 
 
 def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
@@ -67,7 +64,7 @@ def observe_instance(
     name: str,
     paths: InstancePaths,
     source: ResolvedSource,
-    listed: Mapping[str, DomainRecord] | None = None,
+    listed: Mapping[str, ObservedDomain] | None = None,
 ) -> InstanceActual:
     """What exists for instance `name`: its domain (if any), its disk, and its cached base.
     `listed`: every domain, from one listing taken earlier in the pass, read instead of a

@@ -11,12 +11,12 @@ import threading
 import time
 from collections.abc import Mapping
 
-from reconciler.drivers.base import DomainRecord
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import InstanceResult
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
+from reconciler.model.actual import ObservedDomain
 from reconciler.planning.plan import InstancePlan
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def prune_refusal(load: LoadResult, settings: Settings, orphans: int) -> str | N
 
 
 def orphans_of(
-    load: LoadResult, reconciler: Reconciler, listed: Mapping[str, DomainRecord] | None = None
+    load: LoadResult, reconciler: Reconciler, listed: Mapping[str, ObservedDomain] | None = None
 ) -> tuple[list[str], str | None]:
     """The orphans of this pass (from `listed` when given), and why they may not be pruned
     (None: they may)."""

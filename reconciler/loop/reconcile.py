@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reconciler.clock import Clock
-from reconciler.drivers.base import DomainRecord, Driver
+from reconciler.drivers.base import Driver
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left, remove_dead_leftovers
 from reconciler.images.download import DownloadLimits, Transport
@@ -30,7 +30,13 @@ from reconciler.loop.crashloop import CrashLoopGuard
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
 from reconciler.loop.results import Failure, InstanceResult, Outcome
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import InstanceActual, PowerState, StateReason
+from reconciler.model.actual import (
+    DomainFacts,
+    InstanceActual,
+    ObservedDomain,
+    PowerState,
+    StateReason,
+)
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
@@ -161,7 +167,7 @@ class Reconciler:
         spec: InstanceSpec,
         resolver: SourceResolver,
         *,
-        listed: Mapping[str, DomainRecord] | None = None,
+        listed: Mapping[str, ObservedDomain] | None = None,
     ) -> InstancePlan:
         """Resolve, observe and plan `spec` (no change made, except that a resolver made to
         persist digests records those of local sources it had to compute). `listed`: every
@@ -176,7 +182,7 @@ class Reconciler:
         self,
         spec: InstanceSpec,
         resolver: SourceResolver,
-        listed: Mapping[str, DomainRecord] | None = None,
+        listed: Mapping[str, ObservedDomain] | None = None,
     ) -> tuple[ResolvedSource, InstanceActual]:
         """`spec` with its source resolved, and what exists for it now (PermanentError: a
         refused source, an unreadable domain definition)."""
@@ -213,7 +219,7 @@ class Reconciler:
         return frozenset(
             nic.mac
             for record in self.driver.list_domains()
-            if record.name != spec.name and record.definition is not None
+            if record.name != spec.name and isinstance(record, DomainFacts)
             for nic in record.definition.nics
         )
 
@@ -225,12 +231,12 @@ class Reconciler:
             return ()
         return self.driver.check_attachments(spec.networks)
 
-    def list_domains(self) -> dict[str, DomainRecord]:
+    def list_domains(self) -> dict[str, ObservedDomain]:
         """Every domain by name, in one listing (for a pass to plan from)."""
         return {record.name: record for record in self.driver.list_domains()}
 
     def orphans(
-        self, known: Collection[str], listed: Mapping[str, DomainRecord] | None = None
+        self, known: Collection[str], listed: Mapping[str, ObservedDomain] | None = None
     ) -> list[str]:
         """Managed domains (this state directory's marker, this instance's disk) whose name no
         valid or invalid manifest claims, sorted (from `listed`, a listing of the pass, when
@@ -239,8 +245,8 @@ class Reconciler:
         return sorted(record.name for record in records if record.name not in known)
 
     def managed_domains(
-        self, listed: Mapping[str, DomainRecord] | None = None
-    ) -> list[DomainRecord]:
+        self, listed: Mapping[str, ObservedDomain] | None = None
+    ) -> list[DomainFacts]:
         """Every domain this state directory manages (its marker carries this directory's id,
         its boot disk is this instance's disk), from `listed` when given."""
         state_dir_id = self.host.state_dir_id
@@ -249,9 +255,10 @@ class Reconciler:
         found = []
         records = self.driver.list_domains() if listed is None else listed.values()
         for record in records:
-            definition = record.definition
-            if definition is None or definition.marker is None:
+            if not isinstance(record, DomainFacts) or record.definition.marker is None:
                 continue
+            definition = record.definition
+            assert definition.marker is not None
             disk = str(self.state.instance(record.name).disk)
             if definition.marker.state_dir_id == state_dir_id and definition.boot_disk_path == disk:
                 found.append(record)
@@ -288,7 +295,7 @@ class Reconciler:
         return dataclasses.replace(result, seconds=time.monotonic() - started)
 
     def settled(
-        self, spec: InstanceSpec, resolver: SourceResolver, listed: Mapping[str, DomainRecord]
+        self, spec: InstanceSpec, resolver: SourceResolver, listed: Mapping[str, ObservedDomain]
     ) -> InstanceResult | None:
         """The result of reconciling `spec` when it is converged already, planned from
         `listed` (a listing of every domain taken in this pass) without a lookup of its own.

@@ -75,7 +75,8 @@ INTERRUPTED_REASONS = frozenset({StateReason.STARTING_UP, StateReason.SHUTTING_D
 
 @dataclass(frozen=True, slots=True)
 class DomainFacts:
-    """One libvirt domain: its state and its persistent (and, when running, live) definition."""
+    """One domain as a driver observes it: its state and its persistent (and, while it runs,
+    live) definition. What every driver returns, and what the plan reads."""
 
     name: str
     uuid: str
@@ -83,7 +84,7 @@ class DomainFacts:
     state_reason: StateReason
     persistent: bool
     definition: Machine
-    live_definition: Machine | None
+    live_definition: Machine | None = None  # only while the domain is active
     autostart: bool | None = None  # None where the driver does not keep libvirt's autostart
 
     @property
@@ -95,6 +96,21 @@ class DomainFacts:
         """Paused in a transition that its owner never finished (a start or a shutdown whose
         process died): not a guest error, and not running."""
         return self.state is PowerState.PAUSED and self.state_reason in INTERRUPTED_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableDomain:
+    """A domain whose definition the driver could not read (`problem` says why): it cannot
+    carry a marker we could trust, so it is never touched."""
+
+    name: str
+    uuid: str
+    state: PowerState
+    state_reason: StateReason
+    problem: str
+
+
+ObservedDomain = DomainFacts | UnreadableDomain
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from reconciler.images.diskheaders import (
     read_head,
 )
 from reconciler.images.qemuimg import QemuImg
-from reconciler.model.actual import INTERRUPTED_REASONS, PowerState
+from reconciler.model.actual import INTERRUPTED_REASONS, DomainFacts, PowerState
 from reconciler.model.desired import ImageSource
 from reconciler.planning.steps import (
     AttachDisk,
@@ -212,7 +212,7 @@ def _change_medium(step: ChangeMedium, context: StepContext) -> str:
     record = context.driver.lookup(step.instance)
     if record is None or not record.state.active:
         return "domain not running: the new config drive is used at its next start"
-    live = record.live
+    live = record.live_definition if isinstance(record, DomainFacts) else None
     if live is not None and live.config_drive_path == str(step.path):
         return "config drive medium already swapped"
     context.driver.change_medium(step.instance, step.target, str(step.path))

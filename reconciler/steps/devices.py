@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.drivers.base import Driver
 from reconciler.fileops import fsync_directory, publish, remove_leftovers, temporary_path
 from reconciler.images.qemuimg import QemuImg
+from reconciler.model.actual import DomainFacts
 from reconciler.model.machine import Machine
 from reconciler.planning.steps import (
     AttachDisk,
@@ -120,11 +121,12 @@ def _plug(
 ) -> str:
     """Attach or detach a device of a running domain, unless it is so already."""
     record = driver.lookup(instance)
-    if record is None or record.live is None:
+    live = record.live_definition if isinstance(record, DomainFacts) else None
+    if live is None:
         where = "there" if attach else "gone"
         return f"domain not running: the {what.split(' (')[0]} is {where} at its next start"
     done = "attached" if attach else "detached"
-    if present(record.live) is attach:
+    if present(live) is attach:
         return f"{what} already {done}"
     act()
     return f"{done} {what} live{kept}"
@@ -132,7 +134,7 @@ def _plug(
 
 def set_autostart(step: SetAutostart, driver: Driver) -> str:
     record = driver.lookup(step.instance)
-    if record is not None and record.autostart is None:
+    if isinstance(record, DomainFacts) and record.autostart is None:
         return (
             "autostart ignored: with the embedded driver no libvirtd starts domains at boot "
             "(the reconciler daemon does)"

@@ -14,10 +14,10 @@ import threading
 import uuid as uuid_module
 from dataclasses import dataclass, field, replace
 
-from reconciler.drivers.base import DomainEvent, DomainRecord, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
 from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState, StateReason
 from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import BOOT_DISK_TARGET, Disk, Machine, Nic
 
@@ -65,12 +65,12 @@ class FakeDriver:
     def host_memory(self) -> int | None:
         return self._host_memory
 
-    def list_domains(self) -> list[DomainRecord]:
+    def list_domains(self) -> list[ObservedDomain]:
         with self._lock:
             self._check("list domains")
             return [self._record(name) for name in sorted(self.domains)]
 
-    def lookup(self, name: str) -> DomainRecord | None:
+    def lookup(self, name: str) -> ObservedDomain | None:
         with self._lock:
             self._check(f"look up {name}")
             return self._record(name) if name in self.domains else None
@@ -282,16 +282,16 @@ class FakeDriver:
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _record(self, name: str) -> DomainRecord:
+    def _record(self, name: str) -> ObservedDomain:
         domain = self.domains[name]
-        return DomainRecord(
+        return DomainFacts(
             name=name,
             uuid=domain.machine.uuid or "",
             state=domain.state,
             state_reason=domain.reason,
             persistent=True,
             definition=domain.machine,
-            live=domain.live if domain.state.active else None,
+            live_definition=domain.live if domain.state.active else None,
             autostart=domain.autostart,
         )
 

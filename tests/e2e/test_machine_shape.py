@@ -101,7 +101,11 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
 
     def live_memory() -> int | None:
         record = e2e.driver.lookup(name)
-        return None if record is None or record.live is None else record.live.memory_kib
+        return (
+            None
+            if record is None or record.live_definition is None
+            else record.live_definition.memory_kib
+        )
 
     # the guest's balloon driver gives the memory back in a moment
     wait_for(lambda: live_memory() == 160 * 1024, 60, "the balloon to reach 160MiB")
@@ -117,8 +121,8 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
 
     def live_nics() -> int:
         record = e2e.driver.lookup(name)
-        assert record is not None and record.live is not None
-        return len(record.live.nics)
+        assert record is not None and record.live_definition is not None
+        return len(record.live_definition.nics)
 
     assert live_nics() == 1
     shape["networks"] = []
@@ -135,8 +139,10 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
     assert "[restart] machine pc -> q35" in plan.out, plan.out
     assert reconcile("--once", str(tmp_path)).code == 0
     record = e2e.driver.lookup(name)
-    assert record is not None and record.live is not None and record.definition is not None
-    assert (record.live.machine_type, record.definition.machine_type) == ("pc", "q35")
+    assert (
+        record is not None and record.live_definition is not None and record.definition is not None
+    )
+    assert (record.live_definition.machine_type, record.definition.machine_type) == ("pc", "q35")
     assert record.state is PowerState.RUNNING
     pending = reconcile("plan", str(tmp_path))
     assert "takes the change at its next restart" in pending.out, pending.out
@@ -158,7 +164,7 @@ def test_a_running_guest_takes_live_changes_and_restart_changes_by_its_policy(
     assert f"{name}: started domain" in restarted.out
     wait_for_marker(paths.console_log, "ready")
     record = e2e.driver.lookup(name)
-    assert record is not None and record.live is not None and record.live.rng
+    assert record is not None and record.live_definition is not None and record.live_definition.rng
     assert reconcile("plan", "--detailed-exitcode", str(tmp_path)).code == 0
 
 

@@ -128,7 +128,7 @@ def test_stop_start_and_memory_change(e2e: E2E, reconcile: Reconcile, tmp_path: 
     record = e2e.driver.lookup(name)
     assert record is not None and record.definition is not None
     assert record.definition.memory_kib == 98304
-    assert record.live is not None and record.live.memory_kib == 65536
+    assert record.live_definition is not None and record.live_definition.memory_kib == 65536
     again = reconcile("plan", "--detailed-exitcode", str(tmp_path))
     assert again.code == 0
     assert "running with an older definition" in again.out

@@ -16,6 +16,7 @@ from reconciler.loop.once import apply_all, plan_all
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import Outcome
 from reconciler.manifests.loader import load_manifests
+from reconciler.model.actual import DomainFacts
 from reconciler.model.desired import Accelerator
 from reconciler.planning.plan import StepKind
 from reconciler.statedir import StateDir
@@ -66,7 +67,7 @@ def test_autostart_is_set_where_libvirt_keeps_it(tmp_path: Path) -> None:
         assert result.outcome is Outcome.CHANGED, result.message
         assert "autostart enabled" in result.actions
         record = driver.lookup("itest-auto")
-        assert record is not None and record.autostart is True
+        assert isinstance(record, DomainFacts) and record.autostart is True
         (plan,) = plan_all(load_manifests(tmp_path), reconciler)
         assert plan.converged
         write_manifest(tmp_path, "itest-auto", base, sha, autostart=False, state="stopped")

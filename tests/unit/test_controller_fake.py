@@ -123,9 +123,9 @@ def test_an_edited_injected_file_reconciles_the_instances_that_name_it(setup: tu
     controller.reload(Trigger.MANIFEST, changed={manifests / "motd"})
     assert drain(controller) == ["rct-a"]
     record = driver.lookup("rct-a")
-    assert record is not None and record.live is not None
-    assert record.live.config_drive_path is not None
-    assert "config-" in record.live.config_drive_path
+    assert record is not None and record.live_definition is not None
+    assert record.live_definition.config_drive_path is not None
+    assert "config-" in record.live_definition.config_drive_path
 
 
 def test_a_resync_settles_converged_names_from_one_listing(setup: tuple) -> None:  # type: ignore[type-arg]

@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 
 from reconciler.clock import Clock
-from reconciler.drivers.base import DomainRecord
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.once import apply_all
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import CrashLoop, Failure, Outcome
 from reconciler.manifests.loader import LoadResult
-from reconciler.model.actual import PowerState, StateReason
+from reconciler.model.actual import (
+    DomainFacts,
+    ObservedDomain,
+    PowerState,
+    StateReason,
+    UnreadableDomain,
+)
 from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
 from reconciler.model.machine import Machine
 from reconciler.statedir import StateDir
@@ -65,8 +70,8 @@ def test_a_new_instance_is_built_and_started_then_left_alone(world: World) -> No
     assert first.outcome is Outcome.CHANGED, first.message
     assert [call for call, _ in world.driver.calls] == ["define", "start"]
     record = world.driver.lookup("rct-fake")
-    assert record is not None and record.state is PowerState.RUNNING
-    assert record.definition is not None and record.definition.marker is not None
+    assert isinstance(record, DomainFacts) and record.state is PowerState.RUNNING
+    assert record.definition.marker is not None
     world.driver.calls.clear()
     again = world.reconciler.reconcile(world.spec)
     assert again.outcome is Outcome.UNCHANGED
@@ -145,14 +150,8 @@ def test_the_domain_must_really_run_after_the_pass(world: World) -> None:
 
 
 def test_a_domain_whose_definition_cannot_be_read_is_refused_in_the_plan(world: World) -> None:
-    unreadable = DomainRecord(
-        "rct-fake",
-        "u",
-        PowerState.SHUTOFF,
-        StateReason.UNKNOWN,
-        True,
-        None,
-        problem="unreadable XML",
+    unreadable = UnreadableDomain(
+        "rct-fake", "u", PowerState.SHUTOFF, StateReason.UNKNOWN, problem="unreadable XML"
     )
     world.driver.lookup = lambda _name: unreadable  # type: ignore[method-assign,assignment]
     plan = world.reconciler.plan(world.spec, world.reconciler.resolver(persist_digests=False))
@@ -191,8 +190,8 @@ def test_a_rebuilt_config_drive_is_swapped_into_the_running_domain(world: World)
     (second,) = directory.glob("config-*.iso")
     assert second != first and not edited.pending_restart
     record = world.driver.lookup(spec.name)
-    assert record is not None and record.live is not None
-    assert record.live.config_drive_path == str(second)
+    assert isinstance(record, DomainFacts) and record.live_definition is not None
+    assert record.live_definition.config_drive_path == str(second)
 
 
 def test_a_creation_cut_short_at_the_define_is_completed_by_the_next_pass(world: World) -> None:
@@ -304,7 +303,7 @@ def test_a_pass_settles_converged_instances_from_one_listing_and_observes_the_re
     looked_up: list[str] = []
     lookup = world.driver.lookup
 
-    def counting_lookup(name: str) -> DomainRecord | None:
+    def counting_lookup(name: str) -> ObservedDomain | None:
         looked_up.append(name)
         return lookup(name)
 
@@ -367,7 +366,7 @@ def test_adopt_tells_a_domain_of_another_state_directory_from_one_already_manage
     own = adopt(world.reconciler, world.spec, dry_run=True)
     assert own.refusal is not None and "already managed by this state directory" in own.refusal
     record = world.driver.lookup(world.spec.name)
-    assert record is not None and record.definition is not None
+    assert isinstance(record, DomainFacts)
     other = OwnershipMarker("/elsewhere.yaml", "sha256:x", "f" * 32)
     world.driver.define(replace(record.definition, marker=other))
     foreign = adopt(world.reconciler, world.spec, dry_run=True)
