@@ -14,7 +14,7 @@ spells a name of the state directory: each asks here, and so do the tests.
       images/.sources/        digests of local sources given without sha256, by file identity
       instances/<name>/       disk.qcow2 (overlay), data-<disk>.<format>, config-<digest>.iso,
                               nvram.fd, console.log, host-shutdown; under the QMP driver also
-                              domain.xml, live.xml, qmp.sock, qemu.pid, qemu.log, stopped
+                              domain.json, live.json, qmp.sock, qemu.pid, qemu.log, stopped
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
 """
@@ -71,10 +71,21 @@ class InstancePaths:
     # the QMP driver's files
     @property
     def definition(self) -> Path:
-        return self.directory / "domain.xml"
+        """The persistent definition: a Machine as JSON (drivers.definition)."""
+        return self.directory / "domain.json"
 
     @property
     def live_definition(self) -> Path:
+        """What the running QEMU was started as, with the live changes made since."""
+        return self.directory / "live.json"
+
+    @property
+    def legacy_definition(self) -> Path:
+        """The definition as earlier versions kept it (libvirt XML), rewritten once."""
+        return self.directory / "domain.xml"
+
+    @property
+    def legacy_live_definition(self) -> Path:
         return self.directory / "live.xml"
 
     @property

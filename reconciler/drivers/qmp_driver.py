@@ -3,9 +3,10 @@ qemu.qmp's asyncio client), for hosts where libvirt cannot or should not run.
 
 Each instance's files are in its instance directory (STATE/instances/NAME):
 
-- `domain.xml`: the persistent definition (machine, UUID, ownership marker), in libvirt's
-  domain XML so that both drivers read and write definitions with the same code; written
-  atomically;
+- `domain.json`: the persistent definition (machine, UUID, ownership marker), the model's
+  Machine as JSON (drivers.definition), written atomically; `live.json`: what the running
+  QEMU was started as, with the live changes since. A `domain.xml` (libvirt XML) that an
+  earlier version wrote is read once and rewritten;
 - `qmp.sock`, `qemu.pid`, `console.log` (the serial console), `stopped` (the reason of the
   last stop this driver saw: shutdown, destroyed, crashed).
 
@@ -40,6 +41,7 @@ from typing import Any, TypeVar
 from qemu.qmp import QMPClient, QMPError, Runstate
 
 from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
+from reconciler.drivers.definition import DefinitionError, machine_from_json, machine_to_json
 from reconciler.drivers.host import (
     busy_ports,
     emulator_process,
@@ -50,7 +52,7 @@ from reconciler.drivers.host import (
     process_cpu_seconds,
 )
 from reconciler.drivers.kvm import probe_local_kvm
-from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml, render_domain_xml
+from reconciler.drivers.libvirt_xml import DomainXmlError, parse_domain_xml
 from reconciler.drivers.qemu_argv import (
     EMULATOR,
     ProcessFiles,
@@ -144,30 +146,58 @@ class QmpDriver:
         )
 
     def _definition(self, name: str) -> Machine | None:
-        path = self._paths(name).definition
+        """The persistent definition (None: no such domain); DefinitionError when the file is
+        not one. A definition an earlier version wrote as libvirt XML is written anew."""
+        paths = self._paths(name)
         try:
-            text = path.read_text()
+            text = paths.definition.read_text()
+        except FileNotFoundError:
+            return self._migrated(paths.legacy_definition, paths.definition)
+        except OSError as err:
+            raise DriverError(f"read the definition of {name}", str(err)) from err
+        return machine_from_json(text)
+
+    def _migrated(self, legacy: Path, path: Path) -> Machine | None:
+        """The machine in `legacy` (libvirt XML, as earlier versions kept it), written
+        to `path` as JSON and the old file removed; None when there is none."""
+        try:
+            text = legacy.read_text()
         except FileNotFoundError:
             return None
         except OSError as err:
-            raise DriverError(f"read the definition of {name}", str(err)) from err
-        return parse_domain_xml(text)
+            raise DriverError(f"read {legacy}", str(err)) from err
+        try:
+            machine = parse_domain_xml(text)
+        except DomainXmlError as err:
+            raise DefinitionError(str(err)) from err
+        with self._lock:
+            write_atomically(path, machine_to_json(machine).encode(), 0o600)
+            legacy.unlink(missing_ok=True)
+        LOG.info("%s: rewrote %s as %s", machine.name, legacy.name, path.name)
+        return machine
 
     def _write_definition(self, machine: Machine) -> None:
         paths = self._paths(machine.name)
         paths.directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(paths.definition, render_domain_xml(machine).encode(), 0o600)
+        write_atomically(paths.definition, machine_to_json(machine).encode(), 0o600)
+        paths.legacy_definition.unlink(missing_ok=True)
 
     def _live(self, name: str) -> Machine | None:
         """The machine the running QEMU was started as, with the live changes made since."""
+        paths = self._paths(name)
         try:
-            return parse_domain_xml(self._paths(name).live_definition.read_text())
-        except (OSError, DomainXmlError):
+            return machine_from_json(paths.live_definition.read_text())
+        except FileNotFoundError:
+            try:
+                return self._migrated(paths.legacy_live_definition, paths.live_definition)
+            except (OSError, DefinitionError, DriverError):
+                return None
+        except (OSError, DefinitionError):
             return None
 
     def _write_live(self, machine: Machine) -> None:
         live = self._paths(machine.name).live_definition
-        write_atomically(live, render_domain_xml(machine).encode(), 0o600)
+        write_atomically(live, machine_to_json(machine).encode(), 0o600)
 
     def _change_live(self, name: str, **changes: Any) -> None:
         live = self._live(name)
@@ -337,7 +367,8 @@ class QmpDriver:
             return []
         records = []
         for directory in sorted(self._instances.iterdir()):
-            if self._paths(directory.name).definition.exists():
+            paths = self._paths(directory.name)
+            if paths.definition.exists() or paths.legacy_definition.exists():
                 record = self.lookup(directory.name)
                 if record is not None:
                     records.append(record)
@@ -346,7 +377,7 @@ class QmpDriver:
     def lookup(self, name: str) -> ObservedDomain | None:
         try:
             definition = self._definition(name)
-        except DomainXmlError as err:
+        except DefinitionError as err:
             unknown = StateReason.UNKNOWN
             return UnreadableDomain(name, "", PowerState.SHUTOFF, unknown, str(err))
         if definition is None:
@@ -458,7 +489,7 @@ class QmpDriver:
         self._emit(name, "lifecycle", "undefined")
 
     def set_autostart(self, name: str, autostart: bool) -> None:
-        """The QMP driver keeps no autostart flag (ObservedDomain.autostart is None)."""
+        """The QMP driver keeps no autostart flag (DomainFacts.autostart is None)."""
 
     # -- power ---------------------------------------------------------------------------------
 

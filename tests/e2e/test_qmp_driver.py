@@ -22,6 +22,7 @@ import pytest
 
 from reconciler.drivers.host import emulator_process
 from reconciler.images.diskheaders import parse_qcow2_header, read_head
+from reconciler.layout import StateLayout
 from tests.guest import IMAGES, guest_image, wait_for_marker
 from tests.helpers import run_bounded, unique_name, write_manifest
 
@@ -52,19 +53,18 @@ def state() -> Iterator[Path]:
 
 def qemu_pid(root: Path, name: str) -> int | None:
     """The instance's QEMU, when its pid file names a live QEMU of that instance."""
-    directory = root / "instances" / name
+    paths = StateLayout(root).instance(name)
     try:
-        pid = int((directory / "qemu.pid").read_text())
-        xml = (directory / "domain.xml").read_text()
+        pid = int(paths.qemu_pid.read_text())
     except (OSError, ValueError):
         return None
-    uuid = xml.split("<uuid>", 1)[1].split("</uuid>", 1)[0]
-    return pid if emulator_process(pid, name, uuid) else None
+    return pid if emulator_process(pid, name, uuid_of(root, name)) else None
 
 
 def uuid_of(root: Path, name: str) -> str:
-    xml = (root / "instances" / name / "domain.xml").read_text()
-    return xml.split("<uuid>", 1)[1].split("</uuid>", 1)[0]
+    """The instance's UUID, from the QMP driver's definition file."""
+    definition = StateLayout(root).instance(name).definition
+    return str(json.loads(definition.read_text())["machine"]["uuid"])
 
 
 def reconcile(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
