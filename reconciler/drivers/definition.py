@@ -14,6 +14,7 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.model.machine import Machine
@@ -54,65 +55,106 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    """A dataclass's fields and their types (kept: every pass reads every definition)."""
-    hints = typing.get_type_hints(cls)
-    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+Decoder = Callable[[Any, str], Any]
 
 
 def _typed(hint: Any, value: Any, where: str) -> Any:
     """`value` (from JSON) as the type `hint` says, or DefinitionError naming `where`."""
+    return _decoder(hint)(value, where)
+
+
+@functools.cache
+def _decoder(hint: Any) -> Decoder:
+    """The function that reads a value of type `hint` (made once per type: a pass reads
+    every instance's definition)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
+        return _union([_decoder(o) for o in typing.get_args(hint) if o is not type(None)],
+                      type(None) in typing.get_args(hint), hint)  # fmt: skip
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _sequence(_decoder(args[0]))
+        return _fixed([_decoder(arg) for arg in args])
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _record(hint)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint)
+    if hint in (bool, int, str):
+        return _scalar(hint)
+    raise TypeError(f"a definition cannot hold a {hint}")
+
+
+def _union(options: list[Decoder], optional: bool, hint: Any) -> Decoder:
+    def decode(value: Any, where: str) -> Any:
+        if value is None and optional:
             return None
         for option in options:
-            if option is type(None):
-                continue
             try:
-                return _typed(option, value, where)
+                return option(value, where)
             except DefinitionError:
                 continue
         raise DefinitionError(f"{where}: {value!r} is none of {hint}")
-    if origin is tuple:
-        args = typing.get_args(hint)
+
+    return decode
+
+
+def _sequence(item: Decoder) -> Decoder:
+    def decode(value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise DefinitionError(f"{where}: expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
-        if len(args) != len(value):
-            raise DefinitionError(f"{where}: expected {len(args)} items")
-        pairs = enumerate(zip(args, value, strict=True))
-        return tuple(_typed(arg, item, f"{where}[{i}]") for i, (arg, item) in pairs)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return tuple(item(element, f"{where}[{i}]") for i, element in enumerate(value))
+
+    return decode
+
+
+def _fixed(items: list[Decoder]) -> Decoder:
+    def decode(value: Any, where: str) -> Any:
+        if not isinstance(value, list) or len(value) != len(items):
+            raise DefinitionError(f"{where}: expected a list of {len(items)}")
+        pairs = enumerate(zip(items, value, strict=True))
+        return tuple(item(element, f"{where}[{i}]") for i, (item, element) in pairs)
+
+    return decode
+
+
+def _record(cls: type) -> Decoder:
+    hints = typing.get_type_hints(cls)
+    fields = {field.name: _decoder(hints[field.name]) for field in dataclasses.fields(cls)}
+
+    def decode(value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise DefinitionError(f"{where}: expected an object")
-        hints = _hints(hint)
-        unknown = set(value) - set(hints)
+        unknown = set(value) - set(fields)
         if unknown:
             raise DefinitionError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        given = {name: _typed(hints[name], item, f"{where}.{name}") for name, item in value.items()}
+        given = {name: fields[name](item, f"{where}.{name}") for name, item in value.items()}
         try:
-            return hint(**given)
+            return cls(**given)
         except TypeError as err:
             raise DefinitionError(f"{where}: {err}") from err
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+
+    return decode
+
+
+def _enum(cls: type[enum.Enum]) -> Decoder:
+    def decode(value: Any, where: str) -> Any:
         try:
-            return hint(value)
+            return cls(value)
         except ValueError as err:
-            raise DefinitionError(f"{where}: {value!r} is not a {hint.__name__}") from err
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise DefinitionError(f"{where}: expected true or false")
+            raise DefinitionError(f"{where}: {value!r} is not a {cls.__name__}") from err
+
+    return decode
+
+
+_SCALAR_WORDS = {bool: "true or false", int: "an integer", str: "a string"}
+
+
+def _scalar(kind: type) -> Decoder:
+    def decode(value: Any, where: str) -> Any:
+        # bool is an int to Python: an integer field takes no true or false
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DefinitionError(f"{where}: expected {_SCALAR_WORDS[kind]}")
         return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise DefinitionError(f"{where}: expected an integer")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise DefinitionError(f"{where}: expected a string")
-        return value
-    raise DefinitionError(f"{where}: cannot read a {hint}")
+
+    return decode
