@@ -7,6 +7,7 @@ method raises reconciler.errors.DriverError (never the client library's own exce
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,14 +18,24 @@ from reconciler.model.desired import NetworkSpec
 from reconciler.model.machine import Disk, Machine, Nic
 
 
+class EventKind(enum.StrEnum):
+    """What kind of thing happened to a domain (each driver maps its own events to these)."""
+
+    LIFECYCLE = "lifecycle"  # defined, started, stopped, ...: the detail says which
+    REBOOT = "reboot"
+    WATCHDOG = "watchdog"
+    IO_ERROR = "io-error"
+    DEVICE_REMOVED = "device-removed"
+    METADATA_CHANGE = "metadata-change"
+
+
 @dataclass(frozen=True, slots=True)
 class DomainEvent:
-    """Something happened to a domain: `kind` is "lifecycle", "reboot", "watchdog", "io-error",
-    "device-removed" or "metadata-change"; `detail` says what, in words (e.g. "stopped:
+    """Something happened to a domain: its kind, and what, in words (e.g. "stopped:
     shutdown")."""
 
     name: str
-    kind: str
+    kind: EventKind
     detail: str = ""
 
     @property
@@ -32,7 +43,7 @@ class DomainEvent:
         """Whether a step of ours causes such events (a define, a start, a stop, an
         undefine): seen while that domain is being reconciled, it is the echo of the step.
         Crashes, failures and errors never are."""
-        return self.kind == "lifecycle" and self.detail.startswith(_ECHOES)
+        return self.kind is EventKind.LIFECYCLE and self.detail.startswith(_ECHOES)
 
 
 # the lifecycle events our own steps cause

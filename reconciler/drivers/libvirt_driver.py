@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
 from reconciler.drivers.host import busy_ports, is_domain_emulator
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
@@ -706,7 +706,7 @@ class LibvirtDriver:
         libvirt = _libvirt()
         on_event, on_lost = self._watchers
 
-        def deliver(kind: str, detail: Callable[..., str]) -> Callable[..., None]:
+        def deliver(kind: EventKind, detail: Callable[..., str]) -> Callable[..., None]:
             def callback(_conn: Any, domain: Any, *args: Any) -> None:
                 try:
                     on_event(DomainEvent(domain.name(), kind, detail(*args[:-1])))
@@ -716,18 +716,26 @@ class LibvirtDriver:
             return callback
 
         events = (
-            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", _lifecycle_detail),
-            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", lambda: "rebooted"),
-            (libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", lambda action: f"action {action}"),
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, EventKind.LIFECYCLE, _lifecycle_detail),
+            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, EventKind.REBOOT, lambda: "rebooted"),
+            (
+                libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG,
+                EventKind.WATCHDOG,
+                lambda action: f"action {action}",
+            ),
             (
                 libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
-                "io-error",
+                EventKind.IO_ERROR,
                 lambda path, dev, action, reason: f"{dev} ({path}): {reason}",
             ),
-            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "device-removed", lambda alias: alias),
+            (
+                libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                EventKind.DEVICE_REMOVED,
+                lambda alias: alias,
+            ),
             (
                 libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
-                "metadata-change",
+                EventKind.METADATA_CHANGE,
                 lambda kind, namespace: f"{namespace or kind}",
             ),
         )

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError, Runstate
 
-from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
 from reconciler.drivers.definition import DefinitionError, machine_from_json, machine_to_json
 from reconciler.drivers.host import (
     busy_ports,
@@ -98,12 +98,12 @@ _RUN_STATES = {
     "watchdog": (PowerState.PAUSED, StateReason.WATCHDOG),
 }
 _EVENTS = {
-    "SHUTDOWN": ("lifecycle", "stopped: shutdown"),
-    "STOP": ("lifecycle", "suspended"),
-    "RESUME": ("lifecycle", "resumed"),
-    "RESET": ("reboot", ""),
-    "GUEST_PANICKED": ("lifecycle", "stopped: crashed"),  # ended at its next observation
-    "BLOCK_IO_ERROR": ("io-error", "disk"),
+    "SHUTDOWN": (EventKind.LIFECYCLE, "stopped: shutdown"),
+    "STOP": (EventKind.LIFECYCLE, "suspended"),
+    "RESUME": (EventKind.LIFECYCLE, "resumed"),
+    "RESET": (EventKind.REBOOT, ""),
+    "GUEST_PANICKED": (EventKind.LIFECYCLE, "stopped: crashed"),  # ended at its next observation
+    "BLOCK_IO_ERROR": (EventKind.IO_ERROR, "disk"),
 }
 
 
@@ -338,18 +338,20 @@ class QmpDriver:
             ended_by_us = name in self._quitting
         with contextlib.suppress(Exception):
             await client.disconnect()
-        self._emit(name, "lifecycle", "stopped: destroyed" if ended_by_us else "stopped: failed")
+        self._emit(
+            name, EventKind.LIFECYCLE, "stopped: destroyed" if ended_by_us else "stopped: failed"
+        )
 
     async def _consume(self, name: str, client: QMPClient) -> None:
         async for event in client.events:
             which = str(event["event"])
-            kind, detail = _EVENTS.get(which, ("", ""))
+            known = _EVENTS.get(which)
             data: Any = event.get("data") or {}
             guest = bool(data.get("guest", True)) if isinstance(data, dict) else True
-            if kind and (which != "SHUTDOWN" or guest):  # not our own quit
-                self._emit(name, kind, detail)
+            if known is not None and (which != "SHUTDOWN" or guest):  # not our own quit
+                self._emit(name, *known)
 
-    def _emit(self, name: str, kind: str, detail: str) -> None:
+    def _emit(self, name: str, kind: EventKind, detail: str) -> None:
         callback = self._on_event
         if callback is not None:
             callback(DomainEvent(name, kind, detail))
@@ -456,7 +458,7 @@ class QmpDriver:
             raise DriverError(f"define {machine.name}", "domain exists with another uuid")
         uuid = (existing.uuid if existing else None) or machine.uuid or str(uuid_module.uuid4())
         self._write_definition(replace(machine, uuid=uuid))
-        self._emit(machine.name, "lifecycle", "defined")
+        self._emit(machine.name, EventKind.LIFECYCLE, "defined")
 
     def set_marker(self, name: str, machine: Machine) -> None:
         existing = self._definition(name)
@@ -486,7 +488,7 @@ class QmpDriver:
         if self._pid(name, definition.uuid or "") is not None:
             raise DriverError(f"undefine {name}", "domain is running")
         self._paths(name).definition.unlink()
-        self._emit(name, "lifecycle", "undefined")
+        self._emit(name, EventKind.LIFECYCLE, "undefined")
 
     def set_autostart(self, name: str, autostart: bool) -> None:
         """The QMP driver keeps no autostart flag (DomainFacts.autostart is None)."""
@@ -517,7 +519,7 @@ class QmpDriver:
         if definition.max_memory_kib is not None:  # QEMU has the maximum, the balloon the rest
             with contextlib.suppress(DriverError):
                 self._qmp(name, "balloon", {"value": definition.memory_kib * 1024})
-        self._emit(name, "lifecycle", "started")
+        self._emit(name, EventKind.LIFECYCLE, "started")
 
     def _adopt_launched(self, name: str, uuid: str, files: ProcessFiles) -> bool:
         """Whether a live QEMU of this instance (launched by a process killed before it saw

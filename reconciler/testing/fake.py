@@ -14,7 +14,7 @@ import threading
 import uuid as uuid_module
 from dataclasses import dataclass, field, replace
 
-from reconciler.drivers.base import DomainEvent, EventCallback, LostCallback
+from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
 from reconciler.errors import ConnectionLost, DriverError
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState, StateReason
@@ -89,7 +89,7 @@ class FakeDriver:
                 if machine.uuid not in (None, existing.machine.uuid):
                     raise DriverError(f"define {machine.name}", "domain exists with another uuid")
                 existing.machine = replace(machine, uuid=existing.machine.uuid)
-        self._emit(machine.name, "lifecycle", "defined")
+        self._emit(machine.name, EventKind.LIFECYCLE, "defined")
 
     def set_marker(self, name: str, machine: Machine) -> None:
         with self._lock:
@@ -128,7 +128,7 @@ class FakeDriver:
                 StateReason.BOOTED,
                 domain.machine,
             )
-        self._emit(name, "lifecycle", "started")
+        self._emit(name, EventKind.LIFECYCLE, "started")
 
     def request_shutdown(self, name: str) -> bool:
         with self._lock:
@@ -141,7 +141,7 @@ class FakeDriver:
                 domain.presses_missed -= 1
                 return True
             self._power_off(domain, StateReason.SHUTDOWN)
-        self._emit(name, "lifecycle", "stopped: shutdown")
+        self._emit(name, EventKind.LIFECYCLE, "stopped: shutdown")
         return True
 
     def force_stop(self, name: str) -> None:
@@ -150,7 +150,7 @@ class FakeDriver:
             if not domain.state.active:
                 return
             self._power_off(domain, StateReason.DESTROYED)
-        self._emit(name, "lifecycle", "stopped: destroyed")
+        self._emit(name, EventKind.LIFECYCLE, "stopped: destroyed")
 
     def tear_down(self, name: str) -> str:
         self.force_stop(name)
@@ -162,7 +162,7 @@ class FakeDriver:
             if domain.state.active:
                 raise DriverError(f"undefine {name}", "cannot undefine an active domain here")
             del self.domains[name]
-        self._emit(name, "lifecycle", "undefined")
+        self._emit(name, EventKind.LIFECYCLE, "undefined")
 
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
         with self._lock:
@@ -263,7 +263,7 @@ class FakeDriver:
         """The domain's emulator dies (as after a SIGKILL of QEMU)."""
         with self._lock:
             self._power_off(self.domains[name], StateReason.CRASHED)
-        self._emit(name, "lifecycle", "stopped: crashed")
+        self._emit(name, EventKind.LIFECYCLE, "stopped: crashed")
 
     def ignore_acpi(self, name: str) -> None:
         self.domains[name].honours_acpi = False
@@ -317,6 +317,6 @@ class FakeDriver:
     def _power_off(domain: FakeDomain, reason: StateReason) -> None:
         domain.state, domain.reason, domain.live = PowerState.SHUTOFF, reason, None
 
-    def _emit(self, name: str, kind: str, detail: str) -> None:
+    def _emit(self, name: str, kind: EventKind, detail: str) -> None:
         if self._watchers is not None:
             self._watchers[0](DomainEvent(name, kind, detail))

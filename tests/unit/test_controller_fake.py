@@ -13,7 +13,7 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from reconciler.drivers.base import DomainEvent
+from reconciler.drivers.base import DomainEvent, EventKind
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
@@ -68,7 +68,7 @@ def test_events_enqueue_managed_names_only(setup: tuple) -> None:  # type: ignor
     write(manifests, "rct-a", base, sha)
     controller.reload(Trigger.START)
     drain(controller)
-    controller.on_event(DomainEvent("someone-elses", "lifecycle", "stopped"))
+    controller.on_event(DomainEvent("someone-elses", EventKind.LIFECYCLE, "stopped"))
     assert drain(controller) == []
     driver.crash("rct-a")
     assert drain(controller) == ["rct-a"]  # the fake emitted "stopped: crashed"
