@@ -148,6 +148,11 @@ def opened_while(options: Options, state: StateDir, work: Callable[[], _T]) -> t
     either fails, the other is waited for (and the driver closed) before the error rises."""
     opened: list[Driver] = []
     failed: list[BaseException] = []
+    if options.driver == "libvirt":  # the output is routed here, not while this thread prints
+        from reconciler.drivers.libvirt_driver import route_process_output
+
+        state.root.mkdir(parents=True, exist_ok=True)
+        route_process_output(state)
 
     def opening() -> None:
         try:

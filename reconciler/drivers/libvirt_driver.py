@@ -155,6 +155,16 @@ def _route_native_stderr(log_file: Path | None) -> None:
     _native_stderr_routed = True
 
 
+def route_process_output(layout: StateLayout) -> None:
+    """Send libvirt's log lines and whatever C code writes to descriptor 2 to
+    STATE/libvirt.log, Python's stderr staying on the terminal (once per process). Call it
+    from the thread that prints (the main one) before another thread opens the driver: a
+    message printed while descriptor 2 is being swapped could land in the log instead."""
+    log_file = layout.libvirt_log if layout.root.is_dir() else None
+    _route_libvirt_logs(log_file)
+    _route_native_stderr(log_file)
+
+
 def _libvirt() -> Any:
     import libvirt
 
@@ -337,9 +347,7 @@ class LibvirtDriver:
             embedded_root = layout.libvirt_root
             prepare_embedded_root(embedded_root)
             uri = embedded_uri(embedded_root)
-        log_file = layout.libvirt_log if state_dir.is_dir() else None
-        _route_libvirt_logs(log_file)
-        _route_native_stderr(log_file)
+        route_process_output(layout)
         _start_event_loop()
         if embedded_root is None:
             return cls(uri, _connect(uri, state_dir, None), layout)
