@@ -23,19 +23,8 @@ from reconciler.images.download import Transport, probe_size
 from reconciler.images.records import EntryRecords, PermanentFailures, SourceDigests
 from reconciler.images.sources import SourcePolicy, check_url
 from reconciler.model.desired import ImageSource, InstanceSpec
+from reconciler.model.resolved import ResolvedInstance
 from reconciler.statedir import StateDir
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedSource:
-    """An instance's spec with its base image resolved, and the facts about its cache entry."""
-
-    spec: InstanceSpec  # image.sha256 always known
-    base_path: Path  # the cache entry
-    base_cached: bool
-    base_changed: bool  # the entry's file changed since it was last verified
-    source_size: int | None  # bytes to download when not cached (None: unknown or cached)
-    base_virtual_size: int | None  # the disk size the base holds (None: not known before fetch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +57,7 @@ class SourceResolver:
         self._bases: dict[Path, _Base] = {}
         self._guard = threading.Lock()
 
-    def resolve(self, spec: InstanceSpec) -> ResolvedSource:
+    def resolve(self, spec: InstanceSpec) -> ResolvedInstance:
         image = spec.image
         if image.sha256 is None:
             digest = self._digests.digest(image.path, persist=self._persist)
@@ -83,7 +72,7 @@ class SourceResolver:
                 self._bases[base_path] = base
         if not base.cached:
             self._check_source(image)
-        return ResolvedSource(
+        return ResolvedInstance(
             spec, base_path, base.cached, base.changed, base.source_size, base.virtual_size
         )
 

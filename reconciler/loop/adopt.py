@@ -22,13 +22,13 @@ from pathlib import Path
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, InstanceError, ReconcilerError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
-from reconciler.images.resolve import ResolvedSource
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
 from reconciler.manifests.export import ExportFacts, export_manifest
 from reconciler.model.actual import DomainFacts, InstanceActual
 from reconciler.model.desired import InstanceSpec
 from reconciler.model.machine import BOOT_DISK_TARGET, MARKER_NAMESPACE, OwnershipMarker
+from reconciler.model.resolved import ResolvedInstance
 from reconciler.planning.machine import describe_changes, shape_of, with_recorded_fields
 from reconciler.planning.steps import DefineDomain, FetchBase
 from reconciler.statedir import StateDir
@@ -112,7 +112,7 @@ def adopt(reconciler: Reconciler, spec: InstanceSpec, *, dry_run: bool = False) 
 
 
 def _as_adopted(
-    reconciler: Reconciler, resolved: ResolvedSource, actual: InstanceActual
+    reconciler: Reconciler, resolved: ResolvedInstance, actual: InstanceActual
 ) -> _Adopting:
     """`actual` as the plan reads it once the domain is adopted: with a marker that no
     manifest ever digested (so the plan redefines, and says what differs), and its boot disk
@@ -162,7 +162,7 @@ def _as_adopted(
 
 
 def take_over_of(
-    state: StateDir, resolved: ResolvedSource, domain: DomainFacts
+    state: StateDir, resolved: ResolvedInstance, domain: DomainFacts
 ) -> BootDiskTakeOver | None:
     """What adopting does to a boot disk outside the instance directory (None: it is the
     instance's disk already). A disk is taken over only when nothing of the guest's can be

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError
 from reconciler.images.diskheaders import HeaderError, read_overlay_header
-from reconciler.images.resolve import ResolvedSource
 from reconciler.layout import InstancePaths, is_config_drive
 from reconciler.model.actual import (
     DiskFacts,
@@ -18,6 +17,7 @@ from reconciler.model.actual import (
     UnreadableDomain,
 )
 from reconciler.model.desired import ImageFormat, InstanceSpec
+from reconciler.model.resolved import ResolvedInstance
 
 
 def domain_facts(record: ObservedDomain) -> DomainFacts:
@@ -63,7 +63,7 @@ def observe_instance(
     driver: Driver,
     name: str,
     paths: InstancePaths,
-    source: ResolvedSource,
+    source: ResolvedInstance,
     listed: Mapping[str, ObservedDomain] | None = None,
 ) -> InstanceActual:
     """What exists for instance `name`: its domain (if any), its disk, and its cached base.
@@ -80,8 +80,6 @@ def observe_instance(
         domain=domain,
         overlay=overlay,
         overlay_problem=problem,
-        base_cached=source.base_cached,
-        base_changed=source.base_changed,
         config_drives=config_drives(paths),
         host_shutdown=os.path.exists(paths.host_shutdown),
         data_disks=data_disks,

@@ -24,7 +24,7 @@ from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left, remove_dead_leftovers
 from reconciler.images.download import DownloadLimits, Transport
 from reconciler.images.progress import TransferReporter
-from reconciler.images.resolve import ResolvedSource, SourceResolver
+from reconciler.images.resolve import SourceResolver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.crashloop import CrashLoopGuard
 from reconciler.loop.observe import config_drives, observe_domain, observe_instance
@@ -38,6 +38,7 @@ from reconciler.model.actual import (
     StateReason,
 )
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.model.resolved import ResolvedInstance
 from reconciler.planning.network import needs_free_macs
 from reconciler.planning.plan import (
     InstancePlan,
@@ -183,30 +184,27 @@ class Reconciler:
         spec: InstanceSpec,
         resolver: SourceResolver,
         listed: Mapping[str, ObservedDomain] | None = None,
-    ) -> tuple[ResolvedSource, InstanceActual]:
+    ) -> tuple[ResolvedInstance, InstanceActual]:
         """`spec` with its source resolved, and what exists for it now (PermanentError: a
         refused source, an unreadable domain definition)."""
         resolved = resolver.resolve(spec)
         paths = self.state.instance(spec.name)
         return resolved, observe_instance(self.driver, spec.name, paths, resolved, listed)
 
-    def plan_observed(self, resolved: ResolvedSource, actual: InstanceActual) -> InstancePlan:
+    def plan_observed(self, resolved: ResolvedInstance, actual: InstanceActual) -> InstancePlan:
         """The plan from `actual` to the resolved spec (see `plan`)."""
         spec = resolved.spec
         context = PlanContext(
             paths=self.state.instance(spec.name),
-            base_path=resolved.base_path,
             kvm=self.host.kvm,
             default_accelerator=self.settings.default_accelerator,
-            source_size=resolved.source_size,
             state_dir_id=self.host.state_dir_id,
             host_memory=self.host.host_memory,
-            base_virtual_size=resolved.base_virtual_size,
             macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
             cannot_express=self.driver.cannot_express,
         )
-        return plan_instance(spec, actual, context)
+        return plan_instance(resolved, actual, context)
 
     def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
         """The MACs of the other domains, when a derived MAC has to be chosen (listing every
@@ -272,7 +270,7 @@ class Reconciler:
             domain = observe_domain(self.driver, name)
         except PermanentError as err:
             return InstancePlan(name, refusal=str(err))
-        context = PlanContext(paths, paths.disk, self.host.kvm, state_dir_id=self.host.state_dir_id)
+        context = PlanContext(paths, self.host.kvm, state_dir_id=self.host.state_dir_id)
         if domain is None or foreign_reason(domain, context) is not None:
             return InstancePlan(name)  # gone, or not ours: nothing to prune
         if refusal is not None:

@@ -131,8 +131,6 @@ class InstanceActual:
     domain: DomainFacts | None
     overlay: DiskFacts | None
     overlay_problem: str | None  # the overlay exists but could not be read as ours
-    base_cached: bool
-    base_changed: bool = False  # the cached base's file changed since it was last verified
     config_drives: frozenset[str] = frozenset()  # config-*.iso files in the instance directory
     data_disks: tuple[DiskFacts, ...] = ()  # the manifest's data disks whose files exist
     data_disk_problem: str | None = None  # a data disk file that is not what it should be

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from reconciler.layout import InstancePaths
 from reconciler.model.accel import AcceleratorChoice, KvmSupport
@@ -17,17 +16,14 @@ from reconciler.planning.steps import Step
 
 @dataclass(frozen=True, slots=True)
 class PlanContext:
-    """Facts beside desired and actual that the plan needs: paths, KVM, defaults, and what was
-    resolved outside the manifest (source and base sizes, the host's memory)."""
+    """Facts beside the resolved instance and what exists that the plan needs: paths, KVM,
+    defaults, the host's memory, the other domains' MACs, the driver's capabilities."""
 
     paths: InstancePaths
-    base_path: Path
     kvm: KvmSupport
     default_accelerator: Accelerator = Accelerator.AUTO
-    source_size: int | None = None  # of the image source, when known (shown in the plan)
     state_dir_id: str | None = None  # None before the state directory exists: nothing is ours
     host_memory: int | None = None  # bytes of memory where the domain runs, when known
-    base_virtual_size: int | None = None  # the disk size the base image holds, when known
     macs_in_use: frozenset[str] = frozenset()  # by other domains (derived MACs avoid them)
     unavailable: tuple[str, ...] = ()  # why the interfaces cannot attach (a missing bridge...)
     # the driver's capabilities: what in a machine it cannot run, each "field: why" (a pure

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from reconciler.layout import InstancePaths
 from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual
-from reconciler.model.desired import InstanceSpec
 from reconciler.model.machine import CONFIG_DRIVE_TARGET, Machine
+from reconciler.model.resolved import ResolvedInstance
 from reconciler.planning.context import PlanContext
 from reconciler.planning.machine import (
     live_memory_change,
@@ -83,7 +83,7 @@ def live_changes(
 
 
 def disk_steps(
-    spec: InstanceSpec,
+    resolved: ResolvedInstance,
     actual: InstanceActual,
     context: PlanContext,
     shape: Machine,
@@ -94,27 +94,28 @@ def disk_steps(
 ) -> list[Step]:
     """The boot disk (fetched base, overlay, a replacement, growth) and the data disks (made
     empty, grown)."""
+    spec = resolved.spec
     steps: list[Step] = []
     paths, overlay = context.paths, actual.overlay
-    fetch = FetchBase(spec.name, spec.image, context.base_path, context.source_size)
+    fetch = FetchBase(spec.name, spec.image, resolved.base_path, resolved.source_size)
     if replacing is not None:
         aside = paths.aside(aside_base(overlay))
         steps.append(MoveDiskAside(spec.name, paths.disk, aside, replacing))
     if overlay is None or replacing is not None:
-        if not actual.base_cached:
+        if not resolved.base_cached:
             steps.append(fetch)
         steps.append(
             CreateOverlay(
                 spec.name,
                 paths.disk,
                 spec.image,
-                context.base_path,
+                resolved.base_path,
                 spec.image.cached_format.value,
                 spec.disk_bytes,
             )
         )
     else:
-        if not actual.base_cached and starting:
+        if not resolved.base_cached and starting:
             steps.append(fetch)
         if overlay.virtual_size < spec.disk_bytes:
             steps.append(

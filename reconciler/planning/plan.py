@@ -27,6 +27,7 @@ from reconciler.model.desired import (
     UpdatePolicy,
 )
 from reconciler.model.machine import Machine, OwnershipMarker
+from reconciler.model.resolved import ResolvedInstance
 from reconciler.planning.cloudinit import DriveContent, drive_content
 from reconciler.planning.context import InstancePlan, PlanContext
 from reconciler.planning.disks import data_disk_devices
@@ -78,8 +79,12 @@ __all__ = [
 START_WATCH_SECONDS = 10.0
 
 
-def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> InstancePlan:
-    """Decide what converges `spec` from `actual`; refuse what would harm data or others."""
+def plan_instance(
+    resolved: ResolvedInstance, actual: InstanceActual, context: PlanContext
+) -> InstancePlan:
+    """Decide what converges the resolved spec from `actual`; refuse what would harm data or
+    others."""
+    spec = resolved.spec
     domain = actual.domain
     if domain is not None:
         foreign = foreign_reason(domain, context)
@@ -99,7 +104,7 @@ def plan_instance(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
             )
     if spec.state is DesiredState.ABSENT:
         return _plan_absent(spec, domain, context, actual.config_drives)
-    return _plan_present(spec, actual, context)
+    return _plan_present(resolved, actual, context)
 
 
 def foreign_reason(domain: DomainFacts, context: PlanContext) -> str | None:
@@ -127,11 +132,14 @@ def _plan_absent(
     )
 
 
-def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> InstancePlan:
+def _plan_present(
+    resolved: ResolvedInstance, actual: InstanceActual, context: PlanContext
+) -> InstancePlan:
+    spec = resolved.spec
     domain = actual.domain
     paths = context.paths
     choice = resolve_accelerator(spec.accelerator or context.default_accelerator, context.kvm)
-    refusal = _refusal(spec, actual, context)
+    refusal = _refusal(resolved, actual, context)
     if refusal is not None:
         return InstancePlan(spec.name, refusal=refusal, accelerator=choice)
     steps: list[Step] = []
@@ -150,7 +158,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     live = domain.live_definition if domain is not None and active else None
     live_steps, live_after = live_changes(spec.name, live, shape)
     needs_restart = live_after is not None and running_shape(live_after) != running_shape(shape)
-    replacing = _replacing(spec, actual, context)
+    replacing = _replacing(resolved, actual)
     # runPolicy Halted keeps the domain off; the others decide about a stop nobody asked for
     halted = spec.run_policy is RunPolicy.HALTED
     run = spec.state is DesiredState.RUNNING and not halted
@@ -177,7 +185,7 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
     steps += disk_steps(
-        spec, actual, context, shape, replacing, starting, online=active and not stopping
+        resolved, actual, context, shape, replacing, starting, online=active and not stopping
     )
     if actual.overlay is None and domain is not None:  # allowed by _refusal: allowReplace
         notes.append(f"disk {paths.disk} was missing: a new, empty one is made (allowReplace)")
@@ -192,10 +200,10 @@ def _plan_present(spec: InstanceSpec, actual: InstanceActual, context: PlanConte
         steps.append(BuildConfigDrive(spec.name, drive, content))
     forecasts = (
         (
-            f"cached base {context.base_path.name} changed since it was verified: it is "
+            f"cached base {resolved.base_path.name} changed since it was verified: it is "
             "checked again before use, and fetched again if it no longer matches",
         )
-        if actual.base_changed
+        if resolved.base_changed
         else ()
     )
     paused = domain is not None and domain.state is PowerState.PAUSED
@@ -348,9 +356,12 @@ def _drive_note(spec: InstanceSpec, uuid: str, marker: OwnershipMarker | None) -
     )
 
 
-def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
-    """Why converging `spec` would harm data or cannot work (None when it can go ahead).
+def _refusal(
+    resolved: ResolvedInstance, actual: InstanceActual, context: PlanContext
+) -> str | None:
+    """Why converging the spec would harm data or cannot work (None when it can go ahead).
     One branch per reason."""
+    spec = resolved.spec
     domain, overlay, paths = actual.domain, actual.overlay, context.paths
     # more memory than the host has: libvirt would refuse the start, or the host would swap
     if context.host_memory is not None and spec.memory_bytes > context.host_memory:
@@ -371,7 +382,7 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
         )
     # a new disk smaller than its base would truncate the guest's file system (Nova's
     # verify_base_size)
-    base_size = context.base_virtual_size
+    base_size = resolved.base_virtual_size
     if overlay is None and base_size is not None and spec.disk_bytes < base_size:
         return (
             f"disk.size {format_size(spec.disk_bytes)} is smaller than the base image's virtual "
@@ -379,7 +390,7 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
         )
     if overlay is not None:
         # another base under the existing disk (unless the manifest allows replacing it)
-        change = _base_change(spec, overlay, context)
+        change = _base_change(resolved, overlay)
         if change is not None and not spec.allow_replace:
             base = spec.image.cached_format.value
             return _replacement(
@@ -388,7 +399,7 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
                 f"path (a disk made by hand: sha256sum {overlay.backing_file} prints "
                 f"{spec.image.sha256 or 'the sha256 of ' + str(spec.image.location)}), point the "
                 "disk at the cached copy instead, with the domain shut off, which keeps its data: "
-                f"qemu-img rebase -u -F {base} -b {context.base_path} {paths.disk}"
+                f"qemu-img rebase -u -F {base} -b {resolved.base_path} {paths.disk}"
             )
         # a smaller disk
         if overlay.virtual_size > spec.disk_bytes:
@@ -415,24 +426,24 @@ def _refusal(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -
     return None
 
 
-def _base_change(spec: InstanceSpec, overlay: DiskFacts, context: PlanContext) -> str | None:
+def _base_change(resolved: ResolvedInstance, overlay: DiskFacts) -> str | None:
     """How the base under the existing boot disk differs from the manifest's (None: it does
     not)."""
-    if overlay.backing_file == str(context.base_path) and (
-        overlay.backing_format == spec.image.cached_format.value
+    if overlay.backing_file == str(resolved.base_path) and (
+        overlay.backing_format == resolved.spec.image.cached_format.value
     ):
         return None
     return (
         f"is built on {overlay.backing_file} ({overlay.backing_format}), the manifest asks for "
-        f"{context.base_path.name}"
+        f"{resolved.base_path.name}"
     )
 
 
-def _replacing(spec: InstanceSpec, actual: InstanceActual, context: PlanContext) -> str | None:
+def _replacing(resolved: ResolvedInstance, actual: InstanceActual) -> str | None:
     """Why the boot disk is replaced this pass (None: it is not): a new base, allowed."""
-    if actual.overlay is None or not spec.allow_replace:
+    if actual.overlay is None or not resolved.spec.allow_replace:
         return None
-    return _base_change(spec, actual.overlay, context)
+    return _base_change(resolved, actual.overlay)
 
 
 def _replacement(problem: str) -> str:

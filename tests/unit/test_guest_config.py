@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from reconciler.manifests.loader import load_manifests
-from reconciler.model.actual import InstanceActual
 from reconciler.model.desired import (
     GuestConfig,
     InjectedFile,
@@ -25,10 +24,11 @@ from reconciler.model.desired import (
 )
 from reconciler.planning.cloudinit import drive_content, user_data
 from reconciler.planning.network import choose_macs, derived_mac
-from reconciler.planning.plan import StepKind, plan_instance
+from reconciler.planning.plan import StepKind
 from reconciler.planning.steps import BuildConfigDrive, DefineDomain, RemoveFiles
 from reconciler.steps.configdrive import render_iso
 from tests.helpers import make_spec
+from tests.planning import Observed, planned
 from tests.unit.test_manifests import VALID
 from tests.unit.test_plan import RUNNING, context, domain, overlay
 
@@ -281,7 +281,7 @@ def test_derived_macs_are_stable_local_and_avoid_those_in_use() -> None:
 
 def test_config_drive_steps_in_order_and_a_no_op_once_built() -> None:
     spec = replace(RUNNING, guest=GuestConfig(hostname="h"))
-    plan = plan_instance(spec, InstanceActual(None, None, None, True), context(spec))
+    plan = planned(spec, Observed(None, None, None, True), context(spec))
     assert [s.kind for s in plan.steps] == [
         StepKind.CREATE_OVERLAY,
         StepKind.BUILD_CONFIG_DRIVE,
@@ -296,20 +296,18 @@ def test_config_drive_steps_in_order_and_a_no_op_once_built() -> None:
 
 def test_a_rebuilt_drive_is_swapped_into_the_running_domain_and_the_old_one_removed() -> None:
     spec = replace(RUNNING, guest=GuestConfig(hostname="old"))
-    first = plan_instance(spec, InstanceActual(None, None, None, True), context(spec))
+    first = planned(spec, Observed(None, None, None, True), context(spec))
     define = first.steps[2]
     assert isinstance(define, DefineDomain)
     machine = define.machine
     assert machine.config_drive_path is not None and machine.uuid is not None
     old_drive = Path(machine.config_drive_path)
     running = replace(domain(spec), uuid=machine.uuid, definition=machine, live_definition=machine)
-    actual = InstanceActual(
-        running, overlay(spec), None, True, config_drives=frozenset({old_drive.name})
-    )
-    assert plan_instance(spec, actual, context(spec)).converged
+    actual = Observed(running, overlay(spec), None, True, config_drives=frozenset({old_drive.name}))
+    assert planned(spec, actual, context(spec)).converged
 
     edited = replace(spec, guest=GuestConfig(hostname="new"))
-    plan = plan_instance(edited, actual, context(edited))
+    plan = planned(edited, actual, context(edited))
     assert [s.kind for s in plan.steps] == [
         StepKind.BUILD_CONFIG_DRIVE,
         StepKind.DEFINE,
@@ -323,7 +321,7 @@ def test_a_rebuilt_drive_is_swapped_into_the_running_domain_and_the_old_one_remo
 
     # a new instance-id (the README's remedy) is a new instance to cloud-init: said so
     renewed = replace(spec, guest=GuestConfig(hostname="old", instance_id="web-v2"))
-    plan = plan_instance(renewed, actual, context(renewed))
+    plan = planned(renewed, actual, context(renewed))
     (note,) = [n for n in plan.notes if "instance-id" in n]
     assert note.startswith(
         f"config drive rebuilt with a new instance-id web-v2 (was {machine.uuid})"
@@ -334,8 +332,8 @@ def test_a_rebuilt_drive_is_swapped_into_the_running_domain_and_the_old_one_remo
 
 def test_interfaces_that_cannot_attach_refuse_the_instance_before_anything_is_made() -> None:
     problem = "interface 0: host port 127.0.0.1:2222/tcp is in use"
-    plan = plan_instance(
-        RUNNING, InstanceActual(None, None, None, False), context(RUNNING, unavailable=(problem,))
+    plan = planned(
+        RUNNING, Observed(None, None, None, False), context(RUNNING, unavailable=(problem,))
     )
     assert plan.refusal == problem and plan.steps == ()
 

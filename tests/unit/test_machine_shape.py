@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.manifests.loader import load_manifests
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState, StateReason
+from reconciler.model.actual import DiskFacts, DomainFacts, PowerState, StateReason
 from reconciler.model.desired import (
     BootDevice,
     DataDiskSpec,
@@ -22,28 +22,29 @@ from reconciler.model.desired import (
 from reconciler.model.machine import Disk, Machine
 from reconciler.planning.disks import data_disk_devices
 from reconciler.planning.machine import ChangeClass, describe_changes
-from reconciler.planning.plan import StepKind, plan_instance
+from reconciler.planning.plan import StepKind
 from reconciler.planning.steps import DefineDomain
+from tests.planning import BASE, STATE, Observed, planned
 from tests.unit.test_manifests import VALID
-from tests.unit.test_plan import BASE, RUNNING, STATE, context, overlay
+from tests.unit.test_plan import RUNNING, context, overlay
 
 MIB = 1024**2
 DIRECTORY = STATE.instance("web").directory
 
 
-def kinds_of(spec: InstanceSpec, actual: InstanceActual) -> list[StepKind] | str:
-    plan = plan_instance(spec, actual, context(spec))
+def kinds_of(spec: InstanceSpec, actual: Observed) -> list[StepKind] | str:
+    plan = planned(spec, actual, context(spec))
     return plan.refusal if plan.refusal is not None else [step.kind for step in plan.steps]
 
 
 def defined(spec: InstanceSpec) -> Machine:
     """The machine the plan defines for `spec` on a host where nothing exists yet."""
-    plan = plan_instance(spec, InstanceActual(None, None, None, True), context(spec))
+    plan = planned(spec, Observed(None, None, None, True), context(spec))
     define = next(step for step in plan.steps if isinstance(step, DefineDomain))
     return define.machine
 
 
-def running(spec: InstanceSpec, state: PowerState = PowerState.RUNNING) -> InstanceActual:
+def running(spec: InstanceSpec, state: PowerState = PowerState.RUNNING) -> Observed:
     """`spec`'s domain as the plan made it, running, with its data disk files there."""
     machine = defined(spec)
     live = machine if state.active else None
@@ -54,7 +55,7 @@ def running(spec: InstanceSpec, state: PowerState = PowerState.RUNNING) -> Insta
         DiskFacts(str(DIRECTORY / d.file_name), d.format.value, d.size_bytes, None, None)
         for d in spec.disks
     )
-    return InstanceActual(facts, overlay(spec), None, True, data_disks=disks)
+    return Observed(facts, overlay(spec), None, True, data_disks=disks)
 
 
 # -- manifests ---------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_live_changes_are_applied_to_the_running_domain_without_a_restart() -> N
         memory_bytes=256 * MIB,
         disks=(DataDiskSpec("a", 128 * MIB), DataDiskSpec("b", 32 * MIB)),
     )
-    plan = plan_instance(more, actual, context(more))
+    plan = planned(more, actual, context(more))
     assert [s.kind for s in plan.steps] == [
         StepKind.RESIZE_DISK,
         StepKind.CREATE_DATA_DISK,
@@ -187,7 +188,7 @@ def test_live_changes_are_applied_to_the_running_domain_without_a_restart() -> N
 def test_a_restart_change_waits_for_the_next_boot_or_restarts_by_policy() -> None:
     actual = running(RUNNING)
     q35 = replace(RUNNING, machine=MachineType.Q35)
-    waiting = plan_instance(q35, actual, context(q35))
+    waiting = planned(q35, actual, context(q35))
     assert [s.kind for s in waiting.steps] == [StepKind.DEFINE]
     assert waiting.pending_restart
     assert "[restart] machine pc -> q35" in waiting.steps[0].describe()
@@ -197,10 +198,10 @@ def test_a_restart_change_waits_for_the_next_boot_or_restarts_by_policy() -> Non
     assert actual.domain is not None
     redefined = replace(actual.domain, definition=define.machine)
     after = replace(actual, domain=redefined)
-    again = plan_instance(q35, after, context(q35))
+    again = planned(q35, after, context(q35))
     assert again.steps == () and again.pending_restart
     restarted = replace(redefined, live_definition=define.machine)  # as after a restart by hand
-    assert not plan_instance(q35, replace(after, domain=restarted), context(q35)).pending_restart
+    assert not planned(q35, replace(after, domain=restarted), context(q35)).pending_restart
 
     now = replace(q35, update_policy=UpdatePolicy.RESTART)
     assert kinds_of(now, actual) == [StepKind.STOP, StepKind.DEFINE, StepKind.START]
@@ -211,7 +212,7 @@ def test_removed_disks_are_detached_and_deleted_only_by_their_policy() -> None:
     drop = DataDiskSpec("drop", MIB, deletion_policy=DeletionPolicy.DELETE)
     spec = replace(RUNNING, disks=(keep, drop))
     actual = running(spec)
-    plan = plan_instance(replace(spec, disks=()), actual, context(spec))
+    plan = planned(replace(spec, disks=()), actual, context(spec))
     assert [s.kind for s in plan.steps] == [
         StepKind.DEFINE,
         StepKind.DETACH_DISK,
@@ -233,7 +234,7 @@ def test_a_new_base_is_refused_unless_replacement_is_allowed() -> None:
     assert "sha256sum /state/images/sha256-other.raw prints " in refusal
     assert "qemu-img rebase -u -F raw -b " in refusal
     allowed = replace(RUNNING, allow_replace=True)
-    plan = plan_instance(allowed, moved, context(allowed))
+    plan = planned(allowed, moved, context(allowed))
     assert [s.kind for s in plan.steps] == [
         StepKind.STOP,
         StepKind.MOVE_DISK_ASIDE,
@@ -250,14 +251,14 @@ def test_nics_added_or_removed_at_the_end_change_live_others_take_a_restart() ->
     one = replace(RUNNING, networks=(NetworkSpec(),))
     two = replace(RUNNING, networks=(NetworkSpec(), NetworkSpec(mac="52:54:00:00:00:02")))
     actual = running(one)
-    plan = plan_instance(two, actual, context(two))
+    plan = planned(two, actual, context(two))
     assert [s.kind for s in plan.steps] == [StepKind.DEFINE, StepKind.ATTACH_NIC]
     assert not plan.pending_restart
-    back = plan_instance(one, running(two), context(one))
+    back = planned(one, running(two), context(one))
     assert [s.kind for s in back.steps] == [StepKind.DEFINE, StepKind.DETACH_NIC]
     # one put in front moves the others' slots: a restart
     front = replace(RUNNING, networks=(NetworkSpec(mac="52:54:00:00:00:02"), NetworkSpec()))
-    moved = plan_instance(front, actual, context(front))
+    moved = planned(front, actual, context(front))
     assert [s.kind for s in moved.steps] == [StepKind.DEFINE]
     assert moved.pending_restart
 
@@ -267,7 +268,7 @@ def test_a_hand_edit_that_keeps_the_marker_is_drift_and_is_repaired() -> None:
     assert actual.domain is not None
     edited = replace(actual.domain.definition, memory_kib=256 * 1024)  # the marker kept
     drifted = replace(actual, domain=replace(actual.domain, definition=edited))
-    plan = plan_instance(RUNNING, drifted, context(RUNNING))
+    plan = planned(RUNNING, drifted, context(RUNNING))
     (define,) = plan.steps
     assert isinstance(define, DefineDomain)
     assert "[restart] drift: memory 256MiB (manifest 128MiB)" in define.describe()

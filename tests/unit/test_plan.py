@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.model.accel import KvmSupport
-from reconciler.model.actual import DiskFacts, DomainFacts, InstanceActual, PowerState, StateReason
+from reconciler.model.actual import DiskFacts, DomainFacts, PowerState, StateReason
 from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
 from reconciler.model.machine import Disk, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
 from reconciler.planning.network import build_nics, choose_macs
-from reconciler.planning.plan import PlanContext, StepKind, plan_instance
+from reconciler.planning.plan import PlanContext, StepKind
 from reconciler.planning.steps import DefineDomain
-from reconciler.statedir import StateDir
 from tests.helpers import make_spec
+from tests.planning import BASE, STATE, Observed, planned
 
-STATE = StateDir(Path("/state"))
-BASE = STATE.cached_base(make_spec().image)
 NO_KVM = KvmSupport(False, "no kvm here")
 GIB = 1024**3
 TCG = Accelerator.TCG
@@ -28,9 +25,7 @@ STATE_ID = "5eed" * 8
 
 
 def context(spec: InstanceSpec, kvm: KvmSupport = NO_KVM, **facts: Any) -> PlanContext:
-    return replace(
-        PlanContext(STATE.instance(spec.name), BASE, kvm, state_dir_id=STATE_ID), **facts
-    )
+    return replace(PlanContext(STATE.instance(spec.name), kvm, state_dir_id=STATE_ID), **facts)
 
 
 def layout_of(spec: InstanceSpec, accelerator: Accelerator = Accelerator.TCG) -> DomainLayout:
@@ -84,8 +79,8 @@ def overlay(spec: InstanceSpec, size: int | None = None, backing: str | None = N
     )
 
 
-def kinds(spec: InstanceSpec, actual: InstanceActual) -> list[StepKind] | str:
-    plan = plan_instance(spec, actual, context(spec))
+def kinds(spec: InstanceSpec, actual: Observed) -> list[StepKind] | str:
+    plan = planned(spec, actual, context(spec))
     return plan.refusal if plan.refusal is not None else [step.kind for step in plan.steps]
 
 
@@ -109,29 +104,29 @@ MORE_MEMORY = make_spec(memory_bytes=256 * 1024**2)
     ("spec", "actual", "expected"),
     [
         # nothing exists: the whole pipeline
-        (RUNNING, InstanceActual(None, None, None, False), [FETCH, CREATE, DEFINE, START]),
+        (RUNNING, Observed(None, None, None, False), [FETCH, CREATE, DEFINE, START]),
         # base already cached: no fetch
-        (RUNNING, InstanceActual(None, None, None, True), [CREATE, DEFINE, START]),
+        (RUNNING, Observed(None, None, None, True), [CREATE, DEFINE, START]),
         # stopped instance: everything but start
-        (STOPPED, InstanceActual(None, None, None, False), [FETCH, CREATE, DEFINE]),
+        (STOPPED, Observed(None, None, None, False), [FETCH, CREATE, DEFINE]),
         # converged running instance: nothing
-        (RUNNING, InstanceActual(domain(RUNNING), overlay(RUNNING), None, True), []),
+        (RUNNING, Observed(domain(RUNNING), overlay(RUNNING), None, True), []),
         # defined but shut off: start only
         (
             RUNNING,
-            InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True),
+            Observed(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True),
             [START],
         ),
         # domain undefined by hand, disk still there: define and start, disk kept
-        (RUNNING, InstanceActual(None, overlay(RUNNING), None, True), [DEFINE, START]),
+        (RUNNING, Observed(None, overlay(RUNNING), None, True), [DEFINE, START]),
         # running, should be stopped
-        (STOPPED, InstanceActual(domain(STOPPED), overlay(STOPPED), None, True), [STOP]),
+        (STOPPED, Observed(domain(STOPPED), overlay(STOPPED), None, True), [STOP]),
         # bigger disk on a running domain: online resize
-        (BIGGER, InstanceActual(domain(BIGGER), overlay(BIGGER, 2 * GIB), None, True), [RESIZE]),
+        (BIGGER, Observed(domain(BIGGER), overlay(BIGGER, 2 * GIB), None, True), [RESIZE]),
         # bigger disk and stop: stop first, then an offline resize
         (
             replace(BIGGER, state=DesiredState.STOPPED),
-            InstanceActual(
+            Observed(
                 domain(replace(BIGGER, state=DesiredState.STOPPED)),
                 overlay(BIGGER, 2 * GIB),
                 None,
@@ -142,35 +137,35 @@ MORE_MEMORY = make_spec(memory_bytes=256 * 1024**2)
         # more memory on a running domain: redefine only (applies at next restart)
         (
             MORE_MEMORY,
-            InstanceActual(
+            Observed(
                 domain(MORE_MEMORY, digest=digest_of(RUNNING)), overlay(MORE_MEMORY), None, True
             ),
             [DEFINE],
         ),
         # absent: stop and undefine; nothing when already gone
-        (ABSENT, InstanceActual(domain(ABSENT), overlay(ABSENT), None, True), [STOP, UNDEFINE]),
+        (ABSENT, Observed(domain(ABSENT), overlay(ABSENT), None, True), [STOP, UNDEFINE]),
         (
             ABSENT,
-            InstanceActual(domain(ABSENT, PowerState.SHUTOFF), overlay(ABSENT), None, True),
+            Observed(domain(ABSENT, PowerState.SHUTOFF), overlay(ABSENT), None, True),
             [UNDEFINE],
         ),
-        (ABSENT, InstanceActual(None, overlay(ABSENT), None, True), []),
+        (ABSENT, Observed(None, overlay(ABSENT), None, True), []),
     ],
 )
-def test_plan_table(spec: InstanceSpec, actual: InstanceActual, expected: list[StepKind]) -> None:
+def test_plan_table(spec: InstanceSpec, actual: Observed, expected: list[StepKind]) -> None:
     assert kinds(spec, actual) == expected
 
 
 def test_foreign_domain_is_refused_whatever_the_state() -> None:
     for spec in (RUNNING, STOPPED, ABSENT):
-        actual = InstanceActual(domain(spec, owned=False), None, None, False)
+        actual = Observed(domain(spec, owned=False), None, None, False)
         refusal = kinds(spec, actual)
         assert isinstance(refusal, str)
         assert "not created by reconciler" in refusal
 
 
 def test_shrink_is_refused_and_nothing_planned() -> None:
-    actual = InstanceActual(domain(RUNNING), overlay(RUNNING, 4 * GIB), None, True)
+    actual = Observed(domain(RUNNING), overlay(RUNNING, 4 * GIB), None, True)
     refusal = kinds(RUNNING, actual)
     assert refusal == (
         "disk.size 2GiB is smaller than the disk's current 4GiB: disks never shrink; "
@@ -179,24 +174,24 @@ def test_shrink_is_refused_and_nothing_planned() -> None:
 
 
 def test_other_base_is_refused() -> None:
-    actual = InstanceActual(domain(RUNNING), overlay(RUNNING, backing="/old.raw"), None, True)
+    actual = Observed(domain(RUNNING), overlay(RUNNING, backing="/old.raw"), None, True)
     refusal = kinds(RUNNING, actual)
     assert isinstance(refusal, str) and "changing the base image" in refusal
 
 
 def test_unreadable_overlay_is_refused() -> None:
-    actual = InstanceActual(domain(RUNNING), None, "disk.qcow2: not a qcow2 file", True)
+    actual = Observed(domain(RUNNING), None, "disk.qcow2: not a qcow2 file", True)
     refusal = kinds(RUNNING, actual)
     assert isinstance(refusal, str) and "not a qcow2 file" in refusal
 
 
 def test_paused_on_error_is_a_failure_not_running() -> None:
-    actual = InstanceActual(
+    actual = Observed(
         domain(RUNNING, PowerState.PAUSED, reason="crashed"), overlay(RUNNING), None, True
     )
     refusal = kinds(RUNNING, actual)
     assert isinstance(refusal, str) and "paused after an error (reason: crashed)" in refusal
-    paused_by_hand = InstanceActual(
+    paused_by_hand = Observed(
         domain(RUNNING, PowerState.PAUSED, reason="user"), overlay(RUNNING), None, True
     )
     assert kinds(RUNNING, paused_by_hand) == []
@@ -204,27 +199,21 @@ def test_paused_on_error_is_a_failure_not_running() -> None:
 
 def test_redefine_says_when_it_takes_effect() -> None:
     old = domain(MORE_MEMORY, digest=digest_of(RUNNING), memory_kib=128 * 1024)
-    plan = plan_instance(
-        MORE_MEMORY, InstanceActual(old, overlay(RUNNING), None, True), context(RUNNING)
-    )
+    plan = planned(MORE_MEMORY, Observed(old, overlay(RUNNING), None, True), context(RUNNING))
     (step,) = plan.steps
     assert step.describe() == (
         "redefine domain: [restart] memory 128MiB -> 256MiB "
         "(takes effect at the next restart of the running domain)"
     )
     stopped = replace(old, state=PowerState.SHUTOFF, live_definition=None)
-    plan = plan_instance(
-        MORE_MEMORY, InstanceActual(stopped, overlay(RUNNING), None, True), context(RUNNING)
-    )
+    plan = planned(MORE_MEMORY, Observed(stopped, overlay(RUNNING), None, True), context(RUNNING))
     define = plan.steps[0]
     assert define.describe().endswith("(takes effect now: the domain starts next)")
 
 
 def test_running_with_older_live_definition_notes_pending_restart() -> None:
     older = domain(RUNNING, live_memory_kib=64 * 1024)
-    plan = plan_instance(
-        RUNNING, InstanceActual(older, overlay(RUNNING), None, True), context(RUNNING)
-    )
+    plan = planned(RUNNING, Observed(older, overlay(RUNNING), None, True), context(RUNNING))
     assert plan.steps == ()
     assert plan.pending_restart
     assert any("next restart" in note for note in plan.notes)
@@ -232,9 +221,7 @@ def test_running_with_older_live_definition_notes_pending_restart() -> None:
 
 def test_a_marker_from_an_older_version_is_updated_without_a_restart() -> None:
     stale = domain(RUNNING, digest="sha256:made-by-an-older-version")
-    plan = plan_instance(
-        RUNNING, InstanceActual(stale, overlay(RUNNING), None, True), context(RUNNING)
-    )
+    plan = planned(RUNNING, Observed(stale, overlay(RUNNING), None, True), context(RUNNING))
     (define,) = plan.steps
     assert isinstance(define, DefineDomain)
     assert [change.what for change in define.changes] == ["ownership marker updated"]
@@ -245,16 +232,16 @@ def test_a_marker_from_an_older_version_is_updated_without_a_restart() -> None:
 
 
 def test_auto_accelerator_follows_kvm_support() -> None:
-    actual = InstanceActual(None, None, None, True)
-    with_kvm = plan_instance(RUNNING, actual, context(RUNNING, KvmSupport(True, "kvm_intel")))
-    without = plan_instance(RUNNING, actual, context(RUNNING, NO_KVM))
+    actual = Observed(None, None, None, True)
+    with_kvm = planned(RUNNING, actual, context(RUNNING, KvmSupport(True, "kvm_intel")))
+    without = planned(RUNNING, actual, context(RUNNING, NO_KVM))
     assert with_kvm.accelerator is not None and without.accelerator is not None
     assert with_kvm.accelerator.accelerator is Accelerator.KVM
     assert without.accelerator.accelerator is Accelerator.TCG
     define = next(s for s in with_kvm.steps if isinstance(s, DefineDomain))
     assert define.machine.accelerator is Accelerator.KVM
     forced = replace(RUNNING, accelerator=Accelerator.KVM)
-    forced_plan = plan_instance(forced, actual, context(forced, NO_KVM))
+    forced_plan = planned(forced, actual, context(forced, NO_KVM))
     assert forced_plan.accelerator is not None
     assert forced_plan.accelerator.accelerator is Accelerator.KVM
 
@@ -276,17 +263,15 @@ RECOVER = StepKind.RECOVER
 def test_an_interrupted_transition_is_recovered_not_reported_as_a_guest_error(
     spec: InstanceSpec, reason: str, expected: list[StepKind]
 ) -> None:
-    actual = InstanceActual(
-        domain(spec, PowerState.PAUSED, reason=reason), overlay(spec), None, True
-    )
+    actual = Observed(domain(spec, PowerState.PAUSED, reason=reason), overlay(spec), None, True)
     assert kinds(spec, actual) == expected
 
 
 def test_recover_step_says_what_it_does() -> None:
-    actual = InstanceActual(
+    actual = Observed(
         domain(RUNNING, PowerState.PAUSED, reason="starting-up"), overlay(RUNNING), None, True
     )
-    recover = plan_instance(RUNNING, actual, context(RUNNING)).steps[0]
+    recover = planned(RUNNING, actual, context(RUNNING)).steps[0]
     assert recover.describe().startswith(
         "recover an interrupted start (domain paused in starting-up"
     )
@@ -318,62 +303,61 @@ def test_ownership_is_proven_by_state_directory_id_and_disk(
     )
     forged = replace(claimed, definition=definition)
     for spec in (RUNNING, STOPPED, ABSENT):
-        refusal = kinds(spec, InstanceActual(forged, overlay(spec), None, True))
+        refusal = kinds(spec, Observed(forged, overlay(spec), None, True))
         assert isinstance(refusal, str) and expected in refusal, refusal
         assert "left untouched" in refusal
     # before the state directory exists (plan on a new one), nothing can be ours
-    plan = plan_instance(RUNNING, InstanceActual(domain(RUNNING), None, None, True),
+    plan = planned(RUNNING, Observed(domain(RUNNING), None, None, True),
                          context(RUNNING, state_dir_id=None))  # fmt: skip
     assert plan.refusal is not None and "does not name this state directory" in plan.refusal
 
 
 def test_a_disk_deleted_under_a_defined_domain_is_refused_unless_replacement_is_allowed() -> None:
     for state in (PowerState.RUNNING, PowerState.SHUTOFF):
-        actual = InstanceActual(domain(RUNNING, state), None, None, True)
+        actual = Observed(domain(RUNNING, state), None, None, True)
         refusal = kinds(RUNNING, actual)
         assert isinstance(refusal, str)
         assert refusal.startswith(f"disk {STATE.instance('web').disk} is missing although")
         assert "allowReplace: true" in refusal
     allowed = replace(RUNNING, allow_replace=True)
-    actual = InstanceActual(domain(allowed, PowerState.SHUTOFF), None, None, True)
-    plan = plan_instance(allowed, actual, context(allowed))
+    actual = Observed(domain(allowed, PowerState.SHUTOFF), None, None, True)
+    plan = planned(allowed, actual, context(allowed))
     assert [step.kind for step in plan.steps] == [CREATE, START]
     assert any("a new, empty one is made (allowReplace)" in note for note in plan.notes)
 
 
 def test_a_disk_smaller_than_its_base_is_refused_with_both_sizes() -> None:
     small = make_spec(disk_bytes=16 * 1024**2)
-    plan = plan_instance(
-        small,
-        InstanceActual(None, None, None, True),
-        context(small, base_virtual_size=32 * 1024**2),
+    base_size = 32 * 1024**2
+    plan = planned(
+        small, Observed(None, None, None, True, base_virtual_size=base_size), context(small)
     )
     assert plan.refusal == (
         "disk.size 16MiB is smaller than the base image's virtual size 32MiB; "
         "ask for at least 32MiB"
     )
     same = make_spec(disk_bytes=32 * 1024**2)
-    plan = plan_instance(
-        same, InstanceActual(None, None, None, True), context(same, base_virtual_size=32 * 1024**2)
+    plan = planned(
+        same, Observed(None, None, None, True, base_virtual_size=base_size), context(same)
     )
     assert plan.refusal is None
 
 
 def test_memory_beyond_the_host_is_refused() -> None:
-    plan = plan_instance(
-        RUNNING, InstanceActual(None, None, None, True), context(RUNNING, host_memory=64 * 1024**2)
+    plan = planned(
+        RUNNING, Observed(None, None, None, True), context(RUNNING, host_memory=64 * 1024**2)
     )
     assert plan.refusal == "memory 128MiB is more than this host has (64MiB)"
 
 
 def test_a_missing_base_under_an_existing_disk_is_fetched_before_a_start() -> None:
-    actual = InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, False)
+    actual = Observed(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, False)
     assert kinds(RUNNING, actual) == [FETCH, START]
 
 
 def test_a_changed_cached_base_is_noted_and_checked_at_start() -> None:
-    actual = InstanceActual(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True, True)
-    plan = plan_instance(RUNNING, actual, context(RUNNING))
+    actual = Observed(domain(RUNNING, PowerState.SHUTOFF), overlay(RUNNING), None, True, True)
+    plan = planned(RUNNING, actual, context(RUNNING))
     (start,) = plan.steps
     assert start.kind is START and start.image == RUNNING.image  # type: ignore[union-attr]
     assert any("changed since it was verified" in note for note in plan.view().notes)
@@ -384,10 +368,10 @@ def test_what_the_driver_cannot_run_is_refused_by_the_planner_itself() -> None:
     before any step, by the planner (not vetoed afterwards)."""
     spec = make_spec()
     refusing = context(spec, cannot_express=lambda machine: (f"{machine.name}: not here",))
-    nothing = InstanceActual(None, None, None, False)
-    plan = plan_instance(spec, nothing, refusing)
+    nothing = Observed(None, None, None, False)
+    plan = planned(spec, nothing, refusing)
     assert plan.refusal == f"{spec.name}: not here" and plan.steps == ()
-    assert plan_instance(spec, nothing, context(spec)).refusal is None
+    assert planned(spec, nothing, context(spec)).refusal is None
 
 
 # run, exists, active, change needs a restart, stopped unasked, host shutdown, held ->
