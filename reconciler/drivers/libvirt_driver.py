@@ -287,6 +287,14 @@ def _lifecycle_detail(event: int, detail: int) -> str:
     return name
 
 
+# libvirt's watchdog actions, in its order (the words QEMU's WATCHDOG event uses)
+_WATCHDOG_ACTIONS = ("none", "pause", "reset", "poweroff", "shutdown", "debug", "inject-nmi")
+
+
+def _watchdog_action(code: int) -> str:
+    return _WATCHDOG_ACTIONS[code] if 0 <= code < len(_WATCHDOG_ACTIONS) else str(code)
+
+
 def _lost_message(uri: str, err: Any) -> str:
     return f"connection to {uri} lost ({err.get_error_message() or err})"
 
@@ -729,7 +737,7 @@ class LibvirtDriver:
             (
                 libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG,
                 EventKind.WATCHDOG,
-                lambda action: f"action {action}",
+                lambda action: f"action {_watchdog_action(action)}",
             ),
             (
                 libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,

@@ -30,6 +30,8 @@ from reconciler.model.desired import (
     NicType,
     PortForward,
     PortProtocol,
+    WatchdogAction,
+    WatchdogSpec,
 )
 from reconciler.model.machine import MARKER_NAMESPACE, Disk, Machine, Nic, OwnershipMarker
 
@@ -111,6 +113,13 @@ def render_domain_xml(machine: Machine) -> str:
         # (in a container or a chroot, /dev/urandom may not be there to copy)
         rng = _sub(devices, "rng", model="virtio")
         _sub(rng, "backend", model="builtin")
+    if machine.watchdog is not None:
+        _sub(
+            devices,
+            "watchdog",
+            model=machine.watchdog.model,
+            action=machine.watchdog.action.value,
+        )
     # pvpanic: a guest kernel panic reaches libvirt, which destroys the domain (on_crash) and
     # reports it shut off as "crashed", a failure for the run policy
     _sub(devices, "panic", model="isa")
@@ -388,6 +397,7 @@ def parse_domain_xml(xml: str) -> Machine:
         if graphics is not None and graphics.get("type") == "vnc"
         else (Graphics.NONE),
         rng=devices.first("rng") is not None,
+        watchdog=_parse_watchdog(devices.first("watchdog")),
         guest_agent=any(
             target.get("name") == GUEST_AGENT_CHANNEL
             for channel in devices.all("channel")
@@ -409,6 +419,17 @@ def parse_domain_xml(xml: str) -> Machine:
 
 _ACCELERATORS = {"kvm": Accelerator.KVM, "qemu": Accelerator.TCG}
 _BOOT = {device.value for device in BootDevice}
+
+
+def _parse_watchdog(element: ET.Element | None) -> WatchdogSpec | None:
+    """A watchdog device of a model and action the schema knows (any other: none)."""
+    if element is None:
+        return None
+    try:
+        action = WatchdogAction(element.get("action", "reset"))
+    except ValueError:
+        return None
+    return WatchdogSpec(action, element.get("model", "i6300esb"))
 
 
 def _memory_kib(element: ET.Element | None) -> int:

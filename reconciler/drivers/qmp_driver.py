@@ -104,6 +104,7 @@ _EVENTS = {
     "RESET": (EventKind.REBOOT, ""),
     "GUEST_PANICKED": (EventKind.LIFECYCLE, "stopped: crashed"),  # ended at its next observation
     "BLOCK_IO_ERROR": (EventKind.IO_ERROR, "disk"),
+    "WATCHDOG": (EventKind.WATCHDOG, "action"),  # and the action it took
 }
 
 
@@ -349,7 +350,10 @@ class QmpDriver:
             data: Any = event.get("data") or {}
             guest = bool(data.get("guest", True)) if isinstance(data, dict) else True
             if known is not None and (which != "SHUTDOWN" or guest):  # not our own quit
-                self._emit(name, *known)
+                kind, detail = known
+                if which == "WATCHDOG" and isinstance(data, dict):
+                    detail = f"action {data.get('action', 'unknown')}"
+                self._emit(name, kind, detail)
 
     def _emit(self, name: str, kind: EventKind, detail: str) -> None:
         callback = self._on_event

@@ -87,6 +87,11 @@ def export_manifest(machine: Machine, facts: ExportFacts) -> str:
         spec["rng"] = True
     if machine.guest_agent:
         spec["guestAgent"] = True
+    if machine.watchdog is not None:
+        spec["watchdog"] = {
+            "model": machine.watchdog.model,
+            "action": machine.watchdog.action.value,
+        }
     if facts.autostart:
         spec["autostart"] = True
     metadata: dict[str, Any] = {"name": machine.name}

@@ -18,6 +18,8 @@ from reconciler.model.desired import (
     MachineType,
     RunPolicy,
     UpdatePolicy,
+    WatchdogAction,
+    WatchdogSpec,
 )
 from reconciler.sizes import round_up
 
@@ -47,6 +49,14 @@ def machine_settings(
         "graphics": Graphics(spec.get("graphics", Graphics.NONE)),
         "rng": spec.get("rng", False),
         "guest_agent": spec.get("guestAgent", False),
+        "watchdog": (
+            None
+            if "watchdog" not in spec
+            else WatchdogSpec(
+                WatchdogAction(spec["watchdog"]["action"]),
+                spec["watchdog"].get("model", "i6300esb"),
+            )
+        ),
         "autostart": spec.get("autostart", False),
         "update_policy": UpdatePolicy(spec.get("updatePolicy", UpdatePolicy.NEXT_BOOT)),
         "max_memory_bytes": None if max_memory is None else round_up(max_memory, 1024),

@@ -100,6 +100,22 @@ class Graphics(enum.StrEnum):
     VNC = "vnc"  # listening on 127.0.0.1 only
 
 
+class WatchdogAction(enum.StrEnum):
+    """What a watchdog device does when the guest stops feeding it."""
+
+    RESET = "reset"
+    POWEROFF = "poweroff"
+    PAUSE = "pause"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogSpec:
+    """A watchdog device (the only model: i6300esb) and its action."""
+
+    action: WatchdogAction
+    model: str = "i6300esb"
+
+
 class UpdatePolicy(enum.StrEnum):
     """What a pass may do to a running instance for a change that takes a restart."""
 
@@ -249,6 +265,7 @@ class InstanceSpec:
     graphics: Graphics = Graphics.NONE
     rng: bool = False
     guest_agent: bool = False
+    watchdog: WatchdogSpec | None = None
     autostart: bool = False
     update_policy: UpdatePolicy = UpdatePolicy.NEXT_BOOT
     max_memory_bytes: int | None = None  # None: memory is the maximum

@@ -24,6 +24,7 @@ from reconciler.model.desired import (
     NicModel,
     NicType,
     PortForward,
+    WatchdogSpec,
 )
 
 BOOT_DISK_TARGET = "vda"
@@ -113,6 +114,7 @@ class Machine:
     graphics: Graphics = Graphics.NONE
     rng: bool = False
     guest_agent: bool = False
+    watchdog: WatchdogSpec | None = None
     # recorded with the ownership marker, not seen by the hypervisor: what deleting it may do
     protected: bool = False  # nothing deletes the domain
     delete_disks: bool = False  # state: absent and prune remove its disks too
@@ -174,7 +176,10 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 # fields added after domains were defined with this digest: left out while unset (None), so
 # that a new version does not read every existing domain as changed
-_LATE_FIELDS: dict[type, tuple[str, ...]] = {PortForward: ("guest_address",)}
+_LATE_FIELDS: dict[type, tuple[str, ...]] = {
+    PortForward: ("guest_address",),
+    Machine: ("watchdog",),
+}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}

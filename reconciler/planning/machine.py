@@ -105,6 +105,7 @@ def build_machine(spec: InstanceSpec, layout: DomainLayout) -> Machine:
         graphics=spec.graphics,
         rng=spec.rng,
         guest_agent=spec.guest_agent,
+        watchdog=spec.watchdog,
         protected=spec.protect,
         delete_disks=spec.deletion_policy is DeletionPolicy.DELETE,
         shutdown_timeout_seconds=spec.shutdown_timeout_seconds,
@@ -264,6 +265,7 @@ CHANGE_RULES: dict[str, Rule] = {
     "graphics": SettingRule("graphics", RESTART, lambda m: m.graphics.value),
     "rng": SettingRule("rng", RESTART, lambda m: m.rng),
     "guest_agent": SettingRule("guestAgent", RESTART, lambda m: m.guest_agent),
+    "watchdog": SettingRule("watchdog", RESTART, lambda m: _watchdog(m)),
     "description": FieldRule(LIVE, lambda _c, _w: "description"),
     "protected": FieldRule(LIVE, lambda c, w: f"protect {c.protected} -> {w.protected}"),
     "shutdown_timeout_seconds": FieldRule(
@@ -321,6 +323,11 @@ def _disk_changes(current: Machine, wanted: Machine) -> list[Change]:
     if before is not None and after is not None and before != after and before.path == after.path:
         changes.append(Change(f"boot disk {_disk(before)} -> {_disk(after)}", RESTART))
     return changes
+
+
+def _watchdog(machine: Machine) -> str:
+    watchdog = machine.watchdog
+    return "none" if watchdog is None else f"{watchdog.model} {watchdog.action.value}"
 
 
 def _accelerator(machine: Machine) -> str:

@@ -228,6 +228,22 @@ def destroy_domains(state_dir: Path) -> None:
             driver.close()
 
 
+@contextlib.contextmanager
+def separate_driver(e2e: E2E) -> Iterator[Any]:
+    """A driver of the session's kind on its state directory, of its own: a test may watch it
+    (the QMP driver's watch holds every QEMU's monitor, which then answers no other client)
+    and its close ends that, leaving the session's driver as it was."""
+    driver: Any = (
+        LibvirtDriver.open(None, e2e.state)
+        if e2e.driver_name == "libvirt"
+        else QmpDriver.open(e2e.state)
+    )
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `condition` until true or fail after `timeout` seconds."""
     poll(condition, timeout, what)

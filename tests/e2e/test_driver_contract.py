@@ -14,7 +14,7 @@ import pytest
 from reconciler.model.desired import Accelerator
 from reconciler.planning.machine import DomainLayout, build_machine
 from tests.contract import exercise
-from tests.e2e.conftest import E2E
+from tests.e2e.conftest import E2E, separate_driver
 from tests.helpers import make_spec, unique_name
 
 pytestmark = pytest.mark.both_drivers
@@ -36,7 +36,8 @@ def test_the_driver_keeps_the_seams_contract_on_real_qemu(e2e: E2E) -> None:
         os.kill(e2e.qemu_pid(crashed), signal.SIGKILL)
 
     try:
-        seen = exercise(e2e.driver, machine, crash=crash, timeout=120)
+        with separate_driver(e2e) as driver:  # it watches: not the session's driver
+            seen = exercise(driver, machine, crash=crash, timeout=120)
     finally:
         if e2e.driver.lookup(name) is not None:
             if e2e.state_of(name) is not None and e2e.driver.lookup(name).state.active:

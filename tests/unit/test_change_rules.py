@@ -23,6 +23,8 @@ from reconciler.model.desired import (
     Graphics,
     NicModel,
     NicType,
+    WatchdogAction,
+    WatchdogSpec,
 )
 from reconciler.model.machine import Disk, Machine, Nic, OwnershipMarker, config_drive_disk
 from reconciler.planning.machine import (
@@ -66,6 +68,7 @@ SAMPLES: dict[str, Any] = {
     "graphics": Graphics.VNC,
     "rng": True,
     "guest_agent": True,
+    "watchdog": WatchdogSpec(WatchdogAction.POWEROFF),
     "protected": True,
     "delete_disks": True,
     "shutdown_timeout_seconds": 17,

@@ -197,7 +197,7 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
         "(expected one of: accelerator, allowReplace, autostart, boot, cloudInit, cpu, "
         "deletionPolicy, description, disk, disks, files, firmware, graphics, guestAgent, "
         "host, hostname, image, machine, maxMemory, maxVcpus, memory, networks, protect, rng, "
-        "runPolicy, shutdownTimeoutSeconds, ssh, state, updatePolicy, vcpus)"
+        "runPolicy, shutdownTimeoutSeconds, ssh, state, updatePolicy, vcpus, watchdog)"
     )
 
 

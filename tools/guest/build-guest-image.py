@@ -34,7 +34,7 @@ PACKAGES = ("busybox-static", "syslinux-common", "syslinux-efi")
 MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "ata_piix", "ahci", "ata_generic",
     "sd_mod", "sr_mod", "isofs", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "button",
-    "evdev", "e1000", "8139cp", "virtio_balloon", "pvpanic_mmio",
+    "evdev", "e1000", "8139cp", "virtio_balloon", "pvpanic_mmio", "i6300esb",
 )  # fmt: skip
 DISK_BYTES = 24 * 1024**2
 PARTITION_START = 2048  # sectors: 1 MiB

@@ -83,6 +83,10 @@ if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/nul
     say panic
     echo c >/proc/sysrq-trigger
   fi
+  # a test guest that hangs: its user-data asks it to feed the watchdog device for N seconds,
+  # then to stop (the feeder killed: the device keeps counting, and fires)
+  watchdog_seconds=$(sed -n 's/.*reconciler-guest: watchdog \([0-9]*\).*/\1/p' \
+    /mnt/config/user-data 2>/dev/null | head -n 1)
 else
   say "config-drive=none"
 fi
@@ -117,6 +121,12 @@ for device in /sys/class/input/event*; do
   fi
 done
 say "power-button=${power_button:-none}"
+if [ -n "$watchdog_seconds" ] && [ -e /dev/watchdog ]; then
+  watchdog -F -T 4 -t 1 /dev/watchdog &
+  feeder=$!
+  say "watchdog-fed seconds=$watchdog_seconds"
+  ( sleep "$watchdog_seconds"; kill -9 "$feeder"; say watchdog-stopped ) &
+fi
 # opened before `ready`: evdev gives an event only to a reader that has the device open, and a
 # press that came between `ready` and the first read would be lost (seen on a loaded host)
 [ -n "$power_button" ] && exec 3<"$power_button"
