@@ -93,13 +93,13 @@ def render_inventory(entries: Sequence[InventoryEntry]) -> list[str]:
     sizes = max(len(entry.disk_text) for entry in entries)
     lines = [
         f"  {'NAME':<{names}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  "
-        f"{'DISK':<{sizes}}  PORTS"
+        f"{'DISK':<{sizes}}  ADDRESSES"
     ]
     for entry in entries:
         lines.append(
             f"  {entry.name:<{names}}  {entry.desired:<8}  {entry.observed:<13}  "
             f"{entry.accelerator:<5}  {entry.disk_text:<{sizes}}  "
-            f"{', '.join(entry.ports) or '-'}"
+            f"{'; '.join(address.describe() for address in entry.addresses) or '-'}"
         )
     return lines
 
@@ -130,6 +130,10 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
             f"  {item['name']:<{width}}  {item.get('desired') or '-':<8}  "
             f"{item.get('observed') or '-':<13}  {item.get('accelerator') or '-':<5}  {summary}"
         )
+        addresses = item.get("addresses") or []
+        if addresses:
+            shown = "; ".join(_address_text(address) for address in addresses)
+            lines.append(f"  {'':<{width}}  addresses: {shown}")
         error = item.get("lastError")
         if error:
             lines.append(f"  {'':<{width}}  error ({error.get('failure')}): {error.get('message')}")
@@ -185,3 +189,10 @@ def driver_text(driver: Driver) -> str:
     if driver.uri.startswith("qmp://"):
         return "QMP driver (QEMU run directly, no libvirt)"
     return f"libvirt {driver.uri}"
+
+
+def _address_text(address: dict[str, Any]) -> str:
+    """One interface's address as `status` shows it (from the daemon's JSON)."""
+    where = address.get("address") or f"{address.get('type')} ({address.get('source')})"
+    forwards = address.get("forwards") or []
+    return str(where) + (f" ({', '.join(forwards)})" if forwards else "")

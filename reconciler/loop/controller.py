@@ -46,8 +46,9 @@ from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
 from reconciler.manifests.filecache import FileStamp, ManifestFileCache, stamp
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
-from reconciler.model.actual import ObservedDomain
+from reconciler.model.actual import DomainFacts, ObservedDomain
 from reconciler.model.desired import InstanceSpec
+from reconciler.planning.addresses import machine_addresses
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger("reconciler.daemon")
@@ -444,11 +445,13 @@ class Controller:
             result = settled or self.reconciler.reconcile(spec)
         next_retry = self._requeue(name, spec, result)
         self._log_result(result, next_retry)
+        observed, addresses = self._observed(name, listing if settled is not None else None)
         self.status.record_result(
             result,
             started=started,
             triggers=triggers,
-            observed=self._observed(name, listing if settled is not None else None),
+            observed=observed,
+            addresses=addresses,
             failures=self.queue.retry_state(name).failures,
             next_retry=next_retry,
             pending_restart=result.pending_restart,
@@ -487,16 +490,24 @@ class Controller:
         )
         return self.reconciler.prune(name, refusal)
 
-    def _observed(self, name: str, listing: PassListing | None = None) -> str | None:
-        """The power state of `name` now (as `listing` saw it, for a name settled from it)."""
+    def _observed(
+        self, name: str, listing: PassListing | None = None
+    ) -> tuple[str | None, list[dict[str, object]] | None]:
+        """The power state of `name` now, and its addresses (as `listing` saw it, for a name
+        settled from it)."""
         if listing is not None:
             record = listing.domains.get(name)
         else:
             try:
                 record = self.driver.lookup(name)
             except ReconcilerError:
-                return None
-        return "absent" if record is None else record.state.value
+                return None, None
+        if record is None:
+            return "absent", None
+        if not isinstance(record, DomainFacts):
+            return record.state.value, None
+        addresses = [address.as_json() for address in machine_addresses(record.definition)]
+        return record.state.value, addresses
 
     def _log_result(self, result: InstanceResult, next_retry: float | None) -> None:
         if result.outcome is Outcome.FAILED:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
 from reconciler.model.actual import DomainFacts
+from reconciler.planning.addresses import InterfaceAddress, machine_addresses
 from reconciler.sizes import format_size
 
 
@@ -23,6 +24,7 @@ class InventoryEntry:
     disk: str
     disk_bytes: int | None  # the boot disk's virtual size (None: unreadable or missing)
     ports: tuple[str, ...]  # host address:port/protocol -> guest port
+    addresses: tuple[InterfaceAddress, ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -34,6 +36,7 @@ class InventoryEntry:
             "accelerator": self.accelerator,
             "disk": {"path": self.disk, "bytes": self.disk_bytes},
             "ports": list(self.ports),
+            "addresses": [address.as_json() for address in self.addresses],
         }
 
     @property
@@ -69,4 +72,5 @@ def _entry(reconciler: Reconciler, record: DomainFacts) -> InventoryEntry:
         disk=disk,
         disk_bytes=None if overlay is None else overlay.virtual_size,
         ports=ports,
+        addresses=machine_addresses(definition),
     )

@@ -50,6 +50,7 @@ class InstanceStatus:
     reconciles: int = 0
     triggers: dict[str, int] = field(default_factory=dict)  # reconciles by what caused them
     last_event: dict[str, Any] | None = None
+    addresses: list[dict[str, object]] | None = None  # per interface (planning.addresses)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class InstanceStatus:
             "reconciles": self.reconciles,
             "triggers": dict(sorted(self.triggers.items())),
             "lastEvent": self.last_event,
+            "addresses": self.addresses,
         }
 
 
@@ -128,6 +130,7 @@ class StatusBook:
         triggers: AbstractSet[str],
         observed: str | None,
         failures: int,
+        addresses: list[dict[str, object]] | None = None,
         next_retry: float | None,
         pending_restart: bool,
     ) -> None:
@@ -161,6 +164,7 @@ class StatusBook:
             else:
                 entry.last_error = None
             entry.observed = observed
+            entry.addresses = addresses
             entry.failures = failures
             entry.next_retry = next_retry
             entry.waiting_for_change = result.failure is Failure.PERMANENT

@@ -249,13 +249,18 @@ def test_status_without_a_daemon_observes_the_state_directory(
     (line,) = [row for row in status.out.splitlines() if row.split()[:1] == [name]]
     accelerator = "kvm" if probe_local_kvm().usable else "tcg"  # auto, on this host
     assert line.split()[1:5] == ["running", "running", accelerator, "64MiB"]
-    assert f"127.0.0.1:{port}/tcp->22" in line
+    assert f"10.0.2.15 (127.0.0.1:{port} -> 22/tcp)" in line  # the address, each forward
     (other,) = [row for row in status.out.splitlines() if row.split()[:1] == [stopped]]
     assert other.split()[1:3] == ["stopped", "shutoff"]
     one = reconcile("status", name, "-o", "json")
     assert one.code == 0, one.err
     (entry,) = json.loads(one.out)["instances"]
     assert entry["observed"] == "running" and entry["disk"]["bytes"] == 64 * 1024**2
+    (address,) = entry["addresses"]
+    assert (address["type"], address["address"], address["source"]) == (
+        "user", "10.0.2.15", "user-mode DHCP",
+    )  # fmt: skip
+    assert address["forwards"] == [f"127.0.0.1:{port} -> 22/tcp"]
     missing = reconcile("status", "rct-nosuch")
     assert missing.code == 2 and "no instance named 'rct-nosuch'" in missing.err
 
