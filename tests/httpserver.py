@@ -15,12 +15,14 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -129,7 +131,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
 
-class _Server(http.server.ThreadingHTTPServer):
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """A test HTTP server that takes a client hanging up (an abandoned download, a retry) as
+    the ordinary event it is in these tests, not as an error with a traceback on the
+    terminal."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Server(QuietHTTPServer):
     daemon_threads = True
     paths: dict[str, Behaviour]
     lock: threading.Lock
@@ -254,7 +269,7 @@ def _relay(client: socket.socket, upstream: socket.socket) -> None:
         upstream.close()
 
 
-class _ProxyServer(http.server.ThreadingHTTPServer):
+class _ProxyServer(QuietHTTPServer):
     daemon_threads = True
     mode: str
     expected_authorization: str

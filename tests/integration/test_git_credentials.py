@@ -18,6 +18,7 @@ import pytest
 
 from reconciler.gitops.source import GitSettings, GitSource
 from tests.gitrepo import Repository
+from tests.httpserver import QuietHTTPServer
 
 PASSWORD = "s3cr3tPW"
 
@@ -46,7 +47,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Repository, int]]:
     repository.commit("first")
     subprocess.run(["git", "--git-dir", str(repository.origin), "update-server-info"], check=True)
     handler = functools.partial(_AuthHandler, directory=str(repository.origin.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
