@@ -27,20 +27,11 @@ from reconciler.model.desired import (
     Firmware,
     Graphics,
     NicType,
-    WatchdogAction,
 )
 from reconciler.model.machine import Disk, Machine, Nic
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 DISK_SLOT_BASE = 0x04  # virtio disks, in target order (NICs sit where they do under libvirt)
-
-
-# what -action watchdog= calls each action
-_WATCHDOG_ACTIONS = {
-    WatchdogAction.RESET: "reset",
-    WatchdogAction.POWEROFF: "poweroff",
-    WatchdogAction.PAUSE: "pause",
-}
 
 
 class UnsupportedByQemuDriver(ValueError):
@@ -113,7 +104,7 @@ def render_qemu_argv(machine: Machine, files: ProcessFiles, emulator: str = EMUL
         argv += ["-device", "virtio-rng-pci,rng=rng0"]
     if machine.watchdog is not None:
         argv += ["-device", machine.watchdog.model]
-        argv += ["-action", f"watchdog={_WATCHDOG_ACTIONS[machine.watchdog.action]}"]
+        argv += ["-action", f"watchdog={machine.watchdog.action.value}"]  # QEMU's words
     if machine.guest_agent:
         argv += ["-chardev", f"socket,id=qga0,path={files.guest_agent_socket},server=on,wait=off"]
         argv += ["-device", "virtio-serial-pci,id=serial1"]

@@ -11,7 +11,6 @@ it is otherwise (libvirt's domain metadata), so nothing the manifest does not ma
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, InstanceError, ReconcilerError
 from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.images.records import hash_file
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
 from reconciler.manifests.export import ExportFacts, export_manifest
@@ -237,18 +237,12 @@ def take_over_of(
 
 
 def _sha256_of(path: Path) -> str | None:
-    """The sha256 of a regular file's content (None: not a regular file, or unreadable)."""
+    """The sha256 of a regular file's content (None: not a regular file, or unreadable; a
+    FIFO named as a base is never read)."""
     try:
-        with open(path, "rb", buffering=0, opener=_nonblocking) as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                return None
-            return hashlib.file_digest(file, "sha256").hexdigest()
-    except OSError:
+        return hash_file(path)
+    except InstanceError:
         return None
-
-
-def _nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)  # a FIFO named as a base does not hang us
 
 
 def _existing_ancestor(path: Path) -> Path:

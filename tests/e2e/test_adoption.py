@@ -269,6 +269,15 @@ def test_adopt_leaves_a_disk_it_cannot_take_over_as_it_is_and_says_why(
         assert running.code == 1 and "shut the domain down first" in running.out
         e2e.driver.force_stop(name)
 
+        # a definition edited to name a symlink: only a disk file itself is ever moved
+        link = disk.with_name("link.qcow2")
+        link.symlink_to(disk)
+        e2e.driver.repoint_boot_disk(name, str(link))
+        linked = reconcile("adopt", name, str(tmp_path / "m"))
+        assert linked.code == 1 and f"its boot disk {link} is not a regular file" in linked.out
+        assert link.is_symlink() and disk.exists() and not target.exists()
+        e2e.driver.repoint_boot_disk(name, str(disk))
+
         # a disk of the state directory (another instance's) is never taken over
         inside = e2e.state.instance(f"{name}-other").directory
         inside.mkdir(parents=True)
