@@ -9,7 +9,8 @@ same packages give the same bytes; a second run with unchanged inputs does nothi
 
 Contents: an MBR (SYSLINUX's mbr.bin) and one FAT partition holding SYSLINUX, the Debian kernel
 (unpacked from its package, never installed on the host) and an initramfs with busybox-static,
-the modules the guest needs (virtio, SATA/IDE, CD-ROM, iso9660, vfat, ACPI button, NICs) and
+Debian's QEMU guest agent (qemu-ga, with the libraries it loads), the modules the guest needs
+(virtio, SATA/IDE, CD-ROM, iso9660, vfat, ACPI button, NICs, virtio console) and
 tools/guest/init.sh as /init. Host tools used: apt-get download, dpkg-deb, mtools, syslinux,
 qemu-img.
 """
@@ -31,10 +32,19 @@ HERE = Path(__file__).resolve().parent
 NAME = "reconciler-guest"
 KERNEL_METAPACKAGE = "linux-image-amd64"
 PACKAGES = ("busybox-static", "syslinux-common", "syslinux-efi")
+# the QEMU guest agent, Debian's own, with the libraries it loads (found by the package's own
+# dynamic loader: see library_closure)
+AGENT = "usr/sbin/qemu-ga"
+AGENT_PACKAGES = (
+    "qemu-guest-agent", "libc6", "libglib2.0-0", "libnuma1", "libudev1", "liburing2",
+    "libpcre2-8-0",
+)  # fmt: skip
+LOADER = "lib64/ld-linux-x86-64.so.2"
+LIBRARY_DIR = "lib/x86_64-linux-gnu"
 MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "ata_piix", "ahci", "ata_generic",
     "sd_mod", "sr_mod", "isofs", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "button",
-    "evdev", "e1000", "8139cp", "virtio_balloon", "pvpanic_mmio", "i6300esb",
+    "evdev", "e1000", "8139cp", "virtio_balloon", "pvpanic_mmio", "i6300esb", "virtio_console",
 )  # fmt: skip
 DISK_BYTES = 24 * 1024**2
 PARTITION_START = 2048  # sectors: 1 MiB
@@ -124,6 +134,39 @@ def module_closure(module_dir: Path) -> list[Path]:
     return ordered
 
 
+def inside(root: Path, path: Path) -> Path:
+    """`path` (under `root`) with its symlinks resolved inside `root`: an absolute link target
+    names a file of the unpacked packages, never one of the host."""
+    seen = 0
+    while path.is_symlink():
+        target = Path(os.readlink(path))
+        path = root / target.relative_to("/") if target.is_absolute() else path.parent / target
+        seen += 1
+        if seen > 16:
+            raise SystemExit(f"build-guest-image: a symlink loop at {path}")
+    return path
+
+
+def library_closure(root: Path, program: str) -> dict[str, bytes]:
+    """The shared libraries `program` loads, by their name in the guest's library directory,
+    as resolved by the packages' own dynamic loader (`ld.so --list`), which runs here: the
+    guest is x86-64 like the host. A library found outside the unpacked packages is missing
+    from AGENT_PACKAGES."""
+    search = f"{root / LIBRARY_DIR}:{root / 'usr' / LIBRARY_DIR}"
+    listing = run(str(inside(root, root / LOADER)), "--library-path", search, "--list",
+                  str(root / program))  # fmt: skip
+    found: dict[str, bytes] = {}
+    for line in listing.splitlines():
+        match = re.match(r"\s*(\S+) => (\S+) \(", line)
+        if match is None or match.group(1).startswith("/"):
+            continue  # the vDSO, or the loader itself
+        path = Path(match.group(2))
+        if not path.is_relative_to(root):
+            raise SystemExit(f"build-guest-image: {program} needs {path}: add its package")
+        found[match.group(1)] = inside(root, path).read_bytes()
+    return found
+
+
 def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
     """A newc cpio archive of (name, mode, data, rdev) with fixed owners and times."""
     out = bytearray()
@@ -171,6 +214,12 @@ def build_initramfs(root: Path, modules: list[Path], module_dir: Path) -> bytes:
     entries.append(("dev/console", char, b"", (5 << 8) | 1))
     entries.append(("bin/busybox", executable, (root / "bin" / "busybox").read_bytes(), 0))
     entries.append(("init", executable, (HERE / "init.sh").read_bytes(), 0))
+    for name in ("lib64", "lib/x86_64-linux-gnu", "usr", "usr/sbin"):
+        entries.append((name, directory, b"", 0))
+    entries.append((LOADER, executable, inside(root, root / LOADER).read_bytes(), 0))
+    for library, data in sorted(library_closure(root, AGENT).items()):
+        entries.append((f"{LIBRARY_DIR}/{library}", executable, data, 0))
+    entries.append((AGENT, executable, (root / AGENT).read_bytes(), 0))
     names = [str(path.relative_to(module_dir)) for path in modules]
     entries.append(("etc/modules.order", regular, ("\n".join(names) + "\n").encode(), 0))
     made = {"lib/modules"}
@@ -286,7 +335,7 @@ def main(argv: list[str]) -> int:
         return 2
     output = Path(argv[1]).resolve()
     cache = Path(argv[2] if len(argv) == 3 else output.parent / "guest").resolve()
-    debs = download([kernel_package(), *PACKAGES], cache / "debs")
+    debs = download([kernel_package(), *PACKAGES, *AGENT_PACKAGES], cache / "debs")
     key = input_key(debs)
     stamp = cache / f"{key}.built"
     outputs = [output / f"{NAME}.raw", output / f"{NAME}.qcow2"]

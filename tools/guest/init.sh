@@ -7,10 +7,18 @@
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 
 say() { echo "reconciler-guest: $*"; }
+# cloud-init's own console lines (its stage banner and its default final message, the same
+# words from 0.7 to 24.x), so that what reads them is tested against this guest
+cloud_init() {
+  echo "Cloud-init v. 22.4.2 $1 at $(date -u '+%a, %d %b %Y %H:%M:%S +0000')$2" \
+    "Up $(cut -d' ' -f1 /proc/uptime) seconds$3"
+}
 
 say booted
+cloud_init "running 'init-local'" "." "."
 while read -r module; do
   insmod "/lib/modules/$module" 2>/dev/null
 done </etc/modules.order
@@ -73,6 +81,8 @@ if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/nul
   [ -f "$meta" ] || meta=/mnt/config/openstack/latest/meta_data.json
   value() { sed -n -e "s/^[[:space:]]*\"\{0,1\}$1\"\{0,1\}[[:space:]]*:[[:space:]]*//p" "$meta" |
     head -n 1 | sed -e 's/[",]//g' -e "s/'//g" -e 's/[[:space:]]*$//'; }
+  asked() { sed -n "s/.*reconciler-guest: $1 \\([0-9]*\\).*/\\1/p" /mnt/config/user-data \
+    2>/dev/null | head -n 1; }
   say "instance-id=$(value instance-id)"
   given=$(value local-hostname)
   say "local-hostname=$given"
@@ -85,8 +95,12 @@ if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/nul
   fi
   # a test guest that hangs: its user-data asks it to feed the watchdog device for N seconds,
   # then to stop (the feeder killed: the device keeps counting, and fires)
-  watchdog_seconds=$(sed -n 's/.*reconciler-guest: watchdog \([0-9]*\).*/\1/p' \
-    /mnt/config/user-data 2>/dev/null | head -n 1)
+  watchdog_seconds=$(asked watchdog)
+  # a guest whose service comes up late, or stops after a while (for probe tests)
+  services_after=$(asked services-after)
+  services_stop_after=$(asked services-stop-after)
+  grep -q "reconciler-guest: cloud-init-error" /mnt/config/user-data 2>/dev/null &&
+    cloud_init_error=yes
 else
   say "config-drive=none"
 fi
@@ -107,9 +121,40 @@ if [ -n "$first" ] && ip addr add 10.0.2.15/24 dev "$first" 2>/dev/null; then
   ip route add default via 10.0.2.2 dev "$first" 2>/dev/null
   say "ip $first 10.0.2.15"
 fi
-mkdir -p /www
+# Debian's qemu-ga on the guest agent's virtio port, where the machine has that channel
+for port in /sys/class/virtio-ports/vport*; do
+  [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  mkdir -p /run/qemu-ga
+  qemu-ga -m virtio-serial -p "/dev/${port##*/}" -t /run/qemu-ga -l /run/qemu-ga.log &
+  say "guest-agent=${port##*/}"
+done
+
+# The guest's services: the reply server, /run/alive (for exec probes) and cloud-init's final
+# message with its result file; at once, or `services-after` seconds after `ready`; stopped
+# again `services-stop-after` seconds after they started
+mkdir -p /www /run/cloud-init
 echo "reconciler-guest $(hostname)" >/www/index.html
-httpd -p 80 -h /www && say "http=80"
+services() {
+  httpd -f -p 80 -h /www &
+  http=$!
+  say "http=80"
+  touch /run/alive
+  errors=""
+  if [ -n "$cloud_init_error" ]; then
+    echo "$(date -u '+%Y-%m-%d %H:%M:%S'),000 - util.py[WARNING]: Running module scripts-user" \
+      "(<module 'cloudinit.config.cc_scripts_user' from '/usr/lib/python3/dist-packages/" \
+      "cloudinit/config/cc_scripts_user.py'>) failed"
+    errors='"Running module scripts-user failed"'
+  fi
+  datasource="DataSourceNoCloud [seed=/dev/sr0][dsmode=net]"
+  echo "{\"v1\": {\"datasource\": \"$datasource\", \"errors\": [$errors]}}" \
+    >/run/cloud-init/result.json
+  cloud_init finished ". Datasource $datasource. " ""
+  if [ -n "$services_stop_after" ]; then
+    ( sleep "$services_stop_after"; kill "$http"; rm -f /run/alive; say services-stopped ) &
+  fi
+}
+[ -z "$services_after" ] && services
 
 # The ACPI power button arrives as KEY_POWER (116) on the "Power Button" input device; each
 # input_event is 24 bytes (16 of time, then type, code and value).
@@ -131,6 +176,7 @@ fi
 # press that came between `ready` and the first read would be lost (seen on a loaded host)
 [ -n "$power_button" ] && exec 3<"$power_button"
 say ready
+[ -n "$services_after" ] && ( sleep "$services_after"; services ) &
 
 # disks plugged in or out while the guest runs, checked every second
 (
