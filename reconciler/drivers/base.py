@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import ObservedDomain
@@ -171,6 +171,15 @@ class Driver(Protocol):
     def cpu_seconds(self, name: str) -> float | None:
         """The CPU time a running domain has used so far, in seconds (None when the driver
         cannot tell): how far a guest got, whatever the host's load."""
+        ...
+
+    def agent_command(
+        self, name: str, command: str, arguments: dict[str, Any] | None, timeout: float
+    ) -> Any:
+        """Send one command to the QEMU guest agent of running domain `name` and return its
+        result (decoded JSON, which the guest wrote: check its shape before use). DriverError
+        when the domain has no agent channel, the agent does not answer within `timeout`
+        seconds, or answers with an error."""
         ...
 
     def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:

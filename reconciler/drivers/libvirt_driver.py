@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
+from reconciler.drivers.guestagent import agent_request, decode_agent_reply
 from reconciler.drivers.host import busy_ports, is_domain_emulator
 from reconciler.drivers.kvm import probe_local_kvm
 from reconciler.drivers.libvirt_xml import (
@@ -693,6 +694,17 @@ class LibvirtDriver:
             if network.type is NicType.DIRECT and not device.exists():
                 return f"host network device {network.source!r} does not exist"
         return None
+
+    @_wrap_errors("ask the guest agent of")
+    def agent_command(
+        self, name: str, command: str, arguments: dict[str, Any] | None, timeout: float
+    ) -> Any:
+        import libvirt_qemu  # the QEMU-only calls, beside libvirt
+
+        request = agent_request(command, arguments)
+        seconds = max(1, round(timeout))
+        reply = libvirt_qemu.qemuAgentCommand(self._require(name), request, seconds, 0)
+        return decode_agent_reply(f"ask the guest agent of {name}", reply or "")
 
     @_wrap_errors("read disk of")
     def disk_capacity(self, name: str, target: str) -> int:

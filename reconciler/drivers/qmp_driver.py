@@ -42,6 +42,7 @@ from qemu.qmp import QMPClient, QMPError, Runstate
 
 from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
 from reconciler.drivers.definition import DefinitionError, machine_from_json, machine_to_json
+from reconciler.drivers.guestagent import agent_over_socket, agent_request
 from reconciler.drivers.host import (
     busy_ports,
     emulator_process,
@@ -126,6 +127,7 @@ class QmpDriver:
         self._scanner: Any = None  # the watcher's scan (a concurrent future)
         self._listeners: set[asyncio.Task[None]] = set()
         self._monitors: dict[str, asyncio.Lock] = {}
+        self._agents: dict[str, threading.Lock] = {}  # QEMU's agent socket takes one client
         self._emulators_seen: dict[tuple[str, str], int] = {}
         self._emulators_at = -EMULATORS_SECONDS * 2
 
@@ -433,6 +435,22 @@ class QmpDriver:
         definition = self._definition(name)
         pid = None if definition is None else self._pid(name, definition.uuid or "")
         return None if pid is None else process_cpu_seconds(pid)
+
+    def agent_command(
+        self, name: str, command: str, arguments: dict[str, Any] | None, timeout: float
+    ) -> Any:
+        subject = f"ask the guest agent of {name}"
+        if not self._require_live(name, "ask the guest agent of").guest_agent:
+            raise DriverError(subject, "the domain has no guest agent channel (guestAgent: true)")
+        with self._lock:
+            lock = self._agents.setdefault(name, threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            raise DriverError(subject, "another request to the guest agent is still waiting")
+        try:
+            path = self._paths(name).guest_agent_socket
+            return agent_over_socket(path, subject, agent_request(command, arguments), timeout)
+        finally:
+            lock.release()
 
     def log_hint(self, name: str) -> str:
         return f"QEMU's log: {self._paths(name).qemu_log}"

@@ -23,7 +23,7 @@ from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation,
 from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
 from reconciler.manifests.guest import aim_forwards, guest_config, networks
-from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings
+from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes
 from reconciler.manifests.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -513,6 +513,7 @@ def _to_instance_spec(
         lambda text, pointer: _size_or_error(text, pointer, fail),
         size_maximum("/spec/disk/size"),
     )
+    settings.update(probes(spec, interfaces, fail))
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})

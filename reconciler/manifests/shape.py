@@ -16,6 +16,10 @@ from reconciler.model.desired import (
     Graphics,
     ImageFormat,
     MachineType,
+    NetworkSpec,
+    NicType,
+    ProbeKind,
+    ProbeSpec,
     RunPolicy,
     UpdatePolicy,
     WatchdogAction,
@@ -65,6 +69,66 @@ def machine_settings(
         "deletion_policy": DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.RETAIN)),
         "run_policy": RunPolicy(spec.get("runPolicy", RunPolicy.ALWAYS)),
     }
+
+
+_PROBE_KINDS = tuple(kind.value for kind in ProbeKind)
+
+
+def probes(
+    spec: dict[str, Any], interfaces: tuple[NetworkSpec, ...], fail: Fail
+) -> dict[str, ProbeSpec | None]:
+    """InstanceSpec's `readiness` and `liveness` from `spec`. A probe names exactly one kind;
+    one through the guest agent needs the agent's channel; a port must be reachable: through
+    a user-mode port forward to it, or on an interface that is not user-mode."""
+    found: dict[str, ProbeSpec | None] = {}
+    for key in ("readiness", "liveness"):
+        found[key] = None
+        if key not in spec:
+            continue
+        pointer = f"/spec/{key}"
+        item = spec[key]
+        kinds = [kind for kind in _PROBE_KINDS if kind in item]
+        if len(kinds) != 1:
+            named = ", ".join(kinds) if kinds else "none"
+            fail(pointer, f"a probe names exactly one of {', '.join(_PROBE_KINDS)} (this: {named})")
+            continue
+        kind = ProbeKind(kinds[0])
+        body = item[kind.value]
+        if kind in (ProbeKind.GUEST_AGENT, ProbeKind.EXEC) and not spec.get("guestAgent", False):
+            fail(f"{pointer}/{kind.value}", f"a {kind.value} probe needs guestAgent: true")
+            continue
+        port = body["port"] if kind in (ProbeKind.TCP, ProbeKind.HTTP) else None
+        if port is not None and not _reachable(port, interfaces):
+            fail(
+                f"{pointer}/{kind.value}/port",
+                f"guest port {port} cannot be reached from the host: forward a host port to it "
+                "(networks[].ports) or give the instance an interface on a libvirt network or "
+                "bridge",
+            )
+            continue
+        found[key] = ProbeSpec(
+            kind=kind,
+            port=port,
+            path=body.get("path", "/") if kind is ProbeKind.HTTP else "/",
+            expect_status=body.get("expectStatus") if kind is ProbeKind.HTTP else None,
+            command=tuple(body["command"]) if kind is ProbeKind.EXEC else (),
+            initial_delay_seconds=item.get("initialDelaySeconds", 0),
+            period_seconds=item.get("periodSeconds", 10),
+            timeout_seconds=item.get("timeoutSeconds", 1),
+            success_threshold=item.get("successThreshold", 1),
+            failure_threshold=item.get("failureThreshold", 3),
+        )
+    return found
+
+
+def _reachable(port: int, interfaces: tuple[NetworkSpec, ...]) -> bool:
+    return any(
+        interface.type is not NicType.USER
+        or any(
+            forward.guest == port and forward.protocol.value == "tcp" for forward in interface.ports
+        )
+        for interface in interfaces
+    )
 
 
 def data_disks(

@@ -116,6 +116,47 @@ class WatchdogSpec:
     model: str = "i6300esb"
 
 
+class ProbeKind(enum.StrEnum):
+    """How a probe checks the guest (the manifest's key for it)."""
+
+    TCP = "tcp"  # a TCP connection opens
+    HTTP = "http"  # an HTTP GET answers with the expected status
+    GUEST_AGENT = "guestAgent"  # the QEMU guest agent answers a ping
+    EXEC = "exec"  # a command run through the guest agent exits 0
+    CLOUD_INIT = "cloudInit"  # cloud-init reports it finished this boot, without errors
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """A readiness or liveness probe: what it checks, and when (Kubernetes' fields, names and
+    defaults). `port` for tcp and http; `path` and `expect_status` (None: any 2xx or 3xx)
+    for http; `command` for exec."""
+
+    kind: ProbeKind
+    port: int | None = None
+    path: str = "/"
+    expect_status: int | None = None
+    command: tuple[str, ...] = ()
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    def describe(self) -> str:
+        """What it checks, in words: `tcp port 22`, `http GET :80/healthz`, ..."""
+        if self.kind is ProbeKind.TCP:
+            return f"tcp port {self.port}"
+        if self.kind is ProbeKind.HTTP:
+            expect = f" (expect {self.expect_status})" if self.expect_status else ""
+            return f"http GET :{self.port}{self.path}{expect}"
+        if self.kind is ProbeKind.EXEC:
+            return "exec " + " ".join(self.command)[:80]
+        if self.kind is ProbeKind.GUEST_AGENT:
+            return "guest agent ping"
+        return "cloud-init done"
+
+
 class UpdatePolicy(enum.StrEnum):
     """What a pass may do to a running instance for a change that takes a restart."""
 
@@ -273,3 +314,5 @@ class InstanceSpec:
     protect: bool = False  # nothing deletes the domain while its recorded protection is on
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN  # the disks, on absent and prune
     run_policy: RunPolicy = RunPolicy.ALWAYS
+    readiness: ProbeSpec | None = None  # None: a running domain is ready
+    liveness: ProbeSpec | None = None  # None: a running domain is live

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import threading
 import uuid as uuid_module
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from reconciler.drivers.base import DomainEvent, EventCallback, EventKind, LostCallback
 from reconciler.errors import ConnectionLost, DriverError
@@ -32,6 +34,8 @@ class FakeDomain:
     honours_acpi: bool = True
     presses_missed: int = 0  # ACPI presses the guest misses before it listens (early boot)
     autostart: bool = False
+    # the guest agent: (command, arguments) -> its result; None: no agent answers
+    agent: Callable[[str, dict[str, Any] | None], Any] | None = None
 
 
 class FakeDriver:
@@ -243,6 +247,20 @@ class FakeDriver:
     def cpu_seconds(self, name: str) -> float | None:
         """The fake driver runs no guest: it cannot tell."""
         return None
+
+    def agent_command(
+        self, name: str, command: str, arguments: dict[str, Any] | None, timeout: float
+    ) -> Any:
+        """What the domain's scripted agent answers (FakeDomain.agent)."""
+        with self._lock:
+            subject = f"ask the guest agent of {name}"
+            domain = self.domains.get(name)
+            if domain is None or domain.state is not PowerState.RUNNING:
+                raise DriverError(subject, "domain is not running")
+            if domain.agent is None or not domain.machine.guest_agent:
+                raise DriverError(subject, "the guest agent is not connected")
+            agent = domain.agent
+        return agent(command, arguments)
 
     def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
         self._watchers = (on_event, on_lost)

@@ -196,8 +196,9 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
         f"{tmp_path}/m.yaml:14:3: /spec/a~1b~0c: unknown field 'a/b~c' "
         "(expected one of: accelerator, allowReplace, autostart, boot, cloudInit, cpu, "
         "deletionPolicy, description, disk, disks, files, firmware, graphics, guestAgent, "
-        "host, hostname, image, machine, maxMemory, maxVcpus, memory, networks, protect, rng, "
-        "runPolicy, shutdownTimeoutSeconds, ssh, state, updatePolicy, vcpus, watchdog)"
+        "host, hostname, image, liveness, machine, maxMemory, maxVcpus, memory, networks, "
+        "protect, readiness, rng, runPolicy, shutdownTimeoutSeconds, ssh, state, updatePolicy, "
+        "vcpus, watchdog)"
     )
 
 

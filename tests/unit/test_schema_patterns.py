@@ -53,6 +53,7 @@ VALID_SAMPLES = {
     ],
     "/properties/spec/properties/disks/items/properties/name": ["data", "logs-1"],
     "/$defs/size": ["20GiB", "1.5 G", "512"],
+    "/$defs/probe/properties/http/properties/path": ["/", "/healthz", "/a?b=c&d=%20"],
 }
 
 
@@ -70,6 +71,10 @@ VALID_SAMPLES = {
         ("/properties/metadata/properties/labels/additionalProperties", "a\tb"),
         ("/properties/spec/properties/description", "bell\x07"),
         ("/properties/spec/properties/description", "\x00"),
+        # a request line of our own: no space, no CR or LF to smuggle a header in
+        ("/$defs/probe/properties/http/properties/path", "/ HTTP/1.1\r\nHost: x"),
+        ("/$defs/probe/properties/http/properties/path", "/\n"),
+        ("/$defs/probe/properties/http/properties/path", "healthz"),
     ],
 )
 def test_hostile_values_do_not_match(pointer: str, sample: str) -> None:
