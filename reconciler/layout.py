@@ -13,7 +13,8 @@ spells a name of the state directory: each asks here, and so do the tests.
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
       images/.sources/        digests of local sources given without sha256, by file identity
       instances/<name>/       disk.qcow2 (overlay), data-<disk>.<format>, config-<digest>.iso,
-                              nvram.fd, console.log, host-shutdown; under the QMP driver also
+                              nvram.fd, console.log, host-shutdown, health.json; under the
+                              QMP driver also
                               domain.json, live.json, qmp.sock, qemu.pid, qemu.log, stopped
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
@@ -63,6 +64,11 @@ class InstancePaths:
 
     def data_disk(self, disk: DataDiskSpec) -> Path:
         return self.directory / disk.file_name
+
+    @property
+    def health(self) -> Path:
+        """The instance's probes and its Ready and Live conditions (health.record)."""
+        return self.directory / "health.json"
 
     def aside(self, base_name: str) -> Path:
         """Where a replaced boot disk is moved: its name says which base it was built on."""

@@ -182,6 +182,11 @@ class Driver(Protocol):
         seconds, or answers with an error."""
         ...
 
+    def dhcp_leases(self, network: str) -> dict[str, str]:
+        """The DHCP leases of libvirt network `network`: MAC (lower case) -> address (empty
+        where the driver has no such networks)."""
+        ...
+
     def watch(self, on_event: EventCallback, on_lost: LostCallback) -> None:
         """Deliver events about every domain to `on_event`, and call `on_lost` (with the reason)
         when the connection is lost, both from a driver thread. Kept across `reconnect`."""

@@ -706,6 +706,15 @@ class LibvirtDriver:
         reply = libvirt_qemu.qemuAgentCommand(self._require(name), request, seconds, 0)
         return decode_agent_reply(f"ask the guest agent of {name}", reply or "")
 
+    @_wrap_errors("read the DHCP leases of network")
+    def dhcp_leases(self, network: str) -> dict[str, str]:
+        leases = self._conn.networkLookupByName(network).DHCPLeases()
+        return {
+            str(lease["mac"]).lower(): str(lease["ipaddr"])
+            for lease in leases or []
+            if lease.get("mac") and lease.get("ipaddr")
+        }
+
     @_wrap_errors("read disk of")
     def disk_capacity(self, name: str, target: str) -> int:
         capacity, _allocation, _physical = self._require(name).blockInfo(target)

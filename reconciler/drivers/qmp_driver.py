@@ -452,6 +452,9 @@ class QmpDriver:
         finally:
             lock.release()
 
+    def dhcp_leases(self, network: str) -> dict[str, str]:
+        return {}  # no libvirt networks here (the manifest's type: network is refused)
+
     def log_hint(self, name: str) -> str:
         return f"QEMU's log: {self._paths(name).qemu_log}"
 

@@ -1,10 +1,10 @@
-"""Where a guest can be reached, per interface, as far as the machine itself says: for a
-user-mode NIC, the address QEMU's user-mode network gives the guest (or the static one the
-port forwards are aimed at) and each port forward from the host. Pure.
+"""Where a guest can be reached, per interface. Pure: what was observed is passed in.
 
-Interfaces on a libvirt network, a bridge or a host device get their addresses from the
-guest (agent, DHCP leases, the neighbour table), which this does not observe: they are
-listed with no address.
+From the machine itself: for a user-mode NIC, the address QEMU's user-mode network gives the
+guest (or the static one the port forwards are aimed at) and each port forward from the
+host. Observed (health.addresses), by MAC, in this order: the guest agent's report of the
+guest's interfaces, the libvirt network's DHCP leases, the host's neighbour table; the first
+that knows an interface's address gives it, and is named as its source.
 """
 
 from __future__ import annotations
@@ -41,11 +41,20 @@ class InterfaceAddress:
         return where + (f" ({', '.join(self.forwards)})" if self.forwards else "")
 
 
-def machine_addresses(machine: Machine) -> tuple[InterfaceAddress, ...]:
+# the observed sources, in the order they are believed
+GUEST_AGENT, DHCP_LEASE, NEIGHBOUR = "guest agent", "DHCP lease", "neighbour table"
+Observed = dict[str, dict[str, str]]  # source -> MAC (lower case) -> address
+
+
+def machine_addresses(
+    machine: Machine, observed: Observed | None = None
+) -> tuple[InterfaceAddress, ...]:
     found = []
     for nic in machine.nics:
+        seen = _observed(nic.mac, observed or {})
         if nic.type is not NicType.USER:
-            found.append(InterfaceAddress(nic.mac, nic.type.value, None, "not observed"))
+            address, source = seen or (None, "not observed")
+            found.append(InterfaceAddress(nic.mac, nic.type.value, address, source))
             continue
         static = next((p.guest_address for p in nic.ports if p.guest_address), None)
         forwards = tuple(
@@ -54,5 +63,20 @@ def machine_addresses(machine: Machine) -> tuple[InterfaceAddress, ...]:
         )
         source = "static, the port forwards' guest address" if static else "user-mode DHCP"
         address = static or USER_MODE_DHCP_ADDRESS
+        if seen is not None:
+            address, source = seen
         found.append(InterfaceAddress(nic.mac, nic.type.value, address, source, forwards))
     return tuple(found)
+
+
+def _observed(mac: str, observed: Observed) -> tuple[str, str] | None:
+    for source in (GUEST_AGENT, DHCP_LEASE, NEIGHBOUR):
+        address = observed.get(source, {}).get(mac.lower())
+        if address is not None:
+            return address, source
+    return None
+
+
+def first_address(addresses: tuple[InterfaceAddress, ...], mac: str) -> str | None:
+    """The known address of the interface with MAC `mac` (None: not known)."""
+    return next((a.address for a in addresses if a.interface.lower() == mac.lower()), None)

@@ -60,6 +60,7 @@ class FakeDriver:
         self._watchers: tuple[EventCallback, LostCallback] | None = None
         self._lock = threading.RLock()
         self.unavailable: tuple[str, ...] = ()  # what check_attachments answers
+        self.leases: dict[str, dict[str, str]] = {}  # network -> MAC -> address
 
     # -- the seam --------------------------------------------------------------------------
 
@@ -247,6 +248,9 @@ class FakeDriver:
     def cpu_seconds(self, name: str) -> float | None:
         """The fake driver runs no guest: it cannot tell."""
         return None
+
+    def dhcp_leases(self, network: str) -> dict[str, str]:
+        return dict(self.leases.get(network, {}))
 
     def agent_command(
         self, name: str, command: str, arguments: dict[str, Any] | None, timeout: float
