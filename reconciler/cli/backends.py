@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from reconciler.errors import ConfigError, StateDirBusy
 from reconciler.loop.reconcile import Reconciler
 from reconciler.loop.results import InstanceResult, result_from_json
 from reconciler.loop.status import read_status_file
+from reconciler.loop.waiting import Want
 from reconciler.planning.review import PlanView
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str, str], None]
 BUSY_HINT = "wait for it to finish"
+DAEMON_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,11 @@ class Backend(Protocol):
     def apply(self, out: TextIO) -> Answer: ...
 
     def status(self) -> StatusAnswer: ...
+
+    def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
+        """Wait until each name satisfies `want` or `timeout` seconds pass; those that do
+        not, with why."""
+        ...
 
     def export(self, name: str) -> str: ...
 
@@ -114,6 +122,21 @@ class Daemon:
     def status(self) -> StatusAnswer:
         answer = ask(self.socket_path, {"op": "status", "name": self.options.name})
         return StatusAnswer(snapshot=answer["status"])
+
+    def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
+        """The daemon probes: its status is asked again until it says so, or the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = ask(self.socket_path, {"op": "status", "name": None})["status"]
+            by_name = {item["name"]: item for item in snapshot.get("instances", [])}
+            pending = {}
+            for name in names:
+                why = _why_not(by_name.get(name), want)
+                if why is not None:
+                    pending[name] = why
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            time.sleep(DAEMON_POLL_SECONDS)
 
     def export(self, name: str) -> str:
         return str(ask(self.socket_path, {"op": "export", "name": name})["manifest"])
@@ -206,6 +229,16 @@ class Local:
             snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
         return StatusAnswer(snapshot=snapshot)
 
+    def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
+        from reconciler.loop.waiting import HealthWatch
+
+        with owned_state(self.options, BUSY_HINT) as (state, driver):
+            watch = HealthWatch(driver, state)
+            try:
+                return watch.wait(names, want, timeout)
+            finally:
+                watch.close()
+
     def export(self, name: str) -> str:
         from reconciler.loop.adopt import export_domain
 
@@ -247,3 +280,19 @@ class Local:
         with owned_state(self.options, BUSY_HINT) as (state, driver):
             reconciler = Reconciler(driver, state, self.options.settings(), progress)
             return shut_down_guests(reconciler, progress)
+
+
+def _why_not(item: dict[str, Any] | None, want: Want) -> str | None:
+    """Why an instance of the daemon's status does not satisfy `want` (None: it does)."""
+    if item is None:
+        return "the daemon does not manage it (no such instance in its manifests)"
+    observed = item.get("observed") or "unknown"
+    if want is Want.STOPPED:
+        return None if observed in ("shutoff", "absent") else f"it is {observed}"
+    kind = "Ready" if want is Want.READY else "Live"
+    for condition in item.get("conditions") or []:
+        if condition.get("type") == kind:
+            if condition.get("status") == "True":
+                return None
+            return f"{condition.get('reason')}: {condition.get('message')}"
+    return f"it is {observed}"

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from reconciler import __version__
 from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
-from reconciler.cli.backends import Local, backend_for
+from reconciler.cli.backends import Backend, Local, backend_for
 from reconciler.cli.console import run_console
 from reconciler.cli.context import owned_state
-from reconciler.cli.options import Command, Exit, Options, options_from
+from reconciler.cli.options import DEFAULT_WAIT, Command, Exit, Options, options_from
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
     driver_text,
@@ -49,9 +49,10 @@ from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left
 from reconciler.images.download import DownloadLimits
 from reconciler.images.progress import LOG as PROGRESS_LOG
-from reconciler.loop.results import Outcome
+from reconciler.loop.results import InstanceResult, Outcome
+from reconciler.loop.waiting import Want
 from reconciler.loop.workers import DEFAULT_WORKERS
-from reconciler.model.desired import Accelerator
+from reconciler.model.desired import Accelerator, DesiredState
 from reconciler.planning.disruption import Disruption
 from reconciler.planning.review import plan_json
 
@@ -225,13 +226,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s export NAME\n"
         "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
+        "       %(prog)s wait NAME... [--for ready|live|stopped] [--timeout DURATION]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]\n"
         "       %(prog)s shutdown-guests\n"
         "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
-        epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input. "
+        epilog="Exit status of --once: 0 converged, 1 an instance failed, 2 invalid input, "
+        f"{Exit.NOT_READY.value} (--wait, and wait) not ready in time. "
         "Of plan: 0 success, 1 error, 2 invalid input; with --detailed-exitcode: "
         "0 no changes, 2 changes pending, 1 error (invalid input included); with --fail-on: "
         "3 when a step at least that disruptive is pending. Of validate: 0 valid, 2 invalid.",
@@ -251,6 +254,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="manifest file or directory (not with --git)",
     )
     run.add_argument("--once", action="store_true", help="apply one pass, then exit")
+    run.add_argument(
+        "--wait",
+        dest="wait_timeout",
+        metavar="TIMEOUT",
+        nargs="?",
+        const=DEFAULT_WAIT,
+        default=None,
+        help="with --once: then wait until every instance asked to run is ready (its "
+        f"readiness probe), at most TIMEOUT (default {DEFAULT_WAIT}; give it as --wait=5m); "
+        f"exit {Exit.NOT_READY.value} naming those that are not",
+    )
     _git_options(run)
     run.add_argument(
         "--workers",
@@ -297,6 +311,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     status.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format"
     )
+    wait = commands.add_parser(
+        "wait", parents=[common], help="wait until instances are ready, live or stopped"
+    )
+    wait.add_argument("names", metavar="NAME", nargs="+", help="the instances")
+    wait.add_argument(
+        "--for", dest="want", choices=("ready", "live", "stopped"), default="ready",
+        help="the condition to wait for (default ready)",
+    )  # fmt: skip
+    wait.add_argument(
+        "--timeout", metavar="DURATION", default=DEFAULT_WAIT,
+        help=f"give up after this long (default {DEFAULT_WAIT}); exit {Exit.NOT_READY.value}",
+    )  # fmt: skip
     gc = commands.add_parser("gc", parents=[common], help="remove cached bases no disk uses")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(
@@ -363,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status."""
     parser, subparsers = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # a bare --wait takes no value: `--once --wait DIR` must not read DIR as its timeout
+    arguments = [f"--wait={DEFAULT_WAIT}" if word == "--wait" else word for word in arguments]
     try:
         if not arguments or arguments[0] in ("-h", "--help", "--version"):
             parser.parse_args(arguments or ["--help"])
@@ -523,7 +551,46 @@ def run_once(options: Options, out: TextIO) -> int:
         print(line, file=out)
     if answer.errors or refused:
         return Exit.INVALID
-    return Exit.FAILED if any(r.outcome is Outcome.FAILED for r in answer.results) else Exit.OK
+    if any(r.outcome is Outcome.FAILED for r in answer.results):
+        return Exit.FAILED
+    if options.wait_seconds is not None:
+        return _wait_after_pass(options, backend, answer.results, out)
+    return Exit.OK
+
+
+def _wait_after_pass(
+    options: Options, backend: Backend, results: list[InstanceResult], out: TextIO
+) -> int:
+    """--once --wait: every instance the pass left running, until ready or the timeout."""
+    assert options.wait_seconds is not None
+    names = [r.name for r in results if r.state is DesiredState.RUNNING]
+    return _report_wait(backend, names, Want.READY, options.wait_seconds, out)
+
+
+def run_wait(options: Options, out: TextIO) -> int:
+    """`reconcile wait NAME...`: until each is ready, live or stopped (asked of the daemon
+    when one runs), or the timeout."""
+    assert options.wait_seconds is not None
+    backend = backend_for(options)
+    return _report_wait(backend, list(options.names), Want(options.want), options.wait_seconds, out)
+
+
+def _report_wait(
+    backend: Backend, names: list[str], want: Want, timeout: float, out: TextIO
+) -> int:
+    if not names:
+        return Exit.OK
+    started = time.monotonic()
+    print(f"reconcile: waiting for {', '.join(names)} to be {want.value} "
+          f"(at most {timeout:g}s)", file=out)  # fmt: skip
+    pending = backend.wait(names, want, timeout)
+    took = time.monotonic() - started
+    if not pending:
+        print(f"reconcile: {want.value}: {', '.join(names)} (after {took:.1f}s)", file=out)
+        return Exit.OK
+    for name, why in pending.items():
+        print(f"reconcile: {name}: not {want.value} after {took:.0f}s: {why}", file=sys.stderr)
+    return Exit.NOT_READY
 
 
 def run_daemon(options: Options, out: TextIO) -> int:
@@ -621,6 +688,7 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.STATUS: run_status,
     Command.GC: run_gc,
     Command.CONSOLE: run_console,
+    Command.WAIT: run_wait,
     Command.SCHEMA: run_schema,
     Command.SHUTDOWN_GUESTS: run_shutdown_guests,
 }

@@ -33,6 +33,7 @@ class Exit(enum.IntEnum):
     INVALID = 2  # invalid input: manifests or command line
     CHANGES_PENDING = 2  # plan --detailed-exitcode: changes are pending
     DISRUPTIVE = 3  # plan --fail-on: a pending step is at least that disruptive
+    NOT_READY = 4  # --wait, wait: the timeout passed before every instance was ready
     INTERRUPTED = 130  # SIGINT
 
 
@@ -46,6 +47,7 @@ class Command(enum.StrEnum):
     STATUS = "status"
     GC = "gc"
     CONSOLE = "console"
+    WAIT = "wait"
     SCHEMA = "schema"
     SHUTDOWN_GUESTS = "shutdown-guests"
 
@@ -92,6 +94,9 @@ class Options:
     grace: str = "24h"  # gc's --grace as given (said back in its summary)
     follow: bool = False
     paths: tuple[Path, ...] = ()  # validate's
+    wait_seconds: float | None = None  # --once --wait, and wait's --timeout (None: no wait)
+    names: tuple[str, ...] = ()  # wait's
+    want: str = "ready"  # wait's --for: ready, live or stopped
 
     @property
     def daemon(self) -> bool:
@@ -191,8 +196,25 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         resync_seconds=_resync(kind, given),
         grace_seconds=parse_duration(str(given.get("grace", "0"))),
         grace=str(given.get("grace", "24h")),
+        wait_seconds=_wait_seconds(kind, given),
+        names=tuple(given.get("names") or ()),
+        want=str(given.get("want") or "ready"),
     )
     return options
+
+
+DEFAULT_WAIT = "10m"
+
+
+def _wait_seconds(kind: Command, given: dict[str, object]) -> float | None:
+    """--once --wait[=TIMEOUT] (default 10m), or wait's --timeout."""
+    if kind is Command.WAIT:
+        return parse_duration(str(given.get("timeout") or DEFAULT_WAIT), "--timeout")
+    if given.get("wait_timeout") is not None:
+        if kind is not Command.ONCE:
+            raise ConfigError("--wait goes with --once (a daemon keeps instances ready itself)")
+        return parse_duration(str(given["wait_timeout"]), "--wait")
+    return None
 
 
 def _git_options(given: dict[str, object]) -> GitOptions | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from reconciler.drivers.base import Driver
 from reconciler.errors import ManifestError
+from reconciler.health.conditions import ConditionType
 from reconciler.loop.inventory import InventoryEntry
 from reconciler.loop.results import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
@@ -92,16 +93,29 @@ def render_inventory(entries: Sequence[InventoryEntry]) -> list[str]:
     names = max(len(entry.name) for entry in entries)
     sizes = max(len(entry.disk_text) for entry in entries)
     lines = [
-        f"  {'NAME':<{names}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  "
+        f"  {'NAME':<{names}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'READY':<5}  {'ACCEL':<5}  "
         f"{'DISK':<{sizes}}  ADDRESSES"
     ]
     for entry in entries:
+        ready = entry.condition(ConditionType.READY)
         lines.append(
             f"  {entry.name:<{names}}  {entry.desired:<8}  {entry.observed:<13}  "
+            f"{ready.status.value if ready else '-':<5}  "
             f"{entry.accelerator:<5}  {entry.disk_text:<{sizes}}  "
             f"{'; '.join(address.describe() for address in entry.addresses) or '-'}"
         )
+        lines += _condition_lines([c.as_json() for c in entry.conditions], " " * (names + 2))
     return lines
+
+
+def _condition_lines(conditions: list[dict[str, Any]], indent: str) -> list[str]:
+    """A line per condition that is not True: why, and since when."""
+    return [
+        f"  {indent}{c.get('type')} {c.get('status')} since {c.get('lastTransitionTime')}: "
+        f"{c.get('reason')}: {c.get('message')}"
+        for c in conditions
+        if c.get("status") != "True"
+    ]
 
 
 def render_status(snapshot: dict[str, Any]) -> list[str]:
@@ -117,7 +131,9 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
     lines = [head, *_git_lines(daemon.get("git"))]
     instances = snapshot.get("instances", [])
     width = max((len(i["name"]) for i in instances), default=4)
-    lines.append(f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'ACCEL':<5}  LAST")
+    lines.append(
+        f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'READY':<5}  {'ACCEL':<5}  LAST"
+    )
     for item in instances:
         last = item.get("lastReconcile") or {}
         summary = f"{last.get('outcome', '-')} at {last.get('started', '-')}"
@@ -126,10 +142,15 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
         change = item.get("lastChange")
         if change and last.get("outcome") != "changed":  # a later pass found nothing to do
             summary += f"; last changed at {change.get('at')}"
+        ready: dict[str, Any] = next(
+            (c for c in item.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
         lines.append(
             f"  {item['name']:<{width}}  {item.get('desired') or '-':<8}  "
-            f"{item.get('observed') or '-':<13}  {item.get('accelerator') or '-':<5}  {summary}"
+            f"{item.get('observed') or '-':<13}  {ready.get('status', '-'):<5}  "
+            f"{item.get('accelerator') or '-':<5}  {summary}"
         )
+        lines += _condition_lines(item.get("conditions") or [], " " * (width + 2))
         addresses = item.get("addresses") or []
         if addresses:
             shown = "; ".join(_address_text(address) for address in addresses)

@@ -166,6 +166,9 @@ def route_process_output(layout: StateLayout) -> None:
     _route_native_stderr(log_file)
 
 
+AGENT_RETRY_SECONDS = 0.2
+
+
 def _libvirt() -> Any:
     import libvirt
 
@@ -701,9 +704,22 @@ class LibvirtDriver:
     ) -> Any:
         import libvirt_qemu  # the QEMU-only calls, beside libvirt
 
+        libvirt = _libvirt()
         request = agent_request(command, arguments)
-        seconds = max(1, round(timeout))
-        reply = libvirt_qemu.qemuAgentCommand(self._require(name), request, seconds, 0)
+        domain = self._require(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            seconds = max(1, round(deadline - time.monotonic()))
+            try:
+                reply = libvirt_qemu.qemuAgentCommand(domain, request, seconds, 0)
+                break
+            except libvirt.libvirtError as err:
+                # a process that just opened the embedded root connects to the agents of the
+                # running domains in the background: "not connected" for a moment
+                not_yet = "not connected" in (err.get_error_message() or "")
+                if not not_yet or time.monotonic() + AGENT_RETRY_SECONDS > deadline:
+                    raise
+                time.sleep(AGENT_RETRY_SECONDS)
         return decode_agent_reply(f"ask the guest agent of {name}", reply or "")
 
     @_wrap_errors("read the DHCP leases of network")

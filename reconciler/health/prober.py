@@ -77,7 +77,9 @@ class Prober:
         clock: Clock | None = None,
         on_change: ChangeCallback | None = None,
         workers: int = DEFAULT_WORKERS,
+        record: bool = True,
     ) -> None:
+        self._record = record  # keep each instance's health.json (the daemon's prober does)
         self._driver = driver
         self._layout = layout
         self._clock = clock or Clock()
@@ -295,6 +297,8 @@ class Prober:
         self._save(name)
 
     def _save(self, name: str) -> None:
+        if not self._record:
+            return
         with self._lock:
             watched = self._watched.get(name)
             if watched is None:

@@ -6,13 +6,14 @@ damaged file reads as nothing)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, fields
 from typing import Any
 
 from reconciler.fileops import write_atomically
 from reconciler.health.conditions import Condition, ConditionType
 from reconciler.layout import InstancePaths
-from reconciler.model.desired import ProbeKind, ProbeSpec
+from reconciler.model.desired import InstanceSpec, ProbeKind, ProbeSpec
 
 MAX_BYTES = 256 * 1024
 _FIELDS = {field.name for field in fields(ProbeSpec)}
@@ -75,3 +76,19 @@ def read_health(
         if condition is not None:
             conditions[condition.type] = condition
     return probes, conditions
+
+
+def record_probes(paths: InstancePaths, probes: dict[ConditionType, ProbeSpec | None]) -> None:
+    """Keep the instance's probes as its manifest now says (its conditions are kept): written
+    only when they changed, and not at all for an instance that never had any."""
+    wanted = {kind: probes.get(kind) for kind in ConditionType}
+    if not any(wanted.values()) and not os.path.exists(paths.health):
+        return
+    recorded, conditions = read_health(paths)
+    if recorded == wanted:
+        return
+    write_health(paths, wanted, list(conditions.values()))
+
+
+def probes_of(spec: InstanceSpec) -> dict[ConditionType, ProbeSpec | None]:
+    return {ConditionType.READY: spec.readiness, ConditionType.LIVE: spec.liveness}

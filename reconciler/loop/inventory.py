@@ -1,13 +1,17 @@
 """What a state directory holds now, observed afresh (for `reconcile status` when no daemon
 runs): each domain this state directory manages, its power state, the state its manifest last
-asked for, its accelerator, its boot disk and its port forwards. Read-only."""
+asked for, its accelerator, its boot disk, its addresses, and its Ready and Live conditions
+from one check of each probe recorded for it. Read-only, but for each instance's health
+record (health.json), which keeps the conditions' transition times."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from reconciler.health.conditions import Condition, ConditionType
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.waiting import Health, HealthWatch
 from reconciler.model.actual import DomainFacts
 from reconciler.planning.addresses import InterfaceAddress, machine_addresses
 from reconciler.sizes import format_size
@@ -25,6 +29,10 @@ class InventoryEntry:
     disk_bytes: int | None  # the boot disk's virtual size (None: unreadable or missing)
     ports: tuple[str, ...]  # host address:port/protocol -> guest port
     addresses: tuple[InterfaceAddress, ...] = ()
+    conditions: tuple[Condition, ...] = ()  # Ready, Live (checked once now)
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type is kind), None)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -37,6 +45,7 @@ class InventoryEntry:
             "disk": {"path": self.disk, "bytes": self.disk_bytes},
             "ports": list(self.ports),
             "addresses": [address.as_json() for address in self.addresses],
+            "conditions": [condition.as_json() for condition in self.conditions],
         }
 
     @property
@@ -45,11 +54,25 @@ class InventoryEntry:
 
 
 def inventory(reconciler: Reconciler) -> list[InventoryEntry]:
-    """Every domain the state directory manages, by name."""
-    return sorted(
+    """Every domain the state directory manages, by name, with its Ready and Live conditions
+    from one check of each probe now, and the addresses observed meanwhile."""
+    entries = sorted(
         (_entry(reconciler, record) for record in reconciler.managed_domains()),
         key=lambda entry: entry.name,
     )
+    watch = HealthWatch(reconciler.driver, reconciler.state, reconciler.clock)
+    try:
+        checked = watch.check_once([entry.name for entry in entries])
+    finally:
+        watch.close()
+    return [_with_health(entry, checked.get(entry.name)) for entry in entries]
+
+
+def _with_health(entry: InventoryEntry, health: Health | None) -> InventoryEntry:
+    if health is None:
+        return entry
+    addresses = health.addresses or entry.addresses
+    return replace(entry, conditions=(health.ready, health.live), addresses=addresses)
 
 
 def _entry(reconciler: Reconciler, record: DomainFacts) -> InventoryEntry:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 
+from reconciler.health.record import probes_of, record_probes
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import InstanceResult
@@ -96,5 +97,7 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
         workers = max(1, min(reconciler.settings.max_parallel, len(specs) - settled_here))
         WorkerPool(queue, handle, workers, prefix="instance").drain()
     LOG.debug("reconciled %d instances, %d settled from the listing", len(results), settled_here)
+    for spec in load.instances:  # what status and wait check, in another process too
+        record_probes(reconciler.state.instance(spec.name), probes_of(spec))
     orphans, refusal = orphans_of(load, reconciler, listed)
     return [results[name] for name in specs] + [reconciler.prune(n, refusal) for n in orphans]
