@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.clock import Clock
-from reconciler.drivers.base import DomainEvent, Driver
+from reconciler.drivers.base import DomainEvent, Driver, EventKind
 from reconciler.errors import ReconcilerError
 from reconciler.gitops.source import GitSource
+from reconciler.health.conditions import Condition, ConditionType
+from reconciler.health.prober import Prober
+from reconciler.health.record import probes_of
 from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import Reply
@@ -46,8 +49,9 @@ from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
 from reconciler.manifests.filecache import FileStamp, ManifestFileCache, stamp
 from reconciler.manifests.loader import LoadResult, load_manifests
 from reconciler.manifests.selection import Selection, select
-from reconciler.model.actual import DomainFacts, ObservedDomain
+from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState
 from reconciler.model.desired import InstanceSpec
+from reconciler.model.machine import Machine
 from reconciler.planning.addresses import machine_addresses
 from reconciler.statedir import StateDir
 
@@ -116,6 +120,9 @@ class Controller:
             },
         )
         self.status_writer = StatusWriter(self.status, self.clock)
+        # the probes of the running instances; a liveness failure reconciles the name
+        self.prober = Prober(driver, state, self.clock, self._health_changed)
+        self.reconciler.liveness_failure = self.prober.liveness_failure
         self._lock = threading.Condition()  # reentrant: the name book shares it
         self.names = NameBook(self._lock, self.clock)
         self._specs: dict[str, InstanceSpec] = {}
@@ -150,6 +157,9 @@ class Controller:
         since = self.names.sequence()  # before the first reconcile: each after it counts
         self.reload(Trigger.START)
         self._workers.start()
+        threading.Thread(
+            target=self.prober.run, args=(self._stop,), name="prober", daemon=True
+        ).start()
         threading.Thread(
             target=self._first_pass, args=(on_ready, since), name="first-pass", daemon=True
         ).start()
@@ -350,6 +360,8 @@ class Controller:
             return
         LOG.info("%s: event %s %s", event.name, event.kind, event.detail)
         self.status.record_event(event.name, event.kind, event.detail)
+        if event.kind is EventKind.REBOOT or event.detail.startswith("started"):
+            self.prober.restarted(event.name)  # a new boot: its probes start over
         if not echo:
             self.enqueue([event.name], Trigger.EVENT)
 
@@ -434,6 +446,7 @@ class Controller:
         settled: InstanceResult | None = None
         if spec is None:  # its manifest is gone: an orphan, pruned within the guards
             result = self._prune(name)
+            self.prober.forget(name)
             if result.outcome is Outcome.UNCHANGED and not result.notes:  # not ours, or gone
                 self.status.forget(name)
                 self.queue.forget(name)
@@ -445,7 +458,12 @@ class Controller:
             result = settled or self.reconciler.reconcile(spec)
         next_retry = self._requeue(name, spec, result)
         self._log_result(result, next_retry)
-        observed, addresses = self._observed(name, listing if settled is not None else None)
+        observed, addresses, running = self._observed(
+            name, listing if settled is not None else None
+        )
+        if spec is not None:
+            self.prober.watch(name, probes_of(spec), running, observed or "unknown")
+            addresses = self._addresses(name) or addresses
         self.status.record_result(
             result,
             started=started,
@@ -456,8 +474,31 @@ class Controller:
             next_retry=next_retry,
             pending_restart=result.pending_restart,
         )
+        if spec is not None:
+            self._record_health(name)
         self.status_writer.soon()
         self.names.finish(name, sequence, result)
+
+    def _health_changed(self, name: str, kind: ConditionType, condition: Condition) -> None:
+        """A condition of `name` changed status (from the prober): shown in the status; a
+        liveness failure reconciles the name (its run policy decides about a restart)."""
+        self._record_health(name)
+        self.status_writer.soon()
+        failure = self.prober.liveness_failure(name) if kind is ConditionType.LIVE else None
+        if failure is not None:  # the probe's verdict, not a domain that does not run
+            LOG.warning("%s: liveness failed: %s", name, failure)
+            self.enqueue([name], Trigger.PROBE)
+
+    def _record_health(self, name: str) -> None:
+        conditions = self.prober.conditions(name)
+        if conditions is not None:
+            self.status.set_health(
+                name, [condition.as_json() for condition in conditions], self._addresses(name)
+            )
+
+    def _addresses(self, name: str) -> list[dict[str, object]] | None:
+        observed = self.prober.addresses(name)
+        return [address.as_json() for address in observed] if observed else None
 
     def _requeue(
         self, name: str, spec: InstanceSpec | None, result: InstanceResult
@@ -492,22 +533,24 @@ class Controller:
 
     def _observed(
         self, name: str, listing: PassListing | None = None
-    ) -> tuple[str | None, list[dict[str, object]] | None]:
-        """The power state of `name` now, and its addresses (as `listing` saw it, for a name
-        settled from it)."""
+    ) -> tuple[str | None, list[dict[str, object]] | None, Machine | None]:
+        """The power state of `name` now, its addresses as its machine says, and the machine
+        it runs as (None: not running), as `listing` saw it, for a name settled from it."""
         if listing is not None:
             record = listing.domains.get(name)
         else:
             try:
                 record = self.driver.lookup(name)
             except ReconcilerError:
-                return None, None
+                return None, None, None
         if record is None:
-            return "absent", None
+            return "absent", None, None
         if not isinstance(record, DomainFacts):
-            return record.state.value, None
+            return record.state.value, None, None
         addresses = [address.as_json() for address in machine_addresses(record.definition)]
-        return record.state.value, addresses
+        running = record.state is PowerState.RUNNING
+        machine = (record.live_definition or record.definition) if running else None
+        return record.state.value, addresses, machine
 
     def _log_result(self, result: InstanceResult, next_retry: float | None) -> None:
         if result.outcome is Outcome.FAILED:

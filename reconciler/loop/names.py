@@ -30,6 +30,7 @@ class Trigger(enum.StrEnum):
     RELOAD = "reload"  # SIGHUP
     GIT = "git"  # pull mode: a new commit is in force
     TRANSITION = "transition"  # the domain was caught in a transition: look again soon
+    PROBE = "probe"  # its liveness probe failed past its threshold
 
 
 # the triggers of a full pass: a name any other trigger also asked for is observed afresh

@@ -115,6 +115,9 @@ class Reconciler:
         self._host: HostFacts | None = None  # observed at the first plan
         # restarts after a stop nobody asked for, in a row, by name
         self._crash_loops = CrashLoopGuard(self.clock)
+        # why an instance's liveness probe fails past its threshold (None: it does not, or
+        # nothing probes it: only the daemon does)
+        self.liveness_failure: Callable[[str], str | None] = lambda _name: None
 
     @property
     def steps(self) -> StepContext:
@@ -189,7 +192,11 @@ class Reconciler:
         refused source, an unreadable domain definition)."""
         resolved = resolver.resolve(spec)
         paths = self.state.instance(spec.name)
-        return resolved, observe_instance(self.driver, spec.name, paths, resolved, listed)
+        actual = observe_instance(self.driver, spec.name, paths, resolved, listed)
+        failure = self.liveness_failure(spec.name)
+        if failure is not None:
+            actual = dataclasses.replace(actual, liveness_failed=failure)
+        return resolved, actual
 
     def plan_observed(self, resolved: ResolvedInstance, actual: InstanceActual) -> InstancePlan:
         """The plan from `actual` to the resolved spec (see `plan`)."""

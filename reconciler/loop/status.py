@@ -51,6 +51,7 @@ class InstanceStatus:
     triggers: dict[str, int] = field(default_factory=dict)  # reconciles by what caused them
     last_event: dict[str, Any] | None = None
     addresses: list[dict[str, object]] | None = None  # per interface (planning.addresses)
+    conditions: list[dict[str, str]] | None = None  # Ready, Live (health.conditions)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class InstanceStatus:
             "triggers": dict(sorted(self.triggers.items())),
             "lastEvent": self.last_event,
             "addresses": self.addresses,
+            "conditions": self.conditions,
         }
 
 
@@ -170,6 +172,19 @@ class StatusBook:
             entry.waiting_for_change = result.failure is Failure.PERMANENT
             entry.pending_restart = pending_restart
             entry.crash_loop = _crash_loop(result, started)
+
+    def set_health(
+        self,
+        name: str,
+        conditions: list[dict[str, str]],
+        addresses: list[dict[str, object]] | None = None,
+    ) -> None:
+        """The instance's Ready and Live conditions (and its addresses, when observed)."""
+        with self._lock:
+            entry = self._entry(name)
+            entry.conditions = conditions
+            if addresses:
+                entry.addresses = addresses
 
     def get(self, name: str) -> InstanceStatus | None:
         with self._lock:

@@ -135,3 +135,4 @@ class InstanceActual:
     data_disks: tuple[DiskFacts, ...] = ()  # the manifest's data disks whose files exist
     data_disk_problem: str | None = None  # a data disk file that is not what it should be
     host_shutdown: bool = False  # the domain was shut down with the host (not a stop of its own)
+    liveness_failed: str | None = None  # why its liveness probe fails past its threshold

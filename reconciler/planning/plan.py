@@ -79,6 +79,9 @@ __all__ = [
 START_WATCH_SECONDS = 10.0
 
 
+_RESTARTING_POLICIES = frozenset({RunPolicy.ALWAYS, RunPolicy.RERUN_ON_FAILURE})
+
+
 def plan_instance(
     resolved: ResolvedInstance, actual: InstanceActual, context: PlanContext
 ) -> InstancePlan:
@@ -162,12 +165,17 @@ def _plan_present(
     # runPolicy Halted keeps the domain off; the others decide about a stop nobody asked for
     halted = spec.run_policy is RunPolicy.HALTED
     run = spec.state is DesiredState.RUNNING and not halted
+    # a liveness probe failing past its threshold restarts the guest where the run policy
+    # restarts failed guests; elsewhere it is only said
+    liveness = actual.liveness_failed if active else None
+    restart_for_liveness = liveness is not None and spec.run_policy in _RESTARTING_POLICIES
     power = decide_power(
         PowerFacts(
             run=run,
             exists=domain is not None,
             active=active,
             change_needs_restart=replacing is not None
+            or restart_for_liveness
             or (needs_restart and spec.update_policy is UpdatePolicy.RESTART),
             stopped_unasked=domain is not None and stopped_unasked(domain),
             # shut down with the host (reconcile shutdown-guests): started again, whatever
@@ -180,7 +188,16 @@ def _plan_present(
     host_shutdown = power.after_host_shutdown
     if power.held is not None:
         notes.append(power.held)
-    restart_after = stop_reason(domain) if power.after_unasked_stop and domain is not None else None
+    restart_after: str | None = None
+    if power.after_unasked_stop and domain is not None:
+        restart_after = stop_reason(domain)
+    if restart_for_liveness and restart:  # crash-loop guarded, as a start after a failure
+        restart_after = f"liveness failed: {liveness}"
+    elif liveness is not None:
+        notes.append(
+            f"liveness failed: {liveness}; runPolicy {spec.run_policy.value} only reports it "
+            "(Always and RerunOnFailure restart the guest)"
+        )
 
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))

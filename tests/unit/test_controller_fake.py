@@ -17,6 +17,7 @@ from reconciler.drivers.base import DomainEvent, EventKind
 from reconciler.errors import DriverError
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
+from reconciler.health.conditions import ConditionType
 from reconciler.loop.names import Trigger
 from reconciler.loop.reconcile import Settings
 from reconciler.loop.status import read_status_file, status_file_text
@@ -252,3 +253,40 @@ def test_status_shows_the_last_change_after_a_pass_that_found_nothing_to_do(
     assert entry["lastChange"]["actions"] == ["redefined domain"]
     (row,) = [line for line in render_status(book.snapshot()) if line.strip().startswith("web")]
     assert "unchanged at " in row and "; last changed at 1970-01-12T13:46:40" in row
+
+
+def test_a_failing_liveness_probe_restarts_the_guest_and_a_new_boot_starts_it_over(
+    setup: tuple,  # type: ignore[type-arg]
+) -> None:
+    controller, driver, manifests, base, sha = setup
+    liveness = {"exec": {"command": ["test", "-e", "/run/alive"]}, "failureThreshold": 2}
+    write(manifests, "rct-a", base, sha, guestAgent=True, liveness=liveness)
+    controller.reload(Trigger.START)
+    assert drain(controller) == ["rct-a"]
+    exit_codes = [1, 1]
+
+    def agent(command: str, arguments: dict[str, Any] | None) -> Any:
+        if command == "guest-exec":
+            return {"pid": 1}
+        if command == "guest-exec-status":
+            return {"exited": True, "exitcode": exit_codes.pop(0) if exit_codes else 0}
+        return []
+
+    driver.domains["rct-a"].agent = agent
+    tracker = controller.prober._watched["rct-a"].trackers[ConditionType.LIVE]
+    for _ in range(2):
+        assert tracker is not None
+        tracker.next_due = 0.0  # due now, whatever its period
+        for future in controller.prober.tick():
+            future.result()
+    assert controller.prober.liveness_failure("rct-a") == (
+        "exec test -e /run/alive: exited 1 (2 in a row)"
+    )
+    driver.calls.clear()
+    assert drain(controller) == ["rct-a"]  # enqueued by the probe
+    assert [call for call, _name in driver.calls] == ["shut down", "start"]
+    status = controller.status.get("rct-a")
+    assert status is not None and status.triggers.get("probe") == 1
+    assert status.crash_loop is None or status.crash_loop["restarts"] == 1
+    # the start (its event) began a new boot: alive until proven otherwise
+    assert controller.prober.liveness_failure("rct-a") is None

@@ -9,11 +9,11 @@ import pytest
 
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import DiskFacts, DomainFacts, PowerState, StateReason
-from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec
+from reconciler.model.desired import Accelerator, DesiredState, InstanceSpec, RunPolicy
 from reconciler.model.machine import Disk, OwnershipMarker
 from reconciler.planning.machine import DomainLayout, build_machine
 from reconciler.planning.network import build_nics, choose_macs
-from reconciler.planning.plan import PlanContext, StepKind
+from reconciler.planning.plan import PlanContext, StepKind, plan_instance
 from reconciler.planning.steps import DefineDomain
 from tests.helpers import make_spec
 from tests.planning import BASE, STATE, Observed, planned
@@ -405,3 +405,33 @@ def test_the_power_decision_table(
     from reconciler.planning.runpolicy import PowerDecision, PowerFacts, decide_power
 
     assert decide_power(PowerFacts(*facts)) == PowerDecision(*decision)
+
+
+@pytest.mark.parametrize(
+    ("policy", "restarts"),
+    [
+        (RunPolicy.ALWAYS, True),
+        (RunPolicy.RERUN_ON_FAILURE, True),
+        (RunPolicy.MANUAL, False),
+    ],
+)
+def test_a_failed_liveness_probe_restarts_only_under_the_policies_that_restart(
+    policy: RunPolicy, restarts: bool
+) -> None:
+    spec = replace(RUNNING, run_policy=policy)
+    observed = Observed(domain(spec), overlay(spec), None)
+    failing = replace(observed.actual, liveness_failed="tcp port 22: refused (3 in a row)")
+    plan = plan_instance(observed.resolved(spec), failing, context(spec))
+    if restarts:
+        assert [step.kind for step in plan.steps] == [STOP, START]
+        assert plan.restart_after == "liveness failed: tcp port 22: refused (3 in a row)"
+    else:
+        assert plan.steps == () and plan.restart_after is None
+        assert any("only reports it" in note for note in plan.notes)
+    # a domain that does not run has no liveness to fail
+    stopped = Observed(domain(spec, PowerState.SHUTOFF, reason="shutdown"), overlay(spec), None)
+    off = replace(stopped.actual, liveness_failed="stale")
+    assert (
+        plan_instance(stopped.resolved(spec), off, context(spec)).restart_after
+        != "liveness failed: stale"
+    )
