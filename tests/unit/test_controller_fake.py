@@ -15,9 +15,9 @@ import yaml
 
 from reconciler.drivers.base import DomainEvent, EventKind
 from reconciler.errors import DriverError
+from reconciler.health.conditions import ConditionType
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.controller import Controller, DaemonOptions
-from reconciler.health.conditions import ConditionType
 from reconciler.loop.names import Trigger
 from reconciler.loop.reconcile import Settings
 from reconciler.loop.status import read_status_file, status_file_text
