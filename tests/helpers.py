@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -167,3 +168,10 @@ def make_spec(name: str = "web", **overrides: Any) -> InstanceSpec:
     }
     values.update(overrides)
     return InstanceSpec(**values)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a forward of a test guest)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

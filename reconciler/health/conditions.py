@@ -6,6 +6,13 @@ A readiness probe starts failing (not ready) and passes after `successThreshold`
 a row; a liveness probe starts passing (alive) and fails after `failureThreshold` failures in
 a row. Either flips back after the other threshold, as in Kubernetes. Nothing is checked
 before `initialDelaySeconds` after the domain was seen starting.
+
+One departure from Kubernetes, on purpose: a liveness probe counts failures only once it has
+succeeded in this boot, or, when `initialDelaySeconds` is given, once that delay has passed.
+A guest boots in seconds under KVM and in minutes under TCG or a loaded host; a liveness
+probe that failed a guest whose service had not come up yet would restart every slow boot,
+forever. A guest that hangs before its service ever comes up is for the readiness probe to
+report and for the watchdog device to reset.
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ class ProbeTracker:
     successes: int = 0
     failures: int = 0
     checks: int = 0
+    armed: bool = True  # failures count (a liveness probe: once it succeeded, or its delay)
 
     @classmethod
     def begin(
@@ -111,7 +119,8 @@ class ProbeTracker:
                 kind, ConditionStatus.TRUE, "NotYetChecked", "alive until " + spec.describe()
                 + f" fails {spec.failure_threshold} time(s) in a row", wall,
             )  # fmt: skip
-        return cls(spec, first, started, started + spec.initial_delay_seconds)
+        armed = kind is ConditionType.READY or spec.initial_delay_seconds > 0
+        return cls(spec, first, started, started + spec.initial_delay_seconds, armed=armed)
 
     def due(self, now: float) -> bool:
         return now >= self.next_due
@@ -120,7 +129,15 @@ class ProbeTracker:
         """Count one check's result (made at monotonic `now`); whether the status changed."""
         self.checks += 1
         self.next_due = now + self.spec.period_seconds
+        if not result.ok and not self.armed:
+            message = f"{self.spec.describe()}: {result.message} (not counted: it has not "
+            message += "succeeded yet this boot)"
+            self.condition = self.condition.moved(
+                self.condition.status, "NotYetAlive", message, wall
+            )
+            return False
         if result.ok:
+            self.armed = True
             self.successes, self.failures = self.successes + 1, 0
         else:
             self.successes, self.failures = 0, self.failures + 1

@@ -10,7 +10,6 @@ undefine and a redefine.
 from __future__ import annotations
 
 import hashlib
-import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +24,13 @@ from reconciler.planning.network import derived_mac
 from reconciler.steps.configdrive import render_iso
 from tests.e2e.conftest import E2E, CliRun
 from tests.guest import guest_image, wait_for_marker
-from tests.helpers import unique_name, write_manifest
+from tests.helpers import free_port, unique_name, write_manifest
 
 pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKz3q0vZ8d2hm1rj3b3x2Y0T7mD0f8m5aXoVn0d3p1c8 t@host"
 USER_DATA = "#cloud-config\nruncmd:\n  - [echo, ']]> inside user-data']\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def guest_spec(port: int, motd: str = "hello from the manifest\n") -> dict[str, object]:

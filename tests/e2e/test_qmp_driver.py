@@ -24,17 +24,9 @@ from reconciler.drivers.host import emulator_process
 from reconciler.images.diskheaders import parse_qcow2_header, read_head
 from reconciler.layout import StateLayout
 from tests.guest import IMAGES, guest_image, wait_for_marker
-from tests.helpers import run_bounded, unique_name, write_manifest
+from tests.helpers import free_port, run_bounded, unique_name, write_manifest
 
 MIB = 1024**2
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -95,6 +95,20 @@ def test_readiness_needs_its_successes_in_a_row_and_liveness_its_failures() -> N
     assert live.condition.message == "tcp port 22: refused (3 in a row)"
 
 
+def test_liveness_counts_failures_only_once_it_succeeded_this_boot_or_after_its_delay() -> None:
+    spec = replace(TCP, failure_threshold=1)
+    live = ProbeTracker.begin(spec, ConditionType.LIVE, started=0.0, wall=0.0)
+    for moment in (0.0, 5.0, 10.0):  # a slow boot: nothing listens yet
+        assert not live.record(ProbeResult(False, "refused"), moment, moment)
+    assert status_of(live) is ConditionStatus.TRUE and live.condition.reason == "NotYetAlive"
+    live.record(ProbeResult(True, "up"), 15.0, 15.0)
+    assert live.record(ProbeResult(False, "refused"), 20.0, 20.0)  # counted now
+    delayed = ProbeTracker.begin(
+        replace(spec, initial_delay_seconds=60), ConditionType.LIVE, 0.0, 0.0
+    )
+    assert delayed.record(ProbeResult(False, "refused"), 60.0, 60.0)  # its delay is over
+
+
 FINISHED = (
     "Cloud-init v. 22.4.2 finished at Sun, 06 Dec 2026 17:13:55 +0000. Datasource "
     "DataSourceNoCloud [seed=/dev/sr0][dsmode=net].  Up 3.92 seconds\r\n"
