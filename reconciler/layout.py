@@ -18,6 +18,7 @@ spells a name of the state directory: each asks here, and so do the tests.
                               domain.json, live.json, qmp.sock, qemu.pid, qemu.log, stopped
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
       libvirt.log             libvirt's own warnings and errors
+      ssh/known_hosts         the guests' SSH host keys (reconcile ssh, ssh-config)
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ class StateLayout:
         """The content keys of the manifest documents the schema accepted in the last pass
         (see manifests.loader.document_key): the next pass skips the schema for those."""
         return self.root / "validated-documents"
+
+    @property
+    def known_hosts(self) -> Path:
+        """The guests' SSH host keys, learnt on first contact (reconcile ssh)."""
+        return self.root / "ssh" / "known_hosts"
 
     @property
     def prune_flag(self) -> Path:

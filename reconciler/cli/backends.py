@@ -62,6 +62,16 @@ class StatusAnswer:
     where: str = ""  # the driver that observed them
 
 
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What `ssh` needs of one instance, from the daemon's status or observed here."""
+
+    name: str
+    state: str  # its power state
+    addresses: list[dict[str, Any]]  # per interface, as planning.addresses writes them
+    login: str | None  # the user its cloud-config names (health.record)
+
+
 class Backend(Protocol):
     def plan(self, out: TextIO) -> Answer: ...
 
@@ -72,6 +82,11 @@ class Backend(Protocol):
     def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
         """Wait until each name satisfies `want` or `timeout` seconds pass; those that do
         not, with why."""
+        ...
+
+    def access(self, names: list[str] | None) -> list[Access]:
+        """How to reach each name (None: every managed instance); ConfigError for a name
+        that is not managed here."""
         ...
 
     def export(self, name: str) -> str: ...
@@ -122,6 +137,21 @@ class Daemon:
     def status(self) -> StatusAnswer:
         answer = ask(self.socket_path, {"op": "status", "name": self.options.name})
         return StatusAnswer(snapshot=answer["status"])
+
+    def access(self, names: list[str] | None) -> list[Access]:
+        from reconciler.health.record import read_login
+
+        snapshot = ask(self.socket_path, {"op": "status", "name": None})["status"]
+        by_name = {item["name"]: item for item in snapshot.get("instances", [])}
+        found = []
+        for name in names if names is not None else sorted(by_name):
+            item = by_name.get(name)
+            if item is None:
+                raise ConfigError(f"no instance named {name!r} in the daemon's status")
+            login = read_login(self.options.state.instance(name))
+            state = item.get("observed") or "unknown"
+            found.append(Access(name, state, list(item.get("addresses") or []), login))
+        return found
 
     def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
         """The daemon probes: its status is asked again until it says so, or the timeout."""
@@ -228,6 +258,30 @@ class Local:
         if name is not None:
             snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
         return StatusAnswer(snapshot=snapshot)
+
+    def access(self, names: list[str] | None) -> list[Access]:
+        from reconciler.health.addresses import observe_addresses
+        from reconciler.health.record import read_login
+        from reconciler.model.actual import PowerState
+
+        with owned_state(self.options, BUSY_HINT) as (state, driver):
+            records = {
+                r.name: r
+                for r in Reconciler(driver, state, self.options.settings()).managed_domains()
+            }
+            found = []
+            for name in names if names is not None else sorted(records):
+                record = records.get(name)
+                if record is None:
+                    raise ConfigError(f"no instance named {name!r} in {state.root}")
+                addresses: list[dict[str, Any]] = []
+                if record.state is PowerState.RUNNING:
+                    machine = record.live_definition or record.definition
+                    observed = observe_addresses(driver, name, machine)
+                    addresses = [address.as_json() for address in observed]
+                login = read_login(state.instance(name))
+                found.append(Access(name, record.state.value, addresses, login))
+            return found
 
     def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
         from reconciler.loop.waiting import HealthWatch

@@ -44,6 +44,7 @@ from reconciler.cli.report import (
     render_summary,
 )
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
+from reconciler.cli.ssh import run_ssh, run_ssh_config
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.fileops import is_out_of_space, no_space_left
@@ -227,6 +228,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s wait NAME... [--for ready|live|stopped] [--timeout DURATION]\n"
+        "       %(prog)s ssh NAME [--user USER] [-- COMMAND...]\n"
+        "       %(prog)s ssh-config [NAME]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]\n"
         "       %(prog)s shutdown-guests\n"
@@ -323,6 +326,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--timeout", metavar="DURATION", default=DEFAULT_WAIT,
         help=f"give up after this long (default {DEFAULT_WAIT}); exit {Exit.NOT_READY.value}",
     )  # fmt: skip
+    ssh = commands.add_parser("ssh", parents=[common], help="log into a guest with SSH")
+    ssh.add_argument("name", metavar="NAME", help="the instance")
+    ssh.add_argument("--user", metavar="USER", help="the user (default: its cloud-config's)")
+    ssh.add_argument(
+        "ssh_command", metavar="COMMAND", nargs="*", help="run this instead of a shell (after --)"
+    )
+    ssh_config = commands.add_parser(
+        "ssh-config", parents=[common], help="print an OpenSSH Host block per instance"
+    )
+    ssh_config.add_argument("name", metavar="NAME", nargs="?", help="one instance only")
+    ssh_config.add_argument("--user", metavar="USER", help="the user (default: its cloud-config's)")
     gc = commands.add_parser("gc", parents=[common], help="remove cached bases no disk uses")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(
@@ -689,6 +703,8 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.GC: run_gc,
     Command.CONSOLE: run_console,
     Command.WAIT: run_wait,
+    Command.SSH: run_ssh,
+    Command.SSH_CONFIG: run_ssh_config,
     Command.SCHEMA: run_schema,
     Command.SHUTDOWN_GUESTS: run_shutdown_guests,
 }

@@ -48,6 +48,8 @@ class Command(enum.StrEnum):
     GC = "gc"
     CONSOLE = "console"
     WAIT = "wait"
+    SSH = "ssh"
+    SSH_CONFIG = "ssh-config"
     SCHEMA = "schema"
     SHUTDOWN_GUESTS = "shutdown-guests"
 
@@ -97,6 +99,8 @@ class Options:
     wait_seconds: float | None = None  # --once --wait, and wait's --timeout (None: no wait)
     names: tuple[str, ...] = ()  # wait's
     want: str = "ready"  # wait's --for: ready, live or stopped
+    user: str | None = None  # ssh's and ssh-config's --user
+    ssh_command: tuple[str, ...] = ()  # ssh's COMMAND
 
     @property
     def daemon(self) -> bool:
@@ -199,6 +203,8 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         wait_seconds=_wait_seconds(kind, given),
         names=tuple(given.get("names") or ()),
         want=str(given.get("want") or "ready"),
+        user=given.get("user"),
+        ssh_command=tuple(given.get("ssh_command") or ()),
     )
     return options
 

@@ -42,10 +42,13 @@ def write_health(
     paths: InstancePaths,
     probes: dict[ConditionType, ProbeSpec | None],
     conditions: list[Condition],
+    login: str | None = None,
 ) -> None:
     if not paths.directory.is_dir():
         return  # no such instance (any more)
+    login = login if login is not None else read_login(paths)
     data = {
+        "login": login,
         "probes": {
             kind.value: None if spec is None else probe_to_json(spec)
             for kind, spec in probes.items()
@@ -78,16 +81,30 @@ def read_health(
     return probes, conditions
 
 
-def record_probes(paths: InstancePaths, probes: dict[ConditionType, ProbeSpec | None]) -> None:
-    """Keep the instance's probes as its manifest now says (its conditions are kept): written
-    only when they changed, and not at all for an instance that never had any."""
+def record_probes(
+    paths: InstancePaths, probes: dict[ConditionType, ProbeSpec | None], login: str | None
+) -> None:
+    """Keep the instance's probes and login user as its manifest now says (its conditions are
+    kept): written only when they changed, and not at all for an instance that never had
+    either."""
     wanted = {kind: probes.get(kind) for kind in ConditionType}
-    if not any(wanted.values()) and not os.path.exists(paths.health):
+    if not any(wanted.values()) and login is None and not os.path.exists(paths.health):
         return
     recorded, conditions = read_health(paths)
-    if recorded == wanted:
+    if recorded == wanted and read_login(paths) == login:
         return
-    write_health(paths, wanted, list(conditions.values()))
+    write_health(paths, wanted, list(conditions.values()), login or "")
+
+
+def read_login(paths: InstancePaths) -> str | None:
+    """The user its cloud-config names (planning.cloudinit.login_user), as last recorded."""
+    try:
+        with open(paths.health, "rb") as stream:
+            data = json.loads(stream.read(MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    login = data.get("login") if isinstance(data, dict) else None
+    return login if isinstance(login, str) and login else None
 
 
 def probes_of(spec: InstanceSpec) -> dict[ConditionType, ProbeSpec | None]:

@@ -32,7 +32,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.gitops.source import GitSource
 from reconciler.health.conditions import Condition, ConditionType
 from reconciler.health.prober import Prober
-from reconciler.health.record import probes_of
+from reconciler.health.record import probes_of, record_probes
 from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import Reply
@@ -53,6 +53,7 @@ from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState
 from reconciler.model.desired import InstanceSpec
 from reconciler.model.machine import Machine
 from reconciler.planning.addresses import machine_addresses
+from reconciler.planning.cloudinit import login_user
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger("reconciler.daemon")
@@ -462,6 +463,8 @@ class Controller:
             name, listing if settled is not None else None
         )
         if spec is not None:
+            paths = self.state.instance(name)
+            record_probes(paths, probes_of(spec), login_user(spec.guest))
             self.prober.watch(name, probes_of(spec), running, observed or "unknown")
             addresses = self._addresses(name) or addresses
         self.status.record_result(

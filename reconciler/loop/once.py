@@ -18,6 +18,7 @@ from reconciler.loop.results import InstanceResult
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
 from reconciler.model.actual import ObservedDomain
+from reconciler.planning.cloudinit import login_user
 from reconciler.planning.plan import InstancePlan
 
 LOG = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
         WorkerPool(queue, handle, workers, prefix="instance").drain()
     LOG.debug("reconciled %d instances, %d settled from the listing", len(results), settled_here)
     for spec in load.instances:  # what status and wait check, in another process too
-        record_probes(reconciler.state.instance(spec.name), probes_of(spec))
+        paths = reconciler.state.instance(spec.name)
+        record_probes(paths, probes_of(spec), login_user(spec.guest))
     orphans, refusal = orphans_of(load, reconciler, listed)
     return [results[name] for name in specs] + [reconciler.prune(n, refusal) for n in orphans]

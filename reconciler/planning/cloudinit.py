@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,3 +130,34 @@ def _wrap(text: str, width: int = 76) -> list[str]:
 
 def _dump(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def login_user(config: GuestConfig) -> str | None:
+    """The user to log into the guest as, from its cloud-config: `user` (a name, or a mapping
+    with one), else the first named entry of `users` that is not `default`, else
+    `system_info.default_user.name`. None when it names none (the image's own default user,
+    which only the image knows: `reconcile ssh --user`)."""
+    data = config.user_data
+    if data is None or not data.startswith(CLOUD_CONFIG_HEADER.encode()):
+        return None
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    candidates: list[Any] = [document.get("user")]
+    users = document.get("users")
+    if isinstance(users, list):
+        candidates += users
+    system = document.get("system_info")
+    if isinstance(system, dict) and isinstance(system.get("default_user"), dict):
+        candidates.append(system["default_user"])
+    for candidate in candidates:
+        name = candidate.get("name") if isinstance(candidate, dict) else candidate
+        if isinstance(name, str) and name != "default" and _USER_NAME.match(name):
+            return name
+    return None
+
+
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
