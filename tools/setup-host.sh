@@ -12,6 +12,9 @@ packages=(
   ovmf
   # to build the test guest (tools/guest) without loop devices or mounts
   mtools syslinux
+  # to build the Debian cloud image the cloud-init test boots (tools/cloud-image), with no
+  # mount: debootstrap into a directory, mkfs.ext4 -d from it
+  debootstrap e2fsprogs
   # tests: a self-signed certificate for the HTTPS test server
   openssl
   # tests: a libvirtd the connection-loss test starts and kills itself (never as a service)

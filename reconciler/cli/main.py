@@ -228,7 +228,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s wait NAME... [--for ready|live|stopped] [--timeout DURATION]\n"
-        "       %(prog)s ssh NAME [--user USER] [-- COMMAND...]\n"
+        "       %(prog)s ssh NAME [--user USER] [-i KEY] [-- COMMAND...]\n"
         "       %(prog)s ssh-config [NAME]\n"
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]\n"
@@ -330,6 +330,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ssh.add_argument("name", metavar="NAME", help="the instance")
     ssh.add_argument("--user", metavar="USER", help="the user (default: its cloud-config's)")
     ssh.add_argument(
+        "-i", "--identity", metavar="FILE", type=Path, help="the private key (ssh's -i)"
+    )
+    ssh.add_argument(
         "ssh_command", metavar="COMMAND", nargs="*", help="run this instead of a shell (after --)"
     )
     ssh_config = commands.add_parser(
@@ -337,6 +340,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     ssh_config.add_argument("name", metavar="NAME", nargs="?", help="one instance only")
     ssh_config.add_argument("--user", metavar="USER", help="the user (default: its cloud-config's)")
+    ssh_config.add_argument(
+        "-i", "--identity", metavar="FILE", type=Path, help="the private key (IdentityFile)"
+    )
     gc = commands.add_parser("gc", parents=[common], help="remove cached bases no disk uses")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(

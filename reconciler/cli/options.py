@@ -100,6 +100,7 @@ class Options:
     names: tuple[str, ...] = ()  # wait's
     want: str = "ready"  # wait's --for: ready, live or stopped
     user: str | None = None  # ssh's and ssh-config's --user
+    identity: Path | None = None  # their --identity
     ssh_command: tuple[str, ...] = ()  # ssh's COMMAND
 
     @property
@@ -204,12 +205,17 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         names=tuple(given.get("names") or ()),
         want=str(given.get("want") or "ready"),
         user=given.get("user"),
+        identity=_absolute(given.get("identity")),
         ssh_command=tuple(given.get("ssh_command") or ()),
     )
     return options
 
 
 DEFAULT_WAIT = "10m"
+
+
+def _absolute(path: object) -> Path | None:
+    return path.absolute() if isinstance(path, Path) else None
 
 
 def _wait_seconds(kind: Command, given: dict[str, object]) -> float | None:

@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from reconciler.cli.backends import Access, backend_for
@@ -59,17 +60,24 @@ def ssh_target(access: Access, user: str | None) -> SshTarget:
     )
 
 
-def ssh_options(layout: StateLayout, name: str) -> list[str]:
-    """The options that tie the host key to the instance, kept in the state directory."""
+def ssh_options(layout: StateLayout, name: str, identity: Path | None = None) -> list[str]:
+    """The options that tie the host key to the instance, kept in the state directory (and
+    the private key to use, when given)."""
+    chosen = ["-o", f"IdentityFile={identity}", "-o", "IdentitiesOnly=yes"] if identity else []
     return [
         "-o", f"UserKnownHostsFile={layout.known_hosts}",
         "-o", "StrictHostKeyChecking=accept-new",
         "-o", f"HostKeyAlias={name}",
+        *chosen,
     ]  # fmt: skip
 
 
 def ssh_argv(
-    layout: StateLayout, access: Access, user: str | None, command: list[str]
+    layout: StateLayout,
+    access: Access,
+    user: str | None,
+    command: list[str],
+    identity: Path | None = None,
 ) -> list[str]:
     target = ssh_target(access, user)
     if target.user is None:
@@ -77,7 +85,7 @@ def ssh_argv(
             f"no user is known for {access.name}: its cloud-config names none (user, users) "
             "and the image's default user is the image's own; give --user"
         )
-    argv = ["ssh", *ssh_options(layout, access.name), "-p", str(target.port)]
+    argv = ["ssh", *ssh_options(layout, access.name, identity), "-p", str(target.port)]
     return [*argv, target.destination(), *(["--", *command] if command else [])]
 
 
@@ -89,7 +97,8 @@ def run_ssh(options: Options, out: TextIO) -> int:
     """Replace this process with `ssh` to the guest (its exit status is ssh's)."""
     name = options.name or ""
     (access,) = backend_for(options).access([name])
-    argv = ssh_argv(options.state, access, options.user, list(options.ssh_command))
+    command = list(options.ssh_command)
+    argv = ssh_argv(options.state, access, options.user, command, options.identity)
     if shutil.which("ssh") is None:
         raise ConfigError("ssh is not installed (Debian package openssh-client)")
     _known_hosts_ready(options.state)
@@ -99,7 +108,9 @@ def run_ssh(options: Options, out: TextIO) -> int:
     return Exit.FAILED  # not reached
 
 
-def ssh_config_text(layout: StateLayout, accesses: list[Access], user: str | None) -> str:
+def ssh_config_text(
+    layout: StateLayout, accesses: list[Access], user: str | None, identity: Path | None = None
+) -> str:
     """An OpenSSH `Host` block per running instance that can be reached (others as a
     comment, saying why not)."""
     blocks = []
@@ -112,7 +123,7 @@ def ssh_config_text(layout: StateLayout, accesses: list[Access], user: str | Non
         lines = [f"Host {access.name}", f"  HostName {target.host}", f"  Port {target.port}"]
         if target.user:
             lines.append(f"  User {target.user}")
-        options = ssh_options(layout, access.name)
+        options = ssh_options(layout, access.name, identity)
         lines += [f"  {option.replace('=', ' ', 1)}" for option in options[1::2]]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
@@ -122,5 +133,5 @@ def run_ssh_config(options: Options, out: TextIO) -> int:
     names = [options.name] if options.name else None
     accesses = backend_for(options).access(names)
     _known_hosts_ready(options.state)
-    out.write(ssh_config_text(options.state, accesses, options.user))
+    out.write(ssh_config_text(options.state, accesses, options.user, options.identity))
     return Exit.OK
