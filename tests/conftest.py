@@ -25,3 +25,10 @@ def no_proxy_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     the proxy tests set their own variables."""
     for variable in PROXY_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `first` go first: xdist hands out whole modules in collection order,
+    so the slowest (a real cloud image booting under TCG) overlaps with everything else
+    instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)

@@ -68,6 +68,7 @@ def ssh_options(layout: StateLayout, name: str, identity: Path | None = None) ->
         "-o", f"UserKnownHostsFile={layout.known_hosts}",
         "-o", "StrictHostKeyChecking=accept-new",
         "-o", f"HostKeyAlias={name}",
+        "-o", "HashKnownHosts=no",  # readable: one line per instance, under its name
         *chosen,
     ]  # fmt: skip
 
@@ -104,6 +105,9 @@ def run_ssh(options: Options, out: TextIO) -> int:
     _known_hosts_ready(options.state)
     out.flush()
     sys.stderr.flush()
+    terminal = sys.stderr.fileno()
+    if terminal != 2:  # descriptor 2 went to STATE/libvirt.log when the driver opened
+        os.dup2(terminal, 2)
     os.execvp("ssh", argv)
     return Exit.FAILED  # not reached
 

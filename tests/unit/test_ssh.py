@@ -45,7 +45,7 @@ def test_the_command_and_the_host_key_options() -> None:
     assert ssh_argv(LAYOUT, access, None, ["hostname", "-f"]) == [
         "ssh", "-o", "UserKnownHostsFile=/state/ssh/known_hosts",
         "-o", "StrictHostKeyChecking=accept-new", "-o", "HostKeyAlias=web",
-        "-p", "2222", "debian@127.0.0.1", "--", "hostname", "-f",
+        "-o", "HashKnownHosts=no", "-p", "2222", "debian@127.0.0.1", "--", "hostname", "-f",
     ]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_ssh_config_has_a_host_block_per_reachable_instance() -> None:
     assert ssh_config_text(LAYOUT, accesses, None) == (
         "Host web\n  HostName 127.0.0.1\n  Port 2222\n  User debian\n"
         "  UserKnownHostsFile /state/ssh/known_hosts\n  StrictHostKeyChecking accept-new\n"
-        "  HostKeyAlias web\n\n# db: db is shutoff: nothing to log into\n"
+        "  HostKeyAlias web\n  HashKnownHosts no\n\n# db: db is shutoff: nothing to log into\n"
     )
 
 

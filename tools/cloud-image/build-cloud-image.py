@@ -45,7 +45,8 @@ PACKAGES = (
 UNUSED_MODULES = (
     "sound", "drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/infiniband",
     "drivers/staging", "drivers/iio", "drivers/bluetooth", "drivers/isdn", "drivers/usb",
-    "drivers/net/ethernet", "net/wireless", "net/mac80211", "net/bluetooth",
+    "drivers/net/ethernet", "drivers/hwmon", "drivers/platform", "drivers/thunderbolt",
+    "drivers/input/touchscreen", "drivers/video", "net/wireless", "net/mac80211", "net/bluetooth",
 )  # fmt: skip
 TRIMMED = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists")
 SECTOR = 512
@@ -130,6 +131,9 @@ def adjust(root: Path) -> None:
     for trimmed in TRIMMED:
         shutil.rmtree(root / trimmed, ignore_errors=True)
         (root / trimmed).mkdir(parents=True, exist_ok=True)
+    for translations in (root / "usr/share/locale").iterdir():  # messages in other languages
+        if translations.is_dir():
+            shutil.rmtree(translations)
     (modules,) = (root / "usr/lib/modules").iterdir()
     for unused in UNUSED_MODULES:
         shutil.rmtree(modules / "kernel" / unused, ignore_errors=True)
