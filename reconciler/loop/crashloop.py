@@ -64,7 +64,7 @@ class CrashLoopGuard:
             Outcome.UNCHANGED,
             notes=(note,),
             requeue_after=remaining,
-            crash_loop=CrashLoop(count, remaining),
+            crash_loop=CrashLoop(count, remaining, delay),
         )
 
     def restarted(self, name: str) -> CrashLoop:

@@ -48,6 +48,7 @@ class CrashLoop:
 
     restarts: int
     next_start_in: float | None = None  # seconds; None: started (or starting) now
+    delay: float | None = None  # the whole wait of this hold (1, 2, 4... s), from the stop
 
 
 def result_to_json(result: InstanceResult) -> dict[str, object]:

@@ -84,7 +84,7 @@ def _crash_loop(result: InstanceResult, started: float) -> dict[str, Any] | None
     next_start = None
     if loop.next_start_in is not None:
         next_start = _iso(started + result.seconds + loop.next_start_in)
-    return {"restarts": loop.restarts, "nextStart": next_start}
+    return {"restarts": loop.restarts, "nextStart": next_start, "delaySeconds": loop.delay}
 
 
 class StatusBook:

@@ -16,7 +16,7 @@ from reconciler.model.actual import PowerState
 from reconciler.model.desired import Accelerator
 from reconciler.model.machine import Machine
 from tests.e2e.conftest import E2E, CliRun, wait_for
-from tests.helpers import unique_name, write_manifest
+from tests.helpers import free_port, unique_name, write_manifest
 
 pytestmark = pytest.mark.both_drivers
 
@@ -233,11 +233,8 @@ def test_status_without_a_daemon_observes_the_state_directory(
     e2e: E2E, reconcile: Reconcile, tmp_path: Path
 ) -> None:
     import json
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     name, stopped = unique_name(), unique_name()
     forward = [{"type": "user", "ports": [{"host": port, "guest": 22}]}]
     write_manifest(tmp_path, name, e2e.base, e2e.sha256, networks=forward)
@@ -248,10 +245,12 @@ def test_status_without_a_daemon_observes_the_state_directory(
     assert f"no daemon runs on {e2e.state.root}; observed now with" in status.out
     (line,) = [row for row in status.out.splitlines() if row.split()[:1] == [name]]
     accelerator = "kvm" if probe_local_kvm().usable else "tcg"  # auto, on this host
-    assert line.split()[1:5] == ["running", "running", accelerator, "64MiB"]
+    # no probe: a running domain is ready, a stopped one is not (and says why)
+    assert line.split()[1:6] == ["running", "running", "True", accelerator, "64MiB"]
     assert f"10.0.2.15 (127.0.0.1:{port} -> 22/tcp)" in line  # the address, each forward
     (other,) = [row for row in status.out.splitlines() if row.split()[:1] == [stopped]]
-    assert other.split()[1:3] == ["stopped", "shutoff"]
+    assert other.split()[1:4] == ["stopped", "shutoff", "False"]
+    assert "Ready False since" in status.out and "NotRunning: the domain is shutoff" in status.out
     one = reconcile("status", name, "-o", "json")
     assert one.code == 0, one.err
     (entry,) = json.loads(one.out)["instances"]
