@@ -264,7 +264,7 @@ def test_a_crash_loop_backs_off_with_growing_delays_and_resets_after_a_while(wor
         if result.requeue_after is not None:  # held back: wait as long as it says, then start
             assert result.notes[0].startswith("crash loop: the domain stopped again (crashed)")
             waits.append(round(result.requeue_after))
-            assert result.crash_loop == CrashLoop(len(waits), result.requeue_after)
+            assert result.crash_loop == CrashLoop(len(waits), result.requeue_after, waits[-1])
             world.time.now += result.requeue_after
             result = world.reconciler.reconcile(world.spec)
         assert result.outcome is Outcome.CHANGED, result.message
