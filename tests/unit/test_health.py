@@ -273,3 +273,27 @@ def test_the_prober_turns_agent_checks_into_conditions_and_records_them(tmp_path
         json.loads(layout.instance("web").health.read_text())["probes"]["Ready"]["kind"]
         == "guestAgent"
     )
+
+
+def test_addresses_come_from_the_agent_then_the_leases_then_the_neighbours(tmp_path: Path) -> None:
+    from reconciler.health.addresses import observe_addresses
+
+    agent_nic = Nic(NicType.NETWORK, "52:54:00:00:00:0a", source="default")
+    leased = Nic(NicType.NETWORK, "52:54:00:00:00:0b", source="default")
+    bridged = Nic(NicType.BRIDGE, "52:54:00:00:00:0c", source="br0")
+    unknown = Nic(NicType.BRIDGE, "52:54:00:00:00:0d", source="br0")
+    machine = replace(BASE, guest_agent=True, nics=(agent_nic, leased, bridged, unknown))
+    driver = FakeDriver()
+    reply = [{"hardware-address": agent_nic.mac, "ip-addresses": [{"ip-address": "192.0.2.10"}]}]
+    driver.domains["web"] = FakeDomain(machine, PowerState.RUNNING, agent=lambda _c, _a: reply)
+    driver.leases["default"] = {agent_nic.mac: "192.0.2.99", leased.mac: "192.0.2.11"}
+    arp = tmp_path / "arp"
+    arp.write_text(f"IP address HW type Flags HW address Mask Device\n"
+                   f"192.0.2.12 0x1 0x2 {bridged.mac} * br0\n")  # fmt: skip
+    found = observe_addresses(driver, "web", machine, neighbours=arp)
+    assert [(a.address, a.source) for a in found] == [
+        ("192.0.2.10", "guest agent"),  # believed over the lease
+        ("192.0.2.11", "DHCP lease"),
+        ("192.0.2.12", "neighbour table"),
+        (None, "not observed"),
+    ]
