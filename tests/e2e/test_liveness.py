@@ -77,6 +77,10 @@ def test_a_dead_service_restarts_the_guest_under_always_and_is_reported_under_ma
     assert entry["observed"] == "running" and boots_of(manual) == 1
     assert "exec test -e /run/alive: exited 1" in condition(daemon, manual, "Live")["message"]
     assert any("only reports it" in note for note in entry["lastReconcile"]["notes"])
+    # `wait` asks the daemon: not live (with why, exit 4); ready (no readiness probe: running)
+    waited = daemon.cli("wait", manual, "--for", "live", "--timeout", "2s")
+    assert waited.returncode == 4 and "ProbeFailed: exec test -e /run/alive" in waited.stderr
+    assert daemon.cli("wait", manual, "--timeout", "30s").returncode == 0
 
     # Always: restarted by the daemon (the probe's trigger), behind the crash-loop guard (the
     # restarted guest's service dies again: the next restart waits longer)
