@@ -70,7 +70,10 @@ def agent_addresses(reply: Any) -> dict[str, str]:
                 address = ipaddress.ip_address(str(entry.get("ip-address")))
             except (ValueError, AttributeError):
                 continue
-            if address.is_loopback or address.is_link_local:
+            # the guest's word: nothing that would aim a probe at the host itself or at nobody
+            if address.is_loopback or address.is_link_local or address.is_unspecified:
+                continue
+            if address.is_multicast:
                 continue
             candidates.append(address)
         candidates.sort(key=lambda a: a.version)  # IPv4 first

@@ -56,13 +56,11 @@ class InventoryEntry:
 def inventory(reconciler: Reconciler) -> list[InventoryEntry]:
     """Every domain the state directory manages, by name, with its Ready and Live conditions
     from one check of each probe now, and the addresses observed meanwhile."""
-    entries = sorted(
-        (_entry(reconciler, record) for record in reconciler.managed_domains()),
-        key=lambda entry: entry.name,
-    )
+    records = reconciler.managed_domains()
+    entries = sorted((_entry(reconciler, record) for record in records), key=lambda e: e.name)
     watch = HealthWatch(reconciler.driver, reconciler.state, reconciler.clock)
     try:
-        checked = watch.check_once([entry.name for entry in entries])
+        checked = watch.check_once(list(records))
     finally:
         watch.close()
     return [_with_health(entry, checked.get(entry.name)) for entry in entries]

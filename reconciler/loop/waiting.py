@@ -17,7 +17,7 @@ from reconciler.health.conditions import Condition, ConditionStatus, ConditionTy
 from reconciler.health.prober import Prober
 from reconciler.health.record import read_health
 from reconciler.layout import StateLayout
-from reconciler.model.actual import DomainFacts
+from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState
 from reconciler.planning.addresses import InterfaceAddress
 
 LOOKUP_SECONDS = 1.0
@@ -74,17 +74,20 @@ class HealthWatch:
             except ReconcilerError as err:
                 self._states[name] = f"unknown ({err})"
                 continue
-            probes, self._recorded[name] = read_health(self._layout.instance(name))
-            if record is None:
-                self._states[name] = "absent"
-                self.prober.watch(name, probes, None, "absent")
-                continue
-            self._states[name] = record.state.value
-            running = isinstance(record, DomainFacts) and record.state.value == "running"
-            machine = None
-            if running and isinstance(record, DomainFacts):
-                machine = record.live_definition or record.definition
-            self.prober.watch(name, probes, machine, record.state.value)
+            self.observed(name, record)
+
+    def observed(self, name: str, record: ObservedDomain | None) -> None:
+        """Tell the prober how `name` is, from `record` (None: no such domain)."""
+        probes, self._recorded[name] = read_health(self._layout.instance(name))
+        if record is None:
+            self._states[name] = "absent"
+            self.prober.watch(name, probes, None, "absent")
+            return
+        self._states[name] = record.state.value
+        machine = None
+        if isinstance(record, DomainFacts) and record.state is PowerState.RUNNING:
+            machine = record.live_definition or record.definition
+        self.prober.watch(name, probes, machine, record.state.value)
 
     def health(self, name: str) -> Health | None:
         conditions = self.prober.conditions(name)
@@ -102,10 +105,13 @@ class HealthWatch:
             return condition
         return replace(condition, last_transition=recorded.last_transition)
 
-    def check_once(self, names: list[str]) -> dict[str, Health]:
-        """Every probe of each name checked once now (its condition is that one check's)."""
-        self.observe(names)
+    def check_once(self, records: list[ObservedDomain]) -> dict[str, Health]:
+        """Every probe of each domain listed checked once now (its condition is that one
+        check's)."""
+        for record in records:
+            self.observed(record.name, record)
         self.prober.check_all_now()
+        names = [record.name for record in records]
         return {name: health for name in names if (health := self.health(name)) is not None}
 
     def wait(

@@ -154,7 +154,8 @@ def test_guest_agent_addresses_keep_well_formed_ones_ipv4_first() -> None:
             {"ip-address": "fe80::1"}, {"ip-address": "2001:db8::5"},
             {"ip-address": "192.0.2.7"}]},
         {"name": "evil", "hardware-address": "52:54:00:00:00:01",
-         "ip-addresses": [{"ip-address": "1.2.3.4; rm -rf /"}]},
+         "ip-addresses": [{"ip-address": "1.2.3.4; rm -rf /"}, {"ip-address": "0.0.0.0"},
+                          {"ip-address": "224.0.0.1"}, {"ip-address": "::1"}]},
         "not an interface",
     ]  # fmt: skip
     assert agent_addresses(reply) == {"52:54:00:aa:bb:cc": "192.0.2.7"}
