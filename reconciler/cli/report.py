@@ -131,8 +131,14 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
     lines = [head, *_git_lines(daemon.get("git"))]
     instances = snapshot.get("instances", [])
     width = max((len(i["name"]) for i in instances), default=4)
+    shown = {
+        item["name"]: "; ".join(_address_text(a) for a in item.get("addresses") or []) or "-"
+        for item in instances
+    }
+    wide = max((len(text) for text in shown.values()), default=9)
     lines.append(
-        f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'READY':<5}  {'ACCEL':<5}  LAST"
+        f"  {'NAME':<{width}}  {'DESIRED':<8}  {'OBSERVED':<13}  {'READY':<5}  {'ACCEL':<5}  "
+        f"{'ADDRESSES':<{wide}}  LAST"
     )
     for item in instances:
         last = item.get("lastReconcile") or {}
@@ -142,19 +148,14 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
         change = item.get("lastChange")
         if change and last.get("outcome") != "changed":  # a later pass found nothing to do
             summary += f"; last changed at {change.get('at')}"
-        ready: dict[str, Any] = next(
-            (c for c in item.get("conditions") or [] if c.get("type") == "Ready"), {}
-        )
+        conditions = item.get("conditions") or []
+        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         lines.append(
             f"  {item['name']:<{width}}  {item.get('desired') or '-':<8}  "
             f"{item.get('observed') or '-':<13}  {ready.get('status', '-'):<5}  "
-            f"{item.get('accelerator') or '-':<5}  {summary}"
+            f"{item.get('accelerator') or '-':<5}  {shown[item['name']]:<{wide}}  {summary}"
         )
-        lines += _condition_lines(item.get("conditions") or [], " " * (width + 2))
-        addresses = item.get("addresses") or []
-        if addresses:
-            shown = "; ".join(_address_text(address) for address in addresses)
-            lines.append(f"  {'':<{width}}  addresses: {shown}")
+        lines += _condition_lines(conditions, " " * (width + 2))
         error = item.get("lastError")
         if error:
             lines.append(f"  {'':<{width}}  error ({error.get('failure')}): {error.get('message')}")

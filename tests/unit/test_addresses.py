@@ -46,7 +46,11 @@ def test_the_daemons_status_shows_each_instances_addresses() -> None:
                 "desired": "running",
                 "observed": "running",
                 "addresses": [address.as_json()],
+                "conditions": [{"type": "Ready", "status": "True"}],
             }
         ],
     }
-    assert "  addresses: 10.0.2.15 (127.0.0.1:2222 -> 22/tcp)" in "\n".join(render_status(snapshot))
+    head, row = render_status(snapshot)[1:3]
+    assert head.split() == ["NAME", "DESIRED", "OBSERVED", "READY", "ACCEL", "ADDRESSES", "LAST"]
+    assert row.split()[:5] == ["web", "running", "running", "True", "-"]
+    assert "  10.0.2.15 (127.0.0.1:2222 -> 22/tcp)  - at -" in row
