@@ -9,6 +9,7 @@ The test process never opens the daemon's hypervisor: it asks the daemon (`recon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -155,21 +156,29 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=90)
 
 
-@pytest.fixture(scope="module")
-def daemon(driver_name: str) -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="rcw-", dir="/tmp"))  # short: libvirt's sockets
+@contextlib.contextmanager
+def daemon_of_its_own(prefix: str, driver_name: str, *extra: str) -> Iterator[Daemon]:
+    """A daemon on a state directory and a manifest directory of its own (ROOT/s, ROOT/m, a
+    base image in ROOT/src), stopped and its domains destroyed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: libvirt's sockets
     manifests = root / "m"
     manifests.mkdir()
     images = root / "src"
     images.mkdir()
     base, sha = write_base_image(images)
-    handle = launch(root, manifests, base, sha, driver=driver_name)
+    handle = launch(root, manifests, base, sha, *extra, driver=driver_name)
     try:
         yield handle
     finally:
         stop_daemon(handle.process)
         destroy_domains(root / "s")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(driver_name: str) -> Iterator[Daemon]:
+    with daemon_of_its_own("rcw-", driver_name) as handle:
+        yield handle
 
 
 def test_a_new_manifest_runs_and_edits_are_applied(daemon: Daemon) -> None:

@@ -6,18 +6,14 @@ A restarted guest's service dies again: the crash-loop guard spaces the restarts
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import destroy_domains
-from tests.e2e.test_daemon import Daemon, launch, stop_daemon, wait_until
+from tests.e2e.test_daemon import Daemon, daemon_of_its_own, wait_until
 from tests.guest import IMAGES, boots, guest_image
-from tests.helpers import unique_name, write_base_image, write_manifest
+from tests.helpers import unique_name, write_manifest
 
 pytestmark = pytest.mark.both_drivers
 DIES = "#cloud-config\nreconciler_test: 'reconciler-guest: services-stop-after 6'\n"
@@ -29,17 +25,8 @@ LIVENESS = {
 
 @pytest.fixture
 def daemon(driver_name: str) -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="rcl-", dir="/tmp"))  # short: libvirt's sockets
-    (root / "m").mkdir()
-    (root / "src").mkdir()
-    base, sha = write_base_image(root / "src")
-    handle = launch(root, root / "m", base, sha, "--image-dir", str(IMAGES), driver=driver_name)
-    try:
+    with daemon_of_its_own("rcl-", driver_name, "--image-dir", str(IMAGES)) as handle:
         yield handle
-    finally:
-        stop_daemon(handle.process)
-        destroy_domains(root / "s")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def condition(daemon: Daemon, name: str, kind: str) -> dict[str, Any]:
