@@ -465,6 +465,8 @@ class Controller:
         if spec is not None:
             paths = self.state.instance(name)
             record_probes(paths, probes_of(spec), login_user(spec.guest))
+            if result.started:  # a new boot, whatever events the driver gives: start over
+                self.prober.restarted(name)
             self.prober.watch(name, probes_of(spec), running, observed or "unknown")
             addresses = self._addresses(name) or addresses
         self.status.record_result(

@@ -413,6 +413,7 @@ class Reconciler:
             tuple(actions),
             notes=plan.notes if checked else notes,
             accelerator=plan.accelerator,
+            started=any(isinstance(s, StartDomain) for s in plan.steps),
         )
 
     def _check_outcome(self, result: InstanceResult, spec: InstanceSpec) -> InstanceResult:

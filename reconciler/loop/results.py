@@ -40,6 +40,7 @@ class InstanceResult:
     seconds: float = 0.0  # how long the reconcile took
     pending_restart: bool = False  # the running domain waits for a restart to take a change
     crash_loop: CrashLoop | None = None  # set while restarts after failures come in a row
+    started: bool = False  # this reconcile started the domain (a new boot: probes start over)
 
 
 @dataclass(frozen=True, slots=True)
