@@ -103,7 +103,9 @@ def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays(
     )  # fmt: skip
     daemon = launch(root, manifests, image, "", driver=driver_name)
     # restarts in a row -> the hold's whole wait, from when the stop was first seen (what
-    # the status says: later reconciles inside the same hold do not change it)
+    # the status says: later reconciles inside the same hold do not change it). A hold of a
+    # second can pass between two looks at the status on a loaded host: any three will do,
+    # each must be its own step of the doubling
     held: dict[int, float] = {}
 
     def third_hold() -> bool:
@@ -119,8 +121,7 @@ def test_a_guest_that_fails_at_once_every_boot_backs_off_with_growing_delays(
 
     try:
         wait_until(third_hold, "three restarts held back", daemon, timeout=300)
-        assert sorted(held) == [1, 2, 3]
-        assert [held[n] for n in (1, 2, 3)] == [1.0, 2.0, 4.0], held
+        assert all(held[n] == 2.0 ** (n - 1) for n in held), held  # 1 s, 2 s, 4 s, 8 s...
         shown = daemon.cli("status")
         assert "crash loop:" in shown.stdout, shown.stdout
         log = daemon.log_text()
