@@ -28,9 +28,16 @@ SSH_SECONDS = 120.0
 
 
 def cloud_image() -> Path:
-    """Build the cloud image if needed (cached: a second run does nothing); its path."""
+    """Build the cloud image if needed (cached: a second run does nothing); its path. A
+    failed build is tried once more: it downloads from the package mirror."""
     tool = PROJECT / "tools" / "cloud-image" / "build-cloud-image.py"
-    subprocess.run([sys.executable, str(tool), str(IMAGES)], check=True, stdout=subprocess.DEVNULL)
+    for attempt in (1, 2):
+        built = subprocess.run(
+            [sys.executable, str(tool), str(IMAGES)], capture_output=True, text=True, check=False
+        )
+        if built.returncode == 0:
+            break
+        assert attempt == 1, f"the cloud image could not be built:\n{built.stderr[-4000:]}"
     return IMAGES / "reconciler-cloud.qcow2"
 
 
