@@ -74,6 +74,14 @@ class ConsoleFollower:
     cloud_init: CloudInitConsole = field(default_factory=CloudInitConsole)
     offset: int = 0
 
+    def skip_to_end(self) -> None:
+        """Read from what the log holds now on (a reboot: the earlier boots are done)."""
+        try:
+            self.offset = os.stat(self.path).st_size
+        except OSError:
+            self.offset = 0
+        self.cloud_init = CloudInitConsole()
+
     def update(self) -> CloudInitConsole:
         try:
             descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

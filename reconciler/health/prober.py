@@ -135,8 +135,10 @@ class Prober:
                         )  # fmt: skip
         self._changed(name, old)
 
-    def restarted(self, name: str) -> None:
-        """`name` was seen starting again (a new boot): its probes start over."""
+    def restarted(self, name: str, reboot: bool = False) -> None:
+        """`name` was seen starting again (a new boot): its probes start over. A `reboot`
+        keeps its QEMU and so its console log: what the earlier boots wrote there (cloud-init
+        finished, once) is not read again."""
         with self._lock:
             watched = self._watched.get(name)
             if watched is None or watched.machine is None:
@@ -145,6 +147,11 @@ class Prober:
             probes = _probes_of(watched)
             watched.machine = None  # seen stopped: watch() starts over
         self.watch(name, probes, machine, state)
+        if reboot:
+            with self._lock:
+                current = self._watched.get(name)
+                if current is not None:
+                    current.console.skip_to_end()
 
     def forget(self, name: str) -> None:
         with self._lock:

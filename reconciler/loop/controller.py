@@ -361,8 +361,10 @@ class Controller:
             return
         LOG.info("%s: event %s %s", event.name, event.kind, event.detail)
         self.status.record_event(event.name, event.kind, event.detail)
-        if event.kind is EventKind.REBOOT or event.detail.startswith("started"):
-            self.prober.restarted(event.name)  # a new boot: its probes start over
+        if event.kind is EventKind.REBOOT:  # a new boot in the same QEMU
+            self.prober.restarted(event.name, reboot=True)
+        elif event.detail.startswith("started"):  # a new QEMU
+            self.prober.restarted(event.name)
         if not echo:
             self.enqueue([event.name], Trigger.EVENT)
 

@@ -134,6 +134,22 @@ def test_cloud_init_is_done_after_its_final_message_of_this_boot_only() -> None:
     assert state_of(console) is CloudInitState.RUNNING
 
 
+def test_after_a_reboot_the_console_is_read_from_where_it_stood(tmp_path: Path) -> None:
+    from reconciler.health.checks import ConsoleFollower
+
+    log = tmp_path / "console.log"
+    log.write_text(BANNER + FINISHED)
+    follower = ConsoleFollower(log)
+    assert follower.update().state is CloudInitState.DONE
+    follower.skip_to_end()  # rebooted: the last boot's "finished" is not this boot's
+    assert follower.update().state is CloudInitState.NOT_SEEN
+    with log.open("a") as stream:
+        stream.write(BANNER)
+    assert follower.update().state is CloudInitState.RUNNING
+    log.write_text(BANNER)  # a new QEMU truncated it: read from the start
+    assert state_of(follower.update()) is CloudInitState.RUNNING
+
+
 def test_cloud_init_errors_are_its_own_lines_cleaned_and_capped() -> None:
     console = CloudInitConsole()
     console.feed(BANNER + WARNING * 9 + "\x07bell\n" + FINISHED)
