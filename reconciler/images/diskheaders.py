@@ -194,3 +194,62 @@ def image_virtual_size(path: str, image_format: str) -> int:
     if image_format == "qcow2":
         return parse_qcow2_header(read_head(path)).virtual_size
     return os.path.getsize(path)
+
+
+# the snapshot table (qcow2 specification, "Snapshot table"): at most QEMU's own limit of
+# entries, each a fixed part, extra data, an id and a name, padded to 8 bytes
+QCOW2_MAX_SNAPSHOTS = 65536
+_SNAPSHOT_FIXED = struct.Struct(">QIHHIIQII")  # l1 offset, l1 size, id size, name size, date
+# (seconds, nanoseconds), VM clock, VM state size, extra data size
+
+
+@dataclass(frozen=True, slots=True)
+class Qcow2Snapshot:
+    """One internal snapshot, as the image's snapshot table states it."""
+
+    id: str
+    name: str
+    date: float  # seconds since the epoch
+    vm_state_size: int  # bytes of saved guest memory and devices (0: the disk only)
+    virtual_size: int | None  # the disk's size then (extra data, qcow2 v3; None: not said)
+
+
+def read_qcow2_snapshots(path: str) -> tuple[Qcow2Snapshot, ...]:
+    """The internal snapshots of the qcow2 file at `path`, in the table's order; HeaderError
+    when the table is not what the specification says (an entry past the end of the file, a
+    count over QEMU's limit, a name that is not UTF-8)."""
+    with open(path, "rb") as stream:
+        head = stream.read(72)
+        if len(head) < 72 or head[:4] != QCOW2_MAGIC:
+            raise HeaderError(f"{path} is not a qcow2 image")
+        count, offset = struct.unpack_from(">IQ", head, 60)
+        if count == 0:
+            return ()
+        if count > QCOW2_MAX_SNAPSHOTS:
+            raise HeaderError(
+                f"{path} claims {count} snapshots (QEMU allows {QCOW2_MAX_SNAPSHOTS})"
+            )
+        size = os.fstat(stream.fileno()).st_size
+        found = []
+        for _ in range(count):
+            stream.seek(offset)
+            fixed = stream.read(_SNAPSHOT_FIXED.size)
+            if len(fixed) < _SNAPSHOT_FIXED.size or offset + _SNAPSHOT_FIXED.size > size:
+                raise HeaderError(f"{path}: a snapshot table entry lies past the end of the file")
+            _l1, _l1_size, id_size, name_size, seconds, nanos, _clock, vm_state, extra_size = (
+                _SNAPSHOT_FIXED.unpack(fixed)
+            )
+            rest = stream.read(extra_size + id_size + name_size)
+            if len(rest) < extra_size + id_size + name_size:
+                raise HeaderError(f"{path}: a snapshot table entry lies past the end of the file")
+            extra = rest[:extra_size]
+            virtual_size = struct.unpack_from(">Q", extra, 8)[0] if extra_size >= 16 else None
+            try:
+                ident = rest[extra_size : extra_size + id_size].decode()
+                name = rest[extra_size + id_size :].decode()
+            except UnicodeDecodeError as err:
+                raise HeaderError(f"{path}: a snapshot's name is not UTF-8") from err
+            found.append(Qcow2Snapshot(ident, name, seconds + nanos / 1e9, vm_state, virtual_size))
+            length = _SNAPSHOT_FIXED.size + extra_size + id_size + name_size
+            offset += length + (-length % 8)
+        return tuple(found)
