@@ -156,9 +156,17 @@ class Daemon:
     def wait(self, names: list[str], want: Want, timeout: float) -> dict[str, str]:
         """The daemon probes: its status is asked again until it says so, or the timeout."""
         deadline = time.monotonic() + timeout
+        first = True
         while True:
             snapshot = ask(self.socket_path, {"op": "status", "name": None})["status"]
             by_name = {item["name"]: item for item in snapshot.get("instances", [])}
+            unknown = [name for name in names if name not in by_name]
+            if first and unknown and want is not Want.STOPPED:
+                raise ConfigError(
+                    f"no instance named {', '.join(unknown)} in the daemon's manifests: "
+                    f"nothing to wait for (the names `reconcile status` lists)"
+                )
+            first = False
             pending = {}
             for name in names:
                 why = _why_not(by_name.get(name), want)
@@ -287,6 +295,13 @@ class Local:
         from reconciler.loop.waiting import HealthWatch
 
         with owned_state(self.options, BUSY_HINT) as (state, driver):
+            if want is not Want.STOPPED:  # absent is stopped; it is never ready or live
+                unknown = [name for name in names if driver.lookup(name) is None]
+                if unknown:
+                    raise ConfigError(
+                        f"no instance named {', '.join(unknown)} in {state.root}: nothing to "
+                        "wait for (the names `reconcile status` lists)"
+                    )
             watch = HealthWatch(driver, state)
             try:
                 return watch.wait(names, want, timeout)
@@ -338,8 +353,8 @@ class Local:
 
 def _why_not(item: dict[str, Any] | None, want: Want) -> str | None:
     """Why an instance of the daemon's status does not satisfy `want` (None: it does)."""
-    if item is None:
-        return "the daemon does not manage it (no such instance in its manifests)"
+    if item is None:  # gone from its manifests: absent, which is stopped
+        return None if want is Want.STOPPED else "the daemon does not manage it"
     observed = item.get("observed") or "unknown"
     if want is Want.STOPPED:
         return None if observed in ("shutoff", "absent") else f"it is {observed}"

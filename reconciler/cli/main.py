@@ -8,10 +8,12 @@ outcome and error to an exit status (the only place that does).
     reconcile export NAME                  print a manifest for an existing domain
     reconcile adopt NAME DIR               manage an existing domain its manifest matches
     reconcile status [NAME] [-o json]      what the daemon knows about each instance
+    reconcile wait NAME... [--for ...]     until instances are ready, live or stopped
+    reconcile ssh NAME [-- COMMAND...]     log into a guest (ssh-config: for plain ssh)
     reconcile gc [--dry-run]               remove cached bases no disk uses
 
-While a daemon holds the state directory, plan, status and --once ask it over its control
-socket; otherwise they work on their own.
+While a daemon holds the state directory, plan, status, wait, ssh and --once ask it over its
+control socket; otherwise they work on their own.
 """
 
 from __future__ import annotations

@@ -106,6 +106,9 @@ def test_probes_wait_and_status_follow_a_guest_whose_services_come_up_late(
     assert (ready["status"], ready["reason"]) == ("True", "ProbeSucceeded")
     assert shown["addresses"][0]["source"] == "guest agent"
 
+    # a name no instance has is said at once, not waited for
+    unknown = reconcile("wait", "rch-no-such-instance", "--timeout", "5m")
+    assert unknown.code == Exit.INVALID and "no instance named rch-no-such-instance" in unknown.err
     # wait --for stopped: not while it runs; then after a stop
     still = reconcile("wait", name, "--for", "stopped", "--timeout", "2s")
     assert still.code == Exit.NOT_READY and "it is running" in still.err

@@ -68,6 +68,8 @@ def test_a_dead_service_restarts_the_guest_under_always_and_is_reported_under_ma
     waited = daemon.cli("wait", manual, "--for", "live", "--timeout", "2s")
     assert waited.returncode == 4 and "ProbeFailed: exec test -e /run/alive" in waited.stderr
     assert daemon.cli("wait", manual, "--timeout", "30s").returncode == 0
+    unknown = daemon.cli("wait", "rlx-no-such-instance", "--timeout", "5m")
+    assert unknown.returncode == 2 and "no instance named rlx-no-such-instance" in unknown.stderr
 
     # Always: restarted by the daemon (the probe's trigger), behind the crash-loop guard (the
     # restarted guest's service dies again: the next restart waits longer)
