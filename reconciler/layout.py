@@ -13,7 +13,10 @@ spells a name of the state directory: each asks here, and so do the tests.
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
       images/.sources/        digests of local sources given without sha256, by file identity
       instances/<name>/       disk.qcow2 (overlay), data-<disk>.<format>, config-<digest>.iso,
-                              nvram.fd, console.log, host-shutdown, health.json; under the
+                              nvram.fd, console.log, host-shutdown, health.json,
+                              snapshot-<label>.json (what a snapshot preceded, its
+                              definition), hold.json (held after a revert), fs-frozen
+                              (while a snapshot has the guest's file systems frozen); under the
                               QMP driver also
                               domain.json, live.json, qmp.sock, qemu.pid, qemu.log, stopped
       libvirt/                root of libvirt's embedded QEMU driver (when no --connect)
@@ -39,7 +42,9 @@ QEMU_PID_FILE = "qemu.pid"  # the QMP driver's, in each instance directory
 REMOVABLE_FILE = re.compile(
     rf"{re.escape(BOOT_DISK_FILE)}|data-[a-z0-9][a-z0-9-]*\.(qcow2|raw)|config-[0-9a-f]+\.iso|"
     + re.escape(NVRAM_FILE)
+    + r"|snapshot-[a-z0-9][a-z0-9._-]*\.json"
 )
+SNAPSHOT_RECORD = re.compile(r"snapshot-([a-z0-9][a-z0-9._-]*)\.json")
 
 
 def is_config_drive(file_name: str) -> bool:
@@ -70,6 +75,22 @@ class InstancePaths:
     def health(self) -> Path:
         """The instance's probes and its Ready and Live conditions (health.record)."""
         return self.directory / "health.json"
+
+    def snapshot_record(self, label: str) -> Path:
+        """What snapshot `label` preceded, and the definition to restore with it (the disks
+        hold the snapshot itself)."""
+        return self.directory / f"snapshot-{label}.json"
+
+    @property
+    def hold(self) -> Path:
+        """While it exists, a revert holds the instance (model.actual.HoldFacts)."""
+        return self.directory / "hold.json"
+
+    @property
+    def fs_frozen(self) -> Path:
+        """Exists while a snapshot has asked the guest agent to freeze the file systems: one
+        left behind by a killed process is thawed by the next pass."""
+        return self.directory / "fs-frozen"
 
     def aside(self, base_name: str) -> Path:
         """Where a replaced boot disk is moved: its name says which base it was built on."""

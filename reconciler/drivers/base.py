@@ -182,6 +182,17 @@ class Driver(Protocol):
         seconds, or answers with an error."""
         ...
 
+    def snapshot_disks(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        """Take internal snapshot `label` of the running domain's disk files `paths`, all at
+        once (one QMP transaction: consistent across them). DriverError when the domain does
+        not run, has one of them not open, or QEMU refuses (a name already used)."""
+        ...
+
+    def delete_disk_snapshots(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        """Delete internal snapshot `label` from the running domain's disk files `paths`
+        (those that do not hold it are skipped by the caller)."""
+        ...
+
     def dhcp_leases(self, network: str) -> dict[str, str]:
         """The DHCP leases of libvirt network `network`: MAC (lower case) -> address (empty
         where the driver has no such networks)."""

@@ -64,6 +64,11 @@ from reconciler.drivers.qemu_argv import (
     render_qemu_argv,
     unsupported,
 )
+from reconciler.drivers.snapshotting import (
+    format_nodes,
+    snapshot_deletion,
+    snapshot_transaction,
+)
 from reconciler.errors import DriverError, PermanentError
 from reconciler.fileops import write_atomically
 from reconciler.layout import QEMU_PID_FILE, InstancePaths, StateLayout
@@ -661,6 +666,19 @@ class QmpDriver:
 
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
         self._qmp(name, "block_resize", {"node-name": target, "size": size_bytes})
+
+    def snapshot_disks(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        self._require_live(name, "snapshot the disks of")
+        nodes = format_nodes(self._qmp(name, "query-block"), paths, f"snapshot {name}")
+        self._qmp(name, "transaction", snapshot_transaction(nodes, label))
+
+    def delete_disk_snapshots(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        self._require_live(name, "delete a snapshot of")
+        nodes = format_nodes(self._qmp(name, "query-block"), paths, f"delete snapshot of {name}")
+        for node in nodes.values():
+            self._qmp(
+                name, "blockdev-snapshot-delete-internal-sync", snapshot_deletion(node, label)
+            )
 
     def set_memory(self, name: str, memory_kib: int) -> None:
         self._qmp(name, "balloon", {"value": memory_kib * 1024})

@@ -50,6 +50,7 @@ class Qcow2Header:
     backing_file: str | None
     backing_format: str | None
     external_data_file: str | None
+    snapshot_count: int = 0  # entries in its internal snapshot table
 
 
 def read_head(path: str, size: int = HEADER_READ_BYTES) -> bytes:
@@ -115,6 +116,7 @@ def parse_qcow2_header(head: bytes) -> Qcow2Header:
         backing_file=backing_file,
         backing_format=extensions.get(QCOW2_EXT_BACKING_FORMAT),
         external_data_file=extensions.get(QCOW2_EXT_EXTERNAL_DATA_FILE),
+        snapshot_count=struct.unpack_from(">I", head, 60)[0],
     )
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
 from reconciler.drivers.base import Driver
 from reconciler.errors import InstanceError
-from reconciler.images.diskheaders import HeaderError, read_overlay_header
-from reconciler.layout import InstancePaths, is_config_drive
+from reconciler.images.diskheaders import (
+    HeaderError,
+    read_overlay_header,
+    read_qcow2_snapshots,
+)
+from reconciler.layout import REPLACED_SUFFIX, InstancePaths, is_config_drive
 from reconciler.model.actual import (
     DiskFacts,
     DomainFacts,
+    HoldFacts,
     InstanceActual,
     ObservedDomain,
+    SnapshotFacts,
     UnreadableDomain,
 )
 from reconciler.model.desired import ImageFormat, InstanceSpec
@@ -48,6 +55,7 @@ def read_overlay(path: str) -> tuple[DiskFacts | None, str | None]:
         virtual_size=header.virtual_size,
         backing_file=header.backing_file,
         backing_format=header.backing_format,
+        snapshot_count=header.snapshot_count,
     )
     return facts, None
 
@@ -76,15 +84,79 @@ def observe_instance(
     else:
         record = listed.get(name)
         domain = None if record is None else domain_facts(record)
+    names = directory_names(paths)
+    snapshots, snapshot_problem = read_snapshots(snapshot_files(paths, overlay, data_disks, names))
     return InstanceActual(
         domain=domain,
         overlay=overlay,
         overlay_problem=problem,
-        config_drives=config_drives(paths),
-        host_shutdown=os.path.exists(paths.host_shutdown),
+        config_drives=frozenset(name for name in names if is_config_drive(name)),
+        host_shutdown=paths.host_shutdown.name in names,
         data_disks=data_disks,
         data_disk_problem=data_problem,
+        snapshots=snapshots,
+        snapshot_problem=snapshot_problem,
+        hold=read_hold(paths) if paths.hold.name in names else None,
+        frozen=paths.fs_frozen.name in names,
     )
+
+
+def directory_names(paths: InstancePaths) -> frozenset[str]:
+    """The file names in an instance's directory (empty when there is none)."""
+    try:
+        return frozenset(os.listdir(paths.directory))
+    except OSError:
+        return frozenset()
+
+
+def snapshot_files(
+    paths: InstancePaths,
+    overlay: DiskFacts | None,
+    data_disks: tuple[DiskFacts, ...],
+    names: frozenset[str],
+) -> list[str]:
+    """The disk files that may hold snapshots: the boot disk and qcow2 data disks whose
+    table has entries, and boot disks a replace moved aside (whose snapshots the record of
+    the replace names)."""
+    files = [d.path for d in (overlay, *data_disks) if d is not None and d.snapshot_count]
+    aside = f"{paths.disk.name}.{REPLACED_SUFFIX}-"
+    files += [str(paths.directory / name) for name in sorted(names) if name.startswith(aside)]
+    return files
+
+
+def read_snapshots(files: list[str]) -> tuple[tuple[SnapshotFacts, ...], str | None]:
+    """Each snapshot label the files' tables hold, with the files that hold it, oldest
+    first; and the first file whose table could not be read."""
+    found: dict[str, tuple[float, list[str], int]] = {}
+    for path in files:
+        try:
+            table = read_qcow2_snapshots(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            return (), f"cannot read the snapshots of {path}: {err.strerror}"
+        except HeaderError as err:
+            return (), f"the snapshot table of {path}: {err}"
+        for entry in table:
+            taken, holders, state = found.get(entry.name, (entry.date, [], 0))
+            holders.append(path)
+            found[entry.name] = (min(taken, entry.date), holders, max(state, entry.vm_state_size))
+    facts = (
+        SnapshotFacts(label, taken, tuple(holders), state)
+        for label, (taken, holders, state) in found.items()
+    )
+    return tuple(sorted(facts, key=lambda s: (s.taken, s.label))), None
+
+
+def read_hold(paths: InstancePaths) -> HoldFacts | None:
+    """The hold a revert left (None when its file is gone or unreadable: a hold never stands
+    on a file that cannot say what it holds)."""
+    try:
+        with open(paths.hold, encoding="utf-8") as stream:
+            data = json.load(stream)
+        return HoldFacts(str(data["label"]), str(data["revertedDigest"]), float(data["at"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_data_disks(
@@ -117,8 +189,4 @@ def read_data_disks(
 
 def config_drives(paths: InstancePaths) -> frozenset[str]:
     """The config drive images in an instance's directory (config-DIGEST.iso)."""
-    try:
-        names = os.listdir(paths.directory)
-    except OSError:
-        return frozenset()
-    return frozenset(name for name in names if is_config_drive(name))
+    return frozenset(name for name in directory_names(paths) if is_config_drive(name))

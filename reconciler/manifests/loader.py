@@ -23,7 +23,7 @@ from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation,
 from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
 from reconciler.manifests.guest import aim_forwards, guest_config, networks
-from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes
+from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes, snapshot_policy
 from reconciler.manifests.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -514,6 +514,7 @@ def _to_instance_spec(
         size_maximum("/spec/disk/size"),
     )
     settings.update(probes(spec, interfaces, fail))
+    settings.update(snapshot_policy(spec, fail))
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})

@@ -21,6 +21,8 @@ from reconciler.model.desired import (
     ProbeKind,
     ProbeSpec,
     RunPolicy,
+    SnapshotPolicy,
+    SnapshotTrigger,
     UpdatePolicy,
     WatchdogAction,
     WatchdogSpec,
@@ -119,6 +121,48 @@ def probes(
             failure_threshold=item.get("failureThreshold", 3),
         )
     return found
+
+
+SCHEDULES = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+_INTERVAL_UNITS = {"m": 60, "h": 3600, "d": 86400}
+SHORTEST_SCHEDULE_SECONDS = 300
+
+
+def interval_seconds(text: str) -> int:
+    """Seconds in a schema-valid interval: hourly, daily, weekly, or N followed by m, h or d."""
+    if text in SCHEDULES:
+        return SCHEDULES[text]
+    return int(text[:-1]) * _INTERVAL_UNITS[text[-1]]
+
+
+def snapshot_policy(spec: dict[str, Any], fail: Fail) -> dict[str, SnapshotPolicy]:
+    """InstanceSpec's `snapshots` from `spec` (the defaults where it says nothing)."""
+    item = spec.get("snapshots")
+    if item is None:
+        return {}
+    default = SnapshotPolicy()
+    schedule = expiry = None
+    if "schedule" in item:
+        schedule = interval_seconds(item["schedule"])
+        if schedule < SHORTEST_SCHEDULE_SECONDS:
+            fail("/spec/snapshots/schedule", f"{item['schedule']!r} is more often than every 5m")
+    if "expiry" in item:
+        expiry = interval_seconds(item["expiry"])
+        if expiry == 0:
+            fail("/spec/snapshots/expiry", "an expiry of 0 would remove each snapshot at once")
+    if expiry is not None and schedule is None:
+        fail("/spec/snapshots/expiry", "expiry applies to scheduled snapshots: give a schedule")
+    before = item.get("beforeChange")
+    return {
+        "snapshots": SnapshotPolicy(
+            before_change=default.before_change
+            if before is None
+            else frozenset(SnapshotTrigger(word) for word in before),
+            keep=item.get("keep", default.keep),
+            schedule_seconds=schedule,
+            expiry_seconds=expiry,
+        )
+    }
 
 
 def _reachable(port: int, interfaces: tuple[NetworkSpec, ...]) -> bool:

@@ -122,6 +122,29 @@ class DiskFacts:
     virtual_size: int
     backing_file: str | None
     backing_format: str | None
+    snapshot_count: int = 0  # internal snapshots in its table (qcow2)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFacts:
+    """One restore point as the disks record it: its label, when it was taken, and the disk
+    files whose snapshot table holds it (the disks are its only record; see
+    steps.snapshots for the side file that adds what it preceded)."""
+
+    label: str
+    taken: float  # seconds since the epoch
+    files: tuple[str, ...]
+    vm_state_size: int = 0  # bytes of saved memory (0: the disks only)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldFacts:
+    """A revert holds its instance: the change it undid is not applied again until the
+    manifest asks for something else, or the user resumes it (reconcile resume)."""
+
+    label: str  # the snapshot reverted to
+    reverted_digest: str  # the manifest digest of the definition the revert undid
+    at: float  # when, seconds since the epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +159,7 @@ class InstanceActual:
     data_disk_problem: str | None = None  # a data disk file that is not what it should be
     host_shutdown: bool = False  # the domain was shut down with the host (not a stop of its own)
     liveness_failed: str | None = None  # why its liveness probe fails past its threshold
+    snapshots: tuple[SnapshotFacts, ...] = ()  # oldest first
+    snapshot_problem: str | None = None  # a disk whose snapshot table could not be read
+    hold: HoldFacts | None = None  # held after a revert
+    frozen: bool = False  # a snapshot cut short may have left the guest's file systems frozen

@@ -279,6 +279,25 @@ class GuestConfig:
         return self != GuestConfig()
 
 
+class SnapshotTrigger(enum.StrEnum):
+    """The classes of change that a restore point is taken before (the plan's disruptions)."""
+
+    RESTART = "restart"  # the guest is shut down for it (a machine type, memory past maximum)
+    REPLACE = "replace"  # a new boot disk (a new base, allowReplace)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When the reconciler snapshots an instance's disks by itself, and how many it keeps.
+    `keep` bounds each kind of automatic snapshot (before a change, on the schedule) apart;
+    snapshots taken on request are never removed by it."""
+
+    before_change: frozenset[SnapshotTrigger] = frozenset({SnapshotTrigger.REPLACE})
+    keep: int = 3
+    schedule_seconds: int | None = None  # None: no scheduled snapshots
+    expiry_seconds: int | None = None  # scheduled snapshots older than this go (None: never)
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """One instance as its manifest describes it, units resolved."""
@@ -316,3 +335,4 @@ class InstanceSpec:
     run_policy: RunPolicy = RunPolicy.ALWAYS
     readiness: ProbeSpec | None = None  # None: a running domain is ready
     liveness: ProbeSpec | None = None  # None: a running domain is live
+    snapshots: SnapshotPolicy = SnapshotPolicy()

@@ -61,6 +61,8 @@ class FakeDriver:
         self._lock = threading.RLock()
         self.unavailable: tuple[str, ...] = ()  # what check_attachments answers
         self.leases: dict[str, dict[str, str]] = {}  # network -> MAC -> address
+        # name -> (label, disk files) of each snapshot taken while running
+        self.snapshots: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
 
     # -- the seam --------------------------------------------------------------------------
 
@@ -248,6 +250,18 @@ class FakeDriver:
     def cpu_seconds(self, name: str) -> float | None:
         """The fake driver runs no guest: it cannot tell."""
         return None
+
+    def snapshot_disks(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        """Recorded only (`snapshots`): the fake has no disks to write."""
+        with self._lock:
+            self._require("snapshot disks of", name)
+            self.snapshots.setdefault(name, []).append((label, paths))
+
+    def delete_disk_snapshots(self, name: str, label: str, paths: tuple[str, ...]) -> None:
+        with self._lock:
+            self._require("delete a snapshot of", name)
+            taken = self.snapshots.get(name, [])
+            self.snapshots[name] = [(each, where) for each, where in taken if each != label]
 
     def dhcp_leases(self, network: str) -> dict[str, str]:
         return dict(self.leases.get(network, {}))

@@ -15,6 +15,8 @@ from reconciler.sizes import SIZE_PATTERN
 # A value each pattern accepts, by where the pattern sits in the schema. A new pattern
 # without an entry here fails the test, so none escapes the check.
 VALID_SAMPLES = {
+    "/properties/spec/properties/snapshots/properties/schedule": ["hourly", "daily", "6h", "30m"],
+    "/properties/spec/properties/snapshots/properties/expiry": ["7d", "12h"],
     "/properties/metadata/properties/name": ["web-1", "a"],
     "/properties/spec/properties/host": ["hv1", "hv-2.example.com", "a"],
     "/properties/metadata/properties/labels/propertyNames": ["app", "example.com/tier"],
