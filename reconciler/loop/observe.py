@@ -154,7 +154,12 @@ def read_hold(paths: InstancePaths) -> HoldFacts | None:
     try:
         with open(paths.hold, encoding="utf-8") as stream:
             data = json.load(stream)
-        return HoldFacts(str(data["label"]), str(data["revertedDigest"]), float(data["at"]))
+        return HoldFacts(
+            str(data["label"]),
+            str(data["revertedDigest"]),
+            float(data["at"]),
+            data.get("complete") is True,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

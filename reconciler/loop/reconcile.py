@@ -210,6 +210,7 @@ class Reconciler:
             macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
             cannot_express=self.driver.cannot_express,
+            now=self.clock.wall(),
         )
         return plan_instance(resolved, actual, context)
 

@@ -145,6 +145,7 @@ class HoldFacts:
     label: str  # the snapshot reverted to
     reverted_digest: str  # the manifest digest of the definition the revert undid
     at: float  # when, seconds since the epoch
+    complete: bool = True  # False: the revert was cut short (it is run again to finish)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ class PlanContext:
     # the driver's capabilities: what in a machine it cannot run, each "field: why" (a pure
     # function of the machine; see Driver.cannot_express): the plan refuses such a machine
     cannot_express: Callable[[Machine], tuple[str, ...]] = lambda _machine: ()
+    now: float | None = None  # the wall clock (None: no scheduled snapshot is planned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class InstancePlan:
     # what the steps that use the base image will find out (a cached base changed): shown in
     # the plan, and left out of a pass's result once such a step has run and found out
     base_forecasts: tuple[str, ...] = ()
+    held: bool = False  # a revert holds it (the note says why): nothing is done
 
     @property
     def converged(self) -> bool:

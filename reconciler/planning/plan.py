@@ -9,8 +9,10 @@ replaced config drives (or, for `state: absent`: recover, stop, undefine).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
+from reconciler.layout import InstancePaths
 from reconciler.model.accel import resolve_accelerator
 from reconciler.model.actual import (
     DiskFacts,
@@ -28,6 +30,7 @@ from reconciler.model.desired import (
 )
 from reconciler.model.machine import Machine, OwnershipMarker
 from reconciler.model.resolved import ResolvedInstance
+from reconciler.planning import snapshots
 from reconciler.planning.cloudinit import DriveContent, drive_content
 from reconciler.planning.context import InstancePlan, PlanContext
 from reconciler.planning.disks import data_disk_devices
@@ -55,11 +58,13 @@ from reconciler.planning.steps import (
     BuildConfigDrive,
     DefineDomain,
     RecoverDomain,
+    ReleaseHold,
     SetAutostart,
     StartDomain,
     Step,
     StepKind,
     StopDomain,
+    ThawFilesystems,
 )
 from reconciler.sizes import format_size
 
@@ -158,6 +163,10 @@ def _plan_present(
     content = _drive_content(spec, uuid)
     drive = None if content is None else paths.config_drive(content.digest)
     shape = _wanted_machine(spec, domain, context, choice.accelerator, drive)
+    digest = shape.spec_digest(spec.labels)
+    held = _held(spec.name, actual, digest, paths)
+    if held is not None:
+        return held
     live = domain.live_definition if domain is not None and active else None
     live_steps, live_after = live_changes(spec.name, live, shape)
     needs_restart = live_after is not None and running_shape(live_after) != running_shape(shape)
@@ -227,7 +236,6 @@ def _plan_present(
     if paused and domain is not None and domain.state_reason is StateReason.USER and not stopping:
         notes.append("domain was paused by hand; it is left paused")
 
-    digest = shape.spec_digest(spec.labels)
     running_on = active and not stopping
     # drift: a definition edited behind the reconciler's back, its marker left as it was
     drift = (
@@ -273,6 +281,13 @@ def _plan_present(
         watch = START_WATCH_SECONDS if risky else 0.0
         record = paths.host_shutdown if host_shutdown else None
         steps.append(StartDomain(spec.name, choice, spec.image, watch, record))
+    problem = _add_snapshot_steps(resolved, actual, context, steps, digest)
+    if problem is not None:
+        return InstancePlan(spec.name, refusal=problem, accelerator=choice)
+    if actual.hold is not None:  # the manifest changed since the revert (see _held)
+        steps.insert(0, ReleaseHold(spec.name, paths.hold, actual.hold.label))
+    if actual.frozen and active:
+        steps.insert(0, ThawFilesystems(spec.name, paths.fs_frozen))
     removal_steps, removal_notes = removals(
         spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
     )
@@ -290,6 +305,74 @@ def _plan_present(
         kept_off or (halted and spec.state is DesiredState.RUNNING),
         forecasts,
     )
+
+
+def _held(
+    name: str, actual: InstanceActual, digest: str, paths: InstancePaths
+) -> InstancePlan | None:
+    """The plan of an instance a revert holds (None: none does, or the manifest asks for
+    something else since, which ends the hold): nothing is done, and it says why. A revert
+    cut short holds it too, as a failure that says how to finish it."""
+    hold = actual.hold
+    if hold is None:
+        return None
+    if not hold.complete:
+        return InstancePlan(
+            name,
+            refusal=(
+                f"a revert to snapshot {hold.label} was cut short: run `reconcile revert {name} "
+                f"{hold.label}` again to finish it, or `reconcile resume {name}` to apply the "
+                "manifest to the disks as they are"
+            ),
+        )
+    if hold.reverted_digest != digest:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(hold.at))
+    return InstancePlan(
+        name,
+        notes=(
+            f"held: reverted to snapshot {hold.label} at {when}; the manifest still asks for "
+            f"the change that was reverted, which is not applied again until the manifest "
+            f"changes or `reconcile resume {name}`",
+        ),
+        held=True,
+    )
+
+
+def _add_snapshot_steps(
+    resolved: ResolvedInstance,
+    actual: InstanceActual,
+    context: PlanContext,
+    steps: list[Step],
+    digest: str,
+) -> str | None:
+    """Put the snapshot steps the policy asks for into `steps`: the restore point before a
+    disruptive change, one the schedule asks for, and the removal of those past keep or
+    expiry. Why the change cannot go ahead, when its restore point cannot be taken."""
+    spec, paths = resolved.spec, context.paths
+    before = snapshots.before_change(spec, actual, steps, digest, paths)
+    if before is not None and actual.snapshot_problem is not None:
+        return (
+            f"{actual.snapshot_problem}: the restore point before the change cannot be taken, so "
+            "nothing was changed"
+        )
+    if actual.snapshot_problem is not None:
+        return None  # no automatic snapshot is taken or removed while a table is unreadable
+    taking = []
+    if before is not None:
+        where, step = before
+        steps.insert(where, step)
+        taking.append(step)
+    elif not steps:  # a scheduled one waits for a quiet pass
+        due = snapshots.scheduled(spec, actual, paths, context.now)
+        if due is not None:
+            steps.append(due)
+            taking.append(due)
+    removal = snapshots.pruned(spec, actual, tuple(taking), paths, context.now)
+    if removal is not None:
+        position = steps.index(taking[-1]) + 1 if taking else len(steps)
+        steps.insert(position, removal)
+    return None
 
 
 def _wanted_machine(

@@ -44,6 +44,10 @@ class StepKind(enum.StrEnum):
     START = "start"
     STOP = "stop"
     UNDEFINE = "undefine"
+    THAW = "thaw-filesystems"
+    SNAPSHOT = "snapshot"
+    DELETE_SNAPSHOTS = "delete-snapshots"
+    RELEASE_HOLD = "release-hold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +427,95 @@ class UndefineDomain:
         return Disruption.DELETE, (FieldChange("domain", self.instance, None),)
 
 
+@dataclass(frozen=True, slots=True)
+class ThawFilesystems:
+    """Thaw the guest's file systems that a snapshot cut short left frozen (its marker file
+    says it may have)."""
+
+    kind: ClassVar[StepKind] = StepKind.THAW
+    instance: str
+    marker: Path
+
+    def describe(self) -> str:
+        return "thaw the guest's file systems (a snapshot cut short may have left them frozen)"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.LIVE, (FieldChange("file systems", "frozen", "thawed"),)
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """A restore point of every qcow2 disk of the instance, consistent across them: with the
+    guest off, each file with qemu-img; running, in one QMP transaction (the file systems
+    frozen through the guest agent first, where there is one)."""
+
+    kind: ClassVar[StepKind] = StepKind.SNAPSHOT
+    instance: str
+    label: str
+    disks: tuple[Path, ...]  # the boot disk first, then the qcow2 data disks
+    why: str  # what it precedes, or "on the schedule", or "on request"
+    directory: Path  # the instance's: its record is written there
+    left_out: tuple[Path, ...] = ()  # raw data disks: they cannot hold a snapshot
+    freeze: bool = False  # the guest has an agent that can freeze its file systems
+    digest: str | None = None  # the manifest digest of the change it precedes
+    moved_to: Path | None = None  # where the replace that follows moves the boot disk
+
+    def describe(self) -> str:
+        left = (
+            f"; not of the raw disk{'s' if len(self.left_out) > 1 else ''} "
+            + ", ".join(p.name for p in self.left_out)
+            if self.left_out
+            else ""
+        )
+        return (
+            f"snapshot {self.label} of {', '.join(p.name for p in self.disks)} ({self.why}{left})"
+        )
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("snapshot", None, self.label),)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSnapshots:
+    """Delete snapshots from every disk file that holds them (the policy's keep or expiry):
+    the clusters only they used are freed in place; nothing else of the disk changes."""
+
+    kind: ClassVar[StepKind] = StepKind.DELETE_SNAPSHOTS
+    instance: str
+    labels: tuple[str, ...]
+    files: tuple[tuple[Path, ...], ...]  # for each label, the files that hold it
+    why: str
+    directory: Path
+
+    def describe(self) -> str:
+        return f"delete snapshot{'s' if len(self.labels) > 1 else ''} " + (
+            f"{', '.join(self.labels)} ({self.why})"
+        )
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, tuple(FieldChange("snapshot", label, None) for label in self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHold:
+    """The manifest changed since a revert held the instance: the hold ends."""
+
+    kind: ClassVar[StepKind] = StepKind.RELEASE_HOLD
+    instance: str
+    path: Path
+    label: str
+
+    def describe(self) -> str:
+        return f"end the hold of the revert to {self.label} (the manifest changed since)"
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("hold", self.label, None),)
+
+
 Step = (
     RecoverDomain
     | FetchBase
@@ -444,4 +537,8 @@ Step = (
     | StartDomain
     | StopDomain
     | UndefineDomain
+    | ThawFilesystems
+    | TakeSnapshot
+    | DeleteSnapshots
+    | ReleaseHold
 )

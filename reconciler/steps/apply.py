@@ -38,11 +38,13 @@ from reconciler.planning.steps import (
     CreateDataDisk,
     CreateOverlay,
     DefineDomain,
+    DeleteSnapshots,
     DetachDisk,
     DetachNic,
     FetchBase,
     MoveDiskAside,
     RecoverDomain,
+    ReleaseHold,
     RemoveFiles,
     ResizeDisk,
     SetAutostart,
@@ -51,10 +53,12 @@ from reconciler.planning.steps import (
     StartDomain,
     Step,
     StopDomain,
+    TakeSnapshot,
+    ThawFilesystems,
     UndefineDomain,
 )
 from reconciler.sizes import format_size
-from reconciler.steps import devices
+from reconciler.steps import devices, snapshots
 from reconciler.steps.configdrive import render_iso
 
 LOG = logging.getLogger(__name__)
@@ -128,6 +132,14 @@ def apply_step(step: Step, context: StepContext) -> str:
             return _stop(step.instance, step.timeout_seconds, context)
         case UndefineDomain():
             return _undefine(step, context)
+        case ThawFilesystems():
+            return snapshots.thaw_filesystems(step, context)
+        case TakeSnapshot():
+            return snapshots.take_snapshot(step, context)
+        case DeleteSnapshots():
+            return snapshots.delete_snapshots(step, context)
+        case ReleaseHold():
+            return snapshots.release_hold(step)
 
 
 def _with_note(done: str, note: str | None) -> str:

@@ -23,7 +23,7 @@ from reconciler.model.machine import Disk, Machine
 from reconciler.planning.disks import data_disk_devices
 from reconciler.planning.machine import ChangeClass, describe_changes
 from reconciler.planning.plan import StepKind
-from reconciler.planning.steps import DefineDomain
+from reconciler.planning.steps import DefineDomain, MoveDiskAside, TakeSnapshot
 from tests.planning import BASE, STATE, Observed, planned
 from tests.unit.test_manifests import VALID
 from tests.unit.test_plan import RUNNING, context, overlay
@@ -237,12 +237,16 @@ def test_a_new_base_is_refused_unless_replacement_is_allowed() -> None:
     plan = planned(allowed, moved, context(allowed))
     assert [s.kind for s in plan.steps] == [
         StepKind.STOP,
+        StepKind.SNAPSHOT,  # the default policy: a restore point before a replace
         StepKind.MOVE_DISK_ASIDE,
         StepKind.CREATE_OVERLAY,
         StepKind.START,
     ]
-    assert plan.steps[1].describe().startswith("REPLACE THE BOOT DISK, DESTROYING")
-    assert str(BASE) not in plan.steps[1].describe()
+    snapshot, aside = plan.steps[1], plan.steps[2]
+    assert isinstance(snapshot, TakeSnapshot) and isinstance(aside, MoveDiskAside)
+    assert snapshot.label.startswith("before-replace-") and snapshot.moved_to == aside.aside
+    assert aside.describe().startswith("REPLACE THE BOOT DISK, DESTROYING")
+    assert str(BASE) not in aside.describe()
 
 
 def test_nics_added_or_removed_at_the_end_change_live_others_take_a_restart() -> None:
