@@ -97,6 +97,10 @@ class Backend(Protocol):
 
     def shutdown_guests(self, out: TextIO) -> list[InstanceResult]: ...
 
+    def snapshots(self, action: str, name: str | None, label: str | None) -> dict[str, Any]:
+        """A snapshot command (loop.snapshots.snapshot_request), answered as JSON."""
+        ...
+
 
 def backend_for(options: Options) -> Backend:
     """The daemon running on the state directory, else this process."""
@@ -204,6 +208,12 @@ class Daemon:
         )
         answer = ask(self.socket_path, {"op": "shutdown-guests"}, forward)
         return [result_from_json(item) for item in answer["results"]]
+
+    def snapshots(self, action: str, name: str | None, label: str | None) -> dict[str, Any]:
+        request: dict[str, object] = {
+            "op": "snapshot", "action": action, "name": name, "label": label,
+        }  # fmt: skip
+        return ask(self.socket_path, request)
 
 
 class Local:
@@ -349,6 +359,13 @@ class Local:
         with owned_state(self.options, BUSY_HINT) as (state, driver):
             reconciler = Reconciler(driver, state, self.options.settings(), progress)
             return shut_down_guests(reconciler, progress)
+
+    def snapshots(self, action: str, name: str | None, label: str | None) -> dict[str, Any]:
+        from reconciler.loop.snapshots import snapshot_request
+
+        with owned_state(self.options, BUSY_HINT) as (state, driver):
+            reconciler = Reconciler(driver, state, self.options.settings())
+            return snapshot_request(reconciler, action, name, label)
 
 
 def _why_not(item: dict[str, Any] | None, want: Want) -> str | None:

@@ -46,6 +46,13 @@ from reconciler.cli.report import (
     render_summary,
 )
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
+from reconciler.cli.snapshots import (
+    add_snapshot_parsers,
+    run_resume,
+    run_revert,
+    run_snapshot,
+    run_snapshots,
+)
 from reconciler.cli.ssh import run_ssh, run_ssh_config
 from reconciler.cli.validate import add_validate_parser, run_validate
 from reconciler.errors import ConfigError, ReconcilerError
@@ -235,6 +242,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s gc [--dry-run] [--grace DURATION]\n"
         "       %(prog)s console NAME [-f]\n"
         "       %(prog)s shutdown-guests\n"
+        "       %(prog)s snapshot NAME [--name LABEL] | snapshot delete NAME LABEL\n"
+        "       %(prog)s snapshots [NAME] [-o json]\n"
+        "       %(prog)s revert NAME LABEL | resume NAME\n"
         "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
         "command, 'run' is meant: a controller that watches DIR (or, with --once, one pass).",
@@ -309,6 +319,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_validate_parser(commands, common)
     add_adoption_parsers(commands, common)
     add_shutdown_parser(commands, common)
+    add_snapshot_parsers(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -715,4 +726,8 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.SSH_CONFIG: run_ssh_config,
     Command.SCHEMA: run_schema,
     Command.SHUTDOWN_GUESTS: run_shutdown_guests,
+    Command.SNAPSHOT: run_snapshot,
+    Command.SNAPSHOTS: run_snapshots,
+    Command.REVERT: run_revert,
+    Command.RESUME: run_resume,
 }

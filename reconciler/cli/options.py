@@ -12,6 +12,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reconciler.cli.hostconfig import config_path, read_config
 from reconciler.errors import ConfigError
@@ -52,6 +53,10 @@ class Command(enum.StrEnum):
     SSH_CONFIG = "ssh-config"
     SCHEMA = "schema"
     SHUTDOWN_GUESTS = "shutdown-guests"
+    SNAPSHOT = "snapshot"
+    SNAPSHOTS = "snapshots"
+    REVERT = "revert"
+    RESUME = "resume"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,8 @@ class Options:
     user: str | None = None  # ssh's and ssh-config's --user
     identity: Path | None = None  # their --identity
     ssh_command: tuple[str, ...] = ()  # ssh's COMMAND
+    label: str | None = None  # snapshot's --name, snapshot delete's and revert's LABEL
+    action: str = "take"  # snapshot's: take or delete
 
     @property
     def daemon(self) -> bool:
@@ -207,8 +214,25 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         user=given.get("user"),
         identity=_absolute(given.get("identity")),
         ssh_command=tuple(given.get("ssh_command") or ()),
+        **_snapshot_options(kind, given),
     )
     return options
+
+
+def _snapshot_options(kind: Command, given: dict[str, Any]) -> dict[str, Any]:
+    """`snapshot NAME [--name LABEL]` and `snapshot delete NAME LABEL`; revert's NAME LABEL."""
+    if kind is Command.REVERT:
+        return {"name": given["name"], "label": given["label"]}
+    if kind is not Command.SNAPSHOT:
+        return {}
+    words = list(given.get("words") or ())
+    if len(words) == 3 and words[0] == "delete":
+        if given.get("label") is not None:
+            raise ConfigError("snapshot delete takes the label as its last word, not --name")
+        return {"name": words[1], "label": words[2], "action": "delete"}
+    if len(words) != 1:
+        raise ConfigError("expected `snapshot NAME [--name LABEL]` or `snapshot delete NAME LABEL`")
+    return {"name": words[0], "label": given.get("label"), "action": "take"}
 
 
 DEFAULT_WAIT = "10m"

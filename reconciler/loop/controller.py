@@ -125,6 +125,7 @@ class Controller:
         self.prober = Prober(driver, state, self.clock, self._health_changed)
         self.reconciler.liveness_failure = self.prober.liveness_failure
         self._lock = threading.Condition()  # reentrant: the name book shares it
+        self._instance_locks: dict[str, threading.Lock] = {}  # see instance_lock
         self.names = NameBook(self._lock, self.clock)
         self._specs: dict[str, InstanceSpec] = {}
         self._load: LoadResult | None = None
@@ -426,7 +427,19 @@ class Controller:
             handled.append(name)
         return handled
 
+    def instance_lock(self, name: str) -> threading.Lock:
+        """Held while `name` is reconciled, and by a snapshot command on it: the two never
+        act on one instance at once."""
+        with self._lock:
+            return self._instance_locks.setdefault(name, threading.Lock())
+
     def reconcile_name(self, name: str) -> None:
+        """One reconcile of `name`, taken from the queue (see _reconcile_name), never while
+        a snapshot command acts on it."""
+        with self.instance_lock(name):
+            self._reconcile_name(name)
+
+    def _reconcile_name(self, name: str) -> None:
         """One reconcile of `name`, taken from the queue: skipped while the host goes down or
         the connection is lost; an orphan is pruned within the guards, a managed name
         reconciled (or settled from the pass's listing); then its outcome decides when it

@@ -2,8 +2,9 @@
 asks of the controller, answered from the controller's public methods.
 
 ping, status, plan (of the watched directory or another), pass (waits for every name, with
-progress), export, adopt, gc, shutdown-guests. A request the daemon cannot take is a
-RequestError, answered as an error and never raised further.
+progress), export, adopt, gc, snapshot (list, take, delete, revert, resume), shutdown-guests.
+A request the daemon cannot take is a RequestError, answered as an error and never raised
+further.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from reconciler.loop.controller import Controller
 
 LOG = logging.getLogger("reconciler.daemon")
-OPS = ("ping", "status", "plan", "pass", "export", "adopt", "gc", "shutdown-guests")
+OPS = (
+    "ping", "status", "plan", "pass", "export", "adopt", "gc", "snapshot", "shutdown-guests",
+)  # fmt: skip
 
 
 class DaemonApi:
@@ -51,6 +54,8 @@ class DaemonApi:
             return self._adopt(request)
         if op == "gc":
             return self._gc(request)
+        if op == "snapshot":
+            return self._snapshot(request)
         raise RequestError(f"unknown op {op!r} (expected {', '.join(OPS[:-1])} or {OPS[-1]})")
 
     def _status(self, name: object) -> dict[str, Any]:
@@ -153,6 +158,32 @@ class DaemonApi:
             key: [str(path) for path in getattr(report, key)]
             for key in ("removed", "in_use", "too_young", "leftovers", "replaced")
         }
+
+    def _snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot command (loop.snapshots), on an instance no worker reconciles at the
+        same time; then the instance is reconciled (a revert's hold, a resume, shown in the
+        status)."""
+        from reconciler.loop.snapshots import snapshot_request
+
+        action, name, label = request.get("action"), request.get("name"), request.get("label")
+        if not isinstance(action, str):
+            raise RequestError('"action" must be a string')
+        for key, value in (("name", name), ("label", label)):
+            if value is not None and not isinstance(value, str):
+                raise RequestError(f'"{key}" must be a string or null')
+        assert name is None or isinstance(name, str)
+        assert label is None or isinstance(label, str)
+        controller = self._controller
+        try:
+            if name is None:
+                return snapshot_request(controller.reconciler, action, None, label)
+            with controller.instance_lock(name):
+                answer = snapshot_request(controller.reconciler, action, name, label)
+        except ReconcilerError as err:
+            raise RequestError(str(err)) from err
+        if action != "list":
+            controller.enqueue([name], Trigger.REQUEST)
+        return answer
 
     def _shutdown_guests(self, reply: Reply) -> dict[str, Any]:
         """The host is going down: reconcile nothing more (a guest shut down must not be

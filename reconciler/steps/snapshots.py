@@ -258,13 +258,17 @@ def release_hold(step: ReleaseHold) -> str:
     return f"ended the hold of the revert to {step.label}"
 
 
-def write_hold(path: Path, label: str, reverted_digest: str, complete: bool) -> None:
-    """The hold a revert leaves (model.actual.HoldFacts; loop.observe reads it)."""
+def write_hold(
+    path: Path, label: str, reverted_digest: str, *, complete: bool, running: bool
+) -> None:
+    """The hold a revert leaves (model.actual.HoldFacts; loop.observe reads it); `running`:
+    the guest ran before the revert (started again once it is complete)."""
     data = {
         "label": label,
         "revertedDigest": reverted_digest,
         "at": time.time(),
         "complete": complete,
+        "running": running,
     }
     write_atomically(path, json.dumps(data).encode(), 0o600)
 
