@@ -180,6 +180,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
     if "host" in given and host is None:
         host = config.get("host")
     kind = Command.ONCE if command == "run" and given.get("once") else Command(command)
+    snapshot = _snapshot_options(kind, given)
     options = Options(
         command=kind,
         state=StateDir((state_dir or default_state_dir()).absolute()),
@@ -200,7 +201,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         detailed_exitcode=bool(given.get("detailed_exitcode")),
         fail_on=Disruption(given["fail_on"]) if given.get("fail_on") else None,
         output=given.get("output") or "text",
-        name=given.get("name"),
+        name=snapshot.pop("name", given.get("name")),
         dry_run=bool(given.get("dry_run")),
         follow=bool(given.get("follow")),
         paths=tuple(given.get("paths") or ()),
@@ -214,7 +215,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         user=given.get("user"),
         identity=_absolute(given.get("identity")),
         ssh_command=tuple(given.get("ssh_command") or ()),
-        **_snapshot_options(kind, given),
+        **snapshot,
     )
     return options
 

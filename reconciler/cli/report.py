@@ -14,6 +14,7 @@ from reconciler.model.desired import DesiredState
 from reconciler.planning.disruption import Disruption
 from reconciler.planning.plan import InstancePlan
 from reconciler.planning.review import PlanView
+from reconciler.sizes import format_size
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:
@@ -105,6 +106,34 @@ def render_inventory(entries: Sequence[InventoryEntry]) -> list[str]:
             f"{'; '.join(address.describe() for address in entry.addresses) or '-'}"
         )
         lines += _condition_lines([c.as_json() for c in entry.conditions], " " * (names + 2))
+        lines += _snapshot_lines(entry.name, entry.snapshots, " " * (names + 2))
+    return lines
+
+
+def _snapshot_lines(name: str, summary: dict[str, Any] | None, indent: str) -> list[str]:
+    """A line for an instance's snapshots (how many, the space only they hold), and one for
+    the hold a revert left."""
+    if not summary:
+        return []
+    lines = []
+    if summary.get("count"):
+        lines.append(
+            f"  {indent}snapshots: {summary['count']}, {format_size(summary.get('bytes') or 0)} "
+            "on disk that only they hold (reconcile snapshots)"
+        )
+    if summary.get("problem"):
+        lines.append(f"  {indent}snapshots: cannot be read: {summary['problem']}")
+    held = summary.get("held")
+    if held and held.get("complete"):
+        lines.append(
+            f"  {indent}held: reverted to snapshot {held['label']} at {held['at']}; the manifest's "
+            f"change is not applied again until it changes or `reconcile resume {name}`"
+        )
+    elif held:
+        lines.append(
+            f"  {indent}held: a revert to snapshot {held['label']} was cut short at {held['at']}: "
+            f"run `reconcile revert {name} {held['label']}` again"
+        )
     return lines
 
 
@@ -156,6 +185,7 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
             f"{item.get('accelerator') or '-':<5}  {shown[item['name']]:<{wide}}  {summary}"
         )
         lines += _condition_lines(conditions, " " * (width + 2))
+        lines += _snapshot_lines(item["name"], item.get("snapshots"), " " * (width + 2))
         error = item.get("lastError")
         if error:
             lines.append(f"  {'':<{width}}  error ({error.get('failure')}): {error.get('message')}")

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from reconciler.cli.backends import backend_for
 from reconciler.cli.options import Exit, Options
+from reconciler.sizes import format_size
 
 
 def add_snapshot_parsers(
@@ -28,7 +29,11 @@ def add_snapshot_parsers(
     snapshot.add_argument(
         "--name", dest="label", metavar="LABEL", help="the snapshot's label (default snap-TIME)"
     )
-    listing = commands.add_parser("snapshots", parents=[common], help="list the snapshots")
+    listing = commands.add_parser(
+        "snapshots",
+        parents=[common],
+        help="list the snapshots (SIZE: the space only it holds, which deleting it frees)",
+    )
     listing.add_argument("name", metavar="NAME", nargs="?", help="one instance only")
     listing.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format"
@@ -61,7 +66,9 @@ def run_snapshots(options: Options, out: TextIO) -> int:
     if not views:
         print("no snapshots", file=out)
         return Exit.OK
-    rows: list[tuple[str, ...]] = [("INSTANCE", "LABEL", "TAKEN", "ORIGIN", "DISKS", "PRECEDED")]
+    rows: list[tuple[str, ...]] = [
+        ("INSTANCE", "LABEL", "TAKEN", "ORIGIN", "SIZE", "DISKS", "PRECEDED")
+    ]
     rows += [_row(view) for view in views]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -73,7 +80,8 @@ def run_snapshots(options: Options, out: TextIO) -> int:
 def _row(view: dict[str, Any]) -> tuple[str, ...]:
     disks = ", ".join(os.path.basename(d) for d in view["disks"])
     preceded = view["preceded"] or "(its record is lost: known by its disks only)"
-    return (view["instance"], view["label"], view["taken"], view["origin"], disks, preceded)
+    size = "?" if view["bytes"] is None else format_size(view["bytes"])
+    return (view["instance"], view["label"], view["taken"], view["origin"], size, disks, preceded)
 
 
 def run_revert(options: Options, out: TextIO) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_EXT_END = 0x00000000
@@ -255,3 +256,117 @@ def read_qcow2_snapshots(path: str) -> tuple[Qcow2Snapshot, ...]:
             length = _SNAPSHOT_FIXED.size + extra_size + id_size + name_size
             offset += length + (-length % 8)
         return tuple(found)
+
+
+_OFFSET_MASK = 0x00FFFFFFFFFFFE00  # host offsets in L1 and L2 entries (bits 9 to 55)
+_COMPRESSED = 1 << 62
+_EXTENDED_L2 = 1 << 4  # incompatible feature: L2 entries of 128 bits (subclusters)
+MAX_L1_ENTRIES = 32 * 1024 * 1024  # QEMU's own limit
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSpace:
+    """The space a qcow2 file's internal snapshots hold: bytes of clusters that only
+    snapshots use (`total`), and, by label, those that only that snapshot uses (what deleting
+    it frees)."""
+
+    total: int
+    exclusive: dict[str, int]
+
+
+def snapshot_space(path: str) -> SnapshotSpace:
+    """What the snapshots of the qcow2 file at `path` hold on disk, from its L1 and L2 tables
+    (the active image's and each snapshot's): bounded reads, HeaderError for a table that
+    points outside the file."""
+    with open(path, "rb") as stream:
+        head = stream.read(104)
+        if len(head) < 72 or head[:4] != QCOW2_MAGIC:
+            raise HeaderError(f"{path} is not a qcow2 image")
+        version, cluster_bits = (
+            struct.unpack_from(">I", head, 4)[0],
+            struct.unpack_from(">I", head, 20)[0],
+        )
+        if not 9 <= cluster_bits <= 21:
+            raise HeaderError(f"{path}: cluster size 2^{cluster_bits} is not one qcow2 allows")
+        l1_size, l1_offset = struct.unpack_from(">IQ", head, 36)
+        count, table = struct.unpack_from(">IQ", head, 60)
+        extended = version == 3 and bool(struct.unpack_from(">Q", head, 72)[0] & _EXTENDED_L2)
+        size = os.fstat(stream.fileno()).st_size
+        reader = _ClusterReader(stream, size, cluster_bits, extended, path)
+        active = reader.clusters(l1_offset, l1_size)
+        by_label: dict[str, set[int]] = {}
+        offset = table
+        for _ in range(min(count, QCOW2_MAX_SNAPSHOTS)):
+            fixed = reader.read(offset, _SNAPSHOT_FIXED.size)
+            snap_l1, snap_l1_size, id_size, name_size, *_rest, extra_size = _SNAPSHOT_FIXED.unpack(
+                fixed
+            )
+            name_at = offset + _SNAPSHOT_FIXED.size + extra_size + id_size
+            name = reader.read(name_at, name_size).decode(errors="replace")
+            used = reader.clusters(snap_l1, snap_l1_size)
+            used |= reader.table_clusters(snap_l1, snap_l1_size)
+            by_label[name] = used - active
+            length = _SNAPSHOT_FIXED.size + extra_size + id_size + name_size
+            offset += length + (-length % 8)
+    cluster = 1 << cluster_bits
+    every = set().union(*by_label.values()) if by_label else set()
+    exclusive = {}
+    for label, used in by_label.items():
+        others = set().union(*(u for other, u in by_label.items() if other != label))
+        exclusive[label] = len(used - others) * cluster
+    return SnapshotSpace(len(every) * cluster, exclusive)
+
+
+class _ClusterReader:
+    """Reads L1 and L2 tables of one qcow2 file, within its size."""
+
+    def __init__(self, stream: Any, size: int, cluster_bits: int, extended: bool, path: str):
+        self.stream, self.size, self.bits, self.path = stream, size, cluster_bits, path
+        self.entry = 16 if extended else 8
+        self.l2_entries = (1 << cluster_bits) // self.entry
+        self._l2: dict[int, set[int]] = {}
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise HeaderError(f"{self.path}: a table lies past the end of the file")
+        self.stream.seek(offset)
+        data: bytes = self.stream.read(length)
+        return data
+
+    def l2_offsets(self, l1_offset: int, l1_size: int) -> list[int]:
+        if l1_size > MAX_L1_ENTRIES:
+            raise HeaderError(f"{self.path}: an L1 table of {l1_size} entries")
+        data = self.read(l1_offset, l1_size * 8) if l1_size else b""
+        entries = struct.unpack(f">{l1_size}Q", data)
+        return [entry & _OFFSET_MASK for entry in entries if entry & _OFFSET_MASK]
+
+    def table_clusters(self, l1_offset: int, l1_size: int) -> set[int]:
+        """The clusters of the L1 table itself."""
+        first = l1_offset >> self.bits
+        last = (l1_offset + max(l1_size * 8, 1) - 1) >> self.bits
+        return set(range(first, last + 1))
+
+    def clusters(self, l1_offset: int, l1_size: int) -> set[int]:
+        """The host clusters an L1 table reaches: its L2 tables and their data clusters."""
+        found: set[int] = set()
+        for l2 in self.l2_offsets(l1_offset, l1_size):
+            found.add(l2 >> self.bits)
+            found |= self._data(l2)
+        return found
+
+    def _data(self, l2: int) -> set[int]:
+        known = self._l2.get(l2)
+        if known is not None:
+            return known
+        data = self.read(l2, self.l2_entries * self.entry)
+        found = set()
+        for index in range(self.l2_entries):
+            entry = struct.unpack_from(">Q", data, index * self.entry)[0]
+            if entry & _COMPRESSED:
+                offset = entry & ((1 << (62 - (self.bits - 8))) - 1)
+            else:
+                offset = entry & _OFFSET_MASK
+            if offset:
+                found.add(offset >> self.bits)
+        self._l2[l2] = found
+        return found

@@ -59,11 +59,16 @@ class DaemonApi:
         raise RequestError(f"unknown op {op!r} (expected {', '.join(OPS[:-1])} or {OPS[-1]})")
 
     def _status(self, name: object) -> dict[str, Any]:
+        from reconciler.loop.snapshots import snapshot_summary
+
         snapshot = self._controller.status.snapshot()
         if name is not None:
             if not isinstance(name, str):
                 raise RequestError('"name" must be a string')
             snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
+        state = self._controller.state
+        for item in snapshot["instances"]:  # read when asked: a pass never walks the tables
+            item["snapshots"] = snapshot_summary(state.instance(item["name"]))
         return {"status": snapshot}
 
     def _plan(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,12 @@ record (health.json), which keeps the conditions' transition times."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from reconciler.health.conditions import Condition, ConditionType
 from reconciler.loop.observe import read_overlay
 from reconciler.loop.reconcile import Reconciler
+from reconciler.loop.snapshots import snapshot_summary
 from reconciler.loop.waiting import Health, HealthWatch
 from reconciler.model.actual import DomainFacts
 from reconciler.planning.addresses import InterfaceAddress, machine_addresses
@@ -30,6 +32,7 @@ class InventoryEntry:
     ports: tuple[str, ...]  # host address:port/protocol -> guest port
     addresses: tuple[InterfaceAddress, ...] = ()
     conditions: tuple[Condition, ...] = ()  # Ready, Live (checked once now)
+    snapshots: dict[str, Any] | None = None  # loop.snapshots.snapshot_summary
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type is kind), None)
@@ -46,6 +49,7 @@ class InventoryEntry:
             "ports": list(self.ports),
             "addresses": [address.as_json() for address in self.addresses],
             "conditions": [condition.as_json() for condition in self.conditions],
+            "snapshots": self.snapshots,
         }
 
     @property
@@ -94,4 +98,5 @@ def _entry(reconciler: Reconciler, record: DomainFacts) -> InventoryEntry:
         disk_bytes=None if overlay is None else overlay.virtual_size,
         ports=ports,
         addresses=machine_addresses(definition),
+        snapshots=snapshot_summary(reconciler.state.instance(record.name)),
     )

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError, InstanceError
-from reconciler.layout import InstancePaths
+from reconciler.images.diskheaders import HeaderError, snapshot_space
+from reconciler.layout import REPLACED_SUFFIX, InstancePaths
 from reconciler.loop.observe import directory_names, read_hold, read_snapshots, snapshot_files
 from reconciler.loop.reconcile import Reconciler
 from reconciler.model.actual import DiskFacts, DomainFacts, SnapshotFacts
@@ -52,6 +53,7 @@ class SnapshotView:
     pause_ms: float | None = None
     left_out: tuple[str, ...] = ()
     moved_to: str | None = None
+    size: int | None = None  # bytes only it holds: what deleting it frees (None: unknown)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class SnapshotView:
             "online": self.online,
             "pauseMs": self.pause_ms,
             "movedTo": self.moved_to,
+            "bytes": self.size,
         }
 
 
@@ -133,12 +136,23 @@ def list_snapshots(reconciler: Reconciler, name: str | None) -> list[SnapshotVie
     for domain in sorted(domains, key=lambda d: d.name):
         paths = reconciler.state.instance(domain.name)
         qcow2, _raw = disk_files(domain, paths)
-        for snapshot in instance_snapshots(paths, qcow2):
-            views.append(snapshot_view(domain.name, paths, snapshot))
+        found = instance_snapshots(paths, qcow2)
+        spaces = {}
+        for path in {f for snapshot in found for f in snapshot.files}:
+            try:
+                spaces[path] = snapshot_space(path).exclusive
+            except (OSError, HeaderError):
+                continue
+        for snapshot in found:
+            known = [spaces[f].get(snapshot.label, 0) for f in snapshot.files if f in spaces]
+            size = sum(known) if len(known) == len(snapshot.files) else None
+            views.append(snapshot_view(domain.name, paths, snapshot, size))
     return views
 
 
-def snapshot_view(name: str, paths: InstancePaths, snapshot: SnapshotFacts) -> SnapshotView:
+def snapshot_view(
+    name: str, paths: InstancePaths, snapshot: SnapshotFacts, size: int | None = None
+) -> SnapshotView:
     record = read_record(paths.snapshot_record(snapshot.label))
     return SnapshotView(
         name,
@@ -152,6 +166,7 @@ def snapshot_view(name: str, paths: InstancePaths, snapshot: SnapshotFacts) -> S
         record.pause_ms if record is not None else None,
         record.left_out if record is not None else (),
         record.moved_to if record is not None else None,
+        size,
     )
 
 
@@ -294,3 +309,38 @@ def snapshot_request(
     if action == "resume":
         return {"resumed": resume(reconciler, name)}
     raise ConfigError(f"unknown snapshot action {action!r} (expected {', '.join(ACTIONS)})")
+
+
+def snapshot_summary(paths: InstancePaths) -> dict[str, Any]:
+    """What `status` shows of an instance's snapshots: how many, the space only they hold
+    (read from the disks' tables when asked: a pass never walks them), and its hold."""
+    names = directory_names(paths)
+    files = [
+        str(paths.directory / name)
+        for name in sorted(names)
+        if name.endswith(".qcow2") or f".{REPLACED_SUFFIX}-" in name
+    ]
+    labels: set[str] = set()
+    space = 0
+    problem = None
+    for path in files:
+        try:
+            found = snapshot_space(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, HeaderError) as err:
+            problem = f"{os.path.basename(path)}: {err}"
+            continue
+        labels |= set(found.exclusive)
+        space += found.total
+    hold = read_hold(paths) if paths.hold.name in names else None
+    summary: dict[str, Any] = {"count": len(labels), "bytes": space}
+    if problem is not None:
+        summary["problem"] = problem
+    if hold is not None:
+        summary["held"] = {
+            "label": hold.label,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hold.at)),
+            "complete": hold.complete,
+        }
+    return summary

@@ -104,7 +104,8 @@ def before_change(
             moved_to = step.aside
     if first is None or what is None:
         return None
-    label = f"{CHANGE_PREFIX}{what.value}-{digest[:12]}"
+    short = digest.rsplit(":", 1)[-1][:12]
+    label = f"{CHANGE_PREFIX}{what.value}-{short}"
     disks, raw = snapshot_disks(spec, paths)
     taken = _by_label(actual.snapshots).get(label)
     if taken is not None and {str(p) for p in disks} <= set(taken.files):
@@ -115,7 +116,7 @@ def before_change(
         spec.name,
         label,
         tuple(p for p in disks if _exists(p, actual)),
-        f"before the {what.value}-class change to manifest digest {digest[:12]}",
+        f"before the {what.value}-class change to manifest digest {short}",
         paths.directory,
         left_out=raw,
         freeze=spec.guest_agent,
