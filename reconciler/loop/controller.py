@@ -539,6 +539,8 @@ class Controller:
         self.queue.forget(name)
         if result.requeue_after is not None:
             self.enqueue([name], Trigger.TRANSITION, result.requeue_after)
+        elif result.snapshot_due_in is not None:
+            self.enqueue([name], Trigger.SCHEDULE, result.snapshot_due_in)
         return None
 
     def _prune(self, name: str) -> InstanceResult:

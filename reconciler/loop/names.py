@@ -31,6 +31,7 @@ class Trigger(enum.StrEnum):
     GIT = "git"  # pull mode: a new commit is in force
     TRANSITION = "transition"  # the domain was caught in a transition: look again soon
     PROBE = "probe"  # its liveness probe failed past its threshold
+    SCHEDULE = "schedule"  # its scheduled snapshot is due
 
 
 # the triggers of a full pass: a name any other trigger also asked for is observed afresh

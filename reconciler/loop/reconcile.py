@@ -368,7 +368,11 @@ class Reconciler:
             )
         if not plan.steps:
             return InstanceResult(
-                plan.name, Outcome.UNCHANGED, notes=notes, accelerator=plan.accelerator
+                plan.name,
+                Outcome.UNCHANGED,
+                notes=notes,
+                accelerator=plan.accelerator,
+                snapshot_due_in=plan.snapshot_due_in,
             )
         from reconciler.steps.apply import apply_step  # see Reconciler.steps
 
@@ -415,6 +419,7 @@ class Reconciler:
             notes=plan.notes if checked else notes,
             accelerator=plan.accelerator,
             started=any(isinstance(s, StartDomain) for s in plan.steps),
+            snapshot_due_in=plan.snapshot_due_in,
         )
 
     def _check_outcome(self, result: InstanceResult, spec: InstanceSpec) -> InstanceResult:

@@ -37,6 +37,7 @@ class InstanceResult:
     state: DesiredState | None = None  # the state reached (when the outcome is not FAILED)
     failure: Failure | None = None  # set when the outcome is FAILED
     requeue_after: float | None = None  # look again after this many seconds (a transition)
+    snapshot_due_in: float | None = None  # its next scheduled snapshot is due in this long
     seconds: float = 0.0  # how long the reconcile took
     pending_restart: bool = False  # the running domain waits for a restart to take a change
     crash_loop: CrashLoop | None = None  # set while restarts after failures come in a row

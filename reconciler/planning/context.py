@@ -48,6 +48,7 @@ class InstancePlan:
     # the plan, and left out of a pass's result once such a step has run and found out
     base_forecasts: tuple[str, ...] = ()
     held: bool = False  # a revert holds it (the note says why): nothing is done
+    snapshot_due_in: float | None = None  # seconds until its next scheduled snapshot is due
 
     @property
     def converged(self) -> bool:

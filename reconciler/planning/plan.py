@@ -284,9 +284,10 @@ def _plan_present(
     problem = _add_snapshot_steps(resolved, actual, context, steps, digest)
     if problem is not None:
         return InstancePlan(spec.name, refusal=problem, accelerator=choice)
+    due_in = snapshots.due_in(spec, actual, steps, context.now)
     if actual.hold is not None:  # the manifest changed since the revert (see _held)
         steps.insert(0, ReleaseHold(spec.name, paths.hold, actual.hold.label))
-    if actual.frozen and active:
+    if actual.frozen:  # a stopped guest has nothing frozen: the step only removes the marker
         steps.insert(0, ThawFilesystems(spec.name, paths.fs_frozen))
     removal_steps, removal_notes = removals(
         spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
@@ -304,6 +305,7 @@ def _plan_present(
         restart_after,
         kept_off or (halted and spec.state is DesiredState.RUNNING),
         forecasts,
+        snapshot_due_in=due_in,
     )
 
 

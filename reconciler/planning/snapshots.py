@@ -30,6 +30,7 @@ CHANGE_PREFIX = "before-"
 SCHEDULE_PREFIX = "auto-"
 LABEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 RESERVED_PREFIXES = (CHANGE_PREFIX, SCHEDULE_PREFIX)
+QUIET_PASS_RETRY_SECONDS = 5.0
 _TRIGGER_DISRUPTION = {
     SnapshotTrigger.RESTART: Disruption.RESTART,
     SnapshotTrigger.REPLACE: Disruption.REPLACE,
@@ -168,6 +169,24 @@ def scheduled(
         left_out=raw,
         freeze=spec.guest_agent,
     )
+
+
+def due_in(
+    spec: InstanceSpec, actual: InstanceActual, steps: list[Step], now: float | None
+) -> float | None:
+    """Seconds until the instance's next scheduled snapshot is due, for the daemon to come
+    back then (None: no schedule, or the guest does not run; a few seconds when one is due
+    but waits for a quiet pass)."""
+    every = spec.snapshots.schedule_seconds
+    domain = actual.domain
+    if every is None or now is None or domain is None or not domain.state.active:
+        return None
+    taking = any(isinstance(s, TakeSnapshot) and origin(s.label) == "schedule" for s in steps)
+    if taking:
+        return float(every)
+    last = max((s.taken for s in actual.snapshots if origin(s.label) == "schedule"), default=None)
+    left = every - (now - last) if last is not None else 0.0
+    return max(QUIET_PASS_RETRY_SECONDS, left)
 
 
 def pruned(
