@@ -13,7 +13,7 @@ from reconciler.images.diskheaders import (
     read_overlay_header,
     read_qcow2_snapshots,
 )
-from reconciler.layout import REPLACED_SUFFIX, InstancePaths, is_config_drive
+from reconciler.layout import REPLACED_SUFFIX, SNAPSHOT_RECORD, InstancePaths, is_config_drive
 from reconciler.model.actual import (
     DiskFacts,
     DomainFacts,
@@ -96,6 +96,7 @@ def observe_instance(
         data_disk_problem=data_problem,
         snapshots=snapshots,
         snapshot_problem=snapshot_problem,
+        snapshot_records=frozenset(name for name in names if SNAPSHOT_RECORD.fullmatch(name)),
         hold=read_hold(paths) if paths.hold.name in names else None,
         frozen=paths.fs_frozen.name in names,
     )
@@ -190,8 +191,3 @@ def read_data_disks(
         if facts is not None:
             found.append(facts)
     return tuple(found), None
-
-
-def config_drives(paths: InstancePaths) -> frozenset[str]:
-    """The config drive images in an instance's directory (config-DIGEST.iso)."""
-    return frozenset(name for name in directory_names(paths) if is_config_drive(name))

@@ -27,7 +27,7 @@ from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import SourceResolver
 from reconciler.images.sources import SourcePolicy
 from reconciler.loop.crashloop import CrashLoopGuard
-from reconciler.loop.observe import config_drives, observe_domain, observe_instance
+from reconciler.loop.observe import directory_names, observe_domain, observe_instance
 from reconciler.loop.results import Failure, InstanceResult, Outcome
 from reconciler.model.accel import KvmSupport
 from reconciler.model.actual import (
@@ -286,7 +286,7 @@ class Reconciler:
         timeout = domain.definition.shutdown_timeout_seconds
         if timeout is None:  # a domain defined before the marker recorded it
             timeout = PRUNE_SHUTDOWN_SECONDS
-        return plan_removal(name, domain, context, config_drives(paths), timeout, "prune")
+        return plan_removal(name, domain, context, directory_names(paths), timeout, "prune")
 
     def prune(self, name: str, refusal: str | None) -> InstanceResult:
         """Prune the orphan `name` (or report it, when `refusal` says pruning may not happen)."""

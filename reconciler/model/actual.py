@@ -162,5 +162,6 @@ class InstanceActual:
     liveness_failed: str | None = None  # why its liveness probe fails past its threshold
     snapshots: tuple[SnapshotFacts, ...] = ()  # oldest first
     snapshot_problem: str | None = None  # a disk whose snapshot table could not be read
+    snapshot_records: frozenset[str] = frozenset()  # snapshot-*.json in the directory
     hold: HoldFacts | None = None  # held after a revert
     frozen: bool = False  # a snapshot cut short may have left the guest's file systems frozen

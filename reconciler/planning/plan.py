@@ -111,7 +111,7 @@ def plan_instance(
                 ),
             )
     if spec.state is DesiredState.ABSENT:
-        return _plan_absent(spec, domain, context, actual.config_drives)
+        return _plan_absent(spec, domain, context, actual.config_drives | actual.snapshot_records)
     return _plan_present(resolved, actual, context)
 
 
@@ -133,10 +133,10 @@ def foreign_reason(domain: DomainFacts, context: PlanContext) -> str | None:
 
 
 def _plan_absent(
-    spec: InstanceSpec, domain: DomainFacts | None, context: PlanContext, drives: frozenset[str]
+    spec: InstanceSpec, domain: DomainFacts | None, context: PlanContext, files: frozenset[str]
 ) -> InstancePlan:
     return plan_removal(
-        spec.name, domain, context, drives, spec.shutdown_timeout_seconds, "state: absent"
+        spec.name, domain, context, files, spec.shutdown_timeout_seconds, "state: absent"
     )
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from reconciler.layout import REMOVABLE_FILE
+from reconciler.layout import REMOVABLE_FILE, SNAPSHOT_RECORD, is_config_drive
 from reconciler.model.actual import DomainFacts
 from reconciler.planning.context import InstancePlan, PlanContext
 from reconciler.planning.steps import (
@@ -55,13 +55,14 @@ def plan_removal(
     name: str,
     domain: DomainFacts | None,
     context: PlanContext,
-    drives: frozenset[str],
+    files: frozenset[str],
     timeout_seconds: int,
     reason: str,
 ) -> InstancePlan:
     """Delete an instance's domain (for `state: absent`, or a prune): stop it gracefully,
     undefine it (its NVRAM and managed save image with it), remove its config drives and, as
-    its recorded deletionPolicy says, its disks. A protected domain is refused."""
+    its recorded deletionPolicy says, its disks (and the records of the snapshots they hold).
+    `files`: the names in the instance directory. A protected domain is refused."""
     if domain is None:
         return InstancePlan(name)
     definition = domain.definition
@@ -80,7 +81,9 @@ def plan_removal(
         steps.append(StopDomain(name, timeout_seconds))
     steps.append(UndefineDomain(name, context.paths.directory, not definition.delete_disks))
     directory = context.paths.directory
-    named = [directory / drive for drive in sorted(drives)]
+    named = [directory / name for name in sorted(files) if is_config_drive(name)]
+    if definition.delete_disks:  # the snapshots go with the disks: their records too
+        named += [directory / name for name in sorted(files) if SNAPSHOT_RECORD.fullmatch(name)]
     if definition.nvram is not None:  # the driver keeps it: removed here, if it is ours
         named.append(Path(definition.nvram))
     doomed, notes = removable_files(named, directory)

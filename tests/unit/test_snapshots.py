@@ -215,3 +215,23 @@ def test_the_snapshot_command_line() -> None:
         options("snapshot", "web", "pre")
     with pytest.raises(ConfigError, match="not --name"):
         options("snapshot", "delete", "web", "pre", "--name", "x")
+
+
+def test_snapshot_records_follow_the_disks_deletion_policy() -> None:
+    from reconciler.model.desired import DeletionPolicy, DesiredState
+    from reconciler.planning.steps import RemoveFiles
+
+    files = frozenset({"config-0123456789abcdef.iso", "snapshot-nightly.json", "hold.json"})
+    directory = STATE.instance("web").directory
+    for policy, removed in (
+        (DeletionPolicy.DELETE, {"config-0123456789abcdef.iso", "snapshot-nightly.json"}),
+        (DeletionPolicy.RETAIN, {"config-0123456789abcdef.iso"}),
+    ):
+        spec = replace(RUNNING, memory_bytes=128 * 1024**2, deletion_policy=policy)
+        actual = observed(spec, config_drives=frozenset({"config-0123456789abcdef.iso"}),
+                          snapshot_records=frozenset({"snapshot-nightly.json"}))  # fmt: skip
+        absent = replace(spec, state=DesiredState.ABSENT)
+        result = plan_instance(running(spec).resolved(absent), actual, context(absent))
+        (removal,) = [s for s in result.steps if isinstance(s, RemoveFiles)]
+        names = {p.name for p in removal.paths if p.parent == directory}
+        assert {n for n in names if n in files} == removed, policy
