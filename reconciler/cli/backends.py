@@ -196,7 +196,8 @@ class Daemon:
         from reconciler.images.gc import GcReport
 
         request = {"op": "gc", "graceSeconds": self.options.grace_seconds}
-        answer = ask(self.socket_path, {**request, "dryRun": self.options.dry_run})
+        flags = {"dryRun": self.options.dry_run, "snapshots": self.options.gc_snapshots}
+        answer = ask(self.socket_path, {**request, **flags})
         fields = GcReport.__dataclass_fields__
         return GcReport(**{key: [Path(p) for p in answer[key]] for key in fields})
 
@@ -343,14 +344,16 @@ class Local:
         from reconciler.images.gc import collect_garbage
         from reconciler.images.qemuimg import QemuImg
         from reconciler.images.sources import SourcePolicy
-        from reconciler.statedir import StateDirLock
 
-        state = self.options.state
-        cache = ImageCache(state, QemuImg(), SourcePolicy())
-        with StateDirLock(state):
+        options = self.options
+        with owned_state(options, BUSY_HINT) as (state, driver):
+            cache = ImageCache(state, QemuImg(), SourcePolicy())
+            reconciler = Reconciler(driver, state, options.settings())
+            managed = frozenset(record.name for record in reconciler.managed_domains())
             return collect_garbage(
-                state, cache, self.options.grace_seconds, dry_run=self.options.dry_run
-            )
+                state, cache, options.grace_seconds, dry_run=options.dry_run,
+                managed=managed, snapshots=options.gc_snapshots,
+            )  # fmt: skip
 
     def shutdown_guests(self, out: TextIO) -> list[InstanceResult]:
         from reconciler.loop.hostshutdown import shut_down_guests

@@ -359,6 +359,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     gc = commands.add_parser("gc", parents=[common], help="remove cached bases no disk uses")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed")
     gc.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also remove the snapshots in the disks of instances that have no domain any more "
+        "(listed without it; the disks are kept)",
+    )
+    gc.add_argument(
         "--grace",
         metavar="DURATION",
         default="24h",
@@ -561,6 +567,17 @@ def run_gc(options: Options, out: TextIO) -> int:
         print(f"{verb} leftover {path.relative_to(state.root)}", file=out)
     for path in report.replaced:
         print(f"{verb} replaced disk {path.relative_to(state.root)}", file=out)
+    for entry in report.snapshots:
+        disk, _, label = str(entry).rpartition("@")
+        where = Path(disk).relative_to(state.root)
+        if options.gc_snapshots:
+            print(f"{verb} snapshot {label} of {where} (its instance is gone)", file=out)
+        else:
+            print(
+                f"kept snapshot {label} of {where}: its instance is gone (gc --snapshots "
+                "removes it)",
+                file=out,
+            )
     print(
         f"gc: {len(report.removed)} {verb}, {len(report.in_use)} in use, "
         f"{len(report.too_young)} used within {options.grace}",

@@ -107,6 +107,7 @@ class Options:
     user: str | None = None  # ssh's and ssh-config's --user
     identity: Path | None = None  # their --identity
     ssh_command: tuple[str, ...] = ()  # ssh's COMMAND
+    gc_snapshots: bool = False  # gc --snapshots
     label: str | None = None  # snapshot's --name, snapshot delete's and revert's LABEL
     action: str = "take"  # snapshot's: take or delete
 
@@ -203,6 +204,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         output=given.get("output") or "text",
         name=snapshot.pop("name", given.get("name")),
         dry_run=bool(given.get("dry_run")),
+        gc_snapshots=bool(given.get("snapshots")),
         follow=bool(given.get("follow")),
         paths=tuple(given.get("paths") or ()),
         workers=_workers(kind, given),

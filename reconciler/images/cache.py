@@ -90,6 +90,10 @@ class ImageCache:
         self.failures = PermanentFailures(state)
         self.records = EntryRecords(state)
 
+    @property
+    def qemu_img(self) -> QemuImg:
+        return self._qemu_img
+
     def path_for(self, image: ImageSource) -> Path:
         return self._state.cached_base(image)
 

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from reconciler.fileops import remove_dead_leftovers
 from reconciler.images.cache import ImageCache
-from reconciler.images.diskheaders import HeaderError, parse_qcow2_header, read_head
+from reconciler.images.diskheaders import (
+    HeaderError,
+    parse_qcow2_header,
+    read_head,
+    read_qcow2_snapshots,
+)
+from reconciler.images.qemuimg import QemuImg
 from reconciler.layout import REPLACED_SUFFIX
 from reconciler.statedir import StateDir
 
@@ -34,6 +40,9 @@ class GcReport:
     too_young: list[Path] = field(default_factory=list)
     leftovers: list[Path] = field(default_factory=list)
     replaced: list[Path] = field(default_factory=list)  # boot disks moved aside by a replace
+    # snapshots of instances that have no domain any more, each DISK@LABEL: listed, and
+    # removed only when asked (gc --snapshots)
+    snapshots: list[Path] = field(default_factory=list)
 
 
 def bases_in_use(state: StateDir, ignore: set[Path] | None = None) -> set[Path]:
@@ -72,10 +81,19 @@ def collect_garbage(
     *,
     dry_run: bool,
     now: float | None = None,
+    managed: frozenset[str] | None = None,
+    snapshots: bool = False,
 ) -> GcReport:
-    """Remove (or list, when `dry_run`) unused cached bases older than the grace period."""
+    """Remove (or list, when `dry_run`) unused cached bases older than the grace period.
+    `managed`: the instances that have a domain (None: not known, snapshots are not looked
+    at); the snapshots in the disks of the others are listed, and with `snapshots` removed
+    (the disks themselves are kept, as their deletion policy said)."""
     now = time.time() if now is None else now
     report = GcReport()
+    if managed is not None:
+        report.snapshots.extend(
+            _gone_snapshots(state, managed, cache.qemu_img, remove=snapshots and not dry_run)
+        )
     # boot disks a replacement moved aside are kept until now; their bases may then go too
     for disk in (
         sorted(state.instances.glob(f"*/*.{REPLACED_SUFFIX}-*")) if state.instances.is_dir() else []
@@ -107,6 +125,33 @@ def collect_garbage(
             LOG.info("removed unused base %s", base.name)
     report.leftovers.extend(_sweep_leftovers(state, dry_run=dry_run))
     return report
+
+
+def _gone_snapshots(
+    state: StateDir, managed: frozenset[str], qemu_img: QemuImg, *, remove: bool
+) -> list[Path]:
+    """The snapshots (DISK@LABEL) of the qcow2 disks of instances without a domain, removed
+    with their records when `remove`."""
+    found: list[Path] = []
+    if not state.instances.is_dir():
+        return found
+    for directory in sorted(p for p in state.instances.iterdir() if p.is_dir()):
+        if directory.name in managed:
+            continue
+        for disk in sorted(directory.glob("*.qcow2")):
+            try:
+                labels = [entry.name for entry in read_qcow2_snapshots(str(disk))]
+            except (HeaderError, OSError):
+                continue
+            for label in labels:
+                if remove:
+                    qemu_img.snapshot("delete", disk, label)
+                    LOG.info("removed snapshot %s of %s (its instance is gone)", label, disk)
+                found.append(Path(f"{disk}@{label}"))
+        if remove:
+            for record in directory.glob("snapshot-*.json"):
+                record.unlink(missing_ok=True)
+    return found
 
 
 def _sweep_leftovers(state: StateDir, *, dry_run: bool) -> list[Path]:

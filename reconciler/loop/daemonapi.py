@@ -155,13 +155,15 @@ class DaemonApi:
         if not isinstance(grace, int | float) or grace < 0:
             raise RequestError('"graceSeconds" must be a number of seconds')
         controller = self._controller
+        managed = frozenset(record.name for record in controller.reconciler.managed_domains())
         report = collect_garbage(
             controller.state, controller.reconciler.steps.cache, float(grace),
-            dry_run=bool(request.get("dryRun")),
+            dry_run=bool(request.get("dryRun")), managed=managed,
+            snapshots=bool(request.get("snapshots")),
         )  # fmt: skip
         return {
             key: [str(path) for path in getattr(report, key)]
-            for key in ("removed", "in_use", "too_young", "leftovers", "replaced")
+            for key in ("removed", "in_use", "too_young", "leftovers", "replaced", "snapshots")
         }
 
     def _snapshot(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -231,3 +231,60 @@ def test_a_pass_killed_at_any_moment_leaves_valid_disks_and_the_next_says_what_i
         # the restore point before the change exists on every disk, with its record
         change = [s for s in snapshots_of(reconcile, name) if s["origin"] == "change"]
         assert change and all(len(s["disks"]) == 2 and s["preceded"] for s in change), change
+
+
+def test_a_replace_keeps_its_restore_point_in_the_disk_moved_aside_and_gc_of_gone_instances(
+    e2e: E2E, reconcile: Reconcile, tmp_path: Path
+) -> None:
+    """A stopped instance (nothing boots): the default policy snapshots the boot disk before a
+    replace; revert puts that disk back as the boot disk (the new one moved aside). A raw data
+    disk is left out and said so. Once the instance is gone (its disks kept), gc lists the
+    snapshots of its disks, and removes them with --snapshots, keeping the disks."""
+    name = unique_name("rsr")
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    spec: dict[str, Any] = {
+        "state": "stopped", "networks": [], "allowReplace": True,
+        "disks": [{"name": "scratch", "size": "1MiB", "format": "raw"}],
+    }  # fmt: skip
+    write_manifest(manifests, name, e2e.base, e2e.sha256, **spec)
+    assert reconcile("--once", str(manifests)).code == 0
+    paths = e2e.state.instance(name)
+    old_base = read_overlay_backing(paths.disk)
+    run = reconcile("snapshot", name, "--name", "mine")
+    assert run.code == 0 and "(offline)" in run.out, run.out + run.err
+    listed = snapshots_of(reconcile, name)[0]
+    assert listed["leftOut"] == [str(paths.directory / "data-scratch.raw")]
+
+    write_manifest(manifests, name, guest_image("qcow2"), None, "qcow2", **spec)
+    run = reconcile("--once", str(manifests))
+    assert run.code == 0 and "took snapshot before-replace-" in run.out, run.out + run.err
+    before = labels(reconcile, name, "change")[0]
+    aside = next(s for s in snapshots_of(reconcile, name) if s["label"] == before)
+    assert aside["movedTo"] and Path(aside["disks"][0]).name.startswith("disk.qcow2.replaced-")
+    assert read_overlay_backing(paths.disk) != old_base
+
+    run = reconcile("revert", name, before)
+    assert run.code == 0, run.err
+    assert "the boot disk moved aside by the replace is the boot disk again" in run.out
+    assert "raw disks cannot hold a snapshot" in run.out
+    assert read_overlay_backing(paths.disk) == old_base
+    assert {"mine", before} <= set(labels(reconcile, name))
+    assert reconcile("resume", name).code == 0
+
+    # the instance goes, its disks kept: gc lists the snapshots, --snapshots removes them
+    write_manifest(manifests, name, e2e.base, e2e.sha256, **{**spec, "state": "absent"})
+    assert reconcile("--once", str(manifests)).code == 0
+    assert paths.disk.exists()
+    listed_gc = reconcile("gc", "--dry-run")
+    assert f"kept snapshot mine of instances/{name}/disk.qcow2" in listed_gc.out, listed_gc.out
+    removed = reconcile("gc", "--snapshots", "--grace", "999d")
+    assert f"removed snapshot mine of instances/{name}/disk.qcow2" in removed.out, removed.out
+    assert paths.disk.exists() and read_qcow2_snapshots(str(paths.disk)) == ()
+    assert not list(paths.directory.glob("snapshot-*.json"))
+
+
+def read_overlay_backing(disk: Path) -> str | None:
+    from reconciler.images.diskheaders import read_overlay_header
+
+    return read_overlay_header(str(disk)).backing_file

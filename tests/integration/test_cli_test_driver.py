@@ -246,6 +246,10 @@ def test_a_full_disk_at_lock_time_names_the_state_directory(
         "console",
         "shutdown-guests",
         "schema",
+        "snapshot",
+        "snapshots",
+        "revert",
+        "resume",
     ],
 )
 def test_each_command_help_has_its_own_usage_line(
