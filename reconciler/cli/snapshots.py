@@ -53,7 +53,7 @@ def add_snapshot_parsers(
 
 def run_snapshot(options: Options, out: TextIO) -> int:
     answer = backend_for(options).snapshots(options.action, options.name, options.label)
-    print(f"{options.name}: {answer['done']}", file=out)
+    print(f"{options.name}: {answer['outcome']}", file=out)
     return Exit.OK
 
 

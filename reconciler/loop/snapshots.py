@@ -297,12 +297,12 @@ def snapshot_request(
     if name is None:
         raise ConfigError(f"snapshot {action} needs an instance name")
     if action == "take":
-        return {"done": take(reconciler, name, label)}
+        return {"outcome": take(reconciler, name, label)}
     if label is None and action in ("delete", "revert"):
         raise ConfigError(f"snapshot {action} needs a snapshot label")
     if action == "delete":
         assert label is not None
-        return {"done": delete(reconciler, name, label)}
+        return {"outcome": delete(reconciler, name, label)}
     if action == "revert":
         assert label is not None
         return {"revert": revert(reconciler, name, label).as_json()}

@@ -21,6 +21,7 @@ from reconciler.planning.steps import (
     DefineDomain,
     DeleteSnapshots,
     MoveDiskAside,
+    StartDomain,
     Step,
     StopDomain,
     TakeSnapshot,
@@ -179,8 +180,11 @@ def due_in(
     but waits for a quiet pass)."""
     every = spec.snapshots.schedule_seconds
     domain = actual.domain
-    if every is None or now is None or domain is None or not domain.state.active:
+    if every is None or now is None:
         return None
+    if domain is None or not domain.state.active:  # a guest this pass starts: soon after
+        starting = any(isinstance(s, StartDomain) for s in steps)
+        return QUIET_PASS_RETRY_SECONDS if starting else None
     taking = any(isinstance(s, TakeSnapshot) and origin(s.label) == "schedule" for s in steps)
     if taking:
         return float(every)

@@ -288,3 +288,49 @@ def read_overlay_backing(disk: Path) -> str | None:
     from reconciler.images.diskheaders import read_overlay_header
 
     return read_overlay_header(str(disk)).backing_file
+
+
+def test_the_daemon_takes_scheduled_snapshots_and_runs_the_commands_for_its_clients(
+    driver_name: str,
+) -> None:
+    """The daemon takes a scheduled snapshot of a running guest on its first quiet pass (and
+    comes back when the next is due); snapshot, snapshots, revert and resume asked while it
+    runs are done by it, between its reconciles of that instance."""
+    from tests.e2e.test_daemon import daemon_of_its_own, wait_until
+
+    with daemon_of_its_own("rsd-", driver_name) as daemon:
+        name = unique_name("rsd")
+        daemon.write(name, networks=[], snapshots={"schedule": "hourly", "keep": 2})
+
+        def scheduled() -> list[str]:
+            listed = daemon.cli("snapshots", name, "-o", "json")
+            if listed.returncode != 0:
+                return []
+            found = json.loads(listed.stdout)["snapshots"]
+            return [s["label"] for s in found if s["origin"] == "schedule"]
+
+        (label,) = wait_until(scheduled, "a scheduled snapshot", daemon, timeout=120)
+        assert label.startswith("auto-")
+        taken = daemon.cli("snapshot", name, "--name", "d1")
+        assert taken.returncode == 0 and "guest I/O held" in taken.stdout, taken.stderr
+        reverted = daemon.cli("revert", name, "d1")
+        assert reverted.returncode == 0, reverted.stderr
+        assert "started again" in reverted.stdout
+
+        def held() -> bool:
+            item = daemon.instance(name) or {}
+            return (
+                bool((item.get("snapshots") or {}).get("held"))
+                and item.get("observed") == "running"
+            )
+
+        wait_until(held, "the hold in the daemon's status", daemon, timeout=60)
+        status = daemon.cli("status")
+        assert "held: reverted to snapshot d1" in status.stdout, status.stdout
+        assert "snapshots: 2," in status.stdout, status.stdout
+        assert daemon.cli("resume", name).returncode == 0
+        wait_until(lambda: not held(), "the hold to end", daemon, timeout=60)
+        assert scheduled() == [label]  # due again in an hour, not before
+        missing = daemon.cli("revert", name, "no-such-label")
+        assert missing.returncode != 0 and "has no snapshot 'no-such-label'" in missing.stderr
+        assert "Traceback" not in daemon.log_text()

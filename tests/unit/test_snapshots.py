@@ -235,3 +235,21 @@ def test_snapshot_records_follow_the_disks_deletion_policy() -> None:
         (removal,) = [s for s in result.steps if isinstance(s, RemoveFiles)]
         names = {p.name for p in removal.paths if p.parent == directory}
         assert {n for n in names if n in files} == removed, policy
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"op": "snapshot"},
+        {"op": "snapshot", "action": 3},
+        {"op": "snapshot", "action": "take", "name": ["web"]},
+        {"op": "snapshot", "action": "revert", "name": "web", "label": {"x": 1}},
+    ],
+)
+def test_the_daemon_refuses_a_snapshot_request_of_the_wrong_shape(request_: dict[str, Any]) -> None:
+    from reconciler.loop.control import RequestError
+    from reconciler.loop.daemonapi import DaemonApi
+
+    api = DaemonApi(object())  # type: ignore[arg-type]  # never reached: refused first
+    with pytest.raises(RequestError, match="must be a string"):
+        api.handle(request_, lambda _message: None)
