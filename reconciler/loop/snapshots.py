@@ -11,6 +11,7 @@ else, or `reconcile resume`, the plan leaves the instance as the revert left it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from reconciler.layout import REPLACED_SUFFIX, InstancePaths
 from reconciler.loop.observe import directory_names, read_hold, read_snapshots, snapshot_files
 from reconciler.loop.reconcile import Reconciler
 from reconciler.model.actual import DiskFacts, DomainFacts, SnapshotFacts
+from reconciler.model.machine import Machine
 from reconciler.planning.machine import describe_changes
 from reconciler.planning.snapshots import label_problem, origin, request_label, stamp
 from reconciler.planning.steps import DeleteSnapshots, StopDomain, TakeSnapshot
@@ -193,26 +195,39 @@ def take(reconciler: Reconciler, name: str, label: str | None) -> str:
     return apply_step(step, reconciler.steps)
 
 
-def delete(reconciler: Reconciler, name: str, label: str) -> str:
-    domain = managed_domain(reconciler, name)
-    paths = reconciler.state.instance(name)
-    qcow2, _raw = disk_files(domain, paths)
-    found = {s.label: s for s in instance_snapshots(paths, qcow2)}
-    if label not in found:
-        raise ConfigError(f"{name} has no snapshot {label!r} (reconcile snapshots {name})")
-    files = tuple(Path(f) for f in found[label].files)
-    step = DeleteSnapshots(name, (label,), (files,), "on request", paths.directory)
-    return apply_step(step, reconciler.steps)
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A managed instance and one of its snapshots, found by label."""
+
+    domain: DomainFacts
+    paths: InstancePaths
+    qcow2: list[Path]
+    raw: list[Path]
+    snapshot: SnapshotFacts
 
 
-def revert(reconciler: Reconciler, name: str, label: str) -> RevertReport:
-    """Bring instance `name` back to snapshot `label` (see the module's docstring)."""
+def _find(reconciler: Reconciler, name: str, label: str) -> _Found:
+    """Snapshot `label` of managed instance `name`; ConfigError when there is none."""
     domain = managed_domain(reconciler, name)
     paths = reconciler.state.instance(name)
     qcow2, raw = disk_files(domain, paths)
     found = {s.label: s for s in instance_snapshots(paths, qcow2)}
     if label not in found:
         raise ConfigError(f"{name} has no snapshot {label!r} (reconcile snapshots {name})")
+    return _Found(domain, paths, qcow2, raw, found[label])
+
+
+def delete(reconciler: Reconciler, name: str, label: str) -> str:
+    found = _find(reconciler, name, label)
+    files = tuple(Path(f) for f in found.snapshot.files)
+    step = DeleteSnapshots(name, (label,), (files,), "on request", found.paths.directory)
+    return apply_step(step, reconciler.steps)
+
+
+def revert(reconciler: Reconciler, name: str, label: str) -> RevertReport:
+    """Bring instance `name` back to snapshot `label` (see the module's docstring)."""
+    found = _find(reconciler, name, label)
+    domain, paths, qcow2, raw = found.domain, found.paths, found.qcow2, found.raw
     record = read_record(paths.snapshot_record(label))
     before = read_hold(paths)
     again = before is not None and before.label == label and not before.complete
@@ -240,6 +255,7 @@ def revert(reconciler: Reconciler, name: str, label: str) -> RevertReport:
     restored = record.definition if record is not None else None
     differences: tuple[str, ...] = ()
     if restored is not None:
+        restored = _startable(restored, domain.definition, notes)
         reconciler.driver.define(restored)
         differences = tuple(c.describe() for c in describe_changes(restored, domain.definition))
     else:
@@ -253,6 +269,26 @@ def revert(reconciler: Reconciler, name: str, label: str) -> RevertReport:
     return RevertReport(
         name, label, tuple(reverted), restored is not None, differences, running, tuple(notes)
     )
+
+
+def _startable(restored: Machine, current: Machine, notes: list[str]) -> Machine:
+    """The recorded definition, with what has gone since taken out so that it can start: a
+    config drive that was replaced (the current one takes its place) and a data disk whose
+    file was deleted (left out), each said."""
+    disks = []
+    for disk in restored.disks:
+        if os.path.exists(disk.path):
+            disks.append(disk)
+            continue
+        if disk.device == "cdrom" and current.config_drive_path is not None:
+            disks.append(dataclasses.replace(disk, path=current.config_drive_path))
+            notes.append(
+                f"the config drive of then ({os.path.basename(disk.path)}) is gone: the current "
+                f"one ({os.path.basename(current.config_drive_path)}) is used"
+            )
+        else:
+            notes.append(f"{disk.path} is gone: {disk.target} is left out of the definition")
+    return dataclasses.replace(restored, disks=tuple(disks))
 
 
 def _put_back_replaced_disk(

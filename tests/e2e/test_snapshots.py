@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -213,7 +214,7 @@ def test_a_pass_killed_at_any_moment_leaves_valid_disks_and_the_next_says_what_i
     assert reconcile("--once", str(manifests)).code == 0
     paths = e2e.state.instance(name)
     command = [
-        "python", "-m", "reconciler", "--once", str(manifests), "--state-dir",
+        sys.executable, "-m", "reconciler", "--once", str(manifests), "--state-dir",
         str(e2e.state.root), "--driver", e2e.driver_name, "--image-dir", str(guest_image().parent),
     ]  # fmt: skip
     for memory, delay in (("136MiB", 0.6), ("144MiB", 1.5), ("152MiB", 3.0)):
@@ -231,6 +232,23 @@ def test_a_pass_killed_at_any_moment_leaves_valid_disks_and_the_next_says_what_i
         # the restore point before the change exists on every disk, with its record
         change = [s for s in snapshots_of(reconcile, name) if s["origin"] == "change"]
         assert change and all(len(s["disks"]) == 2 and s["preceded"] for s in change), change
+
+    # a revert killed part way: the disks stay valid, the next pass says how to finish it
+    # (or, killed before it began, goes on as before), and the revert run again finishes it
+    label = change[-1]["label"]
+    revert = [*command[:3], "revert", name, label, *command[5:]]
+    process = subprocess.Popen(revert, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    process.kill()
+    process.wait()
+    chain_is_valid(paths.disk, paths.directory / "data-one.qcow2")
+    run = reconcile("--once", str(manifests))
+    if paths.hold.exists() and '"complete": false' in paths.hold.read_text():
+        assert run.code == 1 and f"reconcile revert {name} {label}` again" in run.out, run.out
+    run = reconcile("revert", name, label)
+    assert run.code == 0 and "started again" in run.out, run.out + run.err
+    assert '"complete": true' in paths.hold.read_text()
+    chain_is_valid(paths.disk, paths.directory / "data-one.qcow2")
 
 
 def test_a_replace_keeps_its_restore_point_in_the_disk_moved_aside_and_gc_of_gone_instances(

@@ -253,3 +253,54 @@ def test_the_daemon_refuses_a_snapshot_request_of_the_wrong_shape(request_: dict
     api = DaemonApi(object())  # type: ignore[arg-type]  # never reached: refused first
     with pytest.raises(RequestError, match="must be a string"):
         api.handle(request_, lambda _message: None)
+
+
+def test_only_the_instances_own_disks_are_snapshotted_whatever_the_definition_says(
+    tmp_path: Any,
+) -> None:
+    """Whoever can edit a domain may add disks to it: a snapshot on request covers the
+    instance's own disk files only (those in its directory), qcow2 ones; raw ones are named
+    as left out; a CD-ROM is not a disk."""
+    from reconciler.layout import StateLayout
+    from reconciler.loop.snapshots import disk_files
+    from reconciler.model.actual import DomainFacts, StateReason
+    from reconciler.model.machine import Disk
+
+    paths = StateLayout(tmp_path).instance("web")
+    machine = running(replace(RUNNING, memory_bytes=128 * 1024**2)).domain
+    assert machine is not None
+    disks = (
+        Disk("vdb", "/etc/shadow", "qcow2"),
+        Disk("vdc", str(paths.directory / "data-a.qcow2"), "qcow2"),
+        Disk("vda", str(paths.disk), "qcow2"),
+        Disk("vdd", str(paths.directory / "data-b.raw"), "raw"),
+        Disk("vde", f"{paths.directory}/../other/disk.qcow2", "qcow2"),
+        Disk("sda", str(paths.directory / "config-0.iso"), "raw", device="cdrom"),
+    )
+    domain = DomainFacts("web", "u", PowerState.RUNNING, StateReason.BOOTED, True,
+                         replace(machine.definition, disks=disks))  # fmt: skip
+    qcow2, raw = disk_files(domain, paths)
+    assert qcow2 == [paths.disk, paths.directory / "data-a.qcow2"]
+    assert raw == [paths.directory / "data-b.raw"]
+
+
+def test_a_restored_definition_leaves_out_what_is_gone_since(tmp_path: Any) -> None:
+    from reconciler.loop.snapshots import _startable
+    from reconciler.model.machine import Disk
+
+    machine = running(replace(RUNNING, memory_bytes=128 * 1024**2)).domain
+    assert machine is not None
+    here = tmp_path / "disk.qcow2"
+    here.write_bytes(b"")
+    now_iso = tmp_path / "config-new.iso"
+    now_iso.write_bytes(b"")
+    then = replace(machine.definition, disks=(
+        Disk("vda", str(here), "qcow2"),
+        Disk("vdb", str(tmp_path / "data-gone.qcow2"), "qcow2"),
+        Disk("sda", str(tmp_path / "config-old.iso"), "raw", device="cdrom", read_only=True),
+    ))  # fmt: skip
+    current = replace(then, disks=(then.disks[0], replace(then.disks[2], path=str(now_iso))))
+    notes: list[str] = []
+    restored = _startable(then, current, notes)
+    assert [d.path for d in restored.disks] == [str(here), str(now_iso)]
+    assert len(notes) == 2 and "config-old.iso) is gone" in notes[1]
