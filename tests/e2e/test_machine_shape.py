@@ -7,12 +7,14 @@ Boots are the slow part: one BIOS guest goes through every live and restart chan
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler.images.diskheaders import read_qcow2_snapshots
 from reconciler.model.actual import PowerState
 from tests.e2e.conftest import E2E, CliRun, wait_for
 from tests.guest import guest_image, wait_for_marker
@@ -212,7 +214,18 @@ def test_a_new_base_is_refused_then_replaced_when_allowed(
     replaced = reconcile("--once", str(tmp_path))
     assert replaced.code == 0, replaced.out + replaced.err
     (aside,) = paths.directory.glob("disk.qcow2.replaced-*")
-    assert aside.read_bytes() == before
+    # the old disk is as it was, but for the restore point taken in it first (the default
+    # snapshot policy): the same contents for the guest, and a snapshot of them
+    assert "took snapshot before-replace-" in replaced.out, replaced.out
+    copy = tmp_path / "before.qcow2"
+    copy.write_bytes(before)
+    same = subprocess.run(
+        ["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "qcow2", str(copy), str(aside)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert same.returncode == 0, same.stdout + same.stderr
+    labels = [entry.name for entry in read_qcow2_snapshots(str(aside))]
+    assert len(labels) == 1 and labels[0].startswith("before-replace-"), labels
     record = e2e.driver.lookup(name)
     assert record is not None and record.state is PowerState.RUNNING
     wait_for_marker(paths.console_log, "ready")
