@@ -139,7 +139,8 @@ class Daemon:
         return errors
 
     def status(self) -> StatusAnswer:
-        answer = ask(self.socket_path, {"op": "status", "name": self.options.name})
+        request: dict[str, object] = {"op": "status", "name": self.options.name, "snapshots": True}
+        answer = ask(self.socket_path, request)
         return StatusAnswer(snapshot=answer["status"])
 
     def access(self, names: list[str] | None) -> list[Access]:

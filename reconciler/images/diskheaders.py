@@ -290,6 +290,8 @@ def snapshot_space(path: str) -> SnapshotSpace:
             raise HeaderError(f"{path}: cluster size 2^{cluster_bits} is not one qcow2 allows")
         l1_size, l1_offset = struct.unpack_from(">IQ", head, 36)
         count, table = struct.unpack_from(">IQ", head, 60)
+        if count == 0:
+            return SnapshotSpace(0, {})
         extended = version == 3 and bool(struct.unpack_from(">Q", head, 72)[0] & _EXTENDED_L2)
         size = os.fstat(stream.fileno()).st_size
         reader = _ClusterReader(stream, size, cluster_bits, extended, path)

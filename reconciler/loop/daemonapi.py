@@ -41,7 +41,7 @@ class DaemonApi:
         if op == "ping":
             return {"pid": os.getpid()}
         if op == "status":
-            return self._status(request.get("name"))
+            return self._status(request.get("name"), bool(request.get("snapshots")))
         if op == "plan":
             return self._plan(request)
         if op == "pass":
@@ -58,7 +58,9 @@ class DaemonApi:
             return self._snapshot(request)
         raise RequestError(f"unknown op {op!r} (expected {', '.join(OPS[:-1])} or {OPS[-1]})")
 
-    def _status(self, name: object) -> dict[str, Any]:
+    def _status(self, name: object, snapshots: bool = False) -> dict[str, Any]:
+        """The daemon's status (with `snapshots`, each instance's snapshot summary, read from
+        its disks now: `status` asks for it, the polls of `wait` do not)."""
         from reconciler.loop.snapshots import snapshot_summary
 
         snapshot = self._controller.status.snapshot()
@@ -67,7 +69,7 @@ class DaemonApi:
                 raise RequestError('"name" must be a string')
             snapshot["instances"] = [i for i in snapshot["instances"] if i["name"] == name]
         state = self._controller.state
-        for item in snapshot["instances"]:  # read when asked: a pass never walks the tables
+        for item in snapshot["instances"] if snapshots else ():  # a pass never reads them
             item["snapshots"] = snapshot_summary(state.instance(item["name"]))
         return {"status": snapshot}
 
