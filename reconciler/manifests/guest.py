@@ -40,20 +40,24 @@ Fail = Callable[[str, str], None]
 
 def guest_config(
     spec: dict[str, Any],
-    manifest: Path,
+    manifest: Path | Callable[[str], Path],
     confine: Path,
     fail: Fail,
     named: list[Path] | None = None,
 ) -> GuestConfig:
     """The config drive's inputs from `spec`, with the files it names read (inside `confine`;
-    each one's path is added to `named`, whether it could be read or not)."""
+    each one's path is added to `named`, whether it could be read or not). A file's name is
+    relative to the manifest that wrote it: `manifest` is that file, or says it by pointer
+    (a field a profile gave)."""
+    origin = manifest if callable(manifest) else (lambda _pointer: manifest)
     cloud = spec.get("cloudInit", {})
     user_data: bytes | None = None
     if "userData" in cloud:
         user_data = cloud["userData"].encode()
     elif "userDataFile" in cloud:
+        pointer = "/spec/cloudInit/userDataFile"
         user_data = read_guest_file(
-            manifest, confine, cloud["userDataFile"], "/spec/cloudInit/userDataFile", fail, named
+            origin(pointer), confine, cloud["userDataFile"], pointer, fail, named
         )
     pointer = (
         "/spec/cloudInit/userDataFile" if "userDataFile" in cloud else "/spec/cloudInit/userData"
@@ -66,8 +70,9 @@ def guest_config(
         if "content" in item:
             content: bytes | None = item["content"].encode()
         else:
+            pointer = f"/spec/files/{index}/source"
             content = read_guest_file(
-                manifest, confine, item["source"], f"/spec/files/{index}/source", fail, named
+                origin(pointer), confine, item["source"], pointer, fail, named
             )
         if content is not None:
             files.append(

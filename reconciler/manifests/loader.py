@@ -8,6 +8,7 @@ pointer of the field and what was expected. Valid instances of other files are u
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -21,8 +22,22 @@ from urllib.parse import unquote, urlsplit
 
 from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation, excerpt
 from reconciler.fileops import InputFileRefused, read_input_file
-from reconciler.manifests.filecache import ManifestFileCache, NamedFile, Reading, stamp
+from reconciler.manifests.filecache import (
+    FileStamp,
+    ManifestFileCache,
+    NamedFile,
+    Reading,
+    stamp,
+)
 from reconciler.manifests.guest import aim_forwards, guest_config, networks
+from reconciler.manifests.profiles import (
+    PROFILE_KIND,
+    MergedDocument,
+    Profile,
+    merge_profiles,
+    profile_document_schema,
+    without_nulls,
+)
 from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes, snapshot_policy
 from reconciler.manifests.yamlsource import (
     YamlDocument,
@@ -110,6 +125,13 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(instance_schema())
 
 
+@cache
+def _profile_validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(profile_document_schema(instance_schema()))
+
+
 def find_manifest_files(root: Path) -> list[Path]:
     """Every *.yaml / *.yml file under `root` (or `root` itself), skipping hidden entries."""
     if root.exists() and not root.is_dir():  # a file named on the command line, of any kind
@@ -152,6 +174,8 @@ def load_paths(
     invalid_names: set[str] = set()
     loaded: list[tuple[InstanceSpec, SourceLocation]] = []
     claimed: list[tuple[str, SourceLocation]] = []  # names of invalid documents, and where
+    results: list[_FileLoad] = []
+    unread: list[tuple[Path, Path, _Parsed]] = []  # files the cache did not hold, parsed
     for root in roots:
         confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
         for path in find_manifest_files(root):
@@ -159,14 +183,22 @@ def load_paths(
                 continue
             seen.add(path)
             files.append(path)
-            file_instances, file_errors, file_claims, file_valid = _load_file(
-                path, confine, known_valid, cache
-            )
-            valid.update(file_valid)
-            loaded.extend(file_instances)
-            errors.extend(file_errors)
-            invalid_names.update(file_claims)
-            claimed.extend(file_claims.items())
+            kept = _cached(path, confine, cache)
+            if kept is not None:
+                results.append(kept)
+            else:
+                unread.append((path, confine, parse_manifest_file(path, confine)))
+    # the profiles come from the files read now (a file that defines one is never kept)
+    index, profile_errors = _profile_index(unread)
+    errors.extend(profile_errors)
+    for path, confine, parsed in unread:
+        results.append(_load_file(path, confine, parsed, known_valid, cache, index))
+    for file_instances, file_errors, file_claims, file_valid in results:
+        valid.update(file_valid)
+        loaded.extend(file_instances)
+        errors.extend(file_errors)
+        invalid_names.update(file_claims)
+        claimed.extend(file_claims.items())
     if cache is not None:
         cache.keep_only(seen)
     instances, duplicate_errors, duplicated = _reject_duplicate_names(loaded, claimed)
@@ -193,24 +225,137 @@ _FileLoad = tuple[
 ]
 
 
-def _load_file(
-    path: Path, confine: Path, known_valid: Collection[str], cache: ManifestFileCache | None
-) -> _FileLoad:
-    """One file's load (and the keys of its valid documents), from `cache` when it holds."""
-    valid: set[str] = set()
+# a file's YAML documents and its stamp before it was read, or the error that stopped it
+_Parsed = tuple[list[YamlDocument], ManifestError | None, FileStamp]
+
+
+def _cached(path: Path, confine: Path, cache: ManifestFileCache | None) -> _FileLoad | None:
+    """What reading `path` gave, when `cache` holds it and it still holds."""
     if cache is None:
-        instances, errors, claims = load_manifest_file(path, confine, known_valid, valid)
-        return instances, errors, claims, frozenset(valid)
-    before = stamp(path)  # before the read: a change while reading shows next time
-    reading = cache.get(path, confine, before)
-    if reading is not None:
-        kept: _FileLoad = reading.result
-        return kept
+        return None
+    reading = cache.get(path, confine, stamp(path))
+    if reading is None:
+        return None
+    kept: _FileLoad = reading.result
+    return kept
+
+
+def _load_file(
+    path: Path,
+    confine: Path,
+    parsed: _Parsed,
+    known_valid: Collection[str],
+    cache: ManifestFileCache | None,
+    profiles: dict[str, Profile | None],
+) -> _FileLoad:
+    """One parsed file's load (and the keys of its valid documents), kept in `cache` unless
+    it defines or uses a profile (its result then depends on other files)."""
+    valid: set[str] = set()
     named: list[Path] = []
-    instances, errors, claims = load_manifest_file(path, confine, known_valid, valid, named)
+    instances, errors, claims = load_manifest_file(
+        path, confine, known_valid, valid, named, profiles=profiles, parsed=parsed
+    )
     result: _FileLoad = (instances, errors, claims, frozenset(valid))
-    cache.put(path, Reading(before, confine, tuple(NamedFile.now(p) for p in named), result))
+    documents, _error, before = parsed
+    shared = any(_kind(d.data) == PROFILE_KIND or _profiles_listed(d.data) for d in documents)
+    if cache is not None and not shared:
+        cache.put(path, Reading(before, confine, tuple(NamedFile.now(p) for p in named), result))
     return result
+
+
+def _said_of_instance(
+    path: Path, document: YamlDocument, errors: list[ManifestError]
+) -> list[ManifestError]:
+    """Errors found at a field a profile gave an instance are reported at the profile's line,
+    saying which instance they broke (a profile several instances use breaks each)."""
+    name = _claimed_name(document.data)
+    said = []
+    for error in errors:
+        if error.location.path != str(path):
+            message = f"{error.message} (merged into instance {name!r} of {path})"
+            error = ManifestError(error.location, error.pointer, message, error.hint)
+        said.append(error)
+    return said
+
+
+def _kind(data: Any) -> Any:
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def _profiles_listed(data: Any) -> bool:
+    spec = data.get("spec") if isinstance(data, dict) else None
+    return isinstance(spec, dict) and bool(spec.get("profiles"))
+
+
+def parse_manifest_file(path: Path, confine: Path) -> _Parsed:
+    """A file's YAML documents (its stamp taken before the read: a change while reading
+    shows next time), or the one error that stops it: a refused or unreadable file, not
+    UTF-8, malformed YAML, too many documents."""
+    before = stamp(path)
+    try:  # a link out of the tree, a FIFO, a device: refused unread (never quoted back)
+        raw = read_input_file(path, confine, MAX_MANIFEST_BYTES)
+    except InputFileRefused as err:
+        return [], ManifestError(SourceLocation(str(path), 1, 1), "", str(err)), before
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        message = f"not UTF-8 text (byte {err.start})"
+        return [], ManifestError(SourceLocation(str(path), 1, 1), "", message), before
+    try:
+        documents = list(itertools.islice(parse_documents(text), MAX_DOCUMENTS_PER_FILE + 1))
+    except YamlSyntaxError as err:
+        location = SourceLocation(str(path), err.mark.line, err.mark.column)
+        return [], ManifestError(location, "", f"malformed YAML: {err.message}"), before
+    if len(documents) > MAX_DOCUMENTS_PER_FILE:
+        location = SourceLocation(str(path), *_line_column(documents[-1]))
+        message = (
+            f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; the rest is not read "
+            "and none of the file's instances is used (split the file)"
+        )
+        return [], ManifestError(location, "", message), before
+    return documents, None, before
+
+
+def _profile_index(
+    parsed: list[tuple[Path, Path, _Parsed]],
+) -> tuple[dict[str, Profile | None], list[ManifestError]]:
+    """The valid profiles of the parsed files by name, and the errors of the others (a
+    profile document the profile schema refuses, a name defined twice: both refused)."""
+    found: dict[str, list[Profile]] = {}
+    broken: set[str] = set()
+    errors: list[ManifestError] = []
+    for path, _confine, (documents, _error, _stamp) in parsed:
+        for document in documents:
+            if _kind(document.data) != PROFILE_KIND:
+                continue
+            checked = dataclasses.replace(document, data=without_nulls(document.data))
+            problems = validate_document(path, checked, schema=_profile_validator())
+            name = _claimed_name(document.data)
+            if problems:
+                errors.extend(problems)
+                if name is not None:
+                    broken.add(name)
+                continue
+            assert name is not None  # the schema requires it
+            found.setdefault(name, []).append(Profile(name, path, document))
+    index: dict[str, Profile | None] = dict.fromkeys(broken)
+    for name, profiles in found.items():
+        if len(profiles) == 1 and name not in broken:
+            index[name] = profiles[0]
+            continue
+        index[name] = None
+        for number, profile in enumerate(profiles):
+            other = profiles[1] if number == 0 else profiles[0]
+            where = _location(other.path, other.document, "/metadata/name")
+            errors.append(
+                ManifestError(
+                    _location(profile.path, profile.document, "/metadata/name"),
+                    "/metadata/name",
+                    f"profile name {name!r} is also defined at {where}",
+                    "names must be unique across all manifests",
+                )
+            )
+    return index, errors
 
 
 def load_manifest_file(
@@ -219,6 +364,9 @@ def load_manifest_file(
     known_valid: Collection[str] = frozenset(),
     valid: set[str] | None = None,
     named: list[Path] | None = None,
+    *,
+    profiles: dict[str, Profile | None] | None = None,
+    parsed: _Parsed | None = None,
 ) -> tuple[
     list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], dict[str, SourceLocation]
 ]:
@@ -226,34 +374,33 @@ def load_manifest_file(
     names its invalid documents claim (with where). Files the manifest names (user-data,
     injected files) must lie inside `confine` (default: the manifest's own directory); their
     paths are added to `named`. The keys of the documents the schema accepts are added to
-    `valid`."""
+    `valid`. An instance that lists profiles gets them merged in from `profiles` (a
+    profile document itself is checked by load_paths, and skipped here); `parsed`: the
+    file as parse_manifest_file read it already."""
     confine = confine or Path(os.path.realpath(path.parent))
-    try:  # a link out of the tree, a FIFO, a device: refused unread (never quoted back)
-        raw = read_input_file(path, confine, MAX_MANIFEST_BYTES)
-    except InputFileRefused as err:
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", str(err))], {}
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        message = f"not UTF-8 text (byte {err.start})"
-        return [], [ManifestError(SourceLocation(str(path), 1, 1), "", message)], {}
-    try:
-        documents = list(itertools.islice(parse_documents(text), MAX_DOCUMENTS_PER_FILE + 1))
-    except YamlSyntaxError as err:
-        location = SourceLocation(str(path), err.mark.line, err.mark.column)
-        return [], [ManifestError(location, "", f"malformed YAML: {err.message}")], {}
-    if len(documents) > MAX_DOCUMENTS_PER_FILE:
-        location = SourceLocation(str(path), *_line_column(documents[-1]))
-        message = (
-            f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file; the rest is not read "
-            "and none of the file's instances is used (split the file)"
-        )
-        return [], [ManifestError(location, "", message)], {}
+    documents, failure, _before = parsed or parse_manifest_file(path, confine)
+    if failure is not None:
+        return [], [failure], {}
 
     instances: list[tuple[InstanceSpec, SourceLocation]] = []
     errors: list[ManifestError] = []
     claims: dict[str, SourceLocation] = {}
-    for document in documents:
+    for original in documents:
+        if _kind(original.data) == PROFILE_KIND:
+            continue
+        document: YamlDocument = original
+        merged, problems, used = merge_profiles(path, original, profiles or {})
+        if problems:
+            errors.extend(
+                ManifestError(_location(path, original, pointer), pointer, message)
+                for pointer, message in problems
+            )
+            name = _claimed_name(original.data)
+            if name is not None:
+                claims[name] = _location(path, original, "/metadata/name")
+            continue
+        if merged is not None:
+            document = merged
         key = document_key(document.data)
         document_errors = validate_document(path, document, key is not None and key in known_valid)
         if not document_errors and key is not None and valid is not None:
@@ -264,6 +411,9 @@ def load_manifest_file(
                 conversion_errors, key=lambda e: (e.location.line, e.location.column)
             )
             if spec is not None and not document_errors:
+                if used:
+                    recorded = tuple(dict.fromkeys((p.name, p.digest) for p in used))
+                    spec = dataclasses.replace(spec, profiles=recorded)
                 instances.append((spec, _location(path, document, "/metadata/name")))
                 continue
         else:  # every check that can run on what parsed, so that errors do not come in rounds
@@ -274,6 +424,8 @@ def load_manifest_file(
                 if error.pointer not in reported
             ]
             document_errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
+        if merged is not None:
+            document_errors = _said_of_instance(path, original, document_errors)
         errors.extend(document_errors)
         name = _claimed_name(document.data)
         if name is not None:
@@ -302,7 +454,7 @@ def _checks_on_what_parsed(
     parts: tuple[Callable[[], object], ...] = (
         lambda: _size_or_error(spec["memory"], "/spec/memory", fail),
         lambda: _size_or_error(spec["disk"]["size"], "/spec/disk/size", fail),
-        lambda: guest_config(spec, path, confine, fail, named),
+        lambda: guest_config(spec, _origin(path, document), confine, fail, named),
         lambda: networks(spec, fail),
     )
     for part in parts:
@@ -328,7 +480,10 @@ def _capped_errors(path: Path, errors: list[ManifestError]) -> list[ManifestErro
 
 
 def validate_document(
-    path: Path, document: YamlDocument, schema_known_valid: bool = False
+    path: Path,
+    document: YamlDocument,
+    schema_known_valid: bool = False,
+    schema: jsonschema.Draft202012Validator | None = None,
 ) -> list[ManifestError]:
     """Every problem in one document: YAML-level ones (duplicate keys) and schema ones (not
     looked for again when `schema_known_valid`)."""
@@ -337,7 +492,9 @@ def validate_document(
         for mark, pointer, message in document.problems
     ]
     seen: set[str] = set()
-    schema_errors = () if schema_known_valid else _validator().iter_errors(document.data)
+    schema_errors = (
+        () if schema_known_valid else (schema or _validator()).iter_errors(document.data)
+    )
     for error in schema_errors:
         for manifest_error in _schema_errors(path, document, error):
             if str(manifest_error) not in seen:  # "required" repeats per missing field
@@ -357,9 +514,21 @@ def _child(pointer: str, key: object) -> str:
     return f"{pointer}/{escape_pointer_token(str(key))}"
 
 
+def _origin(path: Path, document: YamlDocument) -> Callable[[str], Path]:
+    """The file that wrote each pointer of `document` (a profile's, for the fields it gave):
+    what a relative path there is relative to."""
+    if isinstance(document, MergedDocument):
+        return lambda pointer: document.source_of(pointer)[0]
+    return lambda _pointer: path
+
+
 def _location(
     path: Path, document: YamlDocument, pointer: str, *, key: bool = False
 ) -> SourceLocation:
+    """Where `pointer` is written: in `path`, or, for a field a profile gave an instance, in
+    the profile's file."""
+    if isinstance(document, MergedDocument):
+        path, _source = document.source_of(pointer)
     mark = document.mark_of(pointer, key=key)
     return SourceLocation(str(path), mark.line, mark.column)
 
@@ -500,11 +669,13 @@ def _to_instance_spec(
             fail(pointer, f"{format_size(size)} is more than the maximum of {format_size(limit)}")
     image = spec["image"]
     try:
-        image_location = resolve_image_source(path, image["source"])
+        image_location = resolve_image_source(
+            _origin(path, document)("/spec/image/source"), image["source"]
+        )
     except ValueError as err:
         fail("/spec/image/source", str(err))
         image_location = None
-    guest = guest_config(spec, path, confine, fail, named)
+    guest = guest_config(spec, _origin(path, document), confine, fail, named)
     interfaces = aim_forwards(spec, networks(spec, fail), fail)
     settings = machine_settings(
         spec,

@@ -336,3 +336,6 @@ class InstanceSpec:
     readiness: ProbeSpec | None = None  # None: a running domain is ready
     liveness: ProbeSpec | None = None  # None: a running domain is live
     snapshots: SnapshotPolicy = SnapshotPolicy()
+    # the profiles merged into it, each with a digest of its content: a changed profile
+    # changes the spec of every instance that lists it (and the daemon reconciles those)
+    profiles: tuple[tuple[str, str], ...] = ()
