@@ -70,23 +70,22 @@ class MergedDocument(YamlDocument):
 
 def profile_document_schema(instance_schema: dict[str, Any]) -> dict[str, Any]:
     """The schema of a Profile document: an Instance's, with `kind: Profile` and no field of
-    the spec required (a profile holds any part of one; the merged spec is checked whole)."""
+    the spec, or of a mapping in it, required (a profile holds any part of a spec; the merged
+    spec is checked whole). Conditions (if/then, not) stay as they are."""
     schema = copy.deepcopy(instance_schema)
     schema["properties"]["kind"] = {"const": PROFILE_KIND, "x-expected": "kind: Profile"}
     _drop_required(schema["properties"]["spec"])
-    for definition in schema.get("$defs", {}).values():
-        _drop_required(definition)
     return schema
 
 
 def _drop_required(node: Any) -> None:
-    if isinstance(node, dict):
-        node.pop("required", None)
-        for value in node.values():
-            _drop_required(value)
-    elif isinstance(node, list):
-        for item in node:
-            _drop_required(item)
+    """Drop `required` from an object schema and from those of its properties and items."""
+    if not isinstance(node, dict):
+        return
+    node.pop("required", None)
+    for child in (node.get("properties") or {}).values():
+        _drop_required(child)
+    _drop_required(node.get("items"))
 
 
 def merge_profiles(
@@ -152,10 +151,10 @@ def _expand(
     if len(stack) >= MAX_PROFILE_DEPTH:
         problems.append((pointer, f"profiles nest more than {MAX_PROFILE_DEPTH} deep"))
         return
-    used.append(profile)
     own = profile.spec.get("profiles")
     for inner in own if isinstance(own, list) else []:
         _expand(str(inner), pointer, index, (*stack, name), layers, used, problems)
+    used.append(profile)
     layer = {key: value for key, value in profile.spec.items() if key != "profiles"}
     layers.append((profile.path, profile.document, layer))
 
