@@ -18,7 +18,16 @@ def add_adoption_parsers(
     export = commands.add_parser(
         "export", parents=[common], help="print a manifest for an existing domain"
     )
-    export.add_argument("name", metavar="NAME", help="the libvirt domain")
+    export.add_argument(
+        "name", metavar="NAME", help="the libvirt domain (or, --resolved, instance)"
+    )
+    export.add_argument(
+        "--resolved",
+        metavar="DIR",
+        type=Path,
+        help="print instance NAME of the manifests in DIR with its profiles merged in, each field "
+        "with the file and line that wrote it (reads the files only)",
+    )
     adoption = commands.add_parser(
         "adopt",
         parents=[common],
@@ -32,7 +41,14 @@ def add_adoption_parsers(
 
 
 def run_export(options: Options, out: TextIO) -> int:
-    """The manifest of an existing domain (asked of the daemon when one runs)."""
+    """The manifest of an existing domain (asked of the daemon when one runs); with
+    --resolved DIR, an instance of DIR's manifests with its profiles merged in."""
+    if options.resolved is not None:
+        from reconciler.manifests.explain import resolved_lines
+
+        for line in resolved_lines(options.resolved, options.name or ""):
+            print(line, file=out)
+        return Exit.OK
     print(backend_for(options).export(options.name or ""), end="", file=out)
     return Exit.OK
 

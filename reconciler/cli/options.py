@@ -108,6 +108,7 @@ class Options:
     identity: Path | None = None  # their --identity
     ssh_command: tuple[str, ...] = ()  # ssh's COMMAND
     gc_snapshots: bool = False  # gc --snapshots
+    resolved: Path | None = None  # export --resolved DIR
     label: str | None = None  # snapshot's --name, snapshot delete's and revert's LABEL
     action: str = "take"  # snapshot's: take or delete
 
@@ -205,6 +206,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         name=snapshot.pop("name", given.get("name")),
         dry_run=bool(given.get("dry_run")),
         gc_snapshots=bool(given.get("snapshots")),
+        resolved=given.get("resolved"),
         follow=bool(given.get("follow")),
         paths=tuple(given.get("paths") or ()),
         workers=_workers(kind, given),

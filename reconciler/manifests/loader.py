@@ -189,7 +189,7 @@ def load_paths(
             else:
                 unread.append((path, confine, parse_manifest_file(path, confine)))
     # the profiles come from the files read now (a file that defines one is never kept)
-    index, profile_errors = _profile_index(unread)
+    index, profile_errors = profile_index(unread)
     errors.extend(profile_errors)
     for path, confine, parsed in unread:
         results.append(_load_file(path, confine, parsed, known_valid, cache, index))
@@ -316,7 +316,7 @@ def parse_manifest_file(path: Path, confine: Path) -> _Parsed:
     return documents, None, before
 
 
-def _profile_index(
+def profile_index(
     parsed: list[tuple[Path, Path, _Parsed]],
 ) -> tuple[dict[str, Profile | None], list[ManifestError]]:
     """The valid profiles of the parsed files by name, and the errors of the others (a

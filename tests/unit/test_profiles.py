@@ -170,3 +170,22 @@ def test_a_profile_change_changes_the_specs_that_list_it_and_only_those(
     assert after["b"].memory_bytes == 256 * 1024**2  # base, listed after big, wins
     # a change that leaves b's merged spec as it was still reaches it: it lists big
     assert dict(after["b"].profiles)["big"] != dict(before["b"].profiles)["big"]
+
+
+def test_export_resolved_shows_each_field_with_the_line_that_wrote_it(
+    tmp_path: Path, capsys: object
+) -> None:
+    import pytest
+
+    from reconciler.cli import main as cli
+
+    assert isinstance(capsys, pytest.CaptureFixture)
+    write(tmp_path, a="profiles: [base, big]\nvcpus: 4\n")
+    assert cli.main(["export", "a", "--resolved", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["# a: a.yaml", "# profiles merged, in order: base, big"]
+    assert "  vcpus: 4  # a.yaml:6" in out
+    assert '  memory: "1GiB"  # profiles/common.yaml:16' in out
+    assert '  description: "from base"  # profiles/common.yaml:9' in out
+    assert cli.main(["export", "nope", "--resolved", str(tmp_path)]) == 2
+    assert "no instance named 'nope'" in capsys.readouterr().err
