@@ -278,6 +278,10 @@ class Controller:
         or every name (`everything`, orphans included). Returns the names enqueued."""
         load = self.read_manifests()
         specs = {spec.name: spec for spec in load.instances}
+        if changed:  # the watched directory itself changes with any file saved in it: that
+            # says nothing of any one instance (a file's own change, or its spec's, does)
+            root = self.options.directory.absolute()
+            changed = {path for path in changed if path.absolute() != root}
         orphans: set[str] = set()
         if everything:  # orphans of an earlier run are found by a full pass only
             try:
