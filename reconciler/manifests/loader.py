@@ -38,6 +38,7 @@ from reconciler.manifests.profiles import (
     profile_document_schema,
     without_nulls,
 )
+from reconciler.manifests.sets import SET_KIND, SET_LABEL, members, set_document_schema
 from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes, snapshot_policy
 from reconciler.manifests.yamlsource import (
     YamlDocument,
@@ -123,6 +124,13 @@ def _validator() -> jsonschema.Draft202012Validator:
 
     jsonschema.Draft202012Validator.check_schema(instance_schema())
     return jsonschema.Draft202012Validator(instance_schema())
+
+
+@cache
+def _set_validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(set_document_schema(instance_schema()))
 
 
 @cache
@@ -263,19 +271,61 @@ def _load_file(
     return result
 
 
+def _instance_documents(
+    path: Path, documents: list[YamlDocument], errors: list[ManifestError]
+) -> Iterable[YamlDocument]:
+    """The instance documents of a file: its Instance documents, and the members of each
+    valid InstanceSet (the errors of an invalid one go to `errors`); profiles are skipped
+    (load_paths checks them)."""
+    for document in documents:
+        kind = _kind(document.data)
+        if kind == PROFILE_KIND:
+            continue
+        if kind != SET_KIND:
+            yield document
+            continue
+        problems = validate_document(path, document, schema=_set_validator())
+        if problems:
+            errors.extend(problems)
+            continue
+        found, placeholder_problems = members(path, document)
+        errors.extend(
+            ManifestError(_location(path, document, pointer), pointer, message)
+            for pointer, message in placeholder_problems
+        )
+        yield from found
+
+
 def _said_of_instance(
     path: Path, document: YamlDocument, errors: list[ManifestError]
 ) -> list[ManifestError]:
     """Errors found at a field a profile gave an instance are reported at the profile's line,
     saying which instance they broke (a profile several instances use breaks each)."""
     name = _claimed_name(document.data)
+    in_set = _set_of(document)
     said = []
     for error in errors:
-        if error.location.path != str(path):
+        if in_set is not None:  # said once for the set, not once per member
+            assert isinstance(document, MergedDocument)
+            message = f"{error.message} (in the members of instance set {in_set!r})"
+            pointer = error.pointer  # a profile's field, as the profile's file has it
+            if error.location.path == str(path):  # the template's field
+                pointer = document.source_of(error.pointer)[2]
+            error = ManifestError(error.location, pointer, message, error.hint)
+        elif error.location.path != str(path):
             message = f"{error.message} (merged into instance {name!r} of {path})"
             error = ManifestError(error.location, error.pointer, message, error.hint)
         said.append(error)
     return said
+
+
+def _set_of(document: YamlDocument) -> str | None:
+    """The instance set a member document was made for (None: not a member)."""
+    if not isinstance(document, MergedDocument):
+        return None
+    labels = (document.data.get("metadata") or {}).get("labels") or {}
+    value = labels.get(SET_LABEL)
+    return value if isinstance(value, str) else None
 
 
 def _kind(data: Any) -> Any:
@@ -284,6 +334,8 @@ def _kind(data: Any) -> Any:
 
 def _profiles_listed(data: Any) -> bool:
     spec = data.get("spec") if isinstance(data, dict) else None
+    if isinstance(spec, dict) and isinstance(spec.get("template"), dict):
+        spec = spec["template"]  # an instance set's members list the template's
     return isinstance(spec, dict) and bool(spec.get("profiles"))
 
 
@@ -385,9 +437,7 @@ def load_manifest_file(
     instances: list[tuple[InstanceSpec, SourceLocation]] = []
     errors: list[ManifestError] = []
     claims: dict[str, SourceLocation] = {}
-    for original in documents:
-        if _kind(original.data) == PROFILE_KIND:
-            continue
+    for original in _instance_documents(path, documents, errors):
         document: YamlDocument = original
         merged, problems, used = merge_profiles(path, original, profiles or {})
         if problems:
@@ -424,13 +474,15 @@ def load_manifest_file(
                 if error.pointer not in reported
             ]
             document_errors.sort(key=lambda e: (e.location.line, e.location.column, e.pointer))
-        if merged is not None:
+        if merged is not None or original is not document or _set_of(original):
             document_errors = _said_of_instance(path, original, document_errors)
         errors.extend(document_errors)
         name = _claimed_name(document.data)
         if name is not None:
             claims[name] = _location(path, document, "/metadata/name")
-    return instances, _capped_errors(path, errors), claims
+    # a set's template error, once for all its members
+    unique = list({str(error): error for error in errors}.values())
+    return instances, _capped_errors(path, unique), claims
 
 
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
@@ -528,7 +580,7 @@ def _location(
     """Where `pointer` is written: in `path`, or, for a field a profile gave an instance, in
     the profile's file."""
     if isinstance(document, MergedDocument):
-        path, _source = document.source_of(pointer)
+        path, _source, _there = document.source_of(pointer)
     mark = document.mark_of(pointer, key=key)
     return SourceLocation(str(path), mark.line, mark.column)
 

@@ -43,29 +43,37 @@ class Profile:
         return spec
 
 
+# where a field of a merged document was written: the file, the document, and the pointer
+# there of what is `/spec` here (`/spec` in a profile, `/spec/template` in an instance set)
+Origin = tuple[Path, YamlDocument, str]
+
+
 @dataclass(slots=True)
 class MergedDocument(YamlDocument):
-    """An instance document with its profiles merged in: each pointer answers with the
-    position in the document (and the file) that wrote it."""
+    """An instance document made of others (profiles merged in, an instance set's template):
+    each pointer answers with the position in the document (and the file) that wrote it."""
 
-    origins: dict[str, tuple[Path, YamlDocument]] = field(default_factory=dict)
+    origins: dict[str, Origin] = field(default_factory=dict)
     own_path: Path = Path()
 
-    def source_of(self, pointer: str) -> tuple[Path, YamlDocument]:
-        """The file and document that wrote `pointer` (or its nearest parent)."""
+    def source_of(self, pointer: str) -> tuple[Path, YamlDocument, str]:
+        """The file and document that wrote `pointer` (or its nearest parent), and the
+        pointer there."""
+        probe = pointer
         while True:
-            found = self.origins.get(pointer)
+            found = self.origins.get(probe)
             if found is not None:
-                return found
-            if not pointer:
-                return self.own_path, self
-            pointer = pointer.rsplit("/", 1)[0]
+                path, document, spec = found
+                return path, document, spec + pointer.removeprefix("/spec")
+            if not probe:
+                return self.own_path, self, pointer
+            probe = probe.rsplit("/", 1)[0]
 
     def mark_of(self, pointer: str, *, key: bool = False) -> Mark:
-        _path, document = self.source_of(pointer)
+        _path, document, there = self.source_of(pointer)
         if document is self:
             return YamlDocument.mark_of(self, pointer, key=key)
-        return document.mark_of(pointer, key=key)
+        return document.mark_of(there, key=key)
 
 
 def profile_document_schema(instance_schema: dict[str, Any]) -> dict[str, Any]:
@@ -108,10 +116,11 @@ def merge_profiles(
     if problems:
         return None, problems, tuple(used)
     merged_spec: dict[str, Any] = {}
-    origins: dict[str, tuple[Path, YamlDocument]] = {}
+    origins: dict[str, Origin] = {}
     for layer_path, layer_document, layer_spec in layers:
-        _merge_into(merged_spec, layer_spec, "/spec", origins, (layer_path, layer_document))
-    _merge_into(merged_spec, spec, "/spec", origins, (path, document))
+        origin = (layer_path, layer_document, "/spec")
+        _merge_into(merged_spec, layer_spec, "/spec", origins, origin)
+    _merge_into(merged_spec, spec, "/spec", origins, (path, document, "/spec"))
     merged = MergedDocument(
         data={**data, "spec": merged_spec},
         start=document.start,
@@ -173,8 +182,8 @@ def _merge_into(
     target: dict[str, Any],
     layer: dict[str, Any],
     pointer: str,
-    origins: dict[str, tuple[Path, YamlDocument]],
-    origin: tuple[Path, YamlDocument],
+    origins: dict[str, Origin],
+    origin: Origin,
 ) -> None:
     """Merge `layer` into `target`: mappings key by key, anything else replaces; null
     removes. Every pointer the layer writes is recorded as its origin."""
