@@ -38,7 +38,7 @@ from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import Reply
 from reconciler.loop.daemonapi import DaemonApi
 from reconciler.loop.names import FULL_PASS_TRIGGERS, NameBook, Trigger
-from reconciler.loop.once import prune_refusal
+from reconciler.loop.once import orphan_refusal, prune_refusal
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import Failure, InstanceResult, Outcome
@@ -550,11 +550,14 @@ class Controller:
     def _prune(self, name: str) -> InstanceResult:
         """Prune orphan `name` if this daemon's last reading of the manifests allows it."""
         load = self.manifests()
-        refusal = (
-            "the manifests have not been read yet"
-            if load is None
-            else prune_refusal(load, self.reconciler.settings, orphans=1)
-        )
+        refusal: str | None = "the manifests have not been read yet"
+        if load is not None:
+            record = next((r for r in self.reconciler.managed_domains() if r.name == name), None)
+            refusal = (
+                prune_refusal(load, self.reconciler.settings, orphans=1)
+                if record is None
+                else orphan_refusal(load, self.reconciler.settings, record, orphans=1)
+            )
         return self.reconciler.prune(name, refusal)
 
     def _observed(

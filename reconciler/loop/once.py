@@ -6,6 +6,7 @@ An invalid manifest never reaches here: only valid instances are planned or touc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import InstanceResult
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
-from reconciler.model.actual import ObservedDomain
+from reconciler.manifests.sets import SET_LABEL
+from reconciler.model.actual import DomainFacts, ObservedDomain
 from reconciler.planning.cloudinit import login_user
 from reconciler.planning.plan import InstancePlan
 
@@ -43,14 +45,43 @@ def prune_refusal(load: LoadResult, settings: Settings, orphans: int) -> str | N
     return None
 
 
+def scaled_down(load: LoadResult, record: DomainFacts) -> str | None:
+    """The instance set that `record` was a member of and no longer is (its ordinal is past
+    the set's replicas now), or None. Its marker's labels say which set made it."""
+    marker = record.marker
+    labels = dict(marker.labels) if marker is not None else {}
+    name = labels.get(SET_LABEL)
+    replicas = dict(load.sets).get(name or "")
+    if name is None or replicas is None:
+        return None
+    ordinal = record.name.removeprefix(f"{name}-")
+    return name if ordinal.isdigit() and int(ordinal) >= replicas else None
+
+
+def orphan_refusal(
+    load: LoadResult, settings: Settings, record: DomainFacts, orphans: int
+) -> str | None:
+    """Why orphan `record` may not be removed (None: it may). A member an instance set no
+    longer counts (scaled down) goes as its set asks, prune on or off; the other guards
+    hold all the same (every manifest valid, never all at once from an empty checkout)."""
+    if scaled_down(load, record) is not None:  # the set is there: the checkout is not empty
+        asked = dataclasses.replace(settings, prune=True, allow_empty=True)
+        return prune_refusal(load, asked, orphans)
+    return prune_refusal(load, settings, orphans)
+
+
 def orphans_of(
     load: LoadResult, reconciler: Reconciler, listed: Mapping[str, ObservedDomain] | None = None
-) -> tuple[list[str], str | None]:
-    """The orphans of this pass (from `listed` when given), and why they may not be pruned
-    (None: they may)."""
+) -> list[tuple[str, str | None]]:
+    """The orphans of this pass (from `listed` when given), each with why it may not be
+    removed (None: it may)."""
     known = {spec.name for spec in load.instances} | set(load.invalid_names)
-    orphans = reconciler.orphans(known, listed)
-    return orphans, prune_refusal(load, reconciler.settings, len(orphans))
+    records = [r for r in reconciler.managed_domains(listed) if r.name not in known]
+    settings = reconciler.settings
+    return [
+        (record.name, orphan_refusal(load, settings, record, len(records)))
+        for record in sorted(records, key=lambda r: r.name)
+    ]
 
 
 def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
@@ -60,8 +91,9 @@ def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
     resolver = reconciler.resolver(persist_digests=False)
     listed = reconciler.list_domains()
     plans = [reconciler.plan(spec, resolver, listed=listed) for spec in load.instances]
-    orphans, refusal = orphans_of(load, reconciler, listed)
-    plans += [reconciler.plan_orphan(name, refusal) for name in orphans]
+    plans += [
+        reconciler.plan_orphan(n, refusal) for n, refusal in orphans_of(load, reconciler, listed)
+    ]
     LOG.debug("planned %d instances in %.3fs", len(plans), time.monotonic() - started)
     return plans
 
@@ -101,5 +133,5 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
     for spec in load.instances:  # what status and wait check, in another process too
         paths = reconciler.state.instance(spec.name)
         record_probes(paths, probes_of(spec), login_user(spec.guest))
-    orphans, refusal = orphans_of(load, reconciler, listed)
-    return [results[name] for name in specs] + [reconciler.prune(n, refusal) for n in orphans]
+    pruned = [reconciler.prune(n, refusal) for n, refusal in orphans_of(load, reconciler, listed)]
+    return [results[name] for name in specs] + pruned

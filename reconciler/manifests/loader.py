@@ -78,6 +78,7 @@ class LoadResult:
     files: tuple[Path, ...]
     invalid_names: frozenset[str]
     valid_documents: frozenset[str] = frozenset()
+    sets: tuple[tuple[str, int], ...] = ()  # each valid instance set, and its replicas
 
 
 def schema_text() -> str:
@@ -201,7 +202,9 @@ def load_paths(
     errors.extend(profile_errors)
     for path, confine, parsed in unread:
         results.append(_load_file(path, confine, parsed, known_valid, cache, index))
-    for file_instances, file_errors, file_claims, file_valid in results:
+    sets: dict[str, int] = {}
+    for file_instances, file_errors, file_claims, file_valid, file_sets in results:
+        sets.update(file_sets)
         valid.update(file_valid)
         loaded.extend(file_instances)
         errors.extend(file_errors)
@@ -222,6 +225,7 @@ def load_paths(
         files=tuple(files),
         invalid_names=frozenset(invalid_names),
         valid_documents=frozenset(valid),
+        sets=tuple(sorted(sets.items())),
     )
 
 
@@ -230,6 +234,7 @@ _FileLoad = tuple[
     list[ManifestError],
     dict[str, SourceLocation],
     frozenset[str],
+    tuple[tuple[str, int], ...],  # the file's valid instance sets, and their replicas
 ]
 
 
@@ -260,10 +265,11 @@ def _load_file(
     it defines or uses a profile (its result then depends on other files)."""
     valid: set[str] = set()
     named: list[Path] = []
+    sets: dict[str, int] = {}
     instances, errors, claims = load_manifest_file(
-        path, confine, known_valid, valid, named, profiles=profiles, parsed=parsed
+        path, confine, known_valid, valid, named, profiles=profiles, parsed=parsed, sets=sets
     )
-    result: _FileLoad = (instances, errors, claims, frozenset(valid))
+    result: _FileLoad = (instances, errors, claims, frozenset(valid), tuple(sets.items()))
     documents, _error, before = parsed
     shared = any(_kind(d.data) == PROFILE_KIND or _profiles_listed(d.data) for d in documents)
     if cache is not None and not shared:
@@ -272,7 +278,10 @@ def _load_file(
 
 
 def _instance_documents(
-    path: Path, documents: list[YamlDocument], errors: list[ManifestError]
+    path: Path,
+    documents: list[YamlDocument],
+    errors: list[ManifestError],
+    sets: dict[str, int] | None = None,
 ) -> Iterable[YamlDocument]:
     """The instance documents of a file: its Instance documents, and the members of each
     valid InstanceSet (the errors of an invalid one go to `errors`); profiles are skipped
@@ -289,6 +298,8 @@ def _instance_documents(
             errors.extend(problems)
             continue
         found, placeholder_problems = members(path, document)
+        if sets is not None and not placeholder_problems:
+            sets[document.data["metadata"]["name"]] = document.data["spec"]["replicas"]
         errors.extend(
             ManifestError(_location(path, document, pointer), pointer, message)
             for pointer, message in placeholder_problems
@@ -419,6 +430,7 @@ def load_manifest_file(
     *,
     profiles: dict[str, Profile | None] | None = None,
     parsed: _Parsed | None = None,
+    sets: dict[str, int] | None = None,
 ) -> tuple[
     list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], dict[str, SourceLocation]
 ]:
@@ -437,7 +449,7 @@ def load_manifest_file(
     instances: list[tuple[InstanceSpec, SourceLocation]] = []
     errors: list[ManifestError] = []
     claims: dict[str, SourceLocation] = {}
-    for original in _instance_documents(path, documents, errors):
+    for original in _instance_documents(path, documents, errors, sets):
         document: YamlDocument = original
         merged, problems, used = merge_profiles(path, original, profiles or {})
         if problems:
