@@ -5,7 +5,9 @@ Each member is an instance document of its own, made here: its spec is the templ
 `{{ordinal}}` (or `{{ordinal+N}}`, and `{{ordinal:x}}` / `{{ordinal:02x}}` for hexadecimal)
 put in, in a few fields only (ORDINAL_FIELDS: what must differ between the members of a
 fleet: a host port, a MAC, a hostname); its labels are the set's, with `reconciler/set`
-naming the set. An error in a member is reported at the template's line.
+naming the set; with `hosts`, member N runs on hosts[N % len(hosts)], so that each host's
+reconciler (--host) manages its own members only. An error in a member is reported at the
+template's line.
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ def set_document_schema(instance_schema: dict[str, Any]) -> dict[str, Any]:
                         "type": "object",
                         "x-expected": "an instance's spec (profiles allowed)",
                     },
+                    "hosts": {
+                        "description": "The hosts the members are spread over, in turn: "
+                        "member N runs on hosts[N % len(hosts)] (its spec.host).",
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 64,
+                        "uniqueItems": True,
+                        "items": instance_schema["properties"]["spec"]["properties"]["host"],
+                        "x-expected": "a list of host names",
+                    },
                 },
             },
         },
@@ -87,14 +99,19 @@ def members(
     data = document.data
     name = data["metadata"]["name"]
     template = data["spec"]["template"]
+    hosts = data["spec"].get("hosts") or []
     problems: list[tuple[str, str]] = []
     _check_placeholders(template, "", problems)
+    if hosts and "host" in template:
+        problems.append(("/spec/template/host", "give the hosts in spec.hosts or here, not both"))
     if problems:
         return [], problems
     labels = {**(data["metadata"].get("labels") or {}), SET_LABEL: name}
     found = []
     for ordinal in range(data["spec"]["replicas"]):
         spec = _put_in(copy.deepcopy(template), "", ordinal)
+        if hosts:  # spread in turn: a host's reconciler manages its own ordinals only
+            spec["host"] = hosts[ordinal % len(hosts)]
         member = MergedDocument(
             data={
                 "apiVersion": data["apiVersion"],

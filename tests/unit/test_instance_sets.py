@@ -118,3 +118,20 @@ def test_which_orphans_a_set_scaled_down(tmp_path: Path) -> None:
     assert orphan_refusal(load, settings, member("web-2", ours), 1) is None  # type: ignore[arg-type]
     refused = orphan_refusal(load, settings, member("other", ()), 1)  # type: ignore[arg-type]
     assert refused is not None and "prune is off" in refused
+
+
+def test_members_are_spread_over_the_hosts_in_turn(tmp_path: Path) -> None:
+    from reconciler.manifests.selection import Selection, select
+
+    text = set_text(5).replace("  template:\n", "  hosts: [hv-a, hv-b]\n  template:\n")
+    (tmp_path / "web.yaml").write_text(text)
+    result = load_manifests(tmp_path)
+    assert {s.name: s.host for s in result.instances} == {
+        "web-0": "hv-a", "web-1": "hv-b", "web-2": "hv-a", "web-3": "hv-b", "web-4": "hv-a",
+    }  # fmt: skip
+    mine, _ignored = select(result, Selection.parse("hv-b", None))
+    assert sorted(s.name for s in mine.instances) == ["web-1", "web-3"]
+    both = text.replace("    vcpus: 1\n", "    vcpus: 1\n    host: hv-c\n")
+    (tmp_path / "web.yaml").write_text(both)
+    (error,) = [str(e) for e in load_manifests(tmp_path).errors]
+    assert "/spec/template/host: give the hosts in spec.hosts or here, not both" in error
