@@ -146,7 +146,11 @@ def test_the_shipped_examples_validate_and_name_the_schema(
     from reconciler.manifests.loader import instance_schema
 
     assert instance_schema()["$id"] == SCHEMA_ID
-    trees = [PROJECT / "manifests", PROJECT / "examples" / "gitops" / "fleet"]
+    trees = [
+        PROJECT / "manifests",
+        PROJECT / "examples" / "gitops" / "fleet",
+        PROJECT / "examples" / "fleet",
+    ]
     code, out, _ = run(capsys, *map(str, trees))
     assert code == 0, out
     for tree in trees:
