@@ -135,3 +135,15 @@ def test_members_are_spread_over_the_hosts_in_turn(tmp_path: Path) -> None:
     (tmp_path / "web.yaml").write_text(both)
     (error,) = [str(e) for e in load_manifests(tmp_path).errors]
     assert "/spec/template/host: give the hosts in spec.hosts or here, not both" in error
+
+
+def test_a_member_name_given_twice_refuses_both(tmp_path: Path) -> None:
+    (tmp_path / "web.yaml").write_text(set_text(2))
+    (tmp_path / "one.yaml").write_text(set_text(1).replace("kind: InstanceSet", "kind: Instance")
+        .replace("metadata: {name: web,", "metadata: {name: web-1,")
+        .replace("spec:\n  replicas: 1\n  template:\n", "spec:\n")
+        .replace("\n    ", "\n  "))  # fmt: skip
+    result = load_manifests(tmp_path)
+    errors = [str(e) for e in result.errors]
+    assert sum("instance name 'web-1' is also defined at" in e for e in errors) == 2, errors
+    assert [s.name for s in result.instances] == ["web-0"]
