@@ -127,6 +127,25 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(instance_schema())
 
 
+def kind_schemas() -> dict[str, dict[str, Any]]:
+    """The schemas of the other kinds, for editors, by file name (shipped beside the
+    instance schema; tools/write-schemas.py writes them, a test checks they are current)."""
+    base = instance_schema()
+    found = {}
+    for file, schema, title in (
+        ("profile.schema.json", profile_document_schema(base), "Profile"),
+        ("instance-set.schema.json", set_document_schema(base), "InstanceSet"),
+    ):
+        found[file] = {
+            **schema,
+            "$schema": base["$schema"],
+            "$id": base["$id"].replace("instance.schema.json", file),
+            "title": title,
+            "$defs": base.get("$defs", {}),
+        }
+    return found
+
+
 @cache
 def _set_validator() -> jsonschema.Draft202012Validator:
     import jsonschema

@@ -164,3 +164,15 @@ def test_the_pre_commit_hooks_run_validate() -> None:
     hooks = yaml.safe_load((PROJECT / ".pre-commit-hooks.yaml").read_text())
     assert {hook["id"] for hook in hooks} == {"reconcile-validate", "reconcile-validate-system"}
     assert all(hook["entry"] == "reconcile validate" for hook in hooks)
+
+
+def test_the_shipped_schemas_of_the_other_kinds_are_current() -> None:
+    """Editors read them (examples/fleet names them); tools/write-schemas.py writes them."""
+    import json
+
+    from reconciler.manifests.loader import kind_schemas
+
+    directory = PROJECT / "reconciler" / "manifests" / "schemas"
+    for name, schema in kind_schemas().items():
+        shipped = json.loads((directory / name).read_text())
+        assert shipped == schema, f"{name} is out of date: run tools/write-schemas.py"
