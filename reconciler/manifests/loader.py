@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # imported when a document is validated (not every command do
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_DOCUMENTS_PER_FILE = 1000  # instances in one file; a fleet that big splits its files
+MAX_INSTANCES_PER_FILE = 1000  # instance sets' members counted: a file is never more work
 MAX_ERRORS_PER_FILE = 50  # reported per file; the rest are counted ("and N more")
 MIN_MEMORY_BYTES = 16 * 1024**2
 
@@ -305,17 +306,31 @@ def _instance_documents(
     """The instance documents of a file: its Instance documents, and the members of each
     valid InstanceSet (the errors of an invalid one go to `errors`); profiles are skipped
     (load_paths checks them)."""
+    count = 0
     for document in documents:
         kind = _kind(document.data)
         if kind == PROFILE_KIND:
             continue
         if kind != SET_KIND:
+            count += 1
             yield document
             continue
         problems = validate_document(path, document, schema=_set_validator())
         if problems:
             errors.extend(problems)
             continue
+        replicas = document.data["spec"]["replicas"]
+        if count + replicas > MAX_INSTANCES_PER_FILE:
+            errors.append(
+                ManifestError(
+                    _location(path, document, "/spec/replicas"),
+                    "/spec/replicas",
+                    f"this file would stand for more than {MAX_INSTANCES_PER_FILE} instances "
+                    "(sets' members counted); the set is not used: split the file",
+                )
+            )
+            continue
+        count += replicas
         found, placeholder_problems = members(path, document)
         if sets is not None and not placeholder_problems:
             sets[document.data["metadata"]["name"]] = document.data["spec"]["replicas"]

@@ -207,3 +207,22 @@ def test_every_check_runs_on_what_parsed_in_one_round(tmp_path: Path) -> None:
     assert "/spec/vcpus" in pointers
     assert "/spec/networks/0/ports/1/host" in pointers  # the repeated host port
     assert "/spec/files/0/source" in pointers  # the missing file
+
+
+def test_a_file_of_instance_sets_stands_for_a_thousand_instances_at_most(tmp_path: Path) -> None:
+    """A pusher's file of many large sets (1000 documents of 1000 replicas would be a
+    million instances) is refused past the file's limit, its members counted; the sets
+    within it are used."""
+    from reconciler.manifests.loader import MAX_INSTANCES_PER_FILE, load_manifests
+
+    one = (
+        "apiVersion: reconciler/v1alpha1\nkind: InstanceSet\nmetadata: {{name: s{n}}}\n"
+        "spec:\n  replicas: 600\n  template:\n    vcpus: 1\n    memory: 64MiB\n"
+        "    image: {{source: /i.raw, sha256: '{sha}', format: raw}}\n    disk: {{size: 1GiB}}\n"
+    )
+    text = "---\n".join(one.format(n=n, sha="0" * 64) for n in range(1000))
+    (tmp_path / "many.yaml").write_text(text)
+    result = load_manifests(tmp_path)
+    assert len(result.instances) == 600 < MAX_INSTANCES_PER_FILE
+    assert len(result.errors) <= 51  # the file's errors are capped too
+    assert "more than 1000 instances" in str(result.errors[0])
