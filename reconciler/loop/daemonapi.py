@@ -190,6 +190,8 @@ class DaemonApi:
                 answer = snapshot_request(controller.reconciler, action, name, label)
         except ReconcilerError as err:
             raise RequestError(str(err)) from err
+        if action == "revert" and answer["revert"]["started"]:
+            controller.prober.restarted(name)  # a new boot: its probes start over
         if action != "list":
             controller.enqueue([name], Trigger.REQUEST)
         return answer
