@@ -205,6 +205,15 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  {'':<{width}}  restart pending: the running domain has an older definition"
             )
+    sets = snapshot.get("sets") or []
+    if sets:
+        wide = max(len(s["name"]) for s in sets)
+        lines.append(f"  {'SET':<{wide}}  DESIRED  CURRENT  UPDATED  READY")
+        for row in sets:
+            lines.append(
+                f"  {row['name']:<{wide}}  {row['desired']:<7}  {row['current']:<7}  "
+                f"{row['updated']:<7}  {row['ready']}"
+            )
     for error in snapshot.get("manifestErrors", []):
         lines.append(f"error: {error}")
     if not instances:

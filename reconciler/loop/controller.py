@@ -300,6 +300,7 @@ class Controller:
         for error in load.errors:
             LOG.error("manifest: %s", error)
         self.status.set_manifest_errors([str(error) for error in load.errors])
+        self.status.set_sets(load.sets)
         for spec in specs.values():
             self.status.set_desired(spec.name, str(spec.manifest), spec.state.value)
         if names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Set as AbstractSet
@@ -95,6 +96,7 @@ class StatusBook:
         self._daemon = daemon
         self._instances: dict[str, InstanceStatus] = {}
         self._manifest_errors: list[str] = []
+        self._sets: tuple[tuple[str, int], ...] = ()  # each instance set, and its replicas
         self._lock = threading.Lock()
 
     def set_desired(self, name: str, manifest: str, desired: str) -> None:
@@ -109,6 +111,10 @@ class StatusBook:
     def set_manifest_errors(self, errors: list[str]) -> None:
         with self._lock:
             self._manifest_errors = list(errors)
+
+    def set_sets(self, sets: tuple[tuple[str, int], ...]) -> None:
+        with self._lock:
+            self._sets = sets
 
     def set_daemon(self, **facts: Any) -> None:
         with self._lock:
@@ -197,8 +203,37 @@ class StatusBook:
                 "written": _iso(time.time()),
                 "daemon": dict(self._daemon),
                 "manifestErrors": list(self._manifest_errors),
+                "sets": [self._set_row(name, replicas) for name, replicas in self._sets],
                 "instances": [self._instances[name].as_json() for name in sorted(self._instances)],
             }
+
+    def _set_row(self, name: str, replicas: int) -> dict[str, Any]:
+        """An instance set as a Deployment shows one: desired (its replicas), current (its
+        members that exist, those being removed included), updated (members the last
+        reconcile left on the manifest's definition, no restart pending), ready (members
+        whose Ready condition is True). Lock held."""
+        member = re.compile(rf"{re.escape(name)}-(0|[1-9][0-9]*)")
+        entries = [e for n, e in self._instances.items() if member.fullmatch(n)]
+        current = [e for e in entries if e.observed not in (None, "absent")]
+        updated = [
+            e
+            for e in current
+            if (e.last_reconcile or {}).get("outcome") in ("changed", "unchanged")
+            and not e.pending_restart
+        ]
+        ready = [
+            e
+            for e in current
+            if any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for c in e.conditions or [])
+        ]  # fmt: skip
+        return {
+            "name": name,
+            "desired": replicas,
+            "current": len(current),
+            "updated": len(updated),
+            "ready": len(ready),
+        }
 
     def write(self) -> None:
         """Write the status file atomically (a reader sees the old file or the new one)."""

@@ -73,3 +73,42 @@ def test_a_set_scales_up_and_down_and_removes_only_its_own_members(
     assert e2e.driver.lookup(single) is not None
     assert "prune is off" in run.out
     assert e2e.state.instance(f"{name}-2").disk.exists()  # deletionPolicy: retain
+
+
+def test_the_daemon_shows_each_set_as_a_deployment_does(driver_name: str) -> None:
+    """desired, current, updated and ready, as the set scales 1 -> 2 -> 1 (running members
+    of the small boot-sector image: nothing to wait for but their start)."""
+    from tests.e2e.test_daemon import daemon_of_its_own, wait_until
+
+    with daemon_of_its_own("rsd-", driver_name) as daemon:
+        name = unique_name("rsd")
+
+        def scale(replicas: int) -> None:
+            document: dict[str, Any] = {
+                "apiVersion": "reconciler/v1alpha1", "kind": "InstanceSet",
+                "metadata": {"name": name},
+                "spec": {"replicas": replicas, "template": {
+                    "vcpus": 1, "memory": "64MiB", "networks": [],
+                    "image": {"source": str(daemon.base), "sha256": daemon.sha256,
+                              "format": "raw"},
+                    "disk": {"size": "64MiB"}, "shutdownTimeoutSeconds": 1,
+                }},
+            }  # fmt: skip
+            (daemon.manifests / f"{name}.yaml").write_text(yaml.safe_dump(document))
+
+        def row() -> dict[str, Any]:
+            sets = daemon.status().get("sets") or []
+            return next((s for s in sets if s["name"] == name), {})
+
+        def counts(*wanted: int) -> Callable[[], bool]:
+            keys = ("desired", "current", "updated", "ready")
+            return lambda: tuple(row().get(k) for k in keys) == wanted
+
+        scale(1)
+        wait_until(counts(1, 1, 1, 1), "one member, ready", daemon, timeout=120)
+        scale(2)
+        wait_until(counts(2, 2, 2, 2), "two members, ready", daemon, timeout=120)
+        shown = daemon.cli("status").stdout
+        assert "SET" in shown and f"  {name}  2        2        2        2" in shown, shown
+        scale(1)
+        wait_until(counts(1, 1, 1, 1), "scaled down to one", daemon, timeout=120)
