@@ -233,7 +233,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         usage="%(prog)s [run] [OPTIONS] [--once] DIR\n"
         "       %(prog)s plan [OPTIONS] DIR [--detailed-exitcode]\n"
         "       %(prog)s validate PATH... [-o text|json|github]\n"
-        "       %(prog)s export NAME\n"
+        "       %(prog)s export NAME | export NAME --resolved DIR\n"
         "       %(prog)s adopt NAME DIR [--dry-run]\n"
         "       %(prog)s status [NAME] [-o json]\n"
         "       %(prog)s wait NAME... [--for ready|live|stopped] [--timeout DURATION]\n"

@@ -85,7 +85,8 @@ def observe_instance(
         record = listed.get(name)
         domain = None if record is None else domain_facts(record)
     names = directory_names(paths)
-    snapshots, snapshot_problem = read_snapshots(snapshot_files(paths, overlay, data_disks, names))
+    with_entries = [d.path for d in (overlay, *data_disks) if d is not None and d.snapshot_count]
+    snapshots, snapshot_problem = read_snapshots(snapshot_files(paths, with_entries, names))
     return InstanceActual(
         domain=domain,
         overlay=overlay,
@@ -110,16 +111,10 @@ def directory_names(paths: InstancePaths) -> frozenset[str]:
         return frozenset()
 
 
-def snapshot_files(
-    paths: InstancePaths,
-    overlay: DiskFacts | None,
-    data_disks: tuple[DiskFacts, ...],
-    names: frozenset[str],
-) -> list[str]:
-    """The disk files that may hold snapshots: the boot disk and qcow2 data disks whose
-    table has entries, and boot disks a replace moved aside (whose snapshots the record of
-    the replace names)."""
-    files = [d.path for d in (overlay, *data_disks) if d is not None and d.snapshot_count]
+def snapshot_files(paths: InstancePaths, disks: list[str], names: frozenset[str]) -> list[str]:
+    """The disk files that may hold snapshots: `disks` (the instance's qcow2 disks), and
+    boot disks a replace moved aside (whose snapshots the record of the replace names)."""
+    files = list(disks)
     aside = f"{paths.disk.name}.{REPLACED_SUFFIX}-"
     files += [str(paths.directory / name) for name in sorted(names) if name.startswith(aside)]
     return files
@@ -160,6 +155,7 @@ def read_hold(paths: InstancePaths) -> HoldFacts | None:
             str(data["revertedDigest"]),
             float(data["at"]),
             data.get("complete") is True,
+            data.get("running") is True,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -12,7 +12,6 @@ else, or `reconcile resume`, the plan leaves the instance as the revert left it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from reconciler.images.diskheaders import HeaderError, snapshot_space
 from reconciler.layout import REPLACED_SUFFIX, InstancePaths
 from reconciler.loop.observe import directory_names, read_hold, read_snapshots, snapshot_files
 from reconciler.loop.reconcile import Reconciler
-from reconciler.model.actual import DiskFacts, DomainFacts, SnapshotFacts
+from reconciler.model.actual import DomainFacts, SnapshotFacts
 from reconciler.model.machine import Machine
 from reconciler.planning.machine import describe_changes
 from reconciler.planning.snapshots import label_problem, origin, request_label, stamp
@@ -122,8 +121,7 @@ def disk_files(domain: DomainFacts, paths: InstancePaths) -> tuple[list[Path], l
 def instance_snapshots(paths: InstancePaths, files: list[Path]) -> tuple[SnapshotFacts, ...]:
     """The snapshots the instance's disk files hold (those a replace moved aside too)."""
     names = directory_names(paths)
-    disks = [DiskFacts(str(p), "qcow2", 0, None, None, 1) for p in files]
-    found, problem = read_snapshots(snapshot_files(paths, None, tuple(disks), names))
+    found, problem = read_snapshots(snapshot_files(paths, [str(p) for p in files], names))
     if problem is not None:
         raise InstanceError(problem)
     return found
@@ -233,7 +231,7 @@ def revert(reconciler: Reconciler, name: str, label: str) -> RevertReport:
     again = before is not None and before.label == label and not before.complete
     assert domain.marker is not None  # a managed domain carries one
     reverted_digest = before.reverted_digest if again and before else domain.marker.spec_digest
-    running = domain.state.active or (again and _was_running(paths))
+    running = domain.state.active or (again and before is not None and before.running)
     write_hold(paths.hold, label, reverted_digest, complete=False, running=running)
     context = reconciler.steps
     timeout = domain.definition.shutdown_timeout_seconds or REVERT_SHUTDOWN_SECONDS
@@ -306,13 +304,6 @@ def _put_back_replaced_disk(
         f"the boot disk moved aside by the replace is the boot disk again; the one the replace "
         f"made is kept as {newer.name} until the next gc"
     ]
-
-
-def _was_running(paths: InstancePaths) -> bool:
-    try:
-        return bool(json.loads(paths.hold.read_text()).get("running"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def resume(reconciler: Reconciler, name: str) -> bool:

@@ -146,6 +146,7 @@ class HoldFacts:
     reverted_digest: str  # the manifest digest of the definition the revert undid
     at: float  # when, seconds since the epoch
     complete: bool = True  # False: the revert was cut short (it is run again to finish)
+    running: bool = False  # the guest ran before the revert (it is started again after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,3 +189,29 @@ def test_export_resolved_shows_each_field_with_the_line_that_wrote_it(
     assert '  description: "from base"  # profiles/common.yaml:9' in out
     assert cli.main(["export", "nope", "--resolved", str(tmp_path)]) == 2
     assert "no instance named 'nope'" in capsys.readouterr().err
+
+
+def test_a_pushers_profile_reads_nothing_outside_the_tree(tmp_path: Path) -> None:
+    """A profile is a manifest like any other: a file it names is relative to it and must
+    lie in the tree, and a profile file that is a symlink out of the tree is refused unread."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    outside = tmp_path / "secret.yaml"
+    outside.write_text(PROFILES.replace("name: big", "name: stolen"))
+    write(root, PROFILES + textwrap.dedent("""\
+        ---
+        apiVersion: reconciler/v1alpha1
+        kind: Profile
+        metadata: {name: sneaky}
+        spec:
+          cloudInit: {userDataFile: ../../../etc/passwd}
+        """), a="profiles: [base, sneaky]\n", b="profiles: [base, stolen]\n")  # fmt: skip
+    (root / "profiles" / "link.yaml").symlink_to(outside)
+    result = load_manifests(root)
+    errors = [str(error) for error in result.errors]
+    assert result.instances == ()
+    assert any("common.yaml" in e and "is outside the manifest directory" in e
+               and "merged into instance 'a'" in e for e in errors), errors  # fmt: skip
+    assert any("link.yaml" in e for e in errors), errors  # refused unread
+    assert any("b.yaml" in e and "no profile named 'stolen'" in e for e in errors), errors
+    assert not any("root:" in e for e in errors)  # nothing of /etc/passwd quoted
