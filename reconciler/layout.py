@@ -172,6 +172,16 @@ class StateLayout:
         """Paths for instance `name`, which the schema has already restricted to [a-z0-9-]."""
         return _instance_paths(self.root, name)
 
+    @property
+    def rollouts(self) -> Path:
+        return self.root / "rollouts"
+
+    def rollout(self, group: str) -> Path:
+        """The record of one rollout group ("set/web" -> rollouts/set-web.json); its names
+        come from the schema ([a-z0-9-])."""
+        kind, _, name = group.partition("/")
+        return self.rollouts / f"{kind}-{name}.json"
+
     def cached_base(self, image: ImageSource) -> Path:
         """The content-addressed cache file for a base image whose digest is known."""
         if image.sha256 is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import secrets
@@ -170,8 +171,21 @@ def make_spec(name: str = "web", **overrides: Any) -> InstanceSpec:
     return InstanceSpec(**values)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a forward of a test guest)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_port(span: int = 1) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a forward of a test guest),
+    with the `span - 1` ports after it free too (one per member of a set)."""
+    for _attempt in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + span > 65536:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first + 1, first + span):
+                    other = stack.enter_context(socket.socket())
+                    other.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {span} free ports in a row")

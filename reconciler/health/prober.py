@@ -61,6 +61,7 @@ class _Watched:
     addresses: tuple[InterfaceAddress, ...] = ()
     addresses_due: float = 0.0
     in_flight: set[ConditionType | str] = field(default_factory=set)
+    boot_seen: float = 0.0  # wall time when this boot was first seen running
 
     def condition(self, kind: ConditionType) -> Condition:
         tracker = self.trackers.get(kind)
@@ -122,8 +123,9 @@ class Prober:
                 )
             console = ConsoleFollower(self._layout.instance(name).console_log)
             self._watched[name] = _Watched(
-                name, machine, state, trackers, plain, console, _complete(probes)
-            )
+                name, machine, state, trackers, plain, console, _complete(probes),
+                boot_seen=wall if fresh or old is None else old.boot_seen,
+            )  # fmt: skip
             if old is not None:
                 for kind in ConditionType:  # a status kept keeps its transition time
                     tracker = trackers[kind]
@@ -170,6 +172,31 @@ class Prober:
             if watched is None:
                 return None
             return watched.condition(ConditionType.READY), watched.condition(ConditionType.LIVE)
+
+    def ready_since(self, name: str) -> float | None:
+        """The wall time since which `name` has been ready in its current boot (None: it is
+        not ready, or not watched): a ready condition kept from an earlier boot counts from
+        when this boot was seen."""
+        with self._lock:
+            watched = self._watched.get(name)
+            if watched is None or watched.machine is None:
+                return None
+            ready = watched.condition(ConditionType.READY)
+            if ready.status is not ConditionStatus.TRUE:
+                return None
+            return max(ready.last_transition, watched.boot_seen)
+
+    def knows_readiness(self, name: str) -> bool:
+        """Whether the prober can say if `name` is ready: it is watched, and either does not
+        run or its readiness has been checked in this boot (a prober just started knows
+        nothing of an instance yet: that is not "not ready")."""
+        with self._lock:
+            watched = self._watched.get(name)
+            if watched is None:
+                return False
+            if watched.machine is None:
+                return True
+            return watched.condition(ConditionType.READY).reason != "NotYetChecked"
 
     def liveness_failure(self, name: str) -> str | None:
         """Why `name`'s liveness probe fails past its threshold (None: it does not)."""

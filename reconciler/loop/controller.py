@@ -42,6 +42,7 @@ from reconciler.loop.once import orphan_refusal, prune_refusal
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import Reconciler, Settings
 from reconciler.loop.results import Failure, InstanceResult, Outcome
+from reconciler.loop.rollouts import RolloutPacer
 from reconciler.loop.status import StatusBook
 from reconciler.loop.statuswriter import StatusWriter
 from reconciler.loop.watch import ManifestWatcher
@@ -124,6 +125,15 @@ class Controller:
         # the probes of the running instances; a liveness failure reconciles the name
         self.prober = Prober(driver, state, self.clock, self._health_changed)
         self.reconciler.liveness_failure = self.prober.liveness_failure
+        # rolling changes: paced from the probes' readiness; a member with room is enqueued
+        self.pacer = RolloutPacer(
+            self.reconciler,
+            self._group_members,
+            self.prober.ready_since,
+            self.prober.knows_readiness,
+            lambda names: self.enqueue(names, Trigger.ROLLOUT),
+        )
+        self.reconciler.pacer = self.pacer
         self._lock = threading.Condition()  # reentrant: the name book shares it
         self._instance_locks: dict[str, threading.Lock] = {}  # see instance_lock
         self.names = NameBook(self._lock, self.clock)
@@ -301,6 +311,7 @@ class Controller:
             LOG.error("manifest: %s", error)
         self.status.set_manifest_errors([str(error) for error in load.errors])
         self.status.set_sets(load.sets)
+        self.status.keep_rollouts({s.rollout.group for s in specs.values() if s.rollout})
         for spec in specs.values():
             self.status.set_desired(spec.name, str(spec.manifest), spec.state.value)
         if names:
@@ -309,6 +320,26 @@ class Controller:
             self._list_for_pass(names)
         self.enqueue(sorted(names), reason)
         return sorted(names)
+
+    def _group_members(self, group: str) -> list[InstanceSpec]:
+        """The instances whose rollout policy is `group`'s, as the manifests say now."""
+        with self._lock:
+            specs = list(self._specs.values())
+        return [s for s in specs if s.rollout is not None and s.rollout.group == group]
+
+    def _show_rollout(self, spec: InstanceSpec) -> None:
+        """The progress of `spec`'s rollout, in the status."""
+        if spec.rollout is not None:
+            progress = self.pacer.progress(spec.rollout.group, spec.rollout)
+            self.status.set_rollout(spec.rollout.group, progress)
+
+    def show_rollouts(self) -> None:
+        """Every rollout's progress as of now, in the status (availability moves with time:
+        minReadySeconds pass without a reconcile)."""
+        with self._lock:
+            policies = {s.rollout.group: s for s in self._specs.values() if s.rollout}
+        for spec in policies.values():
+            self._show_rollout(spec)
 
     def manifests(self) -> LoadResult | None:
         """The manifests as last read (None: not read yet)."""
@@ -501,6 +532,7 @@ class Controller:
         )
         if spec is not None:
             self._record_health(name)
+            self._show_rollout(spec)
         self.status_writer.soon()
         self.names.finish(name, sequence, result)
 
@@ -509,6 +541,11 @@ class Controller:
         liveness failure reconciles the name (its run policy decides about a restart)."""
         self._record_health(name)
         self.status_writer.soon()
+        with self._lock:
+            spec = self._specs.get(name)
+        if kind is ConditionType.READY and spec is not None and spec.rollout is not None:
+            # a member ready (or no longer): the rollout may move on
+            self.enqueue(self.pacer.watchers(spec.rollout.group), Trigger.ROLLOUT)
         failure = self.prober.liveness_failure(name) if kind is ConditionType.LIVE else None
         if failure is not None:  # the probe's verdict, not a domain that does not run
             LOG.warning("%s: liveness failed: %s", name, failure)

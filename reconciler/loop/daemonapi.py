@@ -63,6 +63,7 @@ class DaemonApi:
         its disks now: `status` asks for it, the polls of `wait` do not)."""
         from reconciler.loop.snapshots import snapshot_summary
 
+        self._controller.show_rollouts()
         snapshot = self._controller.status.snapshot()
         if name is not None:
             if not isinstance(name, str):

@@ -32,6 +32,7 @@ class Trigger(enum.StrEnum):
     TRANSITION = "transition"  # the domain was caught in a transition: look again soon
     PROBE = "probe"  # its liveness probe failed past its threshold
     SCHEDULE = "schedule"  # its scheduled snapshot is due
+    ROLLOUT = "rollout"  # its rollout moved on (room for its change, a revert to make)
 
 
 # the triggers of a full pass: a name any other trigger also asked for is observed afresh

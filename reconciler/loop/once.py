@@ -10,16 +10,19 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from reconciler.health.record import probes_of, record_probes
 from reconciler.loop.queue import WorkQueue
 from reconciler.loop.reconcile import Reconciler, Settings
-from reconciler.loop.results import InstanceResult
+from reconciler.loop.results import Failure, InstanceResult, Outcome
+from reconciler.loop.rollouts import RolloutPacer
+from reconciler.loop.waiting import HealthWatch
 from reconciler.loop.workers import WorkerPool
 from reconciler.manifests.loader import LoadResult
 from reconciler.manifests.sets import SET_LABEL
 from reconciler.model.actual import DomainFacts, ObservedDomain
+from reconciler.model.desired import InstanceSpec
 from reconciler.planning.cloudinit import login_user
 from reconciler.planning.plan import InstancePlan
 
@@ -84,6 +87,89 @@ def orphans_of(
     ]
 
 
+class OnceRollouts:
+    """A one-off pass's rollouts: the changes a rollout holds back are made as room comes,
+    in this process (its own probes say when a changed member is ready), until no member
+    waits; a rollout that stops (a member not ready by its deadline) is left stopped, and
+    one that makes no progress for its longest progressDeadlineSeconds ends the pass."""
+
+    def __init__(self, load: LoadResult, reconciler: Reconciler) -> None:
+        self._reconciler = reconciler
+        self._specs = [s for s in load.instances if s.rollout is not None]
+        self._watch = HealthWatch(reconciler.driver, reconciler.state, reconciler.clock)
+        self._woken: set[str] = set()
+        self._lock = threading.Lock()
+        reconciler.pacer = RolloutPacer(
+            reconciler,
+            self._members,
+            self._watch.prober.ready_since,
+            self._watch.prober.knows_readiness,
+            self._wake,
+        )
+
+    def _members(self, group: str) -> list[InstanceSpec]:
+        return [s for s in self._specs if s.rollout is not None and s.rollout.group == group]
+
+    def _wake(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._woken.update(names)
+
+    def finish(
+        self, results: dict[str, InstanceResult], reconcile: Callable[[str], InstanceResult]
+    ) -> None:
+        """Reconcile again each member its rollout asks to look at again (`results` are
+        replaced by the last), until none is left."""
+        clock = self._reconciler.clock
+        names = [s.name for s in self._specs]
+        patience = max(s.rollout.progress_deadline_seconds for s in self._specs if s.rollout)
+        due = {n: clock.monotonic() + r.requeue_after for n, r in results.items()
+               if n in names and r.requeue_after is not None}  # fmt: skip
+        last_progress = clock.monotonic()
+        next_lookup = 0.0
+        try:
+            while True:
+                with self._lock:
+                    woken, self._woken = self._woken & set(names), set()
+                now = clock.monotonic()
+                ready = sorted(woken | {n for n, at in due.items() if at <= now})
+                if not ready and not due:
+                    return
+                if now - last_progress > patience:
+                    for name in due:
+                        results[name] = _stalled(results[name], patience)
+                    return
+                if now >= next_lookup:
+                    self._watch.observe(names)
+                    next_lookup = now + 1.0
+                self._watch.prober.tick()
+                for name in ready:
+                    result = reconcile(name)
+                    results[name] = result
+                    due.pop(name, None)
+                    if result.started:  # a new boot: its probes start over
+                        self._watch.prober.restarted(name)
+                    if result.outcome is Outcome.CHANGED:
+                        last_progress = clock.monotonic()
+                    if result.requeue_after is not None:
+                        due[name] = clock.monotonic() + result.requeue_after
+                clock.sleep(0.2)
+        finally:
+            self._watch.close()
+            self._reconciler.pacer = None
+
+
+def _stalled(result: InstanceResult, patience: int) -> InstanceResult:
+    """A member still held when the pass gives up on its rollout: a failure that says why."""
+    why = "; ".join(note for note in result.notes if note.startswith("rollout")) or "waiting"
+    return dataclasses.replace(
+        result,
+        outcome=Outcome.FAILED,
+        failure=Failure.TRANSIENT,
+        message=f"its rollout made no progress in {patience}s ({why}); the change is not "
+        "made: run again, or let the daemon roll it",
+    )
+
+
 def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
     """Plan every valid instance, in manifest order, then every orphan; nothing is changed.
     Every domain is listed once, and each plan reads the listing."""
@@ -118,6 +204,7 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
         with guard:
             results[name] = result
 
+    rolling = OnceRollouts(load, reconciler) if any(s.rollout for s in specs.values()) else None
     queue = WorkQueue(reconciler.clock)
     for name, spec in specs.items():
         settled = reconciler.settled(spec, resolver, listed)
@@ -133,5 +220,7 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
     for spec in load.instances:  # what status and wait check, in another process too
         paths = reconciler.state.instance(spec.name)
         record_probes(paths, probes_of(spec), login_user(spec.guest))
+    if rolling is not None:
+        rolling.finish(results, lambda name: reconciler.reconcile(specs[name], resolver))
     pruned = [reconciler.prune(n, refusal) for n, refusal in orphans_of(load, reconciler, listed)]
     return [results[name] for name in specs] + pruned

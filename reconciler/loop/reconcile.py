@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.clock import Clock
 from reconciler.drivers.base import Driver
@@ -89,6 +89,26 @@ PRUNE_SHUTDOWN_SECONDS = 60
 TRANSITION_RECHECK_SECONDS = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class Paced:
+    """What a rollout lets one reconcile do (see loop.rollouts): carry `plan` out (maybe
+    emptied, its change held), or nothing more (`result`: the rollout acted itself); look
+    again after `wait` seconds."""
+
+    plan: InstancePlan
+    result: InstanceResult | None = None
+    wait: float | None = None
+    held: bool = False  # the change waits: the domain keeps its older definition
+
+
+class Pacer(Protocol):
+    """Paces the changes of the instances that have a rollout policy (loop.rollouts)."""
+
+    def pace(self, spec: InstanceSpec, plan: InstancePlan) -> Paced: ...
+
+    def applied(self, spec: InstanceSpec, result: InstanceResult) -> None: ...
+
+
 class Reconciler:
     """Plans and converges one instance at a time; safe to call from several threads for
     different names (the work queue never hands one name to two threads)."""
@@ -118,6 +138,8 @@ class Reconciler:
         # why an instance's liveness probe fails past its threshold (None: it does not, or
         # nothing probes it: only the daemon does)
         self.liveness_failure: Callable[[str], str | None] = lambda _name: None
+        # paces the changes of instances with a rollout policy (None: every change at once)
+        self.pacer: Pacer | None = None
 
     @property
     def steps(self) -> StepContext:
@@ -308,6 +330,8 @@ class Reconciler:
         None when a reconcile would do anything (a step, a refusal, a restart held back, a
         leftover to remove): `reconcile` it then, which observes afresh."""
         started = time.monotonic()
+        if spec.rollout is not None and self.pacer is not None:
+            return None  # its rollout looks at every reconcile
         try:
             plan = self.plan(spec, resolver, listed=listed)
         except ReconcilerError:
@@ -349,7 +373,19 @@ class Reconciler:
             wait = self._crash_loops.wait(name, plan.restart_after)
             if wait is not None:
                 return wait
-        result = dataclasses.replace(self._converge(plan), pending_restart=plan.pending_restart)
+        paced = Paced(plan)
+        if spec.rollout is not None and self.pacer is not None and plan.refusal is None:
+            paced = self.pacer.pace(spec, plan)
+            if paced.result is not None:
+                return paced.result
+            plan = paced.plan
+        result = dataclasses.replace(
+            self._converge(plan), pending_restart=plan.pending_restart or paced.held
+        )
+        if spec.rollout is not None and self.pacer is not None:
+            self.pacer.applied(spec, result)
+        if paced.wait is not None and result.outcome is not Outcome.FAILED:
+            result = dataclasses.replace(result, requeue_after=paced.wait)
         if plan.restart_after is not None and result.outcome is Outcome.CHANGED:
             result = dataclasses.replace(result, crash_loop=self._crash_loops.restarted(name))
         if plan.kept_off:  # by its run policy: off is where it should be

@@ -97,6 +97,7 @@ class StatusBook:
         self._instances: dict[str, InstanceStatus] = {}
         self._manifest_errors: list[str] = []
         self._sets: tuple[tuple[str, int], ...] = ()  # each instance set, and its replicas
+        self._rollouts: dict[str, dict[str, Any]] = {}  # each rollout's progress, by group
         self._lock = threading.Lock()
 
     def set_desired(self, name: str, manifest: str, desired: str) -> None:
@@ -115,6 +116,15 @@ class StatusBook:
     def set_sets(self, sets: tuple[tuple[str, int], ...]) -> None:
         with self._lock:
             self._sets = sets
+
+    def set_rollout(self, group: str, progress: dict[str, Any]) -> None:
+        with self._lock:
+            self._rollouts[group] = progress
+
+    def keep_rollouts(self, groups: set[str]) -> None:
+        """Forget the rollouts no manifest has any more."""
+        with self._lock:
+            self._rollouts = {g: p for g, p in self._rollouts.items() if g in groups}
 
     def set_daemon(self, **facts: Any) -> None:
         with self._lock:
@@ -204,6 +214,7 @@ class StatusBook:
                 "daemon": dict(self._daemon),
                 "manifestErrors": list(self._manifest_errors),
                 "sets": [self._set_row(name, replicas) for name, replicas in self._sets],
+                "rollouts": [self._rollouts[group] for group in sorted(self._rollouts)],
                 "instances": [self._instances[name].as_json() for name in sorted(self._instances)],
             }
 
@@ -211,7 +222,8 @@ class StatusBook:
         """An instance set as a Deployment shows one: desired (its replicas), current (its
         members that exist, those being removed included), updated (members the last
         reconcile left on the manifest's definition, no restart pending), ready (members
-        whose Ready condition is True). Lock held."""
+        whose Ready condition is True), available (ready for its rollout's minReadySeconds) and its
+        rollout's progress. Lock held."""
         member = re.compile(rf"{re.escape(name)}-(0|[1-9][0-9]*)")
         entries = [e for n, e in self._instances.items() if member.fullmatch(n)]
         current = [e for e in entries if e.observed not in (None, "absent")]
@@ -227,13 +239,19 @@ class StatusBook:
             if any(c.get("type") == "Ready" and c.get("status") == "True"
                    for c in e.conditions or [])
         ]  # fmt: skip
-        return {
+        rollout = self._rollouts.get(f"set/{name}")
+        row: dict[str, Any] = {
             "name": name,
             "desired": replicas,
             "current": len(current),
             "updated": len(updated),
             "ready": len(ready),
+            # ready for minReadySeconds, as its rollout counts them (no rollout: ready)
+            "available": len(ready) if rollout is None else rollout["available"],
         }
+        if rollout is not None:
+            row["rollout"] = rollout
+        return row
 
     def write(self) -> None:
         """Write the status file atomically (a reader sees the old file or the new one)."""

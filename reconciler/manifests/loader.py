@@ -39,7 +39,14 @@ from reconciler.manifests.profiles import (
     without_nulls,
 )
 from reconciler.manifests.sets import SET_KIND, SET_LABEL, members, set_document_schema
-from reconciler.manifests.shape import DISK_ALIGNMENT, machine_settings, probes, snapshot_policy
+from reconciler.manifests.shape import (
+    DISK_ALIGNMENT,
+    machine_settings,
+    probes,
+    restore_points_for,
+    rollout_policy,
+    snapshot_policy,
+)
 from reconciler.manifests.yamlsource import (
     YamlDocument,
     YamlSyntaxError,
@@ -612,6 +619,24 @@ def _child(pointer: str, key: object) -> str:
     return f"{pointer}/{escape_pointer_token(str(key))}"
 
 
+def _rollout_group(document: YamlDocument) -> str:
+    """The instances a rollout policy is shared by: an instance set's members, else those
+    of the profile that wrote the policy, else this instance alone."""
+    in_set = _set_of(document)
+    if in_set is not None:
+        return f"set/{in_set}"
+    writer: YamlDocument = document
+    pointer = "/spec/rollout"
+    while isinstance(writer, MergedDocument):
+        _path, source, there = writer.source_of(pointer)
+        if source is writer:
+            break
+        writer, pointer = source, there
+    if _kind(writer.data) == PROFILE_KIND:
+        return f"profile/{writer.data['metadata']['name']}"
+    return f"instance/{document.data['metadata']['name']}"
+
+
 def _origin(path: Path, document: YamlDocument) -> Callable[[str], Path]:
     """The file that wrote each pointer of `document` (a profile's, for the fields it gave):
     what a relative path there is relative to."""
@@ -784,6 +809,8 @@ def _to_instance_spec(
     )
     settings.update(probes(spec, interfaces, fail))
     settings.update(snapshot_policy(spec, fail))
+    settings.update(rollout_policy(spec, _rollout_group(document)))
+    restore_points_for(settings)
     if errors or memory is None or disk is None or image_location is None:
         return None, errors
     cpu = spec.get("cpu", {})

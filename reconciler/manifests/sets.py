@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reconciler.manifests.profiles import MergedDocument
+from reconciler.manifests.profiles import MergedDocument, Origin
 from reconciler.manifests.yamlsource import YamlDocument
 
 SET_KIND = "InstanceSet"
@@ -70,6 +70,7 @@ def set_document_schema(instance_schema: dict[str, Any]) -> dict[str, Any]:
                         "type": "object",
                         "x-expected": "an instance's spec (profiles allowed)",
                     },
+                    "rollout": instance_schema["properties"]["spec"]["properties"]["rollout"],
                     "hosts": {
                         "description": "The hosts the members are spread over, in turn: "
                         "member N runs on hosts[N % len(hosts)] (its spec.host).",
@@ -107,9 +108,15 @@ def members(
     if problems:
         return [], problems
     labels = {**(data["metadata"].get("labels") or {}), SET_LABEL: name}
+    rollout = data["spec"].get("rollout")
+    origins: dict[str, Origin] = {"/spec": (path, document, "/spec/template")}
+    if rollout is not None:  # the set's, over any the template or its profiles give
+        origins["/spec/rollout"] = (path, document, "/spec")
     found = []
     for ordinal in range(data["spec"]["replicas"]):
         spec = _put_in(copy.deepcopy(template), "", ordinal)
+        if rollout is not None:
+            spec["rollout"] = copy.deepcopy(rollout)
         if hosts:  # spread in turn: a host's reconciler manages its own ordinals only
             spec["host"] = hosts[ordinal % len(hosts)]
         member = MergedDocument(
@@ -123,7 +130,7 @@ def members(
             value_marks=document.value_marks,
             key_marks=document.key_marks,
             problems=document.problems,
-            origins={"/spec": (path, document, "/spec/template")},
+            origins=dict(origins),
             own_path=path,
         )
         found.append(member)

@@ -4,6 +4,7 @@ arguments of InstanceSpec. Pure. Problems are reported through `fail(pointer, me
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ from reconciler.model.desired import (
     MachineType,
     NetworkSpec,
     NicType,
+    OnFailure,
     ProbeKind,
     ProbeSpec,
+    RolloutPolicy,
     RunPolicy,
     SnapshotPolicy,
     SnapshotTrigger,
@@ -163,6 +166,37 @@ def snapshot_policy(spec: dict[str, Any], fail: Fail) -> dict[str, SnapshotPolic
             expiry_seconds=expiry,
         )
     }
+
+
+def rollout_policy(spec: dict[str, Any], group: str) -> dict[str, RolloutPolicy]:
+    """InstanceSpec's `rollout` from `spec`, for the instances of `group` (nothing when it has
+    none)."""
+    item = spec.get("rollout")
+    if item is None:
+        return {}
+    limit = item.get("maxUnavailable", 1)
+    percent = int(limit[:-1]) if isinstance(limit, str) else None
+    return {
+        "rollout": RolloutPolicy(
+            group=group,
+            max_unavailable=1 if percent is not None else int(limit),
+            max_unavailable_percent=percent,
+            min_ready_seconds=item.get("minReadySeconds", 0),
+            progress_deadline_seconds=item.get("progressDeadlineSeconds", 600),
+            on_failure=OnFailure(item.get("onFailure", OnFailure.PAUSE)),
+        )
+    }
+
+
+def restore_points_for(settings: dict[str, Any]) -> None:
+    """A rollout that reverts on failure needs a restore point before each restart and
+    replace: added to the snapshot policy in `settings` (InstanceSpec's keywords)."""
+    rollout = settings.get("rollout")
+    if rollout is None or rollout.on_failure is not OnFailure.REVERT:
+        return
+    policy = settings.get("snapshots", SnapshotPolicy())
+    wanted = policy.before_change | {SnapshotTrigger.RESTART, SnapshotTrigger.REPLACE}
+    settings["snapshots"] = dataclasses.replace(policy, before_change=wanted)
 
 
 def _reachable(port: int, interfaces: tuple[NetworkSpec, ...]) -> bool:

@@ -298,6 +298,46 @@ class SnapshotPolicy:
     expiry_seconds: int | None = None  # scheduled snapshots older than this go (None: never)
 
 
+class OnFailure(enum.StrEnum):
+    """What a rollout does when a changed instance does not become ready in time."""
+
+    PAUSE = "pause"  # the others keep their old definition; status says why
+    REVERT = "revert"  # the failed instances go back to their snapshot before the change
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    """How a change that restarts or replaces running instances goes through a group of them
+    (an instance set, the instances sharing a profile, or one instance): at most
+    `max_unavailable` (or `max_unavailable_percent` of the group) not available at a time,
+    each ready for `min_ready_seconds` before the next, within `progress_deadline_seconds`."""
+
+    group: str  # "set/NAME", "profile/NAME" or "instance/NAME"
+    max_unavailable: int = 1
+    max_unavailable_percent: int | None = None  # instead of max_unavailable, rounded down
+    min_ready_seconds: int = 0
+    progress_deadline_seconds: int = 600
+    on_failure: OnFailure = OnFailure.PAUSE
+
+    def allowed(self, members: int) -> int:
+        """How many of `members` may be unavailable at once (at least 1)."""
+        if self.max_unavailable_percent is None:
+            return max(1, self.max_unavailable)
+        return max(1, members * self.max_unavailable_percent // 100)
+
+    def describe(self) -> str:
+        limit = (
+            f"{self.max_unavailable_percent}%"
+            if self.max_unavailable_percent is not None
+            else str(self.max_unavailable)
+        )
+        return (
+            f"maxUnavailable {limit}, minReadySeconds {self.min_ready_seconds}, "
+            f"progressDeadlineSeconds {self.progress_deadline_seconds}, "
+            f"onFailure {self.on_failure.value}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """One instance as its manifest describes it, units resolved."""
@@ -339,3 +379,4 @@ class InstanceSpec:
     # the profiles merged into it, each with a digest of its content: a changed profile
     # changes the spec of every instance that lists it (and the daemon reconciles those)
     profiles: tuple[tuple[str, str], ...] = ()
+    rollout: RolloutPolicy | None = None  # None: a change goes through at once

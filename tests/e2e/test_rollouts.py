@@ -1,0 +1,216 @@
+"""Rolling changes on real QEMU, under both drivers, through the daemon.
+
+A restart-class change to a set of three with maxUnavailable 1 goes one member at a time
+(never more than one unavailable, as the daemon's status shows while it rolls), and a
+daemon killed with SIGKILL in the middle resumes where it was without touching a member
+twice. A change whose new definition never becomes ready (the test guest told to start its
+services never) stops after the first member: with onFailure pause the others keep their
+old definition; with onFailure revert that member is back on its snapshot before the change
+and its old definition, and the others were never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.test_daemon import Daemon, daemon_of_its_own, start_daemon, wait_until
+from tests.guest import guest_image
+from tests.helpers import free_port, unique_name
+
+pytestmark = pytest.mark.both_drivers
+
+
+def write_set(daemon: Daemon, name: str, template: dict[str, Any], **spec: Any) -> None:
+    document = {
+        "apiVersion": "reconciler/v1alpha1",
+        "kind": "InstanceSet",
+        "metadata": {"name": name},
+        "spec": {"replicas": 3, "template": template, **spec},
+    }
+    target = daemon.manifests / f"{name}.yaml"
+    temporary = daemon.manifests / f".{name}.yaml.swp"
+    temporary.write_text(yaml.safe_dump(document))
+    os.replace(temporary, target)
+
+
+def set_row(daemon: Daemon, name: str) -> dict[str, Any]:
+    return next((s for s in daemon.status().get("sets") or [] if s["name"] == name), {})
+
+
+def members(status: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    pattern = re.compile(rf"{re.escape(name)}-\d+")
+    return {i["name"]: i for i in status["instances"] if pattern.fullmatch(i["name"])}
+
+
+def not_ready(status: dict[str, Any], name: str) -> set[str]:
+    """The members the daemon's status shows unavailable: not running, not ready, or in the
+    middle of their change (a daemon just started, that has not looked at a member yet, says
+    nothing of it)."""
+    down = set()
+    for member, entry in members(status, name).items():
+        if entry.get("observed") is None:
+            continue
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in entry.get("conditions") or []
+        )
+        if entry.get("observed") != "running" or not ready:
+            down.add(member)
+    row: dict[str, Any] = next((s for s in status.get("sets") or [] if s["name"] == name), {})
+    down |= set((row.get("rollout") or {}).get("inFlight") or [])
+    return down
+
+
+def restart_after_sigkill(daemon: Daemon) -> None:
+    """SIGKILL the daemon and start another on its directories; wait until it has the state
+    directory (no `status` meanwhile: without a daemon, it would take the directory's lock)."""
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(timeout=30)
+    started = daemon.log_text().count("INFO reconciler: watching")
+    daemon.process = start_daemon(
+        daemon.state.root.parent, daemon.manifests, daemon.base, driver=daemon.driver_name
+    )
+    wait_until(
+        lambda: daemon.log_text().count("INFO reconciler: watching") > started,
+        "the new daemon to start",
+        daemon,
+    )
+
+
+def test_a_restart_class_change_rolls_one_at_a_time_and_resumes_after_sigkill(
+    driver_name: str,
+) -> None:
+    with daemon_of_its_own("rro-", driver_name) as daemon:
+        name = unique_name("rro")
+        template: dict[str, Any] = {
+            "vcpus": 1, "memory": "64MiB", "networks": [], "updatePolicy": "restart",
+            "image": {"source": str(daemon.base), "sha256": daemon.sha256, "format": "raw"},
+            "disk": {"size": "64MiB"}, "shutdownTimeoutSeconds": 1,
+        }  # fmt: skip
+        rollout = {"maxUnavailable": 1, "minReadySeconds": 3, "progressDeadlineSeconds": 120}
+        write_set(daemon, name, template, rollout=rollout)
+
+        def counts(*wanted: int) -> Callable[[], bool]:
+            keys = ("desired", "updated", "ready", "available")
+            return lambda: tuple(set_row(daemon, name).get(k) for k in keys) == wanted
+
+        wait_until(counts(3, 3, 3, 3), "three members, available", daemon, timeout=180)
+        before = daemon.log_text()
+
+        # more memory, restart class: one member at a time
+        write_set(daemon, name, {**template, "memory": "80MiB"}, rollout=rollout)
+        seen: list[set[str]] = []
+        killed = began = False
+        while True:
+            status = daemon.status()
+            down = not_ready(status, name)
+            seen.append(down)
+            assert len(down) <= 1, f"more than one member unavailable: {down}: {status}"
+            row = next((s for s in status.get("sets") or [] if s["name"] == name), None)
+            if row is None:  # the new daemon does not answer yet: the status of no daemon
+                time.sleep(0.2)
+                continue
+            in_flight = (row.get("rollout") or {}).get("inFlight")
+            began = began or bool(in_flight) or row["updated"] < 3  # the daemon saw the change
+            if not killed and in_flight and "started domain" in daemon.log_text()[len(before) :]:
+                # the first member is in the middle of its change: SIGKILL, and another daemon
+                restart_after_sigkill(daemon)
+                killed = True
+                continue
+            complete = (row.get("rollout") or {}).get("state") == "complete"
+            if began and row["updated"] == 3 and complete:
+                break
+            assert len(seen) < 2000, "the rollout did not complete"
+        assert killed, (
+            "the rollout ended before the test could kill the daemon: "
+            + (daemon.log_text()[len(before) :][-5000:])
+        )
+        assert any(seen), "no member was ever seen unavailable: nothing rolled"
+        wait_until(counts(3, 3, 3, 3), "every member available", daemon, timeout=60)
+
+        # each member was stopped, redefined and started for the change once, across both
+        # daemons
+        log = daemon.log_text()[len(before) :]
+        for ordinal in range(3):
+            for action in ("(forced off|shut down)", "redefined domain", "started domain"):
+                done = re.findall(rf"{name}-{ordinal}: {action}", log)
+                assert len(done) == 1, (ordinal, action, log[-5000:])
+        assert "rollout set/" in log and "waiting" in log
+
+
+def _guest_template(port: int, user_data: str) -> dict[str, Any]:
+    return {
+        "vcpus": 1, "memory": "128MiB", "updatePolicy": "restart",
+        "image": {"source": str(guest_image("qcow2")), "format": "qcow2"},
+        "disk": {"size": "256MiB"}, "shutdownTimeoutSeconds": 10,
+        "networks": [{"type": "user", "ports": [{"host": f"{{{{ordinal+{port}}}}}",
+                                                  "guest": 80}]}],
+        "cloudInit": {"userData": user_data},
+        "readiness": {"http": {"port": 80}, "periodSeconds": 1, "timeoutSeconds": 3},
+    }  # fmt: skip
+
+
+GOOD = "#cloud-config\nreconciler_test: 'first'\n"
+# tools/guest: services that never start (nothing answers the readiness probe)
+NEVER = "#cloud-config\nreconciler_test: 'reconciler-guest: services-after 100000'\n"
+
+
+@pytest.mark.parametrize("on_failure", ["pause", "revert"])
+def test_a_change_that_never_becomes_ready_stops_after_the_first_member(
+    driver_name: str, on_failure: str, tmp_path: Path
+) -> None:
+    with daemon_of_its_own("rrf-", driver_name) as daemon:
+        name = unique_name("rrf")
+        port = free_port(span=3)
+        rollout = {"maxUnavailable": 1, "progressDeadlineSeconds": 45, "onFailure": on_failure}
+        write_set(daemon, name, _guest_template(port, GOOD), rollout=rollout)
+        keys = ("desired", "updated", "ready", "available")
+        wait_until(
+            lambda: tuple(set_row(daemon, name).get(k) for k in keys) == (3, 3, 3, 3),
+            "three ready members",
+            daemon,
+            timeout=300,
+        )
+        first = daemon.status()
+        digests = {m: e.get("specDigest") for m, e in members(first, name).items()}
+
+        write_set(daemon, name, _guest_template(port, NEVER), rollout=rollout)
+        wanted = "reverted" if on_failure == "revert" else "paused"
+        row = wait_until(
+            lambda: (
+                (r := set_row(daemon, name)).get("rollout", {}).get("state") == wanted
+                and (on_failure == "pause" or r["rollout"]["reverted"])
+                and r
+            ),
+            f"the rollout {wanted}",
+            daemon,
+            timeout=240,
+        )
+        progress = row["rollout"]
+        assert "not ready within progressDeadlineSeconds (45s)" in progress["reason"]
+        (changed,) = [m for m in digests if m in progress["reason"]]
+        untouched = [m for m in digests if m != changed]
+        log = daemon.log_text()
+        for member in untouched:  # never stopped for the change
+            assert f"{member}: redefined" not in log, log[-4000:]
+        if on_failure == "revert":
+            assert progress["reverted"] == [changed]
+            assert f"{changed}: rollout failed: reverted to snapshot before-restart-" in log
+            wait_until(
+                lambda: set_row(daemon, name).get("ready") == 3,
+                "the reverted member ready again on its old definition",
+                daemon,
+                timeout=180,
+            )
+        else:
+            assert f"{changed}: redefined" in log
+        shown = daemon.cli("status").stdout
+        assert wanted in shown, shown
