@@ -101,6 +101,10 @@ class Backend(Protocol):
         """A snapshot command (loop.snapshots.snapshot_request), answered as JSON."""
         ...
 
+    def rollout(self, action: str, argument: str, out: TextIO) -> dict[str, Any]:
+        """A rollout command (loop.rollouts.rollout_request), answered as JSON."""
+        ...
+
 
 def backend_for(options: Options) -> Backend:
     """The daemon running on the state directory, else this process."""
@@ -216,6 +220,9 @@ class Daemon:
             "op": "snapshot", "action": action, "name": name, "label": label,
         }  # fmt: skip
         return ask(self.socket_path, request)
+
+    def rollout(self, action: str, argument: str, out: TextIO) -> dict[str, Any]:
+        return ask(self.socket_path, {"op": "rollout", "action": action, "set": argument})
 
 
 class Local:
@@ -370,6 +377,20 @@ class Local:
         with owned_state(self.options, BUSY_HINT) as (state, driver):
             reconciler = Reconciler(driver, state, self.options.settings())
             return snapshot_request(reconciler, action, name, label)
+
+    def rollout(self, action: str, argument: str, out: TextIO) -> dict[str, Any]:
+        from reconciler.loop.rollouts import RolloutPacer, rollout_request
+
+        with owned_state_loading(self.options, BUSY_HINT, out) as (state, driver, load):
+            reconciler = Reconciler(driver, state, self.options.settings())
+            specs = load.instances
+            pacer = RolloutPacer(
+                reconciler,
+                lambda group: [s for s in specs if s.rollout and s.rollout.group == group],
+                lambda _name: None,
+                lambda _name: False,
+            )
+            return rollout_request(pacer, action, argument, revert_now=True)
 
 
 def _why_not(item: dict[str, Any] | None, want: Want) -> str | None:

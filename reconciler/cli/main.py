@@ -45,6 +45,7 @@ from reconciler.cli.report import (
     render_status,
     render_summary,
 )
+from reconciler.cli.rollouts import add_rollout_parser, run_rollout
 from reconciler.cli.shutdown import add_shutdown_parser, run_shutdown_guests
 from reconciler.cli.snapshots import (
     add_snapshot_parsers,
@@ -244,6 +245,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s shutdown-guests\n"
         "       %(prog)s snapshot NAME [--name LABEL] | snapshot delete NAME LABEL\n"
         "       %(prog)s snapshots [NAME] [-o json]\n"
+        "       %(prog)s rollout pause|resume|undo SET [DIR]\n"
         "       %(prog)s revert NAME LABEL | resume NAME\n"
         "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
@@ -320,6 +322,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_adoption_parsers(commands, common)
     add_shutdown_parser(commands, common)
     add_snapshot_parsers(commands, common)
+    add_rollout_parser(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -747,4 +750,5 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.SNAPSHOTS: run_snapshots,
     Command.REVERT: run_revert,
     Command.RESUME: run_resume,
+    Command.ROLLOUT: run_rollout,
 }

@@ -57,6 +57,7 @@ class Command(enum.StrEnum):
     SNAPSHOTS = "snapshots"
     REVERT = "revert"
     RESUME = "resume"
+    ROLLOUT = "rollout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +229,8 @@ def _snapshot_options(kind: Command, given: dict[str, Any]) -> dict[str, Any]:
     """`snapshot NAME [--name LABEL]` and `snapshot delete NAME LABEL`; revert's NAME LABEL."""
     if kind is Command.REVERT:
         return {"name": given["name"], "label": given["label"]}
+    if kind is Command.ROLLOUT:
+        return {"name": given["set"], "action": given["rollout_action"]}
     if kind is not Command.SNAPSHOT:
         return {}
     words = list(given.get("words") or ())

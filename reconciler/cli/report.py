@@ -13,7 +13,7 @@ from reconciler.loop.results import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
 from reconciler.planning.disruption import Disruption
 from reconciler.planning.plan import InstancePlan
-from reconciler.planning.review import PlanView
+from reconciler.planning.review import PlanView, rollout_waves
 from reconciler.sizes import format_size
 
 
@@ -49,7 +49,15 @@ def render_plan(plans: Sequence[InstancePlan | PlanView]) -> list[str]:
             lines.extend(
                 f"  {_DIFF_MARKS[step.disruption]} {step.description}" for step in plan.steps
             )
+        if plan.wave is not None:
+            group, wave, count = plan.wave
+            lines.append(f"  rollout {group}: wave {wave} of {count}")
         lines.extend(f"  note: {note}" for note in plan.notes)
+    for rollout in rollout_waves(views):
+        waves = "; ".join(
+            f"wave {n}: {', '.join(names)}" for n, names in enumerate(rollout["waves"], 1)
+        )
+        lines.append(f"Rollout {rollout['group']}: {waves}")
     pending = sum(len(plan.steps) for plan in views)
     changing = sum(1 for plan in views if plan.steps)
     refused = sum(1 for plan in views if plan.refusal is not None)

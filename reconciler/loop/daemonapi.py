@@ -2,7 +2,8 @@
 asks of the controller, answered from the controller's public methods.
 
 ping, status, plan (of the watched directory or another), pass (waits for every name, with
-progress), export, adopt, gc, snapshot (list, take, delete, revert, resume), shutdown-guests.
+progress), export, adopt, gc, snapshot (list, take, delete, revert, resume), rollout (pause,
+resume, undo), shutdown-guests.
 A request the daemon cannot take is a RequestError, answered as an error and never raised
 further.
 """
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("reconciler.daemon")
 OPS = (
-    "ping", "status", "plan", "pass", "export", "adopt", "gc", "snapshot", "shutdown-guests",
+    "ping", "status", "plan", "pass", "export", "adopt", "gc", "snapshot", "rollout",
+    "shutdown-guests",
 )  # fmt: skip
 
 
@@ -56,6 +58,8 @@ class DaemonApi:
             return self._gc(request)
         if op == "snapshot":
             return self._snapshot(request)
+        if op == "rollout":
+            return self._rollout(request)
         raise RequestError(f"unknown op {op!r} (expected {', '.join(OPS[:-1])} or {OPS[-1]})")
 
     def _status(self, name: object, snapshots: bool = False) -> dict[str, Any]:
@@ -196,6 +200,19 @@ class DaemonApi:
         if action != "list":
             controller.enqueue([name], Trigger.REQUEST)
         return answer
+
+    def _rollout(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`rollout pause|resume|undo SET` (loop.rollouts): the members it concerns are
+        reconciled then (an undo's reverts are made as they are)."""
+        from reconciler.loop.rollouts import rollout_request
+
+        action, argument = request.get("action"), request.get("set")
+        if not isinstance(action, str) or not isinstance(argument, str):
+            raise RequestError('"action" and "set" must be strings')
+        try:
+            return rollout_request(self._controller.pacer, action, argument, revert_now=False)
+        except ReconcilerError as err:
+            raise RequestError(str(err)) from err
 
     def _shutdown_guests(self, reply: Reply) -> dict[str, Any]:
         """The host is going down: reconcile nothing more (a guest shut down must not be

@@ -25,6 +25,7 @@ from reconciler.model.actual import DomainFacts, ObservedDomain
 from reconciler.model.desired import InstanceSpec
 from reconciler.planning.cloudinit import login_user
 from reconciler.planning.plan import InstancePlan
+from reconciler.planning.rollouts import plan_waves
 
 LOG = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
     resolver = reconciler.resolver(persist_digests=False)
     listed = reconciler.list_domains()
     plans = [reconciler.plan(spec, resolver, listed=listed) for spec in load.instances]
+    plans = plan_waves(list(load.instances), plans)
     plans += [
         reconciler.plan_orphan(n, refusal) for n, refusal in orphans_of(load, reconciler, listed)
     ]

@@ -141,6 +141,11 @@ class Reconciler:
         # paces the changes of instances with a rollout policy (None: every change at once)
         self.pacer: Pacer | None = None
 
+    def report(self, name: str, message: str) -> None:
+        """Say `message` about `name` as a step's progress is said (printed by a pass, logged
+        and sent to clients by the daemon)."""
+        self._progress(name, message)
+
     @property
     def steps(self) -> StepContext:
         """What the steps work with: the image cache and qemu-img. Made (and their modules

@@ -107,6 +107,11 @@ class RolloutPacer:
         self._lock = threading.Lock()
         self._group_locks: dict[str, threading.Lock] = {}
         self._waiting: dict[str, set[str]] = {}  # by group: members whose change waits
+        self._said: dict[str, str] = {}  # by name: why its change waits, as last said
+
+    def members(self, group: str) -> list[InstanceSpec]:
+        """The instances of `group` as the manifests say now."""
+        return [m for m in self._members(group) if m.rollout is not None]
 
     def _group_lock(self, group: str) -> threading.Lock:
         with self._lock:
@@ -190,11 +195,14 @@ class RolloutPacer:
         if decision.verdict is Verdict.REVERT:
             return Paced(plan, result=self._revert(spec, decision.snapshot))
         if decision.verdict is Verdict.HOLD:
-            LOG.info("%s: %s", name, decision.note)
+            if self._said.get(name) != decision.note:  # said once, not at every look
+                self._said[name] = decision.note
+                self.reconciler.report(name, decision.note)
             held = InstancePlan(
                 name, notes=(*plan.notes, decision.note), accelerator=plan.accelerator
             )
             return Paced(held, wait=wait, held=True)
+        self._said.pop(name, None)
         if decision.verdict is Verdict.ADMIT:
             plan = InstancePlan(
                 plan.name, plan.steps, plan.refusal, (*plan.notes, decision.note),
@@ -296,9 +304,6 @@ class RolloutPacer:
     def undo(self, group: str) -> str:
         """Stop the rollout and put each member it changed back on its snapshot before the
         change; the group stays on the old revision until its manifest changes again."""
-        members = self._members(group)
-        if not members:
-            raise ConfigError(f"no instance has the rollout {group}")
         with self._group_lock(group):
             record = self.book.read(group)
             facts = self.facts(group)
@@ -322,6 +327,20 @@ class RolloutPacer:
             return f"rollout {group} stopped: no member was changed by it (nothing to revert)"
         return f"rollout {group} stopped; reverting {', '.join(changed)}"
 
+    def revert_now(self, group: str, names: Iterable[str]) -> list[str]:
+        """Make the reverts an undo asked for, in this process (a one-off command); what
+        each did."""
+        done = []
+        specs = {m.name: m for m in self.members(group)}
+        for name in names:
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            entry = self.book.read(group).members.get(name)
+            result = self._revert(spec, None if entry is None else entry.snapshot)
+            done.append(f"{name}: {result.message or '; '.join(result.actions) or 'unchanged'}")
+        return done
+
     # -- what status shows ------------------------------------------------------------------
 
     def progress(self, group: str, policy: RolloutPolicy) -> dict[str, Any]:
@@ -333,6 +352,33 @@ class RolloutPacer:
             settle(record, policy, facts, now)
             waiting = sorted(self._waiting.get(group, set()))
         return progress_view(record, policy, facts, waiting, now)
+
+
+ROLLOUT_ACTIONS = ("pause", "resume", "undo")
+
+
+def rollout_request(
+    pacer: RolloutPacer, action: str, argument: str, *, revert_now: bool
+) -> dict[str, Any]:
+    """`reconcile rollout ACTION SET`, answered as JSON (here and from the daemon). An undo's
+    reverts are made now with `revert_now` (no daemon to make them as it reconciles)."""
+    if action not in ROLLOUT_ACTIONS:
+        raise ConfigError(f"rollout {action!r}: expected pause, resume or undo")
+    group = group_of(argument)
+    if not pacer.members(group):
+        raise ConfigError(f"no instance has the rollout {group} in the manifests")
+    reverted: list[str] = []
+    if action == "pause":
+        said = pacer.pause(group)
+    elif action == "resume":
+        said = pacer.resume(group)
+    else:
+        said = pacer.undo(group)
+        if revert_now:
+            record = pacer.book.read(group)
+            pending = record.stopped.to_revert if record.stopped is not None else ()
+            reverted = pacer.revert_now(group, pending)
+    return {"rollout": {"group": group, "outcome": said, "reverted": reverted}}
 
 
 def progress_view(

@@ -49,6 +49,7 @@ class InstancePlan:
     base_forecasts: tuple[str, ...] = ()
     held: bool = False  # a revert holds it (the note says why): nothing is done
     snapshot_due_in: float | None = None  # seconds until its next scheduled snapshot is due
+    wave: tuple[str, int, int] | None = None  # its rollout's group, its wave, of how many
 
     @property
     def converged(self) -> bool:
@@ -57,4 +58,5 @@ class InstancePlan:
     def view(self) -> PlanView:
         """What is printed of the plan (and what the daemon sends for it)."""
         steps = tuple(step_view(step) for step in self.steps)
-        return PlanView(self.name, steps, self.refusal, self.notes + self.base_forecasts)
+        notes = self.notes + self.base_forecasts
+        return PlanView(self.name, steps, self.refusal, notes, self.wave)

@@ -46,6 +46,9 @@ class PlanView:
     steps: tuple[StepView, ...]
     refusal: str | None
     notes: tuple[str, ...]
+    # its change in a rollout: the group, its wave and how many waves the group's changes
+    # take (planning.rollouts.waves); None when no rollout paces it
+    wave: tuple[str, int, int] | None = None
 
     @property
     def disruption(self) -> Disruption:
@@ -59,12 +62,21 @@ class PlanView:
             "steps": [step.as_json() for step in self.steps],
             "refusal": self.refusal,
             "notes": list(self.notes),
+            "rollout": None
+            if self.wave is None
+            else {"group": self.wave[0], "wave": self.wave[1], "waves": self.wave[2]},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PlanView:
         steps = tuple(StepView.from_json(step) for step in data["steps"])
-        return cls(data["name"], steps, data["refusal"], tuple(data["notes"]))
+        rollout = data.get("rollout")
+        wave = (
+            None
+            if not isinstance(rollout, dict)
+            else (str(rollout["group"]), int(rollout["wave"]), int(rollout["waves"]))
+        )
+        return cls(data["name"], steps, data["refusal"], tuple(data["notes"]), wave)
 
 
 def plan_json(views: list[PlanView], manifest_errors: list[str]) -> dict[str, Any]:
@@ -73,8 +85,22 @@ def plan_json(views: list[PlanView], manifest_errors: list[str]) -> dict[str, An
         "version": PLAN_JSON_VERSION,
         "disruption": most_disruptive([view.disruption for view in views]).value,
         "instances": [view.as_json() for view in views],
+        "rollouts": rollout_waves(views),
         "manifestErrors": manifest_errors,
     }
+
+
+def rollout_waves(views: list[PlanView]) -> list[dict[str, Any]]:
+    """Each rollout of the plan: its group, and the instances it changes in each wave."""
+    groups: dict[str, dict[int, list[str]]] = {}
+    for view in views:
+        if view.wave is not None:
+            group, wave, _count = view.wave
+            groups.setdefault(group, {}).setdefault(wave, []).append(view.name)
+    return [
+        {"group": group, "waves": [waves[n] for n in sorted(waves)]}
+        for group, waves in sorted(groups.items())
+    ]
 
 
 def step_view(step: Step) -> StepView:

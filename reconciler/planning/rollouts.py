@@ -339,6 +339,33 @@ def _name(group: str) -> str:
     return name if kind == "set" else group
 
 
+def plan_waves(specs: list[InstanceSpec], plans: list[InstancePlan]) -> list[InstancePlan]:
+    """`plans` (one per spec, in order) with the wave each paced change takes in its
+    rollout: the group's paced members in ordinal order, as many per wave as may be
+    unavailable at once (the order within the rollout follows readiness; the plan shows
+    the pace)."""
+    paced: dict[str, list[str]] = {}
+    policies: dict[str, RolloutPolicy] = {}
+    for spec, plan in zip(specs, plans, strict=True):
+        if spec.rollout is not None and restarts_running(spec, plan):
+            paced.setdefault(spec.rollout.group, []).append(spec.name)
+            policies[spec.rollout.group] = spec.rollout
+    sizes = {s.rollout.group: 0 for s in specs if s.rollout is not None}
+    for spec in specs:
+        if spec.rollout is not None:
+            sizes[spec.rollout.group] += 1
+    where: dict[str, tuple[str, int, int]] = {}
+    for group, names in paced.items():
+        grouped = waves(names, policies[group].allowed(sizes[group]))
+        for number, wave in enumerate(grouped, start=1):
+            for name in wave:
+                where[name] = (group, number, len(grouped))
+    return [
+        dataclasses.replace(plan, wave=where[plan.name]) if plan.name in where else plan
+        for plan in plans
+    ]
+
+
 def waves(names: list[str], allowed: int) -> list[list[str]]:
     """The members to change in the order a rollout takes them, `allowed` at a time."""
     ordered = sorted(names, key=_ordinal_key)

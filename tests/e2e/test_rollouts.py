@@ -11,6 +11,7 @@ and its old definition, and the others were never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.conftest import E2E, CliRun
 from tests.e2e.test_daemon import Daemon, daemon_of_its_own, start_daemon, wait_until
 from tests.guest import guest_image
 from tests.helpers import free_port, unique_name
@@ -167,7 +169,8 @@ NEVER = "#cloud-config\nreconciler_test: 'reconciler-guest: services-after 10000
 def test_a_change_that_never_becomes_ready_stops_after_the_first_member(
     driver_name: str, on_failure: str, tmp_path: Path
 ) -> None:
-    with daemon_of_its_own("rrf-", driver_name) as daemon:
+    images = str(guest_image("qcow2").parent)
+    with daemon_of_its_own("rrf-", driver_name, "--image-dir", images) as daemon:
         name = unique_name("rrf")
         port = free_port(span=3)
         rollout = {"maxUnavailable": 1, "progressDeadlineSeconds": 45, "onFailure": on_failure}
@@ -214,3 +217,50 @@ def test_a_change_that_never_becomes_ready_stops_after_the_first_member(
             assert f"{changed}: redefined" in log
         shown = daemon.cli("status").stdout
         assert wanted in shown, shown
+
+
+def test_plan_shows_the_waves_and_a_one_off_pass_rolls_them(
+    e2e: E2E, reconcile: Callable[..., CliRun], tmp_path: Path
+) -> None:
+    """Without a daemon: `plan` (text and JSON) shows which members change in which wave,
+    and `--once` makes the change wave by wave, probing the members itself, then exits."""
+    name = unique_name("rrp")
+    template: dict[str, Any] = {
+        "vcpus": 1, "memory": "64MiB", "networks": [], "updatePolicy": "restart",
+        "image": {"source": str(e2e.base), "sha256": e2e.sha256, "format": "raw"},
+        "disk": {"size": "64MiB"}, "shutdownTimeoutSeconds": 1,
+    }  # fmt: skip
+    rollout = {"maxUnavailable": 2, "minReadySeconds": 1, "progressDeadlineSeconds": 120}
+
+    def write(memory: str) -> None:
+        document = {
+            "apiVersion": "reconciler/v1alpha1", "kind": "InstanceSet",
+            "metadata": {"name": name},
+            "spec": {"replicas": 3, "rollout": rollout,
+                     "template": {**template, "memory": memory}},
+        }  # fmt: skip
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(document))
+
+    write("64MiB")
+    created = reconcile("--once", str(tmp_path))
+    assert created.code == 0, created.out + created.err
+
+    write("80MiB")
+    shown = reconcile("plan", str(tmp_path))
+    assert f"Rollout set/{name}: wave 1: {name}-0, {name}-1; wave 2: {name}-2" in shown.out
+    assert f"  rollout set/{name}: wave 2 of 2" in shown.out
+    plan = json.loads(reconcile("plan", "-o", "json", str(tmp_path)).out)
+    assert plan["rollouts"] == [
+        {"group": f"set/{name}", "waves": [[f"{name}-0", f"{name}-1"], [f"{name}-2"]]}
+    ]
+    wave = {i["name"]: i["rollout"] for i in plan["instances"]}[f"{name}-2"]
+    assert wave == {"group": f"set/{name}", "wave": 2, "waves": 2}
+
+    rolled = reconcile("--once", str(tmp_path))
+    assert rolled.code == 0, rolled.out + rolled.err
+    assert "waiting: 2 of 3 unavailable" in rolled.out + rolled.err
+    again = reconcile("plan", "--detailed-exitcode", str(tmp_path))
+    assert again.code == 0, again.out  # every member on the new definition
+    for ordinal in range(3):
+        record = e2e.driver.lookup(f"{name}-{ordinal}")
+        assert record is not None and record.state.value == "running"
