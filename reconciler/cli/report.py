@@ -216,17 +216,34 @@ def render_status(snapshot: dict[str, Any]) -> list[str]:
     sets = snapshot.get("sets") or []
     if sets:
         wide = max(len(s["name"]) for s in sets)
-        lines.append(f"  {'SET':<{wide}}  DESIRED  CURRENT  UPDATED  READY")
+        lines.append(f"  {'SET':<{wide}}  DESIRED  CURRENT  UPDATED  READY    AVAILABLE")
         for row in sets:
             lines.append(
                 f"  {row['name']:<{wide}}  {row['desired']:<7}  {row['current']:<7}  "
-                f"{row['updated']:<7}  {row['ready']}"
+                f"{row['updated']:<7}  {row['ready']:<7}  {row.get('available', row['ready'])}"
             )
+    for rollout in snapshot.get("rollouts") or []:
+        lines.append(f"  rollout {rollout['group']}: {_rollout_words(rollout)}")
     for error in snapshot.get("manifestErrors", []):
         lines.append(f"error: {error}")
     if not instances:
         lines.append("  no instances")
     return lines
+
+
+def _rollout_words(rollout: dict[str, Any]) -> str:
+    """A rollout's progress in a line of `status`."""
+    state = str(rollout.get("state"))
+    if state in ("paused", "reverted"):
+        reverted = rollout.get("reverted") or []
+        done = f"; reverted {', '.join(reverted)}" if reverted else ""
+        return f"{state}: {rollout.get('reason')}{done}"
+    parts = []
+    if rollout.get("inFlight"):
+        parts.append(f"changing {', '.join(rollout['inFlight'])}")
+    if rollout.get("waiting"):
+        parts.append(f"waiting: {', '.join(rollout['waiting'])}")
+    return state + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _git_lines(git: dict[str, Any] | None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 
 from reconciler.drivers.base import Driver
@@ -87,6 +88,7 @@ def observe_instance(
     names = directory_names(paths)
     with_entries = [d.path for d in (overlay, *data_disks) if d is not None and d.snapshot_count]
     snapshots, snapshot_problem = read_snapshots(snapshot_files(paths, with_entries, names))
+    records = frozenset(name for name in names if SNAPSHOT_RECORD.fullmatch(name))
     return InstanceActual(
         domain=domain,
         overlay=overlay,
@@ -97,10 +99,30 @@ def observe_instance(
         data_disk_problem=data_problem,
         snapshots=snapshots,
         snapshot_problem=snapshot_problem,
-        snapshot_records=frozenset(name for name in names if SNAPSHOT_RECORD.fullmatch(name)),
+        snapshot_records=records,
+        snapshot_drives=drives_kept_for(paths, records),
         hold=read_hold(paths) if paths.hold.name in names else None,
         frozen=paths.fs_frozen.name in names,
     )
+
+
+MAX_RECORD_BYTES = 1024 * 1024
+_DRIVE_NAME = re.compile(r"config-[0-9a-f]{1,64}\.iso")
+
+
+def drives_kept_for(paths: InstancePaths, records: frozenset[str]) -> frozenset[str]:
+    """The config drives that the definitions kept in snapshot records name (a revert puts
+    such a definition back, drive and all); a record that cannot be read names none."""
+    found: set[str] = set()
+    for name in records:
+        try:
+            with open(paths.directory / name, encoding="utf-8") as stream:
+                definition = json.loads(stream.read(MAX_RECORD_BYTES)).get("definition")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(definition, str):
+            found.update(_DRIVE_NAME.findall(definition))
+    return frozenset(found)
 
 
 def directory_names(paths: InstancePaths) -> frozenset[str]:

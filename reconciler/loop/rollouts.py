@@ -140,6 +140,7 @@ class RolloutPacer:
             if name not in facts.revisions:  # the manifests changed under this reconcile
                 return Paced(plan)
             in_flight = set(record.in_flight())
+            was_stopped = record.stopped is not None
             decision = decide(record, policy, facts, name, restarts_running(spec, plan), now)
             if decision.verdict is Verdict.ADMIT:
                 admit(record, name, facts.revisions[name], restore_point(plan), now)
@@ -150,17 +151,23 @@ class RolloutPacer:
                 waiting.add(name)
             else:
                 waiting.discard(name)
-            wake = self._news(record, in_flight, name)
+            wake = self._news(record, in_flight, was_stopped, name)
             wait = self._wait(record, policy, facts, name, decision, now)
         if wake:
             self._wake(wake)
         return self._paced(spec, plan, decision, wait)
 
-    def _news(self, record: RolloutRecord, in_flight: set[str], name: str) -> list[str]:
-        """Who to wake after the record changed: the member to revert, and those waiting
-        when a member stopped being in flight (lock held)."""
-        wake = set(record.stopped.to_revert) if record.stopped is not None else set()
-        if in_flight - set(record.in_flight()) or record.stopped is not None:
+    def _news(
+        self, record: RolloutRecord, in_flight: set[str], was_stopped: bool, name: str
+    ) -> list[str]:
+        """Who to wake after this look changed the record: when the rollout has just stopped,
+        the members to revert and those waiting (to say why they wait now); when a member
+        stopped being in flight, those waiting (lock held)."""
+        stopped_now = record.stopped is not None and not was_stopped
+        wake = (
+            set(record.stopped.to_revert) if record.stopped is not None and stopped_now else set()
+        )
+        if stopped_now or in_flight - set(record.in_flight()):
             wake |= self._waiting.get(record.group, set())
         wake.discard(name)
         return sorted(wake)
@@ -198,9 +205,8 @@ class RolloutPacer:
             if self._said.get(name) != decision.note:  # said once, not at every look
                 self._said[name] = decision.note
                 self.reconciler.report(name, decision.note)
-            held = InstancePlan(
-                name, notes=(*plan.notes, decision.note), accelerator=plan.accelerator
-            )
+            # the plan's own notes are of steps that are not made now: only why is said
+            held = InstancePlan(name, notes=(decision.note,), accelerator=plan.accelerator)
             return Paced(held, wait=wait, held=True)
         self._said.pop(name, None)
         if decision.verdict is Verdict.ADMIT:

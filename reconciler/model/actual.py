@@ -164,5 +164,7 @@ class InstanceActual:
     snapshots: tuple[SnapshotFacts, ...] = ()  # oldest first
     snapshot_problem: str | None = None  # a disk whose snapshot table could not be read
     snapshot_records: frozenset[str] = frozenset()  # snapshot-*.json in the directory
+    # the config drives the definitions those records keep name: kept for a revert
+    snapshot_drives: frozenset[str] = frozenset()
     hold: HoldFacts | None = None  # held after a revert
     frozen: bool = False  # a snapshot cut short may have left the guest's file systems frozen

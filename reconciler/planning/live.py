@@ -145,12 +145,14 @@ def removals(
     live_after: Machine | None,
     paths: InstancePaths,
 ) -> tuple[list[Step], tuple[str, ...]]:
-    """Files nothing uses once the plan is carried out: replaced config drives, and data disks
+    """Files nothing uses once the plan is carried out: replaced config drives (but those a
+    snapshot's definition names), and data disks
     that left the manifest with deletionPolicy: delete (once detached); and a note for each
     file the definition names that is not the instance's own (left in place)."""
     steps: list[Step] = []
     notes: tuple[str, ...] = ()
-    in_use = {drive.name} if drive is not None else set()
+    # a config drive a snapshot's definition names stays for a revert to put back
+    in_use = set(actual.snapshot_drives) | ({drive.name} if drive is not None else set())
     if live_after is not None and live_after.config_drive_path is not None:
         in_use.add(Path(live_after.config_drive_path).name)
     stale = sorted(actual.config_drives - in_use)

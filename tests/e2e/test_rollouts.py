@@ -148,9 +148,9 @@ def test_a_restart_class_change_rolls_one_at_a_time_and_resumes_after_sigkill(
         assert "rollout set/" in log and "waiting" in log
 
 
-def _guest_template(port: int, user_data: str) -> dict[str, Any]:
+def _guest_template(port: int, user_data: str, memory: str = "128MiB") -> dict[str, Any]:
     return {
-        "vcpus": 1, "memory": "128MiB", "updatePolicy": "restart",
+        "vcpus": 1, "memory": memory, "updatePolicy": "restart",
         "image": {"source": str(guest_image("qcow2")), "format": "qcow2"},
         "disk": {"size": "256MiB"}, "shutdownTimeoutSeconds": 10,
         "networks": [{"type": "user", "ports": [{"host": f"{{{{ordinal+{port}}}}}",
@@ -185,7 +185,8 @@ def test_a_change_that_never_becomes_ready_stops_after_the_first_member(
         first = daemon.status()
         digests = {m: e.get("specDigest") for m, e in members(first, name).items()}
 
-        write_set(daemon, name, _guest_template(port, NEVER), rollout=rollout)
+        # more memory (a restart) and services that never start
+        write_set(daemon, name, _guest_template(port, NEVER, "144MiB"), rollout=rollout)
         wanted = "reverted" if on_failure == "revert" else "paused"
         row = wait_until(
             lambda: (

@@ -197,7 +197,8 @@ def test_keys_with_slashes_get_escaped_pointers_and_their_own_position(tmp_path:
         "(expected one of: accelerator, allowReplace, autostart, boot, cloudInit, cpu, "
         "deletionPolicy, description, disk, disks, files, firmware, graphics, guestAgent, "
         "host, hostname, image, liveness, machine, maxMemory, maxVcpus, memory, networks, "
-        "profiles, protect, readiness, rng, runPolicy, shutdownTimeoutSeconds, snapshots, ssh, "
+        "profiles, protect, readiness, rng, rollout, runPolicy, shutdownTimeoutSeconds, "
+        "snapshots, ssh, "
         "state, "
         "updatePolicy, vcpus, watchdog)"
     )

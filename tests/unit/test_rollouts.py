@@ -4,8 +4,12 @@ when a rollout stops and what lifts the stop; and the record read back from dama
 from __future__ import annotations
 
 import json
+import textwrap
+from pathlib import Path
 
-from reconciler.model.desired import OnFailure, RolloutPolicy
+from reconciler.cli.report import render_status
+from reconciler.manifests.loader import load_manifests
+from reconciler.model.desired import OnFailure, RolloutPolicy, SnapshotTrigger
 from reconciler.planning.rollouts import (
     GroupFacts,
     RolloutRecord,
@@ -120,3 +124,62 @@ def test_the_record_reads_back_and_damage_reads_as_empty() -> None:
         assert RolloutRecord.from_json("set/web", damaged).as_json() == (
             RolloutRecord("set/web").as_json()
         )
+
+
+def test_the_policy_is_read_from_a_set_a_profile_or_an_instance(tmp_path: Path) -> None:
+    """A set's rollout is its members' (over its template's), a profile's is shared by the
+    instances of that profile, an instance's is its own; onFailure revert takes a snapshot
+    before every restart; a bad value is said at its line."""
+    machine = (
+        "vcpus: 1\nmemory: 64MiB\ndisk: {size: 1GiB}\n"
+        f'image: {{source: /i/b.raw, sha256: "{"0" * 64}", format: raw}}\n'
+    )
+    indented = textwrap.indent(machine, "    ")
+    (tmp_path / "all.yaml").write_text(
+        "apiVersion: reconciler/v1alpha1\nkind: InstanceSet\nmetadata: {name: web}\n"
+        "spec:\n  replicas: 2\n"
+        "  rollout: {maxUnavailable: 50%, onFailure: revert, minReadySeconds: 5}\n"
+        f"  template:\n    rollout: {{maxUnavailable: 9}}\n{indented}"
+        "---\napiVersion: reconciler/v1alpha1\nkind: Profile\nmetadata: {name: base}\n"
+        "spec:\n  rollout: {maxUnavailable: 2}\n"
+        "---\napiVersion: reconciler/v1alpha1\nkind: Instance\nmetadata: {name: db}\n"
+        f"spec:\n  profiles: [base]\n{textwrap.indent(machine, '  ')}"
+        "---\napiVersion: reconciler/v1alpha1\nkind: Instance\nmetadata: {name: solo}\n"
+        f"spec:\n  rollout: {{progressDeadlineSeconds: 30}}\n{textwrap.indent(machine, '  ')}"
+    )
+    load = load_manifests(tmp_path)
+    assert not load.errors, load.errors
+    policies = {spec.name: spec.rollout for spec in load.instances}
+    web = policies["web-1"]
+    assert web is not None and (web.group, web.max_unavailable_percent) == ("set/web", 50)
+    assert web.on_failure is OnFailure.REVERT and web.allowed(2) == 1
+    spec = next(s for s in load.instances if s.name == "web-0")
+    assert SnapshotTrigger.RESTART in spec.snapshots.before_change
+    db, solo = policies["db"], policies["solo"]
+    assert db is not None and (db.group, db.max_unavailable) == ("profile/base", 2)
+    assert solo is not None and (solo.group, solo.progress_deadline_seconds) == (
+        "instance/solo", 30,
+    )  # fmt: skip
+
+    (tmp_path / "all.yaml").write_text(
+        "apiVersion: reconciler/v1alpha1\nkind: Instance\nmetadata: {name: bad}\n"
+        f"spec:\n  rollout: {{maxUnavailable: '0%', onFailure: retry}}\n"
+        f"{textwrap.indent(machine, '  ')}"
+    )
+    errors = [str(e) for e in load_manifests(tmp_path).errors]
+    assert any(":5:" in e and "/spec/rollout/maxUnavailable" in e and "25%" in e for e in errors)
+    assert any("/spec/rollout/onFailure" in e and "pause or revert" in e for e in errors)
+
+
+def test_status_shows_the_rollout_of_each_set() -> None:
+    snapshot = {
+        "daemon": {"running": True},
+        "instances": [],
+        "sets": [{"name": "web", "desired": 3, "current": 3, "updated": 1, "ready": 2,
+                  "available": 1}],
+        "rollouts": [{"group": "set/web", "state": "paused", "reason": "web-0 not ready",
+                      "reverted": ["web-0"], "inFlight": [], "waiting": ["web-1"]}],
+    }  # fmt: skip
+    lines = render_status(snapshot)
+    assert "  web  3        3        1        2        1" in lines
+    assert "  rollout set/web: paused: web-0 not ready; reverted web-0" in lines

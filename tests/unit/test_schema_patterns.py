@@ -16,6 +16,7 @@ from reconciler.sizes import SIZE_PATTERN
 # without an entry here fails the test, so none escapes the check.
 VALID_SAMPLES = {
     "/properties/spec/properties/profiles/items": ["base", "web-2"],
+    "/properties/spec/properties/rollout/properties/maxUnavailable/oneOf/1": ["25%", "100%", "1%"],
     "/properties/spec/properties/snapshots/properties/schedule": ["hourly", "daily", "6h", "30m"],
     "/properties/spec/properties/snapshots/properties/expiry": ["7d", "12h"],
     "/properties/metadata/properties/name": ["web-1", "a"],
