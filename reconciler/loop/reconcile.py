@@ -108,6 +108,8 @@ class Pacer(Protocol):
 
     def applied(self, spec: InstanceSpec, result: InstanceResult) -> None: ...
 
+    def busy(self, spec: InstanceSpec) -> bool: ...
+
 
 class Reconciler:
     """Plans and converges one instance at a time; safe to call from several threads for
@@ -335,14 +337,14 @@ class Reconciler:
         None when a reconcile would do anything (a step, a refusal, a restart held back, a
         leftover to remove): `reconcile` it then, which observes afresh."""
         started = time.monotonic()
-        if spec.rollout is not None and self.pacer is not None:
-            return None  # its rollout looks at every reconcile
         try:
             plan = self.plan(spec, resolver, listed=listed)
         except ReconcilerError:
             return None
         if plan.steps or plan.refusal is not None or plan.restart_after is not None:
             return None
+        if self.pacer is not None and self.pacer.busy(spec):
+            return None  # its rollout has work to do: a reconcile asks it
         if remove_dead_leftovers(self.state.instance(spec.name).directory, dry_run=True):
             return None
         result = dataclasses.replace(

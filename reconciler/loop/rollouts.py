@@ -273,6 +273,17 @@ class RolloutPacer:
             state=spec.state, started=started,
         )  # fmt: skip
 
+    def busy(self, spec: InstanceSpec) -> bool:
+        """Whether a reconcile of `spec` has rollout work even when its plan is empty: its
+        change is in flight (to be found available, or late), or it is to be reverted."""
+        if spec.rollout is None:
+            return False
+        record = self.book.read(spec.rollout.group)
+        entry = record.members.get(spec.name)
+        if entry is not None and entry.available is None:
+            return True
+        return record.stopped is not None and spec.name in record.stopped.to_revert
+
     # -- what the daemon asks ---------------------------------------------------------------
 
     def watchers(self, group: str) -> list[str]:

@@ -144,6 +144,7 @@ def removals(
     shape: Machine,
     live_after: Machine | None,
     paths: InstancePaths,
+    recorded: frozenset[str] = frozenset(),
 ) -> tuple[list[Step], tuple[str, ...]]:
     """Files nothing uses once the plan is carried out: replaced config drives (but those a
     snapshot's definition names), and data disks
@@ -152,7 +153,8 @@ def removals(
     steps: list[Step] = []
     notes: tuple[str, ...] = ()
     # a config drive a snapshot's definition names stays for a revert to put back
-    in_use = set(actual.snapshot_drives) | ({drive.name} if drive is not None else set())
+    # (and the one a snapshot this plan takes records)
+    in_use = set(actual.snapshot_drives | recorded) | ({drive.name} if drive is not None else set())
     if live_after is not None and live_after.config_drive_path is not None:
         in_use.add(Path(live_after.config_drive_path).name)
     stale = sorted(actual.config_drives - in_use)

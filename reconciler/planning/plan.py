@@ -64,6 +64,7 @@ from reconciler.planning.steps import (
     Step,
     StepKind,
     StopDomain,
+    TakeSnapshot,
     ThawFilesystems,
 )
 from reconciler.sizes import format_size
@@ -289,9 +290,11 @@ def _plan_present(
         steps.insert(0, ReleaseHold(spec.name, paths.hold, actual.hold.label))
     if actual.frozen:  # a stopped guest has nothing frozen: the step only removes the marker
         steps.insert(0, ThawFilesystems(spec.name, paths.fs_frozen))
+    recorded = _recorded_drive(domain, steps)
     removal_steps, removal_notes = removals(
-        spec.name, actual, domain, drive, shape, live_after if running_on else None, paths
-    )
+        spec.name, actual, domain, drive, shape, live_after if running_on else None, paths,
+        recorded,
+    )  # fmt: skip
     steps += removal_steps
     notes += removal_notes
     kept_off = spec.state is DesiredState.RUNNING and not starting and not active
@@ -307,6 +310,15 @@ def _plan_present(
         forecasts,
         snapshot_due_in=due_in,
     )
+
+
+def _recorded_drive(domain: DomainFacts | None, steps: list[Step]) -> frozenset[str]:
+    """The config drive of the definition a snapshot of this plan records (kept: a revert
+    puts that definition back), if the plan takes one."""
+    drive = domain.definition.config_drive_path if domain is not None else None
+    if drive is None or not any(isinstance(step, TakeSnapshot) for step in steps):
+        return frozenset()
+    return frozenset({Path(drive).name})
 
 
 def _held(

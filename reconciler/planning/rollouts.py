@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -37,9 +38,11 @@ SHORTEST_WAIT_SECONDS = 1.0
 UNKNOWN_WAIT_SECONDS = 2.0  # a member whose readiness is not known yet is looked at again
 
 
+@functools.lru_cache(maxsize=8192)
 def spec_revision(spec: InstanceSpec) -> str:
     """A digest of everything the manifest says of one instance: a failed rollout holds the
-    group until it changes."""
+    group until it changes. Cached: each look at a group digests every member, and a spec
+    is immutable."""
     data = dataclasses.asdict(spec)
     text = json.dumps(data, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
