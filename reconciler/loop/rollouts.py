@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +46,7 @@ from reconciler.planning.rollouts import (
 
 LOG = logging.getLogger("reconciler.rollout")
 MAX_RECORD_BYTES = 1024 * 1024
+_GROUP_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # as the schema's names
 
 
 def group_of(argument: str) -> str:
@@ -53,7 +55,7 @@ def group_of(argument: str) -> str:
     kind, slash, name = argument.partition("/")
     if not slash:
         kind, name = "set", argument
-    if kind not in ("set", "profile", "instance") or not name or "/" in name:
+    if kind not in ("set", "profile", "instance") or not _GROUP_NAME.fullmatch(name):
         raise ConfigError(
             f"{argument!r} names no rollout: give an instance set's name, or profile/NAME or "
             "instance/NAME"

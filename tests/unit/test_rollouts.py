@@ -7,7 +7,11 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from reconciler.cli.report import render_status
+from reconciler.errors import ConfigError
+from reconciler.loop.rollouts import group_of
 from reconciler.manifests.loader import load_manifests
 from reconciler.model.desired import OnFailure, RolloutPolicy, SnapshotTrigger
 from reconciler.planning.rollouts import (
@@ -183,3 +187,13 @@ def test_status_shows_the_rollout_of_each_set() -> None:
     lines = render_status(snapshot)
     assert "  web  3        3        1        2        1" in lines
     assert "  rollout set/web: paused: web-0 not ready; reverted web-0" in lines
+
+
+def test_a_rollout_command_names_a_group_and_nothing_else() -> None:
+    """The SET a command names (or a request on the control socket) becomes a file name in
+    the state directory: only the names the schema allows."""
+    assert group_of("web") == "set/web"
+    assert group_of("profile/base") == "profile/base"
+    for hostile in ("../../etc", "set/..", "set/a/b", "profile/", "x/web", "Web", "web\n", ""):
+        with pytest.raises(ConfigError):
+            group_of(hostile)
