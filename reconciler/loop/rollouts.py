@@ -239,11 +239,14 @@ class RolloutPacer:
         """Put a member whose change failed back on its snapshot before the change and its
         definition then (a revert's hold keeps it there until its manifest changes)."""
         name = spec.name
+        assert spec.rollout is not None
+        stopped = self.book.read(spec.rollout.group).stopped
+        why = "rollout undone" if stopped is not None and not stopped.failed else "rollout failed"
         notes: tuple[str, ...] = ()
         started = False
         if label is None:
             outcome = Outcome.UNCHANGED
-            notes = ("rollout failed: no snapshot was taken before its change; left as it is",)
+            notes = (f"{why}: no snapshot was taken before its change; left as it is",)
         else:
             try:
                 report = revert(self.reconciler, name, label)
@@ -255,7 +258,6 @@ class RolloutPacer:
                 )  # fmt: skip
             outcome, started = Outcome.CHANGED, report.started
             notes = report.notes
-        assert spec.rollout is not None
         with self._group_lock(spec.rollout.group):
             record = self.book.read(spec.rollout.group)
             stopped = record.stopped
@@ -265,9 +267,9 @@ class RolloutPacer:
                     stopped.reverted = (*stopped.reverted, name)
                 self.book.write(record)
         action = (
-            f"rollout failed: reverted to snapshot {label} and its definition before the change"
+            f"{why}: reverted to snapshot {label} and its definition before the change"
             if label is not None
-            else "rollout failed: nothing to revert to"
+            else f"{why}: nothing to revert to"
         )
         LOG.warning("%s: %s", name, action)
         return InstanceResult(
@@ -326,11 +328,13 @@ class RolloutPacer:
         with self._group_lock(group):
             record = self.book.read(group)
             facts = self.facts(group)
-            changed = tuple(
-                name
+            ours = [
+                (name, entry)
                 for name, entry in sorted(record.members.items())
-                if entry.revision == facts.revisions.get(name) and entry.snapshot is not None
-            )
+                if entry.revision == facts.revisions.get(name)
+            ]
+            changed = tuple(name for name, entry in ours if entry.snapshot is not None)
+            kept = [name for name, entry in ours if entry.snapshot is None]
             record.stopped = Stop(
                 at=self.reconciler.clock.wall(),
                 reason="undone by `reconcile rollout undo`",
@@ -342,9 +346,14 @@ class RolloutPacer:
                 record.members[name].available = record.stopped.at
             self.book.write(record)
         self._wake(changed)
-        if not changed:
-            return f"rollout {group} stopped: no member was changed by it (nothing to revert)"
-        return f"rollout {group} stopped; reverting {', '.join(changed)}"
+        said = f"rollout {group} stopped"
+        if changed:
+            said += f"; reverting {', '.join(changed)}"
+        if kept:  # onFailure revert, or snapshots.beforeChange: [restart], takes them
+            said += f"; no snapshot before the change of {', '.join(kept)}: left as they are"
+        if not ours:
+            said += ": no member was changed by it (nothing to revert)"
+        return said
 
     def revert_now(self, group: str, names: Iterable[str]) -> list[str]:
         """Make the reverts an undo asked for, in this process (a one-off command); what

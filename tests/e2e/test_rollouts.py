@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.model.actual import DomainFacts
 from tests.e2e.conftest import E2E, CliRun
 from tests.e2e.test_daemon import Daemon, daemon_of_its_own, start_daemon, wait_until
 from tests.guest import guest_image
@@ -234,7 +235,8 @@ def test_plan_shows_the_waves_and_a_one_off_pass_rolls_them(
         "image": {"source": str(e2e.base), "sha256": e2e.sha256, "format": "raw"},
         "disk": {"size": "64MiB"}, "shutdownTimeoutSeconds": 1,
     }  # fmt: skip
-    rollout = {"maxUnavailable": 2, "minReadySeconds": 1, "progressDeadlineSeconds": 120}
+    rollout = {"maxUnavailable": 2, "minReadySeconds": 1, "progressDeadlineSeconds": 120,
+               "onFailure": "revert"}  # fmt: skip
 
     def write(memory: str) -> None:
         document = {
@@ -268,3 +270,21 @@ def test_plan_shows_the_waves_and_a_one_off_pass_rolls_them(
     for ordinal in range(3):
         record = e2e.driver.lookup(f"{name}-{ordinal}")
         assert record is not None and record.state.value == "running"
+
+    # undo: each member back on its snapshot before the change, held there; resume: the
+    # change is pending again, in its waves
+    undone = reconcile("rollout", "undo", name, str(tmp_path))
+    assert undone.code == 0, undone.out + undone.err
+    assert f"rollout set/{name} stopped; reverting {name}-0, {name}-1, {name}-2" in undone.out
+    for ordinal in range(3):
+        assert f"{name}-{ordinal}: rollout undone: reverted to snapshot before-restart-" in (
+            undone.out
+        )
+        record = e2e.driver.lookup(f"{name}-{ordinal}")
+        assert isinstance(record, DomainFacts) and record.definition.memory_kib == 64 * 1024
+    held = reconcile("plan", str(tmp_path))
+    assert held.out.count("held: reverted to snapshot") == 3, held.out
+    resumed = reconcile("rollout", "resume", name, str(tmp_path))
+    assert resumed.code == 0 and f"rollout set/{name} resumed" in resumed.out
+    pending = reconcile("plan", str(tmp_path))
+    assert f"Rollout set/{name}: wave 1: {name}-0, {name}-1; wave 2: {name}-2" in pending.out
