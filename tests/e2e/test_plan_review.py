@@ -18,14 +18,14 @@ pytestmark = pytest.mark.both_drivers
 
 Reconcile = Callable[..., CliRun]
 
-INSTANCE_KEYS = {"name", "converged", "disruption", "steps", "refusal", "notes"}
+INSTANCE_KEYS = {"name", "converged", "disruption", "steps", "refusal", "notes", "rollout"}
 STEP_KEYS = {"kind", "description", "disruption", "changes"}
 CHANGE_KEYS = {"field", "before", "after", "drift"}
 
 
 def check_shape(document: dict[str, Any]) -> None:
     """The shape the README documents, key by key."""
-    assert set(document) == {"version", "disruption", "instances", "manifestErrors"}
+    assert set(document) == {"version", "disruption", "instances", "rollouts", "manifestErrors"}
     assert document["version"] == 1
     for instance in document["instances"]:
         assert set(instance) == INSTANCE_KEYS
