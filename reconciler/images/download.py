@@ -18,7 +18,9 @@ checksum mismatch, a redirect to another scheme) raise DownloadRefused at once.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import io
 import ipaddress
 import logging
 import os
@@ -200,20 +202,7 @@ def download(
 
     Returns the number of bytes written. Raises DownloadRefused or DownloadFailed.
     """
-    clock = clock or Clock()
-    state = _State(hashlib.sha256())
-    attempt = 0
-    while True:
-        try:
-            _attempt(url, out, state, limits, progress, transport)
-            break
-        except _Transient as err:
-            attempt += 1
-            if attempt >= limits.attempts:
-                raise DownloadFailed(f"download of {url} failed {attempt} times: {err}") from err
-            delay = min(limits.backoff_cap, limits.backoff_initial * 2 ** (attempt - 1))
-            LOG.info("download of %s: %s; retrying in %.1fs", url, err, delay)
-            clock.sleep(delay)
+    state = download_any(url, out, limits, transport, clock, progress)
     digest = state.hasher.hexdigest()
     if digest != expected_sha256:
         raise DownloadRefused(
@@ -221,6 +210,46 @@ def download(
             f"the server sent {digest} ({state.received} bytes); the file was not kept"
         )
     return state.received
+
+
+def fetch_small(
+    url: str,
+    max_bytes: int,
+    limits: DownloadLimits = DownloadLimits(),
+    transport: Transport = Transport(),
+    clock: Clock | None = None,
+) -> bytes:
+    """The body of `url`, a small file (a checksum file, its signature), at most `max_bytes`,
+    through the same transport, retries and redirects as an image; what vouches for it is
+    checked by the caller (a signature). Raises DownloadRefused or DownloadFailed."""
+    out = io.BytesIO()
+    download_any(url, out, dataclasses.replace(limits, max_bytes=max_bytes), transport, clock)
+    return out.getvalue()
+
+
+def download_any(
+    url: str,
+    out: BinaryIO,
+    limits: DownloadLimits,
+    transport: Transport,
+    clock: Clock | None = None,
+    progress: TransferCallback | None = None,
+) -> _State:
+    """Stream `url` into `out` with retries; what was received (its sha256 computed)."""
+    clock = clock or Clock()
+    state = _State(hashlib.sha256())
+    attempt = 0
+    while True:
+        try:
+            _attempt(url, out, state, limits, progress, transport)
+            return state
+        except _Transient as err:
+            attempt += 1
+            if attempt >= limits.attempts:
+                raise DownloadFailed(f"download of {url} failed {attempt} times: {err}") from err
+            delay = min(limits.backoff_cap, limits.backoff_initial * 2 ** (attempt - 1))
+            LOG.info("download of %s: %s; retrying in %.1fs", url, err, delay)
+            clock.sleep(delay)
 
 
 def probe_size(url: str, transport: Transport = Transport(), timeout: float = 5.0) -> int | None:

@@ -1,0 +1,160 @@
+"""Images by name against a fake distribution tree on a local HTTP server (no internet):
+checksum files in Debian's layout (SHA512SUMS with a detached .sign) and Ubuntu's
+(SHA256SUMS with a detached .gpg), and Fedora's clearsigned CHECKSUM, each signed with a key
+the test makes; a host catalogue entry points at each. A name resolves to the exact URL and
+checksum; a bad signature, a key the entry does not allow, and a checksum file with no line
+for the image are refused with what went wrong; the lock file reads back what was written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.errors import ConfigError
+from reconciler.images.byname import (
+    NameNotResolved,
+    lock_key,
+    read_lock,
+    resolve_name,
+    write_lock,
+)
+from reconciler.images.catalogue import CatalogueEntry, entries_from
+from reconciler.images.download import DownloadLimits
+from reconciler.images.signatures import SignatureError
+from tests.gitrepo import openpgp_signing_key
+from tests.httpserver import Behaviour, ImageServer, image_server
+
+IMAGE = b"QFI\xfb" + b"\0" * 4092  # what the tree serves as the image (never fetched here)
+LIMITS = DownloadLimits(attempts=1)
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
+    directory = tmp_path_factory.mktemp("distribution-key")
+    _options, env, keyring = openpgp_signing_key(directory)
+    listed = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--fingerprint"], env={**os.environ, **env},
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr"))
+    return env, keyring, fingerprint
+
+
+def sign(env: dict[str, str], how: str, data: bytes) -> bytes:
+    return subprocess.run(
+        ["gpg", "--batch", "--yes", how], input=data, env={**os.environ, **env},
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+
+
+@pytest.fixture
+def server() -> Iterator[ImageServer]:
+    with image_server() as running:
+        yield running
+
+
+def entry(server: ImageServer, layout: str, keyring: Path, fingerprint: str) -> CatalogueEntry:
+    layouts: dict[str, dict[str, Any]] = {
+        "debian": {"checksums": "SHA512SUMS", "signature": "SHA512SUMS.sign",
+                   "file": "debian-12-{variant}-{arch}.qcow2", "arch": {"x86_64": "amd64"},
+                   "variants": ["genericcloud"]},
+        "ubuntu": {"checksums": "SHA256SUMS", "signature": "SHA256SUMS.gpg",
+                   "file": "ubuntu-24.04-server-cloudimg-{arch}.img",
+                   "arch": {"x86_64": "amd64"}, "variants": ["server"]},
+        "fedora": {"checksums": "Fedora-Cloud-41-1.4-{arch}-CHECKSUM", "signature": None,
+                   "file": "Fedora-Cloud-Base-Generic-41-1.4.{arch}.qcow2",
+                   "arch": {"x86_64": "x86_64"}, "variants": ["generic"]},
+    }  # fmt: skip
+    item = {**layouts[layout], "url": server.url(f"/{layout}/"), "keyring": str(keyring),
+            "fingerprints": [fingerprint]}  # fmt: skip
+    return entries_from({"images": {f"test-{layout}": item}}, "host")[f"test-{layout}"]
+
+
+def publish(server: ImageServer, env: dict[str, str], layout: str, image: bytes = IMAGE) -> str:
+    """The tree of one layout: the image, its checksum file, the signature; its name."""
+    names = {
+        "debian": "debian-12-genericcloud-amd64.qcow2",
+        "ubuntu": "ubuntu-24.04-server-cloudimg-amd64.img",
+        "fedora": "Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2",
+    }
+    name = names[layout]
+    server.serve(f"/{layout}/{name}", Behaviour(body=image))
+    if layout == "debian":
+        sums = f"{hashlib.sha512(image).hexdigest()}  {name}\n".encode()
+        server.serve("/debian/SHA512SUMS", Behaviour(body=sums))
+        server.serve("/debian/SHA512SUMS.sign", Behaviour(body=sign(env, "--detach-sign", sums)))
+    elif layout == "ubuntu":
+        sums = f"{hashlib.sha256(image).hexdigest()} *{name}\n".encode()
+        server.serve("/ubuntu/SHA256SUMS", Behaviour(body=sums))
+        server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums)))
+    else:
+        sums = f"SHA256 ({name}) = {hashlib.sha256(image).hexdigest()}\n".encode()
+        server.serve(
+            "/fedora/Fedora-Cloud-41-1.4-x86_64-CHECKSUM",
+            Behaviour(body=sign(env, "--clearsign", sums)),
+        )
+    return name
+
+
+@pytest.mark.parametrize("layout", ["debian", "ubuntu", "fedora"])
+def test_a_name_resolves_from_the_signed_checksum_file(
+    server: ImageServer, signer: tuple[dict[str, str], Path, str], layout: str, tmp_path: Path
+) -> None:
+    env, keyring, fingerprint = signer
+    name = publish(server, env, layout)
+    locked = resolve_name(entry(server, layout, keyring, fingerprint), "x86_64", limits=LIMITS)
+    assert locked.url == server.url(f"/{layout}/{name}")
+    algorithm = "sha512" if layout == "debian" else "sha256"
+    assert (locked.algorithm, locked.digest) == (
+        algorithm,
+        hashlib.new(algorithm, IMAGE).hexdigest(),
+    )
+    assert locked.size == len(IMAGE) and locked.signed_by == fingerprint
+    assert locked.published is not None and locked.published.endswith("Z")
+    # the lock file reads back what was written
+    lock = tmp_path / "images.lock.json"
+    write_lock(lock, {locked.key: locked})
+    assert read_lock(lock) == {lock_key(f"test-{layout}", "x86_64", locked.variant): locked}
+
+
+def test_a_bad_signature_a_foreign_key_and_a_missing_line_are_refused(
+    server: ImageServer, signer: tuple[dict[str, str], Path, str], tmp_path: Path
+) -> None:
+    env, keyring, fingerprint = signer
+    publish(server, env, "ubuntu")
+    ubuntu = entry(server, "ubuntu", keyring, fingerprint)
+    # a checksum file changed after it was signed (an attacker's mirror)
+    evil = f"{'e' * 64} *ubuntu-24.04-server-cloudimg-amd64.img\n".encode()
+    server.serve("/ubuntu/SHA256SUMS", Behaviour(body=evil))
+    with pytest.raises(SignatureError, match="BAD signature"):
+        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+    # signed properly, by a key the entry does not allow
+    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", evil)))
+    other = entry(server, "ubuntu", keyring, "C" * 40)
+    with pytest.raises(SignatureError, match="not one the catalogue allows"):
+        resolve_name(other, "x86_64", limits=LIMITS)
+    # a signed file that lists other images only
+    sums = f"{'1' * 64} *something-else.img\n".encode()
+    server.serve("/ubuntu/SHA256SUMS", Behaviour(body=sums))
+    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums)))
+    with pytest.raises(NameNotResolved, match=r"has no line for ubuntu-24\.04-server-cloudimg"):
+        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+    # no signature published at all
+    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(status=404))
+    with pytest.raises(Exception, match="404"):
+        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+
+
+def test_a_damaged_lock_file_is_refused_whole(tmp_path: Path) -> None:
+    lock = tmp_path / "images.lock.json"
+    for text in ("{", '{"version": 9}', '{"version": 1, "images": {"a/b/c": {"url": "x"}}}'):
+        lock.write_text(text)
+        with pytest.raises(ConfigError):
+            read_lock(lock)
+    assert read_lock(tmp_path / "none.json") == {}
