@@ -14,6 +14,8 @@ ReconcilerError
  |    |    +-- UnsafeImageError         a base image failed inspection
  |    |    +-- SourceRefused            a source outside the policy (images.sources)
  |    |    +-- DownloadRefused          a download that can never succeed (images.download)
+ |    |    +-- SignatureError           a checksum file's signature refused (images.signatures)
+ |    |    +-- NameNotResolved          a name its checksum file does not list (images.byname)
  |    +-- ConfigError               a bad command-line setting or environment
  +-- TransientError             a later attempt may succeed
       +-- StepError                 a step failed while acting (qemu-img, file system)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ConfigError, PermanentError
+from reconciler.errors import ConfigError, InstanceError
 from reconciler.fileops import write_atomically
 from reconciler.images.catalogue import CatalogueEntry
 from reconciler.images.checksums import parse_checksums
@@ -31,7 +31,7 @@ MAX_SIGNATURE_BYTES = 64 * 1024
 MAX_LOCK_BYTES = 4 * 1024 * 1024
 
 
-class NameNotResolved(PermanentError):
+class NameNotResolved(InstanceError):
     """A name whose checksum file has no line for its image."""
 
 

@@ -17,13 +17,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import PermanentError
+from reconciler.errors import InstanceError
 
 GPGV_SECONDS = 30
 MAX_SIGNED_BYTES = 16 * 1024 * 1024  # a checksum file is kilobytes; a signature, less
 
 
-class SignatureError(PermanentError):
+class SignatureError(InstanceError):
     """A checksum file whose signature is missing, bad, or made by a key not allowed."""
 
 
