@@ -110,6 +110,7 @@ class RolloutPacer:
         self._group_locks: dict[str, threading.Lock] = {}
         self._waiting: dict[str, set[str]] = {}  # by group: members whose change waits
         self._said: dict[str, str] = {}  # by name: why its change waits, as last said
+        self._started = reconciler.clock.wall()  # readiness is watched from here on
 
     def members(self, group: str) -> list[InstanceSpec]:
         """The instances of `group` as the manifests say now."""
@@ -126,6 +127,7 @@ class RolloutPacer:
             frozenset(m.name for m in members if m.state is DesiredState.RUNNING),
             {m.name: self._ready_since(m.name) for m in members},
             frozenset(m.name for m in members if not self._knows(m.name)),
+            self._started,
         )
 
     # -- the Reconciler's questions ---------------------------------------------------------

@@ -177,6 +177,9 @@ class GroupFacts:
     running: frozenset[str]
     ready_since: Mapping[str, float | None]
     unknown: frozenset[str] = frozenset()
+    # since when readiness has been watched (the daemon's start): a deadline never counts
+    # time nobody was watching (a daemon down for an hour does not fail its rollout)
+    watched_since: float = 0.0
 
 
 class Verdict(enum.StrEnum):
@@ -224,7 +227,7 @@ def settle(record: RolloutRecord, policy: RolloutPolicy, facts: GroupFacts, now:
         ):
             entry.available = now
             changed = True
-        elif now - entry.admitted > policy.progress_deadline_seconds:
+        elif now - max(entry.admitted, facts.watched_since) > policy.progress_deadline_seconds:
             late.append(name)
     if late and record.stopped is None:
         revert = policy.on_failure is OnFailure.REVERT
@@ -314,7 +317,8 @@ def next_look(record: RolloutRecord, policy: RolloutPolicy, facts: GroupFacts, n
     """Seconds until something may change a held member's verdict: an in-flight member's
     deadline or the end of a member's minReadySeconds (a readiness change wakes it too)."""
     moments = [
-        record.members[n].admitted + policy.progress_deadline_seconds for n in record.in_flight()
+        max(record.members[n].admitted, facts.watched_since) + policy.progress_deadline_seconds
+        for n in record.in_flight()
     ]
     for since in facts.ready_since.values():
         if since is not None and now - since < policy.min_ready_seconds:

@@ -197,3 +197,20 @@ def test_a_rollout_command_names_a_group_and_nothing_else() -> None:
     for hostile in ("../../etc", "set/..", "set/a/b", "profile/", "x/web", "Web", "web\n", ""):
         with pytest.raises(ConfigError):
             group_of(hostile)
+
+
+def test_a_deadline_counts_only_the_time_readiness_was_watched() -> None:
+    """A member admitted an hour before the daemon (re)started is not late at once: its
+    deadline counts from when this daemon began to watch."""
+    record = RolloutRecord("set/web")
+    admit(record, "web-0", "new", None, 100.0)
+    restarted = GroupFacts(
+        {n: "new" for n in NAMES},
+        frozenset(NAMES),
+        {"web-0": None, "web-1": 0.0, "web-2": 0.0},
+        watched_since=3700.0,
+    )
+    settle(record, POLICY, restarted, 3710.0)
+    assert record.stopped is None and record.in_flight() == ["web-0"]
+    settle(record, POLICY, restarted, 3761.0)
+    assert record.stopped is not None and record.stopped.failed == ("web-0",)
