@@ -12,6 +12,7 @@ atomically; a pull-mode host only reads it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,16 +126,38 @@ def read_lock(path: Path) -> dict[str, LockedImage]:
     images = data.get("images")
     if not isinstance(images, dict):
         raise ConfigError(f"{path}: a lock file needs images: a mapping")
-    found = {}
-    for key, item in images.items():
-        try:
-            locked = LockedImage(**{k: item[k] for k in _LOCK_FIELDS})
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"{path}: entry {key!r} is incomplete: {err}") from err
-        if locked.key != key or not locked.url.startswith(("https://", "http://")):
-            raise ConfigError(f"{path}: entry {key!r} does not match its own fields")
-        found[key] = locked
-    return found
+    return {str(key): _locked(path, key, item) for key, item in images.items()}
+
+
+def _locked(path: Path, key: object, item: object) -> LockedImage:
+    """One entry of a lock file, every field checked: the file comes from the repository,
+    whose pusher controls every byte of it."""
+    where = f"{path}: entry {key!r}"
+    if not isinstance(item, dict) or set(item) != set(_LOCK_FIELDS):
+        raise ConfigError(f"{where}: expected exactly the fields {', '.join(_LOCK_FIELDS)}")
+    texts = ("name", "arch", "variant", "url", "algorithm", "digest", "format", "signed_by",
+             "checksums_url")  # fmt: skip
+    for field in texts:
+        if not isinstance(item[field], str) or len(item[field]) > 4096:
+            raise ConfigError(f"{where}: {field} must be a string")
+    for field in ("size", "published"):
+        wanted = int if field == "size" else str
+        if item[field] is not None and not isinstance(item[field], wanted):
+            raise ConfigError(f"{where}: {field} must be a {wanted.__name__} or null")
+    locked = LockedImage(**item)
+    digest_length = {"sha256": 64, "sha512": 128}.get(locked.algorithm)
+    problems = [
+        locked.key != key and "its key does not name its name, arch and variant",
+        not locked.url.startswith(("https://", "http://")) and "its url is not http(s)",
+        digest_length is None and "its algorithm is not sha256 or sha512",
+        not re.fullmatch(rf"[0-9a-f]{{{digest_length or 64}}}", locked.digest)
+        and "its digest is not lowercase hex of its algorithm's length",
+        locked.format not in ("qcow2", "raw") and "its format is not qcow2 or raw",
+    ]
+    wrong = [problem for problem in problems if problem]
+    if wrong:
+        raise ConfigError(f"{where}: {'; '.join(wrong)}")
+    return locked
 
 
 _LOCK_FIELDS = tuple(LockedImage.__dataclass_fields__)

@@ -8,6 +8,7 @@ for the image are refused with what went wrong; the lock file reads back what wa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from reconciler.images.byname import (
 from reconciler.images.catalogue import CatalogueEntry, entries_from
 from reconciler.images.download import DownloadLimits
 from reconciler.images.signatures import SignatureError
-from tests.gitrepo import openpgp_signing_key
+from tests.gitrepo import openpgp_key_with_fingerprint
 from tests.httpserver import Behaviour, ImageServer, image_server
 
 IMAGE = b"QFI\xfb" + b"\0" * 4092  # what the tree serves as the image (never fetched here)
@@ -37,13 +38,7 @@ LIMITS = DownloadLimits(attempts=1)
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, str]:
     directory = tmp_path_factory.mktemp("distribution-key")
-    _options, env, keyring = openpgp_signing_key(directory)
-    listed = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--fingerprint"], env={**os.environ, **env},
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr"))
-    return env, keyring, fingerprint
+    return openpgp_key_with_fingerprint(directory)
 
 
 def sign(env: dict[str, str], how: str, data: bytes) -> bytes:
@@ -158,3 +153,35 @@ def test_a_damaged_lock_file_is_refused_whole(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             read_lock(lock)
     assert read_lock(tmp_path / "none.json") == {}
+
+
+def test_a_pushers_lock_file_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
+    """The lock file lives in the repository: every byte is the pusher's. Wrong types, a
+    key that names another image, a file:// URL, a digest that is not one: a ConfigError
+    saying which, never a traceback and never a half-read lock."""
+    good = {
+        "name": "debian-12", "arch": "x86_64", "variant": "genericcloud",
+        "url": "https://example.invalid/d.qcow2", "algorithm": "sha256", "digest": "a" * 64,
+        "format": "qcow2", "size": 1, "published": None, "signed_by": "A" * 40,
+        "checksums_url": "https://example.invalid/SHA256SUMS",
+    }  # fmt: skip
+    lock = tmp_path / "images.lock.json"
+    key = "debian-12/x86_64/genericcloud"
+    lock.write_text(json.dumps({"version": 1, "images": {key: good}}))
+    assert read_lock(lock)[key].digest == "a" * 64
+    for change, said in (
+        ({"url": 7}, "url must be a string"),
+        ({"size": "big"}, "size must be a int"),
+        ({"url": "file:///etc/shadow"}, r"not http\(s\)"),
+        ({"name": "ubuntu-24.04"}, "does not name its name"),
+        ({"digest": "../../x"}, "not lowercase hex"),
+        ({"algorithm": "md5"}, "not sha256 or sha512"),
+        ({"format": "vmdk"}, "not qcow2 or raw"),
+        ({"extra": 1}, "exactly the fields"),
+    ):
+        lock.write_text(json.dumps({"version": 1, "images": {key: {**good, **change}}}))
+        with pytest.raises(ConfigError, match=said):
+            read_lock(lock)
+    lock.write_text(json.dumps({"version": 1, "images": {key: [1, 2]}}))
+    with pytest.raises(ConfigError, match="exactly the fields"):
+        read_lock(lock)
