@@ -194,9 +194,9 @@ class Prober:
             watched = self._watched.get(name)
             if watched is None:
                 return False
-            if watched.machine is None:
-                return True
-            return watched.condition(ConditionType.READY).reason != "NotYetChecked"
+            tracker = watched.trackers.get(ConditionType.READY)
+            # no probe: running is ready; a probe: known once it has been checked
+            return watched.machine is None or tracker is None or tracker.checks > 0
 
     def liveness_failure(self, name: str) -> str | None:
         """Why `name`'s liveness probe fails past its threshold (None: it does not)."""
