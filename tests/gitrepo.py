@@ -101,3 +101,15 @@ def openpgp_signing_key(directory: Path) -> tuple[list[str], dict[str, str], Pat
     options = ["-c", "gpg.format=openpgp", "-c", "commit.gpgsign=true",
                "-c", f"user.signingkey={IDENTITY['GIT_COMMITTER_EMAIL']}"]  # fmt: skip
     return options, env, keyring
+
+
+def openpgp_key_with_fingerprint(directory: Path) -> tuple[dict[str, str], Path, str]:
+    """openpgp_signing_key's environment and public keyring, and the key's fingerprint (for
+    signing files with gpg rather than commits)."""
+    _options, env, keyring = openpgp_signing_key(directory)
+    listed = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--fingerprint"], env={**os.environ, **env},
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr"))
+    return env, keyring, fingerprint

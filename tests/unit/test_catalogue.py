@@ -15,7 +15,7 @@ from reconciler.errors import ConfigError
 from reconciler.images.catalogue import entries_from, merged, shipped_catalogue
 from reconciler.images.checksums import Checksum, parse_checksums
 from reconciler.images.signatures import SignatureError, verify
-from tests.gitrepo import openpgp_signing_key
+from tests.gitrepo import openpgp_key_with_fingerprint
 
 DIGEST = "a" * 64
 
@@ -87,13 +87,7 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Pa
     """A key of the test's own: gpg's environment that signs with it, its public keyring,
     and its fingerprint."""
     directory = tmp_path_factory.mktemp("signer")
-    _options, env, keyring = openpgp_signing_key(directory)
-    listed = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--fingerprint"], env={**os.environ, **env},
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr"))
-    return env, keyring, fingerprint
+    return openpgp_key_with_fingerprint(directory)
 
 
 def _gpg(env: dict[str, str], *args: str, data: bytes) -> bytes:
