@@ -1,171 +1,201 @@
-"""Images by name, resolved: the catalogue entry's checksum file fetched, its signature
-checked (images.signatures), the image's line picked out of the signed text; the result is
-what a lock file records (exact URL, checksum, size, the date of the checksum file's
-signature), so that every host and every pass uses those bytes with no lookup until the lock
-is updated. Nothing is fetched into the image cache here: the image itself goes through the
-cache (inspection, quarantine and all) like any image with a checksum.
+"""Images by name, resolved: the catalogue entry's checksum file (or Ubuntu's simplestreams
+product file) fetched, its signature checked (images.signatures), the image picked out of the
+signed text; the result is what the lock file records (model.imagelock), so that every host
+and every pass uses those bytes with no lookup until the lock is updated.
 
-The lock file (`images.lock.json`, next to the manifests) is JSON, versioned, written
-atomically; a pull-mode host only reads it.
+The image itself goes through the cache (inspection, quarantine and all) like any image with
+a checksum. Where the distribution signs only sha512 (Debian), locking fetches the image into
+the cache, checked against that sha512, to learn the sha256 that every host then verifies:
+the lock never holds a sha256 that did not come from bytes the signature vouched for.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from reconciler.errors import ConfigError, InstanceError
-from reconciler.fileops import write_atomically
+from reconciler.fileops import InputFileRefused, read_input_file, write_atomically
+from reconciler.images.cache import ImageCache
 from reconciler.images.catalogue import CatalogueEntry
 from reconciler.images.checksums import parse_checksums
 from reconciler.images.download import DownloadLimits, Transport, fetch_small, probe_size
 from reconciler.images.signatures import verify
+from reconciler.images.streams import StreamError, newest_item
+from reconciler.model.desired import ImageFormat
+from reconciler.model.imagelock import (
+    LOCK_FILE,
+    MAX_LOCK_BYTES,
+    ImageName,
+    LockedImage,
+    lock_text,
+    parse_lock,
+)
 
-LOCK_FILE = "images.lock.json"
-LOCK_VERSION = 1
 MAX_CHECKSUM_FILE_BYTES = 4 * 1024 * 1024
+MAX_PRODUCT_FILE_BYTES = 64 * 1024 * 1024  # Ubuntu's released:download.sjson is ~20 MB
 MAX_SIGNATURE_BYTES = 64 * 1024
-MAX_LOCK_BYTES = 4 * 1024 * 1024
 
 
 class NameNotResolved(InstanceError):
-    """A name whose checksum file has no line for its image."""
+    """A name the catalogue does not have, or whose signed checksum file has no image for
+    it."""
 
 
 @dataclass(frozen=True, slots=True)
-class LockedImage:
-    """One name as a lock file records it."""
+class Published:
+    """What the distribution's signed checksum file says of one image."""
 
     name: str
     arch: str
     variant: str
     url: str
-    algorithm: str  # the checksum the distribution publishes: sha256 or sha512
+    algorithm: str
     digest: str
     format: str
-    size: int | None  # as the server announced it when locked (None: it did not say)
-    published: str | None  # when the checksum file was signed (UTC, ISO 8601)
-    signed_by: str  # the fingerprint of the key that signed it
+    size: int | None
+    published: str | None
+    signed_by: str
     checksums_url: str
 
-    @property
-    def key(self) -> str:
-        return lock_key(self.name, self.arch, self.variant)
+    def locked(self, sha256: str) -> LockedImage:
+        return LockedImage(
+            self.name, self.arch, self.variant, self.url, self.algorithm, self.digest, sha256,
+            self.format, self.size, self.published, self.signed_by, self.checksums_url,
+        )  # fmt: skip
 
-    @property
-    def sha256(self) -> str | None:
-        return self.digest if self.algorithm == "sha256" else None
+    def same_image(self, locked: LockedImage) -> bool:
+        """Whether the lock already holds this image (same URL and signed checksum)."""
+        return (self.url, self.algorithm, self.digest) == (
+            locked.url,
+            locked.algorithm,
+            locked.digest,
+        )
 
 
-def lock_key(name: str, arch: str, variant: str) -> str:
-    return f"{name}/{arch}/{variant}"
+def entry_for(name: ImageName, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
+    entry = catalogue.get(name.name)
+    if entry is None:
+        raise NameNotResolved(
+            f"image {name.name!r} is not in the catalogue (names: {', '.join(sorted(catalogue))})"
+        )
+    return entry
 
 
-def resolve_name(
+def find_published(
     entry: CatalogueEntry,
     arch: str | None = None,
     variant: str | None = None,
     transport: Transport | None = None,
     limits: DownloadLimits | None = None,
-) -> LockedImage:
-    """Resolve `entry` for `arch` and `variant` from the distribution's signed checksum file:
-    SignatureError (bad or missing signature, key not allowed), NameNotResolved (no line
-    for the image), DownloadRefused/DownloadFailed (the files cannot be fetched)."""
+) -> Published:
+    """What the distribution publishes now for `entry`, `arch` and `variant`, from its signed
+    checksum file: SignatureError (bad or missing signature, key not allowed), NameNotResolved
+    (no image for it), DownloadRefused/DownloadFailed (the files cannot be fetched)."""
     transport = transport or Transport()
     limits = limits or DownloadLimits()
     where = entry.image(arch, variant)
-    sums = fetch_small(where.checksums_url, MAX_CHECKSUM_FILE_BYTES, limits, transport)
+    biggest = MAX_PRODUCT_FILE_BYTES if entry.kind == "simplestreams" else MAX_CHECKSUM_FILE_BYTES
+    sums = fetch_small(where.checksums_url, biggest, limits, transport)
     signature = (
         None
         if where.signature_url is None
         else fetch_small(where.signature_url, MAX_SIGNATURE_BYTES, limits, transport)
     )
     verified = verify(sums, signature, entry.keyring, entry.fingerprints, where.checksums_url)
-    table = parse_checksums(verified.text.decode("utf-8", "replace"))
-    checksum = table.get(where.file)
-    if checksum is None:
-        raise NameNotResolved(
-            f"image {entry.name!r}: the signed checksum file {where.checksums_url} has no "
-            f"line for {where.file}"
-        )
-    return LockedImage(
+    text = verified.text.decode("utf-8", "replace")
+    published = None if verified.created is None else _iso(verified.created)
+    if where.product is not None:
+        try:
+            item = newest_item(text, where.product, where.file)
+        except StreamError as err:
+            raise NameNotResolved(
+                f"image {entry.name!r}: the signed product file {where.checksums_url}: {err}"
+            ) from err
+        url, algorithm, digest, size = where.directory + item.path, "sha256", item.sha256, item.size
+    else:
+        checksum = parse_checksums(text).get(where.file)
+        if checksum is None:
+            raise NameNotResolved(
+                f"image {entry.name!r}: the signed checksum file {where.checksums_url} has no "
+                f"line for {where.file}"
+            )
+        url, algorithm, digest = where.url, checksum.algorithm, checksum.digest
+        size = probe_size(url, transport)
+    return Published(
         name=entry.name,
         arch=where.arch,
         variant=where.variant,
-        url=where.url,
-        algorithm=checksum.algorithm,
-        digest=checksum.digest,
+        url=url,
+        algorithm=algorithm,
+        digest=digest,
         format=entry.format,
-        size=probe_size(where.url, transport),
-        published=None if verified.created is None else _iso(verified.created),
+        size=size,
+        published=published,
         signed_by=verified.fingerprint,
         checksums_url=where.checksums_url,
     )
+
+
+def lock_published(published: Published, cache: ImageCache) -> LockedImage:
+    """The lock entry of what a distribution publishes: its sha256 is the signed one, or,
+    for a distribution that signs sha512, that of the image fetched into the cache and
+    checked against it."""
+    if published.algorithm == "sha256":
+        return published.locked(published.digest)
+    sha256, _use = cache.fetch_published(
+        published.url, published.algorithm, published.digest, ImageFormat(published.format)
+    )
+    return published.locked(sha256)
+
+
+def resolve(
+    names: Iterable[ImageName],
+    catalogue: dict[str, CatalogueEntry],
+    cache: ImageCache,
+    transport: Transport | None = None,
+    limits: DownloadLimits | None = None,
+) -> tuple[dict[str, LockedImage], dict[ImageName, InstanceError]]:
+    """Each name's lock entry by its key, and the error of each that could not be resolved
+    (its instances stay unlocked: nothing else is held back by them)."""
+    found: dict[str, LockedImage] = {}
+    failed: dict[ImageName, InstanceError] = {}
+    for name in sorted(set(names), key=lambda n: n.key):
+        try:
+            entry = entry_for(name, catalogue)
+            published = find_published(entry, name.arch, name.variant, transport, limits)
+            found[name.key] = lock_published(published, cache)
+        except (InstanceError, ConfigError) as err:
+            failed[name] = err if isinstance(err, InstanceError) else InstanceError(str(err))
+    return found, failed
 
 
 def _iso(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
+def lock_path(directory: Path) -> Path:
+    """The lock file of a manifest directory (or of the directory of a manifest file)."""
+    return (directory if directory.is_dir() else directory.parent) / LOCK_FILE
+
+
 def read_lock(path: Path) -> dict[str, LockedImage]:
     """The lock file's entries by key (empty when there is none); ConfigError for a file
-    that is there but cannot be used (a lock is never half read)."""
-    try:
-        with open(path, "rb") as stream:
-            data = json.loads(stream.read(MAX_LOCK_BYTES))
-    except FileNotFoundError:
+    that is there but cannot be used (a lock is never half read), or that leads out of its
+    directory (a symlink the pusher made)."""
+    confine = Path(path.parent).resolve()
+    if not path.exists() and not path.is_symlink():
         return {}
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: not a lock file: {err}") from err
-    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
-        raise ConfigError(f"{path}: not a lock file of version {LOCK_VERSION}")
-    images = data.get("images")
-    if not isinstance(images, dict):
-        raise ConfigError(f"{path}: a lock file needs images: a mapping")
-    return {str(key): _locked(path, key, item) for key, item in images.items()}
-
-
-def _locked(path: Path, key: object, item: object) -> LockedImage:
-    """One entry of a lock file, every field checked: the file comes from the repository,
-    whose pusher controls every byte of it."""
-    where = f"{path}: entry {key!r}"
-    if not isinstance(item, dict) or set(item) != set(_LOCK_FIELDS):
-        raise ConfigError(f"{where}: expected exactly the fields {', '.join(_LOCK_FIELDS)}")
-    texts = ("name", "arch", "variant", "url", "algorithm", "digest", "format", "signed_by",
-             "checksums_url")  # fmt: skip
-    for field in texts:
-        if not isinstance(item[field], str) or len(item[field]) > 4096:
-            raise ConfigError(f"{where}: {field} must be a string")
-    for field in ("size", "published"):
-        wanted = int if field == "size" else str
-        if item[field] is not None and not isinstance(item[field], wanted):
-            raise ConfigError(f"{where}: {field} must be a {wanted.__name__} or null")
-    locked = LockedImage(**item)
-    digest_length = {"sha256": 64, "sha512": 128}.get(locked.algorithm)
-    problems = [
-        locked.key != key and "its key does not name its name, arch and variant",
-        not locked.url.startswith(("https://", "http://")) and "its url is not http(s)",
-        digest_length is None and "its algorithm is not sha256 or sha512",
-        not re.fullmatch(rf"[0-9a-f]{{{digest_length or 64}}}", locked.digest)
-        and "its digest is not lowercase hex of its algorithm's length",
-        locked.format not in ("qcow2", "raw") and "its format is not qcow2 or raw",
-    ]
-    wrong = [problem for problem in problems if problem]
-    if wrong:
-        raise ConfigError(f"{where}: {'; '.join(wrong)}")
-    return locked
-
-
-_LOCK_FIELDS = tuple(LockedImage.__dataclass_fields__)
+    try:
+        raw = read_input_file(path, confine, MAX_LOCK_BYTES)
+    except InputFileRefused as err:
+        raise ConfigError(str(err)) from err
+    return parse_lock(raw, str(path))
 
 
 def write_lock(path: Path, entries: dict[str, LockedImage]) -> None:
-    data: dict[str, Any] = {
-        "version": LOCK_VERSION,
-        "images": {key: asdict(entries[key]) for key in sorted(entries)},
-    }
-    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+    """Write the lock file atomically (readable by all: it belongs in the repository); the
+    rename replaces a symlink there, never writing through it."""
+    write_atomically(path, lock_text(entries), mode=0o644)

@@ -29,7 +29,13 @@ from pathlib import Path
 from reconciler.clock import Clock
 from reconciler.errors import InstanceError, StepError, UnsafeImageError
 from reconciler.fileops import publish, remove_leftovers, temporary_path
-from reconciler.images.download import DownloadLimits, DownloadRefused, Transport, download
+from reconciler.images.download import (
+    DownloadLimits,
+    DownloadRefused,
+    Transport,
+    download,
+    download_published,
+)
 from reconciler.images.inspect import check_with_qemu_img, inspect_base_image
 from reconciler.images.progress import TransferReporter
 from reconciler.images.qemuimg import QemuImg
@@ -43,7 +49,7 @@ from reconciler.images.records import (
     hash_file,
 )
 from reconciler.images.sources import SourcePolicy, check_url
-from reconciler.model.desired import ImageSource
+from reconciler.model.desired import ImageFormat, ImageSource
 from reconciler.statedir import StateDir
 
 LOG = logging.getLogger(__name__)
@@ -100,9 +106,10 @@ class ImageCache:
     def is_cached(self, image: ImageSource) -> bool:
         return self.path_for(image).is_file()
 
-    def ensure(self, image: ImageSource) -> CacheUse:
-        """The cached file for `image`, verified before use: fetched if missing, and
-        quarantined then fetched again if it is no longer what was verified."""
+    def ensure(self, image: ImageSource, fetched: Path | None = None) -> CacheUse:
+        """The cached file for `image`, verified before use: fetched if missing (`fetched`:
+        already downloaded and checked, it is used and removed instead), and quarantined then
+        fetched again if it is no longer what was verified."""
         target = self.path_for(image)
         with self.entry_lock(target):
             note = None
@@ -110,6 +117,8 @@ class ImageCache:
                 problem = self._check_entry(target, image)
                 if problem is None:
                     self.records.stamp_used(target)
+                    if fetched is not None:
+                        fetched.unlink(missing_ok=True)
                     return CacheUse(target)
                 moved = self._quarantine(target)
                 note = (
@@ -117,15 +126,42 @@ class ImageCache:
                     "from its source"
                 )
                 LOG.info("%s", note)  # the step reports it to the user
-            self._fetch_entry(image, target)
+            self._fetch_entry(image, target, fetched)
             return CacheUse(target, fetched=True, note=note)
 
-    def _fetch_entry(self, image: ImageSource, target: Path) -> None:
+    def fetch_published(
+        self, url: str, algorithm: str, digest: str, image_format: ImageFormat
+    ) -> tuple[str, CacheUse]:
+        """Fetch the image at `url` that a distribution vouches for with an `algorithm`
+        checksum (Debian signs only sha512) into the cache, through the same inspection as
+        every entry; its sha256 (the entry's key) and the entry. Raises DownloadRefused
+        (recorded, like any refused source) or DownloadFailed."""
+        check_url(url)
+        staging = self._state.images / f"published-{algorithm}-{digest[:32]}"
+        with self.entry_lock(staging):
+            remove_leftovers(staging)
+            temporary = temporary_path(staging)
+            try:
+                with temporary.open("xb") as out:
+                    sha256 = download_published(
+                        url, out, algorithm, digest, self._limits, self._transport, self._clock
+                    )
+                    out.flush()
+                    os.fsync(out.fileno())
+                image = ImageSource(url, sha256, image_format)
+                return sha256, self.ensure(image, temporary)
+            finally:
+                temporary.unlink(missing_ok=True)
+
+    def _fetch_entry(self, image: ImageSource, target: Path, fetched: Path | None = None) -> None:
         """Fetch, inspect and publish a missing entry; record what was verified."""
         remove_leftovers(target)
         temporary = temporary_path(target)
         try:
-            self._fetch(image, temporary)
+            if fetched is None:
+                self._fetch(image, temporary)
+            else:
+                os.replace(fetched, temporary)
             inspect_base_image(temporary, image.format)
             check_with_qemu_img(temporary, image.format, self._qemu_img)
             digest = image.sha256

@@ -10,7 +10,6 @@ Pure: entries are read from JSON and turned into the URLs of one image for one h
 from __future__ import annotations
 
 import json
-import platform
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError
+from reconciler.model.imagelock import NAME, host_architecture
 
 CATALOGUE_VERSION = 1
-NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
-_FIELDS = {"description", "url", "checksums", "signature", "file", "format", "arch",
-           "variants", "keyring", "fingerprints", "source"}  # fmt: skip
+KINDS = ("checksums", "simplestreams")
+_FIELDS = {"description", "kind", "url", "checksums", "signature", "file", "product",
+           "format", "arch", "variants", "keyring", "fingerprints", "source"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +31,13 @@ class CatalogueEntry:
 
     name: str
     description: str
-    url: str  # the directory of the image and its checksum file ({arch} put in)
-    checksums: str  # the checksum file's name in it
+    kind: str  # checksums (a checksum file beside the image) or simplestreams (Ubuntu's)
+    url: str  # the directory of the image and its checksum file ({arch} put in), or the
+    # mirror's root (simplestreams)
+    checksums: str  # the checksum file's name in it (simplestreams: the product file's path)
     signature: str | None  # its detached signature's name (None: the file is clearsigned)
-    file: str  # the image's name ({arch}, {variant} put in)
+    file: str  # the image's name ({arch}, {variant} put in; simplestreams: the item's)
+    product: str | None  # simplestreams: the product's name ({arch}, {variant} put in)
     format: str  # qcow2 or raw
     arch: tuple[tuple[str, str], ...]  # the host's machine -> the distribution's name
     variants: tuple[str, ...]  # the first is the default
@@ -68,31 +71,33 @@ class CatalogueEntry:
             self.name,
             machine,
             chosen,
-            directory + self.file.format(**values),
+            directory,
             directory + self.checksums.format(**values),
             None if self.signature is None else directory + self.signature.format(**values),
             self.file.format(**values),
+            None if self.product is None else self.product.format(**values),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ImageLocation:
-    """One image of the catalogue for one architecture and variant: its URL, its checksum
-    file's, and the signature's (None: clearsigned)."""
+    """One image of the catalogue for one architecture and variant: the directory it is
+    published in, its checksum file's URL, and the signature's (None: clearsigned)."""
 
     name: str
     arch: str
     variant: str
-    url: str
+    directory: str  # the image's directory (simplestreams: the mirror's root)
     checksums_url: str
     signature_url: str | None
-    file: str  # its name in the checksum file
+    file: str  # its name in the checksum file (simplestreams: the item's name)
+    product: str | None  # simplestreams: the product
 
-
-def host_architecture() -> str:
-    """The host's machine name as the catalogue keys it (x86_64, aarch64)."""
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    @property
+    def url(self) -> str:
+        """The image's URL (checksum files: beside the file; simplestreams: the product
+        file gives its path)."""
+        return self.directory + self.file
 
 
 def shipped_catalogue() -> dict[str, CatalogueEntry]:
@@ -136,6 +141,12 @@ def _entry(name: object, item: object, origin: str) -> CatalogueEntry:
             raise ConfigError(f"{where}: {key} must be a non-empty string")
         return value
 
+    kind = text("kind", "checksums")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind is one of {', '.join(KINDS)}")
+    product = item.get("product")
+    if (kind == "simplestreams") != isinstance(product, str) or product == "":
+        raise ConfigError(f"{where}: product names the simplestreams product (and only there)")
     url = text("url")
     if not url.startswith(("https://", "http://")):
         raise ConfigError(f"{where}: url must be http(s)")
@@ -162,10 +173,12 @@ def _entry(name: object, item: object, origin: str) -> CatalogueEntry:
     return CatalogueEntry(
         name=name,
         description=text("description", name),
+        kind=kind,
         url=url,
         checksums=text("checksums"),
         signature=signature,
         file=text("file"),
+        product=product,
         format=text("format", "qcow2"),
         arch=tuple(sorted(arch.items())),
         variants=tuple(str(v) for v in variants) if isinstance(variants, list) else ("default",),

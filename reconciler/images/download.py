@@ -187,6 +187,12 @@ class _State:
     hasher: hashlib._Hash
     received: int = 0
     total: int | None = None
+    also: hashlib._Hash | None = None  # a second checksum (the sha512 a distribution signs)
+
+    def restart(self) -> None:
+        self.hasher, self.received = hashlib.sha256(), 0
+        if self.also is not None:
+            self.also = hashlib.new(self.also.name)
 
 
 def download(
@@ -212,6 +218,29 @@ def download(
     return state.received
 
 
+def download_published(
+    url: str,
+    out: BinaryIO,
+    algorithm: str,
+    expected: str,
+    limits: DownloadLimits = DownloadLimits(),
+    transport: Transport = Transport(),
+    clock: Clock | None = None,
+) -> str:
+    """Stream `url` into `out` and verify it against the `algorithm` checksum a distribution
+    signed (sha256 or sha512); returns its sha256. Raises DownloadRefused or DownloadFailed."""
+    state = download_any(url, out, limits, transport, clock, also=algorithm)
+    assert state.also is not None
+    digest = state.also.hexdigest()
+    if digest != expected:
+        raise DownloadRefused(
+            f"checksum mismatch for {url}: the signed checksum file says {algorithm} "
+            f"{expected}, the server sent {digest} ({state.received} bytes); the file was "
+            "not kept"
+        )
+    return state.hasher.hexdigest()
+
+
 def fetch_small(
     url: str,
     max_bytes: int,
@@ -234,10 +263,12 @@ def download_any(
     transport: Transport,
     clock: Clock | None = None,
     progress: TransferCallback | None = None,
+    also: str | None = None,
 ) -> _State:
-    """Stream `url` into `out` with retries; what was received (its sha256 computed)."""
+    """Stream `url` into `out` with retries; what was received (its sha256 computed, and its
+    `also` checksum)."""
     clock = clock or Clock()
-    state = _State(hashlib.sha256())
+    state = _State(hashlib.sha256(), also=None if also is None else hashlib.new(also))
     attempt = 0
     while True:
         try:
@@ -284,7 +315,7 @@ def _attempt(
                 LOG.info("download of %s: server ignored Range; restarting", url)
             out.seek(0)
             out.truncate()
-            state.hasher, state.received = hashlib.sha256(), 0
+            state.restart()
         else:
             raise DownloadRefused(f"unexpected HTTP status {response.status} for {url}")
         length = response.getheader("Content-Length")
@@ -323,6 +354,8 @@ def _copy_body(
         if state.received > limits.max_bytes:
             raise DownloadRefused(f"download exceeds the size cap of {limits.max_bytes} bytes")
         state.hasher.update(chunk)
+        if state.also is not None:
+            state.also.update(chunk)
         out.write(chunk)
         if progress is not None:
             progress(state.received, state.total)

@@ -1,6 +1,7 @@
 """Images by name against a fake distribution tree on a local HTTP server (no internet):
-checksum files in Debian's layout (SHA512SUMS with a detached .sign) and Ubuntu's
-(SHA256SUMS with a detached .gpg), and Fedora's clearsigned CHECKSUM, each signed with a key
+checksum files in Debian's layout (SHA512SUMS with a detached .sign), Ubuntu's (its
+clearsigned simplestreams product file, and SHA256SUMS with a detached .gpg), and Fedora's
+clearsigned CHECKSUM, each signed with a key
 the test makes; a host catalogue entry points at each. A name resolves to the exact URL and
 checksum; a bad signature, a key the entry does not allow, and a checksum file with no line
 for the image are refused with what went wrong; the lock file reads back what was written."""
@@ -18,16 +19,11 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ConfigError
-from reconciler.images.byname import (
-    NameNotResolved,
-    lock_key,
-    read_lock,
-    resolve_name,
-    write_lock,
-)
+from reconciler.images.byname import NameNotResolved, find_published, read_lock, write_lock
 from reconciler.images.catalogue import CatalogueEntry, entries_from
 from reconciler.images.download import DownloadLimits
 from reconciler.images.signatures import SignatureError
+from reconciler.model.imagelock import lock_key
 from tests.gitrepo import openpgp_key_with_fingerprint
 from tests.httpserver import Behaviour, ImageServer, image_server
 
@@ -59,7 +55,11 @@ def entry(server: ImageServer, layout: str, keyring: Path, fingerprint: str) -> 
         "debian": {"checksums": "SHA512SUMS", "signature": "SHA512SUMS.sign",
                    "file": "debian-12-{variant}-{arch}.qcow2", "arch": {"x86_64": "amd64"},
                    "variants": ["genericcloud"]},
-        "ubuntu": {"checksums": "SHA256SUMS", "signature": "SHA256SUMS.gpg",
+        "ubuntu": {"kind": "simplestreams", "signature": None,
+                   "checksums": "streams/v1/com.ubuntu.cloud:released:download.sjson",
+                   "product": "com.ubuntu.cloud:server:24.04:{arch}", "file": "disk1.img",
+                   "arch": {"x86_64": "amd64"}, "variants": ["server"]},
+        "ubuntu-sums": {"checksums": "SHA256SUMS", "signature": "SHA256SUMS.gpg",
                    "file": "ubuntu-24.04-server-cloudimg-{arch}.img",
                    "arch": {"x86_64": "amd64"}, "variants": ["server"]},
         "fedora": {"checksums": "Fedora-Cloud-41-1.4-{arch}-CHECKSUM", "signature": None,
@@ -75,7 +75,8 @@ def publish(server: ImageServer, env: dict[str, str], layout: str, image: bytes 
     """The tree of one layout: the image, its checksum file, the signature; its name."""
     names = {
         "debian": "debian-12-genericcloud-amd64.qcow2",
-        "ubuntu": "ubuntu-24.04-server-cloudimg-amd64.img",
+        "ubuntu": "server/releases/noble/release-20241004/ubuntu-24.04-server-cloudimg-amd64.img",
+        "ubuntu-sums": "ubuntu-24.04-server-cloudimg-amd64.img",
         "fedora": "Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2",
     }
     name = names[layout]
@@ -85,9 +86,16 @@ def publish(server: ImageServer, env: dict[str, str], layout: str, image: bytes 
         server.serve("/debian/SHA512SUMS", Behaviour(body=sums))
         server.serve("/debian/SHA512SUMS.sign", Behaviour(body=sign(env, "--detach-sign", sums)))
     elif layout == "ubuntu":
+        server.serve(
+            "/ubuntu/streams/v1/com.ubuntu.cloud:released:download.sjson",
+            Behaviour(body=sign(env, "--clearsign", product_file({"20241004": (name, image)}))),
+        )
+    elif layout == "ubuntu-sums":
         sums = f"{hashlib.sha256(image).hexdigest()} *{name}\n".encode()
-        server.serve("/ubuntu/SHA256SUMS", Behaviour(body=sums))
-        server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums)))
+        server.serve("/ubuntu-sums/SHA256SUMS", Behaviour(body=sums))
+        server.serve(
+            "/ubuntu-sums/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums))
+        )
     else:
         sums = f"SHA256 ({name}) = {hashlib.sha256(image).hexdigest()}\n".encode()
         server.serve(
@@ -97,53 +105,100 @@ def publish(server: ImageServer, env: dict[str, str], layout: str, image: bytes 
     return name
 
 
-@pytest.mark.parametrize("layout", ["debian", "ubuntu", "fedora"])
+def product_file(versions: dict[str, tuple[str, bytes]]) -> bytes:
+    """Ubuntu's simplestreams product file with one product: each version's disk1.img."""
+    items = {
+        version: {"label": "release", "items": {
+            "disk1.img": {"ftype": "disk1.img", "path": path, "size": len(image),
+                          "sha256": hashlib.sha256(image).hexdigest(),
+                          "md5": hashlib.md5(image).hexdigest()},
+            "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": path + ".lxd", "size": 1,
+                           "sha256": "0" * 64},
+        }}
+        for version, (path, image) in versions.items()
+    }  # fmt: skip
+    document = {
+        "content_id": "com.ubuntu.cloud:released:download",
+        "format": "products:1.0",
+        "products": {
+            "com.ubuntu.cloud:server:24.04:amd64": {"arch": "amd64", "versions": items},
+            "com.ubuntu.cloud:server:22.04:amd64": {"arch": "amd64", "versions": {}},
+        },
+    }
+    return json.dumps(document, indent=1).encode()
+
+
+@pytest.mark.parametrize("layout", ["debian", "ubuntu", "ubuntu-sums", "fedora"])
 def test_a_name_resolves_from_the_signed_checksum_file(
     server: ImageServer, signer: tuple[dict[str, str], Path, str], layout: str, tmp_path: Path
 ) -> None:
     env, keyring, fingerprint = signer
     name = publish(server, env, layout)
-    locked = resolve_name(entry(server, layout, keyring, fingerprint), "x86_64", limits=LIMITS)
-    assert locked.url == server.url(f"/{layout}/{name}")
+    found = find_published(entry(server, layout, keyring, fingerprint), "x86_64", limits=LIMITS)
+    assert found.url == server.url(f"/{layout}/{name}")
     algorithm = "sha512" if layout == "debian" else "sha256"
-    assert (locked.algorithm, locked.digest) == (
-        algorithm,
-        hashlib.new(algorithm, IMAGE).hexdigest(),
-    )
-    assert locked.size == len(IMAGE) and locked.signed_by == fingerprint
-    assert locked.published is not None and locked.published.endswith("Z")
+    assert (found.algorithm, found.digest) == (algorithm, hashlib.new(algorithm, IMAGE).hexdigest())
+    assert found.size == len(IMAGE) and found.signed_by == fingerprint
+    assert found.published is not None and found.published.endswith("Z")
     # the lock file reads back what was written
+    locked = found.locked(hashlib.sha256(IMAGE).hexdigest())
     lock = tmp_path / "images.lock.json"
-    write_lock(lock, {locked.key: locked})
-    assert read_lock(lock) == {lock_key(f"test-{layout}", "x86_64", locked.variant): locked}
+    write_lock(lock, {lock_key(locked.name, locked.arch): locked})
+    assert read_lock(lock) == {lock_key(f"test-{layout}", "x86_64"): locked}
+
+
+def test_the_newest_version_of_a_simplestreams_product_is_taken(
+    server: ImageServer, signer: tuple[dict[str, str], Path, str]
+) -> None:
+    env, keyring, fingerprint = signer
+    versions = {
+        "20240901": ("server/old.img", b"old"),
+        "20241004.1": ("server/newest.img", b"newest"),
+        "20241004": ("server/new.img", b"new"),
+    }
+    server.serve(
+        "/ubuntu/streams/v1/com.ubuntu.cloud:released:download.sjson",
+        Behaviour(body=sign(env, "--clearsign", product_file(versions))),
+    )
+    found = find_published(entry(server, "ubuntu", keyring, fingerprint), "x86_64", limits=LIMITS)
+    assert found.url == server.url("/ubuntu/server/newest.img")
+    assert found.digest == hashlib.sha256(b"newest").hexdigest()
+    # a path that climbs out of the mirror is refused, signed or not
+    versions = {"20250101": ("../../etc/passwd", b"x")}
+    server.serve(
+        "/ubuntu/streams/v1/com.ubuntu.cloud:released:download.sjson",
+        Behaviour(body=sign(env, "--clearsign", product_file(versions))),
+    )
+    with pytest.raises(NameNotResolved, match="not a relative path"):
+        find_published(entry(server, "ubuntu", keyring, fingerprint), "x86_64", limits=LIMITS)
 
 
 def test_a_bad_signature_a_foreign_key_and_a_missing_line_are_refused(
     server: ImageServer, signer: tuple[dict[str, str], Path, str], tmp_path: Path
 ) -> None:
     env, keyring, fingerprint = signer
-    publish(server, env, "ubuntu")
-    ubuntu = entry(server, "ubuntu", keyring, fingerprint)
+    publish(server, env, "ubuntu-sums")
+    ubuntu = entry(server, "ubuntu-sums", keyring, fingerprint)
     # a checksum file changed after it was signed (an attacker's mirror)
     evil = f"{'e' * 64} *ubuntu-24.04-server-cloudimg-amd64.img\n".encode()
-    server.serve("/ubuntu/SHA256SUMS", Behaviour(body=evil))
+    server.serve("/ubuntu-sums/SHA256SUMS", Behaviour(body=evil))
     with pytest.raises(SignatureError, match="BAD signature"):
-        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+        find_published(ubuntu, "x86_64", limits=LIMITS)
     # signed properly, by a key the entry does not allow
-    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", evil)))
-    other = entry(server, "ubuntu", keyring, "C" * 40)
+    server.serve("/ubuntu-sums/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", evil)))
+    other = entry(server, "ubuntu-sums", keyring, "C" * 40)
     with pytest.raises(SignatureError, match="not one the catalogue allows"):
-        resolve_name(other, "x86_64", limits=LIMITS)
+        find_published(other, "x86_64", limits=LIMITS)
     # a signed file that lists other images only
     sums = f"{'1' * 64} *something-else.img\n".encode()
-    server.serve("/ubuntu/SHA256SUMS", Behaviour(body=sums))
-    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums)))
+    server.serve("/ubuntu-sums/SHA256SUMS", Behaviour(body=sums))
+    server.serve("/ubuntu-sums/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums)))
     with pytest.raises(NameNotResolved, match=r"has no line for ubuntu-24\.04-server-cloudimg"):
-        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+        find_published(ubuntu, "x86_64", limits=LIMITS)
     # no signature published at all
-    server.serve("/ubuntu/SHA256SUMS.gpg", Behaviour(status=404))
+    server.serve("/ubuntu-sums/SHA256SUMS.gpg", Behaviour(status=404))
     with pytest.raises(Exception, match="404"):
-        resolve_name(ubuntu, "x86_64", limits=LIMITS)
+        find_published(ubuntu, "x86_64", limits=LIMITS)
 
 
 def test_a_damaged_lock_file_is_refused_whole(tmp_path: Path) -> None:
@@ -162,7 +217,7 @@ def test_a_pushers_lock_file_is_refused_with_what_is_wrong(tmp_path: Path) -> No
     good = {
         "name": "debian-12", "arch": "x86_64", "variant": "genericcloud",
         "url": "https://example.invalid/d.qcow2", "algorithm": "sha256", "digest": "a" * 64,
-        "format": "qcow2", "size": 1, "published": None, "signed_by": "A" * 40,
+        "sha256": "a" * 64, "format": "qcow2", "size": 1, "published": None, "signed_by": "A" * 40,
         "checksums_url": "https://example.invalid/SHA256SUMS",
     }  # fmt: skip
     lock = tmp_path / "images.lock.json"
@@ -171,7 +226,9 @@ def test_a_pushers_lock_file_is_refused_with_what_is_wrong(tmp_path: Path) -> No
     assert read_lock(lock)[key].digest == "a" * 64
     for change, said in (
         ({"url": 7}, "url must be a string"),
-        ({"size": "big"}, "size must be a int"),
+        ({"size": "big"}, "size must be an int"),
+        ({"size": True}, "size must be an int"),
+        ({"sha256": "b" * 64}, "not the signed digest"),
         ({"url": "file:///etc/shadow"}, r"not http\(s\)"),
         ({"name": "ubuntu-24.04"}, "does not name its name"),
         ({"digest": "../../x"}, "not lowercase hex"),
