@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from reconciler.errors import EXCERPT_CHARACTERS, ManifestError, SourceLocation, excerpt
+from reconciler.errors import (
+    EXCERPT_CHARACTERS,
+    ConfigError,
+    ManifestError,
+    SourceLocation,
+    excerpt,
+)
 from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.manifests.filecache import (
     FileStamp,
@@ -62,6 +68,14 @@ from reconciler.model.desired import (
     ImageSource,
     InstanceSpec,
 )
+from reconciler.model.imagelock import (
+    LOCK_FILE,
+    MAX_LOCK_BYTES,
+    ImageName,
+    LockedImage,
+    host_architecture,
+    parse_lock,
+)
 from reconciler.sizes import format_size, parse_size, round_up
 
 if TYPE_CHECKING:  # imported when a document is validated (not every command does)
@@ -87,6 +101,32 @@ class LoadResult:
     invalid_names: frozenset[str]
     valid_documents: frozenset[str] = frozenset()
     sets: tuple[tuple[str, int], ...] = ()  # each valid instance set, and its replicas
+    unlocked: tuple[ImageName, ...] = ()  # images named that the lock file does not hold
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLock:
+    """The lock file of a manifest root, as read for one load: its entries, or why it cannot
+    be used (every instance that names an image then fails, none other)."""
+
+    path: Path
+    entries: dict[str, LockedImage]
+    error: str | None = None
+
+    @classmethod
+    def of(cls, root: Path) -> ImageLock:
+        """The lock file beside the manifests of `root` (a directory, or a manifest file):
+        refused when it leads out of that directory, is not a regular file, is too big, or
+        is wrong anywhere (it is the repository's: every byte is the pusher's)."""
+        directory = root if root.is_dir() else root.parent
+        path = directory / LOCK_FILE
+        if not os.path.lexists(path):
+            return cls(path, {})
+        try:
+            raw = read_input_file(path, Path(os.path.realpath(directory)), MAX_LOCK_BYTES)
+            return cls(path, parse_lock(raw, str(path)))
+        except (InputFileRefused, ConfigError) as err:
+            return cls(path, {}, str(err))
 
 
 def schema_text() -> str:
@@ -211,9 +251,10 @@ def load_paths(
     loaded: list[tuple[InstanceSpec, SourceLocation]] = []
     claimed: list[tuple[str, SourceLocation]] = []  # names of invalid documents, and where
     results: list[_FileLoad] = []
-    unread: list[tuple[Path, Path, _Parsed]] = []  # files the cache did not hold, parsed
+    unread: list[tuple[Path, Path, _Parsed, ImageLock]] = []  # files not held, parsed
     for root in roots:
         confine = Path(os.path.realpath(root if root.is_dir() else root.parent))
+        lock: ImageLock | None = None  # read when a file of this root is read
         for path in find_manifest_files(root):
             if path in seen:
                 continue
@@ -223,15 +264,18 @@ def load_paths(
             if kept is not None:
                 results.append(kept)
             else:
-                unread.append((path, confine, parse_manifest_file(path, confine)))
+                lock = lock or ImageLock.of(root)
+                unread.append((path, confine, parse_manifest_file(path, confine), lock))
     # the profiles come from the files read now (a file that defines one is never kept)
-    index, profile_errors = profile_index(unread)
+    index, profile_errors = profile_index([(p, c, parsed) for p, c, parsed, _l in unread])
     errors.extend(profile_errors)
-    for path, confine, parsed in unread:
-        results.append(_load_file(path, confine, parsed, known_valid, cache, index))
+    for path, confine, parsed, lock in unread:
+        results.append(_load_file(path, confine, parsed, known_valid, cache, index, lock))
     sets: dict[str, int] = {}
-    for file_instances, file_errors, file_claims, file_valid, file_sets in results:
+    unlocked: set[ImageName] = set()
+    for file_instances, file_errors, file_claims, file_valid, file_sets, file_unlocked in results:
         sets.update(file_sets)
+        unlocked.update(file_unlocked)
         valid.update(file_valid)
         loaded.extend(file_instances)
         errors.extend(file_errors)
@@ -253,6 +297,7 @@ def load_paths(
         invalid_names=frozenset(invalid_names),
         valid_documents=frozenset(valid),
         sets=tuple(sorted(sets.items())),
+        unlocked=tuple(sorted(unlocked, key=lambda name: name.key)),
     )
 
 
@@ -262,6 +307,7 @@ _FileLoad = tuple[
     dict[str, SourceLocation],
     frozenset[str],
     tuple[tuple[str, int], ...],  # the file's valid instance sets, and their replicas
+    frozenset[ImageName],  # the images it names that the lock does not hold
 ]
 
 
@@ -287,16 +333,27 @@ def _load_file(
     known_valid: Collection[str],
     cache: ManifestFileCache | None,
     profiles: dict[str, Profile | None],
+    lock: ImageLock,
 ) -> _FileLoad:
     """One parsed file's load (and the keys of its valid documents), kept in `cache` unless
-    it defines or uses a profile (its result then depends on other files)."""
+    it defines or uses a profile (its result then depends on other files); a file that
+    names an image by name names the lock file too (its reading holds while the lock does)."""
     valid: set[str] = set()
     named: list[Path] = []
     sets: dict[str, int] = {}
+    unlocked: set[ImageName] = set()
     instances, errors, claims = load_manifest_file(
-        path, confine, known_valid, valid, named, profiles=profiles, parsed=parsed, sets=sets
+        path, confine, known_valid, valid, named, profiles=profiles, parsed=parsed, sets=sets,
+        lock=lock, unlocked=unlocked,
+    )  # fmt: skip
+    result: _FileLoad = (
+        instances,
+        errors,
+        claims,
+        frozenset(valid),
+        tuple(sets.items()),
+        frozenset(unlocked),
     )
-    result: _FileLoad = (instances, errors, claims, frozenset(valid), tuple(sets.items()))
     documents, _error, before = parsed
     shared = any(_kind(d.data) == PROFILE_KIND or _profiles_listed(d.data) for d in documents)
     if cache is not None and not shared:
@@ -472,6 +529,8 @@ def load_manifest_file(
     profiles: dict[str, Profile | None] | None = None,
     parsed: _Parsed | None = None,
     sets: dict[str, int] | None = None,
+    lock: ImageLock | None = None,
+    unlocked: set[ImageName] | None = None,
 ) -> tuple[
     list[tuple[InstanceSpec, SourceLocation]], list[ManifestError], dict[str, SourceLocation]
 ]:
@@ -481,8 +540,11 @@ def load_manifest_file(
     paths are added to `named`. The keys of the documents the schema accepts are added to
     `valid`. An instance that lists profiles gets them merged in from `profiles` (a
     profile document itself is checked by load_paths, and skipped here); `parsed`: the
-    file as parse_manifest_file read it already."""
+    file as parse_manifest_file read it already. An image named by name is looked up in
+    `lock` (default: the lock file beside the file); those it does not hold are added to
+    `unlocked`."""
     confine = confine or Path(os.path.realpath(path.parent))
+    lock = lock or ImageLock.of(path)
     documents, failure, _before = parsed or parse_manifest_file(path, confine)
     if failure is not None:
         return [], [failure], {}
@@ -509,7 +571,9 @@ def load_manifest_file(
         if not document_errors and key is not None and valid is not None:
             valid.add(key)
         if not document_errors:
-            spec, conversion_errors = _to_instance_spec(path, document, confine, named)
+            spec, conversion_errors = _to_instance_spec(
+                path, document, confine, named, lock, unlocked
+            )
             document_errors = sorted(
                 conversion_errors, key=lambda e: (e.location.line, e.location.column)
             )
@@ -752,6 +816,52 @@ def _claimed_name(data: Any) -> str | None:
     return None
 
 
+def image_name(image: dict[str, Any]) -> ImageName:
+    """The image a schema-valid `image: {name, arch, variant}` asks for."""
+    return ImageName(image["name"], image.get("arch") or host_architecture(), image.get("variant"))
+
+
+def _named_image(
+    image: dict[str, Any],
+    lock: ImageLock,
+    named: list[Path] | None,
+    unlocked: set[ImageName] | None,
+) -> ImageSource | None:
+    """The source the lock pins for an image by name (None: the lock does not hold it, or
+    cannot be used)."""
+    if named is not None:
+        named.append(lock.path)
+    wanted = image_name(image)
+    plain = ImageName(wanted.name, wanted.arch)
+    entry = lock.entries.get(wanted.key) or lock.entries.get(plain.key)
+    if entry is None or not entry.named(wanted):
+        if lock.error is None and unlocked is not None:
+            unlocked.add(wanted)
+        return None
+    return ImageSource(
+        entry.url,
+        entry.sha256,
+        ImageFormat(entry.format),
+        ImageFormat(image["convertTo"]) if "convertTo" in image else None,
+    )
+
+
+def _unlocked_error(
+    path: Path, document: YamlDocument, image: dict[str, Any], lock: ImageLock
+) -> ManifestError:
+    pointer = "/spec/image/name"
+    if lock.error is not None:
+        message = f"the image lock file cannot be used: {lock.error}"
+        return ManifestError(_location(path, document, pointer), pointer, message)
+    return ManifestError(
+        _location(path, document, pointer),
+        pointer,
+        f"image {image_name(image)} is not in the lock file {lock.path}",
+        "`reconcile images lock DIR` resolves it from the catalogue and writes the lock; "
+        "`reconcile --once DIR` does too, except in pull mode, which only reads the lock",
+    )
+
+
 def resolve_image_source(manifest: Path, source: str) -> Path | str:
     """An http(s) URL as it is; a file:// URL as its (absolute) path; a local path relative to
     the manifest's directory."""
@@ -769,10 +879,16 @@ def resolve_image_source(manifest: Path, source: str) -> Path | str:
 
 
 def _to_instance_spec(
-    path: Path, document: YamlDocument, confine: Path, named: list[Path] | None = None
+    path: Path,
+    document: YamlDocument,
+    confine: Path,
+    named: list[Path] | None = None,
+    lock: ImageLock | None = None,
+    unlocked: set[ImageName] | None = None,
 ) -> tuple[InstanceSpec | None, list[ManifestError]]:
     """Build the InstanceSpec from a schema-valid document; unit errors are ManifestErrors.
-    The files it names are added to `named`."""
+    The files it names are added to `named`; an image by name not in `lock`, to
+    `unlocked`."""
     data: dict[str, Any] = document.data
     spec: dict[str, Any] = data["spec"]
     errors: list[ManifestError] = []
@@ -791,13 +907,23 @@ def _to_instance_spec(
         if size is not None and size > limit:
             fail(pointer, f"{format_size(size)} is more than the maximum of {format_size(limit)}")
     image = spec["image"]
-    try:
-        image_location = resolve_image_source(
-            _origin(path, document)("/spec/image/source"), image["source"]
-        )
-    except ValueError as err:
-        fail("/spec/image/source", str(err))
-        image_location = None
+    image_source: ImageSource | None = None
+    if "name" in image:
+        image_source = _named_image(image, lock or ImageLock.of(path), named, unlocked)
+        if image_source is None:
+            errors.append(_unlocked_error(path, document, image, lock or ImageLock.of(path)))
+    else:
+        try:
+            image_source = ImageSource(
+                resolve_image_source(
+                    _origin(path, document)("/spec/image/source"), image["source"]
+                ),
+                image.get("sha256"),
+                ImageFormat(image["format"]),
+                ImageFormat(image["convertTo"]) if "convertTo" in image else None,
+            )
+        except ValueError as err:
+            fail("/spec/image/source", str(err))
     guest = guest_config(spec, _origin(path, document), confine, fail, named)
     interfaces = aim_forwards(spec, networks(spec, fail), fail)
     settings = machine_settings(
@@ -811,7 +937,7 @@ def _to_instance_spec(
     settings.update(snapshot_policy(spec, fail))
     settings.update(rollout_policy(spec, _rollout_group(document)))
     restore_points_for(settings)
-    if errors or memory is None or disk is None or image_location is None:
+    if errors or memory is None or disk is None or image_source is None:
         return None, errors
     cpu = spec.get("cpu", {})
     accelerator = spec.get("accelerator")
@@ -824,12 +950,7 @@ def _to_instance_spec(
             state=DesiredState(spec.get("state", DesiredState.RUNNING)),
             vcpus=spec["vcpus"],
             memory_bytes=round_up(memory, 1024),
-            image=ImageSource(
-                image_location,
-                image.get("sha256"),
-                ImageFormat(image["format"]),
-                ImageFormat(image["convertTo"]) if "convertTo" in image else None,
-            ),
+            image=image_source,
             disk_bytes=round_up(disk, DISK_ALIGNMENT),
             accelerator=Accelerator(accelerator) if accelerator else None,
             cpu=CpuSpec(CpuMode(cpu.get("mode", CpuMode.DEFAULT)), cpu.get("model")),
