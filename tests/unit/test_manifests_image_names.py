@@ -60,9 +60,7 @@ def write_lock(directory: Path, *entries: tuple[str, LockedImage]) -> None:
 def test_a_name_in_the_lock_becomes_its_pinned_source(tmp_path: Path) -> None:
     write_lock(tmp_path, (lock_key("debian-12", ARCH), locked()))
     (tmp_path / "a.yaml").write_text(manifest("web", "    name: debian-12"))
-    (tmp_path / "b.yaml").write_text(
-        manifest("raw", "    name: debian-12\n    convertTo: raw")
-    )
+    (tmp_path / "b.yaml").write_text(manifest("raw", "    name: debian-12\n    convertTo: raw"))
     result = load_manifests(tmp_path)
     assert result.errors == () and result.unlocked == ()
     specs = {spec.name: spec for spec in result.instances}
@@ -78,9 +76,7 @@ def test_a_name_not_in_the_lock_is_an_error_at_its_line_and_holds_back_only_its_
     write_lock(tmp_path, (lock_key("debian-12", ARCH), locked()))
     (tmp_path / "a.yaml").write_text(manifest("web", "    name: debian-12"))
     (tmp_path / "b.yaml").write_text(manifest("db", "    name: ubuntu-24.04\n    arch: aarch64"))
-    (tmp_path / "c.yaml").write_text(
-        manifest("gen", "    name: debian-12\n    variant: generic")
-    )
+    (tmp_path / "c.yaml").write_text(manifest("gen", "    name: debian-12\n    variant: generic"))
     result = load_manifests(tmp_path)
     assert [spec.name for spec in result.instances] == ["web"]
     assert result.invalid_names == {"db", "gen"}
