@@ -15,7 +15,7 @@ ReconcilerError
  |    |    +-- SourceRefused            a source outside the policy (images.sources)
  |    |    +-- DownloadRefused          a download that can never succeed (images.download)
  |    |    +-- SignatureError           a checksum file's signature refused (images.signatures)
- |    |    +-- NameNotResolved          a name its checksum file does not list (images.byname)
+ |    |    +-- NameNotResolved          a name the catalogue or its checksums lack (images.byname)
  |    +-- ConfigError               a bad command-line setting or environment
  +-- TransientError             a later attempt may succeed
       +-- StepError                 a step failed while acting (qemu-img, file system)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from reconciler.cli.options import Options
+from reconciler.cli.options import Command, Options
 from reconciler.cli.report import render_manifest_errors
 from reconciler.drivers.base import Driver
 from reconciler.errors import ConfigError, StateDirBusy
@@ -33,6 +33,11 @@ def load_slice(options: Options, out: TextIO) -> LoadResult:
     state = options.state
     known = _read_validated(state)
     load = load_manifests(directory, known)
+    if load.unlocked and options.command is Command.ONCE:  # images by name, not locked yet
+        from reconciler.cli.images import resolve_unlocked
+
+        if resolve_unlocked(options, load, sys.stderr):
+            load = load_manifests(directory, known)
     if load.valid_documents != known and state.root.is_dir():
         text = "".join(f"{key}\n" for key in sorted(load.valid_documents))
         with contextlib.suppress(OSError):  # a cache: a pass without it validates everything
@@ -119,7 +124,7 @@ def ask(
 @contextlib.contextmanager
 def owned_state(options: Options, busy_hint: str) -> Iterator[tuple[StateDir, Driver]]:
     """The state directory, created and locked by this process, and a driver on it."""
-    with _locked_state(options, busy_hint) as state:
+    with locked_state(options, busy_hint) as state:
         driver = open_driver(options, state)
         try:
             yield state, driver
@@ -133,7 +138,7 @@ def owned_state_loading(
 ) -> Iterator[tuple[StateDir, Driver, LoadResult]]:
     """owned_state, and this run's manifests (load_slice) loaded while the driver opens."""
     check_directory(options)  # before anything is made for it
-    with _locked_state(options, busy_hint) as state:
+    with locked_state(options, busy_hint) as state:
         driver, load = opened_while(options, state, lambda: load_slice(options, out))
         try:
             yield state, driver, load
@@ -176,7 +181,7 @@ def opened_while(options: Options, state: StateDir, work: Callable[[], _T]) -> t
 
 
 @contextlib.contextmanager
-def _locked_state(options: Options, busy_hint: str) -> Iterator[StateDir]:
+def locked_state(options: Options, busy_hint: str) -> Iterator[StateDir]:
     state = options.checked_state()
     state.create()
     lock = StateDirLock(state)

@@ -8,6 +8,8 @@ commands of the README work as typed (`reconcile plan manifests/`, `reconcile st
     connect: qemu:///system           # a libvirt URI
     host: hv-a                        # this host's slice (run, --once, plan)
     ca-bundle: /etc/ssl/private-ca.pem
+    catalogue:                        # images by name: over the shipped catalogue
+      debian-12: {url: http://mirror.internal/debian/bookworm/latest/}
 
 The keys are the long options'. A flag wins over the environment ($RECONCILER_STATE_DIR,
 $RECONCILER_DRIVER, $LIBVIRT_DEFAULT_URI), the environment over the file; image directories
@@ -32,7 +34,7 @@ ENV_CONFIG = "RECONCILER_CONFIG"
 DEFAULT_CONFIG = Path("/etc/reconciler/config.yaml")
 MAX_CONFIG_BYTES = 64 * 1024
 _STRINGS = ("state-dir", "driver", "connect", "host", "ca-bundle")
-_KEYS = (*_STRINGS, "image-dir")
+_KEYS = (*_STRINGS, "image-dir", "catalogue")
 
 
 def config_path() -> Path | None:
@@ -78,4 +80,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: image-dir must be a directory or a list of directories")
     if data.get("driver", "libvirt") not in ("libvirt", "qmp"):
         raise ConfigError(f"{path}: driver must be libvirt or qmp")
+    if "catalogue" in data:  # checked now, like every setting (images.catalogue says how)
+        from reconciler.images.catalogue import catalogue_in_force
+
+        catalogue_in_force(data["catalogue"], str(path))
     return {**data, "image-dir": dirs}

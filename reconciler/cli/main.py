@@ -36,6 +36,7 @@ from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
 from reconciler.cli.backends import Backend, Local, backend_for
 from reconciler.cli.console import run_console
 from reconciler.cli.context import owned_state
+from reconciler.cli.images import add_images_parser, run_images
 from reconciler.cli.options import DEFAULT_WAIT, Command, Exit, Options, options_from
 from reconciler.cli.pull import git_source, sync_for_once
 from reconciler.cli.report import (
@@ -246,6 +247,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s snapshot NAME [--name LABEL] | snapshot delete NAME LABEL\n"
         "       %(prog)s snapshots [NAME] [-o json]\n"
         "       %(prog)s rollout pause|resume|undo SET [DIR]\n"
+        "       %(prog)s images lock|outdated [DIR] | images update [NAME...] [--dir DIR]\n"
+        "       %(prog)s images pull NAME [--from DIR|TARBALL] [--dir DIR]\n"
         "       %(prog)s revert NAME LABEL | resume NAME\n"
         "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
@@ -323,6 +326,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_shutdown_parser(commands, common)
     add_snapshot_parsers(commands, common)
     add_rollout_parser(commands, common)
+    add_images_parser(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -748,6 +752,7 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.SHUTDOWN_GUESTS: run_shutdown_guests,
     Command.SNAPSHOT: run_snapshot,
     Command.SNAPSHOTS: run_snapshots,
+    Command.IMAGES: run_images,
     Command.REVERT: run_revert,
     Command.RESUME: run_resume,
     Command.ROLLOUT: run_rollout,

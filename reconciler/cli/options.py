@@ -12,7 +12,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.cli.hostconfig import config_path, read_config
 from reconciler.errors import ConfigError
@@ -24,6 +24,9 @@ from reconciler.manifests.selection import Selection
 from reconciler.model.desired import Accelerator
 from reconciler.planning.disruption import Disruption
 from reconciler.statedir import PRIVATE_UMASK, TRAVERSABLE_UMASK, StateDir, default_state_dir
+
+if TYPE_CHECKING:  # imported by the commands that resolve images by name
+    from reconciler.images.catalogue import CatalogueEntry
 
 
 class Exit(enum.IntEnum):
@@ -58,6 +61,7 @@ class Command(enum.StrEnum):
     REVERT = "revert"
     RESUME = "resume"
     ROLLOUT = "rollout"
+    IMAGES = "images"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,8 @@ class Options:
     resolved: Path | None = None  # export --resolved DIR
     label: str | None = None  # snapshot's --name, snapshot delete's and revert's LABEL
     action: str = "take"  # snapshot's: take or delete
+    catalogue_config: tuple[str, Any] | None = None  # the config file's catalogue, and where
+    source_path: Path | None = None  # images pull --from
 
     @property
     def daemon(self) -> bool:
@@ -134,6 +140,15 @@ class Options:
             prune=self.prune or self.state.prune_enabled(),
             allow_empty=self.allow_empty,
         )
+
+    def catalogue(self) -> dict[str, CatalogueEntry]:
+        """The image catalogue in force: the shipped one, the host configuration's over it."""
+        from reconciler.images.catalogue import catalogue_in_force
+
+        if self.catalogue_config is None:
+            return catalogue_in_force()
+        origin, host = self.catalogue_config
+        return catalogue_in_force(host, origin)
 
     def umask(self) -> int:
         """The umask every command runs under: private to the owner, but with directories
@@ -196,7 +211,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         log_format=args.log_format,
         verbose=args.verbose,
         debug=args.debug,
-        directory=given.get("directory") or Path("."),
+        directory=snapshot.pop("directory", None) or given.get("directory") or Path("."),
         git=_git_options(given),
         prune=bool(given.get("prune")),
         allow_empty=bool(given.get("allow_empty")),
@@ -215,11 +230,12 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         grace_seconds=parse_duration(str(given.get("grace", "0"))),
         grace=str(given.get("grace", "24h")),
         wait_seconds=_wait_seconds(kind, given),
-        names=tuple(given.get("names") or ()),
+        names=tuple(snapshot.pop("names", None) or given.get("names") or ()),
         want=str(given.get("want") or "ready"),
         user=given.get("user"),
         identity=_absolute(given.get("identity")),
         ssh_command=tuple(given.get("ssh_command") or ()),
+        catalogue_config=None if "catalogue" not in config else (str(path), config["catalogue"]),
         **snapshot,
     )
     return options
@@ -231,6 +247,10 @@ def _snapshot_options(kind: Command, given: dict[str, Any]) -> dict[str, Any]:
         return {"name": given["name"], "label": given["label"]}
     if kind is Command.ROLLOUT:
         return {"name": given["set"], "action": given["rollout_action"]}
+    if kind is Command.IMAGES:
+        from reconciler.cli.images import image_options
+
+        return image_options(given)
     if kind is not Command.SNAPSHOT:
         return {}
     words = list(given.get("words") or ())

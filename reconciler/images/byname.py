@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import ConfigError, InstanceError
+from reconciler.errors import ConfigError, InstanceError, ReconcilerError
 from reconciler.fileops import InputFileRefused, read_input_file, write_atomically
 from reconciler.images.cache import ImageCache
 from reconciler.images.catalogue import CatalogueEntry
@@ -157,18 +157,18 @@ def resolve(
     cache: ImageCache,
     transport: Transport | None = None,
     limits: DownloadLimits | None = None,
-) -> tuple[dict[str, LockedImage], dict[ImageName, InstanceError]]:
+) -> tuple[dict[str, LockedImage], dict[ImageName, ReconcilerError]]:
     """Each name's lock entry by its key, and the error of each that could not be resolved
     (its instances stay unlocked: nothing else is held back by them)."""
     found: dict[str, LockedImage] = {}
-    failed: dict[ImageName, InstanceError] = {}
+    failed: dict[ImageName, ReconcilerError] = {}
     for name in sorted(set(names), key=lambda n: n.key):
         try:
             entry = entry_for(name, catalogue)
             published = find_published(entry, name.arch, name.variant, transport, limits)
             found[name.key] = lock_published(published, cache)
-        except (InstanceError, ConfigError) as err:
-            failed[name] = err if isinstance(err, InstanceError) else InstanceError(str(err))
+        except ReconcilerError as err:  # a download failing after its retries, too
+            failed[name] = err
     return found, failed
 
 
@@ -199,3 +199,24 @@ def write_lock(path: Path, entries: dict[str, LockedImage]) -> None:
     """Write the lock file atomically (readable by all: it belongs in the repository); the
     rename replaces a symlink there, never writing through it."""
     write_atomically(path, lock_text(entries), mode=0o644)
+
+
+def lock_missing(
+    directory: Path,
+    names: Iterable[ImageName],
+    catalogue: dict[str, CatalogueEntry],
+    cache: ImageCache,
+    transport: Transport | None = None,
+    limits: DownloadLimits | None = None,
+) -> tuple[list[LockedImage], dict[ImageName, ReconcilerError]]:
+    """Resolve `names` (those the manifests of `directory` use and its lock does not hold)
+    and add them to the lock: the entries written, and the names that could not be
+    resolved with why. Never called in pull mode, which only reads the lock."""
+    wanted = list(names)
+    if not wanted:
+        return [], {}
+    path = lock_path(directory)
+    found, failed = resolve(wanted, catalogue, cache, transport, limits)
+    if found:
+        write_lock(path, {**read_lock(path), **found})
+    return [found[key] for key in sorted(found)], failed

@@ -153,6 +153,31 @@ class ImageCache:
             finally:
                 temporary.unlink(missing_ok=True)
 
+    def import_carried(self, image: ImageSource, carried: Path) -> CacheUse:
+        """Fill the entry of `image` (an http(s) source) from a copy carried to an air-gapped
+        host: the file of the URL's name in the directory `carried`, or the member of that
+        name in the tarball `carried`. Nothing about the medium is trusted: the bytes must
+        have the sha256 the lock gives, and go through the same inspection."""
+        assert isinstance(image.location, str) and image.sha256 is not None
+        wanted = image.location.rsplit("/", 1)[-1]
+        target = self.path_for(image)
+        if target.is_file():
+            return self.ensure(image)
+        staging = temporary_path(target)
+        try:
+            if carried.is_dir():
+                digest = _copy_hashing(carried / wanted, staging)
+            else:
+                digest = _extract_hashing(carried, wanted, staging, self._limits.max_bytes)
+            if digest != image.sha256:
+                raise UnsafeImageError(
+                    f"{wanted} from {carried} has sha256 {digest}, the lock says "
+                    f"{image.sha256}: not used"
+                )
+            return self.ensure(image, staging)
+        finally:
+            staging.unlink(missing_ok=True)
+
     def _fetch_entry(self, image: ImageSource, target: Path, fetched: Path | None = None) -> None:
         """Fetch, inspect and publish a missing entry; record what was verified."""
         remove_leftovers(target)
@@ -318,6 +343,33 @@ def _copy_hashing(source: Path, destination: Path) -> str:
             os.close(destination_fd)
     finally:
         os.close(source_fd)
+
+
+def _extract_hashing(tarball: Path, name: str, destination: Path, max_bytes: int) -> str:
+    """Write the regular-file member of `tarball` whose base name is `name` (compressed or
+    not) to a new file `destination`; the sha256 of the bytes written."""
+    import tarfile
+
+    try:
+        with tarfile.open(tarball, "r:*") as archive:
+            for member in archive:
+                if member.name.rsplit("/", 1)[-1] != name:
+                    continue
+                if not member.isfile() or member.size > max_bytes:
+                    raise InstanceError(
+                        f"{name} in {tarball} is not a regular file of a usable size"
+                    )
+                stream = archive.extractfile(member)
+                assert stream is not None
+                digest = hashlib.sha256()
+                with destination.open("xb") as out:
+                    while chunk := stream.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                return digest.hexdigest()
+    except (OSError, tarfile.TarError) as err:
+        raise InstanceError(f"cannot read {tarball}: {err}") from err
+    raise InstanceError(f"{tarball} holds no file named {name}")
 
 
 def _reflink(source_fd: int, destination_fd: int) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,33 @@ class ImageLocation:
 
 
 def shipped_catalogue() -> dict[str, CatalogueEntry]:
-    data = json.loads(
-        resources.files("reconciler.images").joinpath("catalogue.json").read_text("utf-8")
+    return entries_from(_shipped_document(), "shipped")
+
+
+def _shipped_document() -> Any:
+    # beside this module (the package is installed as files; importlib.resources would
+    # cost the CLI's import time)
+    return json.loads((Path(__file__).parent / "catalogue.json").read_text("utf-8"))
+
+
+def catalogue_in_force(
+    host: Any = None, origin: str = "the host configuration"
+) -> dict[str, CatalogueEntry]:
+    """The shipped catalogue with the host configuration's `catalogue:` over it: a name the
+    package ships takes the host's fields over its own (a mirror changes only url; a private
+    distribution brings its own keyring and fingerprints); a new name is a whole entry."""
+    shipped = _shipped_document()["images"]
+    if host is None:
+        return entries_from({"images": shipped}, "shipped")
+    if not isinstance(host, dict):
+        raise ConfigError(f"{origin}: catalogue maps image names to their entries")
+    overlaid = {
+        name: {**shipped[name], **item} if name in shipped and isinstance(item, dict) else item
+        for name, item in host.items()
+    }
+    return merged(
+        entries_from({"images": shipped}, "shipped"), entries_from({"images": overlaid}, origin)
     )
-    return entries_from(data, "shipped")
 
 
 def entries_from(data: Any, origin: str) -> dict[str, CatalogueEntry]:

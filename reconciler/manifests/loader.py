@@ -843,6 +843,7 @@ def _named_image(
         entry.sha256,
         ImageFormat(entry.format),
         ImageFormat(image["convertTo"]) if "convertTo" in image else None,
+        wanted,
     )
 
 

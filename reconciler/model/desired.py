@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.model.imagelock import ImageName
+
 
 class DesiredState(enum.StrEnum):
     """What the manifest asks of the instance's domain."""
@@ -43,7 +45,8 @@ class CpuMode(enum.StrEnum):
 class ImageSource:
     """A base image: where it comes from, its checksum and format.
 
-    `location` is a resolved local path, or an http(s) URL string. `sha256` is None when the
+    `location` is a resolved local path, or an http(s) URL string (for an image by name, the
+    one the lock file pins). `sha256` is None when the
     manifest leaves it out (allowed for local files only): the content's digest is then
     computed from the file (see reconciler.images.records.SourceDigests). `convert_to` asks for
     the cached copy in another format (a qcow2 source stored as raw).
@@ -53,6 +56,7 @@ class ImageSource:
     sha256: str | None
     format: ImageFormat
     convert_to: ImageFormat | None = None
+    name: ImageName | None = None  # the catalogue's name it was pinned for (by the lock)
 
     @property
     def is_remote(self) -> bool:

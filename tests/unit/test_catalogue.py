@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ConfigError
-from reconciler.images.catalogue import entries_from, merged, shipped_catalogue
+from reconciler.images.catalogue import (
+    catalogue_in_force,
+    entries_from,
+    merged,
+    shipped_catalogue,
+)
 from reconciler.images.checksums import Checksum, parse_checksums
 from reconciler.images.signatures import SignatureError, verify
 from tests.gitrepo import openpgp_key_with_fingerprint
@@ -64,6 +69,38 @@ def test_a_host_entry_overrides_and_a_bad_one_is_refused() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             entries_from(broken, "config")
+
+
+def test_a_mirror_changes_a_shipped_entrys_url_and_keeps_its_keys() -> None:
+    """A host without internet names its mirror in `catalogue:`: only the fields it gives
+    change, the distribution's keys stay the trust root; a new name is a whole entry."""
+    host = {
+        "debian-12": {"url": "http://mirror.internal/debian/bookworm/latest/"},
+        "ubuntu-24.04": {"url": "http://mirror.internal/ubuntu/"},
+    }
+    catalogue = catalogue_in_force(host, "/etc/reconciler/config.yaml")
+    shipped = shipped_catalogue()
+    debian = catalogue["debian-12"]
+    assert debian.image("x86_64").url == (
+        "http://mirror.internal/debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+    )
+    assert (debian.fingerprints, debian.keyring) == (
+        shipped["debian-12"].fingerprints,
+        shipped["debian-12"].keyring,
+    )
+    assert debian.origin == "/etc/reconciler/config.yaml"
+    ubuntu = catalogue["ubuntu-24.04"].image("x86_64")
+    assert ubuntu.checksums_url == (
+        "http://mirror.internal/ubuntu/streams/v1/com.ubuntu.cloud:released:download.sjson"
+    )
+    assert catalogue["fedora-41"] == shipped["fedora-41"]
+    assert catalogue_in_force() == shipped
+    with pytest.raises(ConfigError, match="keyring must be"):
+        catalogue_in_force({"internal-os": {"url": "http://x/", "checksums": "SUMS",
+                                            "file": "a.img", "arch": {"x86_64": "x86_64"},
+                                            "fingerprints": ["A" * 40]}})  # fmt: skip
+    with pytest.raises(ConfigError, match="maps image names"):
+        catalogue_in_force(["debian-12"])
 
 
 def test_checksum_files_of_each_layout_parse() -> None:
