@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +21,7 @@ from reconciler.images.catalogue import CatalogueEntry, entries_from
 from reconciler.images.download import DownloadLimits
 from reconciler.images.signatures import SignatureError
 from reconciler.model.imagelock import lock_key
+from tests.distribution import Distribution, product_file, sign
 from tests.gitrepo import openpgp_key_with_fingerprint
 from tests.httpserver import Behaviour, ImageServer, image_server
 
@@ -37,13 +35,6 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Pa
     return openpgp_key_with_fingerprint(directory)
 
 
-def sign(env: dict[str, str], how: str, data: bytes) -> bytes:
-    return subprocess.run(
-        ["gpg", "--batch", "--yes", how], input=data, env={**os.environ, **env},
-        check=True, capture_output=True,
-    ).stdout  # fmt: skip
-
-
 @pytest.fixture
 def server() -> Iterator[ImageServer]:
     with image_server() as running:
@@ -51,81 +42,12 @@ def server() -> Iterator[ImageServer]:
 
 
 def entry(server: ImageServer, layout: str, keyring: Path, fingerprint: str) -> CatalogueEntry:
-    layouts: dict[str, dict[str, Any]] = {
-        "debian": {"checksums": "SHA512SUMS", "signature": "SHA512SUMS.sign",
-                   "file": "debian-12-{variant}-{arch}.qcow2", "arch": {"x86_64": "amd64"},
-                   "variants": ["genericcloud"]},
-        "ubuntu": {"kind": "simplestreams", "signature": None,
-                   "checksums": "streams/v1/com.ubuntu.cloud:released:download.sjson",
-                   "product": "com.ubuntu.cloud:server:24.04:{arch}", "file": "disk1.img",
-                   "arch": {"x86_64": "amd64"}, "variants": ["server"]},
-        "ubuntu-sums": {"checksums": "SHA256SUMS", "signature": "SHA256SUMS.gpg",
-                   "file": "ubuntu-24.04-server-cloudimg-{arch}.img",
-                   "arch": {"x86_64": "amd64"}, "variants": ["server"]},
-        "fedora": {"checksums": "Fedora-Cloud-41-1.4-{arch}-CHECKSUM", "signature": None,
-                   "file": "Fedora-Cloud-Base-Generic-41-1.4.{arch}.qcow2",
-                   "arch": {"x86_64": "x86_64"}, "variants": ["generic"]},
-    }  # fmt: skip
-    item = {**layouts[layout], "url": server.url(f"/{layout}/"), "keyring": str(keyring),
-            "fingerprints": [fingerprint]}  # fmt: skip
+    item = Distribution(server, {}, keyring, fingerprint).entry(layout)
     return entries_from({"images": {f"test-{layout}": item}}, "host")[f"test-{layout}"]
 
 
 def publish(server: ImageServer, env: dict[str, str], layout: str, image: bytes = IMAGE) -> str:
-    """The tree of one layout: the image, its checksum file, the signature; its name."""
-    names = {
-        "debian": "debian-12-genericcloud-amd64.qcow2",
-        "ubuntu": "server/releases/noble/release-20241004/ubuntu-24.04-server-cloudimg-amd64.img",
-        "ubuntu-sums": "ubuntu-24.04-server-cloudimg-amd64.img",
-        "fedora": "Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2",
-    }
-    name = names[layout]
-    server.serve(f"/{layout}/{name}", Behaviour(body=image))
-    if layout == "debian":
-        sums = f"{hashlib.sha512(image).hexdigest()}  {name}\n".encode()
-        server.serve("/debian/SHA512SUMS", Behaviour(body=sums))
-        server.serve("/debian/SHA512SUMS.sign", Behaviour(body=sign(env, "--detach-sign", sums)))
-    elif layout == "ubuntu":
-        server.serve(
-            "/ubuntu/streams/v1/com.ubuntu.cloud:released:download.sjson",
-            Behaviour(body=sign(env, "--clearsign", product_file({"20241004": (name, image)}))),
-        )
-    elif layout == "ubuntu-sums":
-        sums = f"{hashlib.sha256(image).hexdigest()} *{name}\n".encode()
-        server.serve("/ubuntu-sums/SHA256SUMS", Behaviour(body=sums))
-        server.serve(
-            "/ubuntu-sums/SHA256SUMS.gpg", Behaviour(body=sign(env, "--detach-sign", sums))
-        )
-    else:
-        sums = f"SHA256 ({name}) = {hashlib.sha256(image).hexdigest()}\n".encode()
-        server.serve(
-            "/fedora/Fedora-Cloud-41-1.4-x86_64-CHECKSUM",
-            Behaviour(body=sign(env, "--clearsign", sums)),
-        )
-    return name
-
-
-def product_file(versions: dict[str, tuple[str, bytes]]) -> bytes:
-    """Ubuntu's simplestreams product file with one product: each version's disk1.img."""
-    items = {
-        version: {"label": "release", "items": {
-            "disk1.img": {"ftype": "disk1.img", "path": path, "size": len(image),
-                          "sha256": hashlib.sha256(image).hexdigest(),
-                          "md5": hashlib.md5(image).hexdigest()},
-            "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": path + ".lxd", "size": 1,
-                           "sha256": "0" * 64},
-        }}
-        for version, (path, image) in versions.items()
-    }  # fmt: skip
-    document = {
-        "content_id": "com.ubuntu.cloud:released:download",
-        "format": "products:1.0",
-        "products": {
-            "com.ubuntu.cloud:server:24.04:amd64": {"arch": "amd64", "versions": items},
-            "com.ubuntu.cloud:server:22.04:amd64": {"arch": "amd64", "versions": {}},
-        },
-    }
-    return json.dumps(document, indent=1).encode()
+    return Distribution(server, env, Path(), "").publish(layout, image)
 
 
 @pytest.mark.parametrize("layout", ["debian", "ubuntu", "ubuntu-sums", "fedora"])
