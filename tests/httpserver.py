@@ -160,6 +160,10 @@ class ImageServer:
         self.server.paths[path] = behaviour
         return behaviour
 
+    def served(self, path: str) -> Behaviour:
+        """What `path` is served with (its counts of requests included)."""
+        return self.server.paths[path]
+
     def url(self, path: str) -> str:
         host, port = self.server.server_address[:2]
         scheme = "https" if isinstance(self.server.socket, ssl.SSLSocket) else "http"

@@ -160,10 +160,11 @@ class ImageCache:
         have the sha256 the lock gives, and go through the same inspection."""
         assert isinstance(image.location, str) and image.sha256 is not None
         wanted = image.location.rsplit("/", 1)[-1]
-        target = self.path_for(image)
-        if target.is_file():
+        if self.path_for(image).is_file():
             return self.ensure(image)
-        staging = temporary_path(target)
+        self._state.images.mkdir(parents=True, exist_ok=True)
+        # not named like the entry's own temporary files: fetching removes those
+        staging = temporary_path(self._state.images / f"carried-{image.sha256}")
         try:
             if carried.is_dir():
                 digest = _copy_hashing(carried / wanted, staging)

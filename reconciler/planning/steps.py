@@ -80,8 +80,9 @@ class FetchBase:
     size: int | None = None  # bytes to download, when the source says
 
     def describe(self) -> str:
+        named = f"{self.image.name} from " if self.image.name is not None else ""
         return (
-            f"fetch base image {self.image.location} into the cache "
+            f"fetch base image {named}{self.image.location} into the cache "
             f"(sha256 {(self.image.sha256 or '?')[:12]}..., {self.image.format.value}"
             + (f", stored as {self.image.convert_to.value}" if self.image.convert_to else "")
             + (f", {format_size(self.size)}" if self.size is not None else "")
