@@ -32,12 +32,13 @@ def load_slice(options: Options, out: TextIO) -> LoadResult:
     directory = check_directory(options)
     state = options.state
     known = _read_validated(state)
-    load = load_manifests(directory, known)
+    catalogue = options.catalogue()
+    load = load_manifests(directory, known, catalogue=catalogue)
     if load.unlocked and options.command is Command.ONCE:  # images by name, not locked yet
         from reconciler.cli.images import resolve_unlocked
 
         if resolve_unlocked(options, load, sys.stderr):
-            load = load_manifests(directory, known)
+            load = load_manifests(directory, known, catalogue=catalogue)
     if load.valid_documents != known and state.root.is_dir():
         text = "".join(f"{key}\n" for key in sorted(load.valid_documents))
         with contextlib.suppress(OSError):  # a cache: a pass without it validates everything

@@ -671,6 +671,7 @@ def run_daemon(options: Options, out: TextIO) -> int:
             options.selection,
             source,
             options.git.interval_seconds if options.git is not None else 60.0,
+            options.catalogue(),
         )
         controller = Controller(driver, state, settings, daemon)
         server = ControlServer(state.control_socket, controller.handle_request)

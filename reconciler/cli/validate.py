@@ -48,7 +48,7 @@ def run_validate(options: Options, out: TextIO) -> int:
     missing = [str(path) for path in options.paths if not path.exists()]
     if missing:
         raise ConfigError(f"{', '.join(missing)}: no such file or directory")
-    load = load_paths(options.paths)
+    load = load_paths(options.paths, catalogue=options.catalogue())
     render = {"text": _text, "json": _json, "github": _github}[options.output]
     for line in render(load):
         print(line, file=out)

@@ -33,10 +33,12 @@ from reconciler.gitops.source import GitSource
 from reconciler.health.conditions import Condition, ConditionType
 from reconciler.health.prober import Prober
 from reconciler.health.record import probes_of, record_probes
+from reconciler.images.catalogue import CatalogueEntry, catalogue_in_force
 from reconciler.images.progress import TransferReporter
 from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import Reply
 from reconciler.loop.daemonapi import DaemonApi
+from reconciler.loop.imagenames import NameResolver
 from reconciler.loop.names import FULL_PASS_TRIGGERS, NameBook, Trigger
 from reconciler.loop.once import orphan_refusal, prune_refusal
 from reconciler.loop.queue import WorkQueue
@@ -73,6 +75,7 @@ class DaemonOptions:
     selection: Selection = field(default_factory=Selection)  # this host's slice
     git: GitSource | None = None  # pull mode: the manifests come from this repository
     git_interval_seconds: float = DEFAULT_GIT_INTERVAL_SECONDS
+    catalogue: dict[str, CatalogueEntry] | None = None  # images by name (None: shipped only)
 
 
 def _source_identity(spec: InstanceSpec) -> FileStamp:
@@ -134,6 +137,20 @@ class Controller:
             lambda names: self.enqueue(names, Trigger.ROLLOUT),
         )
         self.reconciler.pacer = self.pacer
+        # images by name the lock lacks: resolved off the loop, never in pull mode
+        self._catalogue = options.catalogue or catalogue_in_force()
+        self.image_names = (
+            None
+            if options.git is not None
+            else NameResolver(
+                options.directory,
+                self._catalogue,
+                lambda: self.reconciler.steps.cache,
+                settings.transport,
+                settings.download_limits,
+                self.clock,
+            )
+        )
         self._lock = threading.Condition()  # reentrant: the name book shares it
         self._instance_locks: dict[str, threading.Lock] = {}  # see instance_lock
         self.names = NameBook(self._lock, self.clock)
@@ -349,10 +366,14 @@ class Controller:
     def read_manifests(self, directory: Path | None = None) -> LoadResult:
         """The manifest directory (or `directory`), cut to this host's slice."""
         if directory is not None:
-            read = load_manifests(directory, self._validated)
+            read = load_manifests(directory, self._validated, catalogue=self._catalogue)
         else:  # documents validated once are not validated, files unchanged not reread
-            read = load_manifests(self.options.directory, self._validated, self._readings)
+            read = load_manifests(
+                self.options.directory, self._validated, self._readings, self._catalogue
+            )
             self._validated = read.valid_documents
+            if read.unlocked and self.image_names is not None:
+                self.image_names.ask(read.unlocked)
         load, _ignored = select(read, self.options.selection)
         return load
 

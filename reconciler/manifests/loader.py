@@ -112,21 +112,23 @@ class ImageLock:
     path: Path
     entries: dict[str, LockedImage]
     error: str | None = None
+    catalogue: frozenset[str] | None = None  # the names a lock may be given (None: unknown)
 
     @classmethod
-    def of(cls, root: Path) -> ImageLock:
+    def of(cls, root: Path, catalogue: Collection[str] | None = None) -> ImageLock:
         """The lock file beside the manifests of `root` (a directory, or a manifest file):
         refused when it leads out of that directory, is not a regular file, is too big, or
         is wrong anywhere (it is the repository's: every byte is the pusher's)."""
         directory = root if root.is_dir() else root.parent
         path = directory / LOCK_FILE
+        names = None if catalogue is None else frozenset(catalogue)
         if not os.path.lexists(path):
-            return cls(path, {})
+            return cls(path, {}, None, names)
         try:
             raw = read_input_file(path, Path(os.path.realpath(directory)), MAX_LOCK_BYTES)
-            return cls(path, parse_lock(raw, str(path)))
+            return cls(path, parse_lock(raw, str(path)), None, names)
         except (InputFileRefused, ConfigError) as err:
-            return cls(path, {}, str(err))
+            return cls(path, {}, str(err), names)
 
 
 def schema_text() -> str:
@@ -227,22 +229,26 @@ def load_manifests(
     root: Path,
     known_valid: Collection[str] = frozenset(),
     cache: ManifestFileCache | None = None,
+    catalogue: Collection[str] | None = None,
 ) -> LoadResult:
     """Load every manifest under `root`. Never raises for user mistakes: they are returned."""
-    return load_paths([root], known_valid, cache)
+    return load_paths([root], known_valid, cache, catalogue)
 
 
 def load_paths(
     roots: Iterable[Path],
     known_valid: Collection[str] = frozenset(),
     cache: ManifestFileCache | None = None,
+    catalogue: Collection[str] | None = None,
 ) -> LoadResult:
     """Load every manifest under each of `roots` (files or directories), checked against each
     other as one tree (names, MACs). Files a manifest names must lie in its root. A document
     whose `document_key` is in `known_valid` skips the schema (an earlier run validated that
     content); everything else, the cross-document checks included, runs as always. A file
     whose reading `cache` holds, unchanged since, is not read again (nor the files it names);
-    what it gave takes part in the cross-document checks as if it had been."""
+    what it gave takes part in the cross-document checks as if it had been. `catalogue`: the
+    image names that can be resolved (a name the lock lacks and the catalogue too is said to
+    be unknown; None: not known here)."""
     valid: set[str] = set()
     files: list[Path] = []
     seen: set[Path] = set()
@@ -264,7 +270,7 @@ def load_paths(
             if kept is not None:
                 results.append(kept)
             else:
-                lock = lock or ImageLock.of(root)
+                lock = lock or ImageLock.of(root, catalogue)
                 unread.append((path, confine, parse_manifest_file(path, confine), lock))
     # the profiles come from the files read now (a file that defines one is never kept)
     index, profile_errors = profile_index([(p, c, parsed) for p, c, parsed, _l in unread])
@@ -835,7 +841,8 @@ def _named_image(
     plain = ImageName(wanted.name, wanted.arch)
     entry = lock.entries.get(wanted.key) or lock.entries.get(plain.key)
     if entry is None or not entry.named(wanted):
-        if lock.error is None and unlocked is not None:
+        known = lock.catalogue is None or wanted.name in lock.catalogue
+        if lock.error is None and known and unlocked is not None:
             unlocked.add(wanted)
         return None
     return ImageSource(
@@ -854,6 +861,14 @@ def _unlocked_error(
     if lock.error is not None:
         message = f"the image lock file cannot be used: {lock.error}"
         return ManifestError(_location(path, document, pointer), pointer, message)
+    if lock.catalogue is not None and image["name"] not in lock.catalogue:
+        return ManifestError(
+            _location(path, document, pointer),
+            pointer,
+            f"image {image['name']!r} is not in the catalogue",
+            f"expected one of: {', '.join(sorted(lock.catalogue))} (the host configuration's "
+            "catalogue: adds names)",
+        )
     return ManifestError(
         _location(path, document, pointer),
         pointer,

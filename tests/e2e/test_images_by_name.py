@@ -25,7 +25,8 @@ from reconciler.cli import main as cli
 from reconciler.model.imagelock import host_architecture
 from tests.distribution import FILES, STREAM, Distribution, product_file
 from tests.e2e.conftest import E2E, CliRun, private_state_dir
-from tests.gitrepo import openpgp_key_with_fingerprint
+from tests.e2e.test_daemon import daemon_of_its_own, observed, wait_until
+from tests.gitrepo import Repository, openpgp_key_with_fingerprint
 from tests.guest import guest_image, wait_for_marker
 from tests.helpers import unique_name
 from tests.httpserver import Behaviour, image_server
@@ -238,3 +239,59 @@ def test_outdated_sees_a_newer_image_and_update_moves_the_lock_that_plan_then_sh
     assert hashlib.sha256(newer).hexdigest()[:12] in plan.out
     again = reconcile("images", "update", "--dir", str(tmp_path))
     assert again.code == 0 and "newest its distribution publishes" in again.out
+
+
+def test_the_daemon_resolves_a_new_name_off_its_loop_and_converges_when_the_lock_is_written(
+    distribution: Distribution,
+) -> None:
+    """Outside pull mode the daemon resolves a name the lock lacks, in a thread of its own;
+    the lock it writes is seen like any change, and the instance converges."""
+    image = guest_image("qcow2").read_bytes()
+    distribution.publish("debian", image)
+    with daemon_of_its_own("rcd-", "qmp") as daemon:
+        name = unique_name()
+        manifest(daemon.manifests, name, {"name": "test-debian"}, state="stopped")
+        lock = daemon.manifests / "images.lock.json"
+        wait_until(lock.exists, "the lock file written", daemon)
+        entry = json.loads(lock.read_text())["images"][f"test-debian/{ARCH}"]
+        assert entry["sha256"] == hashlib.sha256(image).hexdigest()
+        wait_until(lambda: observed(daemon, name, "shutoff"), "the instance defined", daemon)
+        assert "locked test-debian" in daemon.log_text()
+
+
+def test_pull_mode_applies_the_repositorys_lock_and_never_writes_one(
+    on_host: Callable[..., CliRun], distribution: Distribution, tmp_path: Path
+) -> None:
+    """In pull mode the lock is the repository's: a commit naming an image its lock lacks is
+    refused whole (nothing resolved, nothing written into the checkout); one with the lock
+    is applied with no lookup."""
+    image = guest_image("qcow2").read_bytes()
+    distribution.publish("debian", image)
+    name = unique_name("rcp")
+    repo = Repository(tmp_path / "repo")
+    document = yaml.safe_load(
+        manifest(tmp_path, name, {"name": "test-debian"}, state="stopped").read_text()
+    )
+    repo.write(f"fleet/{name}.yaml", document)
+    unlocked = repo.commit("an image by name, no lock")
+    sums = distribution.server.served("/debian/SHA512SUMS")
+    pull = ("--once", "--git", repo.url, "--path", "fleet")
+    with private_state_dir("rcp") as state:
+        refused = on_host(state, *pull)
+        assert refused.code == 2, refused.out + refused.err
+        assert f"commit {unlocked[:12]} is not applied" in refused.err
+        assert "is not in the lock file" in refused.err
+        assert sums.gets == 0 and not list(state.glob("git/trees/*/fleet/images.lock.json"))
+
+        # the lock made where the manifests are edited, committed with them
+        locking = tmp_path / "edit"
+        locking.mkdir()
+        manifest(locking, name, {"name": "test-debian"}, state="stopped")
+        assert on_host(state, "images", "lock", str(locking)).code == 0
+        repo.write("fleet/images.lock.json", (locking / "images.lock.json").read_text())
+        locked = repo.commit("the lock")
+        looked_up = sums.gets
+        applied = on_host(state, *pull)
+        assert applied.code == 0, applied.out + applied.err
+        assert f"at commit {locked[:12]}" in applied.out and sums.gets == looked_up
+        assert "defined domain" in applied.out
