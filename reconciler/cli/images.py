@@ -259,7 +259,9 @@ def _update(options: Options, cache: ImageCache, out: TextIO) -> int:
 
 
 def _pull(options: Options, cache: ImageCache, out: TextIO) -> int:
-    from reconciler.images.byname import lock_path, lock_published, read_lock, resolve, write_lock
+    from reconciler.images.byname import lock_path, read_lock, resolve, write_lock
+    from reconciler.model.desired import ImageFormat, ImageSource
+    from reconciler.model.imagelock import host_architecture
 
     (name,) = options.names
     path = lock_path(options.directory)
@@ -271,8 +273,6 @@ def _pull(options: Options, cache: ImageCache, out: TextIO) -> int:
                 f"{name} is not in the lock file {path}: lock it first on a host that can "
                 "reach its distribution (the lock says which bytes to take from --from)"
             )
-        from reconciler.model.imagelock import host_architecture
-
         found, failed = resolve(
             [ImageName(name, host_architecture())], options.catalogue(), cache, *_network(options)
         )
@@ -281,10 +281,7 @@ def _pull(options: Options, cache: ImageCache, out: TextIO) -> int:
         write_lock(path, {**lock, **found})
         entries = list(found.values())
         print(f"locked {_described(entries[0])}", file=out)
-    del lock_published  # the lock says the bytes; nothing is resolved again here
-    from reconciler.model.desired import ImageFormat, ImageSource
-
-    for entry in entries:
+    for entry in entries:  # the lock says the bytes: nothing is resolved again here
         image = ImageSource(entry.url, entry.sha256, ImageFormat(entry.format))
         if options.source_path is not None:
             use = cache.import_carried(image, options.source_path)
