@@ -243,6 +243,7 @@ def _update(options: Options, cache: ImageCache, out: TextIO) -> int:
     path = lock_path(options.directory)
     newer, failures = _newer(options, options.names)
     lock = read_lock(path)
+    moved = False
     for key, entry, published in newer:
         try:
             lock[key] = lock_published(published, cache)
@@ -250,8 +251,9 @@ def _update(options: Options, cache: ImageCache, out: TextIO) -> int:
             print(f"reconcile: image {key}: {err}", file=sys.stderr)
             failures += 1
             continue
+        moved = True
         print(f"updated {key}: {_when(entry)} -> {_when(lock[key])}", file=out)
-    if any(key in lock and lock[key] is not entry for key, entry, _p in newer):
+    if moved:
         write_lock(path, lock)
     if not newer:
         print("every locked image is the newest its distribution publishes", file=out)
@@ -276,8 +278,8 @@ def _pull(options: Options, cache: ImageCache, out: TextIO) -> int:
         found, failed = resolve(
             [ImageName(name, host_architecture())], options.catalogue(), cache, *_network(options)
         )
-        for why in failed.values():
-            raise ConfigError(str(why))
+        for why in failed.values():  # a name the catalogue lacks, a refused signature...
+            raise why
         write_lock(path, {**lock, **found})
         entries = list(found.values())
         print(f"locked {_described(entries[0])}", file=out)
