@@ -182,8 +182,12 @@ def opened_while(options: Options, state: StateDir, work: Callable[[], _T]) -> t
 
 
 @contextlib.contextmanager
-def locked_state(options: Options, busy_hint: str) -> Iterator[StateDir]:
-    state = options.checked_state()
+def locked_state(
+    options: Options, busy_hint: str, *, for_driver: bool = True
+) -> Iterator[StateDir]:
+    """The state directory, created and locked by this process (`for_driver`: checked to
+    be usable by the driver too; a command that opens none skips that)."""
+    state = options.checked_state() if for_driver else options.state
     state.create()
     lock = StateDirLock(state)
     try:

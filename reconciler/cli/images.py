@@ -98,7 +98,7 @@ def run_images(options: Options, out: TextIO) -> int:
         return _outdated(options, out)
     from reconciler.cli.context import locked_state
 
-    with locked_state(options, BUSY) as state:
+    with locked_state(options, BUSY, for_driver=False) as state:
         cache = _cache(options, state)
         if options.action == "lock":
             return _lock(options, cache, out)

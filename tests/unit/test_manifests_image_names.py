@@ -171,3 +171,37 @@ def test_the_schema_lists_the_shipped_catalogues_names() -> None:
     assert name["examples"] == sorted(shipped_catalogue())
     for entry in shipped_catalogue():
         assert entry in name["description"] and entry in name["x-expected"]
+
+
+def test_images_lock_drops_the_entries_no_manifest_uses_and_keeps_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to resolve here (every name in use is locked): no network is touched."""
+    from reconciler.cli import main as cli
+
+    monkeypatch.setenv("RECONCILER_CONFIG", "")
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write_lock(
+        manifests,
+        (lock_key("debian-12", ARCH), locked()),
+        (lock_key("fedora-41", ARCH), locked("fedora-41", "generic")),
+    )
+    (manifests / "a.yaml").write_text(manifest("web", "    name: debian-12"))
+    state = ["--state-dir", str(tmp_path / "s")]
+    assert cli.main(["images", "lock", str(manifests), *state]) == 0
+    said = capsys.readouterr().out
+    assert f"dropped fedora-41/{ARCH}: no manifest uses it" in said
+    lock = json.loads((manifests / "images.lock.json").read_text())
+    assert list(lock["images"]) == [f"debian-12/{ARCH}"]
+    assert cli.main(["images", "lock", str(manifests), *state]) == 0
+    assert "every name in use is locked (1)" in capsys.readouterr().out
+    # the words each action takes
+    for words, said in (
+        (["images", "lock", "a", "b"], "one DIR at most"),
+        (["images", "pull"], "one NAME"),
+        (["images", "update", "--from", "x"], "--from goes with images pull"),
+        (["images", "update", "no-such", "--dir", str(manifests)], "not in the lock file"),
+    ):
+        assert cli.main([*words, *state]) == 2, words
+        assert said in capsys.readouterr().err
