@@ -52,7 +52,34 @@ def run_validate(options: Options, out: TextIO) -> int:
     render = {"text": _text, "json": _json, "github": _github}[options.output]
     for line in render(load):
         print(line, file=out)
+    if options.output == "text":
+        for line in _unused_lock_entries(options.paths, load):
+            print(line, file=out)
     return Exit.INVALID if load.errors else Exit.OK
+
+
+def _unused_lock_entries(paths: tuple[Path, ...], load: LoadResult) -> list[str]:
+    """A note for each entry of a lock file that no instance uses (not an error: `images
+    lock` drops them)."""
+    from reconciler.images.byname import lock_path, read_lock
+    from reconciler.model.imagelock import lock_key
+
+    used = {name.key for name in load.unlocked}
+    for spec in load.instances:
+        if spec.image.name is not None:
+            name = spec.image.name
+            used.update((name.key, lock_key(name.name, name.arch)))
+    notes: list[str] = []
+    for path in dict.fromkeys(lock_path(p) for p in paths):
+        try:
+            entries = read_lock(path)
+        except ConfigError:
+            continue  # said as an error of each instance that names an image
+        notes.extend(
+            f"note: {path}: {key} is used by no manifest (`reconcile images lock` drops it)"
+            for key in sorted(set(entries) - used)
+        )
+    return notes
 
 
 def _summary(load: LoadResult) -> str:

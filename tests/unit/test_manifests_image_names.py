@@ -205,3 +205,18 @@ def test_images_lock_drops_the_entries_no_manifest_uses_and_keeps_the_others(
     ):
         assert cli.main([*words, *state]) == 2, words
         assert said in capsys.readouterr().err
+
+
+def test_validate_says_a_name_the_catalogue_lacks_and_notes_unused_lock_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.cli import main as cli
+
+    monkeypatch.setenv("RECONCILER_CONFIG", "")
+    write_lock(tmp_path, (lock_key("fedora-41", ARCH), locked("fedora-41", "generic")))
+    (tmp_path / "a.yaml").write_text(manifest("web", "    name: debian-13"))
+    assert cli.main(["validate", str(tmp_path)]) == 2
+    said = capsys.readouterr().out
+    assert "a.yaml:9:11: /spec/image/name: image 'debian-13' is not in the catalogue" in said
+    assert "expected one of: debian-12, fedora-41, ubuntu-22.04, ubuntu-24.04" in said
+    assert f"note: {tmp_path}/images.lock.json: fedora-41/{ARCH} is used by no manifest" in said
