@@ -36,6 +36,7 @@ from reconciler.cli.adoption import add_adoption_parsers, run_adopt, run_export
 from reconciler.cli.backends import Backend, Local, backend_for
 from reconciler.cli.console import run_console
 from reconciler.cli.context import owned_state
+from reconciler.cli.events import add_events_parser, run_events
 from reconciler.cli.images import add_images_parser, run_images
 from reconciler.cli.options import DEFAULT_WAIT, Command, Exit, Options, options_from
 from reconciler.cli.pull import git_source, sync_for_once
@@ -249,6 +250,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "       %(prog)s rollout pause|resume|undo SET [DIR]\n"
         "       %(prog)s images lock|outdated [DIR] | images update [NAME...] [--dir DIR]\n"
         "       %(prog)s images pull NAME [--from DIR|TARBALL] [--dir DIR]\n"
+        "       %(prog)s events [NAME] [-o json] [--follow]\n"
         "       %(prog)s revert NAME LABEL | resume NAME\n"
         "       %(prog)s schema",
         description="Keep libvirt VMs in the state that YAML manifests describe. Without a "
@@ -327,6 +329,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_snapshot_parsers(commands, common)
     add_rollout_parser(commands, common)
     add_images_parser(commands, common)
+    add_events_parser(commands, common)
     status = commands.add_parser(
         "status", parents=[common], help="what the daemon knows about each instance"
     )
@@ -754,6 +757,7 @@ COMMANDS: dict[Command, Callable[[Options, TextIO], int]] = {
     Command.SNAPSHOT: run_snapshot,
     Command.SNAPSHOTS: run_snapshots,
     Command.IMAGES: run_images,
+    Command.EVENTS: run_events,
     Command.REVERT: run_revert,
     Command.RESUME: run_resume,
     Command.ROLLOUT: run_rollout,

@@ -62,6 +62,7 @@ class Command(enum.StrEnum):
     RESUME = "resume"
     ROLLOUT = "rollout"
     IMAGES = "images"
+    EVENTS = "events"
 
 
 @dataclass(frozen=True, slots=True)

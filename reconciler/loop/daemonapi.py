@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("reconciler.daemon")
 OPS = (
-    "ping", "status", "plan", "pass", "export", "adopt", "gc", "snapshot", "rollout",
-    "shutdown-guests",
+    "ping", "status", "events", "plan", "pass", "export", "adopt", "gc", "snapshot",
+    "rollout", "shutdown-guests",
 )  # fmt: skip
 
 
@@ -44,6 +44,8 @@ class DaemonApi:
             return {"pid": os.getpid()}
         if op == "status":
             return self._status(request.get("name"), bool(request.get("snapshots")))
+        if op == "events":
+            return self._events(request)
         if op == "plan":
             return self._plan(request)
         if op == "pass":
@@ -61,6 +63,16 @@ class DaemonApi:
         if op == "rollout":
             return self._rollout(request)
         raise RequestError(f"unknown op {op!r} (expected {', '.join(OPS[:-1])} or {OPS[-1]})")
+
+    def _events(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The events kept (of one instance, or all) after the number `since`."""
+        name, since = request.get("name"), request.get("since", 0)
+        if name is not None and not isinstance(name, str):
+            raise RequestError("events: name must be a string")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise RequestError("events: since must be a number of at least 0")
+        events, last = self._controller.status.events(name, since)
+        return {"events": events, "last": last}
 
     def _status(self, name: object, snapshots: bool = False) -> dict[str, Any]:
         """The daemon's status (with `snapshots`, each instance's snapshot summary, read from

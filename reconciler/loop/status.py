@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from reconciler.fileops import temporary_path
 from reconciler.loop.results import Failure, InstanceResult, Outcome
 
 STATUS_VERSION = 1
+EVENTS_KEPT = 20  # per instance, in memory and in the status file (`reconcile events`)
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -53,6 +55,9 @@ class InstanceStatus:
     last_event: dict[str, Any] | None = None
     addresses: list[dict[str, object]] | None = None  # per interface (planning.addresses)
     conditions: list[dict[str, str]] | None = None  # Ready, Live (health.conditions)
+    # the last EVENTS_KEPT events: reconciles that changed or failed, domain events,
+    # condition transitions (each with the book's sequence number)
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,7 @@ class InstanceStatus:
             "lastEvent": self.last_event,
             "addresses": self.addresses,
             "conditions": self.conditions,
+            "events": list(self.events),
         }
 
 
@@ -99,6 +105,7 @@ class StatusBook:
         self._sets: tuple[tuple[str, int], ...] = ()  # each instance set, and its replicas
         self._rollouts: dict[str, dict[str, Any]] = {}  # each rollout's progress, by group
         self._lock = threading.Lock()
+        self._sequence = 0  # of the last event recorded (events are numbered for --follow)
 
     def set_desired(self, name: str, manifest: str, desired: str) -> None:
         with self._lock:
@@ -134,11 +141,30 @@ class StatusBook:
         with self._lock:
             if name not in self._instances:
                 return
-            self._instances[name].last_event = {
-                "at": _iso(time.time()),
-                "kind": kind,
-                "detail": detail,
-            }
+            entry = self._instances[name]
+            entry.last_event = {"at": _iso(time.time()), "kind": kind, "detail": detail}
+            self._add_event(entry, "domain", {"event": kind, "detail": detail})
+
+    def events(self, name: str | None = None, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The events kept (of `name`, or of every instance) numbered after `since`, oldest
+        first, each with its instance; and the number of the last event recorded."""
+        with self._lock:
+            entries = [self._instances[name]] if name in self._instances else []
+            if name is None:
+                entries = list(self._instances.values())
+            found = [
+                {"instance": entry.name, **event}
+                for entry in entries
+                for event in entry.events
+                if event["seq"] > since
+            ]
+            return sorted(found, key=lambda event: event["seq"]), self._sequence
+
+    def _add_event(self, entry: InstanceStatus, kind: str, fields: dict[str, Any]) -> None:
+        """Lock held."""
+        self._sequence += 1
+        entry.events.append({"seq": self._sequence, "at": _iso(time.time()), "kind": kind,
+                             **fields})  # fmt: skip
 
     def record_result(
         self,
@@ -188,6 +214,17 @@ class StatusBook:
             entry.waiting_for_change = result.failure is Failure.PERMANENT
             entry.pending_restart = pending_restart
             entry.crash_loop = _crash_loop(result, started)
+            if result.outcome is not Outcome.UNCHANGED:  # a no-op pass is not history
+                event: dict[str, Any] = {
+                    "outcome": result.outcome.value,
+                    "triggers": sorted(triggers),
+                    "actions": list(result.actions),
+                }
+                if result.outcome is Outcome.FAILED:
+                    event["error"] = result.message
+                if entry.crash_loop is not None:
+                    event["crashLoopRestarts"] = entry.crash_loop["restarts"]
+                self._add_event(entry, "reconcile", event)
 
     def set_health(
         self,
@@ -198,6 +235,14 @@ class StatusBook:
         """The instance's Ready and Live conditions (and its addresses, when observed)."""
         with self._lock:
             entry = self._entry(name)
+            before = {c.get("type"): c.get("status") for c in entry.conditions or []}
+            for condition in conditions:
+                if before.get(condition.get("type")) != condition.get("status"):
+                    self._add_event(entry, "condition", {
+                        key: condition[key]
+                        for key in ("type", "status", "reason", "message")
+                        if key in condition
+                    })  # fmt: skip
             entry.conditions = conditions
             if addresses:
                 entry.addresses = addresses
