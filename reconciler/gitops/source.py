@@ -77,6 +77,9 @@ class GitState:
     fetched_at: str | None = None
     refused: dict[str, str] | None = None  # {"commit": ..., "reason": ...} of the newest
     error: str | None = None  # the last fetch's failure, when it failed
+    applied_time: float | None = None  # the commit in force's commit time (seconds)
+    newest_time: float | None = None  # the newest commit's
+    current_at: float | None = None  # the last fetch that found the newest commit in force
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -160,9 +163,12 @@ class GitSource:
             self._write_state()
             raise
         self.state.error = None
+        if newest != self.state.newest or self.state.newest_time is None:
+            self.state.newest_time = self._commit_time(newest)
         self.state.newest = newest
         self.state.fetched_at = _now()
         if newest == self.state.applied and self.current.exists():
+            self.state.current_at = time.time()
             self._write_state()
             return SyncResult(False, self.state, None)
         reason, load = self._check(newest)
@@ -175,6 +181,7 @@ class GitSource:
         self._switch(newest)
         LOG.info("git: applied commit %s of %s", newest[:12], self.state.ref)
         self.state.applied, self.state.applied_at, self.state.refused = newest, _now(), None
+        self.state.applied_time, self.state.current_at = self.state.newest_time, time.time()
         self._write_state()
         return SyncResult(True, self.state, load)
 
@@ -342,6 +349,14 @@ class GitSource:
             return GitState(url, ref)
         state.applied = state.applied if self.current.exists() else None
         return state
+
+    def _commit_time(self, commit: str) -> float | None:
+        """When `commit` was made (its committer time), or None when git cannot say."""
+        try:
+            text = self._git("log", "-1", "--format=%ct", commit).strip()
+        except GitError:
+            return None
+        return float(text) if text.isdigit() else None
 
     def _write_state(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
