@@ -8,6 +8,7 @@ commands of the README work as typed (`reconcile plan manifests/`, `reconcile st
     connect: qemu:///system           # a libvirt URI
     host: hv-a                        # this host's slice (run, --once, plan)
     ca-bundle: /etc/ssl/private-ca.pem
+    metrics-address: 127.0.0.1:9177  # the daemon's /metrics, /healthz and /readyz
     catalogue:                        # images by name: over the shipped catalogue
       debian-12: {url: http://mirror.internal/debian/bookworm/latest/}
 
@@ -33,7 +34,7 @@ from reconciler.fileops import InputFileRefused, read_input_file
 ENV_CONFIG = "RECONCILER_CONFIG"
 DEFAULT_CONFIG = Path("/etc/reconciler/config.yaml")
 MAX_CONFIG_BYTES = 64 * 1024
-_STRINGS = ("state-dir", "driver", "connect", "host", "ca-bundle")
+_STRINGS = ("state-dir", "driver", "connect", "host", "ca-bundle", "metrics-address")
 _KEYS = (*_STRINGS, "image-dir", "catalogue")
 
 

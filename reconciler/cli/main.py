@@ -296,6 +296,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help=f"instances reconciled at once by the daemon (default {DEFAULT_WORKERS})",
     )
     run.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        default=None,
+        help="the daemon serves /metrics (Prometheus), /healthz and /readyz there, e.g. "
+        "127.0.0.1:9177 (default: off; or metrics-address in the configuration file)",
+    )
+    run.add_argument(
         "--resync",
         metavar="DURATION",
         default="5m",
@@ -675,6 +682,7 @@ def run_daemon(options: Options, out: TextIO) -> int:
             source,
             options.git.interval_seconds if options.git is not None else 60.0,
             options.catalogue(),
+            options.metrics_address,
         )
         controller = Controller(driver, state, settings, daemon)
         server = ControlServer(state.control_socket, controller.handle_request)

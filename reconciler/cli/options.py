@@ -119,6 +119,7 @@ class Options:
     action: str = "take"  # snapshot's: take or delete
     catalogue_config: tuple[str, Any] | None = None  # the config file's catalogue, and where
     source_path: Path | None = None  # images pull --from
+    metrics_address: tuple[str, int] | None = None  # the daemon's --metrics-address
 
     @property
     def daemon(self) -> bool:
@@ -237,6 +238,7 @@ def options_from(command: str, args: argparse.Namespace) -> Options:
         identity=_absolute(given.get("identity")),
         ssh_command=tuple(given.get("ssh_command") or ()),
         catalogue_config=None if "catalogue" not in config else (str(path), config["catalogue"]),
+        metrics_address=_metrics_address(kind, given.get("metrics_address"), config),
         **snapshot,
     )
     return options
@@ -265,6 +267,22 @@ def _snapshot_options(kind: Command, given: dict[str, Any]) -> dict[str, Any]:
 
 
 DEFAULT_WAIT = "10m"
+
+
+def _metrics_address(
+    kind: Command, given: object, config: dict[str, Any]
+) -> tuple[str, int] | None:
+    """The daemon's --metrics-address (else the configuration file's), checked."""
+    text = given if isinstance(given, str) else config.get("metrics-address")
+    if text is None:
+        return None
+    if kind is not Command.DAEMON:
+        if isinstance(given, str):
+            raise ConfigError("--metrics-address goes with the daemon (not with --once)")
+        return None
+    from reconciler.monitoring.server import parse_address
+
+    return parse_address(str(text))
 
 
 def _absolute(path: object) -> Path | None:

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,24 @@ class _Transient(Exception):
     """One attempt failed in a way worth retrying."""
 
 
+class DownloadTotals:
+    """What every download of this process received, and how many failed (after their
+    retries): the daemon's metrics read them. Safe from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.failed = 0
+
+    def add(self, received: int, failed: bool) -> None:
+        with self._lock:
+            self.received += received
+            self.failed += failed
+
+
+TOTALS = DownloadTotals()
+
+
 @dataclass(slots=True)
 class _State:
     """What has been received and hashed so far (reset when a server ignores Range)."""
@@ -211,6 +230,7 @@ def download(
     state = download_any(url, out, limits, transport, clock, progress)
     digest = state.hasher.hexdigest()
     if digest != expected_sha256:
+        TOTALS.add(0, failed=True)
         raise DownloadRefused(
             f"checksum mismatch for {url}: manifest says sha256 {expected_sha256}, "
             f"the server sent {digest} ({state.received} bytes); the file was not kept"
@@ -233,6 +253,7 @@ def download_published(
     assert state.also is not None
     digest = state.also.hexdigest()
     if digest != expected:
+        TOTALS.add(0, failed=True)
         raise DownloadRefused(
             f"checksum mismatch for {url}: the signed checksum file says {algorithm} "
             f"{expected}, the server sent {digest} ({state.received} bytes); the file was "
@@ -273,10 +294,15 @@ def download_any(
     while True:
         try:
             _attempt(url, out, state, limits, progress, transport)
+            TOTALS.add(state.received, failed=False)
             return state
+        except DownloadRefused:
+            TOTALS.add(state.received, failed=True)
+            raise
         except _Transient as err:
             attempt += 1
             if attempt >= limits.attempts:
+                TOTALS.add(state.received, failed=True)
                 raise DownloadFailed(f"download of {url} failed {attempt} times: {err}") from err
             delay = min(limits.backoff_cap, limits.backoff_initial * 2 ** (attempt - 1))
             LOG.info("download of %s: %s; retrying in %.1fs", url, err, delay)

@@ -39,6 +39,7 @@ from reconciler.images.resolve import SourceResolver
 from reconciler.loop.control import Reply
 from reconciler.loop.daemonapi import DaemonApi
 from reconciler.loop.imagenames import NameResolver
+from reconciler.loop.monitor import DaemonMonitor
 from reconciler.loop.names import FULL_PASS_TRIGGERS, NameBook, Trigger
 from reconciler.loop.once import orphan_refusal, prune_refusal
 from reconciler.loop.queue import WorkQueue
@@ -76,6 +77,7 @@ class DaemonOptions:
     git: GitSource | None = None  # pull mode: the manifests come from this repository
     git_interval_seconds: float = DEFAULT_GIT_INTERVAL_SECONDS
     catalogue: dict[str, CatalogueEntry] | None = None  # images by name (None: shipped only)
+    metrics_address: tuple[str, int] | None = None  # /metrics, /healthz, /readyz (None: off)
 
 
 def _source_identity(spec: InstanceSpec) -> FileStamp:
@@ -151,6 +153,7 @@ class Controller:
                 self.clock,
             )
         )
+        self.monitor = DaemonMonitor(self, options.metrics_address)
         self._lock = threading.Condition()  # reentrant: the name book shares it
         self._instance_locks: dict[str, threading.Lock] = {}  # see instance_lock
         self.names = NameBook(self._lock, self.clock)
@@ -179,6 +182,7 @@ class Controller:
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until `stop()`; `on_ready` is called once the first pass is done."""
         self.state.create()
+        self.monitor.start()  # /readyz says not ready until the first pass is done
         self.attach()
         if self._watcher is not None:
             self._watcher.start()
@@ -196,6 +200,7 @@ class Controller:
         next_resync = clock.monotonic() + self.options.resync_seconds
         next_fetch = clock.monotonic() + self.options.git_interval_seconds
         while not self._stop.is_set():
+            self.monitor.tick()
             wait = max(0.0, next_resync - clock.monotonic())
             clock.wait(self._stop, min(wait, 1.0))
             if self._stop.is_set():
@@ -236,12 +241,14 @@ class Controller:
             names = list(self._specs)
         self.wait_for(names, since)
         if not self._stop.is_set():
+            self.monitor.first_pass_done()
             LOG.info("first pass done: %d instance(s)", len(names))
             if on_ready is not None:
                 on_ready()
 
     def _shut_down(self) -> None:
         LOG.info("stopping: no new work; waiting for the steps in flight")
+        self.monitor.stop()
         if self._watcher is not None:
             self._watcher.stop()
         self.queue.close()
@@ -530,6 +537,7 @@ class Controller:
                 settled = self.reconciler.settled(spec, listing.resolver, listing.domains)
             result = settled or self.reconciler.reconcile(spec)
         next_retry = self._requeue(name, spec, result)
+        self.monitor.reconciled(result, triggers)
         self._log_result(result, next_retry)
         observed, addresses, running = self._observed(
             name, listing if settled is not None else None
@@ -595,6 +603,7 @@ class Controller:
             return None
         if result.outcome is Outcome.FAILED:
             next_retry = self.clock.wall() + self.queue.retry(name)
+            self.monitor.metrics.retried()
             if not self.driver.connected():
                 self.on_lost(f"connection to {self.driver.uri} lost")
             return next_retry

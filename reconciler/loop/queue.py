@@ -156,6 +156,12 @@ class WorkQueue:
         with self._changed:
             return len(self._due)
 
+    def longest_wait(self, now: float) -> float:
+        """How long the name that has been due the longest has waited (0: none is due)."""
+        with self._changed:
+            earliest = min(self._due.values(), default=now)
+            return max(0.0, now - earliest)
+
     @property
     def busy(self) -> bool:
         """Whether any name waits or is being processed."""

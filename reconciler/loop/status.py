@@ -247,6 +247,24 @@ class StatusBook:
             if addresses:
                 entry.addresses = addresses
 
+    def metrics_rows(
+        self,
+    ) -> tuple[list[tuple[str, str, str, bool | None, bool | None, bool, int]], int]:
+        """Each instance as the metrics show it (name, desired, observed, ready, live,
+        failing, crash-loop restarts), and the number of manifest errors."""
+        rows: list[MetricsRow] = []
+        with self._lock:
+            for name in sorted(self._instances):
+                entry = self._instances[name]
+                conditions = {c.get("type"): c.get("status") for c in entry.conditions or []}
+                rows.append((
+                    name, entry.desired or "unknown", entry.observed or "unknown",
+                    _condition(conditions.get("Ready")), _condition(conditions.get("Live")),
+                    entry.last_error is not None,
+                    (entry.crash_loop or {}).get("restarts", 0),
+                ))  # fmt: skip
+            return rows, len(self._manifest_errors)
+
     def get(self, name: str) -> InstanceStatus | None:
         with self._lock:
             return self._instances.get(name)
@@ -314,6 +332,14 @@ class StatusBook:
         if entry is None:
             entry = self._instances[name] = InstanceStatus(name)
         return entry
+
+
+# name, desired, observed, ready, live, failing, crash-loop restarts
+MetricsRow = tuple[str, str, str, bool | None, bool | None, bool, int]
+
+
+def _condition(status: str | None) -> bool | None:
+    return {"True": True, "False": False}.get(status or "")
 
 
 def status_file_text(snapshot: dict[str, Any]) -> str:

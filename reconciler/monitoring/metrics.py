@@ -21,6 +21,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -78,6 +79,7 @@ class DaemonMetrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry())
 
     def __post_init__(self) -> None:
+        disable_created_metrics()  # the _created series say nothing a dashboard uses
         self.reconciles = Counter(
             f"{PREFIX}_reconcile", "Reconciles, by outcome and by what caused them.",
             ["outcome", "trigger"], registry=self.registry,
