@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from reconciler.loop.controller import Controller
 
 LOG = logging.getLogger(__name__)
-STALE_SECONDS = 30.0
+STALE_SECONDS = 30.0  # $RECONCILER_HEALTHZ_STALE_SECONDS overrides it
 WATCHDOG_EVERY_SECONDS = 5.0
 # a test hook: while the file this names exists, the loop stands still (a wedged loop)
 ENV_WEDGE = "RECONCILER_TEST_WEDGE_FILE"
@@ -45,6 +45,7 @@ class DaemonMonitor:
         self._tick = time.monotonic()
         self._watchdog_sent = 0.0
         self._first_pass = False
+        self._stale = float(os.environ.get("RECONCILER_HEALTHZ_STALE_SECONDS") or STALE_SECONDS)
         self.metrics = DaemonMetrics(self.view)
         self.server = (
             None
@@ -84,7 +85,7 @@ class DaemonMonitor:
     def unhealthy(self) -> str | None:
         """Why the daemon is not alive (None: it is)."""
         age = time.monotonic() - self._tick
-        if age > STALE_SECONDS:
+        if age > self._stale:
             return f"the loop has not gone round for {age:.0f}s"
         return None
 
