@@ -26,6 +26,8 @@ packages=(
   procps
   # tests: systemd-analyze checks the shipped units (systemd need not run for that)
   systemd
+  # tests: promtool checks the shipped alert rules (contrib/prometheus); no service starts
+  prometheus
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -124,14 +124,14 @@ def test_readyz_waits_for_the_first_pass_and_metrics_follow_the_instances(
     broken = unique_name("rcm")
     source = str(guest_image("qcow2"))
     guest_manifest(daemon.manifests, broken, source, "0" * 64, state="stopped")
-    wait_until(lambda: value(port, "reconciler_instance_failing", instance=broken) == 1,
+    wait_until(lambda: value(port, "reconciler_instance_failing", name=broken) == 1,
                "the broken instance to fail", daemon)  # fmt: skip
     assert value(port, "reconciler_reconcile_total", outcome="failed", trigger="manifest") >= 1
     assert value(port, "reconciler_reconcile_errors_total", failure="permanent") >= 1
     # fixed
     sha = hashlib.sha256(guest_image("qcow2").read_bytes()).hexdigest()
     guest_manifest(daemon.manifests, broken, source, sha, state="stopped")
-    wait_until(lambda: value(port, "reconciler_instance_failing", instance=broken) == 0,
+    wait_until(lambda: value(port, "reconciler_instance_failing", name=broken) == 0,
                "the fixed instance to converge", daemon)  # fmt: skip
     assert value(port, "reconciler_instances", desired="stopped", observed="shutoff") == 1
     assert value(port, "reconciler_reconcile_total", outcome="changed", trigger="manifest") >= 1

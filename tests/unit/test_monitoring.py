@@ -48,13 +48,13 @@ def test_a_view_becomes_metrics_with_bounded_labels() -> None:
     )
     assert found[("reconciler_reconcile_errors_total", (("failure", "permanent"),))] == 1
     assert found[("reconciler_instances", (("desired", "running"), ("observed", "shutoff")))] == 1
-    assert found[("reconciler_instance_ready", (("instance", "web-1"),))] == 1
-    assert ("reconciler_instance_ready", (("instance", "web-2"),)) not in found  # unknown
-    assert found[("reconciler_instance_crash_loop_restarts", (("instance", "web-2"),))] == 3
+    assert found[("reconciler_instance_ready", (("name", "web-1"),))] == 1
+    assert ("reconciler_instance_ready", (("name", "web-2"),)) not in found  # unknown
+    assert found[("reconciler_instance_crash_loop_restarts", (("name", "web-2"),))] == 3
     assert found[("reconciler_connected", ())] == 0
     assert found[("reconciler_git_newest_refused", ())] == 1
     assert ("reconciler_git_last_good_sync_timestamp_seconds", ()) not in found
-    instance_labelled = {name for name, labels in found if ("instance", "web-1") in labels}
+    instance_labelled = {name for name, labels in found if ("name", "web-1") in labels}
     assert instance_labelled == {
         "reconciler_instance_ready", "reconciler_instance_live",
         "reconciler_instance_failing", "reconciler_instance_crash_loop_restarts",
