@@ -6,9 +6,9 @@ hands over (its queue, its status book, the image cache, the connection, pull mo
 scrape never waits on the loop and an idle daemon does no work for metrics at all.
 
 Label cardinality is bounded: outcome (3) x trigger (13) for reconciles; desired x observed
-power states; per-instance series (label `name`, the instance's name: Prometheus keeps `instance` for the
-scrape target) only for what an alert needs per instance: ready, live, failing and crash-loop
-restarts, one series each per managed instance.
+power states; per-instance series (label `name`, the instance's name: Prometheus keeps
+`instance` for the scrape target) only for what an alert needs per instance: ready, live,
+failing and crash-loop restarts, one series each per managed instance.
 """
 
 from __future__ import annotations
