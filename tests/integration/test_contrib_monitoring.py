@@ -82,4 +82,3 @@ def test_the_readme_lists_every_metric() -> None:
     families = {name for name in families if not name.startswith("reconciler_process_")}
     missing = sorted(name for name in families if name not in readme)
     assert not missing, f"README's Monitoring section lacks {missing}"
-
