@@ -53,8 +53,8 @@ def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def value(port: int, name: str, **labels: str) -> float:
-    return samples(port).get((name, tuple(sorted(labels.items()))), 0.0)
+def value(port: int, metric: str, **labels: str) -> float:
+    return samples(port).get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
 def guest_manifest(directory: Path, name: str, source: str, sha256: str, **spec: Any) -> None:
