@@ -68,7 +68,8 @@ class DaemonMonitor:
             time.sleep(0.2)
         now = time.monotonic()
         self._tick = now
-        if now - self._watchdog_sent >= WATCHDOG_EVERY_SECONDS:
+        every = _watchdog_every()
+        if every is not None and now - self._watchdog_sent >= every:
             from reconciler.loop.controller import notify_systemd
 
             notify_systemd("WATCHDOG=1")
@@ -121,6 +122,17 @@ class DaemonMonitor:
             git=git,
             loop_tick_age=time.monotonic() - self._tick,
         )
+
+
+def _watchdog_every() -> float | None:
+    """How often to send WATCHDOG=1: when systemd asks for it (WatchdogSec= sets
+    $WATCHDOG_USEC, for this process: $WATCHDOG_PID), at most half its period; None when it
+    does not."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return min(WATCHDOG_EVERY_SECONDS, int(usec) / 2e6)
 
 
 def _cache_size(images: Path) -> tuple[int, int]:

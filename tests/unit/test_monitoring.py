@@ -88,3 +88,31 @@ def test_the_event_history_is_bounded_numbered_and_says_only_transitions(tmp_pat
     assert book.events("nobody") == ([], last + 1)
     assert book.snapshot()["instances"][0]["events"][-1] == {k: v for k, v in crash.items()
                                                               if k != "instance"}  # fmt: skip
+
+
+def test_the_watchdog_is_fed_only_when_systemd_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import socket
+    from typing import Any, cast
+
+    from reconciler.loop.monitor import DaemonMonitor
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(0.2)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        monitor = DaemonMonitor(cast(Any, None), None)
+        monitor.tick()  # no WatchdogSec: READY=1 and STOPPING=1 only
+        with pytest.raises(TimeoutError):
+            notify.recv(64)
+        monkeypatch.setenv("WATCHDOG_USEC", "120000000")
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # another process's
+        monitor.tick()
+        with pytest.raises(TimeoutError):
+            notify.recv(64)
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+        monitor.tick()
+        assert notify.recv(64) == b"WATCHDOG=1"
+        assert monitor.unhealthy() is None
