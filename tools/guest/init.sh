@@ -101,6 +101,9 @@ if [ -n "$config" ] && { mount -t iso9660 -o ro "$device" /mnt/config 2>/dev/nul
   services_stop_after=$(asked services-stop-after)
   grep -q "reconciler-guest: cloud-init-error" /mnt/config/user-data 2>/dev/null &&
     cloud_init_error=yes
+  # a guest that writes an increasing counter to its first data disk (for soak tests: a disk
+  # replaced or rolled back shows as a counter that goes backwards)
+  grep -q "reconciler-guest: counter" /mnt/config/user-data 2>/dev/null && counter=vdb
 else
   say "config-drive=none"
 fi
@@ -177,6 +180,22 @@ fi
 [ -n "$power_button" ] && exec 3<"$power_button"
 say ready
 [ -n "$services_after" ] && ( sleep "$services_after"; services ) &
+# the counter: read back from the disk at each boot, then one more every second, each value
+# written (fsync) before it is printed
+if [ -n "$counter" ] && [ -b "/dev/$counter" ]; then
+  (
+    value=$(dd if="/dev/$counter" bs=512 count=1 2>/dev/null | tr -dc '0-9' | head -c 18 |
+      sed 's/^0*//')
+    value=${value:-0}
+    say "counter-start $counter value=$value"
+    while :; do
+      value=$((value + 1))
+      printf '%018d\n' "$value" | dd of="/dev/$counter" bs=512 count=1 conv=sync,fsync \
+        2>/dev/null && say "counter=$value"
+      sleep 1
+    done
+  ) &
+fi
 
 # disks plugged in or out while the guest runs, checked every second
 (
