@@ -1,0 +1,687 @@
+"""A soak under chaos: a live daemon managing instances of the test guest while faults are
+thrown at it from a seeded generator, with invariants checked all the time.
+
+The daemon runs on a libvirtd this tool starts itself (`--driver libvirtd`, in a private
+mount namespace: tests/libvirtd.py) or on the QMP driver (`--driver qmp`). Each guest writes
+an increasing counter to its data disk (the test guest's `reconciler-guest: counter`).
+
+Faults, at random times (exponential gaps, mean --fault-every seconds) from --seed:
+  kill-guest     SIGKILL of a running guest's QEMU
+  kill-daemon    SIGKILL of the reconciler daemon, restarted after 0 to 5 s
+  kill-libvirtd  SIGKILL of libvirtd, restarted after 0 to 5 s (libvirtd only)
+  edit-memory    memory 128MiB <-> 160MiB (a restart-class change, taken at the next boot)
+  edit-disk      the data disk grows by 4 MiB (live)
+  toggle-state   running <-> stopped
+  delete         state: absent (the domain goes, the disks stay), running again later
+  add            a new instance; remove: its manifest file removed (an orphan, kept)
+  invalid        a manifest broken (memory: lots), fixed 10 to 30 s later
+  tamper-cache   bytes appended to the cached base (quarantined and fetched again)
+  fill-disk      the state directory's file system filled for 10 to 30 s (a tmpfs the
+                 tool mounts; skipped where mounting is not allowed)
+
+Invariants, checked every --check-every seconds and once more at the end:
+  one-qemu-per-disk   no disk of the state directory open in two QEMU processes
+  counter             a guest's counter never goes backwards (its disk never replaced,
+                      truncated or rolled back; no revert is asked for here)
+  foreign-untouched   the planted foreign files (and, on libvirtd, a foreign domain) are as
+                      they were
+  bounded             the daemon's resident memory and open descriptors stay under bounds
+  status-well-formed  every status answer has the documented shape
+After the last fault, every instance must converge (and a running one be ready) within
+--converge-seconds.
+
+Writes a JSON report (--report) and prints a summary; exit 1 on any violation or no
+convergence. A violation prints the events that came before it; the same --seed replays the
+same faults in the same order.
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--seed N] [--driver libvirtd|qmp]
+        [--instances 12] [--fault-every 8] [--report soak.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+sys.path.insert(0, str(PROJECT))
+
+from reconciler.errors import DaemonUnavailable  # noqa: E402
+from reconciler.loop.control import request  # noqa: E402
+from tests.guest import IMAGES, guest_image  # noqa: E402
+from tests.libvirtd import Libvirtd  # noqa: E402
+
+MAX_RSS_MIB = 400
+MAX_FDS = 512
+MEMORY = ("128MiB", "160MiB")
+USER_DATA = "#cloud-config\n# reconciler-guest: counter\n"
+CHILD_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE",)}
+CHILD_ENV["RECONCILER_CONFIG"] = ""
+
+
+@dataclass
+class Instance:
+    name: str
+    memory: str = MEMORY[0]
+    data_mib: int = 16
+    state: str = "running"
+    present: bool = True  # its manifest file exists
+    broken: bool = False  # its manifest is invalid until fixed
+
+
+@dataclass
+class Report:
+    seed: int
+    driver: str
+    minutes: float
+    faults: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    checks: Counter[str] = field(default_factory=Counter)
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    converge_seconds: float | None = None
+    converged: bool = False
+    peak_rss_mib: float = 0.0
+    peak_fds: int = 0
+    daemon_restarts: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "driver": self.driver, "minutes": self.minutes,
+            "faults": dict(sorted(self.faults.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+            "checks": dict(sorted(self.checks.items())),
+            "violations": self.violations,
+            "converged": self.converged, "convergeSeconds": self.converge_seconds,
+            "peakRssMiB": round(self.peak_rss_mib, 1), "peakFds": self.peak_fds,
+            "daemonRestarts": self.daemon_restarts,
+        }  # fmt: skip
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.report = Report(args.seed, args.driver, args.minutes)
+        self.root = Path(tempfile.mkdtemp(prefix="rcsoak-", dir="/tmp"))
+        self.manifests = self.root / "m"
+        self.state = self.root / "s"
+        self.manifests.mkdir()
+        self.state.mkdir()
+        self.events: deque[str] = deque(maxlen=40)
+        self.lock = threading.Lock()
+        self.prefix = f"rcs{args.seed % 1000:03d}{self.rng.randrange(16**3):03x}"
+        self.instances: dict[str, Instance] = {}
+        self.counters: dict[str, int] = {}  # the last value each guest printed
+        self.offsets: dict[str, int] = {}  # how far each console log was read
+        self.foreign: dict[Path, str] = {}
+        self.libvirtd: Libvirtd | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.tmpfs = False
+        self.stop_checking = threading.Event()
+        self.pending: list[tuple[float, str, str]] = []  # (when, action, name): later fixes
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        guest_image("qcow2")
+        if self.args.tmpfs_mib:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={self.args.tmpfs_mib}m", "soak",
+                 str(self.state)], capture_output=True, check=False,
+            )  # fmt: skip
+            self.tmpfs = done.returncode == 0
+        if self.args.driver == "libvirtd":
+            self.libvirtd = Libvirtd(self.root / "libvirtd")
+            self.libvirtd.prepare()
+            self.libvirtd.start()
+        self.plant_foreign()
+        for _ in range(self.args.instances):
+            self.write(self.new_instance())
+        self.start_daemon()
+
+    def plant_foreign(self) -> None:
+        """Files and a domain that are not the reconciler's: they must stay as they are."""
+        notes = self.manifests / "NOTES.txt"
+        notes.write_text("not a manifest\n")
+        planted = self.state / "foreign-file"
+        planted.write_text("a file of someone else's\n")
+        self.foreign = {path: _digest(path) for path in (notes, planted)}
+        if self.libvirtd is not None:
+            xml = (
+                f"<domain type='qemu'><name>{self.prefix}-foreign</name><memory>65536</memory>"
+                "<os><type>hvm</type></os></domain>"
+            )
+            definition = self.root / "foreign.xml"
+            definition.write_text(xml)
+            self.libvirtd.virsh("define", str(definition))
+
+    def new_instance(self) -> Instance:
+        instance = Instance(f"{self.prefix}-{len(self.instances)}")
+        self.instances[instance.name] = instance
+        return instance
+
+    def write(self, instance: Instance) -> None:
+        spec: dict[str, Any] = {
+            "vcpus": 1, "memory": instance.memory, "accelerator": "tcg",
+            "image": {"source": str(guest_image("qcow2")), "format": "qcow2"},
+            "disk": {"size": "256MiB"},
+            "disks": [{"name": "data", "size": f"{instance.data_mib}MiB"}],
+            "state": instance.state, "shutdownTimeoutSeconds": 20,
+            "cloudInit": {"userData": USER_DATA},
+        }  # fmt: skip
+        if instance.broken:
+            spec["memory"] = "lots"
+        document = {"apiVersion": "reconciler/v1alpha1", "kind": "Instance",
+                    "metadata": {"name": instance.name}, "spec": spec}  # fmt: skip
+        target = self.manifests / f"{instance.name}.yaml"
+        temporary = self.manifests / f".{instance.name}.yaml.tmp"
+        temporary.write_text(yaml.safe_dump(document))
+        os.replace(temporary, target)
+
+    def start_daemon(self) -> None:
+        command = [sys.executable, "-m", "reconciler", str(self.manifests), "--state-dir",
+                   str(self.state), "--image-dir", str(IMAGES), "--resync", "1m",
+                   "--download-attempts", "2"]  # fmt: skip
+        if self.libvirtd is not None:
+            command += ["--connect", self.libvirtd.uri]
+        else:
+            command += ["--driver", "qmp"]
+        log = (self.root / "daemon.log").open("ab")
+        self.daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env=CHILD_ENV, cwd=PROJECT)  # fmt: skip
+
+    # -- faults -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        checker = threading.Thread(target=self.check_loop, name="checker", daemon=True)
+        try:
+            self.setup()
+            checker.start()
+            end = time.monotonic() + self.args.minutes * 60
+            while time.monotonic() < end:
+                gap = self.rng.expovariate(1 / self.args.fault_every)
+                self.sleep_until(min(end, time.monotonic() + gap))
+                if time.monotonic() >= end:
+                    break
+                self.fault(self.rng.choice(self.kinds()))
+            self.calm()
+            self.converge()
+            self.stop_checking.set()
+            checker.join(timeout=30)
+            self.check_all()
+        finally:
+            self.stop_checking.set()
+            self.teardown()
+        return self.finish()
+
+    def kinds(self) -> list[str]:
+        kinds = ["kill-guest", "kill-guest", "kill-daemon", "edit-memory", "edit-disk",
+                 "toggle-state", "delete", "add", "remove", "invalid", "tamper-cache"]  # fmt: skip
+        if self.libvirtd is not None:
+            kinds.append("kill-libvirtd")
+        if self.tmpfs:
+            kinds.append("fill-disk")
+        return kinds
+
+    def sleep_until(self, when: float) -> None:
+        while time.monotonic() < when:
+            self.run_pending()
+            time.sleep(min(0.5, max(0.0, when - time.monotonic())))
+        self.run_pending()
+
+    def run_pending(self) -> None:
+        now = time.monotonic()
+        due = [item for item in self.pending if item[0] <= now]
+        self.pending = [item for item in self.pending if item[0] > now]
+        for _when, action, name in due:
+            self.later(action, name)
+
+    def note(self, text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        with self.lock:
+            self.events.append(line)
+        if self.args.verbose:
+            print(line, flush=True)
+
+    def pick(self, **wanted: Any) -> Instance | None:
+        chosen = [i for i in self.instances.values()
+                  if all(getattr(i, key) == value for key, value in wanted.items())]  # fmt: skip
+        return self.rng.choice(chosen) if chosen else None
+
+    def fault(self, kind: str) -> None:
+        done = getattr(self, "fault_" + kind.replace("-", "_"))()
+        if done is False:
+            self.report.skipped[kind] += 1
+            return
+        self.report.faults[kind] += 1
+
+    def fault_kill_guest(self) -> bool:
+        instance = self.pick(state="running", present=True)
+        pid = None if instance is None else self.qemu_pid(instance.name)
+        if instance is None or pid is None:
+            return False
+        self.note(f"kill-guest {instance.name} pid {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+    def fault_kill_daemon(self) -> bool:
+        assert self.daemon is not None
+        self.note(f"kill-daemon pid {self.daemon.pid}")
+        self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait(timeout=30)
+        self.sleep_until(time.monotonic() + self.rng.uniform(0, 5))
+        self.start_daemon()
+        self.report.daemon_restarts += 1
+        return True
+
+    def fault_kill_libvirtd(self) -> bool:
+        assert self.libvirtd is not None
+        self.note("kill-libvirtd")
+        self.libvirtd.kill()
+        self.sleep_until(time.monotonic() + self.rng.uniform(0, 5))
+        self.libvirtd.start()
+        return True
+
+    def fault_edit_memory(self) -> bool:
+        instance = self.pick(present=True, broken=False)
+        if instance is None:
+            return False
+        instance.memory = MEMORY[1] if instance.memory == MEMORY[0] else MEMORY[0]
+        self.note(f"edit-memory {instance.name} {instance.memory}")
+        self.write(instance)
+        return True
+
+    def fault_edit_disk(self) -> bool:
+        instance = self.pick(present=True, broken=False)
+        if instance is None or instance.data_mib >= 64:
+            return False
+        instance.data_mib += 4
+        self.note(f"edit-disk {instance.name} data {instance.data_mib}MiB")
+        self.write(instance)
+        return True
+
+    def fault_toggle_state(self) -> bool:
+        instance = self.pick(present=True, broken=False)
+        if instance is None or instance.state == "absent":
+            return False
+        instance.state = "stopped" if instance.state == "running" else "running"
+        self.note(f"toggle-state {instance.name} {instance.state}")
+        self.write(instance)
+        return True
+
+    def fault_delete(self) -> bool:
+        instance = self.pick(present=True, broken=False, state="running")
+        if instance is None:
+            return False
+        instance.state = "absent"
+        self.note(f"delete {instance.name} (state: absent)")
+        self.write(instance)
+        self.pending.append((time.monotonic() + self.rng.uniform(10, 40), "revive", instance.name))
+        return True
+
+    def fault_add(self) -> bool:
+        if len(self.instances) >= self.args.instances + 4:
+            return False
+        instance = self.new_instance()
+        self.note(f"add {instance.name}")
+        self.write(instance)
+        return True
+
+    def fault_remove(self) -> bool:
+        instance = self.pick(present=True, broken=False)
+        if instance is None:
+            return False
+        self.note(f"remove {instance.name} (manifest file removed: an orphan, kept)")
+        (self.manifests / f"{instance.name}.yaml").unlink()
+        instance.present = False
+        self.pending.append((time.monotonic() + self.rng.uniform(10, 40), "restore", instance.name))
+        return True
+
+    def fault_invalid(self) -> bool:
+        instance = self.pick(present=True, broken=False)
+        if instance is None:
+            return False
+        instance.broken = True
+        self.note(f"invalid {instance.name} (memory: lots)")
+        self.write(instance)
+        self.pending.append((time.monotonic() + self.rng.uniform(10, 30), "fix", instance.name))
+        return True
+
+    def fault_tamper_cache(self) -> bool:
+        bases = sorted(self.state.glob("images/sha256-*.qcow2"))
+        if not bases:
+            return False
+        base = self.rng.choice(bases)
+        self.note(f"tamper-cache {base.name} (bytes appended)")
+        os.chmod(base, 0o600)
+        with base.open("ab") as out:
+            out.write(b"tampered by the soak\n")
+        return True
+
+    def fault_fill_disk(self) -> bool:
+        filler = self.state / "soak-filler"
+        if filler.exists():
+            return False
+        self.note("fill-disk (the state directory's file system full)")
+        with contextlib.suppress(OSError), filler.open("wb") as out:
+            chunk = b"\0" * (1 << 20)
+            while True:
+                out.write(chunk)
+                out.flush()
+        self.pending.append((time.monotonic() + self.rng.uniform(10, 30), "free", ""))
+        return True
+
+    def later(self, action: str, name: str) -> None:
+        """What a fault scheduled for later: a fix, a revival, a restore, a free."""
+        if action == "free":
+            self.note("free-disk")
+            (self.state / "soak-filler").unlink(missing_ok=True)
+            return
+        instance = self.instances[name]
+        if action == "fix":
+            instance.broken = False
+        elif action == "revive":
+            instance.state = "running"
+        elif action == "restore":
+            instance.present = True
+        self.note(f"{action} {name}")
+        self.write(instance)
+
+    def calm(self) -> None:
+        """The faults stop: everything pending is undone, every process is up."""
+        for _when, action, name in sorted(self.pending):
+            self.later(action, name)
+        self.pending = []
+        if self.libvirtd is not None and (
+            self.libvirtd.process is None or self.libvirtd.process.poll() is not None
+        ):
+            self.libvirtd.start()
+        if self.daemon is None or self.daemon.poll() is not None:
+            self.start_daemon()
+        self.note("calm: the last fault is over")
+
+    # -- invariants ---------------------------------------------------------------------
+
+    def check_loop(self) -> None:
+        while not self.stop_checking.wait(self.args.check_every):
+            self.check_all()
+
+    def check_all(self) -> None:
+        for check in (self.check_qemus, self.check_counters, self.check_foreign,
+                      self.check_daemon, self.check_status):  # fmt: skip
+            try:
+                check()
+            except Exception as err:  # a checker's own error is a finding too
+                self.violation("checker", f"{check.__name__}: {type(err).__name__}: {err}")
+
+    def violation(self, invariant: str, detail: str) -> None:
+        with self.lock:
+            before = list(self.events)
+        self.report.violations.append({"invariant": invariant, "detail": detail,
+                                       "eventsBefore": before})  # fmt: skip
+        print(f"VIOLATION {invariant}: {detail}\n  events before it:\n    "
+              + "\n    ".join(before), flush=True)  # fmt: skip
+
+    def check_qemus(self) -> None:
+        self.report.checks["one-qemu-per-disk"] += 1
+        users: dict[str, list[int]] = {}
+        for pid, cmdline in _qemu_processes():
+            for disk in set(
+                re.findall(
+                    rf"{re.escape(str(self.state))}/instances/[^\",]+?\.(?:qcow2|raw)", cmdline
+                )
+            ):
+                users.setdefault(disk, []).append(pid)
+        for disk, pids in users.items():
+            if len(pids) > 1:
+                self.violation("one-qemu-per-disk", f"{disk} is open in QEMUs {pids}")
+
+    def check_counters(self) -> None:
+        self.report.checks["counter"] += 1
+        for name in list(self.instances):
+            log = self.state / "instances" / name / "console.log"
+            try:
+                with log.open("rb") as stream:
+                    stream.seek(self.offsets.get(name, 0))
+                    data = stream.read()
+            except OSError:
+                continue
+            complete = data.rfind(b"\n") + 1
+            self.offsets[name] = self.offsets.get(name, 0) + complete
+            for line in data[:complete].decode(errors="replace").splitlines():
+                self.counter_line(name, line.strip())
+
+    def counter_line(self, name: str, line: str) -> None:
+        start = re.search(r"reconciler-guest: counter-start \w+ value=(\d+)", line)
+        step = re.search(r"reconciler-guest: counter=(\d+)", line)
+        last = self.counters.get(name)
+        if start:
+            value = int(start.group(1))
+            if last is not None and value < last:
+                self.violation("counter", f"{name}: a boot read {value} from its data disk, "
+                               f"after {last} was written and printed")  # fmt: skip
+            self.counters[name] = value
+        elif step:
+            value = int(step.group(1))
+            if last is not None and value <= last:
+                self.violation("counter", f"{name}: counter {value} after {last}")
+            self.counters[name] = value
+
+    def check_foreign(self) -> None:
+        self.report.checks["foreign-untouched"] += 1
+        for path, digest in self.foreign.items():
+            if _digest(path) != digest:
+                self.violation("foreign-untouched", f"{path} was changed or removed")
+        if self.libvirtd is not None and self.libvirtd.process is not None \
+                and self.libvirtd.process.poll() is None:  # fmt: skip
+            listed = self.libvirtd.virsh("list", "--all", "--name").split()
+            if listed and f"{self.prefix}-foreign" not in listed:
+                self.violation("foreign-untouched", "the foreign domain is gone")
+
+    def check_daemon(self) -> None:
+        daemon = self.daemon
+        if daemon is None or daemon.poll() is not None:
+            return
+        self.report.checks["bounded"] += 1
+        try:
+            rss = _rss_mib(daemon.pid)
+            fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        except OSError:
+            return
+        self.report.peak_rss_mib = max(self.report.peak_rss_mib, rss)
+        self.report.peak_fds = max(self.report.peak_fds, fds)
+        if rss > MAX_RSS_MIB or fds > MAX_FDS:
+            self.violation("bounded", f"daemon RSS {rss:.0f} MiB, {fds} descriptors "
+                           f"(bounds {MAX_RSS_MIB} MiB, {MAX_FDS})")  # fmt: skip
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            answer = request(self.state / "control.sock", {"op": "status"}, timeout=10)
+        except (DaemonUnavailable, OSError):
+            return None
+        return answer
+
+    def check_status(self) -> None:
+        answer = self.status()
+        if answer is None:
+            return
+        self.report.checks["status-well-formed"] += 1
+        status = answer.get("status")
+        problems = []
+        if not isinstance(status, dict) or status.get("version") != 1:
+            problems.append("no status of version 1")
+        else:
+            for item in status.get("instances", []):
+                if not isinstance(item.get("name"), str) or not isinstance(
+                    item.get("events"), list
+                ):
+                    problems.append(f"an instance entry without name or events: {item!r:.200}")
+                if item.get("observed") not in (None, "running", "shutoff", "paused", "absent",
+                                                "shutdown", "crashed", "unknown", "pmsuspended",
+                                                "blocked", "nostate"):  # fmt: skip
+                    problems.append(f"{item.get('name')}: observed {item.get('observed')!r}")
+        for problem in problems:
+            self.violation("status-well-formed", problem)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def converge(self) -> None:
+        start = time.monotonic()
+        deadline = start + self.args.converge_seconds
+        while time.monotonic() < deadline:
+            if self.converged():
+                self.report.converged = True
+                self.report.converge_seconds = round(time.monotonic() - start, 1)
+                self.note(f"converged after {self.report.converge_seconds}s")
+                return
+            time.sleep(1)
+        self.note("not converged in time")
+
+    def converged(self) -> bool:
+        answer = self.status()
+        if answer is None:
+            return False
+        entries = {item["name"]: item for item in answer["status"]["instances"]}
+        for instance in self.instances.values():
+            if not instance.present:
+                continue
+            entry = entries.get(instance.name)
+            if instance.state == "absent":
+                if entry is not None and entry.get("observed") not in (None, "absent"):
+                    return False
+                continue
+            if entry is None or entry.get("lastError") is not None:
+                return False
+            if instance.state == "stopped" and entry.get("observed") != "shutoff":
+                return False
+            if instance.state == "running":
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in entry.get("conditions") or [])  # fmt: skip
+                if entry.get("observed") != "running" or not ready or entry.get("pendingRestart"):
+                    return False
+        return True
+
+    def teardown(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        for pid, cmdline in _qemu_processes():  # the guests this run started, by their pids
+            if str(self.state) in cmdline or (self.libvirtd and str(self.root) in cmdline):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.libvirtd is not None:
+            with contextlib.suppress(Exception):
+                self.libvirtd.destroy_all()
+            self.libvirtd.kill()
+        with contextlib.suppress(OSError):
+            shutil.copy(
+                self.root / "daemon.log", Path(tempfile.gettempdir()) / "reconciler-soak-daemon.log"
+            )
+        if self.tmpfs:
+            subprocess.run(["umount", "-l", str(self.state)], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def finish(self) -> int:
+        data = self.report.as_json()
+        if self.args.report:
+            Path(self.args.report).write_text(json.dumps(data, indent=2) + "\n")
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.report.faults.items()))
+        checks = sum(self.report.checks.values())
+        print(f"soak: seed {self.report.seed}, {self.report.driver}, {self.report.minutes:g} min, "
+              f"{len(self.instances)} instances")  # fmt: skip
+        print(f"  faults: {sum(self.report.faults.values())} ({faults})")
+        print(f"  checks: {checks}, violations: {len(self.report.violations)}")
+        print(f"  converged: {self.report.converged} after {self.report.converge_seconds}s; "
+              f"daemon peak RSS {self.report.peak_rss_mib:.0f} MiB, {self.report.peak_fds} "
+              f"descriptors, {self.report.daemon_restarts} restart(s)")  # fmt: skip
+        ok = not self.report.violations and self.report.converged
+        return 0 if ok else 1
+
+    def qemu_pid(self, name: str) -> int | None:
+        if self.libvirtd is not None:
+            return self.libvirtd.qemu_pid(name)
+        try:
+            return int((self.state / "instances" / name / "qemu.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _qemu_processes() -> Iterator[tuple[int, str]]:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "qemu-system" in cmdline.split(" ", 1)[0]:
+            yield int(entry), cmdline
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--driver", choices=("libvirtd", "qmp"), default="qmp")
+    parser.add_argument("--instances", type=int, default=12)
+    parser.add_argument(
+        "--fault-every", type=float, default=8.0, help="mean seconds between faults"
+    )
+    parser.add_argument("--check-every", type=float, default=2.0)
+    parser.add_argument("--converge-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--tmpfs-mib",
+        type=int,
+        default=1024,
+        help="the state directory on a tmpfs this big (0: no; fill-disk skipped)",
+    )
+    parser.add_argument("--report", default=None, help="write the JSON report here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each event")
+    args = parser.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+    print(f"soak: seed {args.seed} (replay with --seed {args.seed})", flush=True)
+    return Soak(args).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
