@@ -132,6 +132,7 @@ class Soak:
         self.prefix = f"rcs{args.seed % 1000:03d}{self.rng.randrange(16**3):03x}"
         self.instances: dict[str, Instance] = {}
         self.counters: dict[str, int] = {}  # the last value each guest printed
+        self.calm_counters: dict[str, int] = {}
         self.offsets: dict[str, int] = {}  # how far each console log was read
         self.foreign: dict[Path, str] = {}
         self.libvirtd: Libvirtd | None = None
@@ -406,7 +407,8 @@ class Soak:
         elif action == "restore":
             instance.present = True
         self.note(f"{action} {name}")
-        self.write(instance)
+        if instance.present:  # a removed manifest takes the change when it is restored
+            self.write(instance)
 
     def calm(self) -> None:
         """The faults stop: everything pending is undone, every process is up."""
@@ -547,6 +549,8 @@ class Soak:
     # -- the end ------------------------------------------------------------------------
 
     def converge(self) -> None:
+        self.check_counters()
+        self.calm_counters = dict(self.counters)  # a running guest must count on past these
         start = time.monotonic()
         deadline = start + self.args.converge_seconds
         while time.monotonic() < deadline:
@@ -579,6 +583,14 @@ class Soak:
                 ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                             for c in entry.get("conditions") or [])  # fmt: skip
                 if entry.get("observed") != "running" or not ready or entry.get("pendingRestart"):
+                    return False
+                # and it really runs: its QEMU is there and its guest counts on
+                pid = self.qemu_pid(instance.name)
+                if pid is None or not Path(f"/proc/{pid}").exists():
+                    return False
+                self.check_counters()
+                counted = self.counters.get(instance.name)
+                if counted is None or counted <= self.calm_counters.get(instance.name, -1):
                     return False
         return True
 

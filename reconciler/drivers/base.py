@@ -103,6 +103,10 @@ class Driver(Protocol):
         """Stop the domain's emulator now (pulling the plug)."""
         ...
 
+    def resume(self, name: str) -> None:
+        """Let a paused domain run again (QEMU retries the I/O it paused on)."""
+        ...
+
     def tear_down(self, name: str) -> str:
         """Stop a domain that a dead process left half-started or half-stopped, even where the
         hypervisor still holds it for that process; returns what was done, in words. Kills

@@ -620,6 +620,10 @@ class LibvirtDriver:
         libvirt = _libvirt()
         self._require(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
+    @_wrap_errors("resume")
+    def resume(self, name: str) -> None:
+        self._require(name).resume()
+
     @_wrap_errors("set memory of")
     def set_memory(self, name: str, memory_kib: int) -> None:
         libvirt = _libvirt()

@@ -680,6 +680,9 @@ class QmpDriver:
                 name, "blockdev-snapshot-delete-internal-sync", snapshot_deletion(node, label)
             )
 
+    def resume(self, name: str) -> None:
+        self._qmp(name, "cont")
+
     def set_memory(self, name: str, memory_kib: int) -> None:
         self._qmp(name, "balloon", {"value": memory_kib * 1024})
         self._change_live(name, memory_kib=memory_kib)

@@ -59,6 +59,7 @@ from reconciler.planning.steps import (
     DefineDomain,
     RecoverDomain,
     ReleaseHold,
+    ResumeDomain,
     SetAutostart,
     StartDomain,
     Step,
@@ -211,6 +212,8 @@ def _plan_present(
 
     if stopping:  # before the disks: a replaced or offline-grown disk must not be in use
         steps.append(StopDomain(spec.name, spec.shutdown_timeout_seconds))
+    elif _paused_on_io_error(domain) and spec.state is DesiredState.RUNNING:
+        steps.append(ResumeDomain(spec.name, paths.directory))
     steps += disk_steps(
         resolved, actual, context, shape, replacing, starting, online=active and not stopping
     )
@@ -525,12 +528,13 @@ def _refusal(
     # start would fail, so nothing is made for it
     if context.unavailable:
         return "; ".join(context.unavailable)
-    # paused on an error (not by hand, not an interrupted transition): report, do not act
+    # paused on an error (not by hand, not an interrupted transition, not an I/O error: that
+    # one is resumed once its file system has room): report, do not act
     if (
         domain is not None
         and domain.state is PowerState.PAUSED
         and not domain.interrupted
-        and domain.state_reason is not StateReason.USER
+        and domain.state_reason not in (StateReason.USER, StateReason.IOERROR)
         and spec.state is not DesiredState.STOPPED
     ):
         return (
@@ -538,6 +542,15 @@ def _refusal(
             "running. Set state: stopped to stop it, then running to start it again"
         )
     return None
+
+
+def _paused_on_io_error(domain: DomainFacts | None) -> bool:
+    """QEMU paused the guest on an I/O error (werror=stop: a full file system, typically)."""
+    return (
+        domain is not None
+        and domain.state is PowerState.PAUSED
+        and domain.state_reason is StateReason.IOERROR
+    )
 
 
 def _base_change(resolved: ResolvedInstance, overlay: DiskFacts) -> str | None:

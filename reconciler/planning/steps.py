@@ -25,6 +25,7 @@ from reconciler.sizes import format_size
 
 class StepKind(enum.StrEnum):
     RECOVER = "recover"
+    RESUME = "resume"
     FETCH_BASE = "fetch-base"
     CREATE_OVERLAY = "create-overlay"
     RESIZE_DISK = "resize-disk"
@@ -69,6 +70,26 @@ class RecoverDomain:
     def review(self) -> Review:
         """Its disruption, and what it changes."""
         return Disruption.RESTART, (FieldChange("power", "running", "off"),)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeDomain:
+    """Let a domain that QEMU paused on an I/O error (a full file system, typically) run
+    again, once the file system of its disks has room: the guest goes on where it stopped."""
+
+    kind: ClassVar[StepKind] = StepKind.RESUME
+    instance: str
+    disk_directory: Path
+
+    def describe(self) -> str:
+        return (
+            "resume the domain paused on an I/O error (the guest goes on where it stopped), "
+            f"once {self.disk_directory} has room"
+        )
+
+    def review(self) -> Review:
+        """Its disruption, and what it changes."""
+        return Disruption.NONE, (FieldChange("power", "paused (I/O error)", "running"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +540,7 @@ class ReleaseHold:
 
 Step = (
     RecoverDomain
+    | ResumeDomain
     | FetchBase
     | CreateOverlay
     | ResizeDisk

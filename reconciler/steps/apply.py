@@ -47,6 +47,7 @@ from reconciler.planning.steps import (
     ReleaseHold,
     RemoveFiles,
     ResizeDisk,
+    ResumeDomain,
     SetAutostart,
     SetMemory,
     SetVcpus,
@@ -71,6 +72,10 @@ SHUTDOWN_REPRESS_SECONDS = 10  # as Nova's SHUTDOWN_RETRY_INTERVAL
 # libvirt itself tears down a start it finds interrupted when it reconnects to the domain, in
 # the background, about a second after the connection opens: wait that long before acting.
 RECOVER_SETTLE_SECONDS = 5.0
+# a domain paused on an I/O error is resumed when its disks' file system has this much room
+# (or a twentieth of its size, if that is less), and watched this long for a pause again
+RESUME_ROOM_BYTES = 64 * 1024**2
+RESUME_WATCH_SECONDS = 2.0
 RECOVER_STOP_SECONDS = 30.0
 
 
@@ -89,6 +94,8 @@ def apply_step(step: Step, context: StepContext) -> str:
     match step:
         case RecoverDomain():
             return _recover(step, context)
+        case ResumeDomain():
+            return _resume(step, context)
         case FetchBase():
             use = context.cache.ensure(step.image)
             done = (
@@ -301,6 +308,34 @@ def _recover(step: RecoverDomain, context: StepContext) -> str:
             return f"recovered an interrupted {_what(step)}: {how}"
         clock.sleep(POLL_SECONDS)
     raise StepError(f"the interrupted {_what(step)} could not be torn down ({how})")
+
+
+def _resume(step: ResumeDomain, context: StepContext) -> str:
+    """Let a domain paused on an I/O error run again, once the file system of its disks has
+    room; a StepError (retried with backoff) while it has none, or when the guest pauses
+    again at once (its pause arrives during the step: it does not queue the name again)."""
+    clock, driver, name = context.clock, context.driver, step.instance
+    try:
+        stat = os.statvfs(step.disk_directory)
+    except OSError as err:
+        raise StepError(f"cannot see the file system of {step.disk_directory}: {err}") from err
+    room = stat.f_bavail * stat.f_frsize
+    if room < min(RESUME_ROOM_BYTES, stat.f_blocks * stat.f_frsize // 20):
+        raise StepError(
+            f"the domain is paused on an I/O error and the file system of {step.disk_directory} "
+            f"still has {format_size(room)} free: it stays paused until there is room"
+        )
+    driver.resume(name)
+    deadline = clock.monotonic() + RESUME_WATCH_SECONDS
+    while clock.monotonic() < deadline:
+        clock.sleep(POLL_SECONDS)
+        record = driver.lookup(name)
+        if record is not None and record.state is PowerState.PAUSED:
+            raise StepError(
+                f"resumed, the domain paused again at once (reason: {record.state_reason}): "
+                "its disks still fail to write"
+            )
+    return "resumed the domain paused on an I/O error: the guest goes on where it stopped"
 
 
 def _still_interrupted(state: PowerState, reason: str) -> bool:

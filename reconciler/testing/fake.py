@@ -159,6 +159,14 @@ class FakeDriver:
             self._power_off(domain, StateReason.DESTROYED)
         self._emit(name, EventKind.LIFECYCLE, "stopped: destroyed")
 
+    def resume(self, name: str) -> None:
+        with self._lock:
+            domain = self._require("resume", name)
+            if domain.state is not PowerState.PAUSED:
+                raise DriverError(f"resume {name}", "domain is not paused")
+            domain.state, domain.reason = PowerState.RUNNING, StateReason.UNPAUSED
+        self._emit(name, EventKind.LIFECYCLE, "resumed: unpaused")
+
     def tear_down(self, name: str) -> str:
         self.force_stop(name)
         return "destroyed the half-started domain"

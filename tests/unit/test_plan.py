@@ -197,6 +197,16 @@ def test_paused_on_error_is_a_failure_not_running() -> None:
     assert kinds(RUNNING, paused_by_hand) == []
 
 
+def test_paused_on_an_io_error_is_resumed_and_stopped_when_asked() -> None:
+    """A full file system pauses the guest (werror=stop): it is resumed (the step waits for
+    room), not refused for good as other errors are; a stop asked for stops it."""
+    actual = Observed(
+        domain(RUNNING, PowerState.PAUSED, reason="ioerror"), overlay(RUNNING), None, True
+    )
+    assert kinds(RUNNING, actual) == [StepKind.RESUME]
+    assert StepKind.STOP in kinds(STOPPED, actual)
+
+
 def test_redefine_says_when_it_takes_effect() -> None:
     old = domain(MORE_MEMORY, digest=digest_of(RUNNING), memory_kib=128 * 1024)
     plan = planned(MORE_MEMORY, Observed(old, overlay(RUNNING), None, True), context(RUNNING))
