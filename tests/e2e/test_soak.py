@@ -12,8 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import PROJECT
 
+pytestmark = pytest.mark.first  # minutes on one worker: started before the other modules
 SEED = 20261207
 
 
