@@ -604,10 +604,19 @@ class Soak:
                 self.daemon.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
-        for pid, cmdline in _qemu_processes():  # the guests this run started, by their pids
-            if str(self.state) in cmdline or (self.libvirtd and str(self.root) in cmdline):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        # the guests this run started, by their pids: those whose command line names this
+        # run's directory, and those its pid files name (a QMP guest outlives its daemon)
+        ours = {pid for pid, cmdline in _qemu_processes() if str(self.root) in cmdline}
+        for pid_file in self.state.glob("instances/*/qemu.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text())
+                if str(self.root) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+                    errors="replace"
+                ):
+                    ours.add(pid)
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.libvirtd is not None:
             with contextlib.suppress(Exception):
                 self.libvirtd.destroy_all()
