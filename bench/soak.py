@@ -18,11 +18,30 @@ Faults, at random times (exponential gaps, mean --fault-every seconds) from --se
   tamper-cache   bytes appended to the cached base (quarantined and fetched again)
   fill-disk      the state directory's file system filled for 10 to 30 s (a tmpfs the
                  tool mounts; skipped where mounting is not allowed)
+  edit-profile   the profile every instance and member lists: vcpus 1 <-> 2 (updatePolicy
+                 restart there: a rolling restart of its group, at most 3 at a time)
+  invalid-profile  the profile broken (vcpus: many), fixed 10 to 30 s later
+  edit-set       the instance set's template: memory 128MiB <-> 160MiB (a rolling restart,
+                 one member at a time, onFailure: revert)
+  scale-set      the set's replicas, 2 to 4 (a member scaled down keeps its disks)
+  snapshot       `reconcile snapshot NAME --name soak-N`
+  revert         `reconcile revert NAME soak-N` (in a thread of its own, so that other faults
+                 land while it runs; run again if it was cut short), then `reconcile resume
+                 NAME` 10 to 40 s later
+
+Every instance and member lists one profile (the image, vcpus, the cloud-init that makes the
+test guest count, updatePolicy restart and a rollout); the instance set has 3 members to
+start with and a rollout of its own.
 
 Invariants, checked every --check-every seconds and once more at the end:
   one-qemu-per-disk   no disk of the state directory open in two QEMU processes
   counter             a guest's counter never goes backwards (its disk never replaced,
-                      truncated or rolled back; no revert is asked for here)
+                      truncated or rolled back), except across an asked-for revert: the
+                      soak's own (the first boot after it reads a value the guest had
+                      printed around the snapshot), or a failed rollout's (the daemon's log
+                      says so)
+  disks-kept          no disk file of an instance is deleted or replaced (its inode), and
+                      none shrinks (its virtual size) but across an asked-for revert
   foreign-untouched   the planted foreign files (and, on libvirtd, a foreign domain) are as
                       they were
   bounded             the daemon's resident memory and open descriptors stay under bounds
@@ -75,6 +94,9 @@ from tests.libvirtd import Libvirtd  # noqa: E402
 MAX_RSS_MIB = 400
 MAX_FDS = 512
 MEMORY = ("128MiB", "160MiB")
+VCPUS = (1, 2)
+MAX_REPLICAS = 4
+RESUME_ATTEMPTS = 5
 USER_DATA = "#cloud-config\n# reconciler-guest: counter\n"
 CHILD_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE",)}
 CHILD_ENV["RECONCILER_CONFIG"] = ""
@@ -86,8 +108,42 @@ class Instance:
     memory: str = MEMORY[0]
     data_mib: int = 16
     state: str = "running"
-    present: bool = True  # its manifest file exists
+    present: bool = True  # its manifest file exists (a member: its ordinal is below replicas)
     broken: bool = False  # its manifest is invalid until fixed
+    member: bool = False  # a member of the instance set (not a manifest of its own)
+
+
+@dataclass
+class Snapshot:
+    """A snapshot the soak took, and the counter values its data disk may hold."""
+
+    label: str
+    low: int
+    high: int
+
+
+@dataclass
+class RevertWindow:
+    """A revert asked for: until the first boot after it, a boot may read any value of its
+    snapshot's range, lower than the counter printed last."""
+
+    label: str
+    low: int
+    high: int
+    done: bool = False  # the command succeeded
+    seen_boot: bool = False  # a boot read a value of the range
+    attempts: int = 1
+
+
+@dataclass(order=True)
+class Pending:
+    """What a fault left to do later: a fix, a revival, a restore, a free, a resume."""
+
+    when: float
+    action: str
+    name: str = ""
+    label: str = ""
+    attempt: int = 0
 
 
 @dataclass
@@ -104,6 +160,8 @@ class Report:
     peak_rss_mib: float = 0.0
     peak_fds: int = 0
     daemon_restarts: int = 0
+    commands_failed: Counter[str] = field(default_factory=Counter)
+    reverts_accepted: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +173,8 @@ class Report:
             "converged": self.converged, "convergeSeconds": self.converge_seconds,
             "peakRssMiB": round(self.peak_rss_mib, 1), "peakFds": self.peak_fds,
             "daemonRestarts": self.daemon_restarts,
+            "commandsFailed": dict(sorted(self.commands_failed.items())),
+            "revertsAccepted": dict(sorted(self.reverts_accepted.items())),
         }  # fmt: skip
 
 
@@ -130,9 +190,24 @@ class Soak:
         self.state.mkdir()
         self.events: deque[str] = deque(maxlen=40)
         self.lock = threading.Lock()
+        self.counting = threading.RLock()  # the console logs are read by one thread at a time
         self.prefix = f"rcs{args.seed % 1000:03d}{self.rng.randrange(16**3):03x}"
+        self.profile = f"{self.prefix}-base"
+        self.profile_vcpus = VCPUS[0]
+        self.profile_broken = False
+        self.set_name = f"{self.prefix}-w"
+        self.set_memory = MEMORY[0]
+        self.replicas = 3
         self.instances: dict[str, Instance] = {}
         self.counters: dict[str, int] = {}  # the last value each guest printed
+        self.snapshots: dict[str, list[Snapshot]] = {}
+        self.snapshots_taken = 0
+        self.reverts: dict[str, RevertWindow] = {}  # open windows, by instance
+        self.reverts_closed: dict[str, float] = {}  # when each last window closed
+        self.rollout_reverts: Counter[str] = Counter()  # the daemon's log says, by member
+        self.log_offset = 0
+        self.disks: dict[Path, tuple[int, int]] = {}  # inode, virtual size
+        self.workers: list[threading.Thread] = []
         self.calm_counters: dict[str, int] = {}
         self.offsets: dict[str, int] = {}  # how far each console log was read
         self.foreign: dict[Path, str] = {}
@@ -140,7 +215,7 @@ class Soak:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.tmpfs = False
         self.stop_checking = threading.Event()
-        self.pending: list[tuple[float, str, str]] = []  # (when, action, name): later fixes
+        self.pending: list[Pending] = []  # guarded by self.lock: a revert's thread adds too
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -157,8 +232,14 @@ class Soak:
             self.libvirtd.prepare()
             self.libvirtd.start()
         self.plant_foreign()
+        self.write_profile()
         for _ in range(self.args.instances):
             self.write(self.new_instance())
+        for ordinal in range(MAX_REPLICAS):
+            member = Instance(f"{self.set_name}-{ordinal}", member=True)
+            member.present = ordinal < self.replicas
+            self.instances[member.name] = member
+        self.write_set()
         self.start_daemon()
 
     def plant_foreign(self) -> None:
@@ -178,36 +259,67 @@ class Soak:
             self.libvirtd.virsh("define", str(definition))
 
     def new_instance(self) -> Instance:
-        instance = Instance(f"{self.prefix}-{len(self.instances)}")
+        instance = Instance(f"{self.prefix}-{sum(not i.member for i in self.instances.values())}")
         self.instances[instance.name] = instance
         return instance
 
     def write(self, instance: Instance) -> None:
         spec: dict[str, Any] = {
-            "vcpus": 1, "memory": instance.memory, "accelerator": "tcg",
-            "image": {"source": str(guest_image("qcow2")), "format": "qcow2"},
-            "disk": {"size": "256MiB"},
+            "profiles": [self.profile], "memory": instance.memory,
             "disks": [{"name": "data", "size": f"{instance.data_mib}MiB"}],
-            "state": instance.state, "shutdownTimeoutSeconds": 20,
-            "cloudInit": {"userData": USER_DATA},
+            "state": instance.state,
         }  # fmt: skip
         if instance.broken:
             spec["memory"] = "lots"
-        document = {"apiVersion": "reconciler/v1alpha1", "kind": "Instance",
-                    "metadata": {"name": instance.name}, "spec": spec}  # fmt: skip
-        target = self.manifests / f"{instance.name}.yaml"
-        temporary = self.manifests / f".{instance.name}.yaml.tmp"
+        self.write_document("Instance", instance.name, spec)
+
+    def write_profile(self) -> None:
+        """What every instance and member shares; its group rolls a restart 3 at a time."""
+        spec: dict[str, Any] = {
+            "vcpus": "many" if self.profile_broken else self.profile_vcpus,
+            "accelerator": "tcg",
+            "image": {"source": str(guest_image("qcow2")), "format": "qcow2"},
+            "disk": {"size": "256MiB"}, "shutdownTimeoutSeconds": 20,
+            "cloudInit": {"userData": USER_DATA}, "updatePolicy": "restart",
+            "rollout": {"maxUnavailable": 3, "minReadySeconds": 5, "onFailure": "pause"},
+        }  # fmt: skip
+        self.write_document("Profile", self.profile, spec)
+
+    def write_set(self) -> None:
+        template = {"profiles": [self.profile], "memory": self.set_memory,
+                    "disks": [{"name": "data", "size": "16MiB"}]}  # fmt: skip
+        rollout = {"maxUnavailable": 1, "minReadySeconds": 5, "progressDeadlineSeconds": 300,
+                   "onFailure": "revert"}  # fmt: skip
+        spec = {"replicas": self.replicas, "template": template, "rollout": rollout}
+        self.write_document("InstanceSet", self.set_name, spec)
+
+    def write_document(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        document = {"apiVersion": "reconciler/v1alpha1", "kind": kind,
+                    "metadata": {"name": name}, "spec": spec}  # fmt: skip
+        target = self.manifests / f"{name}.yaml"
+        temporary = self.manifests / f".{name}.yaml.tmp"
         temporary.write_text(yaml.safe_dump(document))
         os.replace(temporary, target)
+
+    def connection(self) -> list[str]:
+        if self.libvirtd is not None:
+            return ["--connect", self.libvirtd.uri]
+        return ["--driver", "qmp"]
+
+    def command(self, *words: str) -> subprocess.CompletedProcess[str]:
+        """A reconcile command on the state directory (asked of the daemon while it runs)."""
+        argv = [sys.executable, "-m", "reconciler", *words, "--state-dir", str(self.state),
+                *self.connection()]  # fmt: skip
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                  env=CHILD_ENV, cwd=PROJECT, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired as err:
+            return subprocess.CompletedProcess(argv, 124, "", f"timed out: {err}")
 
     def start_daemon(self) -> None:
         command = [sys.executable, "-m", "reconciler", str(self.manifests), "--state-dir",
                    str(self.state), "--image-dir", str(IMAGES), "--resync", "1m",
-                   "--download-attempts", "2"]  # fmt: skip
-        if self.libvirtd is not None:
-            command += ["--connect", self.libvirtd.uri]
-        else:
-            command += ["--driver", "qmp"]
+                   "--download-attempts", "2", *self.connection()]  # fmt: skip
         log = (self.root / "daemon.log").open("ab")
         self.daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                        env=CHILD_ENV, cwd=PROJECT)  # fmt: skip
@@ -238,7 +350,9 @@ class Soak:
 
     def kinds(self) -> list[str]:
         kinds = ["kill-guest", "kill-guest", "kill-daemon", "edit-memory", "edit-disk",
-                 "toggle-state", "delete", "add", "remove", "invalid", "tamper-cache"]  # fmt: skip
+                 "toggle-state", "delete", "add", "remove", "invalid", "tamper-cache",
+                 "edit-profile", "invalid-profile", "edit-set", "scale-set", "snapshot",
+                 "snapshot", "revert"]  # fmt: skip
         if self.libvirtd is not None:
             kinds.append("kill-libvirtd")
         if self.tmpfs:
@@ -251,12 +365,18 @@ class Soak:
             time.sleep(min(0.5, max(0.0, when - time.monotonic())))
         self.run_pending()
 
-    def run_pending(self) -> None:
+    def run_pending(self, everything: bool = False) -> None:
         now = time.monotonic()
-        due = [item for item in self.pending if item[0] <= now]
-        self.pending = [item for item in self.pending if item[0] > now]
-        for _when, action, name in due:
-            self.later(action, name)
+        with self.lock:
+            due = sorted(item for item in self.pending if everything or item.when <= now)
+            self.pending = [item for item in self.pending if item not in due]
+        for item in due:
+            self.later(item)
+
+    def schedule(self, delay: float, action: str, name: str = "", label: str = "",
+                 attempt: int = 0) -> None:  # fmt: skip
+        with self.lock:
+            self.pending.append(Pending(time.monotonic() + delay, action, name, label, attempt))
 
     def note(self, text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
@@ -266,6 +386,9 @@ class Soak:
             print(line, flush=True)
 
     def pick(self, **wanted: Any) -> Instance | None:
+        wanted.setdefault("member", False)  # the set's members are edited through the set
+        if wanted["member"] is None:
+            del wanted["member"]
         chosen = [i for i in self.instances.values()
                   if all(getattr(i, key) == value for key, value in wanted.items())]  # fmt: skip
         return self.rng.choice(chosen) if chosen else None
@@ -278,7 +401,7 @@ class Soak:
         self.report.faults[kind] += 1
 
     def fault_kill_guest(self) -> bool:
-        instance = self.pick(state="running", present=True)
+        instance = self.pick(state="running", present=True, member=None)
         pid = None if instance is None else self.qemu_pid(instance.name)
         if instance is None or pid is None:
             return False
@@ -339,7 +462,7 @@ class Soak:
         instance.state = "absent"
         self.note(f"delete {instance.name} (state: absent)")
         self.write(instance)
-        self.pending.append((time.monotonic() + self.rng.uniform(10, 40), "revive", instance.name))
+        self.schedule(self.rng.uniform(10, 40), "revive", instance.name)
         return True
 
     def fault_add(self) -> bool:
@@ -357,7 +480,7 @@ class Soak:
         self.note(f"remove {instance.name} (manifest file removed: an orphan, kept)")
         (self.manifests / f"{instance.name}.yaml").unlink()
         instance.present = False
-        self.pending.append((time.monotonic() + self.rng.uniform(10, 40), "restore", instance.name))
+        self.schedule(self.rng.uniform(10, 40), "restore", instance.name)
         return True
 
     def fault_invalid(self) -> bool:
@@ -367,7 +490,7 @@ class Soak:
         instance.broken = True
         self.note(f"invalid {instance.name} (memory: lots)")
         self.write(instance)
-        self.pending.append((time.monotonic() + self.rng.uniform(10, 30), "fix", instance.name))
+        self.schedule(self.rng.uniform(10, 30), "fix", instance.name)
         return True
 
     def fault_tamper_cache(self) -> bool:
@@ -391,14 +514,135 @@ class Soak:
             while True:
                 out.write(chunk)
                 out.flush()
-        self.pending.append((time.monotonic() + self.rng.uniform(10, 30), "free", ""))
+        self.schedule(self.rng.uniform(10, 30), "free")
         return True
 
-    def later(self, action: str, name: str) -> None:
-        """What a fault scheduled for later: a fix, a revival, a restore, a free."""
+    def fault_edit_profile(self) -> bool:
+        if self.profile_broken:
+            return False
+        self.profile_vcpus = VCPUS[1] if self.profile_vcpus == VCPUS[0] else VCPUS[0]
+        self.note(f"edit-profile vcpus {self.profile_vcpus} (a rolling restart of its group)")
+        self.write_profile()
+        return True
+
+    def fault_invalid_profile(self) -> bool:
+        if self.profile_broken:
+            return False
+        self.profile_broken = True
+        self.note("invalid-profile (vcpus: many): every instance that lists it has an error")
+        self.write_profile()
+        self.schedule(self.rng.uniform(10, 30), "fix-profile")
+        return True
+
+    def fault_edit_set(self) -> bool:
+        self.set_memory = MEMORY[1] if self.set_memory == MEMORY[0] else MEMORY[0]
+        self.note(f"edit-set memory {self.set_memory} (a rolling restart, one at a time)")
+        self.write_set()
+        return True
+
+    def fault_scale_set(self) -> bool:
+        self.replicas = self.rng.choice([n for n in range(2, MAX_REPLICAS + 1)
+                                         if n != self.replicas])  # fmt: skip
+        for ordinal in range(MAX_REPLICAS):
+            self.instances[f"{self.set_name}-{ordinal}"].present = ordinal < self.replicas
+        self.note(f"scale-set replicas {self.replicas}")
+        self.write_set()
+        return True
+
+    def fault_snapshot(self) -> bool:
+        instance = self.pick(present=True)
+        if instance is None or instance.state == "absent":
+            return False
+        self.snapshots_taken += 1
+        label = f"soak-{self.snapshots_taken}"
+        low = self.floor(instance.name)
+        self.note(f"snapshot {instance.name} {label}")
+        done = self.command("snapshot", instance.name, "--name", label)
+        time.sleep(1)  # what the guest wrote before the snapshot is printed by now
+        high = self.ceiling(instance.name)
+        if done.returncode != 0:
+            self.command_failed("snapshot", instance.name, done)
+            return True
+        self.snapshots.setdefault(instance.name, []).append(Snapshot(label, low, high))
+        return True
+
+    def fault_revert(self) -> bool:
+        chosen = [i for i in self.instances.values()
+                  if i.present and not i.member and i.state != "absent"
+                  and i.name in self.snapshots and i.name not in self.reverts]  # fmt: skip
+        if not chosen:
+            return False
+        instance = self.rng.choice(chosen)
+        snapshot = self.rng.choice(self.snapshots[instance.name])
+        resume_after = self.rng.uniform(10, 40)
+        with self.counting:
+            self.reverts[instance.name] = RevertWindow(snapshot.label, snapshot.low,
+                                                       snapshot.high)  # fmt: skip
+        self.note(f"revert {instance.name} {snapshot.label} (counter {snapshot.low} to "
+                  f"{snapshot.high} then)")  # fmt: skip
+        worker = threading.Thread(target=self.revert, args=(instance.name, resume_after),
+                                  name=f"revert-{instance.name}", daemon=True)  # fmt: skip
+        self.workers.append(worker)
+        worker.start()
+        return True
+
+    def revert(self, name: str, resume_after: float) -> None:
+        """`reconcile revert`, then a resume later; cut short (a daemon killed under it),
+        it is run again, which finishes it."""
+        window = self.reverts[name]
+        done = self.command("revert", name, window.label)
+        if done.returncode != 0:
+            self.command_failed("revert", name, done)
+            if window.attempts < 10:
+                self.schedule(5, "revert-again", name, window.label)
+            return
+        self.note(f"reverted {name} to {window.label}")
+        with self.counting:
+            window.done = True
+            if window.seen_boot:
+                self.close_window(name)
+        self.schedule(resume_after, "resume", name)
+
+    def command_failed(self, what: str, name: str, done: subprocess.CompletedProcess[str]) -> None:
+        self.report.commands_failed[what] += 1
+        said = (done.stderr or done.stdout).strip().splitlines()
+        self.note(f"{what} {name} failed ({done.returncode}): {said[-1] if said else ''}")
+
+    def floor(self, name: str) -> int:
+        """The lowest counter value the guest's data disk may hold now."""
+        with self.counting:
+            self.check_counters(count=False)
+            last = self.counters.get(name, 0)
+            window = self.reverts.get(name)
+            return last if window is None else min(last, window.low)
+
+    def ceiling(self, name: str) -> int:
+        """The highest: one more than printed (written, not printed yet)."""
+        with self.counting:
+            self.check_counters(count=False)
+            last = self.counters.get(name, 0)
+            window = self.reverts.get(name)
+            return 1 + (last if window is None else max(last, window.high))
+
+    def close_window(self, name: str) -> None:
+        del self.reverts[name]
+        self.reverts_closed[name] = time.monotonic()
+
+    def later(self, item: Pending) -> None:
+        """What a fault scheduled for later: a fix, a revival, a restore, a free, a revert
+        run again, a resume."""
+        action, name = item.action, item.name
         if action == "free":
             self.note("free-disk")
             (self.state / "soak-filler").unlink(missing_ok=True)
+            return
+        if action == "fix-profile":
+            self.profile_broken = False
+            self.note("fix-profile")
+            self.write_profile()
+            return
+        if action in ("revert-again", "resume"):
+            self.again(item)
             return
         instance = self.instances[name]
         if action == "fix":
@@ -411,17 +655,41 @@ class Soak:
         if instance.present:  # a removed manifest takes the change when it is restored
             self.write(instance)
 
+    def again(self, item: Pending) -> None:
+        """A revert cut short, run again; a resume (run again while it fails)."""
+        if item.action == "revert-again":
+            window = self.reverts.get(item.name)
+            if window is None:
+                return
+            window.attempts += 1
+            self.note(f"revert {item.name} {item.label} again (attempt {window.attempts})")
+            self.revert(item.name, self.rng.uniform(10, 40))
+            return
+        self.note(f"resume {item.name}")
+        done = self.command("resume", item.name)
+        if done.returncode != 0:
+            self.command_failed("resume", item.name, done)
+            if item.attempt < RESUME_ATTEMPTS:
+                self.schedule(5, "resume", item.name, attempt=item.attempt + 1)
+
     def calm(self) -> None:
-        """The faults stop: everything pending is undone, every process is up."""
-        for _when, action, name in sorted(self.pending):
-            self.later(action, name)
-        self.pending = []
+        """The faults stop: every process is up, everything pending is undone."""
         if self.libvirtd is not None and (
             self.libvirtd.process is None or self.libvirtd.process.poll() is not None
         ):
             self.libvirtd.start()
         if self.daemon is None or self.daemon.poll() is not None:
             self.start_daemon()
+        deadline = time.monotonic() + 120
+        while self.status() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for worker in self.workers:
+            worker.join(timeout=600)
+        for _ in range(20):  # a revert run again adds a resume, a failed resume a retry
+            with self.lock:
+                if not self.pending:
+                    break
+            self.run_pending(everything=True)
         self.note("calm: the last fault is over")
 
     # -- invariants ---------------------------------------------------------------------
@@ -431,8 +699,9 @@ class Soak:
             self.check_all()
 
     def check_all(self) -> None:
-        for check in (self.check_qemus, self.check_counters, self.check_foreign,
-                      self.check_daemon, self.check_status):  # fmt: skip
+        # the disks before the counters: a revert shrinks a disk before its guest boots
+        for check in (self.check_qemus, self.check_disks, self.check_counters,
+                      self.check_foreign, self.check_daemon, self.check_status):  # fmt: skip
             try:
                 check()
             except Exception as err:  # a checker's own error is a finding too
@@ -460,20 +729,22 @@ class Soak:
             if len(pids) > 1:
                 self.violation("one-qemu-per-disk", f"{disk} is open in QEMUs {pids}")
 
-    def check_counters(self) -> None:
-        self.report.checks["counter"] += 1
-        for name in list(self.instances):
-            log = self.state / "instances" / name / "console.log"
-            try:
-                with log.open("rb") as stream:
-                    stream.seek(self.offsets.get(name, 0))
-                    data = stream.read()
-            except OSError:
-                continue
-            complete = data.rfind(b"\n") + 1
-            self.offsets[name] = self.offsets.get(name, 0) + complete
-            for line in data[:complete].decode(errors="replace").splitlines():
-                self.counter_line(name, line.strip())
+    def check_counters(self, count: bool = True) -> None:
+        with self.counting:
+            if count:
+                self.report.checks["counter"] += 1
+            for name in list(self.instances):
+                log = self.state / "instances" / name / "console.log"
+                try:
+                    with log.open("rb") as stream:
+                        stream.seek(self.offsets.get(name, 0))
+                        data = stream.read()
+                except OSError:
+                    continue
+                complete = data.rfind(b"\n") + 1
+                self.offsets[name] = self.offsets.get(name, 0) + complete
+                for line in data[:complete].decode(errors="replace").splitlines():
+                    self.counter_line(name, line.strip())
 
     def counter_line(self, name: str, line: str) -> None:
         start = re.search(r"reconciler-guest: counter-start \w+ value=(\d+)", line)
@@ -481,15 +752,80 @@ class Soak:
         last = self.counters.get(name)
         if start:
             value = int(start.group(1))
-            if last is not None and value < last:
-                self.violation("counter", f"{name}: a boot read {value} from its data disk, "
-                               f"after {last} was written and printed")  # fmt: skip
+            window = self.reverts.get(name)
+            if window is not None and window.low <= value <= window.high:
+                # the first boot after the revert the soak asked for: its snapshot's value
+                window.seen_boot = True
+                if window.done:
+                    self.close_window(name)
+                if last is not None and value < last:
+                    self.report.reverts_accepted["asked"] += 1
+            elif last is not None and value < last:
+                if self.rollout_reverted(name):
+                    self.report.reverts_accepted["rollout"] += 1
+                    self.note(f"{name}: a failed rollout's revert: counter {last} -> {value}")
+                else:
+                    self.violation("counter", f"{name}: a boot read {value} from its data "
+                                   f"disk, after {last} was written and printed")  # fmt: skip
             self.counters[name] = value
         elif step:
             value = int(step.group(1))
             if last is not None and value <= last:
                 self.violation("counter", f"{name}: counter {value} after {last}")
             self.counters[name] = value
+
+    def rollout_reverted(self, name: str) -> bool:
+        """Whether the daemon's log says a rollout reverted this member and no boot after it
+        was taken for it yet (waits up to 10 s: the guest may boot before the line is
+        written)."""
+        deadline = time.monotonic() + 10
+        while True:
+            self.read_daemon_log()
+            if self.rollout_reverts[name] > 0:
+                self.rollout_reverts[name] -= 1
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+
+    def read_daemon_log(self) -> None:
+        try:
+            with (self.root / "daemon.log").open("rb") as stream:
+                stream.seek(self.log_offset)
+                data = stream.read()
+        except OSError:
+            return
+        complete = data.rfind(b"\n") + 1
+        self.log_offset += complete
+        for found in re.finditer(r"(\S+): rollout (?:failed|undone): reverted to snapshot",
+                                 data[:complete].decode(errors="replace")):  # fmt: skip
+            self.rollout_reverts[found.group(1)] += 1
+
+    def check_disks(self) -> None:
+        """No disk file deleted or replaced; none shrunk but across an asked-for revert."""
+        self.report.checks["disks-kept"] += 1
+        seen: set[Path] = set()
+        for disk in self.state.glob("instances/*/*.qcow2"):
+            try:
+                inode, size = disk.stat().st_ino, _virtual_size(disk)
+            except OSError:
+                continue
+            seen.add(disk)
+            name = disk.parent.name
+            known = self.disks.get(disk)
+            if known is not None and known[0] != inode:
+                self.violation("disks-kept", f"{disk} was replaced (inode {known[0]} -> {inode})")
+            elif known is not None and size < known[1] and not self.reverting(name):
+                self.violation("disks-kept", f"{disk} shrank from {known[1]} to {size} bytes")
+            self.disks[disk] = (inode, size)
+        for disk in set(self.disks) - seen:
+            self.violation("disks-kept", f"{disk} was deleted")
+            del self.disks[disk]
+
+    def reverting(self, name: str) -> bool:
+        with self.counting:
+            closed = self.reverts_closed.get(name)
+            return name in self.reverts or (closed is not None and time.monotonic() - closed < 10)
 
     def check_foreign(self) -> None:
         self.report.checks["foreign-untouched"] += 1
@@ -535,6 +871,18 @@ class Soak:
         if not isinstance(status, dict) or status.get("version") != 1:
             problems.append("no status of version 1")
         else:
+            for row in status.get("sets", []):
+                counts = [row.get(key) for key in ("desired", "current", "updated", "ready",
+                                                   "available")]  # fmt: skip
+                if not isinstance(row.get("name"), str) or not all(
+                    isinstance(c, int) and c >= 0 for c in counts
+                ):
+                    problems.append(f"a set row without its name and counts: {row!r:.200}")
+            for rollout in status.get("rollouts", []):
+                if not isinstance(rollout.get("group"), str) or not isinstance(
+                    rollout.get("state"), str
+                ):
+                    problems.append(f"a rollout without group and state: {rollout!r:.200}")
             for item in status.get("instances", []):
                 if not isinstance(item.get("name"), str) or not isinstance(
                     item.get("events"), list
@@ -569,9 +917,13 @@ class Soak:
             return False
         entries = {item["name"]: item for item in answer["status"]["instances"]}
         for instance in self.instances.values():
+            entry = entries.get(instance.name)
+            if instance.member and not instance.present:  # scaled down: its domain goes
+                if entry is not None and entry.get("observed") not in (None, "absent"):
+                    return False
+                continue
             if not instance.present:
                 continue
-            entry = entries.get(instance.name)
             if instance.state == "absent":
                 if entry is not None and entry.get("observed") not in (None, "absent"):
                     return False
@@ -671,6 +1023,15 @@ def _digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return "missing"
+
+
+def _virtual_size(path: Path) -> int:
+    """A qcow2 file's virtual size, from its header."""
+    with path.open("rb") as stream:
+        header = stream.read(32)
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        return 0
+    return int.from_bytes(header[24:32], "big")
 
 
 def _rss_mib(pid: int) -> float:

@@ -66,6 +66,9 @@ DEFAULT_GIT_INTERVAL_SECONDS = 60.0
 RECONNECT_INITIAL_SECONDS = 1.0
 RECONNECT_CAP_SECONDS = 30.0
 SHUTDOWN_MARGIN_SECONDS = 30.0
+INVALID_MANIFEST_NOTE = (
+    "its manifest has errors (see the manifest errors): left as it is until they are fixed"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,9 +619,12 @@ class Controller:
         return None
 
     def _prune(self, name: str) -> InstanceResult:
-        """Prune orphan `name` if this daemon's last reading of the manifests allows it."""
+        """Prune orphan `name` if this daemon's last reading of the manifests allows it; a
+        name an invalid manifest claims is no orphan: it is left as it is."""
         load = self.manifests()
         refusal: str | None = "the manifests have not been read yet"
+        if load is not None and name in load.invalid_names:
+            return InstanceResult(name, Outcome.UNCHANGED, notes=(INVALID_MANIFEST_NOTE,))
         if load is not None:
             record = next((r for r in self.reconciler.managed_domains() if r.name == name), None)
             refusal = (

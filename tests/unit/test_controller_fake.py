@@ -211,6 +211,39 @@ def test_the_daemon_lists_an_orphan_and_prunes_it_only_with_prune_on(tmp_path: P
         assert driver.lookup("rct-kept") is not None
 
 
+@pytest.mark.parametrize("prune", [False, True])
+def test_an_instance_whose_manifest_breaks_is_left_as_it_is_not_called_an_orphan(
+    tmp_path: Path, prune: bool
+) -> None:
+    """The soak found it: a manifest made invalid was said to be gone ("orphan: its manifest
+    is gone; kept (prune is off: --prune ... turns it on)"), as if --prune would remove it."""
+    from dataclasses import replace
+
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    base, sha = write_base_image(manifests)
+    state = StateDir(tmp_path / "s")
+    state.create()
+    driver = FakeDriver()
+    settings = replace(Settings(sources=SourcePolicy((manifests,))), prune=prune)
+    controller = Controller(driver, state, settings, DaemonOptions(manifests))
+    write(manifests, "rct-broken", base, sha)
+    write(manifests, "rct-other", base, sha)
+    controller.reload(Trigger.START, everything=True)
+    drain(controller)
+    write(manifests, "rct-broken", base, sha, memory="lots")
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-broken.yaml"})
+    assert drain(controller) == ["rct-broken"]
+    assert driver.lookup("rct-broken") is not None
+    entry = controller.status.get("rct-broken")
+    assert entry is not None and entry.last_reconcile is not None
+    (note,) = entry.last_reconcile["notes"]
+    assert note == (
+        "its manifest has errors (see the manifest errors): left as it is until they are fixed"
+    )
+    assert "orphan" not in json.dumps(entry.last_reconcile)
+
+
 def test_the_status_file_reads_back_as_the_snapshot_it_was_written_from(setup: tuple) -> None:  # type: ignore[type-arg]
     """One instance per line (json's C encoder), the rest indented: the same JSON either way."""
     controller, _driver, manifests, base, sha = setup
