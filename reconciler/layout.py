@@ -8,6 +8,8 @@ spells a name of the state directory: each asks here, and so do the tests.
       control.sock            the daemon's control socket
       status.json             what the daemon last knew of each instance
       validated-documents     the manifest documents the schema accepted in the last pass
+      manifest-readings.json  what reading each manifest file gave (a pass reads only the
+                              files that changed since)
       prune                   while it exists, prune is on (as with --prune)
       git/                    pull mode: the repository, its checkouts, its state
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
@@ -242,6 +244,12 @@ class StateLayout:
         """The content keys of the manifest documents the schema accepted in the last pass
         (see manifests.loader.document_key): the next pass skips the schema for those."""
         return self.root / "validated-documents"
+
+    @property
+    def manifest_readings(self) -> Path:
+        """What reading each manifest file gave, kept between passes (see
+        manifests.readingstore): a pass reads again only the files that changed since."""
+        return self.root / "manifest-readings.json"
 
     @property
     def known_hosts(self) -> Path:

@@ -17,6 +17,7 @@ from reconciler.errors import ConfigError, StateDirBusy
 from reconciler.fileops import write_atomically
 from reconciler.loop.control import daemon_listening, request
 from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.manifests.readingstore import load_store, save_store
 from reconciler.manifests.selection import select
 from reconciler.statedir import (
     StateDir,
@@ -33,16 +34,21 @@ def load_slice(options: Options, out: TextIO) -> LoadResult:
     state = options.state
     known = _read_validated(state)
     catalogue = options.catalogue()
-    load = load_manifests(directory, known, catalogue=catalogue)
+    kept = state.root.is_dir()  # the state directory keeps what reading each file gave
+    readings = load_store(state.manifest_readings, catalogue) if kept else None
+    load = load_manifests(directory, known, readings, catalogue=catalogue)
     if load.unlocked and options.command is Command.ONCE:  # images by name, not locked yet
         from reconciler.cli.images import resolve_unlocked
 
         if resolve_unlocked(options, load, sys.stderr):
-            load = load_manifests(directory, known, catalogue=catalogue)
-    if load.valid_documents != known and state.root.is_dir():
+            load = load_manifests(directory, known, readings, catalogue=catalogue)
+    if load.valid_documents != known and kept:
         text = "".join(f"{key}\n" for key in sorted(load.valid_documents))
         with contextlib.suppress(OSError):  # a cache: a pass without it validates everything
             write_atomically(state.validated_documents, text.encode())
+    if readings is not None and readings.changed:
+        with contextlib.suppress(OSError):  # a cache too: without it, every file is read
+            save_store(state.manifest_readings, readings, catalogue)
     for line in render_manifest_errors(load.errors):
         print(line, file=sys.stderr)
     selection = options.selection

@@ -72,6 +72,16 @@ class ManifestFileCache:
     def __init__(self) -> None:
         self._readings: dict[Path, Reading] = {}
         self._lock = threading.Lock()
+        self.changed = False  # a reading was kept, replaced or dropped since it was made
+
+    def restore(self, readings: Iterable[tuple[Path, Reading]]) -> None:
+        """Readings kept by an earlier process (readingstore), as they were."""
+        with self._lock:
+            self._readings.update(readings)
+
+    def items(self) -> list[tuple[Path, Reading]]:
+        with self._lock:
+            return list(self._readings.items())
 
     def get(self, path: Path, confine: Path, before: FileStamp) -> Reading | None:
         """The reading of `path` if it still holds (`before`: its stamp now)."""
@@ -89,14 +99,15 @@ class ManifestFileCache:
         stamps = [reading.stamp, *(named.stamp for named in reading.named)]
         with self._lock:
             if reading.stamp is None or any(_racy(s, now_ns) for s in stamps):
-                self._readings.pop(path, None)
+                self.changed |= self._readings.pop(path, None) is not None
             else:
+                self.changed = True
                 self._readings[path] = reading
 
     def forget(self, paths: Iterable[Path]) -> None:
         with self._lock:
             for path in paths:
-                self._readings.pop(path, None)
+                self.changed |= self._readings.pop(path, None) is not None
 
     def keep_only(self, paths: Iterable[Path]) -> None:
         """Drop the readings of files no longer found."""
@@ -104,6 +115,7 @@ class ManifestFileCache:
         with self._lock:
             for path in [p for p in self._readings if p not in wanted]:
                 del self._readings[path]
+                self.changed = True
 
     def __len__(self) -> int:
         with self._lock:
