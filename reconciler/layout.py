@@ -10,6 +10,7 @@ spells a name of the state directory: each asks here, and so do the tests.
       validated-documents     the manifest documents the schema accepted in the last pass
       manifest-readings.json  what reading each manifest file gave (a pass reads only the
                               files that changed since)
+      parsed-definitions.json the machines libvirt's domain XML described, by its digest
       prune                   while it exists, prune is on (as with --prune)
       git/                    pull mode: the repository, its checkouts, its state
       images/                 base image cache, content-addressed: sha256-<hex>.<format>
@@ -250,6 +251,12 @@ class StateLayout:
         """What reading each manifest file gave, kept between passes (see
         manifests.readingstore): a pass reads again only the files that changed since."""
         return self.root / "manifest-readings.json"
+
+    @property
+    def parsed_definitions(self) -> Path:
+        """The machines parsed from libvirt's domain XML, by a digest of the text (see
+        drivers.parsedstore): a pass parses only the definitions that changed since."""
+        return self.root / "parsed-definitions.json"
 
     @property
     def known_hosts(self) -> Path:

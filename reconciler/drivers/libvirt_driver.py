@@ -32,12 +32,12 @@ from reconciler.drivers.libvirt_xml import (
     MARKER_PREFIX,
     DomainXmlError,
     disk_with_source,
-    parse_domain_xml,
     render_disk_xml,
     render_domain_xml,
     render_interface_xml,
     render_marker_xml,
 )
+from reconciler.drivers.parsedstore import ParsedDefinitions
 from reconciler.drivers.snapshotting import (
     format_nodes,
     snapshot_deletion,
@@ -347,6 +347,7 @@ class LibvirtDriver:
         self._layout = layout  # the state directory's (None: a tool's connection)
         self._embedded_root = layout.libvirt_root if embedded and layout is not None else None
         self._state_dir = None if layout is None else layout.root
+        self._parsed = ParsedDefinitions(None if layout is None else layout.parsed_definitions)
         self._watchers: tuple[EventCallback, LostCallback] | None = None
         self._callback_ids: list[int] = []
         self._watch_lock = threading.Lock()
@@ -417,8 +418,8 @@ class LibvirtDriver:
         name = domain.name()
         reason = _reason_name(state, reason_code)
         try:
-            definition = parse_domain_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            live = parse_domain_xml(domain.XMLDesc(0)) if active else None
+            definition = self._parsed.parse(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            live = self._parsed.parse(domain.XMLDesc(0)) if active else None
             live = _with_balloon_target(live, definition)
         except DomainXmlError as err:
             LOG.warning("domain %s: %s", name, err)
@@ -890,6 +891,10 @@ class LibvirtDriver:
         with self._watch_lock:
             self._deregister_callbacks()
             self._watchers = None
+        try:
+            self._parsed.save()
+        except OSError as err:  # a cache: the next pass parses again
+            LOG.debug("cannot keep the parsed definitions: %s", err)
         if self._embedded_root is not None:
             return  # the process keeps its one embedded connection (see _keep_embedded)
         libvirt = _libvirt()
