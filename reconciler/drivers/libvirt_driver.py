@@ -336,6 +336,15 @@ def uri_is_local(uri: str) -> bool:
     return parts.hostname in _LOCAL_HOSTS and not parts.scheme.startswith("test")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _BulkFacts:
+    """What one listing asked of libvirt for every domain at once, by UUID."""
+
+    states: dict[str, tuple[int, int]]  # state and reason codes
+    persistent: frozenset[str]
+    autostart: frozenset[str] | None  # None: not asked (the embedded driver's is not used)
+
+
 class LibvirtDriver:
     """Driver over one libvirt connection (any URI, embedded QEMU by default)."""
 
@@ -403,16 +412,52 @@ class LibvirtDriver:
 
     @_wrap_errors("list domains")
     def list_domains(self) -> list[ObservedDomain]:
-        return [self._record(domain) for domain in self._conn.listAllDomains(0)]
+        """Every domain: its state, persistence and autostart asked of libvirt for all of
+        them at once (four calls, not three per domain: over a daemon's socket each is a
+        round trip), then each definition (and a running one's live definition)."""
+        domains = self._conn.listAllDomains(0)
+        bulk = self._bulk_facts()
+        return [self._record(domain, bulk) for domain in domains]
+
+    def _bulk_facts(self) -> _BulkFacts | None:
+        """The state of every domain, and which are persistent and autostart, by UUID (None:
+        the driver cannot say for all at once; each domain is asked on its own)."""
+        libvirt = _libvirt()
+        try:
+            stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+            persistent = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+            autostart = (
+                None
+                if self._embedded_root is not None
+                else self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+            )
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            return None
+        states = {
+            domain.UUIDString(): (values["state.state"], values["state.reason"])
+            for domain, values in stats
+            if "state.state" in values and "state.reason" in values
+        }
+        return _BulkFacts(
+            states,
+            frozenset(domain.UUIDString() for domain in persistent),
+            None if autostart is None else frozenset(d.UUIDString() for d in autostart),
+        )
 
     @_wrap_errors("read domain")
     def lookup(self, name: str) -> ObservedDomain | None:
         domain = self._find(name)
         return None if domain is None else self._record(domain)
 
-    def _record(self, domain: Any) -> ObservedDomain:
+    def _record(self, domain: Any, bulk: _BulkFacts | None = None) -> ObservedDomain:
         libvirt = _libvirt()
-        state_code, reason_code = domain.state()
+        uuid = domain.UUIDString()
+        known = None if bulk is None else bulk.states.get(uuid)
+        if known is None:  # not listed at once (or defined since): asked on its own
+            bulk = None
+        state_code, reason_code = domain.state() if known is None else known
         state = _STATES.get(state_code, PowerState.OTHER)
         active = state.active
         name = domain.name()
@@ -423,17 +468,23 @@ class LibvirtDriver:
             live = _with_balloon_target(live, definition)
         except DomainXmlError as err:
             LOG.warning("domain %s: %s", name, err)
-            return UnreadableDomain(name, domain.UUIDString(), state, reason, str(err))
+            return UnreadableDomain(name, uuid, state, reason, str(err))
+        if bulk is not None:
+            persistent = uuid in bulk.persistent
+            autostart = None if bulk.autostart is None else uuid in bulk.autostart
+        else:
+            persistent = bool(domain.isPersistent())
+            autostart = None if self._embedded_root is not None else bool(domain.autostart())
         return DomainFacts(
             name=name,
-            uuid=domain.UUIDString(),
+            uuid=uuid,
             state=state,
             state_reason=reason,
-            persistent=bool(domain.isPersistent()),
+            persistent=persistent,
             definition=definition,
             live_definition=live,
             # the embedded driver's autostart is not used: the daemon starts instances
-            autostart=None if self._embedded_root is not None else bool(domain.autostart()),
+            autostart=autostart,
         )
 
     def _find(self, name: str) -> Any:
