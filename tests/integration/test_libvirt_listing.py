@@ -14,6 +14,7 @@ import pytest
 
 from reconciler.drivers.libvirt_driver import LibvirtDriver
 from reconciler.layout import StateLayout
+from reconciler.model.actual import DomainFacts
 
 PER_DOMAIN = ("state", "isPersistent", "autostart")
 
@@ -58,9 +59,10 @@ def connection() -> Any:
     yield conn
     for domain in conn.listAllDomains(0):
         if domain.name().startswith("rclist-"):
+            persistent = domain.isPersistent()
             if domain.isActive():
-                domain.destroy()
-            if domain.isPersistent():
+                domain.destroy()  # a transient domain is gone with it
+            if persistent:
                 domain.undefine()
     conn.close()
 
@@ -78,6 +80,8 @@ def test_a_listing_asks_for_states_at_once_and_says_what_lookups_say(
     assert calls["getAllDomainStats"] == 1
     for name, record in listed.items():
         assert driver.lookup(name) == record, name
-    assert listed["rclist-transient"].persistent is False
-    assert listed["rclist-auto"].autostart is True and listed["rclist-off"].autostart is False
+    transient, auto, off = (listed[f"rclist-{n}"] for n in ("transient", "auto", "off"))
+    assert isinstance(transient, DomainFacts) and transient.persistent is False
+    assert isinstance(auto, DomainFacts) and auto.autostart is True
+    assert isinstance(off, DomainFacts) and off.autostart is False
     assert listed["rclist-paused"].state.value == "paused"
