@@ -14,7 +14,6 @@ its timeout.
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 import socket
 import time
@@ -156,6 +155,8 @@ def _tcp(where: Endpoint, timeout: float) -> ProbeResult:
 
 
 def _http(where: Endpoint, probe: ProbeSpec, timeout: float) -> ProbeResult:
+    import http.client  # here: a pass that probes nothing over HTTP never loads it (nor email)
+
     connection = http.client.HTTPConnection(where.host, where.port, timeout=timeout)
     try:
         connection.request("GET", probe.path, headers={"User-Agent": "reconciler-probe"})
