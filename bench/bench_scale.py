@@ -14,7 +14,11 @@ and the time per instance. A profile of one no-op --once (cProfile, cumulative) 
 start-up (imports), load (YAML and specs), validate (the schema), observe (the driver and the
 disk headers) and plan.
 
-    .venv/bin/python bench/bench_scale.py [-n 100 1000 5000] [--repeat 3] [--driver qmp]
+    .venv/bin/python bench/bench_scale.py [-n 100 1000 5000] [--repeat 3]
+        [--driver libvirt|qmp|libvirtd]
+
+(libvirtd: a libvirt daemon the bench starts, as the tests do, reached at its socket: a daemon
+URI, with no embedded open to pay.)
 
 With --hosts K: N x K manifests in one directory, K state directories (one per host, each
 with --host): each host's no-op plan and --once over its slice, and a check that each defined
@@ -47,6 +51,7 @@ RECONCILE = [sys.executable, "-m", "reconciler"]
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 from tests.helpers import manifest_document, write_base_image  # noqa: E402
+from tests.libvirtd import Libvirtd  # noqa: E402
 
 
 def write_manifests(
@@ -151,14 +156,26 @@ def resync_seconds(common: list[str], manifests: Path, root: Path, repeat: int) 
         process.wait(120)
 
 
+def connection(driver: str, root: Path) -> tuple[list[str], Libvirtd | None]:
+    """The options that choose the driver; for `libvirtd`, a libvirt daemon started here (as
+    the tests start one: its own root and socket), to be killed by the caller."""
+    if driver != "libvirtd":
+        return ["--driver", driver], None
+    daemon = Libvirtd(root / "libvirtd")
+    daemon.prepare()
+    daemon.start()
+    return ["--connect", daemon.uri], daemon
+
+
 def measure(count: int, repeat: int, driver: str, keep: bool) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix=f"rcsb{count}-", dir="/tmp"))
     images, manifests, state = root / "src", root / "m", root / "s"
     images.mkdir()
+    chosen, daemon = connection(driver, root)
     try:
         base, sha = write_base_image(images)
         write_manifests(manifests, count, base, sha)
-        common = ["--state-dir", str(state), "--image-dir", str(images), "--driver", driver]
+        common = ["--state-dir", str(state), "--image-dir", str(images), *chosen]
         setup, _ = run([*RECONCILE, "--once", str(manifests), *common])
         figures: dict[str, list[float]] = {"validate": [], "plan": [], "once": []}
         for _ in range(repeat):
@@ -173,6 +190,8 @@ def measure(count: int, repeat: int, driver: str, keep: bool) -> dict[str, objec
         medians["resync"] = resync_seconds(common, manifests, root, repeat)
         return {"n": count, "setup": setup, **medians, "profile": profile_once(common, manifests)}
     finally:
+        if daemon is not None:  # its domains are defined in its own root, under `root`
+            daemon.kill()
         if not keep:  # nothing runs (state: stopped); the embedded root goes with the directory
             shutil.rmtree(root, ignore_errors=True)
 
@@ -222,7 +241,12 @@ def main() -> int:
     )
     parser.add_argument("-n", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--driver", choices=("libvirt", "qmp"), default="libvirt")
+    parser.add_argument(
+        "--driver",
+        choices=("libvirt", "qmp", "libvirtd"),
+        default="libvirt",
+        help="libvirt: the embedded driver; libvirtd: a libvirt daemon this bench starts",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the state directories")
     parser.add_argument(
         "--hosts",
@@ -232,6 +256,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.hosts:
+        if args.driver == "libvirtd":
+            parser.error("--hosts stands for hosts of their own: the embedded driver or qmp")
         for count in args.n:
             measure_hosts(count, args.hosts, args.repeat, args.driver)
         return 0
