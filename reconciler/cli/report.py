@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.drivers.base import Driver
 from reconciler.errors import ManifestError
 from reconciler.health.conditions import ConditionType
-from reconciler.loop.inventory import InventoryEntry
 from reconciler.loop.results import InstanceResult, Outcome
 from reconciler.model.desired import DesiredState
 from reconciler.planning.disruption import Disruption
 from reconciler.planning.plan import InstancePlan
 from reconciler.planning.review import PlanView, rollout_waves
 from reconciler.sizes import format_size
+
+if TYPE_CHECKING:  # status only: a pass never loads the inventory (nor the steps)
+    from reconciler.loop.inventory import InventoryEntry
 
 
 def render_manifest_errors(errors: Iterable[ManifestError]) -> list[str]:

@@ -24,8 +24,6 @@ from reconciler.fileops import write_atomically
 from reconciler.layout import StateLayout
 from reconciler.loop.reconcile import Paced, Reconciler
 from reconciler.loop.results import Failure, InstanceResult, Outcome
-from reconciler.loop.snapshots import resume as end_hold
-from reconciler.loop.snapshots import revert
 from reconciler.model.desired import DesiredState, InstanceSpec, RolloutPolicy
 from reconciler.planning.context import InstancePlan
 from reconciler.planning.rollouts import (
@@ -250,6 +248,8 @@ class RolloutPacer:
             outcome = Outcome.UNCHANGED
             notes = (f"{why}: no snapshot was taken before its change; left as it is",)
         else:
+            from reconciler.loop.snapshots import revert  # the steps: only for a revert
+
             try:
                 report = revert(self.reconciler, name, label)
             except ReconcilerError as err:
@@ -319,8 +319,11 @@ class RolloutPacer:
             record.paused, record.stopped = None, None
             self.book.write(record)
             waiting = sorted(self._waiting.get(group, set()))
-        for name in released:
-            end_hold(self.reconciler, name)
+        if released:
+            from reconciler.loop.snapshots import resume as end_hold
+
+            for name in released:
+                end_hold(self.reconciler, name)
         self._wake(sorted({*waiting, *released, *(m.name for m in self._members(group))}))
         return f"rollout {group} resumed"
 
