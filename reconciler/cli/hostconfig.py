@@ -26,8 +26,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler.errors import ConfigError
 from reconciler.fileops import InputFileRefused, read_input_file
 
@@ -49,6 +47,8 @@ def config_path() -> Path | None:
 
 def read_config(path: Path) -> dict[str, Any]:
     """The settings in `path`, checked (ConfigError names the file and what is wrong)."""
+    import yaml
+
     try:
         if os.stat(path).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise ConfigError(

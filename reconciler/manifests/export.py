@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler.model.desired import BootDevice, CpuMode, Firmware, Graphics, NicType
 from reconciler.model.machine import (
     BOOT_DISK_TARGET,
@@ -36,6 +34,8 @@ class ExportFacts:
 
 
 def export_manifest(machine: Machine, facts: ExportFacts) -> str:
+    import yaml
+
     spec: dict[str, Any] = {
         "state": "running" if facts.running else "stopped",
         "vcpus": machine.vcpus,

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler.fileops import InputFileRefused, read_input_file
 from reconciler.model.desired import (
     DEFAULT_NETWORKS,
@@ -128,6 +126,8 @@ def read_guest_file(
 
 def _check_user_data(data: bytes, pointer: str, fail: Fail) -> None:
     """user-data must be a cloud-config (a YAML mapping) or a script, in text."""
+    import yaml
+
     if b"\0" in data:
         fail(pointer, "user-data contains a NUL byte (expected text)")
         return
@@ -156,6 +156,8 @@ def _check_user_data(data: bytes, pointer: str, fail: Fail) -> None:
 
 
 def _network_config(value: Any, fail: Fail) -> bytes | None:
+    import yaml
+
     if value is None:
         return None
     if isinstance(value, dict):
@@ -248,6 +250,8 @@ def aim_forwards(
 def _static_addresses(config: Any) -> list[ipaddress.IPv4Address]:
     """The static IPv4 addresses a cloud-init network configuration (version 1 or 2, a
     mapping or its YAML text) gives its interfaces; [] when it gives none or cannot be read."""
+    import yaml
+
     if isinstance(config, str):
         try:
             config = yaml.safe_load(config)

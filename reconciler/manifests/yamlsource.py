@@ -1,50 +1,60 @@
 """Parse YAML into plain data while remembering where every value sits. Pure.
 
 PyYAML's safe constructor is used for scalars only; mappings and sequences are built here so
-that duplicate keys are caught and every JSON pointer maps to a line and column.
+that duplicate keys are caught and every JSON pointer maps to a line and column. PyYAML is
+imported when a text is parsed: a pass whose files are all read already (the state
+directory's manifest readings) never loads it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 # Aliases can make a small file expand into a huge tree ("billion laughs"); stop early.
 MAX_NODES_PER_DOCUMENT = 100_000
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 _STR_TAG = "tag:yaml.org,2002:str"
-# libyaml's parser (about 10 times faster) where PyYAML was built with it; the same nodes and
-# marks, and the same safe constructor for scalars
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MEMO_MAX_ENTRIES = 65536
 _MEMO_MAX_LENGTH = 64
 _scalar_tags: dict[tuple[str, tuple[bool, bool]], str] = {}
 
 
-class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
-    """The safe loader, with the tag of each short scalar remembered (a tag depends only on
-    the text and its quoting: the safe loader has no path resolvers), and the resolver's
-    path tracking (for path resolvers, of which it has none) skipped."""
+@functools.cache
+def _loader_class() -> Any:
+    """The safe loader (libyaml's, about 10 times faster, where PyYAML was built with it: the
+    same nodes and marks, and the same safe constructor for scalars), with the tag of each
+    short scalar remembered (a tag depends only on the text and its quoting: the safe loader
+    has no path resolvers), and the resolver's path tracking (for path resolvers, of which it
+    has none) skipped."""
+    import yaml
 
-    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is not yaml.ScalarNode or len(value) > _MEMO_MAX_LENGTH:
-            return str(super().resolve(kind, value, implicit))
-        key = (value, implicit)
-        tag = _scalar_tags.get(key)
-        if tag is None:
-            tag = str(super().resolve(kind, value, implicit))
-            if len(_scalar_tags) < _MEMO_MAX_ENTRIES:
-                _scalar_tags[key] = tag
-        return tag
+    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        pass
+    class Loader(safe_loader):  # type: ignore[misc,valid-type]
+        def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+            if kind is not yaml.ScalarNode or len(value) > _MEMO_MAX_LENGTH:
+                return str(super().resolve(kind, value, implicit))
+            key = (value, implicit)
+            tag = _scalar_tags.get(key)
+            if tag is None:
+                tag = str(super().resolve(kind, value, implicit))
+                if len(_scalar_tags) < _MEMO_MAX_ENTRIES:
+                    _scalar_tags[key] = tag
+            return tag
 
-    def ascend_resolver(self) -> None:
-        pass
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            pass
+
+        def ascend_resolver(self) -> None:
+            pass
+
+    return Loader
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,9 @@ class _Builder:
     """Turns one composed node tree into data, recording marks and duplicate keys."""
 
     def __init__(self, loader: yaml.SafeLoader, document: YamlDocument) -> None:
+        import yaml  # loaded already: the loader is PyYAML's
+
+        self._yaml = yaml
         self._loader = loader
         self._document = document
         self._nodes = 0
@@ -116,6 +129,7 @@ class _Builder:
                 f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?)",
             )
         self._document.value_marks.setdefault(pointer, node.start_mark)
+        yaml = self._yaml
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
             raise YamlSyntaxError(_mark(node.start_mark), f"unsupported tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
@@ -131,7 +145,7 @@ class _Builder:
         first_seen: dict[str, yaml.Mark] = {}
         for key_node, value_node in node.value:
             key_mark = key_node.start_mark
-            if isinstance(key_node, yaml.ScalarNode):
+            if isinstance(key_node, self._yaml.ScalarNode):
                 key_value = (
                     key_node.value
                     if key_node.tag == _STR_TAG
@@ -158,7 +172,9 @@ class _Builder:
 
 def parse_documents(text: str) -> Iterator[YamlDocument]:
     """Yield each non-empty document of `text`; raise YamlSyntaxError on malformed YAML."""
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader_class()(text)
     try:
         while loader.check_node():
             node = loader.get_node()

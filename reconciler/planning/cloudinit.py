@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from reconciler.model.desired import GuestConfig
 
 CLOUD_CONFIG_HEADER = "#cloud-config\n"
@@ -62,6 +60,8 @@ def drive_content(config: GuestConfig, name: str, instance_id: str) -> DriveCont
 
 def user_data(config: GuestConfig) -> bytes:
     """The user-data the guest gets (see the module's docstring)."""
+    import yaml
+
     extra = _cloud_config_additions(config)
     given = config.user_data
     if given is None:
@@ -129,6 +129,8 @@ def _wrap(text: str, width: int = 76) -> list[str]:
 
 
 def _dump(data: dict[str, Any]) -> str:
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
@@ -137,6 +139,8 @@ def login_user(config: GuestConfig) -> str | None:
     with one), else the first named entry of `users` that is not `default`, else
     `system_info.default_user.name`. None when it names none (the image's own default user,
     which only the image knows: `reconcile ssh --user`)."""
+    import yaml
+
     data = config.user_data
     if data is None or not data.startswith(CLOUD_CONFIG_HEADER.encode()):
         return None
