@@ -9,6 +9,10 @@ The two no-ops run once every guest has booted (and halted), in turns: each goes
 every other round.
 
     .venv/bin/python bench/bench_cold_start.py [-n 10] [--repeat 3] [--connect URI]
+
+With `--connect qemu:///system` and no libvirt daemon answering there (no systemd here), the
+bench starts one the way the tests do (tests/libvirtd.py: its own root, QEMU as root, no
+security driver) and both paths reach it at its socket: a daemon URI, with no embedded open.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
+sys.path.insert(0, str(PROJECT))
+from tests.libvirtd import Libvirtd  # noqa: E402
+
 PYTHON = sys.executable
 RECONCILE = [PYTHON, "-m", "reconciler"]
 # Both paths run as installed programs do: with Python's bytecode cache (some sandboxes set
@@ -98,6 +105,28 @@ def main() -> int:
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="rcb-", dir="/tmp"))
+    daemon = None
+    if args.connect == "qemu:///system" and not answers(args.connect):
+        daemon = Libvirtd(state / "libvirtd")
+        daemon.prepare()
+        daemon.start()
+        args.connect = daemon.uri
+        print(f"no libvirt daemon at qemu:///system: started one at {daemon.uri}")
+    try:
+        return measure(args, state)
+    finally:
+        if daemon is not None:
+            daemon.destroy_all()
+            daemon.kill()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def answers(uri: str) -> bool:
+    done = subprocess.run(["virsh", "-c", uri, "version"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def measure(args: argparse.Namespace, state: Path) -> int:
     uri = args.connect or f"qemu:///embed?root={state}/libvirt"
     connect = ["--connect", args.connect] if args.connect else []
     connect += ["--image-dir", str(state)]
@@ -169,7 +198,6 @@ def main() -> int:
     print(f"reconcile --once, no-op:    {noop_s:6.2f} s   (rounds: {rounds(noop)})")
     print(f"hand-written no-op floor:   {floor_s:6.2f} s   (rounds: {rounds(floor)})")
     print(f"ratio no-op / floor:        {noop_s / floor_s:6.2f}")
-    shutil.rmtree(state, ignore_errors=True)
     return 0
 
 
