@@ -200,3 +200,27 @@ def test_a_second_plan_parses_no_manifest(
     main(argv)
     assert parsed == []
     assert capsys.readouterr() == first
+
+
+def test_a_pusher_who_swaps_a_named_file_for_a_link_out_of_the_tree_gets_no_stored_reading(
+    tree: Path, tmp_path: Path
+) -> None:
+    """The reading of rcrs-0.yaml holds only while its user-data file is the one it read:
+    a link put in its place (to a file outside the manifests, same size or not) is checked
+    as on a first reading, and refused."""
+    store = tmp_path / "readings.json"
+    _stored(tree, store)
+    outside = tmp_path / "secret"
+    outside.write_text("#cloud-config\n")  # the same bytes as the file it replaces
+    (tree / "user-data").unlink()
+    (tree / "user-data").symlink_to(outside)
+    load = load_manifests(tree, cache=load_store(store, None))
+    assert "rcrs-0" in load.invalid_names
+    assert any("user-data" in str(error) for error in load.errors)
+
+
+def test_the_store_is_its_owners_alone(tree: Path, tmp_path: Path) -> None:
+    """It holds user-data and injected files' contents: never readable by other users."""
+    store = tmp_path / "readings.json"
+    _stored(tree, store)
+    assert store.stat().st_mode & 0o077 == 0
