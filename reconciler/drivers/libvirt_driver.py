@@ -417,7 +417,9 @@ class LibvirtDriver:
         round trip), then each definition (and a running one's live definition)."""
         domains = self._conn.listAllDomains(0)
         bulk = self._bulk_facts()
-        return [self._record(domain, bulk) for domain in domains]
+        records = [self._record(domain, bulk) for domain in domains]
+        self._parsed.trim(len(records))
+        return records
 
     def _bulk_facts(self) -> _BulkFacts | None:
         """The state of every domain, and which are persistent and autostart, by UUID (None:

@@ -6,8 +6,8 @@ The file (STATE/parsed-definitions.json) is JSON through model.codec, never pick
 keyed by this build of the parser and the model (their files' stamps), read as a regular file
 only, bounded, and ignored whole when anything about it is wrong; an entry that does not decode
 to a Machine is parsed again. It keeps the definitions this process parsed or used, the most
-recently used first, up to MAX_KEPT; it is written when the driver closes, atomically, and
-only when it would say something new.
+recently used first, up to MAX_KEPT (and, after each listing, a few more than it used); it is
+written when the driver closes, atomically, and only when it would say something new.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ class ParsedDefinitions:
             while len(self._used) > MAX_KEPT:
                 self._used.popitem(last=False)
         return machine
+
+    def trim(self, listed: int) -> None:
+        """Keep the most recently used definitions only, a few more than a listing of
+        `listed` domains uses (a daemon's redefinitions would otherwise pile up)."""
+        with self._lock:
+            while len(self._used) > 2 * listed + 64:
+                self._used.popitem(last=False)
 
     def save(self) -> None:
         """Write what this process used, when that is not what the file holds already (an

@@ -82,3 +82,12 @@ def test_unreadable_xml_is_still_an_error_and_the_store_is_bounded(
     store.parse(OTHER)
     store.save()
     assert len(json.loads((tmp_path / "parsed.json").read_text())["machines"]) == 1
+
+
+def test_a_listing_trims_what_is_kept_to_what_it_used(tmp_path: Path) -> None:
+    store = ParsedDefinitions(tmp_path / "parsed.json")
+    for memory in range(200):  # a daemon's redefinitions, one after the other
+        store.parse(render_domain_xml(replace(BASE, memory_kib=65536 + memory)))
+    store.trim(listed=1)
+    store.save()
+    assert len(json.loads((tmp_path / "parsed.json").read_text())["machines"]) == 66
