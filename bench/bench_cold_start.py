@@ -5,6 +5,9 @@ Measured in the same run, alternating, median of --repeat rounds:
   - reconcile --once, cold (overlays, defines and starts everything)
   - reconcile --once again, no-op (must write nothing: checked by file mtimes and domain XML)
   - the hand-written no-op floor: list the domains with their XML, check each, exit
+  - teardown: the hand-written clean-up (destroy, undefine, remove the disks) against
+    reconcile --once with every instance `state: absent`, `deletionPolicy: delete`
+    (shutdownTimeoutSeconds 0: powered off at once, as the hand-written path does)
 The two no-ops run once every guest has booted (and halted), in turns: each goes first in
 every other round.
 
@@ -42,7 +45,12 @@ RECONCILE = [PYTHON, "-m", "reconciler"]
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def write_manifests(directory: Path, prefix: str, count: int, base: Path, sha: str) -> None:
+def write_manifests(
+    directory: Path, prefix: str, count: int, base: Path, sha: str, absent: bool = False
+) -> None:
+    """`count` instances in one file; `absent`: the same ones asked to go, disks and all,
+    powered off at once (shutdownTimeoutSeconds 0), as the hand-written clean-up does."""
+    gone = {"state": "absent", "deletionPolicy": "delete", "shutdownTimeoutSeconds": 0}
     documents = [
         {
             "apiVersion": "reconciler/v1alpha1",
@@ -54,6 +62,7 @@ def write_manifests(directory: Path, prefix: str, count: int, base: Path, sha: s
                 "accelerator": "tcg",
                 "image": {"source": str(base), "sha256": sha, "format": "raw"},
                 "disk": {"size": "2GiB"},
+                **(gone if absent else {}),
             },
         }
         for index in range(count)
@@ -148,7 +157,7 @@ def measure(args: argparse.Namespace, state: Path) -> int:
     cleanup = [PYTHON, str(HERE / "handwritten.py"), "cleanup", uri, str(state)]
     timed([*cleanup, "rcw"])
 
-    hand, cold, noop, floor = [], [], [], []
+    hand, cold, noop, floor, hand_down, down = [], [], [], [], [], []
     for _round in range(args.repeat):
         elapsed, _ = timed(
             [
@@ -163,7 +172,7 @@ def measure(args: argparse.Namespace, state: Path) -> int:
             ]
         )
         hand.append(elapsed)
-        timed([*cleanup, "hwb"])
+        hand_down.append(timed([*cleanup, "hwb"])[0])
         elapsed, out = timed(
             [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect]
         )
@@ -184,9 +193,19 @@ def measure(args: argparse.Namespace, state: Path) -> int:
                 noop.append(elapsed)
             else:
                 floor.append(timed([*check, str(args.n)])[0])
+        # teardown: the same manifests asked to go (state: absent, deletionPolicy: delete)
+        write_manifests(manifests, "rcb", args.n, base, sha, absent=True)
+        elapsed, out = timed(
+            [*RECONCILE, "--once", str(manifests), "--state-dir", str(state), *connect]
+        )
+        assert not list((state / "instances").glob("rcb-*/disk.qcow2")), out
+        down.append(elapsed)
+        write_manifests(manifests, "rcb", args.n, base, sha)
         timed([*cleanup, "rcb"])
 
-    hand_s, cold_s, noop_s, floor_s = (statistics.median(x) for x in (hand, cold, noop, floor))
+    hand_s, cold_s, noop_s, floor_s, hand_down_s, down_s = (
+        statistics.median(x) for x in (hand, cold, noop, floor, hand_down, down)
+    )
 
     def rounds(values: list[float]) -> str:
         return ", ".join(f"{value:.2f}" for value in values)
@@ -198,6 +217,9 @@ def measure(args: argparse.Namespace, state: Path) -> int:
     print(f"reconcile --once, no-op:    {noop_s:6.2f} s   (rounds: {rounds(noop)})")
     print(f"hand-written no-op floor:   {floor_s:6.2f} s   (rounds: {rounds(floor)})")
     print(f"ratio no-op / floor:        {noop_s / floor_s:6.2f}")
+    print(f"hand-written teardown:      {hand_down_s:6.2f} s   (rounds: {rounds(hand_down)})")
+    print(f"reconcile --once, absent:   {down_s:6.2f} s   (rounds: {rounds(down)})")
+    print(f"ratio teardown / hand:      {down_s / hand_down_s:6.2f}")
     return 0
 
 
