@@ -48,9 +48,10 @@ CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECOD
 def write_manifests(
     directory: Path, prefix: str, count: int, base: Path, sha: str, absent: bool = False
 ) -> None:
-    """`count` instances in one file; `absent`: the same ones asked to go, disks and all,
-    powered off at once (shutdownTimeoutSeconds 0), as the hand-written clean-up does."""
-    gone = {"state": "absent", "deletionPolicy": "delete", "shutdownTimeoutSeconds": 0}
+    """`count` instances in one file (their disks go with them: the deletion policy the
+    domain records when it is defined is the one that counts); `absent`: the same ones asked
+    to go, powered off at once (shutdownTimeoutSeconds 0), as the hand-written clean-up does."""
+    gone = {"state": "absent", "shutdownTimeoutSeconds": 0}
     documents = [
         {
             "apiVersion": "reconciler/v1alpha1",
@@ -62,6 +63,7 @@ def write_manifests(
                 "accelerator": "tcg",
                 "image": {"source": str(base), "sha256": sha, "format": "raw"},
                 "disk": {"size": "2GiB"},
+                "deletionPolicy": "delete",
                 **(gone if absent else {}),
             },
         }
