@@ -65,7 +65,7 @@ class InstancePaths:
 
     @property
     def nvram(self) -> Path:
-        return self.directory / NVRAM_FILE
+        return _child(self.directory, NVRAM_FILE)
 
     def config_drive(self, digest: str) -> Path:
         """The config drive whose content has this digest (its first characters name it)."""
@@ -77,7 +77,7 @@ class InstancePaths:
     @property
     def health(self) -> Path:
         """The instance's probes and its Ready and Live conditions (health.record)."""
-        return self.directory / "health.json"
+        return _child(self.directory, "health.json")
 
     def snapshot_record(self, label: str) -> Path:
         """What snapshot `label` preceded, and the definition to restore with it (the disks
@@ -87,13 +87,13 @@ class InstancePaths:
     @property
     def hold(self) -> Path:
         """While it exists, a revert holds the instance (model.actual.HoldFacts)."""
-        return self.directory / "hold.json"
+        return _child(self.directory, "hold.json")
 
     @property
     def fs_frozen(self) -> Path:
         """Exists while a snapshot has asked the guest agent to freeze the file systems: one
         left behind by a killed process is thawed by the next pass."""
-        return self.directory / "fs-frozen"
+        return _child(self.directory, "fs-frozen")
 
     def aside(self, base_name: str) -> Path:
         """Where a replaced boot disk is moved: its name says which base it was built on."""
@@ -103,42 +103,49 @@ class InstancePaths:
     @property
     def definition(self) -> Path:
         """The persistent definition: a Machine as JSON (drivers.definition)."""
-        return self.directory / "domain.json"
+        return _child(self.directory, "domain.json")
 
     @property
     def live_definition(self) -> Path:
         """What the running QEMU was started as, with the live changes made since."""
-        return self.directory / "live.json"
+        return _child(self.directory, "live.json")
 
     @property
     def legacy_definition(self) -> Path:
         """The definition as earlier versions kept it (libvirt XML), rewritten once."""
-        return self.directory / "domain.xml"
+        return _child(self.directory, "domain.xml")
 
     @property
     def legacy_live_definition(self) -> Path:
-        return self.directory / "live.xml"
+        return _child(self.directory, "live.xml")
 
     @property
     def qmp_socket(self) -> Path:
-        return self.directory / "qmp.sock"
+        return _child(self.directory, "qmp.sock")
 
     @property
     def qemu_pid(self) -> Path:
-        return self.directory / QEMU_PID_FILE
+        return _child(self.directory, QEMU_PID_FILE)
 
     @property
     def guest_agent_socket(self) -> Path:
-        return self.directory / "guest-agent.sock"
+        return _child(self.directory, "guest-agent.sock")
 
     @property
     def qemu_log(self) -> Path:
-        return self.directory / "qemu.log"
+        return _child(self.directory, "qemu.log")
 
     @property
     def stopped(self) -> Path:
         """Why the QEMU last stopped, as the QMP driver saw it."""
-        return self.directory / "stopped"
+        return _child(self.directory, "stopped")
+
+
+@functools.lru_cache(maxsize=65536)
+def _child(directory: Path, name: str) -> Path:
+    """`directory / name`, kept: a pass asks each instance for its files many times, and
+    pathlib's join costs more than finding it here."""
+    return directory / name
 
 
 @functools.lru_cache(maxsize=16384)
@@ -161,7 +168,7 @@ class StateLayout:
 
     @property
     def images(self) -> Path:
-        return self.root / "images"
+        return _child(self.root, "images")
 
     @property
     def source_digests(self) -> Path:
@@ -169,7 +176,7 @@ class StateLayout:
 
     @property
     def instances(self) -> Path:
-        return self.root / "instances"
+        return _child(self.root, "instances")
 
     def instance(self, name: str) -> InstancePaths:
         """Paths for instance `name`, which the schema has already restricted to [a-z0-9-]."""
@@ -177,7 +184,7 @@ class StateLayout:
 
     @property
     def rollouts(self) -> Path:
-        return self.root / "rollouts"
+        return _child(self.root, "rollouts")
 
     def rollout(self, group: str) -> Path:
         """The record of one rollout group ("set/web" -> rollouts/set-web.json); its names
@@ -192,12 +199,12 @@ class StateLayout:
         suffix = image.format.value
         if image.convert_to is not None and image.convert_to is not image.format:
             suffix += f".{image.convert_to.value}"  # e.g. sha256-X.qcow2.raw: converted
-        return self.images / f"sha256-{image.sha256}.{suffix}"
+        return _child(self.images, f"sha256-{image.sha256}.{suffix}")
 
     @property
     def libvirt_root(self) -> Path:
         """The embedded libvirt driver's root."""
-        return self.root / "libvirt"
+        return _child(self.root, "libvirt")
 
     def libvirt_definition(self, name: str) -> Path:
         """Where the embedded libvirt driver keeps a domain's persistent definition."""
@@ -218,45 +225,45 @@ class StateLayout:
 
     @property
     def libvirt_log(self) -> Path:
-        return self.root / "libvirt.log"
+        return _child(self.root, "libvirt.log")
 
     @property
     def id_file(self) -> Path:
-        return self.root / "id"
+        return _child(self.root, "id")
 
     @property
     def lock_file(self) -> Path:
-        return self.root / "lock"
+        return _child(self.root, "lock")
 
     @property
     def control_socket(self) -> Path:
-        return self.root / "control.sock"
+        return _child(self.root, "control.sock")
 
     @property
     def status_file(self) -> Path:
-        return self.root / "status.json"
+        return _child(self.root, "status.json")
 
     @property
     def git(self) -> Path:
-        return self.root / "git"
+        return _child(self.root, "git")
 
     @property
     def validated_documents(self) -> Path:
         """The content keys of the manifest documents the schema accepted in the last pass
         (see manifests.loader.document_key): the next pass skips the schema for those."""
-        return self.root / "validated-documents"
+        return _child(self.root, "validated-documents")
 
     @property
     def manifest_readings(self) -> Path:
         """What reading each manifest file gave, kept between passes (see
         manifests.readingstore): a pass reads again only the files that changed since."""
-        return self.root / "manifest-readings.json"
+        return _child(self.root, "manifest-readings.json")
 
     @property
     def parsed_definitions(self) -> Path:
         """The machines parsed from libvirt's domain XML, by a digest of the text (see
         drivers.parsedstore): a pass parses only the definitions that changed since."""
-        return self.root / "parsed-definitions.json"
+        return _child(self.root, "parsed-definitions.json")
 
     @property
     def known_hosts(self) -> Path:
@@ -266,4 +273,4 @@ class StateLayout:
     @property
     def prune_flag(self) -> Path:
         """While this file exists, prune is on (as with --prune)."""
-        return self.root / "prune"
+        return _child(self.root, "prune")
