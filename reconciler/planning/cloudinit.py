@@ -60,8 +60,6 @@ def drive_content(config: GuestConfig, name: str, instance_id: str) -> DriveCont
 
 def user_data(config: GuestConfig) -> bytes:
     """The user-data the guest gets (see the module's docstring)."""
-    import yaml
-
     extra = _cloud_config_additions(config)
     given = config.user_data
     if given is None:
@@ -72,6 +70,8 @@ def user_data(config: GuestConfig) -> bytes:
         return given
     text = given.decode()
     if text.startswith("#cloud-config"):
+        import yaml  # here: only a cloud-config that gets additions is read
+
         merged: dict[str, Any] = yaml.safe_load(text) or {}
         for key, values in extra.items():
             existing = merged.get(key)
@@ -139,11 +139,11 @@ def login_user(config: GuestConfig) -> str | None:
     with one), else the first named entry of `users` that is not `default`, else
     `system_info.default_user.name`. None when it names none (the image's own default user,
     which only the image knows: `reconcile ssh --user`)."""
-    import yaml
-
     data = config.user_data
     if data is None or not data.startswith(CLOUD_CONFIG_HEADER.encode()):
         return None
+    import yaml  # here: most instances have no cloud-config, and a no-op pass no YAML
+
     try:
         document = yaml.safe_load(data)
     except yaml.YAMLError:
