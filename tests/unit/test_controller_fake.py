@@ -27,16 +27,24 @@ from reconciler.testing.fake import FakeDriver
 from tests.helpers import manifest_document, write_base_image
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[Controller, FakeDriver, Path, Path, str]:
+def make_controller(
+    tmp_path: Path, prune: bool = False
+) -> tuple[Controller, FakeDriver, Path, Path, str]:
+    """A controller on the fake driver, its manifest directory and a base image in it."""
     manifests = tmp_path / "m"
-    manifests.mkdir()
+    manifests.mkdir(exist_ok=True)
     base, sha = write_base_image(manifests)
     state = StateDir(tmp_path / "s")
     state.create()
     driver = FakeDriver()
-    settings = Settings(sources=SourcePolicy((manifests,)))
+    settings = Settings(sources=SourcePolicy((manifests,)), prune=prune)
     controller = Controller(driver, state, settings, DaemonOptions(manifests))
+    return controller, driver, manifests, base, sha
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Controller, FakeDriver, Path, Path, str]:
+    controller, driver, manifests, base, sha = make_controller(tmp_path)
     controller.attach()  # as run() does
     return controller, driver, manifests, base, sha
 
@@ -217,16 +225,7 @@ def test_an_instance_whose_manifest_breaks_is_left_as_it_is_not_called_an_orphan
 ) -> None:
     """The soak found it: a manifest made invalid was said to be gone ("orphan: its manifest
     is gone; kept (prune is off: --prune ... turns it on)"), as if --prune would remove it."""
-    from dataclasses import replace
-
-    manifests = tmp_path / "m"
-    manifests.mkdir()
-    base, sha = write_base_image(manifests)
-    state = StateDir(tmp_path / "s")
-    state.create()
-    driver = FakeDriver()
-    settings = replace(Settings(sources=SourcePolicy((manifests,))), prune=prune)
-    controller = Controller(driver, state, settings, DaemonOptions(manifests))
+    controller, driver, manifests, base, sha = make_controller(tmp_path, prune)
     write(manifests, "rct-broken", base, sha)
     write(manifests, "rct-other", base, sha)
     controller.reload(Trigger.START, everything=True)
