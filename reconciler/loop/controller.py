@@ -50,8 +50,9 @@ from reconciler.loop.status import StatusBook
 from reconciler.loop.statuswriter import StatusWriter
 from reconciler.loop.watch import ManifestWatcher
 from reconciler.loop.workers import DEFAULT_WORKERS, WorkerPool
-from reconciler.manifests.filecache import FileStamp, ManifestFileCache, stamp
+from reconciler.manifests.filecache import FileStamp, stamp
 from reconciler.manifests.loader import LoadResult, load_manifests
+from reconciler.manifests.readingstore import load_store, save_store
 from reconciler.manifests.selection import Selection, select
 from reconciler.model.actual import DomainFacts, ObservedDomain, PowerState
 from reconciler.model.desired import InstanceSpec
@@ -168,7 +169,10 @@ class Controller:
         self._subscribers: list[Callable[[str, str], None]] = []
         self._reload_requested = threading.Event()
         self._validated: frozenset[str] = frozenset()  # see manifests.loader.document_key
-        self._readings = ManifestFileCache()  # a resync rereads only the files that changed
+        # a resync rereads only the files that changed, and a start only those that changed
+        # since the last process (plan and --once keep the same readings)
+        self._readings = load_store(state.manifest_readings, self._catalogue)
+        self._readings_saving = threading.Lock()
         self._lost = threading.Event()
         self._host_down = threading.Event()  # shutdown-guests was asked: reconcile nothing
         self._workers = WorkerPool(self.queue, self.reconcile_name, options.workers)
@@ -384,8 +388,21 @@ class Controller:
             self._validated = read.valid_documents
             if read.unlocked and self.image_names is not None:
                 self.image_names.ask(read.unlocked)
+            self._keep_readings()
         load, _ignored = select(read, self.options.selection)
         return load
+
+    def _keep_readings(self) -> None:
+        """Write the manifest readings to the state directory when one changed (a cache: a
+        failure costs the next process a full reading)."""
+        with self._readings_saving:
+            if not self._readings.changed:
+                return
+            self._readings.changed = False
+            try:
+                save_store(self.state.manifest_readings, self._readings, self._catalogue)
+            except OSError as err:
+                LOG.debug("cannot keep the manifest readings: %s", err)
 
     def fetch(self) -> bool:
         """Pull mode: fetch, and apply the newest commit if it is good; whether a new commit

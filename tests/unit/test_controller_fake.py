@@ -322,3 +322,31 @@ def test_a_failing_liveness_probe_restarts_the_guest_and_a_new_boot_starts_it_ov
     assert status.crash_loop is None or status.crash_loop["restarts"] == 1
     # the start (its event) began a new boot: alive until proven otherwise
     assert controller.prober.liveness_failure("rct-a") is None
+
+
+def test_a_daemon_started_again_reads_only_the_files_that_changed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readings a daemon keeps are in the state directory (manifest-readings.json): the
+    next daemon, or plan and --once, read again only the files that changed since."""
+    from reconciler.manifests import filecache, loader
+
+    monkeypatch.setattr(filecache, "RACY_SECONDS", 0.0)
+    first, _driver, manifests, base, sha = make_controller(tmp_path)
+    for name in ("rct-a", "rct-b", "rct-c"):
+        write(manifests, name, base, sha)
+    first.reload(Trigger.START, everything=True)
+    write(manifests, "rct-b", base, sha, memory="96MiB")  # while no daemon runs
+    parsed: list[str] = []
+    real = loader.parse_manifest_file
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "parse_manifest_file", counting)
+    second = Controller(FakeDriver(), first.state, first.reconciler.settings,
+                        DaemonOptions(manifests))  # fmt: skip
+    load = second.read_manifests()
+    assert parsed == ["rct-b.yaml"]
+    assert {s.name: s.memory_bytes for s in load.instances}["rct-b"] == 96 * 1024 * 1024
