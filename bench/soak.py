@@ -126,13 +126,16 @@ class Snapshot:
 @dataclass
 class RevertWindow:
     """A revert asked for: until the first boot after it, a boot may read any value of its
-    snapshot's range, lower than the counter printed last."""
+    snapshot's range, lower than the counter printed last. A boot is after it when its QEMU
+    started after the revert was asked for (a boot that began before, whose value happens
+    to lie in the range, does not close the window)."""
 
     label: str
     low: int
     high: int
+    asked: float = 0.0  # when, in seconds since the host booted (as /proc says of processes)
     done: bool = False  # the command succeeded
-    seen_boot: bool = False  # a boot read a value of the range
+    seen_boot: bool = False  # a boot after it read a value of the range
     attempts: int = 1
 
 
@@ -578,8 +581,9 @@ class Soak:
         snapshot = self.rng.choice(self.snapshots[instance.name])
         resume_after = self.rng.uniform(10, 40)
         with self.counting:
-            self.reverts[instance.name] = RevertWindow(snapshot.label, snapshot.low,
-                                                       snapshot.high)  # fmt: skip
+            self.reverts[instance.name] = RevertWindow(
+                snapshot.label, snapshot.low, snapshot.high, _since_boot()
+            )
         self.note(f"revert {instance.name} {snapshot.label} (counter {snapshot.low} to "
                   f"{snapshot.high} then)")  # fmt: skip
         worker = threading.Thread(target=self.revert, args=(instance.name, resume_after),
@@ -776,12 +780,15 @@ class Soak:
             value = int(start.group(1))
             window = self.reverts.get(name)
             if window is not None and window.low <= value <= window.high:
-                # the first boot after the revert the soak asked for: its snapshot's value
-                window.seen_boot = True
-                if window.done:
-                    self.close_window(name)
-                self.note(f"{name}: a boot after the revert to {window.label} read {value} "
-                          f"(printed last: {last})")  # fmt: skip
+                # a boot in the revert's window reads its snapshot's value; the first one whose
+                # QEMU started after the revert was asked for closes the window once it is done
+                started = _process_start(self.qemu_pid(name))
+                if started is not None and started > window.asked:
+                    window.seen_boot = True
+                    if window.done:
+                        self.close_window(name)
+                self.note(f"{name}: a boot in the window of the revert to {window.label} read "
+                          f"{value} (printed last: {last})")  # fmt: skip
                 if last is not None and value < last:
                     self.report.reverts_accepted["asked"] += 1
             elif last is not None and value < last:
@@ -1050,6 +1057,23 @@ def _digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return "missing"
+
+
+def _since_boot() -> float:
+    """Seconds since the host booted, as /proc counts a process's start."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _process_start(pid: int | None) -> float | None:
+    """When process `pid` started, in seconds since the host booted (None: no such process)."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after the command, which may hold spaces
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
 
 
 def _virtual_size(path: Path) -> int:
