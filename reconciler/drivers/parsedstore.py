@@ -42,6 +42,7 @@ class ParsedDefinitions:
         self._stored: dict[str, Any] = _read(path) if path is not None else {}
         self._used: collections.OrderedDict[str, Machine] = collections.OrderedDict()
         self._changed = False
+        self._listed = False  # a listing saw every domain: what it did not use is stale
 
     def parse(self, xml: str) -> Machine:
         """The Machine `xml` describes (DomainXmlError as parse_domain_xml raises it)."""
@@ -67,6 +68,7 @@ class ParsedDefinitions:
         """Keep the most recently used definitions only, a few more than a listing of
         `listed` domains uses (a daemon's redefinitions would otherwise pile up)."""
         with self._lock:
+            self._listed = True
             while len(self._used) > 2 * listed + 64:
                 self._used.popitem(last=False)
 
@@ -76,9 +78,12 @@ class ParsedDefinitions:
         if self._path is None:
             return
         with self._lock:
-            if not self._changed and set(self._used) == set(self._stored):
+            if not self._changed and (not self._listed or set(self._used) == set(self._stored)):
                 return
             machines = {key: encode(m) for key, m in reversed(self._used.items())}
+            if not self._listed:  # a lookup or two: what the file kept still holds
+                kept = [(k, v) for k, v in self._stored.items() if k not in machines]
+                machines.update(kept[: max(0, MAX_KEPT - len(machines))])
             self._changed = False
         data = {"version": VERSION, "context": context_key(), "machines": machines}
         write_atomically(self._path, json.dumps(data, separators=(",", ":")).encode())

@@ -91,3 +91,25 @@ def test_a_listing_trims_what_is_kept_to_what_it_used(tmp_path: Path) -> None:
     store.trim(listed=1)
     store.save()
     assert len(json.loads((tmp_path / "parsed.json").read_text())["machines"]) == 66
+
+
+def test_a_process_that_looked_up_one_domain_keeps_what_the_last_listing_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reconcile snapshot NAME` asks for one domain: the next pass must not parse again
+    every definition the last listing kept."""
+    path = tmp_path / "parsed.json"
+    listing = ParsedDefinitions(path)
+    listing.parse(XML)
+    listing.parse(OTHER)
+    listing.trim(listed=2)
+    listing.save()
+    one = ParsedDefinitions(path)
+    changed = render_domain_xml(replace(BASE, memory_kib=BASE.memory_kib * 2))
+    one.parse(changed)  # a lookup of one domain, redefined since
+    one.save()
+    parsed = _counting(monkeypatch)
+    again = ParsedDefinitions(path)
+    for xml in (XML, OTHER, changed):
+        again.parse(xml)
+    assert parsed == []
