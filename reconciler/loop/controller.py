@@ -324,18 +324,25 @@ class Controller:
             root = self.options.directory.absolute()
             changed = {path for path in changed if path.absolute() != root}
         orphans: set[str] = set()
-        if everything:  # orphans of an earlier run are found by a full pass only
+        # orphans of an earlier run are found by a full pass, and those kept while manifests
+        # had errors (nothing is pruned then) once the errors are gone
+        errors_cleared = self._load is not None and bool(self._load.errors) and not load.errors
+        if everything or errors_cleared:
             try:
                 orphans = set(self.reconciler.orphans(set(specs) | set(load.invalid_names)))
             except ReconcilerError as err:
                 LOG.warning("cannot list orphans: %s", err)
         with self._lock:
             old = self._specs
-            names = set(old) | set(specs) | orphans if everything else set()
+            names = (set(old) | set(specs) | orphans) if everything else set(orphans)
             for name in set(old) | set(specs):
                 before, after = old.get(name), specs.get(name)
                 if before != after or _touched(before, changed) or _touched(after, changed):
                     names.add(name)
+            # a name an invalid manifest claimed had no spec, and one it no longer claims may
+            # have none either (its file removed, its set scaled down): it is looked at now
+            claimed = set() if self._load is None else set(self._load.invalid_names)
+            names |= claimed - set(specs) - set(load.invalid_names)
             self._specs, self._load = specs, load
             self.names.unpark(names)  # a changed manifest is tried again
         for error in load.errors:

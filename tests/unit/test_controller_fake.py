@@ -350,3 +350,42 @@ def test_a_daemon_started_again_reads_only_the_files_that_changed_meanwhile(
     load = second.read_manifests()
     assert parsed == ["rct-b.yaml"]
     assert {s.name: s.memory_bytes for s in load.instances}["rct-b"] == 96 * 1024 * 1024
+
+
+def test_a_name_that_leaves_while_its_manifest_is_invalid_is_reconciled(tmp_path: Path) -> None:
+    """The soak found it: a set scaled down while its template was broken (its profile had
+    an error) kept its highest member running for good, and an invalid manifest removed was
+    never noted as an orphan: the daemon enqueues the names whose spec changed, and a name
+    an invalid manifest claimed had none before, and has none after."""
+    controller, driver, manifests, base, sha = make_controller(tmp_path)
+    template = manifest_document("x", base, sha)["spec"]
+
+    def write_set(replicas: int, broken: bool) -> None:
+        spec = {"replicas": replicas, "template": {**template, "memory": "lots"} if broken
+                else template}  # fmt: skip
+        document = {"apiVersion": "reconciler/v1alpha1", "kind": "InstanceSet",
+                    "metadata": {"name": "rct-set"}, "spec": spec}  # fmt: skip
+        (manifests / "rct-set.yaml").write_text(yaml.safe_dump(document))
+
+    write_set(2, broken=False)
+    write(manifests, "rct-loose", base, sha)
+    controller.reload(Trigger.START, everything=True)
+    drain(controller)
+    assert driver.lookup("rct-set-1") is not None and driver.lookup("rct-loose") is not None
+    write_set(2, broken=True)
+    write(manifests, "rct-loose", base, sha, memory="lots")
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-set.yaml",
+                                                 manifests / "rct-loose.yaml"})  # fmt: skip
+    drain(controller)
+    write_set(1, broken=True)  # scaled down while broken
+    (manifests / "rct-loose.yaml").unlink()  # removed while broken
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-set.yaml",
+                                                 manifests / "rct-loose.yaml"})  # fmt: skip
+    assert "rct-loose" in drain(controller)
+    entry = controller.status.get("rct-loose")
+    assert entry is not None and entry.last_reconcile is not None
+    assert entry.last_reconcile["notes"][0].startswith("orphan: its manifest is gone")
+    write_set(1, broken=False)  # fixed: the member it no longer counts goes
+    controller.reload(Trigger.MANIFEST, changed={manifests / "rct-set.yaml"})
+    assert "rct-set-1" in drain(controller)
+    assert driver.lookup("rct-set-1") is None and driver.lookup("rct-set-0") is not None
