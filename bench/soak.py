@@ -472,8 +472,8 @@ class Soak:
         return True
 
     def fault_add(self) -> bool:
-        if len(self.instances) >= self.args.instances + 4:
-            return False
+        if sum(not i.member for i in self.instances.values()) >= self.args.instances + 4:
+            return False  # (the set's members are not counted: they are the set's to add)
         instance = self.new_instance()
         self.note(f"add {instance.name}")
         self.write(instance)
