@@ -1116,6 +1116,10 @@ def main() -> int:
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     print(f"soak: seed {args.seed} (replay with --seed {args.seed})", flush=True)
+    # stopped early (SIGINT, even where a shell started it in the background with SIGINT
+    # ignored, or SIGTERM), it still tears down: its guests, daemons and tmpfs go
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda _number, _frame: sys.exit(143))
     return Soak(args).run()
 
 
