@@ -1,5 +1,7 @@
 """Files: atomic placement (temporary names beside the target, fsync, rename, fsync the
-directory), and reading a file that untrusted input names (confined, regular, bounded).
+directory), reading a file that untrusted input names (confined, regular, bounded), and the
+caches a process keeps in the state directory (read as regular, bounded JSON; keyed by the
+stamps of the source files that made them).
 
 A temporary name always has the shape `.NAME.<pid>.<random>.tmp`, so a later pass can tell
 leftovers apart from real files and remove them; they are never used.
@@ -8,11 +10,14 @@ leftovers apart from real files and remove them; they are never used.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import NoSpaceLeft
 from reconciler.sizes import format_size
@@ -100,6 +105,35 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o600) -> None:
         publish(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def read_kept_json(path: Path, limit: int) -> Any:
+    """The JSON value in `path`, a cache this program keeps: read only when it is a regular
+    file (never a FIFO to block on, nor a symlink to follow) of at most `limit` bytes; None
+    when it is anything else. Raises OSError (none, unreadable) or ValueError (not JSON, or
+    nested beyond what the parser takes): a caller ignores the cache on either."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        try:
+            return json.loads(stream.read(limit + 1))
+        except RecursionError as err:
+            raise ValueError("nested too deeply") from err
+
+
+def build_stamp(files: Iterable[Path], *extra: str) -> str:
+    """A digest of `files`' names, sizes and modification times (and of `extra`): what a
+    cache made by this build of those source files is keyed by, so that an upgrade, or an
+    edit of a source tree, is another build whose cache is not used."""
+    digest = hashlib.sha256()
+    for file in files:
+        info = os.stat(file)
+        digest.update(f"{file.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    for text in extra:
+        digest.update(f"{text}\n".encode())
+    return digest.hexdigest()
 
 
 class InputFileRefused(Exception):

@@ -15,14 +15,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
-import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 from reconciler.drivers.libvirt_xml import parse_domain_xml
-from reconciler.fileops import write_atomically
+from reconciler.fileops import build_stamp, read_kept_json, write_atomically
 from reconciler.model.codec import CodecError, decode, encode
 from reconciler.model.machine import Machine
 
@@ -93,22 +91,13 @@ class ParsedDefinitions:
 
 def context_key() -> str:
     """This build of the parser and the model: their files' stamps."""
-    digest = hashlib.sha256()
-    for name in _BUILD_FILES:
-        info = os.stat(_PACKAGE / name)
-        digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return build_stamp(_PACKAGE / name for name in _BUILD_FILES)
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(descriptor, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORE_BYTES:
-                return {}
-            data = json.loads(stream.read(MAX_STORE_BYTES + 1))
-    except (OSError, ValueError, RecursionError):
+        data = read_kept_json(path, MAX_STORE_BYTES)
+    except (OSError, ValueError):
         return {}
     if type(data) is not dict or data.get("version") != VERSION:
         return {}

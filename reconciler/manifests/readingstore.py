@@ -18,16 +18,14 @@ ignored as a whole, and the pass reads the manifests as if it were not there.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import stat
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ManifestError, SourceLocation
-from reconciler.fileops import write_atomically
+from reconciler.fileops import build_stamp, read_kept_json, write_atomically
 from reconciler.manifests.filecache import FileStamp, ManifestFileCache, NamedFile, Reading
 from reconciler.model.codec import CodecError, decode, encode
 from reconciler.model.desired import InstanceSpec
@@ -43,13 +41,7 @@ def load_store(path: Path, catalogue: Collection[str] | None) -> ManifestFileCac
     anything about it is wrong)."""
     cache = ManifestFileCache()
     try:
-        # a regular file only (never a FIFO to block on, nor a link to follow), and bounded
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(descriptor, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORE_BYTES:
-                return cache
-            data = json.loads(stream.read(MAX_STORE_BYTES + 1))
+        data = read_kept_json(path, MAX_STORE_BYTES)
         if type(data) is not dict or data.get("version") != VERSION:
             return cache
         if data.get("context") != context_key(catalogue):
@@ -77,15 +69,14 @@ def context_key(catalogue: Collection[str] | None) -> str:
     """What a reading depends on beyond its files: this build of the loader, its schemas and
     model (their files' stamps: an upgrade, or an edit of a source tree, is another build)
     and the catalogue's names."""
-    digest = hashlib.sha256()
-    for directory in ("manifests", "manifests/schemas", "model"):
-        for entry in sorted(os.scandir(_PACKAGE / directory), key=lambda e: e.name):
-            if entry.name.endswith((".py", ".json")):
-                info = entry.stat()
-                digest.update(f"{entry.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    sources = [
+        _PACKAGE / directory / name
+        for directory in ("manifests", "manifests/schemas", "model")
+        for name in sorted(os.listdir(_PACKAGE / directory))
+        if name.endswith((".py", ".json"))
+    ]
     names = "-" if catalogue is None else ",".join(sorted(catalogue))
-    digest.update(names.encode())
-    return digest.hexdigest()
+    return build_stamp(sources, names)
 
 
 def _encode_reading(reading: Reading) -> dict[str, Any]:
