@@ -32,7 +32,7 @@ from reconciler.health.conditions import (
     ProbeTracker,
     without_probe,
 )
-from reconciler.health.record import write_health
+from reconciler.health.record import read_health, write_health
 from reconciler.layout import StateLayout
 from reconciler.model.desired import ProbeSpec
 from reconciler.model.machine import Machine
@@ -103,12 +103,21 @@ class Prober:
         when they changed."""
         now, wall = self._clock.monotonic(), self._clock.wall()
         with self._lock:
+            known = name in self._watched
+        # first seen by this process: a status that has not changed since the last one
+        # recorded it (the daemon restarted) keeps the time of its transition
+        recorded = {} if known or not self._record else read_health(self._layout.instance(name))[1]
+        with self._lock:
             old = self._watched.get(name)
             running = machine is not None
             plain = {kind: without_probe(kind, running, state, wall) for kind in ConditionType}
-            if old is not None:
-                plain = {k: old.plain[k].moved(c.status, c.reason, c.message, wall)
-                         for k, c in plain.items()}  # fmt: skip
+            earlier = recorded if old is None else old.plain
+            plain = {
+                kind: earlier[kind].moved(c.status, c.reason, c.message, wall)
+                if kind in earlier
+                else c
+                for kind, c in plain.items()
+            }
             fresh = old is None or old.machine is None or not running
             if old is not None and not fresh and _probes_of(old) == _complete(probes):
                 old.machine, old.state, old.plain = machine, state, plain

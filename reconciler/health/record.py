@@ -6,7 +6,6 @@ damaged file reads as nothing)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -44,9 +43,13 @@ def write_health(
     conditions: list[Condition],
     login: str | None = None,
 ) -> None:
+    """Keep the instance's probes, conditions and login user (None: as last recorded): the
+    file is rewritten only when that changes it (a pass over converged instances, or a
+    prober told again what it knew, writes nothing)."""
     if not paths.directory.is_dir():
         return  # no such instance (any more)
-    login = login if login is not None else read_login(paths)
+    text, recorded = _read(paths)
+    login = login if login is not None else _login_of(recorded)
     data = {
         "login": login,
         "probes": {
@@ -55,18 +58,56 @@ def write_health(
         },
         "conditions": [condition.as_json() for condition in conditions],
     }
-    write_atomically(paths.health, (json.dumps(data, indent=1) + "\n").encode())
+    wanted = (json.dumps(data, indent=1) + "\n").encode()
+    if wanted != text:
+        write_atomically(paths.health, wanted)
 
 
 def read_health(
     paths: InstancePaths,
 ) -> tuple[dict[ConditionType, ProbeSpec | None], dict[ConditionType, Condition]]:
     """The probes and the conditions recorded for the instance (empty when none are)."""
+    return _health_of(_read(paths)[1])
+
+
+def record_probes(
+    paths: InstancePaths, probes: dict[ConditionType, ProbeSpec | None], login: str | None
+) -> None:
+    """Keep the instance's probes and login user as its manifest now says (its conditions are
+    kept): written only when they changed, and not at all for an instance that never had
+    either."""
+    wanted = {kind: probes.get(kind) for kind in ConditionType}
+    text, data = _read(paths)
+    if not any(wanted.values()) and login is None and text is None:
+        return
+    recorded, conditions = _health_of(data)
+    if recorded == wanted and _login_of(data) == login:
+        return
+    write_health(paths, wanted, list(conditions.values()), login or "")
+
+
+def read_login(paths: InstancePaths) -> str | None:
+    """The user its cloud-config names (planning.cloudinit.login_user), as last recorded."""
+    return _login_of(_read(paths)[1])
+
+
+def _read(paths: InstancePaths) -> tuple[bytes | None, object]:
+    """The health file's bytes (None: there is none, or it cannot be read) and what they say
+    (None when they are not JSON)."""
     try:
         with open(paths.health, "rb") as stream:
-            data = json.loads(stream.read(MAX_BYTES))
-    except (OSError, ValueError):
-        return {}, {}
+            text = stream.read(MAX_BYTES)
+    except OSError:
+        return None, None
+    try:
+        return text, json.loads(text)
+    except (ValueError, RecursionError):
+        return text, None
+
+
+def _health_of(
+    data: object,
+) -> tuple[dict[ConditionType, ProbeSpec | None], dict[ConditionType, Condition]]:
     if not isinstance(data, dict):
         return {}, {}
     recorded = data.get("probes")
@@ -81,28 +122,7 @@ def read_health(
     return probes, conditions
 
 
-def record_probes(
-    paths: InstancePaths, probes: dict[ConditionType, ProbeSpec | None], login: str | None
-) -> None:
-    """Keep the instance's probes and login user as its manifest now says (its conditions are
-    kept): written only when they changed, and not at all for an instance that never had
-    either."""
-    wanted = {kind: probes.get(kind) for kind in ConditionType}
-    if not any(wanted.values()) and login is None and not os.path.exists(paths.health):
-        return
-    recorded, conditions = read_health(paths)
-    if recorded == wanted and read_login(paths) == login:
-        return
-    write_health(paths, wanted, list(conditions.values()), login or "")
-
-
-def read_login(paths: InstancePaths) -> str | None:
-    """The user its cloud-config names (planning.cloudinit.login_user), as last recorded."""
-    try:
-        with open(paths.health, "rb") as stream:
-            data = json.loads(stream.read(MAX_BYTES))
-    except (OSError, ValueError):
-        return None
+def _login_of(data: object) -> str | None:
     login = data.get("login") if isinstance(data, dict) else None
     return login if isinstance(login, str) and login else None
 

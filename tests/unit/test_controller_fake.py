@@ -170,6 +170,32 @@ def test_a_resync_settles_converged_names_from_one_listing(setup: tuple) -> None
     assert driver.domains["rct-b"].state.value == "running"
 
 
+def test_a_resync_over_converged_names_writes_no_file_of_theirs(setup: tuple) -> None:  # type: ignore[type-arg]
+    """Every pass tells the prober again how each instance is; a pass that finds nothing new
+    writes nothing under the instances (their health.json was rewritten, with two fsyncs,
+    for every instance on every pass)."""
+    controller, _driver, manifests, base, sha = setup
+    write(manifests, "rct-a", base, sha)
+    write(manifests, "rct-b", base, sha, state="stopped")
+    controller.reload(Trigger.START)
+    drain(controller)
+    instances = controller.state.root / "instances"
+
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {
+            str(p): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in instances.rglob("*")
+            if p.is_file() and not p.name.endswith(".log")
+        }
+
+    before = stamps()
+    assert any(path.endswith("health.json") for path in before)
+    for _ in range(2):
+        controller.resync()
+        assert sorted(drain(controller)) == ["rct-a", "rct-b"]
+    assert stamps() == before
+
+
 @pytest.mark.parametrize(
     ("name", "relevant"),
     [

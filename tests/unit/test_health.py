@@ -314,3 +314,38 @@ def test_addresses_come_from_the_agent_then_the_leases_then_the_neighbours(tmp_p
         ("192.0.2.12", "neighbour table"),
         (None, "not observed"),
     ]
+
+
+def test_a_prober_told_again_what_it_knew_rewrites_nothing_even_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    driver = FakeDriver()
+    layout = StateLayout(tmp_path)
+    paths = layout.instance("web")
+    paths.directory.mkdir(parents=True)
+    clock = ManualClock()
+    probes: dict[ConditionType, ProbeSpec | None] = {}
+    prober = Prober(driver, layout, clock.clock())
+    prober.watch("web", probes, None, "shutoff")
+    written = paths.health.stat()
+    since = conditions_of(prober)[0].last_transition
+    clock.now += 60  # every pass of a daemon tells it again
+    prober.watch("web", probes, None, "shutoff")
+    prober.close()
+    assert paths.health.stat().st_mtime_ns == written.st_mtime_ns
+    restarted = Prober(driver, layout, clock.clock())  # the daemon again, later
+    clock.now += 60
+    restarted.watch("web", probes, None, "shutoff")
+    assert conditions_of(restarted)[0].last_transition == since  # not since the restart
+    restarted.close()
+    assert (paths.health.stat().st_ino, paths.health.stat().st_mtime_ns) == (
+        written.st_ino,
+        written.st_mtime_ns,
+    )
+    machine = replace(BASE, nics=(NIC,))
+    driver.domains["web"] = FakeDomain(machine, PowerState.RUNNING)
+    moved = Prober(driver, layout, clock.clock())
+    moved.watch("web", probes, machine, "running")  # a status that moved is written
+    moved.close()
+    ready, _ = read_health(paths)[1].values()
+    assert (ready.status, ready.last_transition) == (ConditionStatus.TRUE, clock.now)
