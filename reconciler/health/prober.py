@@ -62,6 +62,7 @@ class _Watched:
     addresses_due: float = 0.0
     in_flight: set[ConditionType | str] = field(default_factory=set)
     boot_seen: float = 0.0  # wall time when this boot was first seen running
+    saved: object = None  # the probes and conditions its health.json was last given
 
     def condition(self, kind: ConditionType) -> Condition:
         tracker = self.trackers.get(kind)
@@ -134,6 +135,7 @@ class Prober:
             self._watched[name] = _Watched(
                 name, machine, state, trackers, plain, console, _complete(probes),
                 boot_seen=wall if fresh or old is None else old.boot_seen,
+                saved=None if old is None else old.saved,
             )  # fmt: skip
             if old is not None:
                 for kind in ConditionType:  # a status kept keeps its transition time
@@ -348,10 +350,15 @@ class Prober:
                 return
             probes = _probes_of(watched)
             conditions = [watched.condition(kind) for kind in ConditionType]
+            if watched.saved == (probes, conditions):
+                return  # told again what it knew: the file says it already
         try:
             write_health(self._layout.instance(name), probes, conditions)
         except OSError as err:
             LOG.warning("%s: cannot record its health: %s", name, err)
+            return
+        with self._lock:
+            watched.saved = (probes, conditions)
 
 
 def _single_check(spec: ProbeSpec) -> ProbeSpec:

@@ -549,7 +549,14 @@ class Controller:
             self.names.finish(name, sequence, None)  # the reconnection enqueues every name
             return
         started = self.clock.wall()
-        LOG.info("%s: reconciling (%s)", name, ", ".join(sorted(triggers)) or "request")
+        # a full pass says how many names it takes, once; each is named in the log when it
+        # is not settled from the listing (debug shows every one)
+        LOG.log(
+            logging.INFO if listing is None else logging.DEBUG,
+            "%s: reconciling (%s)",
+            name,
+            ", ".join(sorted(triggers)) or "request",
+        )
         settled: InstanceResult | None = None
         if spec is None:  # its manifest is gone: an orphan, pruned within the guards
             result = self._prune(name)
@@ -565,7 +572,7 @@ class Controller:
             result = settled or self.reconciler.reconcile(spec)
         next_retry = self._requeue(name, spec, result)
         self.monitor.reconciled(result, triggers)
-        self._log_result(result, next_retry)
+        self._log_result(result, next_retry, settled=settled is not None)
         observed, addresses, running = self._observed(
             name, listing if settled is not None else None
         )
@@ -679,8 +686,12 @@ class Controller:
         machine = (record.live_definition or record.definition) if running else None
         return record.state.value, addresses, machine
 
-    def _log_result(self, result: InstanceResult, next_retry: float | None) -> None:
-        if result.outcome is Outcome.FAILED:
+    def _log_result(
+        self, result: InstanceResult, next_retry: float | None, settled: bool = False
+    ) -> None:
+        if settled and result.outcome is Outcome.UNCHANGED and not result.notes:
+            LOG.debug("%s: unchanged (settled from the pass's listing)", result.name)
+        elif result.outcome is Outcome.FAILED:
             retry = (
                 f"; retry in {next_retry - self.clock.wall():.1f}s"
                 if next_retry is not None
