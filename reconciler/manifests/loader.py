@@ -171,9 +171,10 @@ def _schema_digest() -> bytes:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    """The instance schema's validator (the schema itself is checked against its meta-schema
+    by the tests, not on every run: that took a tenth of a second of each validating pass)."""
     import jsonschema
 
-    jsonschema.Draft202012Validator.check_schema(instance_schema())
     return jsonschema.Draft202012Validator(instance_schema())
 
 

@@ -1,4 +1,5 @@
-"""The schema's patterns mean the same to editors (ECMA-262) as to the reconciler (Python re)."""
+"""The schemas are valid JSON Schema (the loader does not check its own on every run), and
+their patterns mean the same to editors (ECMA-262) as to the reconciler (Python re)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema
 import pytest
 import regress
 
-from reconciler.manifests.loader import instance_schema
+from reconciler.manifests.loader import instance_schema, kind_schemas
 from reconciler.sizes import SIZE_PATTERN
 
 # A value each pattern accepts, by where the pattern sits in the schema. A new pattern
@@ -120,3 +122,8 @@ def test_python_and_ecma_agree(pointer: str, pattern: str) -> None:
 
 def test_size_pattern_is_the_schemas() -> None:
     assert instance_schema()["$defs"]["size"]["pattern"] == SIZE_PATTERN
+
+
+def test_every_schema_is_valid_against_its_meta_schema() -> None:
+    for schema in (instance_schema(), *kind_schemas().values()):
+        jsonschema.Draft202012Validator.check_schema(schema)
