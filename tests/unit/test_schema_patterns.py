@@ -125,5 +125,6 @@ def test_size_pattern_is_the_schemas() -> None:
 
 
 def test_every_schema_is_valid_against_its_meta_schema() -> None:
-    for schema in (instance_schema(), *kind_schemas().values()):
-        jsonschema.Draft202012Validator.check_schema(schema)
+    schemas = (instance_schema(), *kind_schemas().values())
+    meta = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
+    assert [list(meta.iter_errors(schema)) for schema in schemas] == [[]] * len(schemas)
