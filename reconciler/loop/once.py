@@ -177,7 +177,8 @@ def plan_all(load: LoadResult, reconciler: Reconciler) -> list[InstancePlan]:
     started = time.monotonic()
     resolver = reconciler.resolver(persist_digests=False)
     listed = reconciler.list_domains()
-    plans = [reconciler.plan(spec, resolver, listed=listed) for spec in load.instances]
+    with reconciler.pass_listing(listed):
+        plans = [reconciler.plan(spec, resolver, listed=listed) for spec in load.instances]
     plans = plan_waves(list(load.instances), plans)
     plans += [
         reconciler.plan_orphan(n, refusal) for n, refusal in orphans_of(load, reconciler, listed)
@@ -208,16 +209,17 @@ def apply_all(load: LoadResult, reconciler: Reconciler) -> list[InstanceResult]:
 
     rolling = OnceRollouts(load, reconciler) if any(s.rollout for s in specs.values()) else None
     queue = WorkQueue(reconciler.clock)
-    for name, spec in specs.items():
-        settled = reconciler.settled(spec, resolver, listed)
-        if settled is None:
-            queue.add(name)
-        else:
-            results[name] = settled
-    settled_here = len(results)
-    if settled_here < len(specs):
-        workers = max(1, min(reconciler.settings.max_parallel, len(specs) - settled_here))
-        WorkerPool(queue, handle, workers, prefix="instance").drain()
+    with reconciler.pass_listing(listed):
+        for name, spec in specs.items():
+            settled = reconciler.settled(spec, resolver, listed)
+            if settled is None:
+                queue.add(name)
+            else:
+                results[name] = settled
+        settled_here = len(results)
+        if settled_here < len(specs):
+            workers = max(1, min(reconciler.settings.max_parallel, len(specs) - settled_here))
+            WorkerPool(queue, handle, workers, prefix="instance").drain()
     LOG.debug("reconciled %d instances, %d settled from the listing", len(results), settled_here)
     for spec in load.instances:  # what status and wait check, in another process too
         paths = reconciler.state.instance(spec.name)

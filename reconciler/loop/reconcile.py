@@ -10,11 +10,12 @@ changes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,7 +48,13 @@ from reconciler.planning.plan import (
     plan_instance,
     plan_removal,
 )
-from reconciler.planning.steps import CreateOverlay, FetchBase, StartDomain
+from reconciler.planning.steps import (
+    AttachNic,
+    CreateOverlay,
+    DefineDomain,
+    FetchBase,
+    StartDomain,
+)
 from reconciler.statedir import StateDir
 
 if TYPE_CHECKING:  # imported when a step first runs (Reconciler.steps)
@@ -142,6 +149,10 @@ class Reconciler:
         self.liveness_failure: Callable[[str], str | None] = lambda _name: None
         # paces the changes of instances with a rollout policy (None: every change at once)
         self.pacer: Pacer | None = None
+        # during a pass (pass_listing): the MACs of every domain by name, from the pass's
+        # listing and from what its plans chose since; None: each plan that needs them lists
+        self._pass_macs: dict[str, frozenset[str]] | None = None
+        self._macs_lock = threading.Lock()  # a derived MAC is chosen by one plan at a time
 
     def report(self, name: str, message: str) -> None:
         """Say `message` about `name` as a step's progress is said (printed by a pass, logged
@@ -236,27 +247,46 @@ class Reconciler:
             default_accelerator=self.settings.default_accelerator,
             state_dir_id=self.host.state_dir_id,
             host_memory=self.host.host_memory,
-            macs_in_use=self._macs_in_use(spec, actual),
             unavailable=self._unavailable(spec, actual),
             cannot_express=self.driver.cannot_express,
             now=self.clock.wall(),
         )
-        return plan_instance(resolved, actual, context)
-
-    def _macs_in_use(self, spec: InstanceSpec, actual: InstanceActual) -> frozenset[str]:
-        """The MACs of the other domains, when a derived MAC has to be chosen (listing every
-        domain is kept for the reconciles that need it)."""
         current = actual.domain.definition if actual.domain is not None else None
         if spec.state is DesiredState.ABSENT or not needs_free_macs(
             spec.name, spec.networks, current
         ):
-            return frozenset()
-        return frozenset(
-            nic.mac
-            for record in self.driver.list_domains()
-            if record.name != spec.name and isinstance(record, DomainFacts)
-            for nic in record.definition.nics
-        )
+            return plan_instance(resolved, actual, context)
+        with self._macs_lock:  # the MACs it chooses are in use for the next plan of the pass
+            in_use = self._macs_in_use(spec.name)
+            plan = plan_instance(resolved, actual, dataclasses.replace(context, macs_in_use=in_use))
+            if self._pass_macs is not None:  # in use from now on, beside what it had
+                had = self._pass_macs.get(spec.name, frozenset())
+                self._pass_macs[spec.name] = had | _macs_chosen(plan)
+        return plan
+
+    def _macs_in_use(self, name: str) -> frozenset[str]:
+        """The MACs of the domains other than `name`: as the pass knows them, or listed now
+        (listing every domain is kept for the reconciles that choose a derived MAC)."""
+        known: Iterable[tuple[str, frozenset[str]]]
+        if self._pass_macs is not None:
+            known = self._pass_macs.items()
+        else:
+            known = ((r.name, _macs_of(r)) for r in self.driver.list_domains())
+        return frozenset(mac for other, macs in known if other != name for mac in macs)
+
+    @contextlib.contextmanager
+    def pass_listing(self, listed: Mapping[str, ObservedDomain]) -> Iterator[None]:
+        """For the length of a pass over many instances: the MACs of the other domains come
+        from its one listing of them, and from what its own plans choose (a plan of each new
+        instance listed every domain again, and two plans at once did not see each other's
+        choice)."""
+        with self._macs_lock:
+            self._pass_macs = {name: _macs_of(record) for name, record in listed.items()}
+        try:
+            yield
+        finally:
+            with self._macs_lock:
+                self._pass_macs = None
 
     def _unavailable(self, spec: InstanceSpec, actual: InstanceActual) -> tuple[str, ...]:
         """Why the interfaces could not attach, for a domain about to start (a running one
@@ -506,3 +536,20 @@ def _failed(result: InstanceResult, message: str) -> InstanceResult:
     return dataclasses.replace(
         result, outcome=Outcome.FAILED, message=message, failure=Failure.TRANSIENT
     )
+
+
+def _macs_of(record: ObservedDomain) -> frozenset[str]:
+    if not isinstance(record, DomainFacts):
+        return frozenset()
+    return frozenset(nic.mac for nic in record.definition.nics)
+
+
+def _macs_chosen(plan: InstancePlan) -> frozenset[str]:
+    """The MACs of the machine `plan` defines and of the NICs it attaches."""
+    macs: set[str] = set()
+    for step in plan.steps:
+        if isinstance(step, DefineDomain):
+            macs.update(nic.mac for nic in step.machine.nics)
+        elif isinstance(step, AttachNic):
+            macs.add(step.nic.mac)
+    return frozenset(macs)

@@ -22,8 +22,15 @@ from reconciler.model.actual import (
     StateReason,
     UnreadableDomain,
 )
-from reconciler.model.desired import DesiredState, ImageFormat, ImageSource, InstanceSpec
+from reconciler.model.desired import (
+    DEFAULT_NETWORKS,
+    DesiredState,
+    ImageFormat,
+    ImageSource,
+    InstanceSpec,
+)
 from reconciler.model.machine import Machine
+from reconciler.planning.network import derived_mac
 from reconciler.statedir import StateDir
 from reconciler.testing.fake import FakeDriver
 from tests.helpers import make_spec, write_base_image
@@ -322,6 +329,32 @@ def test_a_pass_settles_converged_instances_from_one_listing_and_observes_the_re
     ]
     assert set(looked_up) == {"rct-fake-1"}
     assert [call for call, _ in world.driver.calls] == ["start"]
+
+
+def test_a_pass_chooses_new_instances_macs_from_its_one_listing_and_from_each_other(
+    world: World,
+) -> None:
+    """New instances with derived MACs: the pass lists the domains once (each plan listed
+    them all again), and two new instances whose first candidates collide get two MACs,
+    whichever plans first (two plans at once did not see each other's choice)."""
+    assert derived_mac("rct-mac-572", 0) == derived_mac("rct-mac-4500", 0)
+    names = ("rct-mac-572", "rct-mac-4500", "rct-mac-1", "rct-mac-2")
+    specs = tuple(replace(world.spec, name=n, networks=DEFAULT_NETWORKS) for n in names)
+    load = LoadResult(instances=specs, errors=(), files=(), invalid_names=frozenset())
+    listings = 0
+    list_domains = world.driver.list_domains
+
+    def counting_list() -> list[ObservedDomain]:
+        nonlocal listings
+        listings += 1
+        return list_domains()
+
+    world.driver.list_domains = counting_list  # type: ignore[method-assign]
+    results = apply_all(load, world.reconciler)
+    assert [r.outcome for r in results] == [Outcome.CHANGED] * 4, [r.message for r in results]
+    assert listings == 1
+    macs = [world.driver.domains[n].machine.nics[0].mac for n in names]
+    assert len(set(macs)) == 4 and derived_mac("rct-mac-572", 0) in macs[:2]
 
 
 def test_a_guest_shut_down_with_the_host_is_started_again_whatever_its_policy(
