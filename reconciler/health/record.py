@@ -80,10 +80,9 @@ def record_probes(
     text, data = _read(paths)
     if not any(wanted.values()) and login is None and text is None:
         return
-    recorded, conditions = _health_of(data)
-    if recorded == wanted and _login_of(data) == login:
-        return
-    write_health(paths, wanted, list(conditions.values()), login or "")
+    if isinstance(data, dict) and _probes_of(data) == wanted and _login_of(data) == login:
+        return  # (a damaged file is written again)
+    write_health(paths, wanted, list(_conditions_of(data).values()), login or "")
 
 
 def read_login(paths: InstancePaths) -> str | None:
@@ -110,16 +109,24 @@ def _health_of(
 ) -> tuple[dict[ConditionType, ProbeSpec | None], dict[ConditionType, Condition]]:
     if not isinstance(data, dict):
         return {}, {}
-    recorded = data.get("probes")
+    return _probes_of(data), _conditions_of(data)
+
+
+def _probes_of(data: object) -> dict[ConditionType, ProbeSpec | None]:
+    recorded = data.get("probes") if isinstance(data, dict) else None
     recorded = recorded if isinstance(recorded, dict) else {}
-    probes = {kind: probe_from_json(recorded.get(kind.value)) for kind in ConditionType}
-    listed = data.get("conditions")
+    return {kind: probe_from_json(recorded.get(kind.value)) for kind in ConditionType}
+
+
+def _conditions_of(data: object) -> dict[ConditionType, Condition]:
+    """The recorded conditions (their times parsed: read only when they are needed)."""
+    listed = data.get("conditions") if isinstance(data, dict) else None
     conditions = {}
     for item in listed if isinstance(listed, list) else []:
         condition = Condition.from_json(item)
         if condition is not None:
             conditions[condition.type] = condition
-    return probes, conditions
+    return conditions
 
 
 def _login_of(data: object) -> str | None:
