@@ -353,12 +353,13 @@ class Prober:
             if watched.saved == (probes, conditions):
                 return  # told again what it knew: the file says it already
         try:
-            write_health(self._layout.instance(name), probes, conditions)
+            kept = write_health(self._layout.instance(name), probes, conditions)
         except OSError as err:
             LOG.warning("%s: cannot record its health: %s", name, err)
             return
-        with self._lock:
-            watched.saved = (probes, conditions)
+        if kept:  # (no directory: written once there is one again)
+            with self._lock:
+                watched.saved = (probes, conditions)
 
 
 def _single_check(spec: ProbeSpec) -> ProbeSpec:

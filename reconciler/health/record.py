@@ -42,12 +42,13 @@ def write_health(
     probes: dict[ConditionType, ProbeSpec | None],
     conditions: list[Condition],
     login: str | None = None,
-) -> None:
+) -> bool:
     """Keep the instance's probes, conditions and login user (None: as last recorded): the
     file is rewritten only when that changes it (a pass over converged instances, or a
-    prober told again what it knew, writes nothing)."""
+    prober told again what it knew, writes nothing). False when there is no such instance
+    (any more): nothing is kept."""
     if not paths.directory.is_dir():
-        return  # no such instance (any more)
+        return False
     text, recorded = _read(paths)
     login = login if login is not None else _login_of(recorded)
     data = {
@@ -61,6 +62,7 @@ def write_health(
     wanted = (json.dumps(data, indent=1) + "\n").encode()
     if wanted != text:
         write_atomically(paths.health, wanted)
+    return True
 
 
 def read_health(

@@ -349,3 +349,17 @@ def test_a_prober_told_again_what_it_knew_rewrites_nothing_even_after_a_restart(
     moved.close()
     ready, _ = read_health(paths)[1].values()
     assert (ready.status, ready.last_transition) == (ConditionStatus.TRUE, clock.now)
+
+
+def test_a_record_the_prober_could_not_keep_is_written_once_its_directory_is_there(
+    tmp_path: Path,
+) -> None:
+    layout = StateLayout(tmp_path)
+    paths = layout.instance("web")
+    prober = Prober(FakeDriver(), layout, ManualClock().clock())
+    prober.watch("web", {}, None, "shutoff")  # no instance directory (yet): nothing kept
+    assert not paths.health.exists()
+    paths.directory.mkdir(parents=True)
+    prober.watch("web", {}, None, "shutoff")  # told the same again
+    prober.close()
+    assert read_health(paths)[1][ConditionType.READY].reason == "NotRunning"
