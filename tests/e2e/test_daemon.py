@@ -256,13 +256,17 @@ def test_a_failing_source_backs_off_while_others_converge(daemon: Daemon) -> Non
         document["spec"]["image"]["source"] = server.url("/flaky.raw")
         (daemon.manifests / f"{failing}.yaml").write_text(yaml.safe_dump(document))
         daemon.write(healthy)
-        delays: dict[int, float] = {}  # failures in a row -> delay before the next attempt
+        # failures in a row -> delay from the end of the failed reconcile to the next attempt
+        # (from its start, a first reconcile slowed by a loaded host looked like a longer
+        # backoff than the second's)
+        delays: dict[int, float] = {}
 
         def note_delay() -> bool:
             entry = daemon.instance(failing)
             if entry and entry["failures"] and entry["nextRetry"]:
-                started = _seconds(entry["lastReconcile"]["started"])
-                delays[entry["failures"]] = _seconds(entry["nextRetry"]) - started
+                last = entry["lastReconcile"]
+                ended = _seconds(last["started"]) + last["seconds"]
+                delays[entry["failures"]] = _seconds(entry["nextRetry"]) - ended
             return entry is not None and entry["observed"] == "running"
 
         wait_until(note_delay, "the failing instance to recover", daemon)
