@@ -113,6 +113,10 @@ def save() -> None:
 
 
 def _read(path: Path) -> dict[str, types.CodeType]:
+    """The cache in `path` (empty when it is not one this process may trust). Not
+    fileops.read_kept_json: this runs before any other module of the package is imported
+    (fileops would bring errors.py's dataclass, compiled before the cache is read), it is
+    marshal rather than JSON, and it also checks who owns the file and who may write it."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
