@@ -20,7 +20,7 @@ demo: setup image
 	@$(BIN)/python tools/reach.py http://127.0.0.1:18080/ 60
 
 test: setup image lint
-	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadscope tests
+	$(BIN)/pytest -q -n auto --maxprocesses 4 --dist loadgroup --no-loadscope-reorder tests
 
 lint: setup
 	$(BIN)/ruff check .

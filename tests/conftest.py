@@ -27,8 +27,30 @@ def no_proxy_from_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` starts two workers per core (the README's command caps them at four): an
+    end-to-end test spends most of its time waiting for a guest to boot, a daemon to notice
+    or a timeout to pass, and two workers on two cores left them about half idle."""
+    return 2 * len(os.sched_getaffinity(0))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked `first` go first: xdist hands out whole modules in collection order,
-    so the slowest (a real cloud image booting under TCG) overlaps with everything else
-    instead of running alone at the end."""
+    """Each module is one unit of work for xdist (`--dist loadgroup`), and a `both_drivers`
+    module is two, one per driver: its fixtures are per driver anyway, and the slowest
+    modules then run on two workers at once. Units are handed out in collection order
+    (`--no-loadscope-reorder`), and modules marked `first` go first, so that the slowest (a
+    real cloud image booting under TCG) overlaps with everything else instead of running
+    alone at the end."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
     items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
+def work_unit(item: pytest.Item) -> str:
+    """The module's path, and the driver a parametrized test runs under (no `]`: xdist takes
+    a group name after one for a parameter)."""
+    module = item.nodeid.split("::", 1)[0]
+    callspec = getattr(item, "callspec", None)
+    driver = callspec.params.get("driver_name") if callspec is not None else None
+    return module if driver is None else f"{module}:{driver}"

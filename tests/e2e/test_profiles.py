@@ -74,6 +74,9 @@ def test_a_profile_change_reaches_the_instances_that_list_it_and_only_those(
         def has_memory(name: str, memory: str) -> Callable[[], bool]:
             return lambda: memory_of(daemon, name) == memory
 
+        def changed_by_manifest(name: str) -> Callable[[], bool]:
+            return lambda: "manifest" in last_change_triggers(daemon, name)
+
         for name in (*users, other):
             wait_until(has_memory(name, "128MiB"), f"{name} defined", daemon)
         untouched = last_reconcile(daemon, other)
@@ -86,5 +89,4 @@ def test_a_profile_change_reaches_the_instances_that_list_it_and_only_those(
         assert last_reconcile(daemon, other) == untouched  # not even reconciled
         for name in users:  # the change that redefined it came from the manifest (the echo
             # of its define may be reconciled after it, when the event comes late: no change)
-            wait_until(lambda name=name: "manifest" in last_change_triggers(daemon, name),
-                       f"{name}'s change recorded", daemon)  # fmt: skip
+            wait_until(changed_by_manifest(name), f"{name}'s change recorded", daemon)

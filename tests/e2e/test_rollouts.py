@@ -30,7 +30,7 @@ from tests.e2e.test_daemon import Daemon, daemon_of_its_own, start_daemon, wait_
 from tests.guest import guest_image
 from tests.helpers import free_port, unique_name
 
-pytestmark = pytest.mark.both_drivers
+pytestmark = [pytest.mark.both_drivers, pytest.mark.first]  # the slowest module: started first
 
 
 def write_set(
