@@ -101,9 +101,10 @@ def adopt(reconciler: Reconciler, spec: InstanceSpec, *, dry_run: bool = False) 
 
         context = reconciler.steps
         try:
-            for step in plan.steps:
-                if adopting.fetch_first and isinstance(step, FetchBase):
-                    apply_step(step, context)
+            if adopting.fetch_first:  # the plan fetches a base only for a start or a new disk
+                image = resolved.spec.image
+                fetch = FetchBase(spec.name, image, resolved.base_path, resolved.source_size)
+                apply_step(fetch, context)
             take_over_boot_disk(take_over, context.driver, context.qemu_img)
         except (ReconcilerError, OSError) as err:
             return Adoption(spec.name, False, refusal=f"taking over its boot disk failed: {err}")

@@ -45,6 +45,8 @@ class BootDiskTakeOver:
 
 
 def take_over_boot_disk(step: BootDiskTakeOver, driver: Driver, qemu_img: QemuImg) -> str:
+    if not step.base.is_file():  # never point a guest's disk at a base that is not there
+        raise StepError(f"the cached copy {step.base} of its base is not there: nothing changed")
     if step.rebase_from is not None:
         qemu_img.run(
             "rebase", "-u", "-f", "qcow2", "-F", step.base_format, "-b", str(step.base),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -183,9 +184,16 @@ def test_export_then_adopt_takes_over_a_hand_made_domain_and_its_disk(
     """The round trip: export, adopt --dry-run (nothing changes), adopt (the disk moves into
     the instance directory onto the cached base, its data kept), then an ordinary pass."""
     name = unique_name("rcr")
+    # the manifest's image: bytes of its own, so that the cache has no copy yet whatever ran
+    # before (adopting fetches it first: the plan of a shut-off domain fetches nothing)
+    data = bytearray(e2e.base.read_bytes())
+    data[-16:] = os.urandom(16)
+    image = e2e.base.parent / f"{name}.raw"
+    image.write_bytes(data)
+    sha256 = hashlib.sha256(data).hexdigest()
     # the base as the user keeps it: the same bytes as the manifest's image, another path
     own_base = tmp_path / "debian.raw"
-    own_base.write_bytes(e2e.base.read_bytes())
+    own_base.write_bytes(data)
     disk = hand_made_disk(e2e, own_base)
     e2e.driver.define_xml(VIRT_INSTALL_LIKE.format(name=name, disk=disk, mac="52:54:00:a1:b2:c3"))
     manifests = tmp_path / "m"
@@ -199,7 +207,7 @@ def test_export_then_adopt_takes_over_a_hand_made_domain_and_its_disk(
         # it found; the note says what adopting does with the disk)
         assert document["spec"]["image"] == {"source": str(own_base), "format": "raw"}
         assert f"the boot disk is {disk}" in exported.out
-        document["spec"]["image"] = {"source": str(e2e.base), "format": "raw"}
+        document["spec"]["image"] = {"source": str(image), "format": "raw"}
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump(document))
         assert reconcile("validate", str(manifests)).code == 0
 
@@ -208,6 +216,7 @@ def test_export_then_adopt_takes_over_a_hand_made_domain_and_its_disk(
         target = e2e.state.instance(name).disk
         assert f"{name}: matches its manifest" in checked.out
         assert f"to do: move boot disk {disk} to {target}" in checked.out
+        assert "to do: fetch the base image into the cache" in checked.out
         assert f"to do: point it at the cached copy {e2e.state.images}" in checked.out
         assert f"of its base {own_base}" in checked.out
         assert "next pass: redefine the domain: [restart] serial console none ->" in checked.out
@@ -218,6 +227,8 @@ def test_export_then_adopt_takes_over_a_hand_made_domain_and_its_disk(
         assert adopted.code == 0, adopted.out + adopted.err
         assert f"{name}: adopted: managed by this state directory" in adopted.out
         assert f"done: move boot disk {disk} to {target}" in adopted.out
+        cached = e2e.state.images / f"sha256-{sha256}.raw"
+        assert "done: fetch the base image into the cache" in adopted.out and cached.is_file()
         assert not disk.exists() and target.is_file()
         definition = e2e.driver.lookup(name).definition
         assert definition.boot_disk_path == str(target) and definition.marker is not None
@@ -228,7 +239,7 @@ def test_export_then_adopt_takes_over_a_hand_made_domain_and_its_disk(
                 capture_output=True, text=True, check=True,
             ).stdout
         )  # fmt: skip
-        assert info["backing-filename"] == str(e2e.state.images / f"sha256-{e2e.sha256}.raw")
+        assert info["backing-filename"] == str(cached)
         qemu_io(target, "read -P 0xab 1M 64k")  # the guest's data is still there
 
         # an ordinary pass takes it from there: the console log, then nothing to do
