@@ -34,23 +34,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 * len(os.sched_getaffinity(0))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module is one unit of work for xdist (`--dist loadgroup`), and a `both_drivers`
-    module is two, one per driver: its fixtures are per driver anyway, and the slowest
-    modules then run on two workers at once. Units are handed out in collection order
-    (`--no-loadscope-reorder`), and modules marked `first` go first, so that the slowest (a
-    real cloud image booting under TCG) overlaps with everything else instead of running
-    alone at the end."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
+    """Tests marked `first` go first. The README's command makes each test a unit of work of
+    its own (`--dist loadgroup` with no test in a group), handed to the next free worker in
+    collection order (`--no-loadscope-reorder`: xdist would otherwise put the biggest units
+    first, and the slowest module, one test booting a real cloud image under TCG, last). So
+    the slowest run beside everything else instead of alone at the end, and no test can lean
+    on another having run before it in the same worker."""
     items.sort(key=lambda item: item.get_closest_marker("first") is None)
-
-
-def work_unit(item: pytest.Item) -> str:
-    """The module's path, and the driver a parametrized test runs under (no `]`: xdist takes
-    a group name after one for a parameter)."""
-    module = item.nodeid.split("::", 1)[0]
-    callspec = getattr(item, "callspec", None)
-    driver = callspec.params.get("driver_name") if callspec is not None else None
-    return module if driver is None else f"{module}:{driver}"
