@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     its own (`--dist loadgroup` with no test in a group), handed to the next free worker in
     collection order (`--no-loadscope-reorder`: xdist would otherwise put the biggest units
     first, and the slowest module, one test booting a real cloud image under TCG, last). So
-    the slowest run beside everything else instead of alone at the end, and no test can lean
-    on another having run before it in the same worker."""
+    the slowest run beside everything else instead of alone at the end; and which tests a
+    worker meets before a given one varies from run to run, so a test that leans on another
+    having run before it fails instead of passing by luck."""
     items.sort(key=lambda item: item.get_closest_marker("first") is None)
